@@ -1,0 +1,31 @@
+//! kyphoplan planner: safe bilateral transpedicular cannula trajectories and balloon placements
+//! for balloon kyphoplasty, from CT-derived surface meshes.
+//!
+//! The data's journey: [`math`] -> [`mesh`] -> [`validate`] -> [`clearance`], [`voxel`],
+//! [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`search`], [`balloon`], [`evaluate`] ->
+//! [`plan`]. This crate knows nothing of gRPC, protobuf or async runtimes.
+
+pub mod anatomy;
+pub mod clearance;
+pub mod error;
+pub mod math;
+pub mod mesh;
+pub mod plan;
+pub mod request;
+pub mod synth;
+pub mod validate;
+
+pub use anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+pub use error::{InputError, MeshFault, MeshFix};
+pub use mesh::TriMesh;
+pub use plan::{Evaluation, Plan};
+pub use request::{Instrument, PlanRequest, Safety};
+
+/// The planner's version, written into every plan.
+pub const PLANNER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod planning;
+pub mod prepare;
+
+pub use planning::{evaluate, plan, plan_with, PlanControl, PlanError};
+pub use prepare::{PrepareOptions, PreparedAnatomy};

@@ -1,0 +1,223 @@
+//! What the planner returns: the plan of every requested level and side, and the evaluation of
+//! a given trajectory. These types serialise to the plan JSON of the contract
+//! (`../shared/CONTRACT.md` section 3); fields may be added, never renamed or removed.
+//! Every coordinate here is in the case's own frame (LPS or RAS), millimetres.
+
+use serde::{Deserialize, Serialize};
+
+use crate::anatomy::{Level, PatientFrame, Side};
+use crate::error::MeshFix;
+use crate::request::{Instrument, Safety};
+
+/// Why a side cannot be done safely, or which constraint a trajectory violates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReasonCode {
+    /// No straight corridor through the pedicle fits cannula + 2 x cortex margin.
+    PedicleCorridorTooNarrow,
+    /// The pedicle of this side could not be found in the bone (e.g. missing or fused).
+    PedicleNotFound,
+    /// A straight path that fits the pedicle comes too close to the spinal canal.
+    CanalTooClose,
+    /// A straight path that fits the pedicle comes too close to the exiting nerve root.
+    NerveRootTooClose,
+    /// A straight path comes too close to a forbidden structure.
+    ForbiddenStructureTooClose,
+    /// From the skin (or the bone entry) to the tip is longer than the cannula's working length.
+    WorkingLengthTooShort,
+    /// The line behind the bone entry never meets the skin mesh.
+    SkinNotReached,
+    /// No balloon of the given sizes fits the vertebral body with the margins.
+    BalloonDoesNotFit,
+    // Violations reported by evaluation.
+    /// Part of the cannula leaves the bone or comes closer than the cortex margin to its surface.
+    CortexMarginViolated,
+    CanalMarginViolated,
+    NerveRootMarginViolated,
+    ForbiddenMarginViolated,
+    /// The tip is outside the vertebral body (through the anterior wall, or not in the body).
+    TipOutsideBody,
+    /// The tip is not in the anterior third of the vertebral body (a soft goal).
+    TipNotInAnteriorThird,
+    /// The bone entry is not on the named side, lateral of the canal.
+    EntryWrongSide,
+    /// The bone entry is not behind the vertebral body.
+    EntryNotPosterior,
+    /// The path does not go through the pedicle: the cannula axis never enters the bone, or it
+    /// leaves and re-enters it.
+    NotThroughPedicle,
+}
+
+/// A reason with its measured number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    pub message: String,
+    /// The measured number the reason is about, in millimetres (null when it has none).
+    pub value_mm: Option<f64>,
+    /// The limit it was held against, in millimetres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_mm: Option<f64>,
+}
+
+/// Something that could work instead of the infeasible approach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlternativeCode {
+    SmallerCannula,
+    UnipedicularFromOtherSide,
+    Extrapedicular,
+    SmallerMargins,
+    LongerCannula,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub code: AlternativeCode,
+    pub message: String,
+}
+
+/// Clearances of the cannula cylinder (surface to surface), millimetres.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Clearances {
+    /// To the bone surface, from the end of the entry zone to the tip (negative: outside bone).
+    pub cortex: f64,
+    /// To the spinal canal (given or derived).
+    pub canal: f64,
+    /// To the nearest nerve root (given or derived).
+    pub nerve_root: f64,
+    /// To the nearest forbidden structure, when the case has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forbidden: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// Where the cannula axis crosses the bone surface.
+    pub bone_entry_mm: [f64; 3],
+    /// The cannula tip.
+    pub target_mm: [f64; 3],
+    /// Where the axis crosses the skin (null without a skin mesh).
+    pub skin_entry_mm: Option<[f64; 3]>,
+    pub cannula_outer_diameter_mm: f64,
+    /// Convergence towards the midline in the vertebra's axial plane.
+    pub medial_angle_deg: f64,
+    /// Tilt towards the head in the vertebra's sagittal plane.
+    pub cranial_angle_deg: f64,
+    pub clearance_mm: Clearances,
+    /// Unit vector from bone entry to tip.
+    pub direction: [f64; 3],
+    pub length_in_bone_mm: f64,
+    /// Skin (or bone entry) to tip, the length of cannula the approach uses.
+    pub insertion_length_mm: f64,
+    /// Depth of the tip in the vertebral body from its posterior wall, as a fraction of the
+    /// body's depth along the axis (0 posterior wall, 1 anterior wall; anterior third >= 0.667).
+    pub tip_depth_fraction: f64,
+    /// Higher is better: worst pedicle-wall clearance first, then tip placement and convergence.
+    pub score: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Balloon {
+    pub center_mm: [f64; 3],
+    /// Unit vector along the cannula axis, towards the tip.
+    pub axis: [f64; 3],
+    pub length_mm: f64,
+    pub diameter_mm: f64,
+    pub volume_ml: f64,
+    /// Inflated balloon surface to the bone surface.
+    pub cortex_clearance_mm: f64,
+    /// Inflated balloon surface to the posterior wall of the vertebral body.
+    pub posterior_wall_clearance_mm: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SidePlan {
+    pub side: Side,
+    pub feasible: bool,
+    pub trajectory: Option<Trajectory>,
+    pub balloon: Option<Balloon>,
+    pub reasons: Vec<Reason>,
+    #[serde(default)]
+    pub alternatives: Vec<Alternative>,
+}
+
+/// The vertebra's own anatomical frame, as estimated from its mesh, in the case frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VertebraFrameSummary {
+    pub body_center_mm: [f64; 3],
+    pub anterior: [f64; 3],
+    pub left: [f64; 3],
+    pub superior: [f64; 3],
+    pub body_depth_mm: f64,
+    pub body_width_mm: f64,
+    pub body_height_mm: f64,
+}
+
+/// Where a keep-out came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepOutSource {
+    /// A mesh of the case.
+    Given,
+    /// Derived from the bone geometry (no mesh was given).
+    Derived,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeepOutSummary {
+    /// spinal_canal | nerve_root | forbidden
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<Side>,
+    pub source: KeepOutSource,
+    /// The mesh it came from, or how it was derived.
+    pub from: String,
+    pub margin_mm: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LevelPlan {
+    pub level: Level,
+    pub sides: Vec<SidePlan>,
+    /// Rough cement volume for the level: the cavities the balloons make plus 20 % that
+    /// interdigitates (null when no side is feasible).
+    pub cement_volume_estimate_ml: Option<f64>,
+    pub vertebra_frame: Option<VertebraFrameSummary>,
+    pub keep_outs: Vec<KeepOutSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StructureNotice {
+    pub structure: String,
+    pub fix: MeshFix,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub case: String,
+    pub frame: PatientFrame,
+    pub levels: Vec<LevelPlan>,
+    pub instrument: Instrument,
+    pub safety: Safety,
+    /// Fixes applied to input meshes (e.g. inward winding flipped).
+    #[serde(default)]
+    pub mesh_fixes: Vec<StructureNotice>,
+    pub planner_version: String,
+}
+
+/// A violated constraint of an evaluated trajectory.
+pub type Violation = Reason;
+
+/// The verdict on one given trajectory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub level: Level,
+    pub side: Side,
+    /// No hard constraint is violated.
+    pub safe: bool,
+    pub trajectory: Trajectory,
+    /// Hard violations first; soft goals missed (TIP_NOT_IN_ANTERIOR_THIRD) are listed too but
+    /// do not make the trajectory unsafe.
+    pub violations: Vec<Violation>,
+}
