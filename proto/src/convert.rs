@@ -1,0 +1,1138 @@
+//! The one conversion between `kyphoplan.v1` messages and planner types, both directions.
+//!
+//! Planner -> proto never fails. Proto -> planner fails with an [`InputError`] naming the field
+//! path (e.g. `structures[2].descriptor.level`) when a message is missing, an enum is
+//! unspecified or unknown, or a packed array has the wrong length. Every message is destructured
+//! exhaustively, so a new proto field breaks the build until someone decides what it means.
+//! Every f64 is copied as is: a plan survives planner -> proto -> planner bit for bit.
+
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+use kyphoplan_planner::error::{InputError, MeshFix};
+use kyphoplan_planner::math::Point;
+use kyphoplan_planner::mesh::TriMesh;
+use kyphoplan_planner::plan::{
+    Alternative, AlternativeCode, Balloon, Clearances, Evaluation, KeepOutSource, KeepOutSummary,
+    LevelPlan, Plan, Reason, ReasonCode, SidePlan, StructureNotice, Trajectory,
+    VertebraFrameSummary,
+};
+use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::pb;
+
+type Result<T> = std::result::Result<T, InputError>;
+
+fn missing(field: &str) -> InputError {
+    InputError::invalid(field, "unset", "required")
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T> {
+    v.ok_or_else(|| missing(field))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enums
+
+pub fn level_to_pb(level: Level) -> pb::Level {
+    match level {
+        Level::T1 => pb::Level::T1,
+        Level::T2 => pb::Level::T2,
+        Level::T3 => pb::Level::T3,
+        Level::T4 => pb::Level::T4,
+        Level::T5 => pb::Level::T5,
+        Level::T6 => pb::Level::T6,
+        Level::T7 => pb::Level::T7,
+        Level::T8 => pb::Level::T8,
+        Level::T9 => pb::Level::T9,
+        Level::T10 => pb::Level::T10,
+        Level::T11 => pb::Level::T11,
+        Level::T12 => pb::Level::T12,
+        Level::L1 => pb::Level::L1,
+        Level::L2 => pb::Level::L2,
+        Level::L3 => pb::Level::L3,
+        Level::L4 => pb::Level::L4,
+        Level::L5 => pb::Level::L5,
+        Level::S1 => pb::Level::S1,
+    }
+}
+
+/// `None` for LEVEL_UNSPECIFIED; an error for values this version does not know.
+pub fn level_from_pb_opt(v: i32, field: &str) -> Result<Option<Level>> {
+    let level = pb::Level::try_from(v)
+        .map_err(|_| InputError::invalid(field, v, "unknown level value"))?;
+    Ok(match level {
+        pb::Level::Unspecified => None,
+        pb::Level::T1 => Some(Level::T1),
+        pb::Level::T2 => Some(Level::T2),
+        pb::Level::T3 => Some(Level::T3),
+        pb::Level::T4 => Some(Level::T4),
+        pb::Level::T5 => Some(Level::T5),
+        pb::Level::T6 => Some(Level::T6),
+        pb::Level::T7 => Some(Level::T7),
+        pb::Level::T8 => Some(Level::T8),
+        pb::Level::T9 => Some(Level::T9),
+        pb::Level::T10 => Some(Level::T10),
+        pb::Level::T11 => Some(Level::T11),
+        pb::Level::T12 => Some(Level::T12),
+        pb::Level::L1 => Some(Level::L1),
+        pb::Level::L2 => Some(Level::L2),
+        pb::Level::L3 => Some(Level::L3),
+        pb::Level::L4 => Some(Level::L4),
+        pb::Level::L5 => Some(Level::L5),
+        pb::Level::S1 => Some(Level::S1),
+    })
+}
+
+pub fn level_from_pb(v: i32, field: &str) -> Result<Level> {
+    level_from_pb_opt(v, field)?
+        .ok_or_else(|| InputError::invalid(field, "LEVEL_UNSPECIFIED", "a level is required"))
+}
+
+pub fn side_to_pb(side: Side) -> pb::Side {
+    match side {
+        Side::Left => pb::Side::Left,
+        Side::Right => pb::Side::Right,
+    }
+}
+
+pub fn side_from_pb_opt(v: i32, field: &str) -> Result<Option<Side>> {
+    let side =
+        pb::Side::try_from(v).map_err(|_| InputError::invalid(field, v, "unknown side value"))?;
+    Ok(match side {
+        pb::Side::Unspecified => None,
+        pb::Side::Left => Some(Side::Left),
+        pb::Side::Right => Some(Side::Right),
+    })
+}
+
+pub fn side_from_pb(v: i32, field: &str) -> Result<Side> {
+    side_from_pb_opt(v, field)?
+        .ok_or_else(|| InputError::invalid(field, "SIDE_UNSPECIFIED", "a side is required"))
+}
+
+pub fn frame_to_pb(frame: PatientFrame) -> pb::Frame {
+    match frame {
+        PatientFrame::Lps => pb::Frame::Lps,
+        PatientFrame::Ras => pb::Frame::Ras,
+    }
+}
+
+pub fn frame_from_pb(v: i32, field: &str) -> Result<PatientFrame> {
+    let frame =
+        pb::Frame::try_from(v).map_err(|_| InputError::invalid(field, v, "unknown frame value"))?;
+    match frame {
+        pb::Frame::Unspecified => Err(InputError::invalid(
+            field,
+            "FRAME_UNSPECIFIED",
+            "the frame is required (FRAME_LPS or FRAME_RAS)",
+        )),
+        pb::Frame::Lps => Ok(PatientFrame::Lps),
+        pb::Frame::Ras => Ok(PatientFrame::Ras),
+    }
+}
+
+pub fn reason_code_to_pb(code: ReasonCode) -> pb::ReasonCode {
+    match code {
+        ReasonCode::PedicleCorridorTooNarrow => pb::ReasonCode::PedicleCorridorTooNarrow,
+        ReasonCode::PedicleNotFound => pb::ReasonCode::PedicleNotFound,
+        ReasonCode::CanalTooClose => pb::ReasonCode::CanalTooClose,
+        ReasonCode::NerveRootTooClose => pb::ReasonCode::NerveRootTooClose,
+        ReasonCode::ForbiddenStructureTooClose => pb::ReasonCode::ForbiddenStructureTooClose,
+        ReasonCode::WorkingLengthTooShort => pb::ReasonCode::WorkingLengthTooShort,
+        ReasonCode::SkinNotReached => pb::ReasonCode::SkinNotReached,
+        ReasonCode::BalloonDoesNotFit => pb::ReasonCode::BalloonDoesNotFit,
+        ReasonCode::CortexMarginViolated => pb::ReasonCode::CortexMarginViolated,
+        ReasonCode::CanalMarginViolated => pb::ReasonCode::CanalMarginViolated,
+        ReasonCode::NerveRootMarginViolated => pb::ReasonCode::NerveRootMarginViolated,
+        ReasonCode::ForbiddenMarginViolated => pb::ReasonCode::ForbiddenMarginViolated,
+        ReasonCode::TipOutsideBody => pb::ReasonCode::TipOutsideBody,
+        ReasonCode::TipNotInAnteriorThird => pb::ReasonCode::TipNotInAnteriorThird,
+        ReasonCode::EntryWrongSide => pb::ReasonCode::EntryWrongSide,
+        ReasonCode::EntryNotPosterior => pb::ReasonCode::EntryNotPosterior,
+        ReasonCode::NotThroughPedicle => pb::ReasonCode::NotThroughPedicle,
+    }
+}
+
+pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
+    let code = pb::ReasonCode::try_from(v)
+        .map_err(|_| InputError::invalid(field, v, "unknown reason code"))?;
+    Ok(match code {
+        pb::ReasonCode::Unspecified => {
+            return Err(InputError::invalid(
+                field,
+                "REASON_CODE_UNSPECIFIED",
+                "a reason code is required",
+            ))
+        }
+        pb::ReasonCode::PedicleCorridorTooNarrow => ReasonCode::PedicleCorridorTooNarrow,
+        pb::ReasonCode::PedicleNotFound => ReasonCode::PedicleNotFound,
+        pb::ReasonCode::CanalTooClose => ReasonCode::CanalTooClose,
+        pb::ReasonCode::NerveRootTooClose => ReasonCode::NerveRootTooClose,
+        pb::ReasonCode::ForbiddenStructureTooClose => ReasonCode::ForbiddenStructureTooClose,
+        pb::ReasonCode::WorkingLengthTooShort => ReasonCode::WorkingLengthTooShort,
+        pb::ReasonCode::SkinNotReached => ReasonCode::SkinNotReached,
+        pb::ReasonCode::BalloonDoesNotFit => ReasonCode::BalloonDoesNotFit,
+        pb::ReasonCode::CortexMarginViolated => ReasonCode::CortexMarginViolated,
+        pb::ReasonCode::CanalMarginViolated => ReasonCode::CanalMarginViolated,
+        pb::ReasonCode::NerveRootMarginViolated => ReasonCode::NerveRootMarginViolated,
+        pb::ReasonCode::ForbiddenMarginViolated => ReasonCode::ForbiddenMarginViolated,
+        pb::ReasonCode::TipOutsideBody => ReasonCode::TipOutsideBody,
+        pb::ReasonCode::TipNotInAnteriorThird => ReasonCode::TipNotInAnteriorThird,
+        pb::ReasonCode::EntryWrongSide => ReasonCode::EntryWrongSide,
+        pb::ReasonCode::EntryNotPosterior => ReasonCode::EntryNotPosterior,
+        pb::ReasonCode::NotThroughPedicle => ReasonCode::NotThroughPedicle,
+    })
+}
+
+pub fn alternative_code_to_pb(code: AlternativeCode) -> pb::AlternativeCode {
+    match code {
+        AlternativeCode::SmallerCannula => pb::AlternativeCode::SmallerCannula,
+        AlternativeCode::UnipedicularFromOtherSide => pb::AlternativeCode::UnipedicularFromOtherSide,
+        AlternativeCode::Extrapedicular => pb::AlternativeCode::Extrapedicular,
+        AlternativeCode::SmallerMargins => pb::AlternativeCode::SmallerMargins,
+        AlternativeCode::LongerCannula => pb::AlternativeCode::LongerCannula,
+    }
+}
+
+pub fn alternative_code_from_pb(v: i32, field: &str) -> Result<AlternativeCode> {
+    let code = pb::AlternativeCode::try_from(v)
+        .map_err(|_| InputError::invalid(field, v, "unknown alternative code"))?;
+    Ok(match code {
+        pb::AlternativeCode::Unspecified => {
+            return Err(InputError::invalid(
+                field,
+                "ALTERNATIVE_CODE_UNSPECIFIED",
+                "an alternative code is required",
+            ))
+        }
+        pb::AlternativeCode::SmallerCannula => AlternativeCode::SmallerCannula,
+        pb::AlternativeCode::UnipedicularFromOtherSide => AlternativeCode::UnipedicularFromOtherSide,
+        pb::AlternativeCode::Extrapedicular => AlternativeCode::Extrapedicular,
+        pb::AlternativeCode::SmallerMargins => AlternativeCode::SmallerMargins,
+        pb::AlternativeCode::LongerCannula => AlternativeCode::LongerCannula,
+    })
+}
+
+pub fn keep_out_source_to_pb(source: KeepOutSource) -> pb::KeepOutSource {
+    match source {
+        KeepOutSource::Given => pb::KeepOutSource::Given,
+        KeepOutSource::Derived => pb::KeepOutSource::Derived,
+    }
+}
+
+pub fn keep_out_source_from_pb(v: i32, field: &str) -> Result<KeepOutSource> {
+    let source = pb::KeepOutSource::try_from(v)
+        .map_err(|_| InputError::invalid(field, v, "unknown keep-out source"))?;
+    match source {
+        pb::KeepOutSource::Unspecified => Err(InputError::invalid(
+            field,
+            "KEEP_OUT_SOURCE_UNSPECIFIED",
+            "a keep-out source is required",
+        )),
+        pb::KeepOutSource::Given => Ok(KeepOutSource::Given),
+        pb::KeepOutSource::Derived => Ok(KeepOutSource::Derived),
+    }
+}
+
+pub fn mesh_fix_to_pb(fix: &MeshFix) -> pb::MeshFix {
+    match fix {
+        MeshFix::FlippedInwardWinding => pb::MeshFix::FlippedInwardWinding,
+    }
+}
+
+pub fn mesh_fix_from_pb(v: i32, field: &str) -> Result<MeshFix> {
+    let fix =
+        pb::MeshFix::try_from(v).map_err(|_| InputError::invalid(field, v, "unknown mesh fix"))?;
+    match fix {
+        pb::MeshFix::Unspecified => Err(InputError::invalid(
+            field,
+            "MESH_FIX_UNSPECIFIED",
+            "a mesh fix is required",
+        )),
+        pb::MeshFix::FlippedInwardWinding => Ok(MeshFix::FlippedInwardWinding),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Geometry
+
+pub fn point_to_pb(p: [f64; 3]) -> pb::Point3Mm {
+    let [x_mm, y_mm, z_mm] = p;
+    pb::Point3Mm { x_mm, y_mm, z_mm }
+}
+
+pub fn point_from_pb(p: pb::Point3Mm) -> [f64; 3] {
+    let pb::Point3Mm { x_mm, y_mm, z_mm } = p;
+    [x_mm, y_mm, z_mm]
+}
+
+pub fn required_point(p: Option<pb::Point3Mm>, field: &str) -> Result<[f64; 3]> {
+    Ok(point_from_pb(required(p, field)?))
+}
+
+pub fn unit_to_pb(v: [f64; 3]) -> pb::UnitVector3 {
+    let [x, y, z] = v;
+    pb::UnitVector3 { x, y, z }
+}
+
+pub fn required_unit(v: Option<pb::UnitVector3>, field: &str) -> Result<[f64; 3]> {
+    let pb::UnitVector3 { x, y, z } = required(v, field)?;
+    Ok([x, y, z])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anatomy
+
+pub fn descriptor_to_pb(name: &str, role: &Role) -> pb::StructureDescriptor {
+    let (role, level, side) = match *role {
+        Role::Vertebra { level } => (pb::Role::Vertebra, Some(level), None),
+        Role::SpinalCanal => (pb::Role::SpinalCanal, None, None),
+        Role::NerveRoot { level, side } => (pb::Role::NerveRoot, Some(level), Some(side)),
+        Role::Skin => (pb::Role::Skin, None, None),
+        Role::Forbidden => (pb::Role::Forbidden, None, None),
+    };
+    pb::StructureDescriptor {
+        role: role as i32,
+        level: level.map_or(pb::Level::Unspecified, level_to_pb) as i32,
+        side: side.map_or(pb::Side::Unspecified, side_to_pb) as i32,
+        name: name.to_owned(),
+    }
+}
+
+/// A descriptor's name and role. `field` is the descriptor's path, e.g. `structures[2]`.
+pub fn descriptor_from_pb(d: pb::StructureDescriptor, field: &str) -> Result<(String, Role)> {
+    let pb::StructureDescriptor {
+        role,
+        level,
+        side,
+        name,
+    } = d;
+    let f = |s: &str| format!("{field}.{s}");
+    if name.trim().is_empty() {
+        return Err(InputError::invalid(f("name"), "\"\"", "a structure name is required"));
+    }
+    let level = level_from_pb_opt(level, &f("level"))?;
+    let side = side_from_pb_opt(side, &f("side"))?;
+    let role_pb =
+        pb::Role::try_from(role).map_err(|_| InputError::invalid(f("role"), role, "unknown role"))?;
+    let no_level = |kind: &str| -> Result<()> {
+        match level {
+            Some(l) => Err(InputError::invalid(
+                f("level"),
+                l,
+                format!("a {kind} has no level: leave it LEVEL_UNSPECIFIED"),
+            )),
+            None => Ok(()),
+        }
+    };
+    let no_side = |kind: &str| -> Result<()> {
+        match side {
+            Some(s) => Err(InputError::invalid(
+                f("side"),
+                s,
+                format!("a {kind} has no side: leave it SIDE_UNSPECIFIED"),
+            )),
+            None => Ok(()),
+        }
+    };
+    let need_level = || {
+        level.ok_or_else(|| InputError::invalid(f("level"), "LEVEL_UNSPECIFIED", "required"))
+    };
+    let role = match role_pb {
+        pb::Role::Unspecified => {
+            return Err(InputError::invalid(
+                f("role"),
+                "ROLE_UNSPECIFIED",
+                "a role is required",
+            ))
+        }
+        pb::Role::Vertebra => {
+            no_side("vertebra")?;
+            Role::Vertebra {
+                level: need_level()?,
+            }
+        }
+        pb::Role::SpinalCanal => {
+            no_level("spinal canal")?;
+            no_side("spinal canal")?;
+            Role::SpinalCanal
+        }
+        pb::Role::NerveRoot => Role::NerveRoot {
+            level: need_level()?,
+            side: side
+                .ok_or_else(|| InputError::invalid(f("side"), "SIDE_UNSPECIFIED", "required"))?,
+        },
+        pb::Role::Skin => {
+            no_level("skin")?;
+            no_side("skin")?;
+            Role::Skin
+        }
+        pb::Role::Forbidden => {
+            no_level("forbidden structure")?;
+            no_side("forbidden structure")?;
+            Role::Forbidden
+        }
+    };
+    Ok((name, role))
+}
+
+pub fn mesh_to_pb(mesh: &TriMesh) -> pb::Mesh {
+    let TriMesh {
+        vertices_mm,
+        triangles,
+    } = mesh;
+    pb::Mesh {
+        vertices_mm: vertices_mm.iter().flat_map(|p| [p.x, p.y, p.z]).collect(),
+        triangles: triangles.iter().flatten().copied().collect(),
+    }
+}
+
+/// Packed arrays to a mesh; the lengths must be multiples of 3. Values are not validated here
+/// (the planner's preparation names NaN vertices and bad indices).
+pub fn mesh_from_parts(vertices_mm: &[f64], triangles: &[u32], field: &str) -> Result<TriMesh> {
+    if vertices_mm.len() % 3 != 0 {
+        return Err(InputError::invalid(
+            format!("{field}.vertices_mm"),
+            vertices_mm.len(),
+            "the number of coordinates must be a multiple of 3 (x, y, z per vertex)",
+        ));
+    }
+    if triangles.len() % 3 != 0 {
+        return Err(InputError::invalid(
+            format!("{field}.triangles"),
+            triangles.len(),
+            "the number of indices must be a multiple of 3 (3 per triangle)",
+        ));
+    }
+    Ok(TriMesh::new(
+        vertices_mm
+            .chunks_exact(3)
+            .map(|c| Point::new(c[0], c[1], c[2]))
+            .collect(),
+        triangles
+            .chunks_exact(3)
+            .map(|c| [c[0], c[1], c[2]])
+            .collect(),
+    ))
+}
+
+pub fn mesh_from_pb(mesh: pb::Mesh, field: &str) -> Result<TriMesh> {
+    let pb::Mesh {
+        vertices_mm,
+        triangles,
+    } = mesh;
+    mesh_from_parts(&vertices_mm, &triangles, field)
+}
+
+pub fn anatomy_to_pb(anatomy: &AnatomyInput) -> pb::AnatomyData {
+    let AnatomyInput {
+        name,
+        frame,
+        structures,
+    } = anatomy;
+    pb::AnatomyData {
+        name: name.clone(),
+        frame: frame_to_pb(*frame) as i32,
+        structures: structures
+            .iter()
+            .map(|s| {
+                let Structure { name, role, mesh } = s;
+                pb::Structure {
+                    descriptor: Some(descriptor_to_pb(name, role)),
+                    mesh: Some(mesh_to_pb(mesh)),
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn anatomy_from_pb(anatomy: pb::AnatomyData) -> Result<AnatomyInput> {
+    let pb::AnatomyData {
+        name,
+        frame,
+        structures,
+    } = anatomy;
+    if name.trim().is_empty() {
+        return Err(InputError::invalid("name", "\"\"", "the anatomy needs a name"));
+    }
+    let frame = frame_from_pb(frame, "frame")?;
+    let structures = structures
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let pb::Structure { descriptor, mesh } = s;
+            let field = format!("structures[{i}]");
+            let (name, role) = descriptor_from_pb(
+                required(descriptor, &format!("{field}.descriptor"))?,
+                &format!("{field}.descriptor"),
+            )?;
+            let mesh = mesh_from_pb(
+                required(mesh, &format!("{field}.mesh"))?,
+                &format!("{field}.mesh"),
+            )?;
+            Ok(Structure { name, role, mesh })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(AnatomyInput {
+        name,
+        frame,
+        structures,
+    })
+}
+
+/// The content address of an anatomy: lowercase hex SHA-256 of its protobuf encoding (see
+/// `AnatomyData` in the proto file).
+pub fn anatomy_id(anatomy: &pb::AnatomyData) -> String {
+    anatomy_id_of_bytes(&anatomy.encode_to_vec())
+}
+
+/// [`anatomy_id`] of an already encoded `AnatomyData`.
+pub fn anatomy_id_of_bytes(encoded: &[u8]) -> String {
+    hex::encode(Sha256::digest(encoded))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// Every field set: what a client sends for a fully resolved instrument.
+pub fn instrument_options_to_pb(instrument: &Instrument) -> pb::InstrumentOptions {
+    let Instrument {
+        cannula_outer_diameter_mm,
+        cannula_working_length_mm,
+        balloon_lengths_mm,
+        balloon_max_diameter_mm,
+    } = instrument;
+    pb::InstrumentOptions {
+        cannula_outer_diameter_mm: Some(*cannula_outer_diameter_mm),
+        cannula_working_length_mm: Some(*cannula_working_length_mm),
+        balloon_lengths_mm: Some(pb::BalloonLengths {
+            values_mm: balloon_lengths_mm.clone(),
+        }),
+        balloon_max_diameter_mm: Some(*balloon_max_diameter_mm),
+    }
+}
+
+/// Unset fields (or an unset message) take [`Instrument::contract_default`], field by field. Not
+/// validated here: [`PlanRequest::new`] and `Instrument::validate` name bad values.
+pub fn instrument_from_options(options: Option<pb::InstrumentOptions>) -> Instrument {
+    let d = Instrument::contract_default();
+    let Some(pb::InstrumentOptions {
+        cannula_outer_diameter_mm,
+        cannula_working_length_mm,
+        balloon_lengths_mm,
+        balloon_max_diameter_mm,
+    }) = options
+    else {
+        return d;
+    };
+    Instrument {
+        cannula_outer_diameter_mm: cannula_outer_diameter_mm.unwrap_or(d.cannula_outer_diameter_mm),
+        cannula_working_length_mm: cannula_working_length_mm.unwrap_or(d.cannula_working_length_mm),
+        balloon_lengths_mm: balloon_lengths_mm
+            .map(|pb::BalloonLengths { values_mm }| values_mm)
+            .unwrap_or(d.balloon_lengths_mm),
+        balloon_max_diameter_mm: balloon_max_diameter_mm.unwrap_or(d.balloon_max_diameter_mm),
+    }
+}
+
+pub fn safety_options_to_pb(safety: &Safety) -> pb::SafetyOptions {
+    let Safety {
+        cortex_margin_mm,
+        canal_margin_mm,
+        nerve_root_margin_mm,
+    } = safety;
+    pb::SafetyOptions {
+        cortex_margin_mm: Some(*cortex_margin_mm),
+        canal_margin_mm: Some(*canal_margin_mm),
+        nerve_root_margin_mm: Some(*nerve_root_margin_mm),
+    }
+}
+
+/// Unset fields take [`Safety::contract_default`], field by field. Not validated here.
+pub fn safety_from_options(options: Option<pb::SafetyOptions>) -> Safety {
+    let d = Safety::contract_default();
+    let Some(pb::SafetyOptions {
+        cortex_margin_mm,
+        canal_margin_mm,
+        nerve_root_margin_mm,
+    }) = options
+    else {
+        return d;
+    };
+    Safety {
+        cortex_margin_mm: cortex_margin_mm.unwrap_or(d.cortex_margin_mm),
+        canal_margin_mm: canal_margin_mm.unwrap_or(d.canal_margin_mm),
+        nerve_root_margin_mm: nerve_root_margin_mm.unwrap_or(d.nerve_root_margin_mm),
+    }
+}
+
+/// The levels of a request (`None` when empty: every vertebra).
+pub fn levels_from_pb(levels: &[i32], field: &str) -> Result<Option<Vec<Level>>> {
+    if levels.is_empty() {
+        return Ok(None);
+    }
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| level_from_pb(*l, &format!("{field}[{i}]")))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The planning parts of a CreatePlanRequest, validated into a [`PlanRequest`].
+pub fn plan_request_from_pb(
+    levels: &[i32],
+    instrument: Option<pb::InstrumentOptions>,
+    safety: Option<pb::SafetyOptions>,
+) -> Result<PlanRequest> {
+    PlanRequest::new(
+        levels_from_pb(levels, "levels")?,
+        instrument_from_options(instrument),
+        safety_from_options(safety),
+    )
+}
+
+/// A CreatePlanRequest for `request` (every parameter explicit) with the given anatomy.
+pub fn create_plan_request_to_pb(
+    anatomy: pb::create_plan_request::Anatomy,
+    request: &PlanRequest,
+) -> pb::CreatePlanRequest {
+    pb::CreatePlanRequest {
+        anatomy: Some(anatomy),
+        levels: request
+            .levels()
+            .unwrap_or_default()
+            .iter()
+            .map(|l| level_to_pb(*l) as i32)
+            .collect(),
+        instrument: Some(instrument_options_to_pb(request.instrument())),
+        safety: Some(safety_options_to_pb(request.safety())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+
+pub fn instrument_to_pb(instrument: &Instrument) -> pb::Instrument {
+    let Instrument {
+        cannula_outer_diameter_mm,
+        cannula_working_length_mm,
+        balloon_lengths_mm,
+        balloon_max_diameter_mm,
+    } = instrument;
+    pb::Instrument {
+        cannula_outer_diameter_mm: *cannula_outer_diameter_mm,
+        cannula_working_length_mm: *cannula_working_length_mm,
+        balloon_lengths_mm: balloon_lengths_mm.clone(),
+        balloon_max_diameter_mm: *balloon_max_diameter_mm,
+    }
+}
+
+pub fn instrument_from_pb(instrument: pb::Instrument) -> Instrument {
+    let pb::Instrument {
+        cannula_outer_diameter_mm,
+        cannula_working_length_mm,
+        balloon_lengths_mm,
+        balloon_max_diameter_mm,
+    } = instrument;
+    Instrument {
+        cannula_outer_diameter_mm,
+        cannula_working_length_mm,
+        balloon_lengths_mm,
+        balloon_max_diameter_mm,
+    }
+}
+
+pub fn safety_to_pb(safety: &Safety) -> pb::Safety {
+    let Safety {
+        cortex_margin_mm,
+        canal_margin_mm,
+        nerve_root_margin_mm,
+    } = safety;
+    pb::Safety {
+        cortex_margin_mm: *cortex_margin_mm,
+        canal_margin_mm: *canal_margin_mm,
+        nerve_root_margin_mm: *nerve_root_margin_mm,
+    }
+}
+
+pub fn safety_from_pb(safety: pb::Safety) -> Safety {
+    let pb::Safety {
+        cortex_margin_mm,
+        canal_margin_mm,
+        nerve_root_margin_mm,
+    } = safety;
+    Safety {
+        cortex_margin_mm,
+        canal_margin_mm,
+        nerve_root_margin_mm,
+    }
+}
+
+pub fn reason_to_pb(reason: &Reason) -> pb::Reason {
+    let Reason {
+        code,
+        message,
+        value_mm,
+        limit_mm,
+    } = reason;
+    pb::Reason {
+        code: reason_code_to_pb(*code) as i32,
+        message: message.clone(),
+        value_mm: *value_mm,
+        limit_mm: *limit_mm,
+    }
+}
+
+pub fn reason_from_pb(reason: pb::Reason, field: &str) -> Result<Reason> {
+    let pb::Reason {
+        code,
+        message,
+        value_mm,
+        limit_mm,
+    } = reason;
+    Ok(Reason {
+        code: reason_code_from_pb(code, &format!("{field}.code"))?,
+        message,
+        value_mm,
+        limit_mm,
+    })
+}
+
+fn reasons_from_pb(reasons: Vec<pb::Reason>, field: &str) -> Result<Vec<Reason>> {
+    reasons
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| reason_from_pb(r, &format!("{field}[{i}]")))
+        .collect()
+}
+
+pub fn clearances_to_pb(c: &Clearances) -> pb::Clearances {
+    let Clearances {
+        cortex,
+        canal,
+        nerve_root,
+        forbidden,
+    } = c;
+    pb::Clearances {
+        cortex_mm: *cortex,
+        canal_mm: *canal,
+        nerve_root_mm: *nerve_root,
+        forbidden_mm: *forbidden,
+    }
+}
+
+pub fn clearances_from_pb(c: pb::Clearances) -> Clearances {
+    let pb::Clearances {
+        cortex_mm,
+        canal_mm,
+        nerve_root_mm,
+        forbidden_mm,
+    } = c;
+    Clearances {
+        cortex: cortex_mm,
+        canal: canal_mm,
+        nerve_root: nerve_root_mm,
+        forbidden: forbidden_mm,
+    }
+}
+
+pub fn trajectory_to_pb(t: &Trajectory) -> pb::Trajectory {
+    let Trajectory {
+        bone_entry_mm,
+        target_mm,
+        skin_entry_mm,
+        cannula_outer_diameter_mm,
+        medial_angle_deg,
+        cranial_angle_deg,
+        clearance_mm,
+        direction,
+        length_in_bone_mm,
+        insertion_length_mm,
+        tip_depth_fraction,
+        score,
+    } = t;
+    pb::Trajectory {
+        bone_entry_mm: Some(point_to_pb(*bone_entry_mm)),
+        target_mm: Some(point_to_pb(*target_mm)),
+        skin_entry_mm: skin_entry_mm.map(point_to_pb),
+        cannula_outer_diameter_mm: *cannula_outer_diameter_mm,
+        medial_angle_deg: *medial_angle_deg,
+        cranial_angle_deg: *cranial_angle_deg,
+        clearance_mm: Some(clearances_to_pb(clearance_mm)),
+        direction: Some(unit_to_pb(*direction)),
+        length_in_bone_mm: *length_in_bone_mm,
+        insertion_length_mm: *insertion_length_mm,
+        tip_depth_fraction: *tip_depth_fraction,
+        score: *score,
+    }
+}
+
+pub fn trajectory_from_pb(t: pb::Trajectory, field: &str) -> Result<Trajectory> {
+    let pb::Trajectory {
+        bone_entry_mm,
+        target_mm,
+        skin_entry_mm,
+        cannula_outer_diameter_mm,
+        medial_angle_deg,
+        cranial_angle_deg,
+        clearance_mm,
+        direction,
+        length_in_bone_mm,
+        insertion_length_mm,
+        tip_depth_fraction,
+        score,
+    } = t;
+    let f = |s: &str| format!("{field}.{s}");
+    Ok(Trajectory {
+        bone_entry_mm: required_point(bone_entry_mm, &f("bone_entry_mm"))?,
+        target_mm: required_point(target_mm, &f("target_mm"))?,
+        skin_entry_mm: skin_entry_mm.map(point_from_pb),
+        cannula_outer_diameter_mm,
+        medial_angle_deg,
+        cranial_angle_deg,
+        clearance_mm: clearances_from_pb(required(clearance_mm, &f("clearance_mm"))?),
+        direction: required_unit(direction, &f("direction"))?,
+        length_in_bone_mm,
+        insertion_length_mm,
+        tip_depth_fraction,
+        score,
+    })
+}
+
+pub fn balloon_to_pb(b: &Balloon) -> pb::Balloon {
+    let Balloon {
+        center_mm,
+        axis,
+        length_mm,
+        diameter_mm,
+        volume_ml,
+        cortex_clearance_mm,
+        posterior_wall_clearance_mm,
+    } = b;
+    pb::Balloon {
+        center_mm: Some(point_to_pb(*center_mm)),
+        axis: Some(unit_to_pb(*axis)),
+        length_mm: *length_mm,
+        diameter_mm: *diameter_mm,
+        volume_ml: *volume_ml,
+        cortex_clearance_mm: *cortex_clearance_mm,
+        posterior_wall_clearance_mm: *posterior_wall_clearance_mm,
+    }
+}
+
+pub fn balloon_from_pb(b: pb::Balloon, field: &str) -> Result<Balloon> {
+    let pb::Balloon {
+        center_mm,
+        axis,
+        length_mm,
+        diameter_mm,
+        volume_ml,
+        cortex_clearance_mm,
+        posterior_wall_clearance_mm,
+    } = b;
+    Ok(Balloon {
+        center_mm: required_point(center_mm, &format!("{field}.center_mm"))?,
+        axis: required_unit(axis, &format!("{field}.axis"))?,
+        length_mm,
+        diameter_mm,
+        volume_ml,
+        cortex_clearance_mm,
+        posterior_wall_clearance_mm,
+    })
+}
+
+pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
+    let SidePlan {
+        side,
+        feasible,
+        trajectory,
+        balloon,
+        reasons,
+        alternatives,
+    } = s;
+    pb::SidePlan {
+        side: side_to_pb(*side) as i32,
+        feasible: *feasible,
+        trajectory: trajectory.as_ref().map(trajectory_to_pb),
+        balloon: balloon.as_ref().map(balloon_to_pb),
+        reasons: reasons.iter().map(reason_to_pb).collect(),
+        alternatives: alternatives
+            .iter()
+            .map(|a| {
+                let Alternative { code, message } = a;
+                pb::Alternative {
+                    code: alternative_code_to_pb(*code) as i32,
+                    message: message.clone(),
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
+    let pb::SidePlan {
+        side,
+        feasible,
+        trajectory,
+        balloon,
+        reasons,
+        alternatives,
+    } = s;
+    let f = |s: &str| format!("{field}.{s}");
+    Ok(SidePlan {
+        side: side_from_pb(side, &f("side"))?,
+        feasible,
+        trajectory: trajectory
+            .map(|t| trajectory_from_pb(t, &f("trajectory")))
+            .transpose()?,
+        balloon: balloon
+            .map(|b| balloon_from_pb(b, &f("balloon")))
+            .transpose()?,
+        reasons: reasons_from_pb(reasons, &f("reasons"))?,
+        alternatives: alternatives
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let pb::Alternative { code, message } = a;
+                Ok(Alternative {
+                    code: alternative_code_from_pb(code, &format!("{field}.alternatives[{i}].code"))?,
+                    message,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    })
+}
+
+pub fn vertebra_frame_to_pb(v: &VertebraFrameSummary) -> pb::VertebraFrame {
+    let VertebraFrameSummary {
+        body_center_mm,
+        anterior,
+        left,
+        superior,
+        body_depth_mm,
+        body_width_mm,
+        body_height_mm,
+    } = v;
+    pb::VertebraFrame {
+        body_center_mm: Some(point_to_pb(*body_center_mm)),
+        anterior: Some(unit_to_pb(*anterior)),
+        left: Some(unit_to_pb(*left)),
+        superior: Some(unit_to_pb(*superior)),
+        body_depth_mm: *body_depth_mm,
+        body_width_mm: *body_width_mm,
+        body_height_mm: *body_height_mm,
+    }
+}
+
+pub fn vertebra_frame_from_pb(v: pb::VertebraFrame, field: &str) -> Result<VertebraFrameSummary> {
+    let pb::VertebraFrame {
+        body_center_mm,
+        anterior,
+        left,
+        superior,
+        body_depth_mm,
+        body_width_mm,
+        body_height_mm,
+    } = v;
+    let f = |s: &str| format!("{field}.{s}");
+    Ok(VertebraFrameSummary {
+        body_center_mm: required_point(body_center_mm, &f("body_center_mm"))?,
+        anterior: required_unit(anterior, &f("anterior"))?,
+        left: required_unit(left, &f("left"))?,
+        superior: required_unit(superior, &f("superior"))?,
+        body_depth_mm,
+        body_width_mm,
+        body_height_mm,
+    })
+}
+
+pub fn keep_out_to_pb(k: &KeepOutSummary) -> pb::KeepOut {
+    let KeepOutSummary {
+        kind,
+        side,
+        source,
+        from,
+        margin_mm,
+    } = k;
+    pb::KeepOut {
+        kind: kind.clone(),
+        side: side.map_or(pb::Side::Unspecified, side_to_pb) as i32,
+        source: keep_out_source_to_pb(*source) as i32,
+        from: from.clone(),
+        margin_mm: *margin_mm,
+    }
+}
+
+pub fn keep_out_from_pb(k: pb::KeepOut, field: &str) -> Result<KeepOutSummary> {
+    let pb::KeepOut {
+        kind,
+        side,
+        source,
+        from,
+        margin_mm,
+    } = k;
+    Ok(KeepOutSummary {
+        kind,
+        side: side_from_pb_opt(side, &format!("{field}.side"))?,
+        source: keep_out_source_from_pb(source, &format!("{field}.source"))?,
+        from,
+        margin_mm,
+    })
+}
+
+pub fn level_plan_to_pb(l: &LevelPlan) -> pb::LevelPlan {
+    let LevelPlan {
+        level,
+        sides,
+        cement_volume_estimate_ml,
+        vertebra_frame,
+        keep_outs,
+    } = l;
+    pb::LevelPlan {
+        level: level_to_pb(*level) as i32,
+        sides: sides.iter().map(side_plan_to_pb).collect(),
+        cement_volume_estimate_ml: *cement_volume_estimate_ml,
+        vertebra_frame: vertebra_frame.as_ref().map(vertebra_frame_to_pb),
+        keep_outs: keep_outs.iter().map(keep_out_to_pb).collect(),
+    }
+}
+
+pub fn level_plan_from_pb(l: pb::LevelPlan, field: &str) -> Result<LevelPlan> {
+    let pb::LevelPlan {
+        level,
+        sides,
+        cement_volume_estimate_ml,
+        vertebra_frame,
+        keep_outs,
+    } = l;
+    let f = |s: &str| format!("{field}.{s}");
+    Ok(LevelPlan {
+        level: level_from_pb(level, &f("level"))?,
+        sides: sides
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| side_plan_from_pb(s, &format!("{field}.sides[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
+        cement_volume_estimate_ml,
+        vertebra_frame: vertebra_frame
+            .map(|v| vertebra_frame_from_pb(v, &f("vertebra_frame")))
+            .transpose()?,
+        keep_outs: keep_outs
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| keep_out_from_pb(k, &format!("{field}.keep_outs[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
+    })
+}
+
+pub fn structure_notice_to_pb(n: &StructureNotice) -> pb::StructureNotice {
+    let StructureNotice { structure, fix } = n;
+    pb::StructureNotice {
+        structure: structure.clone(),
+        fix: mesh_fix_to_pb(fix) as i32,
+    }
+}
+
+pub fn structure_notice_from_pb(n: pb::StructureNotice, field: &str) -> Result<StructureNotice> {
+    let pb::StructureNotice { structure, fix } = n;
+    Ok(StructureNotice {
+        structure,
+        fix: mesh_fix_from_pb(fix, &format!("{field}.fix"))?,
+    })
+}
+
+/// The plan message of a planner plan. `plan_id`, `anatomy_id` and `create_time_unix_ms` are
+/// server metadata: left empty here, set by the server.
+pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
+    let Plan {
+        case,
+        frame,
+        levels,
+        instrument,
+        safety,
+        mesh_fixes,
+        planner_version,
+    } = plan;
+    pb::Plan {
+        plan_id: String::new(),
+        anatomy_id: String::new(),
+        create_time_unix_ms: 0,
+        case_name: case.clone(),
+        frame: frame_to_pb(*frame) as i32,
+        levels: levels.iter().map(level_plan_to_pb).collect(),
+        instrument: Some(instrument_to_pb(instrument)),
+        safety: Some(safety_to_pb(safety)),
+        mesh_fixes: mesh_fixes.iter().map(structure_notice_to_pb).collect(),
+        planner_version: planner_version.clone(),
+    }
+}
+
+/// The planner plan of a plan message; the server metadata (`plan_id`, `anatomy_id`,
+/// `create_time_unix_ms`) is not part of it (nor of the plan JSON).
+pub fn plan_from_pb(plan: pb::Plan) -> Result<Plan> {
+    let pb::Plan {
+        plan_id: _,
+        anatomy_id: _,
+        create_time_unix_ms: _,
+        case_name,
+        frame,
+        levels,
+        instrument,
+        safety,
+        mesh_fixes,
+        planner_version,
+    } = plan;
+    Ok(Plan {
+        case: case_name,
+        frame: frame_from_pb(frame, "frame")?,
+        levels: levels
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| level_plan_from_pb(l, &format!("levels[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
+        instrument: instrument_from_pb(required(instrument, "instrument")?),
+        safety: safety_from_pb(required(safety, "safety")?),
+        mesh_fixes: mesh_fixes
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| structure_notice_from_pb(n, &format!("mesh_fixes[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
+        planner_version,
+    })
+}
+
+pub fn evaluation_to_pb(e: &Evaluation) -> pb::Evaluation {
+    let Evaluation {
+        level,
+        side,
+        safe,
+        trajectory,
+        violations,
+    } = e;
+    pb::Evaluation {
+        level: level_to_pb(*level) as i32,
+        side: side_to_pb(*side) as i32,
+        safe: *safe,
+        trajectory: Some(trajectory_to_pb(trajectory)),
+        violations: violations.iter().map(reason_to_pb).collect(),
+    }
+}
+
+pub fn evaluation_from_pb(e: pb::Evaluation) -> Result<Evaluation> {
+    let pb::Evaluation {
+        level,
+        side,
+        safe,
+        trajectory,
+        violations,
+    } = e;
+    Ok(Evaluation {
+        level: level_from_pb(level, "level")?,
+        side: side_from_pb(side, "side")?,
+        safe,
+        trajectory: trajectory_from_pb(required(trajectory, "trajectory")?, "trajectory")?,
+        violations: reasons_from_pb(violations, "violations")?,
+    })
+}
