@@ -59,8 +59,8 @@ pub fn level_to_pb(level: Level) -> pb::Level {
 
 /// `None` for LEVEL_UNSPECIFIED; an error for values this version does not know.
 pub fn level_from_pb_opt(v: i32, field: &str) -> Result<Option<Level>> {
-    let level = pb::Level::try_from(v)
-        .map_err(|_| InputError::invalid(field, v, "unknown level value"))?;
+    let level =
+        pb::Level::try_from(v).map_err(|_| InputError::invalid(field, v, "unknown level value"))?;
     Ok(match level {
         pb::Level::Unspecified => None,
         pb::Level::T1 => Some(Level::T1),
@@ -188,7 +188,9 @@ pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
 pub fn alternative_code_to_pb(code: AlternativeCode) -> pb::AlternativeCode {
     match code {
         AlternativeCode::SmallerCannula => pb::AlternativeCode::SmallerCannula,
-        AlternativeCode::UnipedicularFromOtherSide => pb::AlternativeCode::UnipedicularFromOtherSide,
+        AlternativeCode::UnipedicularFromOtherSide => {
+            pb::AlternativeCode::UnipedicularFromOtherSide
+        }
         AlternativeCode::Extrapedicular => pb::AlternativeCode::Extrapedicular,
         AlternativeCode::SmallerMargins => pb::AlternativeCode::SmallerMargins,
         AlternativeCode::LongerCannula => pb::AlternativeCode::LongerCannula,
@@ -207,7 +209,9 @@ pub fn alternative_code_from_pb(v: i32, field: &str) -> Result<AlternativeCode> 
             ))
         }
         pb::AlternativeCode::SmallerCannula => AlternativeCode::SmallerCannula,
-        pb::AlternativeCode::UnipedicularFromOtherSide => AlternativeCode::UnipedicularFromOtherSide,
+        pb::AlternativeCode::UnipedicularFromOtherSide => {
+            AlternativeCode::UnipedicularFromOtherSide
+        }
         pb::AlternativeCode::Extrapedicular => AlternativeCode::Extrapedicular,
         pb::AlternativeCode::SmallerMargins => AlternativeCode::SmallerMargins,
         pb::AlternativeCode::LongerCannula => AlternativeCode::LongerCannula,
@@ -310,12 +314,16 @@ pub fn descriptor_from_pb(d: pb::StructureDescriptor, field: &str) -> Result<(St
     } = d;
     let f = |s: &str| format!("{field}.{s}");
     if name.trim().is_empty() {
-        return Err(InputError::invalid(f("name"), "\"\"", "a structure name is required"));
+        return Err(InputError::invalid(
+            f("name"),
+            "\"\"",
+            "a structure name is required",
+        ));
     }
     let level = level_from_pb_opt(level, &f("level"))?;
     let side = side_from_pb_opt(side, &f("side"))?;
-    let role_pb =
-        pb::Role::try_from(role).map_err(|_| InputError::invalid(f("role"), role, "unknown role"))?;
+    let role_pb = pb::Role::try_from(role)
+        .map_err(|_| InputError::invalid(f("role"), role, "unknown role"))?;
     let no_level = |kind: &str| -> Result<()> {
         match level {
             Some(l) => Err(InputError::invalid(
@@ -336,9 +344,8 @@ pub fn descriptor_from_pb(d: pb::StructureDescriptor, field: &str) -> Result<(St
             None => Ok(()),
         }
     };
-    let need_level = || {
-        level.ok_or_else(|| InputError::invalid(f("level"), "LEVEL_UNSPECIFIED", "required"))
-    };
+    let need_level =
+        || level.ok_or_else(|| InputError::invalid(f("level"), "LEVEL_UNSPECIFIED", "required"));
     let role = match role_pb {
         pb::Role::Unspecified => {
             return Err(InputError::invalid(
@@ -391,14 +398,14 @@ pub fn mesh_to_pb(mesh: &TriMesh) -> pb::Mesh {
 /// Packed arrays to a mesh; the lengths must be multiples of 3. Values are not validated here
 /// (the planner's preparation names NaN vertices and bad indices).
 pub fn mesh_from_parts(vertices_mm: &[f64], triangles: &[u32], field: &str) -> Result<TriMesh> {
-    if vertices_mm.len() % 3 != 0 {
+    if !vertices_mm.len().is_multiple_of(3) {
         return Err(InputError::invalid(
             format!("{field}.vertices_mm"),
             vertices_mm.len(),
             "the number of coordinates must be a multiple of 3 (x, y, z per vertex)",
         ));
     }
-    if triangles.len() % 3 != 0 {
+    if !triangles.len().is_multiple_of(3) {
         return Err(InputError::invalid(
             format!("{field}.triangles"),
             triangles.len(),
@@ -454,7 +461,11 @@ pub fn anatomy_from_pb(anatomy: pb::AnatomyData) -> Result<AnatomyInput> {
         structures,
     } = anatomy;
     if name.trim().is_empty() {
-        return Err(InputError::invalid("name", "\"\"", "the anatomy needs a name"));
+        return Err(InputError::invalid(
+            "name",
+            "\"\"",
+            "the anatomy needs a name",
+        ));
     }
     let frame = frame_from_pb(frame, "frame")?;
     let structures = structures
@@ -897,7 +908,10 @@ pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
             .map(|(i, a)| {
                 let pb::Alternative { code, message } = a;
                 Ok(Alternative {
-                    code: alternative_code_from_pb(code, &format!("{field}.alternatives[{i}].code"))?,
+                    code: alternative_code_from_pb(
+                        code,
+                        &format!("{field}.alternatives[{i}].code"),
+                    )?,
                     message,
                 })
             })

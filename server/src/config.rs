@@ -1,0 +1,52 @@
+//! Server configuration: flags, each with an environment variable, and defaults that work on a
+//! laptop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `kyphoplan-server` flags. Every flag can also be given by the environment variable named.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "kyphoplan-server",
+    version,
+    about = "kyphoplan gRPC planning server"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "KYPHOPLAN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "KYPHOPLAN_DATA_DIR", default_value = "./kyphoplan-data")]
+    pub data_dir: PathBuf,
+    /// Largest gRPC message accepted or sent, bytes (uploads are chunked below it).
+    #[arg(long, env = "KYPHOPLAN_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Most triangles of one uploaded (or inline) anatomy, all meshes together. Vertices are
+    /// limited to three times this number.
+    #[arg(long, env = "KYPHOPLAN_MAX_TRIANGLES", default_value_t = 8_000_000)]
+    pub max_triangles: u64,
+    /// Planning runs at the same time; further CreatePlan/StreamPlan calls get
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KYPHOPLAN_MAX_CONCURRENT_PLANS", default_value_t = 4)]
+    pub max_concurrent_plans: usize,
+    /// Threads of the planner's rayon pool (0: one per core).
+    #[arg(long, env = "KYPHOPLAN_PLANNER_THREADS", default_value_t = 0)]
+    pub planner_threads: usize,
+    /// Prepared anatomies kept in memory (least recently used are dropped; they are prepared
+    /// again from the store when needed).
+    #[arg(long, env = "KYPHOPLAN_PREPARED_CACHE", default_value_t = 8)]
+    pub prepared_cache_entries: usize,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "KYPHOPLAN_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// The defaults with another data directory (for tests and embedding).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        let mut config = Config::parse_from(["kyphoplan-server"]);
+        config.data_dir = data_dir.into();
+        config
+    }
+}

@@ -1,0 +1,65 @@
+//! The server's errors and the ONE place they become gRPC statuses.
+
+use kyphoplan_planner::error::InputError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Everything an RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request or the anatomy was refused (names the field or structure).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{kind} '{id}' not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("the deadline passed before the work finished")]
+    DeadlineExceeded,
+    /// A configured limit was reached (size of an upload, concurrent plans).
+    #[error("{what}: {detail}")]
+    ResourceExhausted { what: &'static str, detail: String },
+    /// The store failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The server cannot do the work now (e.g. shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug: the planner panicked, stored data does not decode.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<redb::Error> for ServiceError {
+    fn from(e: redb::Error) -> Self {
+        ServiceError::Storage(e.to_string())
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::Input(input) => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(input.field(), input.to_string()),
+            ),
+            ServiceError::NotFound { kind, id } => Status::with_error_details(
+                Code::NotFound,
+                message,
+                ErrorDetails::with_resource_info(kind, id, "", "no such resource"),
+            ),
+            ServiceError::Cancelled => Status::cancelled(message),
+            ServiceError::DeadlineExceeded => Status::deadline_exceeded(message),
+            ServiceError::ResourceExhausted { what, detail } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_quota_failure_violation(what, detail),
+            ),
+            ServiceError::Storage(_) => Status::internal(message),
+            ServiceError::Unavailable(_) => Status::unavailable(message),
+            ServiceError::Internal(_) => Status::internal(message),
+        }
+    }
+}

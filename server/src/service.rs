@@ -1,0 +1,882 @@
+//! The `kyphoplan.v1.PlanningService` implementation.
+//!
+//! CPU work (preparation, planning, evaluation) runs on a dedicated rayon pool; handlers spawn
+//! onto it and await a oneshot. A planning run polls an `AtomicBool` that is set when the call
+//! is cancelled (the response future or stream is dropped) and checks the call's deadline
+//! (`grpc-timeout`), so neither keeps burning cores for a client that is gone.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use kyphoplan_planner::error::InputError;
+use kyphoplan_planner::plan::LevelPlan;
+use kyphoplan_planner::planning::{self, PlanControl, PlanError};
+use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
+use kyphoplan_proto::convert;
+use kyphoplan_proto::pb;
+use kyphoplan_proto::pb::planning_service_server::PlanningService;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::ServiceError;
+use crate::store::Store;
+
+/// Counters of the planning runs, for operators and tests.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Runs executing on the pool right now.
+    pub plans_running: AtomicUsize,
+    pub plans_completed: AtomicU64,
+    /// Runs stopped because the client went away or the deadline passed.
+    pub plans_cancelled: AtomicU64,
+    pub anatomies_prepared: AtomicU64,
+}
+
+/// A small LRU of prepared anatomies.
+struct PreparedCache {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<String, (u64, Arc<PreparedAnatomy>)>,
+}
+
+impl PreparedCache {
+    fn get(&mut self, id: &str) -> Option<Arc<PreparedAnatomy>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(id).map(|(used, p)| {
+            *used = tick;
+            p.clone()
+        })
+    }
+
+    fn insert(&mut self, id: String, prepared: Arc<PreparedAnatomy>) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.tick += 1;
+        while self.entries.len() >= self.capacity && !self.entries.contains_key(&id) {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(id, (self.tick, prepared));
+    }
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    pool: rayon::ThreadPool,
+    plan_slots: Arc<Semaphore>,
+    cache: Mutex<PreparedCache>,
+    metrics: Arc<Metrics>,
+    plan_counter: AtomicU64,
+}
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct Planning {
+    inner: Arc<Inner>,
+}
+
+/// Sets the flag when dropped: held by the response future or stream of a call, so that the
+/// planning run sees the client going away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Tonic answers an expired `grpc-timeout` itself (as CANCELLED) when its timer fires; answer
+/// DEADLINE_EXCEEDED a little earlier so the client gets the precise code.
+const DEADLINE_LEAD: Duration = Duration::from_millis(2);
+
+/// The call's deadline from its `grpc-timeout` header.
+fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d.saturating_sub(DEADLINE_LEAD))
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, ServiceError> {
+    M::decode(bytes)
+        .map_err(|e| ServiceError::Internal(format!("stored {what} does not decode: {e}")))
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+/// Upload in progress: the header and the meshes assembled so far.
+struct Assembly {
+    header: pb::AnatomyHeader,
+    vertices: Vec<Vec<f64>>,
+    triangles: Vec<Vec<u32>>,
+    triangle_count: u64,
+    vertex_count: u64,
+}
+
+/// The resolved anatomy of a request.
+struct Resolved {
+    id: String,
+    prepared: Arc<PreparedAnatomy>,
+}
+
+impl Planning {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, ServiceError> {
+        let store = Store::open(&config.data_dir)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.planner_threads)
+            .thread_name(|i| format!("planner-{i}"))
+            .build()
+            .map_err(|e| ServiceError::Internal(format!("cannot start the planner pool: {e}")))?;
+        Ok(Planning {
+            inner: Arc::new(Inner {
+                plan_slots: Arc::new(Semaphore::new(config.max_concurrent_plans.max(1))),
+                cache: Mutex::new(PreparedCache {
+                    capacity: config.prepared_cache_entries,
+                    tick: 0,
+                    entries: HashMap::new(),
+                }),
+                config,
+                store,
+                pool,
+                metrics,
+                plan_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Run CPU work on the planner pool and await it. A panic becomes an internal error (rayon
+    /// would otherwise abort the process).
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.pool.spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let _ = tx.send(result);
+        });
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(panic)) => Err(ServiceError::Internal(format!(
+                "the planner panicked: {}",
+                panic_message(panic)
+            ))),
+            Err(_) => Err(ServiceError::Unavailable(
+                "the planner pool shut down".into(),
+            )),
+        }
+    }
+
+    /// Run a blocking store call off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.store))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("store task failed: {e}")))?
+    }
+
+    fn cached(&self, id: &str) -> Option<Arc<PreparedAnatomy>> {
+        self.inner.cache.lock().expect("cache lock").get(id)
+    }
+
+    fn cache(&self, id: &str, prepared: Arc<PreparedAnatomy>) {
+        self.inner
+            .cache
+            .lock()
+            .expect("cache lock")
+            .insert(id.to_owned(), prepared);
+    }
+
+    fn check_size(&self, triangles: u64, vertices: u64) -> Result<(), ServiceError> {
+        let max = self.inner.config.max_triangles;
+        if triangles > max {
+            return Err(ServiceError::ResourceExhausted {
+                what: "anatomy triangles",
+                detail: format!("{triangles} triangles is over the server's limit of {max}"),
+            });
+        }
+        if vertices > max.saturating_mul(3) {
+            return Err(ServiceError::ResourceExhausted {
+                what: "anatomy vertices",
+                detail: format!(
+                    "{vertices} vertices is over the server's limit of {}",
+                    max.saturating_mul(3)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Validate and prepare an anatomy on the pool.
+    async fn prepare(&self, data: pb::AnatomyData) -> Result<Arc<PreparedAnatomy>, ServiceError> {
+        let input = convert::anatomy_from_pb(data)?;
+        let prepared = self
+            .on_pool(move || PreparedAnatomy::prepare(input, &PrepareOptions::standard()))
+            .await??;
+        self.inner
+            .metrics
+            .anatomies_prepared
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(prepared))
+    }
+
+    /// The metadata message of a prepared anatomy.
+    fn anatomy_meta(id: &str, data: &pb::AnatomyData, prepared: &PreparedAnatomy) -> pb::Anatomy {
+        let pb::AnatomyData {
+            name,
+            frame,
+            structures,
+        } = data;
+        let summaries: Vec<pb::StructureSummary> = structures
+            .iter()
+            .map(|s| {
+                let pb::Structure { descriptor, mesh } = s;
+                let (v, t) = mesh
+                    .as_ref()
+                    .map_or((0, 0), |m| (m.vertices_mm.len() / 3, m.triangles.len() / 3));
+                pb::StructureSummary {
+                    descriptor: descriptor.clone(),
+                    vertex_count: v as u64,
+                    triangle_count: t as u64,
+                }
+            })
+            .collect();
+        pb::Anatomy {
+            anatomy_id: id.to_owned(),
+            name: name.clone(),
+            frame: *frame,
+            total_vertex_count: summaries.iter().map(|s| s.vertex_count).sum(),
+            total_triangle_count: summaries.iter().map(|s| s.triangle_count).sum(),
+            structures: summaries,
+            levels: prepared
+                .levels()
+                .into_iter()
+                .map(|l| convert::level_to_pb(l) as i32)
+                .collect(),
+            mesh_fixes: prepared
+                .mesh_fixes()
+                .iter()
+                .map(convert::structure_notice_to_pb)
+                .collect(),
+        }
+    }
+
+    /// Store (once) and cache a complete anatomy; return its metadata.
+    async fn admit_anatomy(&self, data: pb::AnatomyData) -> Result<pb::Anatomy, ServiceError> {
+        let encoded = data.encode_to_vec();
+        let id = convert::anatomy_id_of_bytes(&encoded);
+        let lookup = id.clone();
+        if let Some(meta) = self.blocking(move |s| s.anatomy_meta(&lookup)).await? {
+            info!(anatomy_id = %id, "anatomy already stored");
+            return decode(&meta, "anatomy metadata");
+        }
+        let prepared = self.prepare(data.clone()).await?;
+        let meta = Self::anatomy_meta(&id, &data, &prepared);
+        let meta_bytes = meta.encode_to_vec();
+        let key = id.clone();
+        self.blocking(move |s| s.put_anatomy(&key, &encoded, &meta_bytes))
+            .await?;
+        self.cache(&id, prepared);
+        info!(anatomy_id = %id, name = %meta.name, triangles = meta.total_triangle_count, "anatomy stored");
+        Ok(meta)
+    }
+
+    /// The prepared anatomy of a stored id: from the cache, or prepared again from the store.
+    async fn stored_anatomy(&self, id: String) -> Result<Resolved, ServiceError> {
+        if id.is_empty() {
+            return Err(
+                InputError::invalid("anatomy_id", "\"\"", "an anatomy id is required").into(),
+            );
+        }
+        if let Some(prepared) = self.cached(&id) {
+            return Ok(Resolved { id, prepared });
+        }
+        let key = id.clone();
+        let bytes = self
+            .blocking(move |s| s.anatomy(&key))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                kind: "anatomy",
+                id: id.clone(),
+            })?;
+        let data: pb::AnatomyData = decode(&bytes, "anatomy")?;
+        let prepared = self.prepare(data).await?;
+        self.cache(&id, prepared.clone());
+        Ok(Resolved { id, prepared })
+    }
+
+    async fn inline_anatomy(&self, data: pb::AnatomyData) -> Result<Resolved, ServiceError> {
+        let (t, v) = data.structures.iter().fold((0u64, 0u64), |(t, v), s| {
+            s.mesh.as_ref().map_or((t, v), |m| {
+                (
+                    t + m.triangles.len() as u64 / 3,
+                    v + m.vertices_mm.len() as u64 / 3,
+                )
+            })
+        });
+        self.check_size(t, v)?;
+        let id = convert::anatomy_id(&data);
+        if let Some(prepared) = self.cached(&id) {
+            return Ok(Resolved { id, prepared });
+        }
+        let prepared = self.prepare(data).await?;
+        self.cache(&id, prepared.clone());
+        Ok(Resolved { id, prepared })
+    }
+
+    async fn resolve_plan_anatomy(
+        &self,
+        anatomy: Option<pb::create_plan_request::Anatomy>,
+    ) -> Result<Resolved, ServiceError> {
+        match anatomy {
+            None => {
+                Err(
+                    InputError::invalid("anatomy", "unset", "give anatomy_id or inline_anatomy")
+                        .into(),
+                )
+            }
+            Some(pb::create_plan_request::Anatomy::AnatomyId(id)) => self.stored_anatomy(id).await,
+            Some(pb::create_plan_request::Anatomy::InlineAnatomy(data)) => {
+                self.inline_anatomy(data).await
+            }
+        }
+    }
+
+    fn new_plan_id(&self) -> String {
+        let n = self.inner.plan_counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mut h = Sha256::new();
+        h.update(nanos.to_le_bytes());
+        h.update(n.to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        let digest = h.finalize();
+        // Time first: ids sort by creation time.
+        format!("{:012x}{}", now_unix_ms(), hex::encode(&digest[..8]))
+    }
+
+    fn acquire_plan_slot(&self) -> Result<OwnedSemaphorePermit, ServiceError> {
+        self.inner
+            .plan_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::ResourceExhausted {
+                what: "concurrent plans",
+                detail: format!(
+                    "all {} planning slots are busy; retry later",
+                    self.inner.config.max_concurrent_plans.max(1)
+                ),
+            })
+    }
+
+    /// Run a plan on the pool. `on_level` is called from pool threads.
+    async fn run_plan(
+        &self,
+        resolved: &Resolved,
+        request: kyphoplan_planner::PlanRequest,
+        cancelled: Arc<AtomicBool>,
+        deadline: Option<Instant>,
+        permit: OwnedSemaphorePermit,
+        on_level: impl Fn(&LevelPlan, usize, usize) + Send + Sync + 'static,
+    ) -> Result<pb::Plan, ServiceError> {
+        let prepared = resolved.prepared.clone();
+        let metrics = self.inner.metrics.clone();
+        let flag = cancelled.clone();
+        let result = self
+            .on_pool(move || {
+                let _permit = permit;
+                metrics.plans_running.fetch_add(1, Ordering::SeqCst);
+                let stop = move || {
+                    flag.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
+                };
+                let control = PlanControl {
+                    cancelled: &stop,
+                    on_level: &on_level,
+                };
+                let result = planning::plan_with(&prepared, &request, &control);
+                match &result {
+                    Ok(_) => metrics.plans_completed.fetch_add(1, Ordering::Relaxed),
+                    Err(PlanError::Cancelled) => {
+                        metrics.plans_cancelled.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(PlanError::Input(_)) => 0,
+                };
+                metrics.plans_running.fetch_sub(1, Ordering::SeqCst);
+                result
+            })
+            .await?;
+        let plan = match result {
+            Ok(plan) => plan,
+            Err(PlanError::Input(e)) => return Err(e.into()),
+            Err(PlanError::Cancelled) => {
+                return Err(if deadline.is_some_and(|d| Instant::now() >= d) {
+                    ServiceError::DeadlineExceeded
+                } else {
+                    ServiceError::Cancelled
+                })
+            }
+        };
+        let mut message = convert::plan_to_pb(&plan);
+        message.plan_id = self.new_plan_id();
+        message.anatomy_id = resolved.id.clone();
+        message.create_time_unix_ms = now_unix_ms();
+        let bytes = message.encode_to_vec();
+        let key = message.plan_id.clone();
+        self.blocking(move |s| s.put_plan(&key, &bytes)).await?;
+        info!(plan_id = %message.plan_id, anatomy_id = %resolved.id, levels = message.levels.len(), "plan stored");
+        Ok(message)
+    }
+
+    async fn upload(
+        &self,
+        mut chunks: Streaming<pb::UploadAnatomyChunk>,
+    ) -> Result<pb::Anatomy, ServiceError> {
+        let mut assembly: Option<Assembly> = None;
+        let mut index = 0usize;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|s| match s.code() {
+                tonic::Code::Cancelled => ServiceError::Cancelled,
+                tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+                    ServiceError::ResourceExhausted {
+                        what: "message size",
+                        detail: s.message().to_owned(),
+                    }
+                }
+                _ => ServiceError::Input(InputError::invalid(
+                    format!("chunk[{index}]"),
+                    "undecodable",
+                    s.message(),
+                )),
+            })?;
+            let pb::UploadAnatomyChunk { chunk } = chunk;
+            match (chunk, &mut assembly) {
+                (None, _) => {
+                    return Err(InputError::invalid(
+                        format!("chunk[{index}]"),
+                        "empty",
+                        "a chunk carries a header or a mesh",
+                    )
+                    .into())
+                }
+                (Some(pb::upload_anatomy_chunk::Chunk::Header(header)), None) => {
+                    if header.name.trim().is_empty() {
+                        return Err(InputError::invalid(
+                            "header.name",
+                            "\"\"",
+                            "the anatomy needs a name",
+                        )
+                        .into());
+                    }
+                    convert::frame_from_pb(header.frame, "header.frame")?;
+                    for (i, d) in header.structures.iter().enumerate() {
+                        convert::descriptor_from_pb(d.clone(), &format!("header.structures[{i}]"))?;
+                    }
+                    let n = header.structures.len();
+                    assembly = Some(Assembly {
+                        header,
+                        vertices: vec![Vec::new(); n],
+                        triangles: vec![Vec::new(); n],
+                        triangle_count: 0,
+                        vertex_count: 0,
+                    });
+                }
+                (Some(pb::upload_anatomy_chunk::Chunk::Header(_)), Some(_)) => {
+                    return Err(InputError::invalid(
+                        format!("chunk[{index}].header"),
+                        "second header",
+                        "send the header once, first",
+                    )
+                    .into())
+                }
+                (Some(pb::upload_anatomy_chunk::Chunk::Mesh(_)), None) => {
+                    return Err(InputError::invalid(
+                        format!("chunk[{index}].mesh"),
+                        "mesh before header",
+                        "send the header first",
+                    )
+                    .into())
+                }
+                (Some(pb::upload_anatomy_chunk::Chunk::Mesh(mesh)), Some(a)) => {
+                    let pb::MeshChunk {
+                        structure_index,
+                        vertices_mm,
+                        triangles,
+                    } = mesh;
+                    let i = structure_index as usize;
+                    if i >= a.vertices.len() {
+                        return Err(InputError::invalid(
+                            format!("chunk[{index}].mesh.structure_index"),
+                            structure_index,
+                            format!("the header has {} structures", a.vertices.len()),
+                        )
+                        .into());
+                    }
+                    a.vertex_count += vertices_mm.len() as u64 / 3;
+                    a.triangle_count += triangles.len() as u64 / 3;
+                    self.check_size(a.triangle_count, a.vertex_count)?;
+                    a.vertices[i].extend_from_slice(&vertices_mm);
+                    a.triangles[i].extend_from_slice(&triangles);
+                }
+            }
+            index += 1;
+        }
+        let Assembly {
+            header,
+            vertices,
+            triangles,
+            ..
+        } = assembly
+            .ok_or_else(|| InputError::invalid("header", "missing", "the upload sent no header"))?;
+        let pb::AnatomyHeader {
+            name,
+            frame,
+            structures,
+        } = header;
+        let data = pb::AnatomyData {
+            name,
+            frame,
+            structures: structures
+                .into_iter()
+                .zip(vertices.into_iter().zip(triangles))
+                .map(|(descriptor, (vertices_mm, triangles))| pb::Structure {
+                    descriptor: Some(descriptor),
+                    mesh: Some(pb::Mesh {
+                        vertices_mm,
+                        triangles,
+                    }),
+                })
+                .collect(),
+        };
+        self.admit_anatomy(data).await
+    }
+}
+
+/// Logs a refused or failed call.
+fn log_error(rpc: &str, e: &ServiceError) {
+    match e {
+        ServiceError::Input(_) | ServiceError::NotFound { .. } => info!(rpc, error = %e, "refused"),
+        ServiceError::Cancelled | ServiceError::DeadlineExceeded => {
+            info!(rpc, error = %e, "stopped")
+        }
+        ServiceError::ResourceExhausted { .. } => warn!(rpc, error = %e, "limit reached"),
+        ServiceError::Storage(_) | ServiceError::Unavailable(_) | ServiceError::Internal(_) => {
+            tracing::error!(rpc, error = %e, "failed")
+        }
+    }
+}
+
+fn respond<T>(rpc: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(|e| {
+        log_error(rpc, &e);
+        Status::from(e)
+    })
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::PlanProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PlanningService for Planning {
+    async fn upload_anatomy(
+        &self,
+        request: Request<Streaming<pb::UploadAnatomyChunk>>,
+    ) -> Result<Response<pb::Anatomy>, Status> {
+        respond("UploadAnatomy", self.upload(request.into_inner()).await)
+    }
+
+    async fn get_anatomy(
+        &self,
+        request: Request<pb::GetAnatomyRequest>,
+    ) -> Result<Response<pb::Anatomy>, Status> {
+        let pb::GetAnatomyRequest { anatomy_id } = request.into_inner();
+        let r = async {
+            let key = anatomy_id.clone();
+            let bytes = self.blocking(move |s| s.anatomy_meta(&key)).await?.ok_or(
+                ServiceError::NotFound {
+                    kind: "anatomy",
+                    id: anatomy_id,
+                },
+            )?;
+            decode(&bytes, "anatomy metadata")
+        }
+        .await;
+        respond("GetAnatomy", r)
+    }
+
+    async fn create_plan(
+        &self,
+        request: Request<pb::CreatePlanRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let pb::CreatePlanRequest {
+            anatomy,
+            levels,
+            instrument,
+            safety,
+        } = request.into_inner();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _guard = CancelOnDrop(cancelled.clone());
+        let work = async {
+            let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
+            let resolved = self.resolve_plan_anatomy(anatomy).await?;
+            let permit = self.acquire_plan_slot()?;
+            self.run_plan(
+                &resolved,
+                plan_request,
+                cancelled.clone(),
+                deadline,
+                permit,
+                |_, _, _| {},
+            )
+            .await
+        };
+        let r = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), work).await {
+                Ok(r) => r,
+                Err(_) => Err(ServiceError::DeadlineExceeded),
+            },
+            None => work.await,
+        };
+        respond("CreatePlan", r)
+    }
+
+    type StreamPlanStream = ProgressStream;
+
+    async fn stream_plan(
+        &self,
+        request: Request<pb::CreatePlanRequest>,
+    ) -> Result<Response<Self::StreamPlanStream>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let pb::CreatePlanRequest {
+            anatomy,
+            levels,
+            instrument,
+            safety,
+        } = request.into_inner();
+        let setup = async {
+            let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
+            let resolved = self.resolve_plan_anatomy(anatomy).await?;
+            let permit = self.acquire_plan_slot()?;
+            Ok::<_, ServiceError>((plan_request, resolved, permit))
+        };
+        let (plan_request, resolved, permit) = match respond("StreamPlan", setup.await) {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Err(status),
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(cancelled.clone());
+        let (tx, rx) = mpsc::unbounded_channel::<Result<pb::PlanProgress, Status>>();
+        let service = self.clone();
+        tokio::spawn(async move {
+            let level_tx = tx.clone();
+            let on_level = move |level: &LevelPlan, done: usize, total: usize| {
+                let _ = level_tx.send(Ok(pb::PlanProgress {
+                    levels_done: done as u32,
+                    levels_total: total as u32,
+                    event: Some(pb::plan_progress::Event::Level(convert::level_plan_to_pb(
+                        level,
+                    ))),
+                }));
+            };
+            let r = service
+                .run_plan(
+                    &resolved,
+                    plan_request,
+                    cancelled,
+                    deadline,
+                    permit,
+                    on_level,
+                )
+                .await;
+            let message = match r {
+                Ok(plan) => Ok(pb::PlanProgress {
+                    levels_done: plan.levels.len() as u32,
+                    levels_total: plan.levels.len() as u32,
+                    event: Some(pb::plan_progress::Event::Plan(plan)),
+                }),
+                Err(e) => {
+                    log_error("StreamPlan", &e);
+                    Err(Status::from(e))
+                }
+            };
+            let _ = tx.send(message);
+        });
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |m| {
+            // The guard lives as long as the stream: dropping the stream (client cancelled or
+            // went away) stops the planning run.
+            let _ = &guard;
+            m
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn evaluate_trajectory(
+        &self,
+        request: Request<pb::EvaluateTrajectoryRequest>,
+    ) -> Result<Response<pb::Evaluation>, Status> {
+        let pb::EvaluateTrajectoryRequest {
+            anatomy,
+            level,
+            side,
+            entry_mm,
+            target_mm,
+            instrument,
+            safety,
+        } = request.into_inner();
+        let r = async {
+            let level = convert::level_from_pb(level, "level")?;
+            let side = convert::side_from_pb(side, "side")?;
+            let entry_mm = convert::required_point(entry_mm, "entry_mm")?;
+            let target_mm = convert::required_point(target_mm, "target_mm")?;
+            for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
+                if p.iter().any(|c| !c.is_finite()) {
+                    return Err(
+                        InputError::invalid(field, format!("{p:?}"), "must be finite").into(),
+                    );
+                }
+            }
+            let instrument = convert::instrument_from_options(instrument);
+            let safety = convert::safety_from_options(safety);
+            instrument.validate()?;
+            safety.validate()?;
+            let anatomy = anatomy.map(|a| match a {
+                pb::evaluate_trajectory_request::Anatomy::AnatomyId(id) => {
+                    pb::create_plan_request::Anatomy::AnatomyId(id)
+                }
+                pb::evaluate_trajectory_request::Anatomy::InlineAnatomy(d) => {
+                    pb::create_plan_request::Anatomy::InlineAnatomy(d)
+                }
+            });
+            let resolved = self.resolve_plan_anatomy(anatomy).await?;
+            let prepared = resolved.prepared.clone();
+            let evaluation = self
+                .on_pool(move || {
+                    planning::evaluate(
+                        &prepared,
+                        level,
+                        side,
+                        entry_mm,
+                        target_mm,
+                        &instrument,
+                        &safety,
+                    )
+                })
+                .await??;
+            Ok(convert::evaluation_to_pb(&evaluation))
+        }
+        .await;
+        respond("EvaluateTrajectory", r)
+    }
+
+    async fn get_plan(
+        &self,
+        request: Request<pb::GetPlanRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let pb::GetPlanRequest { plan_id } = request.into_inner();
+        let r = async {
+            if plan_id.is_empty() {
+                return Err(InputError::invalid("plan_id", "\"\"", "a plan id is required").into());
+            }
+            let key = plan_id.clone();
+            let bytes =
+                self.blocking(move |s| s.plan(&key))
+                    .await?
+                    .ok_or(ServiceError::NotFound {
+                        kind: "plan",
+                        id: plan_id,
+                    })?;
+            decode(&bytes, "plan")
+        }
+        .await;
+        respond("GetPlan", r)
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let pb::ListPlansRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let limit = match page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let r = async {
+            let (rows, more) = self
+                .blocking(move |s| s.plans_after(&page_token, limit))
+                .await?;
+            let next_page_token = if more {
+                rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let plans = rows
+                .iter()
+                .map(|(_, bytes)| {
+                    let plan: pb::Plan = decode(bytes, "plan")?;
+                    Ok(pb::PlanSummary {
+                        plan_id: plan.plan_id,
+                        anatomy_id: plan.anatomy_id,
+                        case_name: plan.case_name,
+                        levels: plan.levels.iter().map(|l| l.level).collect(),
+                        create_time_unix_ms: plan.create_time_unix_ms,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServiceError>>()?;
+            Ok(pb::ListPlansResponse {
+                plans,
+                next_page_token,
+            })
+        }
+        .await;
+        respond("ListPlans", r)
+    }
+}
