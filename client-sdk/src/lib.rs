@@ -1,1 +1,16 @@
+//! kyphoplan client SDK: the typed gRPC [`client`], mesh loaders ([`mesh_io`]), the case
+//! directory reader ([`case`]), the plan JSON writer and the readable tables ([`report`]) of the
+//! `kyphoplan` CLI.
 
+pub mod case;
+pub mod client;
+pub mod mesh_io;
+pub mod report;
+
+pub use client::{Client, ClientError, StoredPlan};
+
+/// The plan JSON (CONTRACT.md section 3): `serde_json::to_string_pretty` of the planner plan.
+/// The same writer for in-process and server plans, so that both are byte-identical.
+pub fn plan_json(plan: &kyphoplan_planner::Plan) -> String {
+    serde_json::to_string_pretty(plan).expect("a plan always serialises")
+}

@@ -1,1 +1,382 @@
-fn main() {}
+//! `kyphoplan`: the command line of CONTRACT.md section 2.
+//!
+//! Exit codes: 0 success (an infeasible side is an answer, not a failure); 1 the input was
+//! refused (stderr names the file or field and why); 2 usage; 3 `replay` found a regression;
+//! 4 the server could not be reached or failed (an addition to the contract).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Parser, Subcommand};
+use kyphoplan_client::case::{self, Case};
+use kyphoplan_client::{plan_json, report, Client, ClientError};
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
+use kyphoplan_planner::plan::{Evaluation, Plan};
+use kyphoplan_planner::planning;
+use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
+use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::synth;
+use status_details::field_violations;
+
+#[derive(Parser)]
+#[command(
+    name = "kyphoplan",
+    version,
+    about = "Balloon kyphoplasty trajectory planning"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plan every level of the built-in anatomy and write the results (a case directory with
+    /// plan.json) into DIR.
+    Demo {
+        #[arg(long, value_name = "DIR", default_value = "kyphoplan-demo")]
+        out: PathBuf,
+    },
+    /// Plan a case directory.
+    Plan {
+        case_dir: PathBuf,
+        /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Write the plan JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write a 3D Slicer scene to FILE (not implemented yet).
+        #[arg(long, value_name = "FILE")]
+        slicer: Option<PathBuf>,
+        /// Write pictures into DIR (not implemented yet).
+        #[arg(long, value_name = "DIR")]
+        pictures: Option<PathBuf>,
+    },
+    /// Measure one trajectory of a case against the safety constraints.
+    Evaluate {
+        case_dir: PathBuf,
+        #[arg(long, value_parser = parse_level)]
+        level: Level,
+        #[arg(long, value_parser = parse_side)]
+        side: Side,
+        /// Entry point X,Y,Z in the case frame, mm.
+        #[arg(long, value_parser = parse_point, allow_hyphen_values = true)]
+        entry: [f64; 3],
+        /// Target (tip) X,Y,Z in the case frame, mm.
+        #[arg(long, value_parser = parse_point, allow_hyphen_values = true)]
+        target: [f64; 3],
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Write the evaluation JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Re-plan every case under CASES_ROOT against its expected.json (not implemented yet).
+    Replay {
+        cases_root: PathBuf,
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        #[arg(long)]
+        bless: bool,
+    },
+    /// Time the planner (not implemented yet).
+    Bench {
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+fn parse_level(s: &str) -> Result<Level, String> {
+    Level::from_str(s)
+}
+
+fn parse_side(s: &str) -> Result<Side, String> {
+    Side::from_str(s)
+}
+
+fn parse_point(s: &str) -> Result<[f64; 3], String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 3 {
+        return Err(format!("expected X,Y,Z (three numbers in mm), got '{s}'"));
+    }
+    let mut p = [0.0; 3];
+    for (v, part) in p.iter_mut().zip(&parts) {
+        *v = part
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("'{part}' is not a finite number"))?;
+    }
+    Ok(p)
+}
+
+/// Why a command failed, and its exit code.
+enum Failure {
+    /// 1: the input was refused.
+    Input(String),
+    /// 2: usage.
+    Usage(String),
+    /// 4: the server could not be reached or failed.
+    Server(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Input(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::Server(_) => 4,
+        }
+    }
+    fn message(&self) -> &str {
+        match self {
+            Failure::Input(m) | Failure::Usage(m) | Failure::Server(m) => m,
+        }
+    }
+}
+
+fn from_client(e: ClientError, what: &str) -> Failure {
+    match e {
+        ClientError::Status(status) => {
+            let violations = field_violations(&status);
+            let mut message = format!("{what}: {}", status.message());
+            for (field, description) in violations {
+                message.push_str(&format!("\n  {field}: {description}"));
+            }
+            match status.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::OutOfRange
+                | tonic::Code::ResourceExhausted => Failure::Input(message),
+                _ => Failure::Server(format!("server error ({}): {message}", status.code())),
+            }
+        }
+        other => Failure::Server(format!("{what}: {other}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kyphoplan: {}", f.message());
+            ExitCode::from(f.code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Demo { out } => demo(&out),
+        Command::Plan {
+            case_dir,
+            server,
+            json,
+            slicer,
+            pictures,
+        } => {
+            if slicer.is_some() || pictures.is_some() {
+                return Err(Failure::Usage(
+                    "--slicer and --pictures are not implemented yet".into(),
+                ));
+            }
+            plan_case(&case_dir, server.as_deref(), json.as_deref())
+        }
+        Command::Evaluate {
+            case_dir,
+            level,
+            side,
+            entry,
+            target,
+            server,
+            json,
+        } => evaluate_case(
+            &case_dir,
+            level,
+            side,
+            entry,
+            target,
+            server.as_deref(),
+            json.as_deref(),
+        ),
+        Command::Replay { .. } => Err(Failure::Usage(
+            "replay: not implemented yet (issue #4)".into(),
+        )),
+        Command::Bench { .. } => Err(Failure::Usage(
+            "bench: not implemented yet (issue #5)".into(),
+        )),
+    }
+}
+
+fn read_case(dir: &Path) -> Result<Case, Failure> {
+    case::read_case(dir).map_err(|e| Failure::Input(e.to_string()))
+}
+
+fn prepare(anatomy: AnatomyInput, where_: &Path) -> Result<PreparedAnatomy, Failure> {
+    PreparedAnatomy::prepare(anatomy, &PrepareOptions::standard())
+        .map_err(|e| Failure::Input(format!("{}: {e}", where_.display())))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Server(format!("cannot start the async runtime: {e}")))
+}
+
+fn plan_in_process(
+    anatomy: AnatomyInput,
+    request: &PlanRequest,
+    where_: &Path,
+) -> Result<Plan, Failure> {
+    let prepared = prepare(anatomy, where_)?;
+    planning::plan(&prepared, request)
+        .map_err(|e| Failure::Input(format!("{}: {e}", where_.display())))
+}
+
+fn plan_via_server(
+    url: &str,
+    anatomy: AnatomyInput,
+    request: &PlanRequest,
+) -> Result<Plan, Failure> {
+    runtime()?.block_on(async {
+        let mut client = Client::connect(url)
+            .await
+            .map_err(|e| Failure::Server(e.to_string()))?;
+        let stored = client
+            .upload_anatomy_shared(std::sync::Arc::new(anatomy))
+            .await
+            .map_err(|e| from_client(e, "upload refused"))?;
+        let plan = client
+            .create_plan(&stored.anatomy_id, request)
+            .await
+            .map_err(|e| from_client(e, "plan refused"))?;
+        eprintln!("plan {} stored on {url}", plan.plan_id);
+        Ok(plan.plan)
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Failure> {
+    std::fs::write(path, text)
+        .map_err(|e| Failure::Input(format!("{}: cannot write: {e}", path.display())))
+}
+
+fn plan_case(dir: &Path, server: Option<&str>, json: Option<&Path>) -> Result<(), Failure> {
+    let case = read_case(dir)?;
+    let Case {
+        dir,
+        anatomy,
+        request,
+        ..
+    } = case;
+    let plan = match server {
+        None => plan_in_process(anatomy, &request, &dir)?,
+        Some(url) => plan_via_server(url, anatomy, &request)?,
+    };
+    print!("{}", report::plan_table(&plan));
+    if let Some(path) = json {
+        write_file(path, &plan_json(&plan))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_case(
+    dir: &Path,
+    level: Level,
+    side: Side,
+    entry: [f64; 3],
+    target: [f64; 3],
+    server: Option<&str>,
+    json: Option<&Path>,
+) -> Result<(), Failure> {
+    let Case {
+        dir,
+        anatomy,
+        request,
+        ..
+    } = read_case(dir)?;
+    let instrument: Instrument = request.instrument().clone();
+    let safety: Safety = request.safety().clone();
+    let evaluation: Evaluation = match server {
+        None => {
+            let prepared = prepare(anatomy, &dir)?;
+            planning::evaluate(&prepared, level, side, entry, target, &instrument, &safety)
+                .map_err(|e| Failure::Input(format!("{}: {e}", dir.display())))?
+        }
+        Some(url) => runtime()?.block_on(async {
+            let mut client = Client::connect(url)
+                .await
+                .map_err(|e| Failure::Server(e.to_string()))?;
+            let stored = client
+                .upload_anatomy_shared(std::sync::Arc::new(anatomy))
+                .await
+                .map_err(|e| from_client(e, "upload refused"))?;
+            client
+                .evaluate(
+                    &stored.anatomy_id,
+                    level,
+                    side,
+                    entry,
+                    target,
+                    &instrument,
+                    &safety,
+                )
+                .await
+                .map_err(|e| from_client(e, "evaluation refused"))
+        })?,
+    };
+    print!("{}", report::evaluation_report(&evaluation));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&evaluation).expect("an evaluation serialises");
+        write_file(path, &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn demo(out: &Path) -> Result<(), Failure> {
+    let anatomy = synth::demo_anatomy();
+    let request = PlanRequest::new(
+        None,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .map_err(|e| Failure::Input(e.to_string()))?;
+    // The output directory is itself a case directory: `kyphoplan plan DIR` re-plans it.
+    case::write_case(out, &anatomy, None).map_err(|e| Failure::Input(e.to_string()))?;
+    let plan = plan_in_process(anatomy, &request, Path::new("demo anatomy"))?;
+    print!("{}", report::plan_table(&plan));
+    let json_path = out.join("plan.json");
+    write_file(&json_path, &plan_json(&plan))?;
+    println!();
+    println!(
+        "wrote {} and the case directory {} (case.toml + STL meshes)",
+        json_path.display(),
+        out.display()
+    );
+    println!("re-plan it with: kyphoplan plan {}", out.display());
+    Ok(())
+}
+
+mod status_details {
+    /// The field violations (google.rpc.BadRequest details) of a status.
+    pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
+        use tonic_types::StatusExt;
+        status
+            .get_error_details()
+            .bad_request()
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| (v.field.clone(), v.description.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

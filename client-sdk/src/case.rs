@@ -1,0 +1,363 @@
+//! The anatomy-case directory (CONTRACT.md section 1): `case.toml` and the meshes it names, read
+//! into an [`AnatomyInput`] and a validated [`PlanRequest`].
+//!
+//! Unknown keys are refused with the key named. Mesh paths are relative to the case directory and
+//! must stay inside it (absolute paths, `..` escapes and symlinks leading out are refused).
+//! Missing `[instrument]` / `[safety]` keys take [`Instrument::contract_default`] /
+//! [`Safety::contract_default`], field by field.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+use kyphoplan_planner::error::InputError;
+use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use serde::{Deserialize, Serialize};
+
+use crate::mesh_io;
+
+/// File name of the case description.
+pub const CASE_FILE: &str = "case.toml";
+
+/// A case the reader refuses: which file and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", file.display())]
+pub struct CaseError {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseToml {
+    pub name: String,
+    pub frame: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Vec<String>>,
+    #[serde(rename = "structure", default)]
+    pub structures: Vec<StructureToml>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument: Option<InstrumentToml>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyToml>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructureToml {
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<String>,
+    pub mesh: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstrumentToml {
+    pub cannula_outer_diameter_mm: Option<f64>,
+    pub cannula_working_length_mm: Option<f64>,
+    pub balloon_lengths_mm: Option<Vec<f64>>,
+    pub balloon_max_diameter_mm: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyToml {
+    pub cortex_margin_mm: Option<f64>,
+    pub canal_margin_mm: Option<f64>,
+    pub nerve_root_margin_mm: Option<f64>,
+}
+
+/// A case read from disk.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub dir: PathBuf,
+    pub anatomy: AnatomyInput,
+    pub request: PlanRequest,
+}
+
+impl InstrumentToml {
+    pub fn resolve(&self) -> Instrument {
+        let d = Instrument::contract_default();
+        let InstrumentToml {
+            cannula_outer_diameter_mm,
+            cannula_working_length_mm,
+            balloon_lengths_mm,
+            balloon_max_diameter_mm,
+        } = self.clone();
+        Instrument {
+            cannula_outer_diameter_mm: cannula_outer_diameter_mm
+                .unwrap_or(d.cannula_outer_diameter_mm),
+            cannula_working_length_mm: cannula_working_length_mm
+                .unwrap_or(d.cannula_working_length_mm),
+            balloon_lengths_mm: balloon_lengths_mm.unwrap_or(d.balloon_lengths_mm),
+            balloon_max_diameter_mm: balloon_max_diameter_mm.unwrap_or(d.balloon_max_diameter_mm),
+        }
+    }
+}
+
+impl SafetyToml {
+    pub fn resolve(&self) -> Safety {
+        let d = Safety::contract_default();
+        let SafetyToml {
+            cortex_margin_mm,
+            canal_margin_mm,
+            nerve_root_margin_mm,
+        } = self.clone();
+        Safety {
+            cortex_margin_mm: cortex_margin_mm.unwrap_or(d.cortex_margin_mm),
+            canal_margin_mm: canal_margin_mm.unwrap_or(d.canal_margin_mm),
+            nerve_root_margin_mm: nerve_root_margin_mm.unwrap_or(d.nerve_root_margin_mm),
+        }
+    }
+}
+
+/// The role of a `[[structure]]` table; `at` names it (`structure[2]`).
+fn role_of(s: &StructureToml, at: &str) -> Result<Role, String> {
+    let level = |required: bool| -> Result<Option<Level>, String> {
+        match (&s.level, required) {
+            (Some(l), true) => Level::from_str(l)
+                .map(Some)
+                .map_err(|e| format!("{at}.level: {e}")),
+            (None, true) => Err(format!("{at}.level: required for role '{}'", s.role)),
+            (Some(_), false) => Err(format!(
+                "{at}.level: a '{}' has no level (only vertebra and nerve_root do)",
+                s.role
+            )),
+            (None, false) => Ok(None),
+        }
+    };
+    let side = |required: bool| -> Result<Option<Side>, String> {
+        match (&s.side, required) {
+            (Some(v), true) => Side::from_str(v)
+                .map(Some)
+                .map_err(|e| format!("{at}.side: {e}")),
+            (None, true) => Err(format!("{at}.side: required for role '{}'", s.role)),
+            (Some(_), false) => Err(format!(
+                "{at}.side: a '{}' has no side (only nerve_root does)",
+                s.role
+            )),
+            (None, false) => Ok(None),
+        }
+    };
+    let missing = || format!("{at}: missing value");
+    Ok(match s.role.as_str() {
+        "vertebra" => {
+            side(false)?;
+            Role::Vertebra {
+                level: level(true)?.ok_or_else(missing)?,
+            }
+        }
+        "nerve_root" => Role::NerveRoot {
+            level: level(true)?.ok_or_else(missing)?,
+            side: side(true)?.ok_or_else(missing)?,
+        },
+        "spinal_canal" | "skin" | "forbidden" => {
+            level(false)?;
+            side(false)?;
+            match s.role.as_str() {
+                "spinal_canal" => Role::SpinalCanal,
+                "skin" => Role::Skin,
+                _ => Role::Forbidden,
+            }
+        }
+        other => {
+            return Err(format!(
+                "{at}.role: unknown role '{other}' (expected vertebra, spinal_canal, nerve_root, skin or forbidden)"
+            ))
+        }
+    })
+}
+
+/// The mesh path of a structure, checked to stay inside the (canonical) case directory.
+fn mesh_path(dir_canonical: &Path, mesh: &str, at: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(mesh);
+    if mesh.is_empty() {
+        return Err(format!("{at}.mesh: empty path"));
+    }
+    if rel.is_absolute() || rel.has_root() {
+        return Err(format!(
+            "{at}.mesh = \"{mesh}\": must be relative to the case directory"
+        ));
+    }
+    let joined = dir_canonical.join(rel);
+    let canonical = joined.canonicalize().map_err(|e| {
+        format!(
+            "{at}.mesh = \"{mesh}\": cannot open {}: {e}",
+            joined.display()
+        )
+    })?;
+    if !canonical.starts_with(dir_canonical) {
+        return Err(format!(
+            "{at}.mesh = \"{mesh}\": leads outside the case directory (to {})",
+            canonical.display()
+        ));
+    }
+    if !canonical.is_file() {
+        return Err(format!("{at}.mesh = \"{mesh}\": not a file"));
+    }
+    Ok(canonical)
+}
+
+/// Parse `case.toml` text (no file access).
+pub fn parse_case_toml(text: &str) -> Result<CaseToml, String> {
+    toml::from_str::<CaseToml>(text).map_err(|e| e.to_string().trim_end().to_owned())
+}
+
+/// Read a case directory.
+pub fn read_case(dir: &Path) -> Result<Case, CaseError> {
+    let file = dir.join(CASE_FILE);
+    let fail = |reason: String| CaseError {
+        file: file.clone(),
+        reason,
+    };
+    if !dir.is_dir() {
+        return Err(CaseError {
+            file: dir.to_owned(),
+            reason: "no such case directory".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let toml = parse_case_toml(&text).map_err(fail)?;
+    let dir_canonical = dir
+        .canonicalize()
+        .map_err(|e| fail(format!("cannot resolve the case directory: {e}")))?;
+
+    let CaseToml {
+        name,
+        frame,
+        levels,
+        structures,
+        instrument,
+        safety,
+    } = toml;
+    if name.trim().is_empty() {
+        return Err(fail("name: must not be empty".into()));
+    }
+    let frame = PatientFrame::from_str(&frame).map_err(|e| fail(format!("frame: {e}")))?;
+    let levels = levels
+        .map(|ls| {
+            ls.iter()
+                .enumerate()
+                .map(|(i, l)| Level::from_str(l).map_err(|e| fail(format!("levels[{i}]: {e}"))))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    if structures.is_empty() {
+        return Err(fail(
+            "no [[structure]] table: a case needs at least one vertebra".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(structures.len());
+    for (i, s) in structures.iter().enumerate() {
+        let at = format!("structure[{i}]");
+        let role = role_of(s, &at).map_err(&fail)?;
+        let path = mesh_path(&dir_canonical, &s.mesh, &at).map_err(&fail)?;
+        let mesh = mesh_io::load_mesh(&path).map_err(|e| CaseError {
+            file: dir.join(&s.mesh),
+            reason: e.reason,
+        })?;
+        out.push(Structure {
+            name: s.mesh.clone(),
+            role,
+            mesh,
+        });
+    }
+    let instrument = instrument.unwrap_or_default().resolve();
+    let safety = safety.unwrap_or_default().resolve();
+    let request =
+        PlanRequest::new(levels, instrument, safety).map_err(|e| input_error(&file, &e))?;
+    Ok(Case {
+        dir: dir.to_owned(),
+        anatomy: AnatomyInput {
+            name,
+            frame,
+            structures: out,
+        },
+        request,
+    })
+}
+
+/// An input error of the case's request, attributed to case.toml.
+fn input_error(file: &Path, e: &InputError) -> CaseError {
+    CaseError {
+        file: file.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Write `anatomy` as a case directory: one binary STL per structure and a case.toml naming
+/// them (STL stores f32: coordinates are rounded to about 1e-5 mm).
+pub fn write_case(
+    dir: &Path,
+    anatomy: &AnatomyInput,
+    levels: Option<&[Level]>,
+) -> Result<(), CaseError> {
+    std::fs::create_dir_all(dir).map_err(|e| CaseError {
+        file: dir.to_owned(),
+        reason: format!("cannot create: {e}"),
+    })?;
+    let AnatomyInput {
+        name,
+        frame,
+        structures,
+    } = anatomy;
+    let mut tables = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for (i, s) in structures.iter().enumerate() {
+        let Structure { name, role, mesh } = s;
+        let stem: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let stem = if stem.is_empty() {
+            format!("structure{i}")
+        } else {
+            stem
+        };
+        let mut file = format!("{stem}.stl");
+        if !used.insert(file.clone()) {
+            file = format!("{stem}-{i}.stl");
+            used.insert(file.clone());
+        }
+        mesh_io::write_stl(&dir.join(&file), mesh).map_err(|e| CaseError {
+            file: e.path,
+            reason: e.reason,
+        })?;
+        let (level, side) = match role {
+            Role::Vertebra { level } => (Some(level.to_string()), None),
+            Role::NerveRoot { level, side } => (Some(level.to_string()), Some(side.to_string())),
+            Role::SpinalCanal | Role::Skin | Role::Forbidden => (None, None),
+        };
+        tables.push(StructureToml {
+            role: role.kind_name().to_owned(),
+            level,
+            side,
+            mesh: file,
+        });
+    }
+    let toml = CaseToml {
+        name: name.clone(),
+        frame: frame.name().to_owned(),
+        levels: levels.map(|ls| ls.iter().map(|l| l.to_string()).collect()),
+        structures: tables,
+        instrument: None,
+        safety: None,
+    };
+    let text = toml::to_string(&toml).map_err(|e| CaseError {
+        file: dir.join(CASE_FILE),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    std::fs::write(dir.join(CASE_FILE), text).map_err(|e| CaseError {
+        file: dir.join(CASE_FILE),
+        reason: format!("cannot write: {e}"),
+    })
+}

@@ -1,0 +1,262 @@
+//! Typed async client of `kyphoplan.v1.PlanningService`: planner types in, planner types out.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
+use kyphoplan_planner::error::InputError;
+use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
+use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_proto::convert;
+use kyphoplan_proto::pb;
+use kyphoplan_proto::pb::planning_service_client::PlanningServiceClient;
+use tonic::transport::Channel;
+
+/// Vertices per upload chunk (24 bytes each: under 1 MiB).
+pub const VERTICES_PER_CHUNK: usize = 40_000;
+/// Triangles per upload chunk (at most 15 bytes each: under 1 MiB).
+pub const TRIANGLES_PER_CHUNK: usize = 60_000;
+/// Largest message the client accepts (the server's default limit).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The server's answer does not convert to planner types.
+    #[error("the server's answer is malformed: {0}")]
+    Decode(#[from] InputError),
+    #[error("the plan stream ended without a plan")]
+    IncompleteStream,
+}
+
+/// A server-made plan: its id and the planner plan (server metadata is not part of it).
+#[derive(Clone, Debug)]
+pub struct StoredPlan {
+    pub plan_id: String,
+    pub anatomy_id: String,
+    pub create_time_unix_ms: u64,
+    pub plan: Plan,
+}
+
+impl StoredPlan {
+    fn from_pb(message: pb::Plan) -> Result<Self, ClientError> {
+        let plan_id = message.plan_id.clone();
+        let anatomy_id = message.anatomy_id.clone();
+        let create_time_unix_ms = message.create_time_unix_ms;
+        Ok(StoredPlan {
+            plan_id,
+            anatomy_id,
+            create_time_unix_ms,
+            plan: convert::plan_from_pb(message)?,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: PlanningServiceClient<Channel>,
+}
+
+/// The upload chunks of an anatomy, made lazily (a large mesh is not copied twice).
+fn upload_chunks(
+    anatomy: Arc<AnatomyInput>,
+) -> impl futures::Stream<Item = pb::UploadAnatomyChunk> {
+    let header = {
+        let data = &*anatomy;
+        pb::UploadAnatomyChunk {
+            chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+                name: data.name.clone(),
+                frame: convert::frame_to_pb(data.frame) as i32,
+                structures: data
+                    .structures
+                    .iter()
+                    .map(|s| convert::descriptor_to_pb(&s.name, &s.role))
+                    .collect(),
+            })),
+        }
+    };
+    // (structure, vertex range, triangle range) per chunk.
+    let mut plan = Vec::new();
+    for (i, s) in anatomy.structures.iter().enumerate() {
+        let nv = s.mesh.vertices_mm.len();
+        let nt = s.mesh.triangles.len();
+        let chunks = nv
+            .div_ceil(VERTICES_PER_CHUNK)
+            .max(nt.div_ceil(TRIANGLES_PER_CHUNK))
+            .max(1);
+        for c in 0..chunks {
+            let v = (c * VERTICES_PER_CHUNK).min(nv)..((c + 1) * VERTICES_PER_CHUNK).min(nv);
+            let t = (c * TRIANGLES_PER_CHUNK).min(nt)..((c + 1) * TRIANGLES_PER_CHUNK).min(nt);
+            plan.push((i, v, t));
+        }
+    }
+    let meshes = futures::stream::iter(plan).map(move |(i, v, t)| {
+        let mesh = &anatomy.structures[i].mesh;
+        pb::UploadAnatomyChunk {
+            chunk: Some(pb::upload_anatomy_chunk::Chunk::Mesh(pb::MeshChunk {
+                structure_index: i as u32,
+                vertices_mm: mesh.vertices_mm[v]
+                    .iter()
+                    .flat_map(|p| [p.x, p.y, p.z])
+                    .collect(),
+                triangles: mesh.triangles[t].iter().flatten().copied().collect(),
+            })),
+        }
+    });
+    futures::stream::once(async move { header }).chain(meshes)
+}
+
+impl Client {
+    /// Connect to `url` (e.g. `http://127.0.0.1:50051`).
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            url: url.to_owned(),
+            source,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(connect_err)?
+            .connect()
+            .await
+            .map_err(connect_err)?;
+        Ok(Self::from_channel(channel))
+    }
+
+    pub fn from_channel(channel: Channel) -> Self {
+        Client {
+            inner: PlanningServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
+        &mut self.inner
+    }
+
+    /// Upload an anatomy in chunks; returns its metadata (with the content-addressed id).
+    pub async fn upload_anatomy(
+        &mut self,
+        anatomy: &AnatomyInput,
+    ) -> Result<pb::Anatomy, ClientError> {
+        self.upload_anatomy_shared(Arc::new(anatomy.clone())).await
+    }
+
+    /// [`Client::upload_anatomy`] without copying the anatomy.
+    pub async fn upload_anatomy_shared(
+        &mut self,
+        anatomy: Arc<AnatomyInput>,
+    ) -> Result<pb::Anatomy, ClientError> {
+        Ok(self
+            .inner
+            .upload_anatomy(upload_chunks(anatomy))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get_anatomy(&mut self, anatomy_id: &str) -> Result<pb::Anatomy, ClientError> {
+        Ok(self
+            .inner
+            .get_anatomy(pb::GetAnatomyRequest {
+                anatomy_id: anatomy_id.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Plan a stored anatomy.
+    pub async fn create_plan(
+        &mut self,
+        anatomy_id: &str,
+        request: &PlanRequest,
+    ) -> Result<StoredPlan, ClientError> {
+        let message = convert::create_plan_request_to_pb(
+            pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
+            request,
+        );
+        StoredPlan::from_pb(self.inner.create_plan(message).await?.into_inner())
+    }
+
+    /// Plan an anatomy sent inline (small cases).
+    pub async fn create_plan_inline(
+        &mut self,
+        anatomy: &AnatomyInput,
+        request: &PlanRequest,
+    ) -> Result<StoredPlan, ClientError> {
+        let message = convert::create_plan_request_to_pb(
+            pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(anatomy)),
+            request,
+        );
+        StoredPlan::from_pb(self.inner.create_plan(message).await?.into_inner())
+    }
+
+    /// Plan a stored anatomy, calling `on_level(level, done, total)` as levels finish.
+    pub async fn stream_plan(
+        &mut self,
+        anatomy_id: &str,
+        request: &PlanRequest,
+        mut on_level: impl FnMut(&LevelPlan, usize, usize),
+    ) -> Result<StoredPlan, ClientError> {
+        let message = convert::create_plan_request_to_pb(
+            pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
+            request,
+        );
+        let mut stream = self.inner.stream_plan(message).await?.into_inner();
+        while let Some(progress) = stream.next().await {
+            let pb::PlanProgress {
+                levels_done,
+                levels_total,
+                event,
+            } = progress?;
+            match event {
+                Some(pb::plan_progress::Event::Level(level)) => {
+                    let level = convert::level_plan_from_pb(level, "level")?;
+                    on_level(&level, levels_done as usize, levels_total as usize);
+                }
+                Some(pb::plan_progress::Event::Plan(plan)) => return StoredPlan::from_pb(plan),
+                None => {}
+            }
+        }
+        Err(ClientError::IncompleteStream)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn evaluate(
+        &mut self,
+        anatomy_id: &str,
+        level: Level,
+        side: Side,
+        entry_mm: [f64; 3],
+        target_mm: [f64; 3],
+        instrument: &Instrument,
+        safety: &Safety,
+    ) -> Result<Evaluation, ClientError> {
+        let message = pb::EvaluateTrajectoryRequest {
+            anatomy: Some(pb::evaluate_trajectory_request::Anatomy::AnatomyId(
+                anatomy_id.to_owned(),
+            )),
+            level: convert::level_to_pb(level) as i32,
+            side: convert::side_to_pb(side) as i32,
+            entry_mm: Some(convert::point_to_pb(entry_mm)),
+            target_mm: Some(convert::point_to_pb(target_mm)),
+            instrument: Some(convert::instrument_options_to_pb(instrument)),
+            safety: Some(convert::safety_options_to_pb(safety)),
+        };
+        let e = self.inner.evaluate_trajectory(message).await?.into_inner();
+        Ok(convert::evaluation_from_pb(e)?)
+    }
+
+    pub async fn get_plan(&mut self, plan_id: &str) -> Result<StoredPlan, ClientError> {
+        let message = pb::GetPlanRequest {
+            plan_id: plan_id.to_owned(),
+        };
+        StoredPlan::from_pb(self.inner.get_plan(message).await?.into_inner())
+    }
+}

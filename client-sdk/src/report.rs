@@ -1,0 +1,127 @@
+//! Readable tables of plans and evaluations for the terminal.
+
+use std::fmt::Write;
+
+use kyphoplan_planner::plan::{Evaluation, Plan, Reason};
+
+fn num(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+fn reason_text(r: &Reason) -> String {
+    let Reason {
+        code,
+        message,
+        value_mm,
+        limit_mm,
+    } = r;
+    let code = serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{code:?}"));
+    let mut s = format!("{code}: {message}");
+    match (value_mm, limit_mm) {
+        (Some(v), Some(l)) => {
+            let _ = write!(s, " (value {v:.2} mm, limit {l:.2} mm)");
+        }
+        (Some(v), None) => {
+            let _ = write!(s, " (value {v:.2} mm)");
+        }
+        (None, Some(l)) => {
+            let _ = write!(s, " (limit {l:.2} mm)");
+        }
+        (None, None) => {}
+    }
+    s
+}
+
+/// One row per level and side: feasibility, angles, clearances, balloon, reason.
+pub fn plan_table(plan: &Plan) -> String {
+    let header = [
+        "level",
+        "side",
+        "feasible",
+        "medial_deg",
+        "cranial_deg",
+        "cortex_mm",
+        "canal_mm",
+        "root_mm",
+        "balloon_mm",
+        "volume_ml",
+        "reason",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for level in &plan.levels {
+        for side in &level.sides {
+            let t = side.trajectory.as_ref();
+            let b = side.balloon.as_ref();
+            let dash = || "-".to_owned();
+            rows.push(vec![
+                level.level.to_string(),
+                side.side.to_string(),
+                if side.feasible { "yes" } else { "NO" }.to_owned(),
+                t.map_or_else(dash, |t| num(t.medial_angle_deg)),
+                t.map_or_else(dash, |t| num(t.cranial_angle_deg)),
+                t.map_or_else(dash, |t| num(t.clearance_mm.cortex)),
+                t.map_or_else(dash, |t| num(t.clearance_mm.canal)),
+                t.map_or_else(dash, |t| num(t.clearance_mm.nerve_root)),
+                b.map_or_else(dash, |b| {
+                    format!("{:.0} x {:.1}", b.length_mm, b.diameter_mm)
+                }),
+                b.map_or_else(dash, |b| format!("{:.2}", b.volume_ml)),
+                side.reasons.first().map_or_else(dash, reason_text),
+            ]);
+        }
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = format!("case {} ({})\n", plan.case, plan.frame.name());
+    let line = |cells: &[String], out: &mut String| {
+        let last = cells.len() - 1;
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ");
+            }
+        }
+        out.push('\n');
+    };
+    line(&header.map(str::to_owned), &mut out);
+    for row in &rows {
+        line(row, &mut out);
+    }
+    for notice in &plan.mesh_fixes {
+        let _ = writeln!(out, "note: {}: {:?}", notice.structure, notice.fix);
+    }
+    out
+}
+
+/// The verdict and every violation with its number.
+pub fn evaluation_report(e: &Evaluation) -> String {
+    let mut out = format!(
+        "{} {} {}: {}\n",
+        e.level,
+        e.side,
+        if e.safe { "SAFE" } else { "UNSAFE" },
+        if e.violations.is_empty() {
+            "no violation".to_owned()
+        } else {
+            format!("{} violation(s)", e.violations.len())
+        }
+    );
+    let t = &e.trajectory;
+    let _ = writeln!(
+        out,
+        "medial {:.1} deg, cranial {:.1} deg; clearance cortex {:.2} mm, canal {:.2} mm, nerve root {:.2} mm",
+        t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm.cortex, t.clearance_mm.canal, t.clearance_mm.nerve_root
+    );
+    for v in &e.violations {
+        let _ = writeln!(out, "  {}", reason_text(v));
+    }
+    out
+}
