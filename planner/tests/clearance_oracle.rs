@@ -219,7 +219,8 @@ fn line_through_vertices_and_edges_counts_once() {
     let dir = UnitVector::new_normalize(w - v);
     let ts = f.cm.line_crossings(&v, &dir);
     assert_eq!(ts.len() % 2, 0, "{ts:?}");
-    assert!(ts.iter().any(|t| t.abs() < 1e-9), "{ts:?}");
+    assert_eq!(ts.iter().filter(|t| t.abs() < 1e-9).count(), 1, "{ts:?}");
+    assert!(ts.windows(2).all(|w| w[1] - w[0] >= 1e-9), "{ts:?}");
 }
 
 #[test]
@@ -459,20 +460,14 @@ fn l3_timing() {
     println!("brute: {:.3} ms", t.elapsed().as_secs_f64() * 1e3 / 20.0);
     let t = std::time::Instant::now();
     let dir = UnitVector::new_normalize(Vector::new(0.0, 1.0, 0.0));
+    let bb = mesh.bounding_box();
     let mut n = 0;
     for k in 0..10_000 {
+        let (sx, sz) = ((k % 100) as f64 / 100.0, (k / 100) as f64 / 100.0);
         let o = Point::new(
-            bb_lerp(
-                mesh.bounding_box().min.x,
-                mesh.bounding_box().max.x,
-                (k % 100) as f64 / 100.0,
-            ),
+            bb.min.x + (bb.max.x - bb.min.x) * sx,
             0.0,
-            bb_lerp(
-                mesh.bounding_box().min.z,
-                mesh.bounding_box().max.z,
-                (k / 100) as f64 / 100.0,
-            ),
+            bb.min.z + (bb.max.z - bb.min.z) * sz,
         );
         n += cm.line_crossings(&o, &dir).len();
     }
@@ -482,6 +477,70 @@ fn l3_timing() {
     );
 }
 
-fn bb_lerp(a: f64, b: f64, s: f64) -> f64 {
-    a + (b - a) * s
+/// An outward-wound cube `[0, s]^3` moved by `o` (each face split along a diagonal).
+fn cube(s: f64, o: Point) -> TriMesh {
+    let v = |x: f64, y: f64, z: f64| o + Vector::new(x, y, z) * s;
+    TriMesh::new(
+        vec![
+            v(0., 0., 0.),
+            v(1., 0., 0.),
+            v(1., 1., 0.),
+            v(0., 1., 0.),
+            v(0., 0., 1.),
+            v(1., 0., 1.),
+            v(1., 1., 1.),
+            v(0., 1., 1.),
+        ],
+        vec![
+            [0, 2, 1],
+            [0, 3, 2],
+            [4, 5, 6],
+            [4, 6, 7],
+            [0, 1, 5],
+            [0, 5, 4],
+            [3, 7, 6],
+            [3, 6, 2],
+            [0, 4, 7],
+            [0, 7, 3],
+            [1, 2, 6],
+            [1, 6, 5],
+        ],
+    )
+}
+
+#[test]
+fn crossings_at_shared_edges_count_once_and_touches_not_at_all() {
+    let s = 30.0;
+    let o = center();
+    let mesh = cube(s, o);
+    let cm = ClearanceMesh::new(&mesh);
+    assert!(cm.is_closed());
+    // Along z through the bottom and top faces' diagonals (shared edges 0-2 and 4-6).
+    let start = o + Vector::new(s / 2.0, s / 2.0, -10.0);
+    let z = UnitVector::new_normalize(Vector::z());
+    let ts = cm.line_crossings(&start, &z);
+    assert_eq!(ts.len(), 2, "{ts:?}");
+    assert!(
+        (ts[0] - 10.0).abs() < 1e-9 && (ts[1] - 40.0).abs() < 1e-9,
+        "{ts:?}"
+    );
+    // Through a body diagonal: enters and leaves at cube corners shared by 3-6 triangles.
+    let diag = UnitVector::new_normalize(Vector::new(1.0, 1.0, 1.0));
+    let ts = cm.line_crossings(&o, &diag);
+    assert_eq!(ts.len(), 2, "{ts:?}");
+    assert!(ts[0].abs() < 1e-9 && (ts[1] - s * 3f64.sqrt()).abs() < 1e-9);
+    // Touching the vertical edge 2-6 from outside at 45 degrees: no crossing.
+    let touch = UnitVector::new_normalize(Vector::new(1.0, -1.0, 0.0));
+    let ts = cm.line_crossings(&(o + Vector::new(s, s, s / 2.0)), &touch);
+    assert!(ts.is_empty(), "{ts:?}");
+    // Containment from points whose first ray direction is not special, and from the centre.
+    assert!(cm.contains_point(&(o + Vector::new(s / 2.0, s / 2.0, s / 2.0))));
+    assert!(cm.contains_point(&(o + Vector::new(1.0, 29.0, 0.5))));
+    assert!(!cm.contains_point(&(o + Vector::new(-1.0, 15.0, 15.0))));
+    assert!((cm.distance_to_point(&(o + Vector::new(-1.0, 15.0, 15.0))) - 1.0).abs() < 1e-12);
+    let d = cm.distance_to_segment(
+        &(o + Vector::new(-2.0, -5.0, 15.0)),
+        &(o + Vector::new(-2.0, 50.0, 15.0)),
+    );
+    assert!((d - 2.0).abs() < 1e-12, "{d}");
 }
