@@ -873,34 +873,55 @@ fn ring(center: Vector, e1: Vector, e2: Vector, a: Real, b: Real, m: usize) -> V
         .collect()
 }
 
-/// The canal's cross-section semi-axes and centre, in the vertebra frame.
-fn canal_section(p: &VertebraParams) -> (Vector, Real, Real) {
-    let lay = layout(p);
-    (
-        Vector::new(0.0, lay.canal_center.y, 0.0),
-        0.5 * p.canal_width_mm - 1.5,
-        0.5 * p.canal_depth_mm - 1.5,
-    )
-}
+/// Clearance kept between the dural sac and the bone.
+const CANAL_CLEARANCE_MM: Real = 1.5;
 
 const CANAL_SEGMENTS: usize = 32;
 
+/// The dural sac's cross-section in the vertebra frame (z = 0): the foramen's ellipse (canal
+/// width x depth) shrunk by the clearance, and pulled in further wherever the bone of any
+/// transverse slice through the body comes closer than the clearance.
+fn canal_profile(p: &VertebraParams) -> Vec<Vector> {
+    let lay = layout(p);
+    let shape = Shape::new(p);
+    let c = Vector::new(0.0, lay.canal_center.y, 0.0);
+    let a = 0.5 * p.canal_width_mm - CANAL_CLEARANCE_MM;
+    let b = 0.5 * p.canal_depth_mm - CANAL_CLEARANCE_MM;
+    let h = 0.5 * p.body_height_mm + p.inferior_articular_drop_mm;
+    let slices: Vec<Real> = (0..=20).map(|k| -h + 2.0 * h * k as Real / 20.0).collect();
+    (0..CANAL_SEGMENTS)
+        .map(|i| {
+            let t = std::f64::consts::TAU * i as Real / CANAL_SEGMENTS as Real;
+            let e = Vector::new(a * t.cos(), b * t.sin(), 0.0);
+            let steps = 200;
+            let mut free = 0.0;
+            for k in 1..=steps {
+                let f = k as Real / steps as Real;
+                let q = c + e * f;
+                let clear = slices
+                    .iter()
+                    .all(|&z| shape.sd(&Vector::new(q.x, q.y, z)) >= CANAL_CLEARANCE_MM);
+                if !clear {
+                    break;
+                }
+                free = f;
+            }
+            c + e * free
+        })
+        .collect()
+}
+
+/// One ring of the dural sac at height `z` of the vertebra frame.
+fn canal_ring(profile: &[Vector], z: Real) -> Vec<Point> {
+    profile.iter().map(|q| Point::new(q.x, q.y, z)).collect()
+}
+
 fn canal_tube(p: &VertebraParams) -> TriMesh {
-    let (c, a, b) = canal_section(p);
+    let profile = canal_profile(p);
     let top = 0.5 * p.body_height_mm + 10.0;
     let steps = 8;
     let rings: Vec<Vec<Point>> = (0..=steps)
-        .map(|s| {
-            let z = top - 2.0 * top * s as Real / steps as Real;
-            ring(
-                c + Vector::new(0.0, 0.0, z),
-                Vector::x(),
-                Vector::y(),
-                a,
-                b,
-                CANAL_SEGMENTS,
-            )
-        })
+        .map(|s| canal_ring(&profile, top - 2.0 * top * s as Real / steps as Real))
         .collect();
     tube_through_rings(&rings)
 }
@@ -1021,7 +1042,7 @@ pub fn spine(
         let mut rings = Vec::new();
         let n = out.len();
         for (i, v) in out.iter().enumerate() {
-            let (c, a, b) = canal_section(&v.params);
+            let profile = canal_profile(&v.params);
             let h = 0.5 * v.params.body_height_mm;
             let mut zs = vec![h, -h];
             if i == 0 {
@@ -1031,14 +1052,7 @@ pub fn spine(
                 zs.push(-h - 10.0);
             }
             for z in zs {
-                let r = ring(
-                    c + Vector::new(0.0, 0.0, z),
-                    Vector::x(),
-                    Vector::y(),
-                    a,
-                    b,
-                    CANAL_SEGMENTS,
-                );
+                let r = canal_ring(&profile, z);
                 rings.push(r.iter().map(|p| v.vertebra_to_lps * p).collect());
             }
         }

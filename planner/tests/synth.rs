@@ -365,3 +365,40 @@ fn spine_stacks_levels_with_roles() {
     assert_eq!(demo.name, "built-in-demo");
     assert_eq!(demo.structures.len(), 5);
 }
+
+#[test]
+fn soft_tissue_does_not_enter_the_bone_and_triangles_are_not_degenerate() {
+    for level in [Level::T11, Level::L1, Level::L3, Level::L5] {
+        let v = mean_vertebra(level);
+        let h = 0.5 * v.params.body_height_mm;
+        let mut tested = 0;
+        for p in v.canal.vertices_mm.iter().filter(|p| p.z.abs() < h) {
+            assert!(!inside(&v.mesh, p), "{level}: canal point {p} in bone");
+            tested += 1;
+        }
+        for root in &v.nerve_roots {
+            for p in &root.vertices_mm {
+                assert!(!inside(&v.mesh, p), "{level}: root point {p} in bone");
+                tested += 1;
+            }
+        }
+        assert!(tested > 100);
+        let ext = v.canal.bounding_box().extents_mm();
+        println!(
+            "{level}: dural sac {:.1} x {:.1} mm (canal {} x {})",
+            ext.x, ext.y, v.params.canal_width_mm, v.params.canal_depth_mm
+        );
+        assert!(ext.x > 0.6 * v.params.canal_width_mm && ext.y > 0.5 * v.params.canal_depth_mm);
+        let (mut min_area, mut min_edge) = (Real::INFINITY, Real::INFINITY);
+        for i in 0..v.mesh.triangles.len() {
+            let [a, b, c] = v.mesh.triangle(i);
+            min_area = min_area.min(0.5 * (b - a).cross(&(c - a)).norm());
+            min_edge = min_edge
+                .min((b - a).norm())
+                .min((c - b).norm())
+                .min((a - c).norm());
+        }
+        println!("{level}: smallest triangle {min_area:.2e} mm2, shortest edge {min_edge:.3} mm");
+        assert!(min_area > 1e-6 && min_edge > 1e-3);
+    }
+}
