@@ -1,13 +1,18 @@
 //! Write the built-in demo anatomy (L1-L5 at mean morphometry) to binary STL files, one per
 //! vertebra, so they can be inspected in any mesh viewer (e.g. 3D Slicer, MeshLab).
 //!
-//! Usage: `cargo run -p kyphoplan-planner --example synth_stl -- OUT_DIR`
+//! Usage: `cargo run -p kyphoplan-planner --example synth_stl -- OUT_DIR [LEVEL...]`
+//!
+//! With levels (e.g. `T11 T12 L1`), writes that stack instead, with its spinal canal and nerve
+//! roots.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
 
-use kyphoplan_planner::synth::demo_anatomy;
+use kyphoplan_planner::anatomy::Level;
+use kyphoplan_planner::math::Pose;
+use kyphoplan_planner::synth::{demo_anatomy, spine};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(
@@ -16,7 +21,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("usage: synth_stl OUT_DIR (writes L1.stl .. L5.stl)")?,
     );
     std::fs::create_dir_all(&dir)?;
-    let anatomy = demo_anatomy();
+    let levels = std::env::args()
+        .skip(2)
+        .map(|a| a.parse::<Level>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let anatomy = if levels.is_empty() {
+        demo_anatomy()
+    } else {
+        spine(&levels, &Pose::identity(), true).0
+    };
     for s in &anatomy.structures {
         let m = &s.mesh;
         let v = |i: u32| {

@@ -402,3 +402,75 @@ fn soft_tissue_does_not_enter_the_bone_and_triangles_are_not_degenerate() {
         assert!(min_area > 1e-6 && min_edge > 1e-3);
     }
 }
+
+/// Pairs of triangles without a shared vertex where an edge of one crosses the other.
+fn self_intersections(mesh: &TriMesh) -> usize {
+    let cell = 2.0;
+    let key = |p: &Point| {
+        (
+            (p.x / cell).floor() as i64,
+            (p.y / cell).floor() as i64,
+            (p.z / cell).floor() as i64,
+        )
+    };
+    let mut grid: HashMap<(i64, i64, i64), Vec<usize>> = HashMap::new();
+    for i in 0..mesh.triangles.len() {
+        let t = mesh.triangle(i);
+        let lo = key(&t[0].inf(&t[1]).inf(&t[2]));
+        let hi = key(&t[0].sup(&t[1]).sup(&t[2]));
+        for x in lo.0..=hi.0 {
+            for y in lo.1..=hi.1 {
+                for z in lo.2..=hi.2 {
+                    grid.entry((x, y, z)).or_default().push(i);
+                }
+            }
+        }
+    }
+    let mut pairs = std::collections::HashSet::new();
+    for list in grid.values() {
+        for (n, &i) in list.iter().enumerate() {
+            for &j in &list[n + 1..] {
+                let (ti, tj) = (mesh.triangles[i], mesh.triangles[j]);
+                if ti.iter().any(|v| tj.contains(v)) {
+                    continue;
+                }
+                let (pi, pj) = (mesh.triangle(i), mesh.triangle(j));
+                let crosses = |a: &[Point; 3], b: &[Point; 3]| {
+                    (0..3).any(|e| {
+                        let (p, q) = (a[e], a[(e + 1) % 3]);
+                        ray_triangle(&p, &(q - p), b).is_some_and(|t| t < 1.0)
+                    })
+                };
+                if crosses(&pi, &pj) || crosses(&pj, &pi) {
+                    pairs.insert((i.min(j), i.max(j)));
+                }
+            }
+        }
+    }
+    pairs.len()
+}
+
+#[test]
+fn bone_surfaces_do_not_self_intersect() {
+    // The detector finds a crossing pair.
+    let crossing = TriMesh::new(
+        vec![
+            Point::new(0.0, 0.0, 0.0),
+            Point::new(4.0, 0.0, 0.0),
+            Point::new(0.0, 4.0, 0.0),
+            Point::new(1.0, 1.0, -1.0),
+            Point::new(1.0, 1.0, 1.0),
+            Point::new(3.0, 3.0, 0.5),
+        ],
+        vec![[0, 1, 2], [3, 4, 5]],
+    );
+    assert_eq!(self_intersections(&crossing), 1);
+    for level in LEVELS {
+        let v = mean_vertebra(level);
+        assert_eq!(self_intersections(&v.mesh), 0, "{level}");
+    }
+    let mut params = VertebraParams::mean(Level::L2);
+    params.anterior_height_loss_fraction = 0.5;
+    let v = synth::vertebra(&params, &Pose::identity());
+    assert_eq!(self_intersections(&v.mesh), 0, "wedged L2");
+}
