@@ -1,54 +1,530 @@
 //! The collision module: the only file that knows parry3d. Exact f64 clearance queries against a
 //! triangle mesh, walking parry's BVH, and the brute-force oracle they are tested against.
+//!
+//! Parry is used only for its bounding volume hierarchy ([`parry3d_f64::partitioning::Bvh`],
+//! built over the triangles' f64 AABBs). Every distance, crossing and containment decision is
+//! made here with exact f64 primitives ([`point_triangle_distance`],
+//! [`segment_triangle_distance`], [`line_triangle_crossing`]) shared by the BVH walks and by the
+//! brute-force oracle in [`brute`]. Parry's own mesh queries treat a mesh as a hollow surface
+//! and its capsule-vs-mesh distance is ~20x slower than the walk below.
 
-use crate::math::{Point, UnitVector};
+use parry3d_f64::bounding_volume::Aabb as ParryAabb;
+use parry3d_f64::math::Vector as PVec;
+use parry3d_f64::partitioning::{Bvh, BvhBuildStrategy, BvhNode, TraversalAction};
+
+use crate::math::{segment_segment_distance, Point, UnitVector, Vector};
 use crate::mesh::TriMesh;
+use crate::validate::is_closed_manifold;
+
+/// Two line crossings closer than this (in the line's parameter, mm for a unit direction) are
+/// one crossing (a shared edge or vertex hit by several triangles).
+pub const CROSSING_MERGE_MM: f64 = 1e-9;
+
+/// A crossing whose smallest barycentric coordinate is below this hits (almost) an edge: the
+/// containment test then votes over several ray directions.
+pub const EDGE_MARGIN: f64 = 1e-9;
+
+/// Barycentric slack accepted by [`line_triangle_crossing`], so that a line through a shared edge
+/// is caught by at least one of its triangles despite round-off (duplicates are merged).
+const BARY_SLACK: f64 = 1e-12;
+
+/// Fixed, non-axis-aligned ray directions for containment (irrational components, so that rays
+/// from grid-like points do not run along mesh edges).
+const RAY_DIRS: [[f64; 3]; 3] = [
+    [
+        0.577_215_664_901_532_9,
+        0.414_213_562_373_095_1,
+        0.707_106_781_186_547_5,
+    ],
+    [
+        -0.302_775_637_731_994_6,
+        0.732_050_807_568_877_2,
+        0.236_067_977_499_789_7,
+    ],
+    [
+        0.645_751_311_064_590_6,
+        -0.271_828_182_845_904_5,
+        -0.541_196_100_146_197,
+    ],
+];
+
+fn ray_dir(i: usize) -> Vector {
+    let [x, y, z] = RAY_DIRS[i];
+    Vector::new(x, y, z).normalize()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact primitives (f64), shared by the BVH walks and the brute-force oracle.
+// ---------------------------------------------------------------------------------------------
+
+/// Closest point to `p` on the triangle `tri` (Ericson, Real-Time Collision Detection, 5.1.5).
+pub fn closest_point_on_triangle(p: &Point, tri: &[Point; 3]) -> Point {
+    let [a, b, c] = tri;
+    let ab = b - a;
+    let ac = c - a;
+    let ap = p - a;
+    let d1 = ab.dot(&ap);
+    let d2 = ac.dot(&ap);
+    if d1 <= 0.0 && d2 <= 0.0 {
+        return *a;
+    }
+    let bp = p - b;
+    let d3 = ab.dot(&bp);
+    let d4 = ac.dot(&bp);
+    if d3 >= 0.0 && d4 <= d3 {
+        return *b;
+    }
+    let vc = d1 * d4 - d3 * d2;
+    if vc <= 0.0 && d1 >= 0.0 && d3 <= 0.0 {
+        let v = d1 / (d1 - d3);
+        return a + ab * v;
+    }
+    let cp = p - c;
+    let d5 = ab.dot(&cp);
+    let d6 = ac.dot(&cp);
+    if d6 >= 0.0 && d5 <= d6 {
+        return *c;
+    }
+    let vb = d5 * d2 - d1 * d6;
+    if vb <= 0.0 && d2 >= 0.0 && d6 <= 0.0 {
+        let w = d2 / (d2 - d6);
+        return a + ac * w;
+    }
+    let va = d3 * d6 - d5 * d4;
+    if va <= 0.0 && (d4 - d3) >= 0.0 && (d5 - d6) >= 0.0 {
+        let w = (d4 - d3) / ((d4 - d3) + (d5 - d6));
+        return b + (c - b) * w;
+    }
+    let denom = 1.0 / (va + vb + vc);
+    let v = vb * denom;
+    let w = vc * denom;
+    a + ab * v + ac * w
+}
+
+/// Exact distance from `p` to the triangle `tri`, millimetres.
+pub fn point_triangle_distance(p: &Point, tri: &[Point; 3]) -> f64 {
+    (p - closest_point_on_triangle(p, tri)).norm()
+}
+
+/// Does the segment `a-b` pass through the triangle `tri` (transversally)? Segments lying in the
+/// triangle's plane are reported by the edge distances of [`segment_triangle_distance`] instead.
+pub fn segment_crosses_triangle(a: &Point, b: &Point, tri: &[Point; 3]) -> bool {
+    let [v0, v1, v2] = tri;
+    let n = (v1 - v0).cross(&(v2 - v0));
+    let da = n.dot(&(a - v0));
+    let db = n.dot(&(b - v0));
+    if (da > 0.0 && db > 0.0) || (da < 0.0 && db < 0.0) || da == db {
+        return false;
+    }
+    let p = a + (b - a) * (da / (da - db));
+    n.dot(&(v1 - v0).cross(&(p - v0))) >= 0.0
+        && n.dot(&(v2 - v1).cross(&(p - v1))) >= 0.0
+        && n.dot(&(v0 - v2).cross(&(p - v2))) >= 0.0
+}
+
+/// Exact distance from the segment `a-b` to the triangle `tri` (0 if it crosses it).
+///
+/// The minimum over the segment and the triangle is reached where they meet, at an endpoint of
+/// the segment (point-triangle), or on an edge of the triangle (segment-segment).
+pub fn segment_triangle_distance(a: &Point, b: &Point, tri: &[Point; 3]) -> f64 {
+    if segment_crosses_triangle(a, b, tri) {
+        return 0.0;
+    }
+    let [v0, v1, v2] = tri;
+    point_triangle_distance(a, tri)
+        .min(point_triangle_distance(b, tri))
+        .min(segment_segment_distance(a, b, v0, v1))
+        .min(segment_segment_distance(a, b, v1, v2))
+        .min(segment_segment_distance(a, b, v2, v0))
+}
+
+/// Where the infinite line `origin + t * dir` crosses a triangle (Möller-Trumbore, f64).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LineCrossing {
+    /// Line parameter of the crossing (millimetres when `dir` is a unit vector).
+    pub t: f64,
+    /// +1 if the line leaves through the triangle's front (outward) side, -1 if it enters.
+    pub sign: i8,
+    /// Smallest barycentric coordinate of the hit: near 0 means near an edge or vertex.
+    pub edge_margin: f64,
+}
+
+/// The crossing of the infinite line `origin + t * dir` with triangle `tri`, if any. Lines
+/// parallel to the triangle's plane never cross it.
+pub fn line_triangle_crossing(
+    origin: &Point,
+    dir: &Vector,
+    tri: &[Point; 3],
+) -> Option<LineCrossing> {
+    let [v0, v1, v2] = tri;
+    let e1 = v1 - v0;
+    let e2 = v2 - v0;
+    let pvec = dir.cross(&e2);
+    let det = e1.dot(&pvec);
+    if det == 0.0 || !det.is_finite() {
+        return None;
+    }
+    let inv = 1.0 / det;
+    let s = origin - v0;
+    let u = s.dot(&pvec) * inv;
+    if !(-BARY_SLACK..=1.0 + BARY_SLACK).contains(&u) {
+        return None;
+    }
+    let q = s.cross(&e1);
+    let v = dir.dot(&q) * inv;
+    if v < -BARY_SLACK || u + v > 1.0 + BARY_SLACK {
+        return None;
+    }
+    let t = e2.dot(&q) * inv;
+    // det = dir . (e1 x e2) ... up to sign: e1 . (dir x e2) = -dir . (e1 x e2).
+    let sign = if det < 0.0 { 1 } else { -1 };
+    Some(LineCrossing {
+        t,
+        sign,
+        edge_margin: u.min(v).min(1.0 - u - v),
+    })
+}
+
+/// Sort crossings by `t` and merge runs closer than [`CROSSING_MERGE_MM`] into one crossing
+/// (net sign). A run whose signs cancel (the line only touches the surface at a ridge or
+/// vertex) is dropped.
+pub fn merge_crossings(hits: &mut [LineCrossing]) -> Vec<f64> {
+    hits.sort_unstable_by(|a, b| a.t.total_cmp(&b.t));
+    let mut out = Vec::with_capacity(hits.len());
+    let mut i = 0;
+    while i < hits.len() {
+        let mut net = hits[i].sign as i32;
+        let mut j = i + 1;
+        while j < hits.len() && hits[j].t - hits[j - 1].t < CROSSING_MERGE_MM {
+            net += hits[j].sign as i32;
+            j += 1;
+        }
+        if net != 0 || j - i == 1 {
+            out.push(hits[i].t);
+        }
+        i = j;
+    }
+    out
+}
+
+/// Exact distance from `p` to the box `[lo, hi]`.
+pub fn point_aabb_distance(p: &[f64; 3], lo: &[f64; 3], hi: &[f64; 3]) -> f64 {
+    let mut d2 = 0.0;
+    for i in 0..3 {
+        let d = (lo[i] - p[i]).max(p[i] - hi[i]).max(0.0);
+        d2 += d * d;
+    }
+    d2.sqrt()
+}
+
+/// Exact distance from the segment `a + t d`, `t` in `[0, 1]`, to the box `[lo, hi]`.
+///
+/// The squared distance is convex and piecewise quadratic in `t`, with breakpoints where the
+/// segment crosses a slab plane: minimise each piece in closed form.
+pub fn segment_aabb_distance(a: &[f64; 3], d: &[f64; 3], lo: &[f64; 3], hi: &[f64; 3]) -> f64 {
+    let mut ts = [0.0f64; 8];
+    let mut n = 0;
+    ts[n] = 0.0;
+    n += 1;
+    for i in 0..3 {
+        if d[i] != 0.0 {
+            for c in [lo[i], hi[i]] {
+                let t = (c - a[i]) / d[i];
+                if t > 0.0 && t < 1.0 {
+                    ts[n] = t;
+                    n += 1;
+                }
+            }
+        }
+    }
+    ts[n] = 1.0;
+    n += 1;
+    // Insertion sort of at most 8 values.
+    for i in 1..n {
+        let mut j = i;
+        while j > 0 && ts[j - 1] > ts[j] {
+            ts.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    let at = |t: f64| [a[0] + t * d[0], a[1] + t * d[1], a[2] + t * d[2]];
+    let mut best = f64::INFINITY;
+    for k in 0..n - 1 {
+        let (t0, t1) = (ts[k], ts[k + 1]);
+        let tm = 0.5 * (t0 + t1);
+        let pm = at(tm);
+        let (mut num, mut den) = (0.0, 0.0);
+        for i in 0..3 {
+            let c = if pm[i] < lo[i] {
+                lo[i]
+            } else if pm[i] > hi[i] {
+                hi[i]
+            } else {
+                continue;
+            };
+            num += (c - a[i]) * d[i];
+            den += d[i] * d[i];
+        }
+        let t = if den > 0.0 {
+            (num / den).clamp(t0, t1)
+        } else {
+            t0
+        };
+        best = best.min(point_aabb_distance(&at(t), lo, hi));
+        if best == 0.0 {
+            break;
+        }
+    }
+    best
+}
+
+/// Does the line `o + t d` meet the box `[lo, hi]` (padded by `pad`) for some `t` in
+/// `[t_min, t_max]`? `inv` holds `1 / d` per axis (infinite where `d` is 0).
+fn line_hits_box(
+    o: &[f64; 3],
+    d: &[f64; 3],
+    inv: &[f64; 3],
+    lo: &[f64; 3],
+    hi: &[f64; 3],
+    t_min: f64,
+    t_max: f64,
+) -> bool {
+    const PAD_MM: f64 = 1e-9;
+    let (mut t0, mut t1) = (t_min, t_max);
+    for i in 0..3 {
+        let (l, h) = (lo[i] - PAD_MM, hi[i] + PAD_MM);
+        if d[i] == 0.0 {
+            if o[i] < l || o[i] > h {
+                return false;
+            }
+            continue;
+        }
+        let (mut ta, mut tb) = ((l - o[i]) * inv[i], (h - o[i]) * inv[i]);
+        if ta > tb {
+            std::mem::swap(&mut ta, &mut tb);
+        }
+        t0 = t0.max(ta);
+        t1 = t1.min(tb);
+        if t0 > t1 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Shrink a lower bound by a relative hair so that round-off never prunes the true minimum.
+#[inline]
+fn conservative(lb: f64) -> f64 {
+    lb * (1.0 - 1e-12) - 1e-12
+}
+
+fn arr(p: &Point) -> [f64; 3] {
+    [p.x, p.y, p.z]
+}
+
+fn varr(v: &Vector) -> [f64; 3] {
+    [v.x, v.y, v.z]
+}
+
+fn pvec(p: &Point) -> PVec {
+    PVec::new(p.x, p.y, p.z)
+}
+
+fn node_box(node: &BvhNode) -> ([f64; 3], [f64; 3]) {
+    let (lo, hi) = (node.mins(), node.maxs());
+    ([lo.x, lo.y, lo.z], [hi.x, hi.y, hi.z])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The prepared mesh.
+// ---------------------------------------------------------------------------------------------
 
 /// A mesh prepared for fast exact queries. Coordinates stay f64 millimetres.
 pub struct ClearanceMesh {
-    _todo: (),
+    /// The corners of every triangle, in the input's triangle order (leaf data = index here).
+    corners: Vec<[Point; 3]>,
+    /// Parry's BVH over the triangles' AABBs.
+    bvh: Bvh,
+    /// Closed, 2-manifold, consistently and outward wound.
+    closed: bool,
 }
 
 impl ClearanceMesh {
     /// Build the BVH. `mesh` must be validated (finite, indices in range, no degenerate
     /// triangles). Containment queries are available when the mesh is closed and outward wound.
     pub fn new(mesh: &TriMesh) -> Self {
-        let _ = mesh;
-        todo!("helper A")
+        let corners: Vec<[Point; 3]> = (0..mesh.triangles.len())
+            .map(|i| mesh.triangle(i))
+            .collect();
+        let aabbs: Vec<ParryAabb> = corners
+            .iter()
+            .map(|[a, b, c]| {
+                let lo = a.inf(b).inf(c);
+                let hi = a.sup(b).sup(c);
+                ParryAabb::new(pvec(&lo), pvec(&hi))
+            })
+            .collect();
+        let bvh = Bvh::from_leaves(BvhBuildStrategy::Binned, &aabbs);
+        let closed = is_closed_manifold(mesh) && mesh.signed_volume_mm3() > 0.0;
+        Self {
+            corners,
+            bvh,
+            closed,
+        }
     }
 
     /// The mesh is closed and outward wound: `contains_point` is meaningful.
     pub fn is_closed(&self) -> bool {
-        todo!("helper A")
+        self.closed
     }
 
-    /// Exact distance from `p` to the surface.
+    /// Number of triangles.
+    pub fn triangle_count(&self) -> usize {
+        self.corners.len()
+    }
+
+    /// Exact distance from `p` to the surface (infinite for an empty mesh).
     pub fn distance_to_point(&self, p: &Point) -> f64 {
-        let _ = p;
-        todo!("helper A")
+        let pa = arr(p);
+        self.bvh
+            .find_best(
+                f64::INFINITY,
+                |node, best| {
+                    let (lo, hi) = node_box(node);
+                    let lb = point_aabb_distance(&pa, &lo, &hi);
+                    if lb >= best {
+                        lb
+                    } else {
+                        conservative(lb)
+                    }
+                },
+                |leaf, _| Some(point_triangle_distance(p, &self.corners[leaf as usize])),
+            )
+            .map_or(f64::INFINITY, |(_, d)| d)
     }
 
     /// Exact distance from the segment `a-b` to the surface (0 if it touches or crosses it).
     pub fn distance_to_segment(&self, a: &Point, b: &Point) -> f64 {
-        let _ = (a, b);
-        todo!("helper A")
+        let aa = arr(a);
+        let d = varr(&(b - a));
+        let seg_lo = arr(&a.inf(b));
+        let seg_hi = arr(&a.sup(b));
+        self.bvh
+            .find_best(
+                f64::INFINITY,
+                |node, best| {
+                    if best <= 0.0 {
+                        return f64::INFINITY;
+                    }
+                    let (lo, hi) = node_box(node);
+                    // Cheap box-box bound first; exact segment-box distance only if it passes.
+                    let mut g2 = 0.0;
+                    for i in 0..3 {
+                        let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
+                        g2 += g * g;
+                    }
+                    let gap = g2.sqrt();
+                    if conservative(gap) >= best {
+                        return gap;
+                    }
+                    conservative(segment_aabb_distance(&aa, &d, &lo, &hi))
+                },
+                |leaf, _| {
+                    Some(segment_triangle_distance(
+                        a,
+                        b,
+                        &self.corners[leaf as usize],
+                    ))
+                },
+            )
+            .map_or(f64::INFINITY, |(_, d)| d)
     }
 
     /// Is `p` inside the closed solid? (false for open meshes)
+    ///
+    /// Counts crossings of a ray along a fixed oblique direction; if a crossing is within
+    /// [`EDGE_MARGIN`] of a triangle edge (or at the ray origin), the answer is the majority over
+    /// three directions.
     pub fn contains_point(&self, p: &Point) -> bool {
-        let _ = p;
-        todo!("helper A")
+        if !self.closed {
+            return false;
+        }
+        let (inside, ambiguous) = self.ray_parity(p, &ray_dir(0));
+        if !ambiguous {
+            return inside;
+        }
+        let votes = usize::from(inside)
+            + (1..3)
+                .filter(|&i| self.ray_parity(p, &ray_dir(i)).0)
+                .count();
+        votes >= 2
+    }
+
+    /// Parity of the merged crossings of the ray `p + t dir`, `t > 0`, and whether any crossing
+    /// was close to an edge or to `p` itself.
+    fn ray_parity(&self, p: &Point, dir: &Vector) -> (bool, bool) {
+        let mut hits = Vec::new();
+        self.collect_crossings(p, dir, 0.0, f64::INFINITY, &mut hits);
+        let ambiguous = hits
+            .iter()
+            .any(|h| h.edge_margin < EDGE_MARGIN || h.t.abs() < CROSSING_MERGE_MM);
+        let n = merge_crossings(&mut hits)
+            .into_iter()
+            .filter(|&t| t > 0.0)
+            .count();
+        (n % 2 == 1, ambiguous)
+    }
+
+    /// Every crossing of `origin + t dir` with a triangle for `t` in `[t_min, t_max]` (padded),
+    /// walking the BVH with a slab test.
+    fn collect_crossings(
+        &self,
+        origin: &Point,
+        dir: &Vector,
+        t_min: f64,
+        t_max: f64,
+        hits: &mut Vec<LineCrossing>,
+    ) {
+        let o = arr(origin);
+        let d = varr(dir);
+        let inv = [1.0 / d[0], 1.0 / d[1], 1.0 / d[2]];
+        let (t_lo, t_hi) = (t_min - 1e-6, t_max + 1e-6);
+        self.bvh.traverse(|node| {
+            let (lo, hi) = node_box(node);
+            if !line_hits_box(&o, &d, &inv, &lo, &hi, t_lo, t_hi) {
+                return TraversalAction::Prune;
+            }
+            if let Some(leaf) = node.leaf_data() {
+                if let Some(h) = line_triangle_crossing(origin, dir, &self.corners[leaf as usize]) {
+                    hits.push(h);
+                }
+            }
+            TraversalAction::Continue
+        });
     }
 
     /// Every crossing of the infinite line `origin + t * dir` with the surface, as sorted `t`.
+    ///
+    /// Hits of several triangles at one point (a shared edge or vertex, within
+    /// [`CROSSING_MERGE_MM`]) count once; a line that only touches the surface there (the
+    /// triangles' facings cancel) does not cross it and is left out.
     pub fn line_crossings(&self, origin: &Point, dir: &UnitVector) -> Vec<f64> {
-        let _ = (origin, dir);
-        todo!("helper A")
+        let mut hits = Vec::new();
+        self.collect_crossings(
+            origin,
+            dir.as_ref(),
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            &mut hits,
+        );
+        merge_crossings(&mut hits)
     }
 
     /// Bytes held by the prepared mesh (vertices, triangles, BVH).
     pub fn memory_bytes(&self) -> usize {
-        todo!("helper A")
+        std::mem::size_of::<Self>()
+            + self.corners.capacity() * std::mem::size_of::<[Point; 3]>()
+            + self.bvh.heap_memory_size()
     }
 }
 
@@ -56,19 +532,32 @@ impl ClearanceMesh {
 pub mod brute {
     use super::*;
 
+    /// Minimum of [`point_triangle_distance`] over every triangle.
     pub fn distance_to_point(mesh: &TriMesh, p: &Point) -> f64 {
-        let _ = (mesh, p);
-        todo!("helper A")
+        (0..mesh.triangles.len())
+            .map(|i| point_triangle_distance(p, &mesh.triangle(i)))
+            .fold(f64::INFINITY, f64::min)
     }
 
+    /// Minimum of [`segment_triangle_distance`] over every triangle.
     pub fn distance_to_segment(mesh: &TriMesh, a: &Point, b: &Point) -> f64 {
-        let _ = (mesh, a, b);
-        todo!("helper A")
+        (0..mesh.triangles.len())
+            .map(|i| segment_triangle_distance(a, b, &mesh.triangle(i)))
+            .fold(f64::INFINITY, f64::min)
     }
 
     /// Ray parity along several fixed directions, majority vote.
     pub fn contains_point(mesh: &TriMesh, p: &Point) -> bool {
-        let _ = (mesh, p);
-        todo!("helper A")
+        let votes = (0..3)
+            .filter(|&k| {
+                let dir = ray_dir(k);
+                let crossings = (0..mesh.triangles.len())
+                    .filter_map(|i| line_triangle_crossing(p, &dir, &mesh.triangle(i)))
+                    .filter(|h| h.t > 0.0)
+                    .count();
+                crossings % 2 == 1
+            })
+            .count();
+        votes >= 2
     }
 }

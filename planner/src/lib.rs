@@ -6,14 +6,20 @@
 //! [`plan`]. This crate knows nothing of gRPC, protobuf or async runtimes.
 
 pub mod anatomy;
+pub mod balloon;
 pub mod clearance;
 pub mod error;
+pub mod evaluate;
+pub mod frame;
+pub mod keepout;
 pub mod math;
 pub mod mesh;
 pub mod plan;
 pub mod request;
+pub mod search;
 pub mod synth;
 pub mod validate;
+pub mod voxel;
 
 pub use anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
 pub use error::{InputError, MeshFault, MeshFix};

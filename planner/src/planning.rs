@@ -1,10 +1,24 @@
 //! The top of the journey: plan every requested level and side, or evaluate one trajectory.
 
-use crate::anatomy::{Level, Side};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::anatomy::{Level, PatientFrame, Side};
+use crate::balloon::{self, BalloonFit};
 use crate::error::InputError;
-use crate::plan::{Evaluation, LevelPlan, Plan};
-use crate::prepare::PreparedAnatomy;
+use crate::evaluate::{measure, Measurement, SideContext};
+use crate::math::{array, point, vec_array, Point, Vector};
+use crate::plan::{
+    Alternative, AlternativeCode, Balloon, Clearances, Evaluation, LevelPlan, Plan, Reason,
+    ReasonCode, SidePlan, Trajectory, VertebraFrameSummary,
+};
+use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Instrument, PlanRequest, Safety};
+use crate::search::{search_side, SideOutcome};
+
+/// Cement per level is estimated as the cavities plus this fraction that interdigitates.
+pub const CEMENT_INTERDIGITATION_FRACTION: f64 = 0.2;
 
 /// Planning stopped before it finished.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -47,8 +61,245 @@ pub fn plan_with(
     request: &PlanRequest,
     control: &PlanControl<'_>,
 ) -> Result<Plan, PlanError> {
-    let _ = (anatomy, request, control);
-    todo!()
+    let levels: Vec<Level> = match request.levels() {
+        Some(l) => {
+            for level in l {
+                if anatomy.vertebra(*level).is_none() {
+                    return Err(InputError::LevelNotInAnatomy { level: *level }.into());
+                }
+            }
+            let mut l = l.to_vec();
+            l.sort();
+            l
+        }
+        None => anatomy.levels(),
+    };
+    let done = AtomicUsize::new(0);
+    let total = levels.len();
+    let planned: Vec<Result<LevelPlan, PlanError>> = levels
+        .par_iter()
+        .map(|&level| {
+            if (control.cancelled)() {
+                return Err(PlanError::Cancelled);
+            }
+            let lp = plan_level(anatomy, level, request, control.cancelled)?;
+            let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+            (control.on_level)(&lp, n, total);
+            Ok(lp)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(planned.len());
+    for p in planned {
+        out.push(p?);
+    }
+    Ok(Plan {
+        case: anatomy.name().to_string(),
+        frame: anatomy.frame(),
+        levels: out,
+        instrument: request.instrument().clone(),
+        safety: request.safety().clone(),
+        mesh_fixes: anatomy.mesh_fixes().to_vec(),
+        planner_version: crate::PLANNER_VERSION.to_string(),
+    })
+}
+
+fn context<'a>(
+    anatomy: &'a PreparedAnatomy,
+    vertebra: &'a PreparedVertebra,
+    side: Side,
+    instrument: &'a Instrument,
+    safety: &'a Safety,
+) -> SideContext<'a> {
+    SideContext {
+        anatomy,
+        vertebra,
+        keep_outs: anatomy.keep_outs(vertebra.level),
+        side,
+        instrument,
+        safety,
+    }
+}
+
+fn plan_level(
+    anatomy: &PreparedAnatomy,
+    level: Level,
+    request: &PlanRequest,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<LevelPlan, PlanError> {
+    let vertebra = anatomy.vertebra(level).expect("checked by the caller");
+    let (instrument, safety) = (request.instrument(), request.safety());
+    let ctx = [Side::Left, Side::Right].map(|s| context(anatomy, vertebra, s, instrument, safety));
+    let (left, right) = rayon::join(
+        || search_side(&ctx[0], cancelled),
+        || search_side(&ctx[1], cancelled),
+    );
+    let outcomes = [left?, right?];
+    // Balloons, then keep them apart.
+    let mut fits: [Option<BalloonFit>; 2] = [None, None];
+    for i in 0..2 {
+        if let SideOutcome::Feasible(m) = &outcomes[i] {
+            fits[i] = balloon::fit(&ctx[i], m);
+        }
+    }
+    let mut apart = true;
+    if let [Some(l), Some(r)] = &mut fits {
+        apart = balloon::separate(l, r);
+    }
+    let frame = anatomy.frame();
+    let mut sides = Vec::with_capacity(2);
+    for i in 0..2 {
+        let side = ctx[i].side;
+        let sp = match &outcomes[i] {
+            SideOutcome::Feasible(m) => match &fits[i] {
+                Some(b) if apart || i == 0 => SidePlan {
+                    side,
+                    feasible: true,
+                    trajectory: Some(trajectory(m, frame, instrument, safety)),
+                    balloon: Some(balloon_out(b, frame)),
+                    reasons: vec![],
+                    alternatives: vec![],
+                },
+                _ => SidePlan {
+                    side,
+                    feasible: false,
+                    trajectory: None,
+                    balloon: None,
+                    reasons: vec![Reason {
+                        code: ReasonCode::BalloonDoesNotFit,
+                        message: format!(
+                            "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm or more inside the body with the margins{}",
+                            instrument.balloon_lengths_mm,
+                            balloon::MIN_BALLOON_DIAMETER_MM,
+                            if fits[i].is_some() { " beside the other side's balloon" } else { "" }
+                        ),
+                        value_mm: None,
+                        limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
+                    }],
+                    alternatives: vec![Alternative {
+                        code: AlternativeCode::UnipedicularFromOtherSide,
+                        message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
+                    }],
+                },
+            },
+            SideOutcome::Infeasible {
+                reasons,
+                alternatives,
+            } => SidePlan {
+                side,
+                feasible: false,
+                trajectory: None,
+                balloon: None,
+                reasons: reasons.clone(),
+                alternatives: alternatives.clone(),
+            },
+        };
+        sides.push(sp);
+    }
+    // Suggest a unipedicular approach from a feasible other side.
+    for i in 0..2 {
+        if !sides[i].feasible && sides[1 - i].feasible {
+            let other = sides[1 - i].side;
+            if !sides[i]
+                .alternatives
+                .iter()
+                .any(|a| a.code == AlternativeCode::UnipedicularFromOtherSide)
+            {
+                sides[i].alternatives.push(Alternative {
+                    code: AlternativeCode::UnipedicularFromOtherSide,
+                    message: format!(
+                        "unipedicular kyphoplasty from the {other}, aimed medially so the balloon ends on the midline"
+                    ),
+                });
+            }
+        }
+    }
+    let volumes: Vec<f64> = sides
+        .iter()
+        .filter_map(|s| s.balloon.as_ref().map(|b| b.volume_ml))
+        .collect();
+    let cement = if volumes.is_empty() {
+        None
+    } else {
+        Some(round(volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION), 2))
+    };
+    let mut keep_outs = Vec::new();
+    for k in anatomy.keep_outs(level) {
+        let margin = match k.kind {
+            crate::keepout::KeepOutKind::Canal | crate::keepout::KeepOutKind::Forbidden => {
+                safety.canal_margin_mm
+            }
+            crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+        };
+        keep_outs.push(k.summary(margin));
+    }
+    Ok(LevelPlan {
+        level,
+        sides,
+        cement_volume_estimate_ml: cement,
+        vertebra_frame: Some(frame_summary(vertebra, frame)),
+        keep_outs,
+    })
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn out_point(p: &Point, frame: PatientFrame) -> [f64; 3] {
+    array(&frame.from_lps(p))
+}
+
+fn out_dir(v: &Vector, frame: PatientFrame) -> [f64; 3] {
+    vec_array(&frame.dir_to_lps(v))
+}
+
+fn frame_summary(v: &PreparedVertebra, frame: PatientFrame) -> VertebraFrameSummary {
+    let f = &v.frame;
+    let (a, l, s) = f.axes_lps();
+    VertebraFrameSummary {
+        body_center_mm: out_point(&(f.vertebra_to_lps() * Point::origin()), frame),
+        anterior: out_dir(&a, frame),
+        left: out_dir(&l, frame),
+        superior: out_dir(&s, frame),
+        body_depth_mm: f.body_depth_mm,
+        body_width_mm: f.body_width_mm,
+        body_height_mm: f.body_height_mm,
+    }
+}
+
+fn trajectory(m: &Measurement, frame: PatientFrame, instrument: &Instrument, safety: &Safety) -> Trajectory {
+    Trajectory {
+        bone_entry_mm: out_point(&m.bone_entry, frame),
+        target_mm: out_point(&m.tip, frame),
+        skin_entry_mm: m.skin_entry.map(|p| out_point(&p, frame)),
+        cannula_outer_diameter_mm: instrument.cannula_outer_diameter_mm,
+        medial_angle_deg: m.medial_angle_deg,
+        cranial_angle_deg: m.cranial_angle_deg,
+        clearance_mm: Clearances {
+            cortex: m.cortex_clearance_mm,
+            canal: m.canal_clearance_mm,
+            nerve_root: m.root_clearance_mm,
+            forbidden: m.forbidden_clearance_mm,
+        },
+        direction: out_dir(&m.direction.into_inner(), frame),
+        length_in_bone_mm: m.length_in_bone_mm,
+        insertion_length_mm: m.insertion_length_mm,
+        tip_depth_fraction: m.tip_depth_fraction,
+        score: m.score(safety),
+    }
+}
+
+fn balloon_out(b: &BalloonFit, frame: PatientFrame) -> Balloon {
+    Balloon {
+        center_mm: out_point(&b.center(), frame),
+        axis: out_dir(&b.axis, frame),
+        length_mm: b.length_mm,
+        diameter_mm: b.diameter_mm,
+        volume_ml: b.volume_ml,
+        cortex_clearance_mm: b.cortex_clearance_mm,
+        posterior_wall_clearance_mm: b.posterior_wall_clearance_mm,
+    }
 }
 
 /// Measure a given trajectory (e.g. dragged by the surgeon): `entry_mm` is any point on the
@@ -62,6 +313,35 @@ pub fn evaluate(
     instrument: &Instrument,
     safety: &Safety,
 ) -> Result<Evaluation, InputError> {
-    let _ = (anatomy, level, side, entry_mm, target_mm, instrument, safety);
-    todo!()
+    instrument.validate()?;
+    safety.validate()?;
+    for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
+        if p.iter().any(|c| !c.is_finite()) {
+            return Err(InputError::invalid(field, format!("{p:?}"), "coordinates must be finite"));
+        }
+    }
+    let vertebra = anatomy
+        .vertebra(level)
+        .ok_or(InputError::LevelNotInAnatomy { level })?;
+    let frame = anatomy.frame();
+    let entry = frame.to_lps(&point(entry_mm));
+    let target = frame.to_lps(&point(target_mm));
+    if (target - entry).norm() < 1e-3 {
+        return Err(InputError::invalid(
+            "target_mm",
+            format!("{target_mm:?}"),
+            "entry and target coincide: a trajectory needs two distinct points",
+        ));
+    }
+    let ctx = context(anatomy, vertebra, side, instrument, safety);
+    let m = measure(&ctx, &entry, &target);
+    let mut violations = m.violations.clone();
+    violations.extend(m.soft.iter().cloned());
+    Ok(Evaluation {
+        level,
+        side,
+        safe: m.violations.is_empty(),
+        trajectory: trajectory(&m, frame, instrument, safety),
+        violations,
+    })
 }

@@ -1,10 +1,19 @@
 //! Preparation: validate the raw anatomy, bring it into LPS, build the clearance engines, the
 //! vertebra frames and the keep-outs once, so that planning and evaluation only query.
 
-use crate::anatomy::{AnatomyInput, Level, PatientFrame};
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side};
+use crate::clearance::ClearanceMesh;
 use crate::error::InputError;
-use crate::plan::StructureNotice;
-use crate::validate::WindingPolicy;
+use crate::frame::{self, VertebraFrame};
+use crate::keepout::{self, KeepOut, KeepOutKind};
+use crate::mesh::TriMesh;
+use crate::plan::{KeepOutSource, StructureNotice};
+use crate::validate::{validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM};
+use crate::voxel::{self, Grid};
 
 /// Options of preparation. No `Default`: the caller says what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,32 +33,305 @@ impl PrepareOptions {
     }
 }
 
+/// One vertebra, analysed.
+pub struct PreparedVertebra {
+    pub level: Level,
+    pub structure: String,
+    /// The bone surface, LPS.
+    pub mesh: TriMesh,
+    pub bone: ClearanceMesh,
+    pub frame: VertebraFrame,
+    /// Approximate signed distance to the bone surface (positive inside), grid frame
+    /// (`frame.lps_to_grid`).
+    pub bone_sdf: Grid<f32>,
+    /// Keep-outs derived from this vertebra's bone (those not given as meshes).
+    pub derived: Vec<KeepOut>,
+    /// Approximate distance to the nearest canal / nerve-root / forbidden keep-out that applies
+    /// to this vertebra (given or derived), on the grid of `bone_sdf`.
+    pub canal_distance: Grid<f32>,
+    pub root_distance: Grid<f32>,
+    pub forbidden_distance: Option<Grid<f32>>,
+}
+
 /// A validated anatomy in LPS with everything planning needs precomputed.
 pub struct PreparedAnatomy {
-    _todo: (),
+    name: String,
+    frame: PatientFrame,
+    pub(crate) vertebrae: Vec<PreparedVertebra>,
+    /// Keep-outs given as meshes, for every level.
+    pub(crate) given: Vec<KeepOut>,
+    pub(crate) skin: Option<ClearanceMesh>,
+    mesh_fixes: Vec<StructureNotice>,
 }
 
 impl PreparedAnatomy {
     pub fn prepare(input: AnatomyInput, options: &PrepareOptions) -> Result<Self, InputError> {
-        let _ = (input, options);
-        todo!()
+        let AnatomyInput {
+            name,
+            frame,
+            structures,
+        } = input;
+        // Refuse oversize meshes before any work.
+        for s in &structures {
+            if s.mesh.triangles.len() > options.max_triangles_per_mesh {
+                return Err(InputError::Mesh {
+                    structure: s.name.clone(),
+                    fault: crate::error::MeshFault::TooLarge {
+                        triangles: s.mesh.triangles.len(),
+                        limit: options.max_triangles_per_mesh,
+                    },
+                });
+            }
+        }
+        // Roles: duplicates and missing pieces.
+        let mut levels: BTreeMap<Level, String> = BTreeMap::new();
+        let mut roots: BTreeMap<(Level, Side), String> = BTreeMap::new();
+        for s in &structures {
+            match s.role {
+                Role::Vertebra { level } => {
+                    if let Some(first) = levels.get(&level) {
+                        return Err(InputError::DuplicateLevel {
+                            level,
+                            first: first.clone(),
+                            second: s.name.clone(),
+                        });
+                    }
+                    levels.insert(level, s.name.clone());
+                }
+                Role::NerveRoot { level, side } => {
+                    if roots.insert((level, side), s.name.clone()).is_some() {
+                        return Err(InputError::DuplicateNerveRoot {
+                            structure: s.name.clone(),
+                            level,
+                            side,
+                        });
+                    }
+                }
+                Role::SpinalCanal | Role::Skin | Role::Forbidden => {}
+            }
+        }
+        if levels.is_empty() {
+            return Err(InputError::NoVertebra);
+        }
+        // Validate every mesh (in parallel; errors reported in input order), into LPS.
+        let validated: Vec<Result<_, InputError>> = structures
+            .into_par_iter()
+            .map(|s| {
+                let check = match s.role {
+                    Role::Vertebra { .. } => MeshCheck {
+                        closed: true,
+                        size_range_mm: Some(VERTEBRA_SIZE_RANGE_MM),
+                        winding: options.winding,
+                        max_triangles: options.max_triangles_per_mesh,
+                    },
+                    _ => MeshCheck {
+                        closed: false,
+                        size_range_mm: None,
+                        winding: options.winding,
+                        max_triangles: options.max_triangles_per_mesh,
+                    },
+                };
+                let lps = s.mesh.mapped(|p| frame.to_lps(p));
+                let (mesh, fix) = validate_mesh(lps, &check).map_err(|fault| InputError::Mesh {
+                    structure: s.name.clone(),
+                    fault,
+                })?;
+                // Open keep-outs and skin need no winding; closed ones must face outwards for
+                // containment queries.
+                let (mesh, fix) = if !check.closed
+                    && crate::validate::is_closed_manifold(&mesh)
+                    && mesh.signed_volume_mm3() < 0.0
+                {
+                    match options.winding {
+                        WindingPolicy::Fix => (
+                            mesh.flipped(),
+                            Some(crate::error::MeshFix::FlippedInwardWinding),
+                        ),
+                        WindingPolicy::Refuse => {
+                            return Err(InputError::Mesh {
+                                structure: s.name.clone(),
+                                fault: crate::error::MeshFault::InwardWinding {
+                                    signed_volume_mm3: mesh.signed_volume_mm3(),
+                                },
+                            })
+                        }
+                    }
+                } else {
+                    (mesh, fix)
+                };
+                Ok((s.name, s.role, mesh, fix))
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(validated.len());
+        for v in validated {
+            parts.push(v?);
+        }
+        let mut mesh_fixes = Vec::new();
+        let mut given = Vec::new();
+        let mut skin = None;
+        let mut bones = Vec::new();
+        for (name, role, mesh, fix) in parts {
+            if let Some(fix) = fix {
+                mesh_fixes.push(StructureNotice {
+                    structure: name.clone(),
+                    fix,
+                });
+            }
+            match role {
+                Role::Vertebra { level } => bones.push((level, name, mesh)),
+                Role::SpinalCanal => given.push(KeepOut::new(
+                    KeepOutKind::Canal,
+                    KeepOutSource::Given,
+                    name,
+                    mesh,
+                )),
+                Role::NerveRoot { side, .. } => given.push(KeepOut::new(
+                    KeepOutKind::NerveRoot(side),
+                    KeepOutSource::Given,
+                    name,
+                    mesh,
+                )),
+                Role::Forbidden => given.push(KeepOut::new(
+                    KeepOutKind::Forbidden,
+                    KeepOutSource::Given,
+                    name,
+                    mesh,
+                )),
+                Role::Skin => skin = Some(ClearanceMesh::new(&mesh)),
+            }
+        }
+        bones.sort_by_key(|b| b.0);
+        let has_canal = given.iter().any(|k| k.kind == KeepOutKind::Canal);
+        let vertebrae: Vec<Result<PreparedVertebra, InputError>> = bones
+            .into_par_iter()
+            .map(|(level, structure, mesh)| {
+                let root_given = [Side::Left, Side::Right]
+                    .map(|side| roots.contains_key(&(level, side)));
+                prepare_vertebra(level, structure, mesh, has_canal, root_given, &given)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(vertebrae.len());
+        for v in vertebrae {
+            out.push(v?);
+        }
+        Ok(PreparedAnatomy {
+            name,
+            frame,
+            vertebrae: out,
+            given,
+            skin,
+            mesh_fixes,
+        })
     }
+
     pub fn name(&self) -> &str {
-        todo!()
+        &self.name
     }
     /// The frame of the input, in which plans report coordinates.
     pub fn frame(&self) -> PatientFrame {
-        todo!()
+        self.frame
     }
     /// Vertebra levels, cranial to caudal.
     pub fn levels(&self) -> Vec<Level> {
-        todo!()
+        self.vertebrae.iter().map(|v| v.level).collect()
     }
     pub fn mesh_fixes(&self) -> &[StructureNotice] {
-        todo!()
+        &self.mesh_fixes
+    }
+    pub fn vertebra(&self, level: Level) -> Option<&PreparedVertebra> {
+        self.vertebrae.iter().find(|v| v.level == level)
+    }
+    pub fn vertebrae(&self) -> &[PreparedVertebra] {
+        &self.vertebrae
+    }
+    /// Every keep-out that applies to `level`: the given ones and the level's derived ones.
+    pub fn keep_outs(&self, level: Level) -> Vec<&KeepOut> {
+        let mut v: Vec<&KeepOut> = self.given.iter().collect();
+        if let Some(vert) = self.vertebra(level) {
+            v.extend(vert.derived.iter());
+        }
+        v
+    }
+    pub fn skin(&self) -> Option<&ClearanceMesh> {
+        self.skin.as_ref()
     }
     /// Bytes held by the prepared anatomy.
     pub fn memory_bytes(&self) -> usize {
-        todo!()
+        let mesh_bytes = |m: &TriMesh| {
+            m.vertices_mm.len() * std::mem::size_of::<crate::math::Point>()
+                + m.triangles.len() * std::mem::size_of::<[u32; 3]>()
+        };
+        let keep = |k: &KeepOut| mesh_bytes(&k.mesh) + k.clearance.memory_bytes();
+        let verts: usize = self
+            .vertebrae
+            .iter()
+            .map(|v| {
+                mesh_bytes(&v.mesh)
+                    + v.bone.memory_bytes()
+                    + v.bone_sdf.memory_bytes()
+                    + v.canal_distance.memory_bytes()
+                    + v.root_distance.memory_bytes()
+                    + v.forbidden_distance.as_ref().map_or(0, |g| g.memory_bytes())
+                    + v.derived.iter().map(keep).sum::<usize>()
+            })
+            .sum();
+        verts
+            + self.given.iter().map(keep).sum::<usize>()
+            + self.skin.as_ref().map_or(0, |s| s.memory_bytes())
     }
+}
+
+fn prepare_vertebra(
+    level: Level,
+    structure: String,
+    mesh: TriMesh,
+    has_canal: bool,
+    root_given: [bool; 2],
+    given: &[KeepOut],
+) -> Result<PreparedVertebra, InputError> {
+    let analysis = frame::estimate(level, &mesh)?;
+    let frame = analysis.frame;
+    let bone_sdf = voxel::signed_distance(&analysis.inside);
+    drop(analysis.inside);
+    let bone = ClearanceMesh::new(&mesh);
+    let name = level.name();
+    let mut derived = Vec::new();
+    if !has_canal {
+        derived.push(keepout::derived_canal(&frame, name));
+    }
+    for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
+        if !root_given[i] {
+            derived.push(keepout::derived_root(&frame, side, name));
+        }
+    }
+    let grid_of = |kinds: &dyn Fn(KeepOutKind) -> bool| -> Option<Grid<f32>> {
+        let meshes: Vec<&KeepOut> = given
+            .iter()
+            .chain(derived.iter())
+            .filter(|k| kinds(k.kind))
+            .collect();
+        meshes
+            .iter()
+            .map(|k| voxel::unsigned_surface_distance(&k.mesh, &frame.lps_to_grid, &bone_sdf))
+            .reduce(|mut a, b| {
+                a.data.iter_mut().zip(b.data).for_each(|(x, y)| *x = x.min(y));
+                a
+            })
+    };
+    let far = || Grid::filled(bone_sdf.origin, bone_sdf.spacing_mm, bone_sdf.dims, f32::INFINITY);
+    let canal_distance = grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far);
+    let root_distance = grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far);
+    let forbidden_distance = grid_of(&|k| k == KeepOutKind::Forbidden);
+    Ok(PreparedVertebra {
+        level,
+        structure,
+        mesh,
+        bone,
+        frame,
+        bone_sdf,
+        derived,
+        canal_distance,
+        root_distance,
+        forbidden_distance,
+    })
 }

@@ -1,11 +1,1094 @@
 //! Synthetic anatomy: parametric vertebrae T10..L5 from published morphometry, meshed as
 //! watertight surfaces, with their pedicle axes known by construction. The built-in anatomy of
 //! `kyphoplan demo` and the ground truth of the planner's tests.
+//!
+//! Each vertebra is an implicit solid (negative inside, a signed-distance-like field) built in
+//! the *vertebra frame*: origin at the body centre, +x patient left, +y posterior, +z superior
+//! (LPS-aligned when unposed). It is sampled on a regular grid and meshed with marching
+//! tetrahedra (Freudenthal split of each cube into 6 tetrahedra), which yields a closed,
+//! 2-manifold, outward-wound surface. The solid is a ring of bone around the vertebral foramen
+//! (genus 1): body, two pedicles, articular pillars, laminae, spinous and transverse processes,
+//! superior and inferior articular processes. Each pedicle is an elliptic cylinder of the given
+//! outer width and height; its narrowest section (the isthmus) lies free between the body and
+//! the posterior arch, so the pedicle axis is the best straight corridor.
 
-use crate::anatomy::AnatomyInput;
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+use crate::math::{Point, Pose, Real, Translation3, UnitVector, Vector};
+use crate::mesh::TriMesh;
+
+/// Shape parameters of one synthetic vertebra. Lengths in millimetres, angles in degrees.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VertebraParams {
+    /// The vertebral level these parameters describe.
+    pub level: Level,
+    /// Lateral (left-right) width of the vertebral body.
+    pub body_width_mm: Real,
+    /// Antero-posterior depth of the vertebral body.
+    pub body_depth_mm: Real,
+    /// Posterior body height (superior to inferior endplate at the posterior wall).
+    pub body_height_mm: Real,
+    /// Wedge fracture: fraction (0..0.6) of the body height lost at the anterior wall.
+    pub anterior_height_loss_fraction: Real,
+    /// Outer (cortical) transverse width of the pedicle at its isthmus.
+    pub pedicle_width_mm: Real,
+    /// Outer (cortical) height of the pedicle at its isthmus.
+    pub pedicle_height_mm: Real,
+    /// Transverse (medial) angle of the pedicle axis: positive converges towards the midline
+    /// anteriorly.
+    pub pedicle_medial_angle_deg: Real,
+    /// Sagittal angle of the pedicle axis: positive points inferiorly as it runs anteriorly.
+    pub pedicle_sagittal_angle_deg: Real,
+    /// Length of the pedicle along its axis, from the posterior body wall to the articular
+    /// pillar; the isthmus is at its middle.
+    pub pedicle_length_mm: Real,
+    /// Interpedicular width of the vertebral foramen (canal), at the isthmus.
+    pub canal_width_mm: Real,
+    /// Antero-posterior depth of the vertebral foramen (posterior body wall to laminae).
+    pub canal_depth_mm: Real,
+    /// Thickness of the laminae.
+    pub lamina_thickness_mm: Real,
+    /// Length of each transverse process from the articular pillar.
+    pub transverse_process_length_mm: Real,
+    /// Length of the spinous process from the laminar junction.
+    pub spinous_process_length_mm: Real,
+    /// How far the superior articular processes rise above the superior endplate.
+    pub superior_articular_rise_mm: Real,
+    /// How far the inferior articular processes reach below the inferior endplate.
+    pub inferior_articular_drop_mm: Real,
+    /// Grid spacing of the marching-tetrahedra mesher.
+    pub mesh_resolution_mm: Real,
+}
+
+impl VertebraParams {
+    /// Mean morphometry of `level` (clinical.md: Panjabi 1992 / Zindrick 1987 pedicle widths,
+    /// Panjabi body and canal sizes, Dickman medial angles). Defined for T10..L5; levels above
+    /// T10 use T10's numbers and S1 uses L5's (neither is anatomical).
+    pub fn mean(level: Level) -> VertebraParams {
+        // Columns: body W, D, H; pedicle W, H, medial, sagittal, length; canal W, D;
+        // lamina T; transverse process L; spinous L.
+        #[rustfmt::skip]
+        const TABLE: [[Real; 13]; 8] = [
+            // T10
+            [35.0, 29.0, 21.0,  7.2, 15.0,  5.0, 8.0, 12.0, 18.0, 16.0, 5.5, 18.0, 30.0],
+            // T11
+            [37.5, 30.5, 22.0,  7.8, 16.5,  3.0, 6.0, 12.0, 20.0, 16.5, 5.5, 14.0, 30.0],
+            // T12
+            [39.5, 31.5, 22.5,  8.3, 16.0,  0.0, 5.0, 12.0, 22.0, 17.0, 5.5, 12.0, 30.0],
+            // L1
+            [41.2, 33.0, 23.5,  8.6, 15.4,  7.0, 4.0, 12.0, 23.7, 17.5, 6.0, 16.0, 30.0],
+            // L2
+            [42.8, 34.0, 23.8,  8.3, 15.0, 10.0, 3.0, 12.0, 23.8, 17.8, 6.0, 20.0, 30.0],
+            // L3
+            [44.5, 35.5, 24.0, 10.2, 14.9, 15.0, 2.0, 13.0, 24.3, 18.2, 6.0, 24.0, 30.0],
+            // L4
+            [46.0, 36.5, 23.8, 14.1, 14.8, 20.0, 1.0, 14.0, 25.4, 18.9, 6.0, 20.0, 28.0],
+            // L5
+            [47.3, 38.0, 23.2, 18.6, 14.2, 27.0, 0.0, 15.0, 27.1, 19.7, 6.0, 18.0, 24.0],
+        ];
+        let row = match level {
+            l if l <= Level::T10 => 0,
+            Level::T11 => 1,
+            Level::T12 => 2,
+            Level::L1 => 3,
+            Level::L2 => 4,
+            Level::L3 => 5,
+            Level::L4 => 6,
+            _ => 7,
+        };
+        let r = TABLE[row];
+        VertebraParams {
+            level,
+            body_width_mm: r[0],
+            body_depth_mm: r[1],
+            body_height_mm: r[2],
+            anterior_height_loss_fraction: 0.0,
+            pedicle_width_mm: r[3],
+            pedicle_height_mm: r[4],
+            pedicle_medial_angle_deg: r[5],
+            pedicle_sagittal_angle_deg: r[6],
+            pedicle_length_mm: r[7],
+            canal_width_mm: r[8],
+            canal_depth_mm: r[9],
+            lamina_thickness_mm: r[10],
+            transverse_process_length_mm: r[11],
+            spinous_process_length_mm: r[12],
+            superior_articular_rise_mm: 3.5,
+            inferior_articular_drop_mm: 4.5,
+            mesh_resolution_mm: 1.0,
+        }
+    }
+
+    fn is_thoracic(&self) -> bool {
+        self.level <= Level::T12
+    }
+}
+
+/// One pedicle's axis, known by construction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PedicleAxis {
+    /// The patient side of the pedicle.
+    pub side: Side,
+    /// Centre of the pedicle's narrowest cross-section (LPS, mm).
+    pub isthmus_center: Point,
+    /// Unit direction of the axis, pointing anteriorly (into the body), LPS.
+    pub direction: UnitVector,
+    /// Outer transverse width of the pedicle at the isthmus.
+    pub width_mm: Real,
+}
+
+/// A synthetic vertebra with its soft tissue and ground truth, all in LPS millimetres.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticVertebra {
+    /// The level.
+    pub level: Level,
+    /// The parameters it was built from.
+    pub params: VertebraParams,
+    /// The bone surface: closed, 2-manifold, outward wound, genus 1.
+    pub mesh: TriMesh,
+    /// The pose of the vertebra frame (origin body centre, +x left, +y posterior, +z superior).
+    pub vertebra_to_lps: Pose,
+    /// Left and right pedicle axes.
+    pub pedicle_axes: [PedicleAxis; 2],
+    /// Centre of the vertebral body.
+    pub body_center_lps: Point,
+    /// The dural sac: a closed elliptic tube filling the foramen shrunk by 1.5 mm, extending
+    /// 10 mm above and below the body.
+    pub canal: TriMesh,
+    /// Left and right exiting nerve roots: closed tubes of 5 mm diameter, just below each
+    /// pedicle, running laterally, anteriorly and inferiorly.
+    pub nerve_roots: [TriMesh; 2],
+}
+
+// ---------------------------------------------------------------------------------------------
+// Implicit primitives
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Section {
+    Ellipse,
+    Rect,
+}
+
+/// A straight prism along `axis` (length `2 * half_len`, centred at `center`) with an elliptic
+/// or rectangular cross-section of semi-axes `r1` along `e1` and `r2` along `e2`, edges rounded
+/// by `round_mm`.
+#[derive(Clone, Copy, Debug)]
+struct Prism {
+    center: Vector,
+    axis: Vector,
+    e1: Vector,
+    e2: Vector,
+    r1: Real,
+    r2: Real,
+    half_len: Real,
+    section: Section,
+    round_mm: Real,
+}
+
+/// Approximate signed distance to an ellipse of semi-axes `r1`, `r2` (first order exact on the
+/// boundary).
+fn ellipse_sd(a: Real, b: Real, r1: Real, r2: Real) -> Real {
+    let k = ((a / r1).powi(2) + (b / r2).powi(2)).sqrt();
+    let g = ((a / (r1 * r1)).powi(2) + (b / (r2 * r2)).powi(2)).sqrt();
+    if g < 1e-12 {
+        return -r1.min(r2);
+    }
+    k * (k - 1.0) / g
+}
+
+fn rect_sd(a: Real, b: Real, r1: Real, r2: Real) -> Real {
+    let qa = a.abs() - r1;
+    let qb = b.abs() - r2;
+    qa.max(qb).min(0.0) + (qa.max(0.0).powi(2) + qb.max(0.0).powi(2)).sqrt()
+}
+
+/// Extrude a 2-D distance `d2` along an axis with axial distance `dz`, rounding the rim.
+fn extrude(d2: Real, dz: Real, r: Real) -> Real {
+    let a = d2 + r;
+    let b = dz + r;
+    a.max(b).min(0.0) + (a.max(0.0).powi(2) + b.max(0.0).powi(2)).sqrt() - r
+}
+
+/// Polynomial smooth minimum (union with a fillet of size `k`).
+fn smin(a: Real, b: Real, k: Real) -> Real {
+    let h = (k - (a - b).abs()).max(0.0) / k;
+    a.min(b) - h * h * k * 0.25
+}
+
+impl Prism {
+    fn from_segment(
+        a: Vector,
+        b: Vector,
+        up: Vector,
+        r1: Real,
+        r2: Real,
+        section: Section,
+    ) -> Prism {
+        let axis = (b - a).normalize();
+        let e1 = axis.cross(&up).normalize();
+        let e2 = e1.cross(&axis).normalize();
+        Prism {
+            center: (a + b) * 0.5,
+            axis,
+            e1,
+            e2,
+            r1,
+            r2,
+            half_len: (b - a).norm() * 0.5,
+            section,
+            round_mm: 1.0_f64.min(0.5 * r1.min(r2)),
+        }
+    }
+
+    fn sd(&self, p: &Vector) -> Real {
+        let q = p - self.center;
+        let t = q.dot(&self.axis);
+        let a = q.dot(&self.e1);
+        let b = q.dot(&self.e2);
+        let r = self.round_mm;
+        let d2 = match self.section {
+            Section::Ellipse => ellipse_sd(a, b, self.r1, self.r2),
+            Section::Rect => rect_sd(a, b, self.r1 - r, self.r2 - r) - r,
+        };
+        extrude(d2, t.abs() - self.half_len, r)
+    }
+
+    fn aabb(&self) -> (Vector, Vector) {
+        let ext =
+            self.axis.abs() * self.half_len + self.e1.abs() * self.r1 + self.e2.abs() * self.r2;
+        (self.center - ext, self.center + ext)
+    }
+}
+
+/// The implicit solid of one vertebra, in the vertebra frame.
+struct Shape {
+    body_a: Real,
+    body_b: Real,
+    body_post_y: Real,
+    body_height_post: Real,
+    body_height_ant: Real,
+    parts: Vec<Prism>,
+    blend_mm: Real,
+}
+
+/// Derived layout of the posterior elements, in the vertebra frame.
+struct Layout {
+    /// Posterior body wall (y).
+    post_wall_y: Real,
+    /// Isthmus centre and anterior unit direction of the left pedicle.
+    left_isthmus: Vector,
+    left_dir: Vector,
+    /// Canal centre (x = 0).
+    canal_center: Vector,
+    pedicle_z: Real,
+}
+
+fn layout(p: &VertebraParams) -> Layout {
+    let post_wall_y = 0.42 * p.body_depth_mm;
+    let th = p.pedicle_medial_angle_deg.to_radians();
+    let ph = p.pedicle_sagittal_angle_deg.to_radians();
+    // Left pedicle, pointing anteriorly: towards the midline (-x), anterior (-y), inferior.
+    let dir = Vector::new(-th.sin() * ph.cos(), -th.cos() * ph.cos(), -ph.sin());
+    let pedicle_z = 0.12 * p.body_height_mm;
+    let half = 0.5 * p.pedicle_length_mm;
+    // Medial wall of the isthmus on the canal's interpedicular boundary.
+    let along_y = half * th.cos() * ph.cos();
+    let isthmus = Vector::new(
+        0.5 * p.canal_width_mm + 0.5 * p.pedicle_width_mm * th.cos(),
+        post_wall_y + along_y,
+        pedicle_z,
+    );
+    Layout {
+        post_wall_y,
+        left_isthmus: isthmus,
+        left_dir: dir,
+        canal_center: Vector::new(0.0, post_wall_y + 0.5 * p.canal_depth_mm, pedicle_z),
+        pedicle_z,
+    }
+}
+
+fn mirror_x(v: Vector) -> Vector {
+    Vector::new(-v.x, v.y, v.z)
+}
+
+impl Shape {
+    fn new(p: &VertebraParams) -> Shape {
+        let lay = layout(p);
+        let z = Vector::z();
+        let h = p.body_height_mm;
+        let half_len = 0.5 * p.pedicle_length_mm;
+        let mut parts = Vec::new();
+        for s in [1.0, -1.0] {
+            let side = |v: Vector| if s > 0.0 { v } else { mirror_x(v) };
+            let iso = side(lay.left_isthmus);
+            let dir = side(lay.left_dir);
+            // Pedicle: from the pillar centre through the isthmus into the body.
+            let back = iso - dir * half_len;
+            let front = iso + dir * (half_len + 0.25 * p.body_depth_mm);
+            parts.push(Prism::from_segment(
+                back,
+                front,
+                z,
+                0.5 * p.pedicle_width_mm,
+                0.5 * p.pedicle_height_mm,
+                Section::Ellipse,
+            ));
+            // Articular pillar with the superior articular process.
+            let pil = Vector::new(back.x, back.y, 0.0);
+            let pil_rx = (0.4 * p.pedicle_width_mm).max(4.5);
+            let pil_ry = 5.0;
+            let pil_bot = lay.pedicle_z - 0.5 * p.pedicle_height_mm - 1.0;
+            let pil_top = 0.5 * h + p.superior_articular_rise_mm;
+            parts.push(Prism {
+                center: Vector::new(pil.x, pil.y, 0.5 * (pil_bot + pil_top)),
+                axis: z,
+                e1: Vector::x(),
+                e2: Vector::y(),
+                r1: pil_rx,
+                r2: pil_ry,
+                half_len: 0.5 * (pil_top - pil_bot),
+                section: Section::Ellipse,
+                round_mm: 1.0,
+            });
+            // Lamina: from the pillar to just past the midline behind the canal.
+            let lam_t = p.lamina_thickness_mm;
+            let mid = Vector::new(0.0, lay.post_wall_y + p.canal_depth_mm + 0.5 * lam_t, 0.0);
+            let lam_dir = (mid - Vector::new(pil.x, pil.y, 0.0)).normalize();
+            let lam_end = mid + lam_dir * (0.5 * lam_t);
+            let lam_bot = -0.5 * h + 3.0;
+            let lam_top = lay.pedicle_z + 0.5 * p.pedicle_height_mm - 1.0;
+            let lam_zc = 0.5 * (lam_bot + lam_top);
+            parts.push(Prism::from_segment(
+                Vector::new(pil.x, pil.y, lam_zc),
+                Vector::new(lam_end.x, lam_end.y, lam_zc),
+                z,
+                0.5 * lam_t,
+                0.5 * (lam_top - lam_bot),
+                Section::Rect,
+            ));
+            // Inferior articular process: behind the lamina, hanging below the body.
+            let iap = Vector::new(pil.x - s * 3.0, pil.y + 6.0, 0.0);
+            let iap_bot = -0.5 * h - p.inferior_articular_drop_mm;
+            let iap_top = lam_bot + 6.0;
+            parts.push(Prism {
+                center: Vector::new(iap.x, iap.y, 0.5 * (iap_bot + iap_top)),
+                axis: z,
+                e1: Vector::x(),
+                e2: Vector::y(),
+                r1: 3.5,
+                r2: 3.5,
+                half_len: 0.5 * (iap_top - iap_bot),
+                section: Section::Ellipse,
+                round_mm: 1.0,
+            });
+            // Transverse process: lateral (lumbar) or posterolateral and slightly up (thoracic).
+            let tp_dir = if p.is_thoracic() {
+                Vector::new(s, 0.8, 0.25).normalize()
+            } else {
+                Vector::new(s, 0.2, 0.0).normalize()
+            };
+            let tp_a = Vector::new(pil.x, pil.y, lay.pedicle_z);
+            let tp_b = tp_a + tp_dir * p.transverse_process_length_mm;
+            parts.push(Prism::from_segment(
+                tp_a,
+                tp_b,
+                z,
+                3.0,
+                5.0,
+                Section::Ellipse,
+            ));
+        }
+        // Spinous process from the laminar junction, posteriorly and inferiorly.
+        let mid = Vector::new(
+            0.0,
+            lay.post_wall_y + p.canal_depth_mm + 0.5 * p.lamina_thickness_mm,
+            0.5 * (-0.5 * h + 3.0 + lay.pedicle_z + 0.5 * p.pedicle_height_mm - 1.0),
+        );
+        let down_deg: Real = if p.is_thoracic() { 35.0 } else { 15.0 };
+        let sp_dir = Vector::new(
+            0.0,
+            down_deg.to_radians().cos(),
+            -down_deg.to_radians().sin(),
+        );
+        let sp_half_height = if p.is_thoracic() { 5.0 } else { 8.0 };
+        parts.push(Prism::from_segment(
+            mid,
+            mid + sp_dir * p.spinous_process_length_mm,
+            Vector::x(),
+            sp_half_height,
+            3.0,
+            Section::Rect,
+        ));
+        let loss = p.anterior_height_loss_fraction.clamp(0.0, 0.6);
+        Shape {
+            body_a: 0.5 * p.body_width_mm,
+            body_b: 0.5 * p.body_depth_mm,
+            body_post_y: lay.post_wall_y,
+            body_height_post: h,
+            body_height_ant: h * (1.0 - loss),
+            parts,
+            blend_mm: 1.5,
+        }
+    }
+
+    fn body_sd(&self, p: &Vector) -> Real {
+        let d2 = ellipse_sd(p.x, p.y, self.body_a, self.body_b).max(p.y - self.body_post_y);
+        // Height varies linearly from the anterior wall (-b) to the posterior wall.
+        let f = ((p.y + self.body_b) / (self.body_post_y + self.body_b)).clamp(0.0, 1.0);
+        let hh = 0.5 * (self.body_height_ant + f * (self.body_height_post - self.body_height_ant));
+        extrude(d2, p.z.abs() - hh, 1.5)
+    }
+
+    fn sd(&self, p: &Vector) -> Real {
+        let mut d = self.body_sd(p);
+        for part in &self.parts {
+            d = smin(d, part.sd(p), self.blend_mm);
+        }
+        d
+    }
+
+    fn aabb(&self) -> (Vector, Vector) {
+        let h = 0.5 * self.body_height_post;
+        let mut lo = Vector::new(-self.body_a, -self.body_b, -h);
+        let mut hi = Vector::new(self.body_a, self.body_b, h);
+        for part in &self.parts {
+            let (a, b) = part.aabb();
+            lo = lo.inf(&a);
+            hi = hi.sup(&b);
+        }
+        (lo, hi)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Marching tetrahedra
+// ---------------------------------------------------------------------------------------------
+
+/// The six tetrahedra of a cube sharing the diagonal from corner 0 to corner 7 (corner bits:
+/// 1 = +x, 2 = +y, 4 = +z). Neighbouring cubes split their shared faces along the same
+/// diagonal, so the tetrahedralisation is conforming.
+const TETS: [[usize; 4]; 6] = [
+    [0, 1, 3, 7],
+    [0, 1, 5, 7],
+    [0, 2, 3, 7],
+    [0, 2, 6, 7],
+    [0, 4, 5, 7],
+    [0, 4, 6, 7],
+];
+
+fn corner_offset(c: usize) -> [usize; 3] {
+    [c & 1, (c >> 1) & 1, (c >> 2) & 1]
+}
+
+/// Mesh the zero level set of `f` (negative inside) over the box `lo..hi` with grid spacing
+/// `res`. The box must be padded so that `f > 0` on its boundary. Returns the largest connected
+/// component, outward wound.
+fn marching_tetrahedra<F: Fn(&Vector) -> Real + Sync>(
+    f: F,
+    lo: Vector,
+    hi: Vector,
+    res: Real,
+) -> TriMesh {
+    let n = [
+        ((hi.x - lo.x) / res).ceil() as usize + 1,
+        ((hi.y - lo.y) / res).ceil() as usize + 1,
+        ((hi.z - lo.z) / res).ceil() as usize + 1,
+    ];
+    let idx = |i: usize, j: usize, k: usize| i + n[0] * (j + n[1] * k);
+    let pos = |i: usize, j: usize, k: usize| {
+        Vector::new(
+            lo.x + i as Real * res,
+            lo.y + j as Real * res,
+            lo.z + k as Real * res,
+        )
+    };
+    // Sample the field, slice by slice in parallel (each value depends only on its position).
+    let values: Vec<Real> = (0..n[2])
+        .into_par_iter()
+        .flat_map_iter(|k| {
+            let mut slice = Vec::with_capacity(n[0] * n[1]);
+            for j in 0..n[1] {
+                for i in 0..n[0] {
+                    let v = f(&pos(i, j, k));
+                    slice.push(if v == 0.0 { 1e-9 } else { v });
+                }
+            }
+            slice.into_iter()
+        })
+        .collect();
+
+    let mut vertices: Vec<Point> = Vec::new();
+    let mut triangles: Vec<[u32; 3]> = Vec::new();
+    let mut edge_vertex: HashMap<u64, u32> = HashMap::new();
+
+    for k in 0..n[2] - 1 {
+        for j in 0..n[1] - 1 {
+            for i in 0..n[0] - 1 {
+                let mut cv = [0.0; 8];
+                let mut cg = [0usize; 8];
+                let mut any_in = false;
+                let mut any_out = false;
+                for c in 0..8 {
+                    let [di, dj, dk] = corner_offset(c);
+                    cg[c] = idx(i + di, j + dj, k + dk);
+                    cv[c] = values[cg[c]];
+                    if cv[c] < 0.0 {
+                        any_in = true;
+                    } else {
+                        any_out = true;
+                    }
+                }
+                if !(any_in && any_out) {
+                    continue;
+                }
+                for tet in &TETS {
+                    let mut get_vertex = |a: usize, b: usize| -> u32 {
+                        let (ga, gb) = (cg[a], cg[b]);
+                        let key = if ga < gb {
+                            ((ga as u64) << 32) | gb as u64
+                        } else {
+                            ((gb as u64) << 32) | ga as u64
+                        };
+                        *edge_vertex.entry(key).or_insert_with(|| {
+                            // Interpolate from the lower global index for a per-edge result.
+                            let (ca, cb) = if ga < gb { (a, b) } else { (b, a) };
+                            let (va, vb) = (cv[ca], cv[cb]);
+                            let t = (va / (va - vb)).clamp(0.02, 0.98);
+                            let [ai, aj, ak] = corner_offset(ca);
+                            let [bi, bj, bk] = corner_offset(cb);
+                            let pa = pos(i + ai, j + aj, k + ak);
+                            let pb = pos(i + bi, j + bj, k + bk);
+                            let p = pa + (pb - pa) * t;
+                            vertices.push(Point::from(p));
+                            (vertices.len() - 1) as u32
+                        })
+                    };
+                    let inside: Vec<bool> = tet.iter().map(|&c| cv[c] < 0.0).collect();
+                    let count = inside.iter().filter(|&&b| b).count();
+                    if count == 0 || count == 4 {
+                        continue;
+                    }
+                    // Corner positions in cube units (exact) decide orientation.
+                    let cp = |c: usize| {
+                        let [a, b, d] = corner_offset(c);
+                        Vector::new(a as Real, b as Real, d as Real)
+                    };
+                    let mid = |a: usize, b: usize| (cp(a) + cp(b)) * 0.5;
+                    if count == 1 || count == 3 {
+                        let lone_inside = count == 1;
+                        let li = (0..4).find(|&q| inside[q] == lone_inside).unwrap_or(0);
+                        let lone = tet[li];
+                        let others: Vec<usize> =
+                            (0..4).filter(|&q| q != li).map(|q| tet[q]).collect();
+                        let (m0, m1, m2) = (
+                            mid(lone, others[0]),
+                            mid(lone, others[1]),
+                            mid(lone, others[2]),
+                        );
+                        let nrm = (m1 - m0).cross(&(m2 - m0));
+                        let away = m0 - cp(lone);
+                        let outward = if lone_inside { away } else { -away };
+                        let v0 = get_vertex(lone, others[0]);
+                        let v1 = get_vertex(lone, others[1]);
+                        let v2 = get_vertex(lone, others[2]);
+                        if nrm.dot(&outward) > 0.0 {
+                            triangles.push([v0, v1, v2]);
+                        } else {
+                            triangles.push([v0, v2, v1]);
+                        }
+                    } else {
+                        let ins: Vec<usize> =
+                            (0..4).filter(|&q| inside[q]).map(|q| tet[q]).collect();
+                        let outs: Vec<usize> =
+                            (0..4).filter(|&q| !inside[q]).map(|q| tet[q]).collect();
+                        let (a, b) = (ins[0], ins[1]);
+                        let (c, d) = (outs[0], outs[1]);
+                        // Cycle: a-c, a-d, b-d, b-c.
+                        let q = [mid(a, c), mid(a, d), mid(b, d), mid(b, c)];
+                        let nrm = (q[2] - q[0]).cross(&(q[3] - q[1]));
+                        let outward = (cp(c) + cp(d)) - (cp(a) + cp(b));
+                        let mut vq = [
+                            get_vertex(a, c),
+                            get_vertex(a, d),
+                            get_vertex(b, d),
+                            get_vertex(b, c),
+                        ];
+                        if nrm.dot(&outward) < 0.0 {
+                            vq.reverse();
+                        }
+                        triangles.push([vq[0], vq[1], vq[2]]);
+                        triangles.push([vq[0], vq[2], vq[3]]);
+                    }
+                }
+            }
+        }
+    }
+    let mesh = largest_component(&TriMesh::new(vertices, triangles));
+    collapse_short_edges(mesh, COLLAPSE_FRACTION * res)
+}
+
+/// Edges shorter than this fraction of the grid spacing are collapsed after meshing (marching
+/// tetrahedra leaves many slivers where the surface passes near a grid point).
+const COLLAPSE_FRACTION: Real = 0.55;
+
+/// Collapse edges shorter than `min_len_mm` to their midpoints, shortest first, keeping the mesh
+/// closed and 2-manifold (link condition), its genus (each collapse removes one vertex, three
+/// edges and two triangles) and its orientation (no triangle may turn by more than 60 degrees
+/// or degenerate). Deterministic.
+fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
+    let mut pos = mesh.vertices_mm;
+    let mut tris = mesh.triangles;
+    let mut alive = vec![true; tris.len()];
+    let mut vert_tris: Vec<Vec<u32>> = vec![Vec::new(); pos.len()];
+    for (i, t) in tris.iter().enumerate() {
+        for &v in t {
+            vert_tris[v as usize].push(i as u32);
+        }
+    }
+    let normal = |p: &[Point], t: &[u32; 3]| {
+        let [a, b, c] = t.map(|v| p[v as usize]);
+        (b - a).cross(&(c - a))
+    };
+    for _pass in 0..3 {
+        let mut edges: Vec<(Real, u32, u32)> = Vec::new();
+        for (i, t) in tris.iter().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            for e in 0..3 {
+                let (a, b) = (t[e], t[(e + 1) % 3]);
+                if a < b {
+                    let len = (pos[a as usize] - pos[b as usize]).norm();
+                    if len < min_len_mm {
+                        edges.push((len, a, b));
+                    }
+                }
+            }
+        }
+        edges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+        let mut collapsed = 0usize;
+        for &(_, a, b) in &edges {
+            let (au, bu) = (a as usize, b as usize);
+            vert_tris[au].retain(|&t| alive[t as usize]);
+            vert_tris[bu].retain(|&t| alive[t as usize]);
+            if vert_tris[au].is_empty() || vert_tris[bu].is_empty() {
+                continue;
+            }
+            if (pos[au] - pos[bu]).norm() >= min_len_mm {
+                continue;
+            }
+            let shared: Vec<u32> = vert_tris[au]
+                .iter()
+                .copied()
+                .filter(|&t| tris[t as usize].contains(&b))
+                .collect();
+            if shared.len() != 2 {
+                continue;
+            }
+            let ring = |v: usize| {
+                let mut r: Vec<u32> = vert_tris[v]
+                    .iter()
+                    .flat_map(|&t| tris[t as usize])
+                    .filter(|&w| w != a && w != b)
+                    .collect();
+                r.sort_unstable();
+                r.dedup();
+                r
+            };
+            let (ra, rb) = (ring(au), ring(bu));
+            let common = ra.iter().filter(|w| rb.binary_search(w).is_ok()).count();
+            if common != 2 {
+                continue;
+            }
+            let m = nalgebra::center(&pos[au], &pos[bu]);
+            let ok = vert_tris[au]
+                .iter()
+                .chain(&vert_tris[bu])
+                .filter(|t| !shared.contains(t))
+                .all(|&t| {
+                    let tri = tris[t as usize];
+                    let n0 = normal(&pos, &tri);
+                    let mut p3 = tri.map(|v| pos[v as usize]);
+                    for (q, &v) in tri.iter().enumerate() {
+                        if v == a || v == b {
+                            p3[q] = m;
+                        }
+                    }
+                    let n1 = (p3[1] - p3[0]).cross(&(p3[2] - p3[0]));
+                    let (l0, l1) = (n0.norm(), n1.norm());
+                    l1 > 1e-10 && n0.dot(&n1) > 0.5 * l0 * l1
+                });
+            if !ok {
+                continue;
+            }
+            for &t in &shared {
+                alive[t as usize] = false;
+            }
+            let moved: Vec<u32> = vert_tris[bu].clone();
+            for t in moved {
+                if !alive[t as usize] {
+                    continue;
+                }
+                for v in tris[t as usize].iter_mut() {
+                    if *v == b {
+                        *v = a;
+                    }
+                }
+                vert_tris[au].push(t);
+            }
+            vert_tris[bu].clear();
+            pos[au] = m;
+            collapsed += 1;
+        }
+        if collapsed == 0 {
+            break;
+        }
+    }
+    let mut remap = vec![u32::MAX; pos.len()];
+    let mut vertices = Vec::new();
+    let mut triangles = Vec::new();
+    for (t, _) in tris.iter().zip(&alive).filter(|(_, &al)| al) {
+        let mut nt = [0u32; 3];
+        for (q, &v) in t.iter().enumerate() {
+            if remap[v as usize] == u32::MAX {
+                remap[v as usize] = vertices.len() as u32;
+                vertices.push(pos[v as usize]);
+            }
+            nt[q] = remap[v as usize];
+        }
+        triangles.push(nt);
+    }
+    TriMesh::new(vertices, triangles)
+}
+
+fn find(parent: &mut [u32], mut x: u32) -> u32 {
+    while parent[x as usize] != x {
+        let p = parent[x as usize];
+        parent[x as usize] = parent[p as usize];
+        x = p;
+    }
+    x
+}
+
+/// The connected component (through shared vertices) with the most triangles, compacted.
+fn largest_component(mesh: &TriMesh) -> TriMesh {
+    let nv = mesh.vertices_mm.len();
+    let mut parent: Vec<u32> = (0..nv as u32).collect();
+    for t in &mesh.triangles {
+        for e in 1..3 {
+            let a = find(&mut parent, t[0]);
+            let b = find(&mut parent, t[e]);
+            if a != b {
+                let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+                parent[hi as usize] = lo;
+            }
+        }
+    }
+    let mut count: HashMap<u32, usize> = HashMap::new();
+    let roots: Vec<u32> = mesh
+        .triangles
+        .iter()
+        .map(|t| find(&mut parent, t[0]))
+        .collect();
+    for r in &roots {
+        *count.entry(*r).or_insert(0) += 1;
+    }
+    // Deterministic: most triangles, then the smallest root.
+    let best = count
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(r, _)| *r);
+    let Some(best) = best else {
+        return mesh.clone();
+    };
+    let mut remap = vec![u32::MAX; nv];
+    let mut vertices = Vec::new();
+    let mut triangles = Vec::new();
+    for (t, r) in mesh.triangles.iter().zip(&roots) {
+        if *r != best {
+            continue;
+        }
+        let mut nt = [0u32; 3];
+        for (q, &v) in t.iter().enumerate() {
+            if remap[v as usize] == u32::MAX {
+                remap[v as usize] = vertices.len() as u32;
+                vertices.push(mesh.vertices_mm[v as usize]);
+            }
+            nt[q] = remap[v as usize];
+        }
+        triangles.push(nt);
+    }
+    TriMesh::new(vertices, triangles)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tubes (soft tissue)
+// ---------------------------------------------------------------------------------------------
+
+/// A closed tube through `rings` (each the same number of points, in order around), capped at
+/// both ends with a centre vertex; wound outward.
+fn tube_through_rings(rings: &[Vec<Point>]) -> TriMesh {
+    let m = rings[0].len();
+    let mut vertices: Vec<Point> = rings.iter().flatten().copied().collect();
+    let mut triangles = Vec::new();
+    let id = |r: usize, i: usize| (r * m + i % m) as u32;
+    for r in 0..rings.len() - 1 {
+        for i in 0..m {
+            triangles.push([id(r, i), id(r, i + 1), id(r + 1, i + 1)]);
+            triangles.push([id(r, i), id(r + 1, i + 1), id(r + 1, i)]);
+        }
+    }
+    let centroid = |ring: &Vec<Point>| {
+        Point::from(ring.iter().map(|p| p.coords).sum::<Vector>() / ring.len() as Real)
+    };
+    let first = vertices.len() as u32;
+    vertices.push(centroid(&rings[0]));
+    let last = vertices.len() as u32;
+    vertices.push(centroid(&rings[rings.len() - 1]));
+    let lr = rings.len() - 1;
+    for i in 0..m {
+        triangles.push([first, id(0, i + 1), id(0, i)]);
+        triangles.push([last, id(lr, i), id(lr, i + 1)]);
+    }
+    let mesh = TriMesh::new(vertices, triangles);
+    if mesh.signed_volume_mm3() < 0.0 {
+        mesh.flipped()
+    } else {
+        mesh
+    }
+}
+
+/// An elliptic ring of `m` points around `center` with semi-axes `a` along `e1`, `b` along `e2`.
+fn ring(center: Vector, e1: Vector, e2: Vector, a: Real, b: Real, m: usize) -> Vec<Point> {
+    (0..m)
+        .map(|i| {
+            let t = std::f64::consts::TAU * i as Real / m as Real;
+            Point::from(center + e1 * (a * t.cos()) + e2 * (b * t.sin()))
+        })
+        .collect()
+}
+
+/// Clearance kept between the dural sac and the bone.
+const CANAL_CLEARANCE_MM: Real = 1.5;
+
+const CANAL_SEGMENTS: usize = 32;
+
+/// The dural sac's cross-section in the vertebra frame (z = 0): the foramen's ellipse (canal
+/// width x depth) shrunk by the clearance, and pulled in further wherever the bone of any
+/// transverse slice through the body comes closer than the clearance.
+fn canal_profile(p: &VertebraParams) -> Vec<Vector> {
+    let lay = layout(p);
+    let shape = Shape::new(p);
+    let c = Vector::new(0.0, lay.canal_center.y, 0.0);
+    let a = 0.5 * p.canal_width_mm - CANAL_CLEARANCE_MM;
+    let b = 0.5 * p.canal_depth_mm - CANAL_CLEARANCE_MM;
+    let h = 0.5 * p.body_height_mm + p.inferior_articular_drop_mm;
+    let slices: Vec<Real> = (0..=20).map(|k| -h + 2.0 * h * k as Real / 20.0).collect();
+    (0..CANAL_SEGMENTS)
+        .map(|i| {
+            let t = std::f64::consts::TAU * i as Real / CANAL_SEGMENTS as Real;
+            let e = Vector::new(a * t.cos(), b * t.sin(), 0.0);
+            let steps = 200;
+            let mut free = 0.0;
+            for k in 1..=steps {
+                let f = k as Real / steps as Real;
+                let q = c + e * f;
+                let clear = slices
+                    .iter()
+                    .all(|&z| shape.sd(&Vector::new(q.x, q.y, z)) >= CANAL_CLEARANCE_MM);
+                if !clear {
+                    break;
+                }
+                free = f;
+            }
+            c + e * free
+        })
+        .collect()
+}
+
+/// One ring of the dural sac at height `z` of the vertebra frame.
+fn canal_ring(profile: &[Vector], z: Real) -> Vec<Point> {
+    profile.iter().map(|q| Point::new(q.x, q.y, z)).collect()
+}
+
+fn canal_tube(p: &VertebraParams) -> TriMesh {
+    let profile = canal_profile(p);
+    let top = 0.5 * p.body_height_mm + 10.0;
+    let steps = 8;
+    let rings: Vec<Vec<Point>> = (0..=steps)
+        .map(|s| canal_ring(&profile, top - 2.0 * top * s as Real / steps as Real))
+        .collect();
+    tube_through_rings(&rings)
+}
+
+fn nerve_root(p: &VertebraParams, side: Side) -> TriMesh {
+    let lay = layout(p);
+    let s = side.sign();
+    let radius = 2.5;
+    let start = Vector::new(
+        s * 0.5 * p.canal_width_mm,
+        lay.left_isthmus.y,
+        lay.pedicle_z - 0.5 * p.pedicle_height_mm - 1.75 - radius,
+    );
+    let dir = Vector::new(s * 0.8, -0.3, -0.5).normalize();
+    let e1 = dir.cross(&Vector::z()).normalize();
+    let e2 = e1.cross(&dir).normalize();
+    let length = 25.0;
+    let steps = 5;
+    let rings: Vec<Vec<Point>> = (0..=steps)
+        .map(|k| {
+            let c = start + dir * (length * k as Real / steps as Real);
+            ring(c, e1, e2, radius, radius, 16)
+        })
+        .collect();
+    tube_through_rings(&rings)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------------------------
+
+/// The bone surface of a vertebra in its own frame (before posing).
+fn bone_mesh(params: &VertebraParams) -> TriMesh {
+    let shape = Shape::new(params);
+    let res = params.mesh_resolution_mm.clamp(0.2, 5.0);
+    let pad = 2.0 * res + 2.0;
+    let (lo, hi) = shape.aabb();
+    let pad = Vector::repeat(pad);
+    marching_tetrahedra(|p| shape.sd(p), lo - pad, hi + pad, res)
+}
+
+/// Build one synthetic vertebra: mesh the implicit solid in the vertebra frame, then move the
+/// mesh, pedicle axes, canal and nerve roots to LPS by `vertebra_to_lps`.
+pub fn vertebra(params: &VertebraParams, vertebra_to_lps: &Pose) -> SyntheticVertebra {
+    let lay = layout(params);
+    let mesh = bone_mesh(params).transformed(vertebra_to_lps);
+    let axes = Side::BOTH.map(|side| {
+        let (c, d) = match side {
+            Side::Left => (lay.left_isthmus, lay.left_dir),
+            Side::Right => (mirror_x(lay.left_isthmus), mirror_x(lay.left_dir)),
+        };
+        PedicleAxis {
+            side,
+            isthmus_center: vertebra_to_lps * Point::from(c),
+            direction: UnitVector::new_normalize(vertebra_to_lps.rotation * d),
+            width_mm: params.pedicle_width_mm,
+        }
+    });
+    SyntheticVertebra {
+        level: params.level,
+        params: params.clone(),
+        mesh,
+        vertebra_to_lps: *vertebra_to_lps,
+        pedicle_axes: axes,
+        body_center_lps: vertebra_to_lps * Point::origin(),
+        canal: canal_tube(params).transformed(vertebra_to_lps),
+        nerve_roots: Side::BOTH.map(|s| nerve_root(params, s).transformed(vertebra_to_lps)),
+    }
+}
+
+/// Height of the intervertebral disc used when stacking levels.
+pub const DISC_HEIGHT_MM: Real = 9.0;
+
+/// Stack `levels` (mean morphometry) as in the body: each below the previous by half their body
+/// heights plus a 9 mm disc, posterior walls aligned, the whole moved by `patient_pose` (the
+/// pose of the most cranial level's vertebra frame in LPS; the others sit below it along its
+/// -z). Gaps in `levels` keep their space. With `with_soft_tissue`, adds one spinal canal ("canal")
+/// through all levels and the exiting nerve roots ("L3_root_left", ...). Vertebrae are named
+/// like "L3.stl". Frame LPS.
+pub fn spine(
+    levels: &[Level],
+    patient_pose: &Pose,
+    with_soft_tissue: bool,
+) -> (AnatomyInput, Vec<SyntheticVertebra>) {
+    let mut sorted: Vec<Level> = levels.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut out = Vec::new();
+    if let (Some(&first), Some(&last)) = (sorted.first(), sorted.last()) {
+        let mut z = 0.0;
+        let mut prev_half: Option<Real> = None;
+        for level in Level::ALL
+            .iter()
+            .copied()
+            .filter(|l| *l >= first && *l <= last)
+        {
+            let params = VertebraParams::mean(level);
+            let half = 0.5 * params.body_height_mm;
+            if let Some(ph) = prev_half {
+                z -= ph + DISC_HEIGHT_MM + half;
+            }
+            prev_half = Some(half);
+            if sorted.contains(&level) {
+                let pose = patient_pose * Translation3::new(0.0, 0.0, z);
+                out.push(vertebra(&params, &pose));
+            }
+        }
+    }
+    let mut structures: Vec<Structure> = out
+        .iter()
+        .map(|v| Structure {
+            name: format!("{}.stl", v.level.name()),
+            role: Role::Vertebra { level: v.level },
+            mesh: v.mesh.clone(),
+        })
+        .collect();
+    if with_soft_tissue && !out.is_empty() {
+        let mut rings = Vec::new();
+        let n = out.len();
+        for (i, v) in out.iter().enumerate() {
+            let profile = canal_profile(&v.params);
+            let h = 0.5 * v.params.body_height_mm;
+            let mut zs = vec![h, -h];
+            if i == 0 {
+                zs.insert(0, h + 10.0);
+            }
+            if i + 1 == n {
+                zs.push(-h - 10.0);
+            }
+            for z in zs {
+                let r = canal_ring(&profile, z);
+                rings.push(r.iter().map(|p| v.vertebra_to_lps * p).collect());
+            }
+        }
+        structures.push(Structure {
+            name: "canal".to_string(),
+            role: Role::SpinalCanal,
+            mesh: tube_through_rings(&rings),
+        });
+        for v in &out {
+            for (side, root) in Side::BOTH.iter().zip(&v.nerve_roots) {
+                structures.push(Structure {
+                    name: format!("{}_root_{}", v.level.name(), side.name()),
+                    role: Role::NerveRoot {
+                        level: v.level,
+                        side: *side,
+                    },
+                    mesh: root.clone(),
+                });
+            }
+        }
+    }
+    (
+        AnatomyInput {
+            name: "synthetic-spine".to_string(),
+            frame: PatientFrame::Lps,
+            structures,
+        },
+        out,
+    )
+}
 
 /// The built-in anatomy of `kyphoplan demo`: L1 to L5 at mean morphometry, stacked as in the
 /// body, bone only, LPS millimetres.
 pub fn demo_anatomy() -> AnatomyInput {
-    todo!("helper B")
+    let levels = [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5];
+    let mut anatomy = spine(&levels, &Pose::identity(), false).0;
+    anatomy.name = "built-in-demo".to_string();
+    anatomy
 }

@@ -1,0 +1,472 @@
+//! Trajectory search for one side of one vertebra.
+//!
+//! A line is parameterised in the vertebra frame by the point `q` where it crosses the plane
+//! a few millimetres behind the posterior wall of the body (inside the pedicle) and by its
+//! medial and cranial angles. Candidates are screened in parallel on the approximate distance
+//! grids (about a microsecond each), the best are refined locally, and then verified with the
+//! exact f64 measurement ([`crate::evaluate::measure`]). Only a trajectory that passes the exact
+//! measurement is ever returned; otherwise the side is infeasible with a measured reason.
+
+use rayon::prelude::*;
+
+use crate::evaluate::{self, docking_zone_mm, measure, Measurement, SideContext};
+use crate::math::{Point, Pose, Real, Vector};
+use crate::plan::{Alternative, AlternativeCode, Reason, ReasonCode};
+use crate::planning::PlanError;
+
+/// The plane of `q`: this far behind the posterior wall of the body, mm.
+pub const REFERENCE_PLANE_BEHIND_WALL_MM: Real = 5.0;
+/// Where the tip goes along the body chord (posterior wall 0, anterior cortex 1).
+pub const TIP_DEPTH_FRACTION: Real = 0.75;
+/// Medial angle range searched, degrees.
+pub const MEDIAL_RANGE_DEG: (Real, Real) = (-15.0, 45.0);
+/// Cranial angle range searched, degrees.
+pub const CRANIAL_RANGE_DEG: (Real, Real) = (-25.0, 25.0);
+const COARSE_STEP_DEG: Real = 5.0;
+const COARSE_STEP_MM: Real = 1.5;
+const SAMPLE_STEP_MM: Real = 0.5;
+const SEEDS: usize = 8;
+const MAX_EXACT: usize = 64;
+
+/// The result for one side.
+#[derive(Clone, Debug)]
+pub enum SideOutcome {
+    Feasible(Box<Measurement>),
+    Infeasible {
+        reasons: Vec<Reason>,
+        alternatives: Vec<Alternative>,
+    },
+}
+
+/// A screened line (vertebra frame) with its approximate figures.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    /// (lateral offset x, superior offset z) of q in the reference plane, medial, cranial.
+    params: [Real; 4],
+    q: Point,
+    dir: Vector,
+    t_entry: Real,
+    t_tip: Real,
+    /// Approximate clearances (cannula surface), mm.
+    cortex: Real,
+    canal: Real,
+    root: Real,
+    forbidden: Real,
+    entry_ok: bool,
+    score: Real,
+}
+
+struct Screen<'a> {
+    ctx: &'a SideContext<'a>,
+    vertebra_to_grid: Pose,
+    y_ref: Real,
+    sign: Real,
+    radius: Real,
+    zone: Real,
+    canal_half_width: Real,
+}
+
+impl Screen<'_> {
+    fn direction(&self, medial_deg: Real, cranial_deg: Real) -> Vector {
+        let tm = medial_deg.to_radians().tan();
+        let tc = cranial_deg.to_radians().tan();
+        Vector::new(-self.sign * tm, -1.0, tc).normalize()
+    }
+
+    fn bone(&self, p: &Point) -> Real {
+        let g = self.vertebra_to_grid * p;
+        self.ctx.vertebra.bone_sdf.sample(&g, -10.0) as Real
+    }
+
+    fn candidate(&self, params: [Real; 4]) -> Option<Candidate> {
+        let [x, z, medial, cranial] = params;
+        let v = self.ctx.vertebra;
+        let f = &v.frame;
+        let safety = self.ctx.safety;
+        let q = Point::new(self.sign * x, self.y_ref, z);
+        let dir = self.direction(medial, cranial);
+        if self.bone(&q) <= 0.0 {
+            return None;
+        }
+        // March back to the entry and forward to the anterior exit.
+        let mut t_entry = None;
+        let mut prev = 0.0;
+        let mut t = -SAMPLE_STEP_MM;
+        while t > -80.0 {
+            let s = self.bone(&(q + dir * t));
+            if s < 0.0 {
+                let sp = self.bone(&(q + dir * (t + SAMPLE_STEP_MM)));
+                let frac = sp / (sp - s).max(1e-9);
+                t_entry = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
+                break;
+            }
+            prev = s;
+            t -= SAMPLE_STEP_MM;
+        }
+        let _ = prev;
+        let t_entry = t_entry?;
+        let mut t_exit = None;
+        let mut t = SAMPLE_STEP_MM;
+        while t < 100.0 {
+            let s = self.bone(&(q + dir * t));
+            if s < 0.0 {
+                t_exit = Some(t);
+                break;
+            }
+            t += SAMPLE_STEP_MM;
+        }
+        let t_exit = t_exit?;
+        let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
+        if t_wall >= t_exit {
+            return None;
+        }
+        let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
+        // Cortex along [entry + zone, tip].
+        let mut cortex = Real::INFINITY;
+        let mut t = t_entry + self.zone;
+        while t <= t_tip {
+            cortex = cortex.min(self.bone(&(q + dir * t)));
+            t += SAMPLE_STEP_MM;
+        }
+        cortex = cortex.min(self.bone(&(q + dir * t_tip))) - self.radius;
+        // Keep-outs along the cannula near the vertebra.
+        let dist = |grid: &crate::voxel::Grid<f32>| {
+            let mut m = Real::INFINITY;
+            let mut t = t_entry - 40.0;
+            while t <= t_tip {
+                let g = self.vertebra_to_grid * (q + dir * t);
+                m = m.min(grid.sample(&g, f32::INFINITY) as Real);
+                t += SAMPLE_STEP_MM;
+            }
+            m - self.radius
+        };
+        let canal = dist(&v.canal_distance);
+        let root = dist(&v.root_distance);
+        let forbidden = v.forbidden_distance.as_ref().map_or(Real::INFINITY, dist);
+        let entry = q + dir * t_entry;
+        let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
+            && entry.x * self.sign >= self.canal_half_width;
+        let worst = (cortex - safety.cortex_margin_mm)
+            .min(canal - safety.canal_margin_mm)
+            .min(root - safety.nerve_root_margin_mm)
+            .min(forbidden - safety.canal_margin_mm);
+        let score = if entry_ok {
+            evaluate::score(worst, medial, TIP_DEPTH_FRACTION)
+        } else {
+            Real::NEG_INFINITY
+        };
+        Some(Candidate {
+            params,
+            q,
+            dir,
+            t_entry,
+            t_tip,
+            cortex,
+            canal,
+            root,
+            forbidden,
+            entry_ok,
+            score,
+        })
+    }
+
+    /// Pattern search around a seed on the approximate score.
+    fn refine(&self, seed: Candidate) -> Candidate {
+        let mut best = seed;
+        let mut steps = [0.5, 0.5, 2.0, 2.0];
+        for _ in 0..4 {
+            let mut improved = true;
+            let mut guard = 0;
+            while improved && guard < 40 {
+                improved = false;
+                guard += 1;
+                for axis in 0..4 {
+                    for dirn in [-1.0, 1.0] {
+                        let mut p = best.params;
+                        p[axis] += dirn * steps[axis];
+                        p[2] = p[2].clamp(MEDIAL_RANGE_DEG.0, MEDIAL_RANGE_DEG.1);
+                        p[3] = p[3].clamp(CRANIAL_RANGE_DEG.0, CRANIAL_RANGE_DEG.1);
+                        if let Some(c) = self.candidate(p) {
+                            if c.score > best.score + 1e-9 {
+                                best = c;
+                                improved = true;
+                            }
+                        }
+                    }
+                }
+            }
+            steps.iter_mut().for_each(|s| *s *= 0.5);
+        }
+        best
+    }
+}
+
+/// Search the best safe trajectory of one side.
+pub fn search_side(
+    ctx: &SideContext<'_>,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<SideOutcome, PlanError> {
+    let v = ctx.vertebra;
+    let f = &v.frame;
+    let s = match ctx.side {
+        crate::anatomy::Side::Left => 0,
+        crate::anatomy::Side::Right => 1,
+    };
+    let screen = Screen {
+        ctx,
+        vertebra_to_grid: f.lps_to_grid * f.vertebra_to_lps(),
+        y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
+        sign: ctx.side.sign(),
+        radius: ctx.instrument.cannula_radius_mm(),
+        zone: docking_zone_mm(ctx.instrument, ctx.safety),
+        canal_half_width: f.canal_half_width_mm[s],
+    };
+    // Coarse grid of lines.
+    let hw = f.canal_half_width_mm[s];
+    let (pz0, pz1) = f.pedicle_z_range_mm[s];
+    let mut qs = Vec::new();
+    let mut x = hw - 3.0;
+    while x <= hw + 22.0 {
+        let mut z = pz0;
+        while z <= pz1 {
+            let q = Point::new(screen.sign * x, screen.y_ref, z);
+            if screen.bone(&q) >= 0.5 * (screen.radius + ctx.safety.cortex_margin_mm) {
+                qs.push((x, z));
+            }
+            z += COARSE_STEP_MM;
+        }
+        x += COARSE_STEP_MM;
+    }
+    let mut params = Vec::new();
+    for &(x, z) in &qs {
+        let mut m = MEDIAL_RANGE_DEG.0;
+        while m <= MEDIAL_RANGE_DEG.1 + 1e-9 {
+            let mut c = CRANIAL_RANGE_DEG.0;
+            while c <= CRANIAL_RANGE_DEG.1 + 1e-9 {
+                params.push([x, z, m, c]);
+                c += COARSE_STEP_DEG;
+            }
+            m += COARSE_STEP_DEG;
+        }
+    }
+    let mut coarse: Vec<Candidate> = params
+        .par_iter()
+        .filter_map(|p| screen.candidate(*p))
+        .filter(|c| c.entry_ok)
+        .collect();
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    if coarse.is_empty() {
+        return Ok(infeasible_no_corridor(ctx, qs.is_empty()));
+    }
+    // Deterministic order: by score, then by parameters.
+    let order = |a: &Candidate, b: &Candidate| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.params.partial_cmp(&b.params).unwrap_or(std::cmp::Ordering::Equal))
+    };
+    coarse.sort_by(order);
+    let seeds: Vec<Candidate> = coarse.iter().take(SEEDS).copied().collect();
+    let mut refined: Vec<Candidate> = seeds.par_iter().map(|c| screen.refine(*c)).collect();
+    refined.sort_by(order);
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    // Exact verification: refined seeds first, then the coarse list in order.
+    let queue: Vec<Candidate> = refined
+        .iter()
+        .chain(coarse.iter().skip(SEEDS))
+        .take(MAX_EXACT)
+        .copied()
+        .collect();
+    let to_lps = f.vertebra_to_lps();
+    let mut best_feasible: Option<Measurement> = None;
+    let mut best_any: Option<Measurement> = None;
+    for batch in queue.chunks(SEEDS) {
+        let measured: Vec<Measurement> = batch
+            .par_iter()
+            .map(|c| {
+                let from = to_lps * (c.q + c.dir * (c.t_entry - 10.0));
+                let tip = to_lps * (c.q + c.dir * c.t_tip);
+                measure(ctx, &from, &tip)
+            })
+            .collect();
+        for m in measured {
+            let sc = m.score(ctx.safety);
+            if m.violations.is_empty() {
+                if best_feasible
+                    .as_ref()
+                    .is_none_or(|b| sc > b.score(ctx.safety))
+                {
+                    best_feasible = Some(m);
+                }
+            } else if best_any
+                .as_ref()
+                .is_none_or(|b| sc > b.score(ctx.safety))
+            {
+                best_any = Some(m);
+            }
+        }
+        if best_feasible.is_some() {
+            break;
+        }
+        if cancelled() {
+            return Err(PlanError::Cancelled);
+        }
+    }
+    if let Some(m) = best_feasible {
+        return Ok(SideOutcome::Feasible(Box::new(m)));
+    }
+    // Infeasible: report the best candidate's violations, and the widest bony corridor found.
+    let best = best_any.expect("at least one candidate was measured");
+    let bone_best = coarse
+        .iter()
+        .max_by(|a, b| {
+            a.cortex
+                .total_cmp(&b.cortex)
+                .then_with(|| b.params.partial_cmp(&a.params).unwrap_or(std::cmp::Ordering::Equal))
+        })
+        .copied()
+        .expect("non-empty");
+    let bone_m = measure(
+        ctx,
+        &(to_lps * (bone_best.q + bone_best.dir * (bone_best.t_entry - 10.0))),
+        &(to_lps * (bone_best.q + bone_best.dir * bone_best.t_tip)),
+    );
+    let r = ctx.instrument.cannula_radius_mm();
+    let corridor = 2.0 * (best.cortex_clearance_mm.max(bone_m.cortex_clearance_mm) + r);
+    Ok(diagnose(ctx, &best, corridor))
+}
+
+fn corridor_reason(ctx: &SideContext<'_>, corridor_mm: Real) -> Reason {
+    let d = ctx.instrument.cannula_outer_diameter_mm;
+    let m = ctx.safety.cortex_margin_mm;
+    Reason {
+        code: ReasonCode::PedicleCorridorTooNarrow,
+        message: format!(
+            "narrowest corridor {corridor_mm:.1} mm < cannula {d} mm + 2 x {m} mm margin"
+        ),
+        value_mm: Some(corridor_mm),
+        limit_mm: Some(d + 2.0 * m),
+    }
+}
+
+fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
+    let reason = if no_bone {
+        Reason {
+            code: ReasonCode::PedicleNotFound,
+            message: format!(
+                "no bone deeper than half the cannula radius plus margin in the {} pedicle region",
+                ctx.side
+            ),
+            value_mm: None,
+            limit_mm: None,
+        }
+    } else {
+        Reason {
+            code: ReasonCode::PedicleNotFound,
+            message: format!(
+                "no straight line through the {} pedicle enters the bone behind the body and lateral of the canal",
+                ctx.side
+            ),
+            value_mm: None,
+            limit_mm: None,
+        }
+    };
+    SideOutcome::Infeasible {
+        reasons: vec![reason],
+        alternatives: vec![extrapedicular()],
+    }
+}
+
+fn extrapedicular() -> Alternative {
+    Alternative {
+        code: AlternativeCode::Extrapedicular,
+        message: "an extrapedicular approach (lateral of the pedicle) may work: plan it by hand and check it with evaluate".into(),
+    }
+}
+
+/// Turn the best candidate's violations into planning reasons with measured numbers.
+fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> SideOutcome {
+    let mut reasons = Vec::new();
+    let mut alternatives = Vec::new();
+    let r = ctx.instrument.cannula_radius_mm();
+    let margin = ctx.safety.cortex_margin_mm;
+    let fits_corridor = corridor_mm >= ctx.instrument.cannula_outer_diameter_mm + 2.0 * margin;
+    if !fits_corridor {
+        reasons.push(corridor_reason(ctx, corridor_mm));
+        let max_d = corridor_mm - 2.0 * margin;
+        if max_d >= 1.5 {
+            alternatives.push(Alternative {
+                code: AlternativeCode::SmallerCannula,
+                message: format!(
+                    "a cannula of at most {:.1} mm outer diameter fits the corridor (e.g. a 13-15 gauge vertebroplasty needle)",
+                    (max_d * 10.0).floor() / 10.0
+                ),
+            });
+        }
+        alternatives.push(extrapedicular());
+    }
+    for v in &best.violations {
+        let (code, keep) = match v.code {
+            ReasonCode::CortexMarginViolated => (ReasonCode::PedicleCorridorTooNarrow, fits_corridor),
+            ReasonCode::CanalMarginViolated => (ReasonCode::CanalTooClose, true),
+            ReasonCode::NerveRootMarginViolated => (ReasonCode::NerveRootTooClose, true),
+            ReasonCode::ForbiddenMarginViolated => (ReasonCode::ForbiddenStructureTooClose, true),
+            ReasonCode::WorkingLengthTooShort => (ReasonCode::WorkingLengthTooShort, true),
+            ReasonCode::SkinNotReached => (ReasonCode::SkinNotReached, true),
+            other => (other, true),
+        };
+        if !keep {
+            continue;
+        }
+        if code == ReasonCode::PedicleCorridorTooNarrow {
+            // The corridor fits, but the best line found still grazes the cortex.
+            reasons.push(Reason {
+                code,
+                message: format!(
+                    "the best straight path keeps only {:.2} mm from the cortex (margin {margin} mm)",
+                    v.value_mm.unwrap_or(0.0)
+                ),
+                value_mm: Some(2.0 * (v.value_mm.unwrap_or(0.0) + r)),
+                limit_mm: Some(ctx.instrument.cannula_outer_diameter_mm + 2.0 * margin),
+            });
+            continue;
+        }
+        if reasons.iter().any(|x: &Reason| x.code == code) {
+            continue;
+        }
+        reasons.push(Reason {
+            code,
+            message: v.message.clone(),
+            value_mm: v.value_mm,
+            limit_mm: v.limit_mm,
+        });
+        match code {
+            ReasonCode::WorkingLengthTooShort => alternatives.push(Alternative {
+                code: AlternativeCode::LongerCannula,
+                message: format!(
+                    "a working length of at least {:.0} mm would reach",
+                    best.insertion_length_mm.ceil()
+                ),
+            }),
+            ReasonCode::CanalTooClose | ReasonCode::NerveRootTooClose => {
+                if !alternatives.iter().any(|a| a.code == AlternativeCode::SmallerCannula) {
+                    alternatives.push(Alternative {
+                        code: AlternativeCode::SmallerCannula,
+                        message: "a thinner cannula leaves more room to the protected structure".into(),
+                    })
+                }
+            }
+            _ => {}
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push(corridor_reason(ctx, corridor_mm));
+    }
+    SideOutcome::Infeasible {
+        reasons,
+        alternatives,
+    }
+}

@@ -1,0 +1,346 @@
+//! Regular grids over a vertebra: solid occupancy by scanline rasterisation, Euclidean distance
+//! transforms, and trilinear lookups. Grids are approximate (about one cell): the search screens
+//! candidates with them, and every answer is then verified with exact f64 queries
+//! ([`crate::clearance`]).
+
+use crate::math::{Point, Pose, Real};
+use crate::mesh::TriMesh;
+
+/// A scalar field on a regular grid in its own frame ("grid frame"): cell `(i, j, k)` has its
+/// centre at `origin + spacing_mm * (i, j, k)`.
+#[derive(Clone, Debug)]
+pub struct Grid<T> {
+    pub origin: Point,
+    pub spacing_mm: Real,
+    pub dims: [usize; 3],
+    pub data: Vec<T>,
+}
+
+impl<T: Copy> Grid<T> {
+    pub fn filled(origin: Point, spacing_mm: Real, dims: [usize; 3], value: T) -> Self {
+        Grid {
+            origin,
+            spacing_mm,
+            dims,
+            data: vec![value; dims[0] * dims[1] * dims[2]],
+        }
+    }
+
+    #[inline]
+    pub fn index(&self, i: usize, j: usize, k: usize) -> usize {
+        (k * self.dims[1] + j) * self.dims[0] + i
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize, j: usize, k: usize) -> T {
+        self.data[self.index(i, j, k)]
+    }
+
+    /// Centre of cell `(i, j, k)` in the grid frame.
+    pub fn cell_center(&self, i: usize, j: usize, k: usize) -> Point {
+        self.origin + nalgebra::Vector3::new(i as Real, j as Real, k as Real) * self.spacing_mm
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<T>()
+    }
+}
+
+impl Grid<f32> {
+    /// Trilinear interpolation at `p` (grid frame); `outside` beyond the grid.
+    #[inline]
+    pub fn sample(&self, p: &Point, outside: f32) -> f32 {
+        let u = (p - self.origin) / self.spacing_mm;
+        let (fx, fy, fz) = (u.x.floor(), u.y.floor(), u.z.floor());
+        if fx < 0.0 || fy < 0.0 || fz < 0.0 {
+            return outside;
+        }
+        let (i, j, k) = (fx as usize, fy as usize, fz as usize);
+        if i + 1 >= self.dims[0] || j + 1 >= self.dims[1] || k + 1 >= self.dims[2] {
+            return outside;
+        }
+        let (tx, ty, tz) = ((u.x - fx) as f32, (u.y - fy) as f32, (u.z - fz) as f32);
+        let nx = 1;
+        let ny = self.dims[0];
+        let nz = self.dims[0] * self.dims[1];
+        let b = self.index(i, j, k);
+        let d = &self.data;
+        let c00 = d[b] * (1.0 - tx) + d[b + nx] * tx;
+        let c10 = d[b + ny] * (1.0 - tx) + d[b + ny + nx] * tx;
+        let c01 = d[b + nz] * (1.0 - tx) + d[b + nz + nx] * tx;
+        let c11 = d[b + nz + ny] * (1.0 - tx) + d[b + nz + ny + nx] * tx;
+        let c0 = c00 * (1.0 - ty) + c10 * ty;
+        let c1 = c01 * (1.0 - ty) + c11 * ty;
+        c0 * (1.0 - tz) + c1 * tz
+    }
+}
+
+/// Grid geometry covering `mesh` (mapped by `mesh_to_grid`) with `pad_mm` around it.
+pub fn grid_around(mesh: &TriMesh, mesh_to_grid: &Pose, spacing_mm: Real, pad_mm: Real) -> (Point, [usize; 3]) {
+    let mut min = Point::new(Real::INFINITY, Real::INFINITY, Real::INFINITY);
+    let mut max = Point::new(Real::NEG_INFINITY, Real::NEG_INFINITY, Real::NEG_INFINITY);
+    for p in &mesh.vertices_mm {
+        let q = mesh_to_grid * p;
+        min = min.inf(&q);
+        max = max.sup(&q);
+    }
+    let origin = min - nalgebra::Vector3::repeat(pad_mm);
+    let ext = (max - min) + nalgebra::Vector3::repeat(2.0 * pad_mm);
+    let dims = [
+        (ext.x / spacing_mm).ceil() as usize + 1,
+        (ext.y / spacing_mm).ceil() as usize + 1,
+        (ext.z / spacing_mm).ceil() as usize + 1,
+    ];
+    (origin, dims)
+}
+
+/// Which cells of the grid lie inside the closed, outward-wound `mesh`: every triangle is
+/// rasterised onto the grid's z-columns and the winding number is swept along each column.
+pub fn voxelize(mesh: &TriMesh, mesh_to_grid: &Pose, origin: Point, spacing_mm: Real, dims: [usize; 3]) -> Grid<bool> {
+    // Column lines sit a tiny irrational offset off the cell centres so that no line passes
+    // exactly through a mesh vertex or edge.
+    const OFF_X: Real = 1.234_567_9e-6;
+    const OFF_Y: Real = 2.718_281_8e-6;
+    let h = spacing_mm;
+    let to_index = |p: &Point| -> [Real; 3] {
+        let q = mesh_to_grid * p;
+        let u = (q - origin) / h;
+        [u.x, u.y, u.z]
+    };
+    let verts: Vec<[Real; 3]> = mesh.vertices_mm.iter().map(to_index).collect();
+    // (column, z in index units, +1 entering / -1 leaving)
+    let mut crossings: Vec<(usize, Real, i32)> = Vec::new();
+    for tri in &mesh.triangles {
+        let a = verts[tri[0] as usize];
+        let b = verts[tri[1] as usize];
+        let c = verts[tri[2] as usize];
+        // Signed double area in the xy projection: its sign is the sign of the normal's z.
+        let area = (b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1]);
+        if area == 0.0 {
+            continue;
+        }
+        let i0 = (a[0].min(b[0]).min(c[0]) - OFF_X).ceil().max(0.0) as usize;
+        let i1 = (a[0].max(b[0]).max(c[0]) - OFF_X).floor();
+        let j0 = (a[1].min(b[1]).min(c[1]) - OFF_Y).ceil().max(0.0) as usize;
+        let j1 = (a[1].max(b[1]).max(c[1]) - OFF_Y).floor();
+        if i1 < 0.0 || j1 < 0.0 {
+            continue;
+        }
+        let i1 = (i1 as usize).min(dims[0] - 1);
+        let j1 = (j1 as usize).min(dims[1] - 1);
+        for j in j0..=j1 {
+            let y = j as Real + OFF_Y;
+            for i in i0..=i1 {
+                let x = i as Real + OFF_X;
+                // Barycentric coordinates of (x, y) in the projected triangle.
+                let w0 = (b[0] - x) * (c[1] - y) - (c[0] - x) * (b[1] - y);
+                let w1 = (c[0] - x) * (a[1] - y) - (a[0] - x) * (c[1] - y);
+                let w2 = (a[0] - x) * (b[1] - y) - (b[0] - x) * (a[1] - y);
+                let inside = if area > 0.0 {
+                    w0 >= 0.0 && w1 >= 0.0 && w2 >= 0.0
+                } else {
+                    w0 <= 0.0 && w1 <= 0.0 && w2 <= 0.0
+                };
+                if !inside {
+                    continue;
+                }
+                let z = (w0 * a[2] + w1 * b[2] + w2 * c[2]) / area;
+                // Normal z < 0 (area < 0): a ray going +z enters the solid here.
+                let dir = if area < 0.0 { 1 } else { -1 };
+                crossings.push((j * dims[0] + i, z, dir));
+            }
+        }
+    }
+    crossings.sort_by(|p, q| p.0.cmp(&q.0).then(p.1.total_cmp(&q.1)));
+    let mut grid = Grid::filled(origin, spacing_mm, dims, false);
+    let plane = dims[0] * dims[1];
+    let mut s = 0;
+    while s < crossings.len() {
+        let col = crossings[s].0;
+        let mut e = s;
+        while e < crossings.len() && crossings[e].0 == col {
+            e += 1;
+        }
+        let mut winding = 0;
+        let mut idx = s;
+        for k in 0..dims[2] {
+            let z = k as Real;
+            while idx < e && crossings[idx].1 < z {
+                winding += crossings[idx].2;
+                idx += 1;
+            }
+            if winding > 0 {
+                grid.data[k * plane + col] = true;
+            }
+        }
+        s = e;
+    }
+    grid
+}
+
+/// Exact Euclidean distance transform (Felzenszwalb & Huttenlocher): for every cell, the
+/// distance in millimetres to the nearest cell where `seed` is true (infinite if none).
+pub fn distance_to_seeds(seed: &Grid<bool>) -> Grid<f32> {
+    let [nx, ny, nz] = seed.dims;
+    let big = 1e20_f64;
+    let mut d: Vec<f64> = seed.data.iter().map(|&s| if s { 0.0 } else { big }).collect();
+    let mut f = Vec::new();
+    let mut out = Vec::new();
+    let mut v = Vec::new();
+    let mut z = Vec::new();
+    // Along x.
+    for k in 0..nz {
+        for j in 0..ny {
+            let base = (k * ny + j) * nx;
+            f.clear();
+            f.extend((0..nx).map(|i| d[base + i]));
+            dt1d(&f, &mut out, &mut v, &mut z);
+            d[base..base + nx].copy_from_slice(&out);
+        }
+    }
+    // Along y.
+    for k in 0..nz {
+        for i in 0..nx {
+            f.clear();
+            f.extend((0..ny).map(|j| d[(k * ny + j) * nx + i]));
+            dt1d(&f, &mut out, &mut v, &mut z);
+            for j in 0..ny {
+                d[(k * ny + j) * nx + i] = out[j];
+            }
+        }
+    }
+    // Along z.
+    for j in 0..ny {
+        for i in 0..nx {
+            f.clear();
+            f.extend((0..nz).map(|k| d[(k * ny + j) * nx + i]));
+            dt1d(&f, &mut out, &mut v, &mut z);
+            for k in 0..nz {
+                d[(k * ny + j) * nx + i] = out[k];
+            }
+        }
+    }
+    let h = seed.spacing_mm;
+    Grid {
+        origin: seed.origin,
+        spacing_mm: h,
+        dims: seed.dims,
+        data: d
+            .iter()
+            .map(|&q| if q >= big { f32::INFINITY } else { (q.sqrt() * h) as f32 })
+            .collect(),
+    }
+}
+
+/// 1D squared distance transform of sampled function `f` (lower envelope of parabolas).
+fn dt1d(f: &[f64], out: &mut Vec<f64>, v: &mut Vec<usize>, z: &mut Vec<f64>) {
+    let n = f.len();
+    out.clear();
+    out.resize(n, 0.0);
+    v.clear();
+    v.resize(n, 0);
+    z.clear();
+    z.resize(n + 1, 0.0);
+    let finite: Vec<usize> = (0..n).filter(|&q| f[q] < 1e19).collect();
+    if finite.is_empty() {
+        out.iter_mut().for_each(|o| *o = 1e20);
+        return;
+    }
+    let mut k = 0usize;
+    v[0] = finite[0];
+    z[0] = f64::NEG_INFINITY;
+    z[1] = f64::INFINITY;
+    for &q in &finite[1..] {
+        loop {
+            let p = v[k];
+            let s = ((f[q] + (q * q) as f64) - (f[p] + (p * p) as f64)) / (2.0 * q as f64 - 2.0 * p as f64);
+            if s <= z[k] && k > 0 {
+                k -= 1;
+                continue;
+            }
+            if s <= z[k] {
+                // k == 0 and the new parabola dominates from -inf.
+                v[0] = q;
+                z[0] = f64::NEG_INFINITY;
+                z[1] = f64::INFINITY;
+                break;
+            }
+            k += 1;
+            v[k] = q;
+            z[k] = s;
+            z[k + 1] = f64::INFINITY;
+            break;
+        }
+    }
+    let mut k = 0;
+    for (q, o) in out.iter_mut().enumerate() {
+        while z[k + 1] < q as f64 {
+            k += 1;
+        }
+        let p = v[k];
+        let dq = q as f64 - p as f64;
+        *o = dq * dq + f[p];
+    }
+}
+
+/// Approximate signed distance to the surface of the solid `inside` (positive inside), mm.
+pub fn signed_distance(inside: &Grid<bool>) -> Grid<f32> {
+    let outside = Grid {
+        origin: inside.origin,
+        spacing_mm: inside.spacing_mm,
+        dims: inside.dims,
+        data: inside.data.iter().map(|&b| !b).collect(),
+    };
+    let to_out = distance_to_seeds(&outside);
+    let to_in = distance_to_seeds(inside);
+    let half = (inside.spacing_mm * 0.5) as f32;
+    let data = inside
+        .data
+        .iter()
+        .zip(to_out.data.iter().zip(&to_in.data))
+        .map(|(&ins, (&dout, &din))| if ins { dout - half } else { -(din - half) })
+        .collect();
+    Grid {
+        origin: inside.origin,
+        spacing_mm: inside.spacing_mm,
+        dims: inside.dims,
+        data,
+    }
+}
+
+/// Approximate unsigned distance to the surface of `mesh` on the grid: triangles are sampled
+/// densely, the cells holding samples seed a distance transform.
+pub fn unsigned_surface_distance(mesh: &TriMesh, mesh_to_grid: &Pose, like: &Grid<f32>) -> Grid<f32> {
+    let h = like.spacing_mm;
+    let mut seeds = Grid::filled(like.origin, h, like.dims, false);
+    let mut any = false;
+    for t in 0..mesh.triangles.len() {
+        let [a, b, c] = mesh.triangle(t);
+        let (a, b, c) = (mesh_to_grid * a, mesh_to_grid * b, mesh_to_grid * c);
+        let longest = (b - a).norm().max((c - b).norm()).max((a - c).norm());
+        let n = ((longest / (0.5 * h)).ceil() as usize).max(1);
+        for s in 0..=n {
+            for t2 in 0..=(n - s) {
+                let (u, v) = (s as Real / n as Real, t2 as Real / n as Real);
+                let p = a + (b - a) * u + (c - a) * v;
+                let q = (p - like.origin) / h;
+                let (i, j, k) = (q.x.round(), q.y.round(), q.z.round());
+                if i < 0.0 || j < 0.0 || k < 0.0 {
+                    continue;
+                }
+                let (i, j, k) = (i as usize, j as usize, k as usize);
+                if i < like.dims[0] && j < like.dims[1] && k < like.dims[2] {
+                    let idx = seeds.index(i, j, k);
+                    seeds.data[idx] = true;
+                    any = true;
+                }
+            }
+        }
+    }
+    let mut d = distance_to_seeds(&seeds);
+    if any {
+        let half = (0.5 * h) as f32;
+        d.data.iter_mut().for_each(|x| *x = (*x - half).max(0.0));
+    }
+    d
+}
