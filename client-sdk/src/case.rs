@@ -308,7 +308,16 @@ pub fn write_case(
     let mut used = std::collections::BTreeSet::new();
     for (i, s) in structures.iter().enumerate() {
         let Structure { name, role, mesh } = s;
-        let stem: String = name
+        let base = ["stl", "obj", "ply"]
+            .iter()
+            .find_map(|ext| {
+                let n = name.len();
+                (n > ext.len() + 1
+                    && name[n - ext.len() - 1..].eq_ignore_ascii_case(&format!(".{ext}")))
+                .then(|| &name[..n - ext.len() - 1])
+            })
+            .unwrap_or(name);
+        let stem: String = base
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
