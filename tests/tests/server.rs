@@ -1,0 +1,634 @@
+//! End-to-end tests of the gRPC server, started in-process on 127.0.0.1:0 with a temporary data
+//! directory, through the client SDK and the raw generated client.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kyphoplan_client::Client;
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
+use kyphoplan_planner::math::Pose;
+use kyphoplan_planner::planning;
+use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
+use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::synth;
+use kyphoplan_proto::convert;
+use kyphoplan_proto::pb;
+use kyphoplan_server::{Config, Metrics};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+struct TestServer {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl TestServer {
+    async fn start(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::with_data_dir(data_dir);
+        config.planner_threads = 2;
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            kyphoplan_server::serve_with_metrics(config, m, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        TestServer {
+            addr,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.url()).await.unwrap()
+    }
+
+    async fn raw(
+        &self,
+    ) -> pb::planning_service_client::PlanningServiceClient<tonic::transport::Channel> {
+        pb::planning_service_client::PlanningServiceClient::connect(self.url())
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let r = tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
+            .await
+            .expect("server stops within 20 s")
+            .unwrap();
+        r.expect("server ran without error");
+    }
+}
+
+fn one_level(level: Level) -> AnatomyInput {
+    synth::spine(&[level], &Pose::identity(), false).0
+}
+
+fn defaults(levels: Option<Vec<Level>>) -> PlanRequest {
+    PlanRequest::new(
+        levels,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .unwrap()
+}
+
+fn in_process_plan(anatomy: &AnatomyInput, request: &PlanRequest) -> kyphoplan_planner::Plan {
+    let prepared = PreparedAnatomy::prepare(anatomy.clone(), &PrepareOptions::standard()).unwrap();
+    planning::plan(&prepared, request).unwrap()
+}
+
+fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_anatomy_uploaded_twice_has_one_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let anatomy = one_level(Level::L3);
+    let first = client.upload_anatomy(&anatomy).await.unwrap();
+    let second = client.upload_anatomy(&anatomy).await.unwrap();
+    assert_eq!(first.anatomy_id.len(), 64);
+    assert_eq!(first.anatomy_id, second.anatomy_id);
+    assert_eq!(first, second);
+    // The id is the documented content address.
+    assert_eq!(
+        first.anatomy_id,
+        convert::anatomy_id(&convert::anatomy_to_pb(&anatomy))
+    );
+    let triangles: usize = anatomy
+        .structures
+        .iter()
+        .map(|s| s.mesh.triangles.len())
+        .sum();
+    assert_eq!(first.total_triangle_count, triangles as u64);
+    assert_eq!(first.levels, vec![pb::Level::L3 as i32]);
+    assert_eq!(first.frame, pb::Frame::Lps as i32);
+    // Prepared once: the second upload found it stored.
+    assert_eq!(server.metrics.anatomies_prepared.load(Ordering::SeqCst), 1);
+    // A different name is a different anatomy.
+    let mut renamed = anatomy.clone();
+    renamed.name.push_str("-renamed");
+    let third = client.upload_anatomy(&renamed).await.unwrap();
+    assert_ne!(third.anatomy_id, first.anatomy_id);
+    let got = client.get_anatomy(&first.anatomy_id).await.unwrap();
+    assert_eq!(got, first);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_by_id_and_inline_match_the_in_process_plan_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let anatomy = one_level(Level::L4);
+    let request = defaults(None);
+    let expected = kyphoplan_client::plan_json(&in_process_plan(&anatomy, &request));
+
+    let stored = client.upload_anatomy(&anatomy).await.unwrap();
+    let by_id = client
+        .create_plan(&stored.anatomy_id, &request)
+        .await
+        .unwrap();
+    assert!(!by_id.plan_id.is_empty());
+    assert_eq!(by_id.anatomy_id, stored.anatomy_id);
+    assert_eq!(kyphoplan_client::plan_json(&by_id.plan), expected);
+    assert!(
+        !expected.contains(&by_id.plan_id),
+        "plan_id is not in the plan JSON"
+    );
+
+    let inline = client.create_plan_inline(&anatomy, &request).await.unwrap();
+    assert_eq!(kyphoplan_client::plan_json(&inline.plan), expected);
+    assert_eq!(inline.anatomy_id, stored.anatomy_id);
+    assert_ne!(inline.plan_id, by_id.plan_id);
+
+    let fetched = client.get_plan(&by_id.plan_id).await.unwrap();
+    assert_eq!(kyphoplan_client::plan_json(&fetched.plan), expected);
+
+    let list = server
+        .raw()
+        .await
+        .list_plans(pb::ListPlansRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.plans.len(), 1);
+    assert!(!list.next_page_token.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_plan_reports_every_level_then_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let anatomy = synth::spine(&[Level::L3, Level::L4, Level::L5], &Pose::identity(), false).0;
+    let request = defaults(None);
+    let stored = client.upload_anatomy(&anatomy).await.unwrap();
+
+    let message = convert::create_plan_request_to_pb(
+        pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
+        &request,
+    );
+    let mut stream = server
+        .raw()
+        .await
+        .stream_plan(message)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut done = Vec::new();
+    let mut levels = Vec::new();
+    let mut plan = None;
+    while let Some(progress) = stream.next().await {
+        let progress = progress.unwrap();
+        assert!(plan.is_none(), "the plan is the last message");
+        assert_eq!(progress.levels_total, 3);
+        match progress.event.unwrap() {
+            pb::plan_progress::Event::Level(l) => {
+                done.push(progress.levels_done);
+                levels.push(l.level);
+            }
+            pb::plan_progress::Event::Plan(p) => plan = Some(p),
+        }
+    }
+    assert_eq!(done, vec![1, 2, 3]);
+    levels.sort();
+    assert_eq!(
+        levels,
+        vec![
+            pb::Level::L3 as i32,
+            pb::Level::L4 as i32,
+            pb::Level::L5 as i32
+        ]
+    );
+    let plan = convert::plan_from_pb(plan.expect("a final plan")).unwrap();
+    assert_eq!(
+        kyphoplan_client::plan_json(&plan),
+        kyphoplan_client::plan_json(&in_process_plan(&anatomy, &request))
+    );
+
+    // The SDK's stream gives the same.
+    let mut seen = 0;
+    let streamed = client
+        .stream_plan(&stored.anatomy_id, &request, |_, d, t| {
+            seen += 1;
+            assert_eq!((d, t), (seen, 3));
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 3);
+    assert_eq!(streamed.plan, plan);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_stream_stops_the_work_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // One planner thread and one planning slot: a run that did not stop would block the next.
+    let server = TestServer::start(dir.path(), |c| {
+        c.planner_threads = 1;
+        c.max_concurrent_plans = 1;
+    })
+    .await;
+    let mut client = server.client().await;
+    let anatomy = synth::demo_anatomy();
+    let stored = client.upload_anatomy(&anatomy).await.unwrap();
+    let request = defaults(None);
+    let message = convert::create_plan_request_to_pb(
+        pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
+        &request,
+    );
+    let mut raw = server.raw().await;
+    let mut stream = raw.stream_plan(message).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.levels_done, 1);
+    assert_eq!(first.levels_total, 5);
+    drop(stream);
+
+    // The run stops (cancelled, not completed) soon after.
+    let m = server.metrics.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while m.plans_cancelled.load(Ordering::SeqCst) == 0
+            || m.plans_running.load(Ordering::SeqCst) != 0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cancelled run stops");
+    assert_eq!(m.plans_completed.load(Ordering::SeqCst), 0);
+    assert_eq!(m.plans_cancelled.load(Ordering::SeqCst), 1);
+
+    // The slot is free again: a new plan works.
+    let small = defaults(Some(vec![Level::L4]));
+    let plan = client
+        .create_plan(&stored.anatomy_id, &small)
+        .await
+        .unwrap();
+    assert_eq!(plan.plan.levels.len(), 1);
+    assert_eq!(m.plans_completed.load(Ordering::SeqCst), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| c.planner_threads = 1).await;
+    let mut client = server.client().await;
+    let stored = client.upload_anatomy(&synth::demo_anatomy()).await.unwrap();
+    let message = convert::create_plan_request_to_pb(
+        pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
+        &defaults(None),
+    );
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_millis(100));
+    let status = server.raw().await.create_plan(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let m = server.metrics.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while m.plans_running.load(Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the run stops");
+    assert_eq!(m.plans_completed.load(Ordering::SeqCst), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluate_matches_the_in_process_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let anatomy = one_level(Level::L4);
+    let request = defaults(None);
+    let plan = in_process_plan(&anatomy, &request);
+    let side = plan.levels[0]
+        .sides
+        .iter()
+        .find(|s| s.feasible)
+        .expect("a feasible side at L4");
+    let t = side.trajectory.as_ref().unwrap();
+    let prepared = PreparedAnatomy::prepare(anatomy.clone(), &PrepareOptions::standard()).unwrap();
+    let instrument = Instrument::contract_default();
+    let safety = Safety::contract_default();
+    let expected = planning::evaluate(
+        &prepared,
+        Level::L4,
+        side.side,
+        t.bone_entry_mm,
+        t.target_mm,
+        &instrument,
+        &safety,
+    )
+    .unwrap();
+    assert!(expected.safe, "the planned trajectory evaluates safe");
+
+    let stored = client.upload_anatomy(&anatomy).await.unwrap();
+    let got = client
+        .evaluate(
+            &stored.anatomy_id,
+            Level::L4,
+            side.side,
+            t.bone_entry_mm,
+            t.target_mm,
+            &instrument,
+            &safety,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, expected);
+
+    // A trajectory through the canal is unsafe, and says why.
+    let other = if side.side == Side::Left {
+        Side::Right
+    } else {
+        Side::Left
+    };
+    let bad = client
+        .evaluate(
+            &stored.anatomy_id,
+            Level::L4,
+            other,
+            t.bone_entry_mm,
+            t.target_mm,
+            &instrument,
+            &safety,
+        )
+        .await
+        .unwrap();
+    assert!(!bad.safe);
+    assert!(!bad.violations.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_and_anatomies_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let anatomy = one_level(Level::L4);
+    let request = defaults(None);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let (anatomy_id, plan) = {
+        let mut client = server.client().await;
+        let stored = client.upload_anatomy(&anatomy).await.unwrap();
+        let plan = client
+            .create_plan(&stored.anatomy_id, &request)
+            .await
+            .unwrap();
+        (stored.anatomy_id, plan)
+    };
+    server.shutdown().await;
+
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let fetched = client.get_plan(&plan.plan_id).await.unwrap();
+    assert_eq!(fetched.plan, plan.plan);
+    assert_eq!(fetched.anatomy_id, anatomy_id);
+    assert_eq!(fetched.create_time_unix_ms, plan.create_time_unix_ms);
+    let meta = client.get_anatomy(&anatomy_id).await.unwrap();
+    assert_eq!(meta.anatomy_id, anatomy_id);
+    // The stored anatomy is prepared again from the store and plans the same.
+    let again = client.create_plan(&anatomy_id, &request).await.unwrap();
+    assert_eq!(again.plan, plan.plan);
+    assert_eq!(server.metrics.anatomies_prepared.load(Ordering::SeqCst), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_serving_and_reflection_lists_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", kyphoplan_proto::SERVICE_NAME] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "service '{service}'"
+        );
+    }
+
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = resp.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("expected a service list, got {msg:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.iter().any(|n| n == kyphoplan_proto::SERVICE_NAME),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+    }
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = resp.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("expected a service list, got {msg:?}");
+        };
+        assert!(list
+            .service
+            .iter()
+            .any(|s| s.name == kyphoplan_proto::SERVICE_NAME));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_their_status_codes_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| c.max_triangles = 60_000).await;
+    let mut client = server.client().await;
+    let anatomy = one_level(Level::L3);
+    let name = anatomy.structures[0].name.clone();
+
+    // NaN vertex: INVALID_ARGUMENT naming the structure.
+    let mut nan = anatomy.clone();
+    nan.structures[0].mesh.vertices_mm[5].y = f64::NAN;
+    let Err(kyphoplan_client::ClientError::Status(status)) = client.upload_anatomy(&nan).await
+    else {
+        panic!("a NaN vertex is refused");
+    };
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = field_violations(&status);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].0, name);
+    assert!(violations[0].1.contains("vertex 5"), "{violations:?}");
+
+    // Unknown plan: NOT_FOUND.
+    let Err(kyphoplan_client::ClientError::Status(status)) = client.get_plan("no-such-plan").await
+    else {
+        panic!("an unknown plan is not found");
+    };
+    assert_eq!(status.code(), Code::NotFound);
+    // Unknown anatomy: NOT_FOUND too.
+    let Err(kyphoplan_client::ClientError::Status(status)) =
+        client.create_plan(&"0".repeat(64), &defaults(None)).await
+    else {
+        panic!("an unknown anatomy is not found");
+    };
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Negative margin: INVALID_ARGUMENT naming safety.canal_margin_mm.
+    let stored = client.upload_anatomy(&anatomy).await.unwrap();
+    let mut raw = server.raw().await;
+    let status = raw
+        .create_plan(pb::CreatePlanRequest {
+            anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
+                stored.anatomy_id.clone(),
+            )),
+            levels: vec![],
+            instrument: None,
+            safety: Some(pb::SafetyOptions {
+                cortex_margin_mm: None,
+                canal_margin_mm: Some(-1.0),
+                nerve_root_margin_mm: None,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&status)[0].0, "safety.canal_margin_mm");
+
+    // Unspecified level in a request: INVALID_ARGUMENT naming levels[0].
+    let status = raw
+        .create_plan(pb::CreatePlanRequest {
+            anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
+                stored.anatomy_id.clone(),
+            )),
+            levels: vec![pb::Level::Unspecified as i32],
+            instrument: None,
+            safety: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&status)[0].0, "levels[0]");
+
+    // A level the anatomy does not have.
+    let status = raw
+        .create_plan(pb::CreatePlanRequest {
+            anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
+                stored.anatomy_id.clone(),
+            )),
+            levels: vec![pb::Level::T4 as i32],
+            instrument: None,
+            safety: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&status)[0].0, "levels");
+
+    // Unspecified frame in the upload header.
+    let header = pb::UploadAnatomyChunk {
+        chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            name: "x".into(),
+            frame: pb::Frame::Unspecified as i32,
+            structures: vec![],
+        })),
+    };
+    let status = raw
+        .upload_anatomy(tokio_stream::iter(vec![header]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&status)[0].0, "header.frame");
+
+    // Too many triangles: RESOURCE_EXHAUSTED, for uploads and inline anatomies.
+    let big = synth::demo_anatomy();
+    let Err(kyphoplan_client::ClientError::Status(status)) = client.upload_anatomy(&big).await
+    else {
+        panic!("an anatomy over the triangle limit is refused");
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let Err(kyphoplan_client::ClientError::Status(status)) =
+        client.create_plan_inline(&big, &defaults(None)).await
+    else {
+        panic!("an inline anatomy over the triangle limit is refused");
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    server.shutdown().await;
+}
