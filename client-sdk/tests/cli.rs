@@ -1,0 +1,391 @@
+//! The `kyphoplan` command line: exit codes, messages, and identical plan JSON in-process and
+//! through the server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kyphoplan_client::case::write_case;
+use kyphoplan_planner::anatomy::Level;
+use kyphoplan_planner::math::Pose;
+use kyphoplan_planner::synth;
+
+fn kyphoplan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kyphoplan"))
+        .args(args)
+        .output()
+        .expect("run kyphoplan")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A case directory with one L4 vertebra.
+fn l4_case(dir: &Path) -> PathBuf {
+    let case = dir.join("case-l4");
+    let (anatomy, _) = synth::spine(&[Level::L4], &Pose::identity(), false);
+    write_case(&case, &anatomy, None).unwrap();
+    case
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The server in-process on a free port, on its own runtime thread; stops when dropped.
+struct Server {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let config = kyphoplan_server::Config::with_data_dir(data.path());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                kyphoplan_server::serve(config, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        Server {
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            thread: Some(thread),
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.thread.take().unwrap().join();
+    }
+}
+
+#[test]
+fn plan_in_process_and_through_the_server_write_identical_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let local_json = dir.path().join("local.json");
+    let remote_json = dir.path().join("remote.json");
+
+    let local = kyphoplan(&["plan", s(&case), "--json", s(&local_json)]);
+    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+    let server = Server::start();
+    let remote = kyphoplan(&[
+        "plan",
+        s(&case),
+        "--server",
+        &server.url,
+        "--json",
+        s(&remote_json),
+    ]);
+    assert_eq!(remote.status.code(), Some(0), "{}", stderr(&remote));
+
+    let a = std::fs::read(&local_json).unwrap();
+    let b = std::fs::read(&remote_json).unwrap();
+    assert_eq!(a, b, "plan JSON differs between in-process and server");
+    assert_eq!(stdout(&local), stdout(&remote));
+    // The table shows each side of the level.
+    let table = stdout(&local);
+    assert!(table.contains("L4") && table.contains("left") && table.contains("right"));
+    // The JSON is the contract's.
+    let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+    assert_eq!(v["frame"], "LPS");
+    assert_eq!(v["levels"][0]["level"], "L4");
+    assert!(v.get("plan_id").is_none());
+}
+
+#[test]
+fn evaluate_prints_a_verdict_and_exits_zero_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let plan_json = dir.path().join("plan.json");
+    let o = kyphoplan(&["plan", s(&case), "--json", s(&plan_json)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_json).unwrap()).unwrap();
+    let side = plan["levels"][0]["sides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["feasible"] == true)
+        .expect("a feasible side")
+        .clone();
+    let xyz = |v: &serde_json::Value| {
+        let a: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        a.join(",")
+    };
+    let entry = xyz(&side["trajectory"]["bone_entry_mm"]);
+    let target = xyz(&side["trajectory"]["target_mm"]);
+    let side_name = side["side"].as_str().unwrap().to_owned();
+    let other = if side_name == "left" { "right" } else { "left" };
+
+    let eval_json = dir.path().join("eval.json");
+    let safe = kyphoplan(&[
+        "evaluate",
+        s(&case),
+        "--level",
+        "L4",
+        "--side",
+        &side_name,
+        "--entry",
+        &entry,
+        "--target",
+        &target,
+        "--json",
+        s(&eval_json),
+    ]);
+    assert_eq!(safe.status.code(), Some(0), "{}", stderr(&safe));
+    assert!(stdout(&safe).contains("SAFE"), "{}", stdout(&safe));
+    assert!(!stdout(&safe).contains("UNSAFE"), "{}", stdout(&safe));
+
+    let unsafe_ = kyphoplan(&[
+        "evaluate",
+        s(&case),
+        "--level",
+        "L4",
+        "--side",
+        other,
+        "--entry",
+        &entry,
+        "--target",
+        &target,
+    ]);
+    assert_eq!(unsafe_.status.code(), Some(0), "{}", stderr(&unsafe_));
+    assert!(stdout(&unsafe_).contains("UNSAFE"), "{}", stdout(&unsafe_));
+
+    // Through the server: the same verdict and the same JSON.
+    let server = Server::start();
+    let remote_json = dir.path().join("eval-remote.json");
+    let remote = kyphoplan(&[
+        "evaluate",
+        s(&case),
+        "--level",
+        "L4",
+        "--side",
+        &side_name,
+        "--entry",
+        &entry,
+        "--target",
+        &target,
+        "--server",
+        &server.url,
+        "--json",
+        s(&remote_json),
+    ]);
+    assert_eq!(remote.status.code(), Some(0), "{}", stderr(&remote));
+    assert_eq!(stdout(&remote), stdout(&safe));
+    assert_eq!(
+        std::fs::read(&remote_json).unwrap(),
+        std::fs::read(&eval_json).unwrap()
+    );
+}
+
+#[test]
+fn unknown_key_in_case_toml_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let toml = case.join("case.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{text}\n[safety]\ncanal_margin = 2.0\n")).unwrap();
+    let o = kyphoplan(&["plan", s(&case)]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("canal_margin"), "{e}");
+    assert!(e.contains("case.toml"), "{e}");
+}
+
+#[test]
+fn bad_values_in_case_toml_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let toml = case.join("case.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{text}\n[safety]\ncanal_margin_mm = -2.0\n")).unwrap();
+    let o = kyphoplan(&["plan", s(&case)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("safety.canal_margin_mm"),
+        "{}",
+        stderr(&o)
+    );
+
+    std::fs::write(&toml, text.replace("frame = \"LPS\"", "frame = \"XYZ\"")).unwrap();
+    let o = kyphoplan(&["plan", s(&case)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("frame"), "{}", stderr(&o));
+}
+
+#[test]
+fn mesh_paths_must_stay_inside_the_case_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let toml = case.join("case.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::copy(case.join("L4.stl"), dir.path().join("outside.stl")).unwrap();
+
+    for mesh in ["../outside.stl", s(&dir.path().join("outside.stl"))] {
+        std::fs::write(
+            &toml,
+            text.replace("mesh = \"L4.stl\"", &format!("mesh = {mesh:?}")),
+        )
+        .unwrap();
+        let o = kyphoplan(&["plan", s(&case)]);
+        assert_eq!(o.status.code(), Some(1), "{mesh}");
+        assert!(stderr(&o).contains("structure[0].mesh"), "{}", stderr(&o));
+    }
+
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.path().join("outside.stl"), case.join("link.stl")).unwrap();
+        std::fs::write(
+            &toml,
+            text.replace("mesh = \"L4.stl\"", "mesh = \"link.stl\""),
+        )
+        .unwrap();
+        let o = kyphoplan(&["plan", s(&case)]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("outside the case directory"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_malformed_mesh_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    std::fs::write(case.join("L4.stl"), b"solid broken\nfacet nonsense").unwrap();
+    let o = kyphoplan(&["plan", s(&case)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("L4.stl"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_missing_case_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = kyphoplan(&["plan", s(&dir.path().join("nope"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_and_unimplemented_commands_exit_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    for args in [
+        vec!["plan"],
+        vec!["frobnicate"],
+        vec!["plan", s(&case), "--no-such-flag"],
+        vec![
+            "evaluate",
+            s(&case),
+            "--level",
+            "L4",
+            "--side",
+            "up",
+            "--entry",
+            "0,0,0",
+            "--target",
+            "1,1,1",
+        ],
+        vec![
+            "evaluate",
+            s(&case),
+            "--level",
+            "L4",
+            "--side",
+            "left",
+            "--entry",
+            "0,0",
+            "--target",
+            "1,1,1",
+        ],
+        vec![
+            "evaluate",
+            s(&case),
+            "--level",
+            "Q9",
+            "--side",
+            "left",
+            "--entry",
+            "0,0,0",
+            "--target",
+            "1,1,1",
+        ],
+        vec!["plan", s(&case), "--slicer", "scene.mrml"],
+        vec!["plan", s(&case), "--pictures", "pics"],
+        vec!["replay", s(dir.path())],
+        vec!["bench"],
+    ] {
+        let o = kyphoplan(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let o = kyphoplan(&["replay", s(dir.path())]);
+    assert!(stderr(&o).contains("not implemented yet (issue #4)"));
+    let o = kyphoplan(&["bench"]);
+    assert!(stderr(&o).contains("not implemented yet (issue #5)"));
+}
+
+#[test]
+fn demo_writes_a_plan_and_a_case_that_plans_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = kyphoplan(&["demo", "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = stdout(&o);
+    for level in ["L1", "L2", "L3", "L4", "L5"] {
+        assert!(table.contains(level), "{table}");
+    }
+    assert!(table.contains(s(&out.join("plan.json"))), "{table}");
+    let demo_plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(demo_plan["levels"].as_array().unwrap().len(), 5);
+
+    // The written case directory re-plans: same levels and same feasibility.
+    let json = dir.path().join("replanned.json");
+    let o = kyphoplan(&["plan", s(&out), "--json", s(&json)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let replanned: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let feasible = |p: &serde_json::Value| -> Vec<bool> {
+        p["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| {
+                l["sides"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["feasible"] == true)
+            })
+            .collect()
+    };
+    assert_eq!(feasible(&replanned), feasible(&demo_plan));
+}
