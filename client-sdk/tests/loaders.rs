@@ -57,8 +57,8 @@ fn binary_stl_round_trip_welds_the_soup_back_into_the_mesh() {
     // Welding by exact equality recovers the shared vertices of the closed surface.
     assert_eq!(back.vertices_mm.len(), mesh.vertices_mm.len());
     for (i, t) in back.triangles.iter().enumerate() {
-        for k in 0..3 {
-            let a = back.vertices_mm[t[k] as usize];
+        for (k, &corner) in t.iter().enumerate() {
+            let a = back.vertices_mm[corner as usize];
             let b = mesh.vertices_mm[mesh.triangles[i][k] as usize];
             // STL stores f32.
             assert!((a - b).norm() < 1e-4, "triangle {i} corner {k}: {a} vs {b}");

@@ -252,11 +252,19 @@ impl Planning {
         Ok(())
     }
 
-    /// Validate and prepare an anatomy on the pool.
-    async fn prepare(&self, data: pb::AnatomyData) -> Result<Arc<PreparedAnatomy>, ServiceError> {
-        let input = convert::anatomy_from_pb(data)?;
+    /// Validate and prepare an anatomy on the pool; `make` (decoding, copying) runs there too.
+    async fn prepare_with(
+        &self,
+        make: impl FnOnce() -> Result<pb::AnatomyData, ServiceError> + Send + 'static,
+    ) -> Result<Arc<PreparedAnatomy>, ServiceError> {
         let prepared = self
-            .on_pool(move || PreparedAnatomy::prepare(input, &PrepareOptions::standard()))
+            .on_pool(move || -> Result<PreparedAnatomy, ServiceError> {
+                let input = convert::anatomy_from_pb(make()?)?;
+                Ok(PreparedAnatomy::prepare(
+                    input,
+                    &PrepareOptions::standard(),
+                )?)
+            })
             .await??;
         self.inner
             .metrics
@@ -265,8 +273,8 @@ impl Planning {
         Ok(Arc::new(prepared))
     }
 
-    /// The metadata message of a prepared anatomy.
-    fn anatomy_meta(id: &str, data: &pb::AnatomyData, prepared: &PreparedAnatomy) -> pb::Anatomy {
+    /// The metadata of an anatomy before preparation (levels and fixes are filled in after).
+    fn anatomy_meta(id: &str, data: &pb::AnatomyData) -> pb::Anatomy {
         let pb::AnatomyData {
             name,
             frame,
@@ -293,30 +301,43 @@ impl Planning {
             total_vertex_count: summaries.iter().map(|s| s.vertex_count).sum(),
             total_triangle_count: summaries.iter().map(|s| s.triangle_count).sum(),
             structures: summaries,
-            levels: prepared
-                .levels()
-                .into_iter()
-                .map(|l| convert::level_to_pb(l) as i32)
-                .collect(),
-            mesh_fixes: prepared
-                .mesh_fixes()
-                .iter()
-                .map(convert::structure_notice_to_pb)
-                .collect(),
+            levels: Vec::new(),
+            mesh_fixes: Vec::new(),
         }
+    }
+
+    /// Fill in what preparation found.
+    fn complete_meta(meta: &mut pb::Anatomy, prepared: &PreparedAnatomy) {
+        meta.levels = prepared
+            .levels()
+            .into_iter()
+            .map(|l| convert::level_to_pb(l) as i32)
+            .collect();
+        meta.mesh_fixes = prepared
+            .mesh_fixes()
+            .iter()
+            .map(convert::structure_notice_to_pb)
+            .collect();
     }
 
     /// Store (once) and cache a complete anatomy; return its metadata.
     async fn admit_anatomy(&self, data: pb::AnatomyData) -> Result<pb::Anatomy, ServiceError> {
-        let encoded = data.encode_to_vec();
-        let id = convert::anatomy_id_of_bytes(&encoded);
+        // Encoding and hashing hundreds of megabytes is CPU work: on the pool.
+        let (data, encoded, id) = self
+            .on_pool(move || {
+                let encoded = data.encode_to_vec();
+                let id = convert::anatomy_id_of_bytes(&encoded);
+                (data, encoded, id)
+            })
+            .await?;
         let lookup = id.clone();
         if let Some(meta) = self.blocking(move |s| s.anatomy_meta(&lookup)).await? {
             info!(anatomy_id = %id, "anatomy already stored");
             return decode(&meta, "anatomy metadata");
         }
-        let prepared = self.prepare(data.clone()).await?;
-        let meta = Self::anatomy_meta(&id, &data, &prepared);
+        let mut meta = Self::anatomy_meta(&id, &data);
+        let prepared = self.prepare_with(move || Ok(data)).await?;
+        Self::complete_meta(&mut meta, &prepared);
         let meta_bytes = meta.encode_to_vec();
         let key = id.clone();
         self.blocking(move |s| s.put_anatomy(&key, &encoded, &meta_bytes))
@@ -344,8 +365,9 @@ impl Planning {
                 kind: "anatomy",
                 id: id.clone(),
             })?;
-        let data: pb::AnatomyData = decode(&bytes, "anatomy")?;
-        let prepared = self.prepare(data).await?;
+        let prepared = self
+            .prepare_with(move || decode::<pb::AnatomyData>(&bytes, "anatomy"))
+            .await?;
         self.cache(&id, prepared.clone());
         Ok(Resolved { id, prepared })
     }
@@ -360,11 +382,16 @@ impl Planning {
             })
         });
         self.check_size(t, v)?;
-        let id = convert::anatomy_id(&data);
+        let (data, id) = self
+            .on_pool(move || {
+                let id = convert::anatomy_id(&data);
+                (data, id)
+            })
+            .await?;
         if let Some(prepared) = self.cached(&id) {
             return Ok(Resolved { id, prepared });
         }
-        let prepared = self.prepare(data).await?;
+        let prepared = self.prepare_with(move || Ok(data)).await?;
         self.cache(&id, prepared.clone());
         Ok(Resolved { id, prepared })
     }
