@@ -31,6 +31,12 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T> {
     v.ok_or_else(|| missing(field))
 }
 
+/// A required number of a message whose f64 fields have explicit presence (so that -0.0 keeps
+/// its sign on the wire).
+fn num(v: Option<f64>, field: &str, name: &str) -> Result<f64> {
+    v.ok_or_else(|| missing(&format!("{field}.{name}")))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Enums
 
@@ -263,26 +269,43 @@ pub fn mesh_fix_from_pb(v: i32, field: &str) -> Result<MeshFix> {
 
 pub fn point_to_pb(p: [f64; 3]) -> pb::Point3Mm {
     let [x_mm, y_mm, z_mm] = p;
-    pb::Point3Mm { x_mm, y_mm, z_mm }
+    pb::Point3Mm {
+        x_mm: Some(x_mm),
+        y_mm: Some(y_mm),
+        z_mm: Some(z_mm),
+    }
 }
 
-pub fn point_from_pb(p: pb::Point3Mm) -> [f64; 3] {
+/// Every coordinate is required.
+pub fn point_from_pb(p: pb::Point3Mm, field: &str) -> Result<[f64; 3]> {
     let pb::Point3Mm { x_mm, y_mm, z_mm } = p;
-    [x_mm, y_mm, z_mm]
+    Ok([
+        num(x_mm, field, "x_mm")?,
+        num(y_mm, field, "y_mm")?,
+        num(z_mm, field, "z_mm")?,
+    ])
 }
 
 pub fn required_point(p: Option<pb::Point3Mm>, field: &str) -> Result<[f64; 3]> {
-    Ok(point_from_pb(required(p, field)?))
+    point_from_pb(required(p, field)?, field)
 }
 
 pub fn unit_to_pb(v: [f64; 3]) -> pb::UnitVector3 {
     let [x, y, z] = v;
-    pb::UnitVector3 { x, y, z }
+    pb::UnitVector3 {
+        x: Some(x),
+        y: Some(y),
+        z: Some(z),
+    }
 }
 
 pub fn required_unit(v: Option<pb::UnitVector3>, field: &str) -> Result<[f64; 3]> {
     let pb::UnitVector3 { x, y, z } = required(v, field)?;
-    Ok([x, y, z])
+    Ok([
+        num(x, field, "x")?,
+        num(y, field, "y")?,
+        num(z, field, "z")?,
+    ])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -633,26 +656,34 @@ pub fn instrument_to_pb(instrument: &Instrument) -> pb::Instrument {
         balloon_max_diameter_mm,
     } = instrument;
     pb::Instrument {
-        cannula_outer_diameter_mm: *cannula_outer_diameter_mm,
-        cannula_working_length_mm: *cannula_working_length_mm,
+        cannula_outer_diameter_mm: Some(*cannula_outer_diameter_mm),
+        cannula_working_length_mm: Some(*cannula_working_length_mm),
         balloon_lengths_mm: balloon_lengths_mm.clone(),
-        balloon_max_diameter_mm: *balloon_max_diameter_mm,
+        balloon_max_diameter_mm: Some(*balloon_max_diameter_mm),
     }
 }
 
-pub fn instrument_from_pb(instrument: pb::Instrument) -> Instrument {
+pub fn instrument_from_pb(instrument: pb::Instrument, field: &str) -> Result<Instrument> {
     let pb::Instrument {
         cannula_outer_diameter_mm,
         cannula_working_length_mm,
         balloon_lengths_mm,
         balloon_max_diameter_mm,
     } = instrument;
-    Instrument {
-        cannula_outer_diameter_mm,
-        cannula_working_length_mm,
+    Ok(Instrument {
+        cannula_outer_diameter_mm: num(
+            cannula_outer_diameter_mm,
+            field,
+            "cannula_outer_diameter_mm",
+        )?,
+        cannula_working_length_mm: num(
+            cannula_working_length_mm,
+            field,
+            "cannula_working_length_mm",
+        )?,
         balloon_lengths_mm,
-        balloon_max_diameter_mm,
-    }
+        balloon_max_diameter_mm: num(balloon_max_diameter_mm, field, "balloon_max_diameter_mm")?,
+    })
 }
 
 pub fn safety_to_pb(safety: &Safety) -> pb::Safety {
@@ -662,23 +693,23 @@ pub fn safety_to_pb(safety: &Safety) -> pb::Safety {
         nerve_root_margin_mm,
     } = safety;
     pb::Safety {
-        cortex_margin_mm: *cortex_margin_mm,
-        canal_margin_mm: *canal_margin_mm,
-        nerve_root_margin_mm: *nerve_root_margin_mm,
+        cortex_margin_mm: Some(*cortex_margin_mm),
+        canal_margin_mm: Some(*canal_margin_mm),
+        nerve_root_margin_mm: Some(*nerve_root_margin_mm),
     }
 }
 
-pub fn safety_from_pb(safety: pb::Safety) -> Safety {
+pub fn safety_from_pb(safety: pb::Safety, field: &str) -> Result<Safety> {
     let pb::Safety {
         cortex_margin_mm,
         canal_margin_mm,
         nerve_root_margin_mm,
     } = safety;
-    Safety {
-        cortex_margin_mm,
-        canal_margin_mm,
-        nerve_root_margin_mm,
-    }
+    Ok(Safety {
+        cortex_margin_mm: num(cortex_margin_mm, field, "cortex_margin_mm")?,
+        canal_margin_mm: num(canal_margin_mm, field, "canal_margin_mm")?,
+        nerve_root_margin_mm: num(nerve_root_margin_mm, field, "nerve_root_margin_mm")?,
+    })
 }
 
 pub fn reason_to_pb(reason: &Reason) -> pb::Reason {
@@ -727,26 +758,26 @@ pub fn clearances_to_pb(c: &Clearances) -> pb::Clearances {
         forbidden,
     } = c;
     pb::Clearances {
-        cortex_mm: *cortex,
-        canal_mm: *canal,
-        nerve_root_mm: *nerve_root,
+        cortex_mm: Some(*cortex),
+        canal_mm: Some(*canal),
+        nerve_root_mm: Some(*nerve_root),
         forbidden_mm: *forbidden,
     }
 }
 
-pub fn clearances_from_pb(c: pb::Clearances) -> Clearances {
+pub fn clearances_from_pb(c: pb::Clearances, field: &str) -> Result<Clearances> {
     let pb::Clearances {
         cortex_mm,
         canal_mm,
         nerve_root_mm,
         forbidden_mm,
     } = c;
-    Clearances {
-        cortex: cortex_mm,
-        canal: canal_mm,
-        nerve_root: nerve_root_mm,
+    Ok(Clearances {
+        cortex: num(cortex_mm, field, "cortex_mm")?,
+        canal: num(canal_mm, field, "canal_mm")?,
+        nerve_root: num(nerve_root_mm, field, "nerve_root_mm")?,
         forbidden: forbidden_mm,
-    }
+    })
 }
 
 pub fn trajectory_to_pb(t: &Trajectory) -> pb::Trajectory {
@@ -768,15 +799,15 @@ pub fn trajectory_to_pb(t: &Trajectory) -> pb::Trajectory {
         bone_entry_mm: Some(point_to_pb(*bone_entry_mm)),
         target_mm: Some(point_to_pb(*target_mm)),
         skin_entry_mm: skin_entry_mm.map(point_to_pb),
-        cannula_outer_diameter_mm: *cannula_outer_diameter_mm,
-        medial_angle_deg: *medial_angle_deg,
-        cranial_angle_deg: *cranial_angle_deg,
+        cannula_outer_diameter_mm: Some(*cannula_outer_diameter_mm),
+        medial_angle_deg: Some(*medial_angle_deg),
+        cranial_angle_deg: Some(*cranial_angle_deg),
         clearance_mm: Some(clearances_to_pb(clearance_mm)),
         direction: Some(unit_to_pb(*direction)),
-        length_in_bone_mm: *length_in_bone_mm,
-        insertion_length_mm: *insertion_length_mm,
-        tip_depth_fraction: *tip_depth_fraction,
-        score: *score,
+        length_in_bone_mm: Some(*length_in_bone_mm),
+        insertion_length_mm: Some(*insertion_length_mm),
+        tip_depth_fraction: Some(*tip_depth_fraction),
+        score: Some(*score),
     }
 }
 
@@ -799,16 +830,25 @@ pub fn trajectory_from_pb(t: pb::Trajectory, field: &str) -> Result<Trajectory> 
     Ok(Trajectory {
         bone_entry_mm: required_point(bone_entry_mm, &f("bone_entry_mm"))?,
         target_mm: required_point(target_mm, &f("target_mm"))?,
-        skin_entry_mm: skin_entry_mm.map(point_from_pb),
-        cannula_outer_diameter_mm,
-        medial_angle_deg,
-        cranial_angle_deg,
-        clearance_mm: clearances_from_pb(required(clearance_mm, &f("clearance_mm"))?),
+        skin_entry_mm: skin_entry_mm
+            .map(|p| point_from_pb(p, &f("skin_entry_mm")))
+            .transpose()?,
+        cannula_outer_diameter_mm: num(
+            cannula_outer_diameter_mm,
+            field,
+            "cannula_outer_diameter_mm",
+        )?,
+        medial_angle_deg: num(medial_angle_deg, field, "medial_angle_deg")?,
+        cranial_angle_deg: num(cranial_angle_deg, field, "cranial_angle_deg")?,
+        clearance_mm: clearances_from_pb(
+            required(clearance_mm, &f("clearance_mm"))?,
+            &f("clearance_mm"),
+        )?,
         direction: required_unit(direction, &f("direction"))?,
-        length_in_bone_mm,
-        insertion_length_mm,
-        tip_depth_fraction,
-        score,
+        length_in_bone_mm: num(length_in_bone_mm, field, "length_in_bone_mm")?,
+        insertion_length_mm: num(insertion_length_mm, field, "insertion_length_mm")?,
+        tip_depth_fraction: num(tip_depth_fraction, field, "tip_depth_fraction")?,
+        score: num(score, field, "score")?,
     })
 }
 
@@ -825,11 +865,11 @@ pub fn balloon_to_pb(b: &Balloon) -> pb::Balloon {
     pb::Balloon {
         center_mm: Some(point_to_pb(*center_mm)),
         axis: Some(unit_to_pb(*axis)),
-        length_mm: *length_mm,
-        diameter_mm: *diameter_mm,
-        volume_ml: *volume_ml,
-        cortex_clearance_mm: *cortex_clearance_mm,
-        posterior_wall_clearance_mm: *posterior_wall_clearance_mm,
+        length_mm: Some(*length_mm),
+        diameter_mm: Some(*diameter_mm),
+        volume_ml: Some(*volume_ml),
+        cortex_clearance_mm: Some(*cortex_clearance_mm),
+        posterior_wall_clearance_mm: Some(*posterior_wall_clearance_mm),
     }
 }
 
@@ -846,11 +886,15 @@ pub fn balloon_from_pb(b: pb::Balloon, field: &str) -> Result<Balloon> {
     Ok(Balloon {
         center_mm: required_point(center_mm, &format!("{field}.center_mm"))?,
         axis: required_unit(axis, &format!("{field}.axis"))?,
-        length_mm,
-        diameter_mm,
-        volume_ml,
-        cortex_clearance_mm,
-        posterior_wall_clearance_mm,
+        length_mm: num(length_mm, field, "length_mm")?,
+        diameter_mm: num(diameter_mm, field, "diameter_mm")?,
+        volume_ml: num(volume_ml, field, "volume_ml")?,
+        cortex_clearance_mm: num(cortex_clearance_mm, field, "cortex_clearance_mm")?,
+        posterior_wall_clearance_mm: num(
+            posterior_wall_clearance_mm,
+            field,
+            "posterior_wall_clearance_mm",
+        )?,
     })
 }
 
@@ -934,9 +978,9 @@ pub fn vertebra_frame_to_pb(v: &VertebraFrameSummary) -> pb::VertebraFrame {
         anterior: Some(unit_to_pb(*anterior)),
         left: Some(unit_to_pb(*left)),
         superior: Some(unit_to_pb(*superior)),
-        body_depth_mm: *body_depth_mm,
-        body_width_mm: *body_width_mm,
-        body_height_mm: *body_height_mm,
+        body_depth_mm: Some(*body_depth_mm),
+        body_width_mm: Some(*body_width_mm),
+        body_height_mm: Some(*body_height_mm),
     }
 }
 
@@ -956,9 +1000,9 @@ pub fn vertebra_frame_from_pb(v: pb::VertebraFrame, field: &str) -> Result<Verte
         anterior: required_unit(anterior, &f("anterior"))?,
         left: required_unit(left, &f("left"))?,
         superior: required_unit(superior, &f("superior"))?,
-        body_depth_mm,
-        body_width_mm,
-        body_height_mm,
+        body_depth_mm: num(body_depth_mm, field, "body_depth_mm")?,
+        body_width_mm: num(body_width_mm, field, "body_width_mm")?,
+        body_height_mm: num(body_height_mm, field, "body_height_mm")?,
     })
 }
 
@@ -975,7 +1019,7 @@ pub fn keep_out_to_pb(k: &KeepOutSummary) -> pb::KeepOut {
         side: side.map_or(pb::Side::Unspecified, side_to_pb) as i32,
         source: keep_out_source_to_pb(*source) as i32,
         from: from.clone(),
-        margin_mm: *margin_mm,
+        margin_mm: Some(*margin_mm),
     }
 }
 
@@ -992,7 +1036,7 @@ pub fn keep_out_from_pb(k: pb::KeepOut, field: &str) -> Result<KeepOutSummary> {
         side: side_from_pb_opt(side, &format!("{field}.side"))?,
         source: keep_out_source_from_pb(source, &format!("{field}.source"))?,
         from,
-        margin_mm,
+        margin_mm: num(margin_mm, field, "margin_mm")?,
     })
 }
 
@@ -1106,8 +1150,8 @@ pub fn plan_from_pb(plan: pb::Plan) -> Result<Plan> {
             .enumerate()
             .map(|(i, l)| level_plan_from_pb(l, &format!("levels[{i}]")))
             .collect::<Result<Vec<_>>>()?,
-        instrument: instrument_from_pb(required(instrument, "instrument")?),
-        safety: safety_from_pb(required(safety, "safety")?),
+        instrument: instrument_from_pb(required(instrument, "instrument")?, "instrument")?,
+        safety: safety_from_pb(required(safety, "safety")?, "safety")?,
         mesh_fixes: mesh_fixes
             .into_iter()
             .enumerate()

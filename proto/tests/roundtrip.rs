@@ -1,0 +1,291 @@
+//! Planner -> proto -> wire -> proto -> planner is lossless: identical values and identical plan
+//! JSON, for real plans and for edge-case floats.
+
+use kyphoplan_planner::anatomy::{Level, PatientFrame, Side};
+use kyphoplan_planner::error::MeshFix;
+use kyphoplan_planner::math::Pose;
+use kyphoplan_planner::plan::*;
+use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
+use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::{planning, synth};
+use kyphoplan_proto::{convert, pb};
+use prost::Message;
+
+fn through_the_wire(plan: &Plan) -> Plan {
+    let bytes = convert::plan_to_pb(plan).encode_to_vec();
+    convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
+}
+
+const ALL_REASONS: [ReasonCode; 17] = [
+    ReasonCode::PedicleCorridorTooNarrow,
+    ReasonCode::PedicleNotFound,
+    ReasonCode::CanalTooClose,
+    ReasonCode::NerveRootTooClose,
+    ReasonCode::ForbiddenStructureTooClose,
+    ReasonCode::WorkingLengthTooShort,
+    ReasonCode::SkinNotReached,
+    ReasonCode::BalloonDoesNotFit,
+    ReasonCode::CortexMarginViolated,
+    ReasonCode::CanalMarginViolated,
+    ReasonCode::NerveRootMarginViolated,
+    ReasonCode::ForbiddenMarginViolated,
+    ReasonCode::TipOutsideBody,
+    ReasonCode::TipNotInAnteriorThird,
+    ReasonCode::EntryWrongSide,
+    ReasonCode::EntryNotPosterior,
+    ReasonCode::NotThroughPedicle,
+];
+
+fn trajectory(x: f64) -> Trajectory {
+    Trajectory {
+        bone_entry_mm: [-0.0, 0.1 + 0.2, 1e308],
+        target_mm: [f64::MIN_POSITIVE / 8.0, -123.45678901234568, x],
+        skin_entry_mm: Some([1.0 / 3.0, -2.0 / 3.0, 5e-324]),
+        cannula_outer_diameter_mm: 3.4,
+        medial_angle_deg: -0.0,
+        cranial_angle_deg: 1.0 / 7.0,
+        clearance_mm: Clearances {
+            cortex: -0.25,
+            canal: 3.9000000000000004,
+            nerve_root: f64::MAX,
+            forbidden: Some(0.30000000000000004),
+        },
+        direction: [0.6, -0.8, 0.0],
+        length_in_bone_mm: 42.00000000000001,
+        insertion_length_mm: 99.99999999999999,
+        tip_depth_fraction: 2.0 / 3.0,
+        score: -1e-300,
+    }
+}
+
+fn edge_plan() -> Plan {
+    let side = |side, feasible: bool| SidePlan {
+        side,
+        feasible,
+        trajectory: feasible.then(|| trajectory(176.1)),
+        balloon: feasible.then_some(Balloon {
+            center_mm: [5.1, -4.0, 178.0],
+            axis: [-0.21, -0.97, 0.05],
+            length_mm: 15.0,
+            diameter_mm: 12.000000000000002,
+            volume_ml: 2.1,
+            cortex_clearance_mm: 0.1,
+            posterior_wall_clearance_mm: -0.0,
+        }),
+        reasons: if feasible {
+            vec![]
+        } else {
+            ALL_REASONS
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| Reason {
+                    code,
+                    message: format!("reason {i} \u{00b5}m \"quoted\""),
+                    value_mm: (i % 2 == 0).then_some(i as f64 / 3.0),
+                    limit_mm: (i % 3 == 0).then_some(-(i as f64) / 7.0),
+                })
+                .collect()
+        },
+        alternatives: vec![
+            Alternative {
+                code: AlternativeCode::SmallerCannula,
+                message: "a".into(),
+            },
+            Alternative {
+                code: AlternativeCode::UnipedicularFromOtherSide,
+                message: "b".into(),
+            },
+            Alternative {
+                code: AlternativeCode::Extrapedicular,
+                message: "c".into(),
+            },
+            Alternative {
+                code: AlternativeCode::SmallerMargins,
+                message: "d".into(),
+            },
+            Alternative {
+                code: AlternativeCode::LongerCannula,
+                message: "e".into(),
+            },
+        ],
+    };
+    Plan {
+        case: "edge-case".into(),
+        frame: PatientFrame::Ras,
+        levels: vec![
+            LevelPlan {
+                level: Level::T1,
+                sides: vec![side(Side::Left, true), side(Side::Right, false)],
+                cement_volume_estimate_ml: Some(4.9),
+                vertebra_frame: Some(VertebraFrameSummary {
+                    body_center_mm: [1.0, 2.0, 3.0],
+                    anterior: [0.0, -1.0, 0.0],
+                    left: [1.0, 0.0, 0.0],
+                    superior: [0.0, 0.0, 1.0],
+                    body_depth_mm: 33.3,
+                    body_width_mm: 44.4,
+                    body_height_mm: 25.5,
+                }),
+                keep_outs: vec![
+                    KeepOutSummary {
+                        kind: "spinal_canal".into(),
+                        side: None,
+                        source: KeepOutSource::Derived,
+                        from: "bone geometry".into(),
+                        margin_mm: 2.0,
+                    },
+                    KeepOutSummary {
+                        kind: "nerve_root".into(),
+                        side: Some(Side::Right),
+                        source: KeepOutSource::Given,
+                        from: "root.stl".into(),
+                        margin_mm: 2.0,
+                    },
+                ],
+            },
+            LevelPlan {
+                level: Level::S1,
+                sides: vec![],
+                cement_volume_estimate_ml: None,
+                vertebra_frame: None,
+                keep_outs: vec![],
+            },
+        ],
+        instrument: Instrument {
+            cannula_outer_diameter_mm: 3.3,
+            cannula_working_length_mm: 150.0,
+            balloon_lengths_mm: vec![10.0, 15.000000000000002, 20.0],
+            balloon_max_diameter_mm: 16.0,
+        },
+        safety: Safety {
+            cortex_margin_mm: 1.0,
+            canal_margin_mm: 0.0,
+            nerve_root_margin_mm: 2.5,
+        },
+        mesh_fixes: vec![StructureNotice {
+            structure: "L1.stl".into(),
+            fix: MeshFix::FlippedInwardWinding,
+        }],
+        planner_version: "0.1.0".into(),
+    }
+}
+
+#[test]
+fn edge_case_plan_is_lossless() {
+    let plan = edge_plan();
+    let back = through_the_wire(&plan);
+    assert_eq!(back, plan);
+    assert_eq!(
+        serde_json::to_string_pretty(&back).unwrap(),
+        serde_json::to_string_pretty(&plan).unwrap()
+    );
+    // -0.0 keeps its sign.
+    assert!(back.levels[0].sides[0]
+        .trajectory
+        .as_ref()
+        .unwrap()
+        .bone_entry_mm[0]
+        .is_sign_negative());
+}
+
+#[test]
+fn every_reason_code_maps_to_a_distinct_wire_value() {
+    let mut seen = std::collections::BTreeSet::new();
+    for code in ALL_REASONS {
+        let v = convert::reason_code_to_pb(code) as i32;
+        assert_ne!(v, 0);
+        assert!(seen.insert(v));
+        assert_eq!(convert::reason_code_from_pb(v, "code").unwrap(), code);
+    }
+    for level in Level::ALL {
+        let v = convert::level_to_pb(level) as i32;
+        assert_eq!(convert::level_from_pb(v, "level").unwrap(), level);
+    }
+    assert!(convert::level_from_pb(0, "levels[0]").is_err());
+    assert!(convert::frame_from_pb(0, "frame").is_err());
+    assert!(convert::side_from_pb(99, "side").is_err());
+}
+
+#[test]
+fn a_real_plan_and_evaluation_are_lossless() {
+    let (anatomy, _) = synth::spine(&[Level::L4, Level::L5], &Pose::identity(), true);
+    // The anatomy itself survives the wire.
+    let data = convert::anatomy_to_pb(&anatomy);
+    let decoded = pb::AnatomyData::decode(data.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(convert::anatomy_from_pb(decoded).unwrap(), anatomy);
+
+    let prepared = PreparedAnatomy::prepare(anatomy, &PrepareOptions::standard()).unwrap();
+    let request = PlanRequest::new(
+        None,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .unwrap();
+    let plan = planning::plan(&prepared, &request).unwrap();
+    let back = through_the_wire(&plan);
+    assert_eq!(back, plan);
+    assert_eq!(
+        serde_json::to_string_pretty(&back).unwrap(),
+        serde_json::to_string_pretty(&plan).unwrap()
+    );
+
+    let side = &plan.levels[0].sides[0];
+    let t = side.trajectory.clone().unwrap_or_else(|| trajectory(0.0));
+    let e = planning::evaluate(
+        &prepared,
+        plan.levels[0].level,
+        side.side,
+        t.bone_entry_mm,
+        t.target_mm,
+        &Instrument::contract_default(),
+        &Safety::contract_default(),
+    )
+    .unwrap();
+    let wire = convert::evaluation_to_pb(&e).encode_to_vec();
+    let e_back =
+        convert::evaluation_from_pb(pb::Evaluation::decode(wire.as_slice()).unwrap()).unwrap();
+    assert_eq!(e_back, e);
+}
+
+#[test]
+fn unset_request_options_take_the_contract_defaults_field_by_field() {
+    assert_eq!(
+        convert::instrument_from_options(None),
+        Instrument::contract_default()
+    );
+    assert_eq!(
+        convert::safety_from_options(None),
+        Safety::contract_default()
+    );
+    let i = convert::instrument_from_options(Some(pb::InstrumentOptions {
+        cannula_outer_diameter_mm: Some(2.9),
+        cannula_working_length_mm: None,
+        balloon_lengths_mm: None,
+        balloon_max_diameter_mm: None,
+    }));
+    assert_eq!(i.cannula_outer_diameter_mm, 2.9);
+    assert_eq!(
+        i.balloon_lengths_mm,
+        Instrument::contract_default().balloon_lengths_mm
+    );
+    // Set and empty is not unset: the planner refuses it.
+    let i = convert::instrument_from_options(Some(pb::InstrumentOptions {
+        cannula_outer_diameter_mm: None,
+        cannula_working_length_mm: None,
+        balloon_lengths_mm: Some(pb::BalloonLengths { values_mm: vec![] }),
+        balloon_max_diameter_mm: None,
+    }));
+    let e = convert::plan_request_from_pb(&[], Some(convert::instrument_options_to_pb(&i)), None)
+        .unwrap_err();
+    assert_eq!(e.field(), "instrument.balloon_lengths_mm");
+    let s = convert::safety_from_options(Some(pb::SafetyOptions {
+        cortex_margin_mm: None,
+        canal_margin_mm: Some(3.0),
+        nerve_root_margin_mm: None,
+    }));
+    assert_eq!(s.canal_margin_mm, 3.0);
+    assert_eq!(
+        s.cortex_margin_mm,
+        Safety::contract_default().cortex_margin_mm
+    );
+}
