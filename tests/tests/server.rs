@@ -632,3 +632,170 @@ async fn refusals_carry_their_status_codes_and_fields() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_planning_slots_answer_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| {
+        c.planner_threads = 1;
+        c.max_concurrent_plans = 1;
+    })
+    .await;
+    let mut client = server.client().await;
+    let stored = client.upload_anatomy(&synth::demo_anatomy()).await.unwrap();
+    let message = convert::create_plan_request_to_pb(
+        pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
+        &defaults(None),
+    );
+    let mut raw = server.raw().await;
+    let mut stream = raw.stream_plan(message).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.levels_done, 1);
+    let Err(kyphoplan_client::ClientError::Status(status)) = client
+        .create_plan(&stored.anatomy_id, &defaults(Some(vec![Level::L4])))
+        .await
+    else {
+        panic!("a second plan while the only slot is busy is refused");
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    drop(stream);
+    server.shutdown().await;
+}
+
+/// How an upload is chunked does not change the anatomy or its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunking_does_not_change_the_anatomy_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let anatomy = synth::spine(&[Level::L3, Level::L4], &Pose::identity(), true).0;
+    let sdk = client.upload_anatomy(&anatomy).await.unwrap();
+
+    // Small chunks, vertices-only and triangles-only, structures interleaved back to front.
+    let data = convert::anatomy_to_pb(&anatomy);
+    let mut chunks = vec![pb::UploadAnatomyChunk {
+        chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            name: data.name.clone(),
+            frame: data.frame,
+            structures: data
+                .structures
+                .iter()
+                .map(|s| s.descriptor.clone().unwrap())
+                .collect(),
+        })),
+    }];
+    let mut per_structure: Vec<Vec<pb::MeshChunk>> = data
+        .structures
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mesh = s.mesh.as_ref().unwrap();
+            let mut out = Vec::new();
+            for v in mesh.vertices_mm.chunks(3 * 777) {
+                out.push(pb::MeshChunk {
+                    structure_index: i as u32,
+                    vertices_mm: v.to_vec(),
+                    triangles: vec![],
+                });
+            }
+            for t in mesh.triangles.chunks(3 * 1001) {
+                out.push(pb::MeshChunk {
+                    structure_index: i as u32,
+                    vertices_mm: vec![],
+                    triangles: t.to_vec(),
+                });
+            }
+            out.reverse();
+            out
+        })
+        .collect();
+    loop {
+        let mut any = false;
+        for s in per_structure.iter_mut().rev() {
+            if let Some(c) = s.pop() {
+                any = true;
+                chunks.push(pb::UploadAnatomyChunk {
+                    chunk: Some(pb::upload_anatomy_chunk::Chunk::Mesh(c)),
+                });
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    assert!(chunks.len() > 20);
+    let raw = server
+        .raw()
+        .await
+        .upload_anatomy(tokio_stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw.anatomy_id, sdk.anatomy_id);
+    assert_eq!(raw, sdk);
+    server.shutdown().await;
+}
+
+/// A UV sphere of `2 * segments * (rings - 1)` outward-wound triangles.
+fn sphere(
+    center: [f64; 3],
+    radius_mm: f64,
+    rings: usize,
+    segments: usize,
+) -> kyphoplan_planner::TriMesh {
+    use kyphoplan_planner::math::Point;
+    let mut v = vec![Point::new(center[0], center[1], center[2] + radius_mm)];
+    for i in 1..rings {
+        let theta = std::f64::consts::PI * i as f64 / rings as f64;
+        for j in 0..segments {
+            let phi = 2.0 * std::f64::consts::PI * j as f64 / segments as f64;
+            v.push(Point::new(
+                center[0] + radius_mm * theta.sin() * phi.cos(),
+                center[1] + radius_mm * theta.sin() * phi.sin(),
+                center[2] + radius_mm * theta.cos(),
+            ));
+        }
+    }
+    v.push(Point::new(center[0], center[1], center[2] - radius_mm));
+    let south = (v.len() - 1) as u32;
+    let at = |i: usize, j: usize| (1 + (i - 1) * segments + j % segments) as u32;
+    let mut t = Vec::new();
+    for j in 0..segments {
+        t.push([0, at(1, j), at(1, j + 1)]);
+        t.push([at(rings - 1, j), south, at(rings - 1, j + 1)]);
+    }
+    for i in 1..rings - 1 {
+        for j in 0..segments {
+            t.push([at(i, j), at(i + 1, j), at(i + 1, j + 1)]);
+            t.push([at(i, j), at(i + 1, j + 1), at(i, j + 1)]);
+        }
+    }
+    kyphoplan_planner::TriMesh::new(v, t)
+}
+
+/// An anatomy far over the 16 MiB message limit gets through in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_larger_than_one_message_gets_through_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let mut anatomy = one_level(Level::L4);
+    anatomy.structures.push(kyphoplan_planner::Structure {
+        name: "aorta-ish.stl".into(),
+        role: kyphoplan_planner::Role::Forbidden,
+        mesh: sphere([0.0, -250.0, 0.0], 20.0, 501, 1000),
+    });
+    let data = convert::anatomy_to_pb(&anatomy);
+    let encoded_len = prost::Message::encoded_len(&data);
+    assert!(encoded_len > 16 << 20, "{encoded_len} bytes");
+    let stored = client.upload_anatomy(&anatomy).await.unwrap();
+    assert_eq!(stored.anatomy_id, convert::anatomy_id(&data));
+    let triangles: usize = anatomy
+        .structures
+        .iter()
+        .map(|s| s.mesh.triangles.len())
+        .sum();
+    assert_eq!(stored.total_triangle_count, triangles as u64);
+    assert!(triangles > 1_000_000);
+    server.shutdown().await;
+}
