@@ -488,6 +488,29 @@ async fn health_is_serving_and_reflection_lists_the_service() {
             names.iter().any(|n| n == "grpc.health.v1.Health"),
             "{names:?}"
         );
+
+        // What grpcurl asks before a call: the file that defines the service.
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                kyphoplan_proto::SERVICE_NAME.into(),
+            )),
+        };
+        let mut resp = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = resp.next().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = msg.message_response else {
+            panic!("expected a file descriptor, got {msg:?}");
+        };
+        let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+            files.file_descriptor_proto[0].as_slice(),
+        )
+        .unwrap();
+        assert_eq!(file.package(), "kyphoplan.v1");
+        assert!(file.service.iter().any(|s| s.name() == "PlanningService"));
     }
     {
         use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
