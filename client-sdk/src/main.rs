@@ -255,7 +255,10 @@ fn plan_via_server(
             .create_plan(&stored.anatomy_id, request)
             .await
             .map_err(|e| from_client(e, "plan refused"))?;
-        eprintln!("plan {} stored on {url}", plan.plan_id);
+        eprintln!(
+            "anatomy {} and plan {} stored on {url}",
+            stored.anatomy_id, plan.plan_id
+        );
         Ok(plan.plan)
     })
 }
