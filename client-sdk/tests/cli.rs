@@ -389,3 +389,46 @@ fn demo_writes_a_plan_and_a_case_that_plans_the_same() {
     };
     assert_eq!(feasible(&replanned), feasible(&demo_plan));
 }
+
+#[test]
+fn refusals_exit_one_in_process_and_through_the_server_and_an_absent_server_exits_four() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let args = |server: Option<&str>| {
+        let mut a = vec![
+            "evaluate".to_owned(),
+            s(&case).to_owned(),
+            "--level".into(),
+            "L1".into(),
+            "--side".into(),
+            "left".into(),
+            "--entry".into(),
+            "-20,30,0".into(),
+            "--target".into(),
+            "0,-10,0".into(),
+        ];
+        if let Some(url) = server {
+            a.push("--server".into());
+            a.push(url.into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        kyphoplan(&refs)
+    };
+    // L1 is not in the case.
+    let local = run(args(None));
+    assert_eq!(local.status.code(), Some(1), "{}", stderr(&local));
+    assert!(stderr(&local).contains("L1"), "{}", stderr(&local));
+    let server = Server::start();
+    let remote = run(args(Some(&server.url)));
+    assert_eq!(remote.status.code(), Some(1), "{}", stderr(&remote));
+    assert!(stderr(&remote).contains("L1"), "{}", stderr(&remote));
+    drop(server);
+
+    // Nothing listens on port 1.
+    let o = kyphoplan(&["plan", s(&case), "--server", "http://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("127.0.0.1:1"), "{}", stderr(&o));
+}
