@@ -11,6 +11,10 @@ use crate::math::{segment_segment_distance, Point, Real, Vector};
 pub const MIN_BALLOON_DIAMETER_MM: Real = 5.0;
 /// Diameters are planned in steps of this size, mm.
 pub const DIAMETER_STEP_MM: Real = 0.5;
+/// Where the balloon's distal end may sit relative to the cannula tip, along the axis, mm
+/// (positive: beyond the tip, in the channel drilled ahead of the cannula). Tried in this order;
+/// a later one wins only with a strictly larger volume.
+pub const DISTAL_OFFSETS_MM: [Real; 5] = [0.0, 2.5, -2.5, 5.0, -5.0];
 /// Gap kept between the left and right inflated balloons, mm.
 pub const BALLOON_GAP_MM: Real = 1.0;
 
@@ -59,16 +63,21 @@ pub fn fit(ctx: &SideContext<'_>, m: &Measurement) -> Option<BalloonFit> {
     let mut lengths = ctx.instrument.balloon_lengths_mm.clone();
     lengths.sort_by(|a, b| a.total_cmp(b));
     lengths.dedup();
-    for &len in &lengths {
-        let distal = m.tip;
-        let proximal = m.tip - u * len;
+    for (&len, &offset) in lengths
+        .iter()
+        .flat_map(|l| DISTAL_OFFSETS_MM.iter().map(move |o| (l, o)))
+    {
+        let distal = m.tip + u * offset;
+        let proximal = distal - u * len;
         // Room to the bone surface.
         let bone = v.bone.distance_to_segment(&proximal, &distal);
         if !v.bone.contains_point(&proximal) {
             continue;
         }
         // Room to the posterior wall, measured in the vertebra frame.
-        let py = (f.lps_to_vertebra * proximal).y.max((f.lps_to_vertebra * distal).y);
+        let py = (f.lps_to_vertebra * proximal)
+            .y
+            .max((f.lps_to_vertebra * distal).y);
         let wall = f.posterior_wall_y_mm - py;
         let mut room = 2.0 * (bone - safety.cortex_margin_mm);
         room = room.min(2.0 * (wall - safety.cortex_margin_mm));
@@ -108,7 +117,8 @@ pub fn fit(ctx: &SideContext<'_>, m: &Measurement) -> Option<BalloonFit> {
 /// Returns false when one of them would fall below the smallest useful diameter.
 pub fn separate(left: &mut BalloonFit, right: &mut BalloonFit) -> bool {
     loop {
-        let d = segment_segment_distance(&left.proximal, &left.distal, &right.proximal, &right.distal);
+        let d =
+            segment_segment_distance(&left.proximal, &left.distal, &right.proximal, &right.distal);
         if d >= 0.5 * (left.diameter_mm + right.diameter_mm) + BALLOON_GAP_MM {
             return true;
         }

@@ -38,6 +38,8 @@ pub struct Measurement {
     pub medial_angle_deg: Real,
     pub cranial_angle_deg: Real,
     pub tip_depth_fraction: Real,
+    /// Mean capped slack to the bone along the path in bone (see [`centring_mm`]).
+    pub centring_mm: Real,
     /// Hard constraints violated (empty: safe).
     pub violations: Vec<Reason>,
     /// Soft goals missed.
@@ -61,21 +63,59 @@ impl Measurement {
     pub fn score(&self, safety: &Safety) -> Real {
         score(
             self.worst_slack_mm(safety),
+            self.centring_mm,
             self.medial_angle_deg,
             self.tip_depth_fraction,
         )
     }
 }
 
-/// The score of the search and of evaluation (one formula for both).
-pub fn score(worst_slack_mm: Real, medial_angle_deg: Real, tip_depth_fraction: Real) -> Real {
-    let convergence = 0.01 * medial_angle_deg.clamp(0.0, 30.0);
+/// Each sample of the centring term counts at most this much slack, mm.
+pub const CENTRING_CAP_MM: Real = 3.0;
+/// Weight of the centring term in the score.
+pub const CENTRING_WEIGHT: Real = 0.3;
+/// Weight of convergence towards the midline, per degree of medial angle (up to 30 degrees).
+pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
+
+/// The score of the search and of evaluation (one formula for both): the worst slack over the
+/// margins dominates; the centring term (mean capped slack to the bone along the path) keeps
+/// the cannula in the middle of the pedicle and away from the endplates; convergence and a tip
+/// in the anterior third add a little.
+pub fn score(
+    worst_slack_mm: Real,
+    centring_mm: Real,
+    medial_angle_deg: Real,
+    tip_depth_fraction: Real,
+) -> Real {
+    let convergence = CONVERGENCE_WEIGHT_PER_DEG * medial_angle_deg.clamp(0.0, 30.0);
     let tip = if tip_depth_fraction >= ANTERIOR_THIRD_FRACTION {
         0.0
     } else {
         -2.0 * (ANTERIOR_THIRD_FRACTION - tip_depth_fraction)
     };
-    worst_slack_mm + convergence + tip
+    worst_slack_mm + CENTRING_WEIGHT * centring_mm + convergence + tip
+}
+
+/// Mean slack (distance minus cannula radius minus cortex margin, each sample capped at
+/// [`CENTRING_CAP_MM`]) to the bone surface along `a-b` in the vertebra frame, from the
+/// approximate distance grid.
+pub fn centring_mm(
+    vertebra: &PreparedVertebra,
+    vertebra_to_grid: &crate::math::Pose,
+    a_vertebra: &Point,
+    b_vertebra: &Point,
+    radius_mm: Real,
+    margin_mm: Real,
+) -> Real {
+    let len = (b_vertebra - a_vertebra).norm();
+    let n = ((len / 0.5).ceil() as usize).max(1);
+    let mut sum = 0.0;
+    for i in 0..=n {
+        let p = a_vertebra + (b_vertebra - a_vertebra) * (i as Real / n as Real);
+        let d = vertebra.bone_sdf.sample(&(vertebra_to_grid * p), -10.0) as Real;
+        sum += (d - radius_mm - margin_mm).min(CENTRING_CAP_MM);
+    }
+    sum / (n + 1) as Real
 }
 
 /// Medial and cranial angles (degrees) of a direction given in the vertebra frame.
@@ -86,7 +126,12 @@ pub fn angles_deg(side: Side, dir_vertebra: &Vector) -> (Real, Real) {
     (medial, cranial)
 }
 
-fn reason(code: ReasonCode, message: String, value_mm: Option<Real>, limit_mm: Option<Real>) -> Reason {
+fn reason(
+    code: ReasonCode,
+    message: String,
+    value_mm: Option<Real>,
+    limit_mm: Option<Real>,
+) -> Reason {
     Reason {
         code,
         message,
@@ -140,7 +185,11 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
             None,
         ));
     }
-    let length_in_bone = if tip_inside { -t_entry.unwrap_or(0.0) } else { 0.0 };
+    let length_in_bone = if tip_inside {
+        -t_entry.unwrap_or(0.0)
+    } else {
+        0.0
+    };
     if !tip_inside {
         let d = bone.distance_to_point(tip);
         violations.push(reason(
@@ -179,7 +228,11 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
             ReasonCode::WorkingLengthTooShort,
             format!(
                 "{} to tip is {insertion:.1} mm, longer than the working length {wl} mm",
-                if skin_entry.is_some() { "skin" } else { "bone entry" }
+                if skin_entry.is_some() {
+                    "skin"
+                } else {
+                    "bone entry"
+                }
             ),
             Some(insertion),
             Some(wl),
@@ -377,6 +430,15 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         }
     }
     let (medial, cranial) = angles_deg(side, &u_v);
+    let vertebra_to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
+    let centring = centring_mm(
+        vertebra,
+        &vertebra_to_grid,
+        &(to_v * (bone_entry + u.into_inner() * zone.min(length_in_bone))),
+        &tip_v,
+        r,
+        safety.cortex_margin_mm,
+    );
     Measurement {
         bone_entry,
         tip: *tip,
@@ -391,6 +453,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         medial_angle_deg: medial,
         cranial_angle_deg: cranial,
         tip_depth_fraction: depth_fraction,
+        centring_mm: centring,
         violations,
         soft,
     }

@@ -220,7 +220,10 @@ fn plan_level(
     let cement = if volumes.is_empty() {
         None
     } else {
-        Some(round(volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION), 2))
+        Some(round(
+            volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION),
+            2,
+        ))
     };
     let mut keep_outs = Vec::new();
     for k in anatomy.keep_outs(level) {
@@ -268,7 +271,12 @@ fn frame_summary(v: &PreparedVertebra, frame: PatientFrame) -> VertebraFrameSumm
     }
 }
 
-fn trajectory(m: &Measurement, frame: PatientFrame, instrument: &Instrument, safety: &Safety) -> Trajectory {
+fn trajectory(
+    m: &Measurement,
+    frame: PatientFrame,
+    instrument: &Instrument,
+    safety: &Safety,
+) -> Trajectory {
     Trajectory {
         bone_entry_mm: out_point(&m.bone_entry, frame),
         target_mm: out_point(&m.tip, frame),
@@ -317,7 +325,11 @@ pub fn evaluate(
     safety.validate()?;
     for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
         if p.iter().any(|c| !c.is_finite()) {
-            return Err(InputError::invalid(field, format!("{p:?}"), "coordinates must be finite"));
+            return Err(InputError::invalid(
+                field,
+                format!("{p:?}"),
+                "coordinates must be finite",
+            ));
         }
     }
     let vertebra = anatomy

@@ -205,8 +205,8 @@ impl PreparedAnatomy {
         let vertebrae: Vec<Result<PreparedVertebra, InputError>> = bones
             .into_par_iter()
             .map(|(level, structure, mesh)| {
-                let root_given = [Side::Left, Side::Right]
-                    .map(|side| roots.contains_key(&(level, side)));
+                let root_given =
+                    [Side::Left, Side::Right].map(|side| roots.contains_key(&(level, side)));
                 prepare_vertebra(level, structure, mesh, has_canal, root_given, &given)
             })
             .collect();
@@ -271,7 +271,9 @@ impl PreparedAnatomy {
                     + v.bone_sdf.memory_bytes()
                     + v.canal_distance.memory_bytes()
                     + v.root_distance.memory_bytes()
-                    + v.forbidden_distance.as_ref().map_or(0, |g| g.memory_bytes())
+                    + v.forbidden_distance
+                        .as_ref()
+                        .map_or(0, |g| g.memory_bytes())
                     + v.derived.iter().map(keep).sum::<usize>()
             })
             .sum();
@@ -291,8 +293,7 @@ fn prepare_vertebra(
 ) -> Result<PreparedVertebra, InputError> {
     let analysis = frame::estimate(level, &mesh)?;
     let frame = analysis.frame;
-    let bone_sdf = voxel::signed_distance(&analysis.inside);
-    drop(analysis.inside);
+    let bone_sdf = analysis.sdf;
     let bone = ClearanceMesh::new(&mesh);
     let name = level.name();
     let mut derived = Vec::new();
@@ -314,11 +315,21 @@ fn prepare_vertebra(
             .iter()
             .map(|k| voxel::unsigned_surface_distance(&k.mesh, &frame.lps_to_grid, &bone_sdf))
             .reduce(|mut a, b| {
-                a.data.iter_mut().zip(b.data).for_each(|(x, y)| *x = x.min(y));
+                a.data
+                    .iter_mut()
+                    .zip(b.data)
+                    .for_each(|(x, y)| *x = x.min(y));
                 a
             })
     };
-    let far = || Grid::filled(bone_sdf.origin, bone_sdf.spacing_mm, bone_sdf.dims, f32::INFINITY);
+    let far = || {
+        Grid::filled(
+            bone_sdf.origin,
+            bone_sdf.spacing_mm,
+            bone_sdf.dims,
+            f32::INFINITY,
+        )
+    };
     let canal_distance = grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far);
     let root_distance = grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far);
     let forbidden_distance = grid_of(&|k| k == KeepOutKind::Forbidden);

@@ -47,11 +47,8 @@ struct Candidate {
     dir: Vector,
     t_entry: Real,
     t_tip: Real,
-    /// Approximate clearances (cannula surface), mm.
+    /// Approximate clearance of the cannula surface to the cortex, mm.
     cortex: Real,
-    canal: Real,
-    root: Real,
-    forbidden: Real,
     entry_ok: bool,
     score: Real,
 }
@@ -146,12 +143,20 @@ impl Screen<'_> {
         let entry = q + dir * t_entry;
         let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
             && entry.x * self.sign >= self.canal_half_width;
+        let centring = evaluate::centring_mm(
+            v,
+            &self.vertebra_to_grid,
+            &(q + dir * (t_entry + self.zone)),
+            &(q + dir * t_tip),
+            self.radius,
+            safety.cortex_margin_mm,
+        );
         let worst = (cortex - safety.cortex_margin_mm)
             .min(canal - safety.canal_margin_mm)
             .min(root - safety.nerve_root_margin_mm)
             .min(forbidden - safety.canal_margin_mm);
         let score = if entry_ok {
-            evaluate::score(worst, medial, TIP_DEPTH_FRACTION)
+            evaluate::score(worst, centring, medial, TIP_DEPTH_FRACTION)
         } else {
             Real::NEG_INFINITY
         };
@@ -162,9 +167,6 @@ impl Screen<'_> {
             t_entry,
             t_tip,
             cortex,
-            canal,
-            root,
-            forbidden,
             entry_ok,
             score,
         })
@@ -262,9 +264,11 @@ pub fn search_side(
     }
     // Deterministic order: by score, then by parameters.
     let order = |a: &Candidate, b: &Candidate| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.params.partial_cmp(&b.params).unwrap_or(std::cmp::Ordering::Equal))
+        b.score.total_cmp(&a.score).then_with(|| {
+            a.params
+                .partial_cmp(&b.params)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
     };
     coarse.sort_by(order);
     let seeds: Vec<Candidate> = coarse.iter().take(SEEDS).copied().collect();
@@ -301,10 +305,7 @@ pub fn search_side(
                 {
                     best_feasible = Some(m);
                 }
-            } else if best_any
-                .as_ref()
-                .is_none_or(|b| sc > b.score(ctx.safety))
-            {
+            } else if best_any.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
                 best_any = Some(m);
             }
         }
@@ -323,9 +324,11 @@ pub fn search_side(
     let bone_best = coarse
         .iter()
         .max_by(|a, b| {
-            a.cortex
-                .total_cmp(&b.cortex)
-                .then_with(|| b.params.partial_cmp(&a.params).unwrap_or(std::cmp::Ordering::Equal))
+            a.cortex.total_cmp(&b.cortex).then_with(|| {
+                b.params
+                    .partial_cmp(&a.params)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
         })
         .copied()
         .expect("non-empty");
@@ -410,7 +413,9 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
     }
     for v in &best.violations {
         let (code, keep) = match v.code {
-            ReasonCode::CortexMarginViolated => (ReasonCode::PedicleCorridorTooNarrow, fits_corridor),
+            ReasonCode::CortexMarginViolated => {
+                (ReasonCode::PedicleCorridorTooNarrow, fits_corridor)
+            }
             ReasonCode::CanalMarginViolated => (ReasonCode::CanalTooClose, true),
             ReasonCode::NerveRootMarginViolated => (ReasonCode::NerveRootTooClose, true),
             ReasonCode::ForbiddenMarginViolated => (ReasonCode::ForbiddenStructureTooClose, true),
@@ -452,10 +457,14 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
                 ),
             }),
             ReasonCode::CanalTooClose | ReasonCode::NerveRootTooClose => {
-                if !alternatives.iter().any(|a| a.code == AlternativeCode::SmallerCannula) {
+                if !alternatives
+                    .iter()
+                    .any(|a| a.code == AlternativeCode::SmallerCannula)
+                {
                     alternatives.push(Alternative {
                         code: AlternativeCode::SmallerCannula,
-                        message: "a thinner cannula leaves more room to the protected structure".into(),
+                        message: "a thinner cannula leaves more room to the protected structure"
+                            .into(),
                     })
                 }
             }
