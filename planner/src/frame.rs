@@ -41,6 +41,9 @@ pub struct VertebraFrame {
     pub canal_outline_xy_mm: Vec<[Real; 2]>,
     /// Superior extent (vertebra-frame z) of the slices in which the bony ring is closed.
     pub canal_z_range_mm: (Real, Real),
+    /// Vertebra-frame y of the back of the vertebral canal (where the pedicles meet the
+    /// laminae): the cortex margin applies in front of this plane.
+    pub canal_back_y_mm: Real,
     /// Lateral half-width of the canal on each side: largest x and largest -x of the outline.
     pub canal_half_width_mm: [Real; 2],
     /// Inferior and superior extent (vertebra-frame z) of each pedicle [left, right].
@@ -301,11 +304,23 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
     let anterior_wall_y = ymin - 0.5 * h;
     let body_height = if zmax > zmin { zmax - zmin + h } else { 0.0 };
 
-    // Canal outline: convex hull of the foramen cells, widened by half a cell.
-    let vpts: Vec<[Real; 2]> = fpts
+    // Canal outline: the cells open in every slice of the central half of the closed ring (the
+    // canal must pass its narrowest section; above and below, the hole widens into the
+    // intervertebral foramina where the roots leave), as a convex hull widened by half a cell.
+    let quarter = (k_hi - k_lo) / 4;
+    let (c_lo, c_hi) = (k_lo + quarter, k_hi - quarter);
+    let mut core: Option<Vec<(usize, usize)>> = None;
+    for s in foramen.iter().filter(|s| s.k >= c_lo && s.k <= c_hi) {
+        core = Some(match core {
+            None => s.cells.clone(),
+            Some(c) => c.into_iter().filter(|x| s.cells.binary_search(x).is_ok()).collect(),
+        });
+    }
+    let core = core.filter(|c| c.len() >= 3).unwrap_or(fcells.clone());
+    let vpts: Vec<[Real; 2]> = core
         .iter()
-        .map(|p| {
-            let q = to_v(Point::new(p[0], p[1], 0.0));
+        .map(|&(i, j)| {
+            let q = to_v(Point::new(origin.x + i as Real * h, origin.y + j as Real * h, 0.0));
             [q.x, q.y]
         })
         .collect();
@@ -370,9 +385,10 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
                 body_height_mm: body_height,
                 posterior_wall_y_mm: posterior_wall_y,
                 anterior_wall_y_mm: anterior_wall_y,
-                canal_outline_xy_mm: hull,
+                canal_outline_xy_mm: hull.clone(),
                 canal_z_range_mm: canal_z,
                 canal_half_width_mm: canal_half_width,
+            canal_back_y_mm: hull.iter().map(|p| p[1]).fold(Real::NEG_INFINITY, Real::max),
                 pedicle_z_range_mm: pedicle_z,
                 foramen_slices: foramen.len(),
             },

@@ -59,7 +59,6 @@ struct Screen<'a> {
     y_ref: Real,
     sign: Real,
     radius: Real,
-    zone: Real,
     canal_half_width: Real,
 }
 
@@ -118,9 +117,18 @@ impl Screen<'_> {
             return None;
         }
         let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
-        // Cortex along [entry + zone, tip].
+        // Cortex from where its margin applies to the tip.
+        let tip = q + dir * t_tip;
+        let entry = q + dir * t_entry;
+        let cos_incidence =
+            evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
+        if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
+            return None;
+        }
+        let zone = docking_zone_mm(self.ctx.instrument, safety);
+        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
         let mut cortex = Real::INFINITY;
-        let mut t = t_entry + self.zone;
+        let mut t = t_start;
         while t <= t_tip {
             cortex = cortex.min(self.bone(&(q + dir * t)));
             t += SAMPLE_STEP_MM;
@@ -140,17 +148,19 @@ impl Screen<'_> {
         let canal = dist(&v.canal_distance);
         let root = dist(&v.root_distance);
         let forbidden = v.forbidden_distance.as_ref().map_or(Real::INFINITY, dist);
-        let entry = q + dir * t_entry;
         let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
             && entry.x * self.sign >= self.canal_half_width;
-        let centring = evaluate::centring_mm(
-            v,
-            &self.vertebra_to_grid,
-            &(q + dir * (t_entry + self.zone)),
-            &(q + dir * t_tip),
-            self.radius,
-            safety.cortex_margin_mm,
-        );
+        let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
+            Some((a, b)) => evaluate::centring_mm(
+                v,
+                &self.vertebra_to_grid,
+                &(q + dir * a),
+                &(q + dir * b),
+                self.radius,
+                safety.cortex_margin_mm,
+            ),
+            None => 0.0,
+        };
         let worst = (cortex - safety.cortex_margin_mm)
             .min(canal - safety.canal_margin_mm)
             .min(root - safety.nerve_root_margin_mm)
@@ -220,7 +230,6 @@ pub fn search_side(
         y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
         sign: ctx.side.sign(),
         radius: ctx.instrument.cannula_radius_mm(),
-        zone: docking_zone_mm(ctx.instrument, ctx.safety),
         canal_half_width: f.canal_half_width_mm[s],
     };
     // Coarse grid of lines.
