@@ -87,8 +87,10 @@ pub struct Measurement {
     pub medial_angle_deg: Real,
     pub cranial_angle_deg: Real,
     pub tip_depth_fraction: Real,
-    /// Mean capped slack to the bone along the path in bone (see [`centring_mm`]).
+    /// Mean slack to the bone along the path in the pedicle (see [`centring_mm`]).
     pub centring_mm: Real,
+    /// Mean distance of the axis from the pedicle's cross-section centres.
+    pub axis_offset_mm: Real,
     /// Hard constraints violated (empty: safe).
     pub violations: Vec<Reason>,
     /// Soft goals missed.
@@ -113,6 +115,7 @@ impl Measurement {
         score(
             self.worst_slack_mm(safety),
             self.centring_mm,
+            self.axis_offset_mm,
             self.medial_angle_deg,
             self.tip_depth_fraction,
         )
@@ -126,6 +129,9 @@ pub const SLACK_RESERVE_MM: Real = 1.0;
 pub const CENTRING_CAP_MM: Real = 6.0;
 /// Weight of the centring term in the score.
 pub const CENTRING_WEIGHT: Real = 0.5;
+/// Penalty per millimetre of mean distance between the path and the centres of the pedicle's
+/// cross-sections (the anatomical pedicle axis).
+pub const ALIGNMENT_WEIGHT_PER_MM: Real = 0.2;
 /// Weight of convergence towards the midline, per degree of medial angle (up to 30 degrees).
 pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
 
@@ -136,6 +142,7 @@ pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
 pub fn score(
     worst_slack_mm: Real,
     centring_mm: Real,
+    axis_offset_mm: Real,
     medial_angle_deg: Real,
     tip_depth_fraction: Real,
 ) -> Real {
@@ -145,7 +152,26 @@ pub fn score(
     } else {
         -2.0 * (ANTERIOR_THIRD_FRACTION - tip_depth_fraction)
     };
-    worst_slack_mm.min(SLACK_RESERVE_MM) + CENTRING_WEIGHT * centring_mm + convergence + tip
+    worst_slack_mm.min(SLACK_RESERVE_MM) + CENTRING_WEIGHT * centring_mm
+        - ALIGNMENT_WEIGHT_PER_MM * axis_offset_mm
+        + convergence
+        + tip
+}
+
+/// Mean distance from the line through `origin` along unit `dir` to `centroids` (all vertebra
+/// frame), 0 without centroids.
+pub fn axis_offset_mm(centroids: &[Point], origin: &Point, dir: &Vector) -> Real {
+    if centroids.is_empty() {
+        return 0.0;
+    }
+    centroids
+        .iter()
+        .map(|c| {
+            let w = c - origin;
+            (w - dir * w.dot(dir)).norm()
+        })
+        .sum::<Real>()
+        / centroids.len() as Real
 }
 
 /// The part of a path inside the pedicle: between the plane of the back of the canal and the
@@ -542,6 +568,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         cranial_angle_deg: cranial,
         tip_depth_fraction: depth_fraction,
         centring_mm: centring,
+        axis_offset_mm: axis_offset_mm(&vertebra.pedicle_centroids[s], &tip_v, &u_v),
         violations,
         soft,
     }

@@ -60,6 +60,7 @@ struct Screen<'a> {
     sign: Real,
     radius: Real,
     canal_half_width: Real,
+    side_index: usize,
 }
 
 impl Screen<'_> {
@@ -166,7 +167,13 @@ impl Screen<'_> {
             .min(root - safety.nerve_root_margin_mm)
             .min(forbidden - safety.canal_margin_mm);
         let score = if entry_ok {
-            evaluate::score(worst, centring, medial, TIP_DEPTH_FRACTION)
+            evaluate::score(
+                worst,
+                centring,
+                evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+                medial,
+                TIP_DEPTH_FRACTION,
+            )
         } else {
             Real::NEG_INFINITY
         };
@@ -231,6 +238,7 @@ pub fn search_side(
         sign: ctx.side.sign(),
         radius: ctx.instrument.cannula_radius_mm(),
         canal_half_width: f.canal_half_width_mm[s],
+        side_index: s,
     };
     // Coarse grid of lines.
     let hw = f.canal_half_width_mm[s];

@@ -6,10 +6,10 @@ use kyphoplan_planner::synth::{self, VertebraParams};
 use kyphoplan_planner::*;
 
 /// A planned cannula passes within this distance of the isthmus centre of its pedicle.
-const ISTHMUS_TOLERANCE_MM: f64 = 1.0;
+const ISTHMUS_TOLERANCE_MM: f64 = 0.75;
 /// A planned cannula's direction is within this angle of the pedicle axis (where the axis
 /// itself stays in the body; see `t12_...`).
-const AXIS_TOLERANCE_DEG: f64 = 8.0;
+const AXIS_TOLERANCE_DEG: f64 = 6.0;
 
 fn request() -> PlanRequest {
     PlanRequest::new(
@@ -32,7 +32,7 @@ fn line_point_distance(a: &Point, b: &Point, p: &Point) -> f64 {
 
 #[test]
 fn planned_trajectories_follow_the_pedicle_axis() {
-    for level in [Level::T10, Level::T11, Level::L1, Level::L2, Level::L3, Level::L4, Level::L5] {
+    for level in [Level::T10, Level::T11, Level::T12, Level::L1, Level::L2, Level::L3, Level::L4, Level::L5] {
         let (input, verts) = synth::spine(&[level], &Pose::identity(), false);
         let plan = plan(&prepare(input), &request()).unwrap();
         let lp = &plan.levels[0];
