@@ -196,10 +196,15 @@ pub fn ras_to_lps(p_ras: &Point) -> Point {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "role")]
 pub enum Role {
-    Vertebra { level: Level },
+    Vertebra {
+        level: Level,
+    },
     /// Canal, dural sac or cord.
     SpinalCanal,
-    NerveRoot { level: Level, side: Side },
+    NerveRoot {
+        level: Level,
+        side: Side,
+    },
     Skin,
     /// Any other structure to avoid (vessels, pleura).
     Forbidden,

@@ -11,6 +11,10 @@ use crate::math::{segment_segment_distance, Point, Real, Vector};
 pub const MIN_BALLOON_DIAMETER_MM: Real = 5.0;
 /// Diameters are planned in steps of this size, mm.
 pub const DIAMETER_STEP_MM: Real = 0.5;
+/// Where the balloon's distal end may sit relative to the cannula tip, along the axis, mm
+/// (positive: beyond the tip, in the channel drilled ahead of the cannula). Tried in this order;
+/// a later one wins only with a strictly larger volume.
+pub const DISTAL_OFFSETS_MM: [Real; 5] = [0.0, 2.5, -2.5, 5.0, -5.0];
 /// Gap kept between the left and right inflated balloons, mm.
 pub const BALLOON_GAP_MM: Real = 1.0;
 
@@ -49,26 +53,33 @@ pub fn capsule_volume_ml(length_mm: Real, diameter_mm: Real) -> Real {
         / 1000.0
 }
 
-/// Fit the largest-volume balloon for a verified trajectory, or `None` when no size fits.
-pub fn fit(ctx: &SideContext<'_>, m: &Measurement) -> Option<BalloonFit> {
+/// Every placement of a balloon on a verified trajectory (each length of the request at each
+/// distal offset) that inflates to at least [`MIN_BALLOON_DIAMETER_MM`], at the largest diameter
+/// the anatomy allows.
+pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
     let safety = ctx.safety;
     let v = ctx.vertebra;
     let f = &v.frame;
     let u = m.direction.into_inner();
-    let mut best: Option<BalloonFit> = None;
+    let mut out = Vec::new();
     let mut lengths = ctx.instrument.balloon_lengths_mm.clone();
     lengths.sort_by(|a, b| a.total_cmp(b));
     lengths.dedup();
-    for &len in &lengths {
-        let distal = m.tip;
-        let proximal = m.tip - u * len;
-        // Room to the bone surface.
-        let bone = v.bone.distance_to_segment(&proximal, &distal);
-        if !v.bone.contains_point(&proximal) {
+    for (&len, &offset) in lengths
+        .iter()
+        .flat_map(|l| DISTAL_OFFSETS_MM.iter().map(move |o| (l, o)))
+    {
+        let distal = m.tip + u * offset;
+        let proximal = distal - u * len;
+        if !v.bone.contains_point(&proximal) || !v.bone.contains_point(&distal) {
             continue;
         }
+        // Room to the bone surface.
+        let bone = v.bone.distance_to_segment(&proximal, &distal);
         // Room to the posterior wall, measured in the vertebra frame.
-        let py = (f.lps_to_vertebra * proximal).y.max((f.lps_to_vertebra * distal).y);
+        let py = (f.lps_to_vertebra * proximal)
+            .y
+            .max((f.lps_to_vertebra * distal).y);
         let wall = f.posterior_wall_y_mm - py;
         let mut room = 2.0 * (bone - safety.cortex_margin_mm);
         room = room.min(2.0 * (wall - safety.cortex_margin_mm));
@@ -81,12 +92,11 @@ pub fn fit(ctx: &SideContext<'_>, m: &Measurement) -> Option<BalloonFit> {
             };
             room = room.min(2.0 * (k.distance_to_segment(&proximal, &distal) - margin));
         }
-        let d = (room.min(ctx.instrument.balloon_max_diameter_mm) / DIAMETER_STEP_MM).floor()
-            * DIAMETER_STEP_MM;
+        let d = floor_step(room.min(ctx.instrument.balloon_max_diameter_mm));
         if d < MIN_BALLOON_DIAMETER_MM {
             continue;
         }
-        let fit = BalloonFit {
+        out.push(BalloonFit {
             proximal,
             distal,
             axis: u,
@@ -96,33 +106,53 @@ pub fn fit(ctx: &SideContext<'_>, m: &Measurement) -> Option<BalloonFit> {
             room_diameter_mm: d,
             cortex_clearance_mm: bone - d * 0.5,
             posterior_wall_clearance_mm: wall - d * 0.5,
-        };
-        if best.as_ref().is_none_or(|b| fit.volume_ml > b.volume_ml) {
-            best = Some(fit);
-        }
+        });
     }
-    best
+    out
 }
 
-/// Shrink the larger of two overlapping balloons step by step until they keep the gap.
-/// Returns false when one of them would fall below the smallest useful diameter.
-pub fn separate(left: &mut BalloonFit, right: &mut BalloonFit) -> bool {
-    loop {
-        let d = segment_segment_distance(&left.proximal, &left.distal, &right.proximal, &right.distal);
-        if d >= 0.5 * (left.diameter_mm + right.diameter_mm) + BALLOON_GAP_MM {
-            return true;
+fn floor_step(d: Real) -> Real {
+    (d / DIAMETER_STEP_MM + 1e-9).floor() * DIAMETER_STEP_MM
+}
+
+/// The largest-volume option (the first of equals).
+pub fn best_single(options: &[BalloonFit]) -> Option<BalloonFit> {
+    let mut best: Option<&BalloonFit> = None;
+    for o in options {
+        if best.is_none_or(|b| o.volume_ml > b.volume_ml) {
+            best = Some(o);
         }
-        let target = if left.diameter_mm >= right.diameter_mm {
-            &mut *left
-        } else {
-            &mut *right
-        };
-        let next = target.diameter_mm - DIAMETER_STEP_MM;
-        if next < MIN_BALLOON_DIAMETER_MM {
-            return false;
-        }
-        target.set_diameter(next);
     }
+    best.cloned()
+}
+
+/// The pair of placements, one per side, of largest total volume that keep
+/// [`BALLOON_GAP_MM`] between the inflated balloons; diameters may be reduced below each
+/// option's room for that. `None` when no pair keeps the gap at the smallest diameter.
+pub fn best_pair(left: &[BalloonFit], right: &[BalloonFit]) -> Option<(BalloonFit, BalloonFit)> {
+    let mut best: Option<(Real, BalloonFit, BalloonFit)> = None;
+    for l in left {
+        for r in right {
+            let s = segment_segment_distance(&l.proximal, &l.distal, &r.proximal, &r.distal);
+            let budget = 2.0 * (s - BALLOON_GAP_MM);
+            let mut dl = l.room_diameter_mm;
+            while dl >= MIN_BALLOON_DIAMETER_MM - 1e-9 {
+                let dr = floor_step(r.room_diameter_mm.min(budget - dl));
+                if dr >= MIN_BALLOON_DIAMETER_MM {
+                    let total = capsule_volume_ml(l.length_mm, dl) + capsule_volume_ml(r.length_mm, dr);
+                    if best.as_ref().is_none_or(|b| total > b.0 + 1e-12) {
+                        let mut a = l.clone();
+                        a.set_diameter(dl);
+                        let mut b = r.clone();
+                        b.set_diameter(dr);
+                        best = Some((total, a, b));
+                    }
+                }
+                dl -= DIAMETER_STEP_MM;
+            }
+        }
+    }
+    best.map(|(_, a, b)| (a, b))
 }
 
 /// The gap between two inflated balloons, mm (negative: they overlap).

@@ -12,7 +12,9 @@ pub enum MeshFault {
     Empty { vertices: usize, triangles: usize },
     #[error("vertex {vertex} has a NaN or infinite coordinate")]
     NonFiniteVertex { vertex: usize },
-    #[error("triangle {triangle} refers to vertex {index}, but the mesh has {vertex_count} vertices")]
+    #[error(
+        "triangle {triangle} refers to vertex {index}, but the mesh has {vertex_count} vertices"
+    )]
     IndexOutOfRange {
         triangle: usize,
         index: u32,
@@ -22,7 +24,9 @@ pub enum MeshFault {
     RepeatedVertex { triangle: usize, vertex: u32 },
     #[error("triangle {triangle} has zero area ({area_mm2:.3e} mm^2)")]
     ZeroAreaTriangle { triangle: usize, area_mm2: f64 },
-    #[error("the mesh is open (not watertight): {boundary_edges} boundary edges, e.g. edge {edge:?}")]
+    #[error(
+        "the mesh is open (not watertight): {boundary_edges} boundary edges, e.g. edge {edge:?}"
+    )]
     Open {
         boundary_edges: usize,
         edge: [u32; 2],
@@ -85,7 +89,11 @@ pub enum InputError {
 }
 
 impl InputError {
-    pub fn invalid(field: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
         InputError::InvalidParameter {
             field: field.into(),
             value: value.to_string(),

@@ -15,10 +15,59 @@ pub const MIN_ENTRY_BEHIND_WALL_MM: Real = 5.0;
 /// the anterior third.
 pub const ANTERIOR_THIRD_FRACTION: Real = 2.0 / 3.0;
 
-/// Length of the docking zone behind the bone entry, where the cannula passes the entry
-/// cortex: there the axis must be in bone, beyond it the whole cylinder keeps the cortex margin.
+/// Steepest incidence (angle between the axis and the inward surface normal at the bone
+/// entry) at which a cannula can dock without skiving, degrees.
+pub const MAX_ENTRY_INCIDENCE_DEG: Real = 75.0;
+
+/// Minimum length of the docking zone behind the bone entry, where the cannula passes the
+/// entry cortex.
 pub fn docking_zone_mm(instrument: &Instrument, safety: &Safety) -> Real {
     2.0 * (instrument.cannula_radius_mm() + safety.cortex_margin_mm)
+}
+
+/// Cosine of the incidence of the axis `dir_vertebra` at the bone entry `entry_vertebra`, from
+/// the gradient of the approximate distance grid one millimetre inside.
+pub fn entry_incidence_cos(
+    vertebra: &PreparedVertebra,
+    vertebra_to_grid: &crate::math::Pose,
+    entry_vertebra: &Point,
+    dir_vertebra: &Vector,
+) -> Real {
+    let p = entry_vertebra + dir_vertebra;
+    let h = vertebra.bone_sdf.spacing_mm;
+    let mut g = Vector::zeros();
+    for axis in 0..3 {
+        let mut e = Vector::zeros();
+        e[axis] = h;
+        let a = vertebra.bone_sdf.sample(&(vertebra_to_grid * (p + e)), -10.0) as Real;
+        let b = vertebra.bone_sdf.sample(&(vertebra_to_grid * (p - e)), -10.0) as Real;
+        g[axis] = a - b;
+    }
+    let n = g.norm();
+    if n < 1e-9 {
+        return 1.0;
+    }
+    (g / n).dot(dir_vertebra).clamp(-1.0, 1.0)
+}
+
+/// Where along the axis (distance from the tip, negative behind it) the cortex margin starts to
+/// apply: in front of the plane of the back of the vertebral canal (where the pedicle meets the
+/// lamina) and at least the docking zone past the bone entry. Behind it the cannula crosses the
+/// posterior elements: there its axis must stay in bone, and the canal and root margins apply as
+/// everywhere.
+pub fn cortex_start(
+    frame: &crate::frame::VertebraFrame,
+    tip_vertebra: &Point,
+    dir_vertebra: &Vector,
+    t_entry: Real,
+    docking_mm: Real,
+) -> Real {
+    let mut start = t_entry + docking_mm;
+    if dir_vertebra.y < -1e-9 {
+        let t_back = (frame.canal_back_y_mm - tip_vertebra.y) / dir_vertebra.y;
+        start = start.max(t_back);
+    }
+    start.min(0.0)
 }
 
 /// Everything measured about one trajectory, in LPS.
@@ -38,6 +87,10 @@ pub struct Measurement {
     pub medial_angle_deg: Real,
     pub cranial_angle_deg: Real,
     pub tip_depth_fraction: Real,
+    /// Mean slack to the bone along the path in the pedicle (see [`centring_mm`]).
+    pub centring_mm: Real,
+    /// Mean distance of the axis from the pedicle's cross-section centres.
+    pub axis_offset_mm: Real,
     /// Hard constraints violated (empty: safe).
     pub violations: Vec<Reason>,
     /// Soft goals missed.
@@ -61,21 +114,106 @@ impl Measurement {
     pub fn score(&self, safety: &Safety) -> Real {
         score(
             self.worst_slack_mm(safety),
+            self.centring_mm,
+            self.axis_offset_mm,
             self.medial_angle_deg,
             self.tip_depth_fraction,
         )
     }
 }
 
-/// The score of the search and of evaluation (one formula for both).
-pub fn score(worst_slack_mm: Real, medial_angle_deg: Real, tip_depth_fraction: Real) -> Real {
-    let convergence = 0.01 * medial_angle_deg.clamp(0.0, 30.0);
+/// The worst slack counts in the score up to this reserve, mm: beyond it, a trajectory is
+/// comfortably safe and alignment with the pedicle decides.
+pub const SLACK_RESERVE_MM: Real = 1.0;
+/// Each sample of the centring term counts at most this much slack, mm.
+pub const CENTRING_CAP_MM: Real = 6.0;
+/// Weight of the centring term in the score.
+pub const CENTRING_WEIGHT: Real = 0.5;
+/// Penalty per millimetre of mean distance between the path and the centres of the pedicle's
+/// cross-sections (the anatomical pedicle axis).
+pub const ALIGNMENT_WEIGHT_PER_MM: Real = 0.2;
+/// Weight of convergence towards the midline, per degree of medial angle (up to 30 degrees).
+pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
+
+/// The score of the search and of evaluation (one formula for both): the worst slack over the
+/// margins dominates up to [`SLACK_RESERVE_MM`]; then the centring term (mean slack to the bone
+/// inside the pedicle) aligns the cannula with the pedicle; convergence and a tip in the anterior
+/// third add a little.
+pub fn score(
+    worst_slack_mm: Real,
+    centring_mm: Real,
+    axis_offset_mm: Real,
+    medial_angle_deg: Real,
+    tip_depth_fraction: Real,
+) -> Real {
+    let convergence = CONVERGENCE_WEIGHT_PER_DEG * medial_angle_deg.clamp(0.0, 30.0);
     let tip = if tip_depth_fraction >= ANTERIOR_THIRD_FRACTION {
         0.0
     } else {
         -2.0 * (ANTERIOR_THIRD_FRACTION - tip_depth_fraction)
     };
-    worst_slack_mm + convergence + tip
+    worst_slack_mm.min(SLACK_RESERVE_MM) + CENTRING_WEIGHT * centring_mm
+        - ALIGNMENT_WEIGHT_PER_MM * axis_offset_mm
+        + convergence
+        + tip
+}
+
+/// Mean distance from the line through `origin` along unit `dir` to `centroids` (all vertebra
+/// frame), 0 without centroids.
+pub fn axis_offset_mm(centroids: &[Point], origin: &Point, dir: &Vector) -> Real {
+    if centroids.is_empty() {
+        return 0.0;
+    }
+    centroids
+        .iter()
+        .map(|c| {
+            let w = c - origin;
+            (w - dir * w.dot(dir)).norm()
+        })
+        .sum::<Real>()
+        / centroids.len() as Real
+}
+
+/// The part of a path inside the pedicle: between the plane of the back of the canal and the
+/// posterior wall of the body, clipped to `[t0, t1]` (distances along `dir` from `origin`, all
+/// in the vertebra frame). `None` when the path does not cross that slab.
+pub fn pedicle_span(
+    frame: &crate::frame::VertebraFrame,
+    origin: &Point,
+    dir: &Vector,
+    t0: Real,
+    t1: Real,
+) -> Option<(Real, Real)> {
+    if dir.y > -1e-9 {
+        return None;
+    }
+    let t_back = (frame.canal_back_y_mm - origin.y) / dir.y;
+    let t_wall = (frame.posterior_wall_y_mm - origin.y) / dir.y;
+    let a = t_back.max(t0);
+    let b = t_wall.min(t1);
+    (b > a).then_some((a, b))
+}
+
+/// Mean slack (distance minus cannula radius minus cortex margin, each sample capped at
+/// [`CENTRING_CAP_MM`]) to the bone surface along `a-b` in the vertebra frame, from the
+/// approximate distance grid.
+pub fn centring_mm(
+    vertebra: &PreparedVertebra,
+    vertebra_to_grid: &crate::math::Pose,
+    a_vertebra: &Point,
+    b_vertebra: &Point,
+    radius_mm: Real,
+    margin_mm: Real,
+) -> Real {
+    let len = (b_vertebra - a_vertebra).norm();
+    let n = ((len / 0.5).ceil() as usize).max(1);
+    let mut sum = 0.0;
+    for i in 0..=n {
+        let p = a_vertebra + (b_vertebra - a_vertebra) * (i as Real / n as Real);
+        let d = vertebra.bone_sdf.sample(&(vertebra_to_grid * p), -10.0) as Real;
+        sum += (d - radius_mm - margin_mm).min(CENTRING_CAP_MM);
+    }
+    sum / (n + 1) as Real
 }
 
 /// Medial and cranial angles (degrees) of a direction given in the vertebra frame.
@@ -86,7 +224,12 @@ pub fn angles_deg(side: Side, dir_vertebra: &Vector) -> (Real, Real) {
     (medial, cranial)
 }
 
-fn reason(code: ReasonCode, message: String, value_mm: Option<Real>, limit_mm: Option<Real>) -> Reason {
+fn reason(
+    code: ReasonCode,
+    message: String,
+    value_mm: Option<Real>,
+    limit_mm: Option<Real>,
+) -> Reason {
     Reason {
         code,
         message,
@@ -140,7 +283,11 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
             None,
         ));
     }
-    let length_in_bone = if tip_inside { -t_entry.unwrap_or(0.0) } else { 0.0 };
+    let length_in_bone = if tip_inside {
+        -t_entry.unwrap_or(0.0)
+    } else {
+        0.0
+    };
     if !tip_inside {
         let d = bone.distance_to_point(tip);
         violations.push(reason(
@@ -179,7 +326,11 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
             ReasonCode::WorkingLengthTooShort,
             format!(
                 "{} to tip is {insertion:.1} mm, longer than the working length {wl} mm",
-                if skin_entry.is_some() { "skin" } else { "bone entry" }
+                if skin_entry.is_some() {
+                    "skin"
+                } else {
+                    "bone entry"
+                }
             ),
             Some(insertion),
             Some(wl),
@@ -221,14 +372,30 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         }
     }
 
-    // Cortex clearance beyond the docking zone.
+    // Cortex clearance from where it applies to the tip.
+    let to_v = &frame.lps_to_vertebra;
+    let tip_v = to_v * tip;
+    let u_v = to_v.rotation * u.into_inner();
+    let vertebra_to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
+    let cos_incidence = entry_incidence_cos(vertebra, &vertebra_to_grid, &(to_v * bone_entry), &u_v);
+    if t_entry.is_some() && cos_incidence < MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
+        violations.push(reason(
+            ReasonCode::NotThroughPedicle,
+            format!(
+                "the cannula meets the bone {:.0} degrees from its surface normal (at most {MAX_ENTRY_INCIDENCE_DEG}): it would skive",
+                cos_incidence.clamp(-1.0, 1.0).acos().to_degrees()
+            ),
+            None,
+            None,
+        ));
+    }
     let zone = docking_zone_mm(instrument, safety);
+    let t_start = cortex_start(frame, &tip_v, &u_v, t_entry.unwrap_or(0.0), zone);
+    let cortex_from = tip + u.into_inner() * t_start;
     let cortex = if !tip_inside {
         -bone.distance_to_point(tip) - r
-    } else if length_in_bone > zone {
-        bone.distance_to_segment(&(bone_entry + u.into_inner() * zone), tip) - r
     } else {
-        bone.distance_to_point(tip) - r
+        bone.distance_to_segment(&cortex_from, tip) - r
     };
     if cortex < safety.cortex_margin_mm {
         let msg = if cortex < 0.0 {
@@ -302,10 +469,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     }
 
     // Frame checks: entry behind the body and lateral of the canal; tip in the body.
-    let to_v = &frame.lps_to_vertebra;
     let entry_v = to_v * bone_entry;
-    let tip_v = to_v * tip;
-    let u_v = to_v.rotation * u.into_inner();
     let s = match side {
         Side::Left => 0,
         Side::Right => 1,
@@ -377,6 +541,18 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         }
     }
     let (medial, cranial) = angles_deg(side, &u_v);
+    let entry_vertebra = to_v * bone_entry;
+    let centring = match pedicle_span(frame, &entry_vertebra, &u_v, 0.0, -t_entry.unwrap_or(0.0)) {
+        Some((a, b)) => centring_mm(
+            vertebra,
+            &vertebra_to_grid,
+            &(entry_vertebra + u_v * a),
+            &(entry_vertebra + u_v * b),
+            r,
+            safety.cortex_margin_mm,
+        ),
+        None => 0.0,
+    };
     Measurement {
         bone_entry,
         tip: *tip,
@@ -391,6 +567,8 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         medial_angle_deg: medial,
         cranial_angle_deg: cranial,
         tip_depth_fraction: depth_fraction,
+        centring_mm: centring,
+        axis_offset_mm: axis_offset_mm(&vertebra.pedicle_centroids[s], &tip_v, &u_v),
         violations,
         soft,
     }

@@ -10,6 +10,9 @@ use crate::math::{Point, Real};
 use crate::mesh::TriMesh;
 use crate::plan::{KeepOutSource, KeepOutSummary};
 
+/// The dural sac lies about 1.5-3 mm inside the medial pedicle wall (clinical.md): the derived
+/// canal is the foramen's convex outline inset by the low end of that range.
+pub const DURAL_SAC_INSET_MM: Real = 1.5;
 /// How far the derived canal extends above and below the closed ring of its vertebra, mm.
 pub const DERIVED_CANAL_EXTENSION_MM: Real = 30.0;
 /// The exiting root lies about 1.5-2 mm below the pedicle (clinical.md): the derived root zone
@@ -81,11 +84,13 @@ impl KeepOut {
     }
 }
 
-/// The canal derived from the foramen: its convex outline extruded along the superior axis.
+/// The canal derived from the foramen: its convex outline, inset by [`DURAL_SAC_INSET_MM`],
+/// extruded along the superior axis.
 pub fn derived_canal(frame: &VertebraFrame, level: &str) -> KeepOut {
     let (z0, z1) = frame.canal_z_range_mm;
+    let outline = crate::frame::offset_convex(&frame.canal_outline_xy_mm, -DURAL_SAC_INSET_MM);
     let mesh = prism(
-        &frame.canal_outline_xy_mm,
+        &outline,
         z0 - DERIVED_CANAL_EXTENSION_MM,
         z1 + DERIVED_CANAL_EXTENSION_MM,
     )
@@ -93,7 +98,7 @@ pub fn derived_canal(frame: &VertebraFrame, level: &str) -> KeepOut {
     KeepOut::new(
         KeepOutKind::Canal,
         KeepOutSource::Derived,
-        format!("{level} vertebral foramen (convex outline, extruded)"),
+        format!("{level} vertebral foramen (convex outline inset {DURAL_SAC_INSET_MM} mm, extruded)"),
         mesh,
     )
 }

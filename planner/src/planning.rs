@@ -134,16 +134,27 @@ fn plan_level(
         || search_side(&ctx[1], cancelled),
     );
     let outcomes = [left?, right?];
-    // Balloons, then keep them apart.
-    let mut fits: [Option<BalloonFit>; 2] = [None, None];
-    for i in 0..2 {
-        if let SideOutcome::Feasible(m) = &outcomes[i] {
-            fits[i] = balloon::fit(&ctx[i], m);
-        }
-    }
-    let mut apart = true;
-    if let [Some(l), Some(r)] = &mut fits {
-        apart = balloon::separate(l, r);
+    // Balloons: the best pair that keeps apart; if none, the larger single balloon.
+    let opts: Vec<Vec<BalloonFit>> = (0..2)
+        .map(|i| match &outcomes[i] {
+            SideOutcome::Feasible(m) => balloon::options(&ctx[i], m),
+            SideOutcome::Infeasible { .. } => Vec::new(),
+        })
+        .collect();
+    let fits: [Option<BalloonFit>; 2];
+    let mut crowded = false;
+    match (opts[0].is_empty(), opts[1].is_empty()) {
+        (false, false) => match balloon::best_pair(&opts[0], &opts[1]) {
+            Some((l, r)) => fits = [Some(l), Some(r)],
+            None => {
+                crowded = true;
+                let l = balloon::best_single(&opts[0]);
+                let r = balloon::best_single(&opts[1]);
+                let left_wins = l.as_ref().map(|b| b.volume_ml) >= r.as_ref().map(|b| b.volume_ml);
+                fits = if left_wins { [l, None] } else { [None, r] };
+            }
+        },
+        _ => fits = [balloon::best_single(&opts[0]), balloon::best_single(&opts[1])],
     }
     let frame = anatomy.frame();
     let mut sides = Vec::with_capacity(2);
@@ -151,7 +162,7 @@ fn plan_level(
         let side = ctx[i].side;
         let sp = match &outcomes[i] {
             SideOutcome::Feasible(m) => match &fits[i] {
-                Some(b) if apart || i == 0 => SidePlan {
+                Some(b) => SidePlan {
                     side,
                     feasible: true,
                     trajectory: Some(trajectory(m, frame, instrument, safety)),
@@ -159,19 +170,25 @@ fn plan_level(
                     reasons: vec![],
                     alternatives: vec![],
                 },
-                _ => SidePlan {
+                None => SidePlan {
                     side,
                     feasible: false,
                     trajectory: None,
                     balloon: None,
                     reasons: vec![Reason {
                         code: ReasonCode::BalloonDoesNotFit,
-                        message: format!(
-                            "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm or more inside the body with the margins{}",
-                            instrument.balloon_lengths_mm,
-                            balloon::MIN_BALLOON_DIAMETER_MM,
-                            if fits[i].is_some() { " beside the other side's balloon" } else { "" }
-                        ),
+                        message: if crowded {
+                            format!(
+                                "a safe cannula path exists, but its balloon cannot inflate to {} mm without touching the other side's balloon",
+                                balloon::MIN_BALLOON_DIAMETER_MM
+                            )
+                        } else {
+                            format!(
+                                "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins",
+                                instrument.balloon_lengths_mm,
+                                balloon::MIN_BALLOON_DIAMETER_MM
+                            )
+                        },
                         value_mm: None,
                         limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
                     }],
@@ -220,7 +237,10 @@ fn plan_level(
     let cement = if volumes.is_empty() {
         None
     } else {
-        Some(round(volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION), 2))
+        Some(round(
+            volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION),
+            2,
+        ))
     };
     let mut keep_outs = Vec::new();
     for k in anatomy.keep_outs(level) {
@@ -268,7 +288,12 @@ fn frame_summary(v: &PreparedVertebra, frame: PatientFrame) -> VertebraFrameSumm
     }
 }
 
-fn trajectory(m: &Measurement, frame: PatientFrame, instrument: &Instrument, safety: &Safety) -> Trajectory {
+fn trajectory(
+    m: &Measurement,
+    frame: PatientFrame,
+    instrument: &Instrument,
+    safety: &Safety,
+) -> Trajectory {
     Trajectory {
         bone_entry_mm: out_point(&m.bone_entry, frame),
         target_mm: out_point(&m.tip, frame),
@@ -317,7 +342,11 @@ pub fn evaluate(
     safety.validate()?;
     for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
         if p.iter().any(|c| !c.is_finite()) {
-            return Err(InputError::invalid(field, format!("{p:?}"), "coordinates must be finite"));
+            return Err(InputError::invalid(
+                field,
+                format!("{p:?}"),
+                "coordinates must be finite",
+            ));
         }
     }
     let vertebra = anatomy

@@ -51,6 +51,9 @@ pub struct PreparedVertebra {
     pub canal_distance: Grid<f32>,
     pub root_distance: Grid<f32>,
     pub forbidden_distance: Option<Grid<f32>>,
+    /// Centres of the pedicle's coronal cross-sections, vertebra frame, [left, right]: the
+    /// anatomical pedicle axis runs through them.
+    pub pedicle_centroids: [Vec<crate::math::Point>; 2],
 }
 
 /// A validated anatomy in LPS with everything planning needs precomputed.
@@ -205,8 +208,8 @@ impl PreparedAnatomy {
         let vertebrae: Vec<Result<PreparedVertebra, InputError>> = bones
             .into_par_iter()
             .map(|(level, structure, mesh)| {
-                let root_given = [Side::Left, Side::Right]
-                    .map(|side| roots.contains_key(&(level, side)));
+                let root_given =
+                    [Side::Left, Side::Right].map(|side| roots.contains_key(&(level, side)));
                 prepare_vertebra(level, structure, mesh, has_canal, root_given, &given)
             })
             .collect();
@@ -271,7 +274,9 @@ impl PreparedAnatomy {
                     + v.bone_sdf.memory_bytes()
                     + v.canal_distance.memory_bytes()
                     + v.root_distance.memory_bytes()
-                    + v.forbidden_distance.as_ref().map_or(0, |g| g.memory_bytes())
+                    + v.forbidden_distance
+                        .as_ref()
+                        .map_or(0, |g| g.memory_bytes())
                     + v.derived.iter().map(keep).sum::<usize>()
             })
             .sum();
@@ -291,8 +296,7 @@ fn prepare_vertebra(
 ) -> Result<PreparedVertebra, InputError> {
     let analysis = frame::estimate(level, &mesh)?;
     let frame = analysis.frame;
-    let bone_sdf = voxel::signed_distance(&analysis.inside);
-    drop(analysis.inside);
+    let bone_sdf = analysis.sdf;
     let bone = ClearanceMesh::new(&mesh);
     let name = level.name();
     let mut derived = Vec::new();
@@ -314,15 +318,27 @@ fn prepare_vertebra(
             .iter()
             .map(|k| voxel::unsigned_surface_distance(&k.mesh, &frame.lps_to_grid, &bone_sdf))
             .reduce(|mut a, b| {
-                a.data.iter_mut().zip(b.data).for_each(|(x, y)| *x = x.min(y));
+                a.data
+                    .iter_mut()
+                    .zip(b.data)
+                    .for_each(|(x, y)| *x = x.min(y));
                 a
             })
     };
-    let far = || Grid::filled(bone_sdf.origin, bone_sdf.spacing_mm, bone_sdf.dims, f32::INFINITY);
+    let far = || {
+        Grid::filled(
+            bone_sdf.origin,
+            bone_sdf.spacing_mm,
+            bone_sdf.dims,
+            f32::INFINITY,
+        )
+    };
     let canal_distance = grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far);
     let root_distance = grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far);
     let forbidden_distance = grid_of(&|k| k == KeepOutKind::Forbidden);
+    let pedicle_centroids = [0, 1].map(|s| pedicle_centroids(&frame, &bone_sdf, s));
     Ok(PreparedVertebra {
+        pedicle_centroids,
         level,
         structure,
         mesh,
@@ -334,4 +350,69 @@ fn prepare_vertebra(
         root_distance,
         forbidden_distance,
     })
+}
+
+/// Centroids of the pedicle's coronal cross-sections on side `s` (0 left, 1 right), vertebra
+/// frame: in each slice between the posterior wall and the back of the canal, the connected bone
+/// around the deepest point lateral of the canal.
+fn pedicle_centroids(frame: &VertebraFrame, sdf: &Grid<f32>, s: usize) -> Vec<crate::math::Point> {
+    use crate::math::Point;
+    const STEP: f64 = 0.5;
+    let sign = if s == 0 { 1.0 } else { -1.0 };
+    let to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
+    let hw = frame.canal_half_width_mm[s];
+    let (pz0, pz1) = frame.pedicle_z_range_mm[s];
+    let (x0, x1) = (hw - 2.0, hw + 25.0);
+    let (z0, z1) = (pz0 - 3.0, pz1 + 3.0);
+    let nx = ((x1 - x0) / STEP) as usize + 1;
+    let nz = ((z1 - z0) / STEP) as usize + 1;
+    let mut out = Vec::new();
+    let mut y = frame.posterior_wall_y_mm + 1.0;
+    while y <= frame.canal_back_y_mm - 1.0 {
+        let mut d = vec![0f32; nx * nz];
+        let mut best = (0f32, usize::MAX);
+        for k in 0..nz {
+            for i in 0..nx {
+                let p = Point::new(sign * (x0 + i as f64 * STEP), y, z0 + k as f64 * STEP);
+                let v = sdf.sample(&(to_grid * p), -10.0);
+                d[k * nx + i] = v;
+                if v > best.0 {
+                    best = (v, k * nx + i);
+                }
+            }
+        }
+        if best.1 != usize::MAX {
+            let mut seen = vec![false; nx * nz];
+            let mut stack = vec![best.1];
+            seen[best.1] = true;
+            let (mut sx, mut sz, mut n) = (0.0, 0.0, 0usize);
+            while let Some(c) = stack.pop() {
+                let (i, k) = (c % nx, c / nx);
+                sx += x0 + i as f64 * STEP;
+                sz += z0 + k as f64 * STEP;
+                n += 1;
+                let mut push = |j: usize| {
+                    if !seen[j] && d[j] > 0.0 {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                };
+                if i > 0 {
+                    push(c - 1);
+                }
+                if i + 1 < nx {
+                    push(c + 1);
+                }
+                if k > 0 {
+                    push(c - nx);
+                }
+                if k + 1 < nz {
+                    push(c + nx);
+                }
+            }
+            out.push(Point::new(sign * sx / n as f64, y, sz / n as f64));
+        }
+        y += 1.0;
+    }
+    out
 }

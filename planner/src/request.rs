@@ -70,7 +70,12 @@ impl Instrument {
             ));
         }
         for (i, l) in self.balloon_lengths_mm.iter().enumerate() {
-            finite_in(&format!("instrument.balloon_lengths_mm[{i}]"), *l, 2.0, 60.0)?;
+            finite_in(
+                &format!("instrument.balloon_lengths_mm[{i}]"),
+                *l,
+                2.0,
+                60.0,
+            )?;
         }
         if self.balloon_max_diameter_mm < self.cannula_outer_diameter_mm {
             return Err(InputError::invalid(
@@ -147,11 +152,7 @@ impl PlanRequest {
             let mut seen = std::collections::BTreeSet::new();
             for l in levels {
                 if !seen.insert(*l) {
-                    return Err(InputError::invalid(
-                        "levels",
-                        l,
-                        "requested more than once",
-                    ));
+                    return Err(InputError::invalid("levels", l, "requested more than once"));
                 }
             }
         }

@@ -47,11 +47,8 @@ struct Candidate {
     dir: Vector,
     t_entry: Real,
     t_tip: Real,
-    /// Approximate clearances (cannula surface), mm.
+    /// Approximate clearance of the cannula surface to the cortex, mm.
     cortex: Real,
-    canal: Real,
-    root: Real,
-    forbidden: Real,
     entry_ok: bool,
     score: Real,
 }
@@ -62,8 +59,8 @@ struct Screen<'a> {
     y_ref: Real,
     sign: Real,
     radius: Real,
-    zone: Real,
     canal_half_width: Real,
+    side_index: usize,
 }
 
 impl Screen<'_> {
@@ -121,9 +118,18 @@ impl Screen<'_> {
             return None;
         }
         let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
-        // Cortex along [entry + zone, tip].
+        // Cortex from where its margin applies to the tip.
+        let tip = q + dir * t_tip;
+        let entry = q + dir * t_entry;
+        let cos_incidence =
+            evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
+        if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
+            return None;
+        }
+        let zone = docking_zone_mm(self.ctx.instrument, safety);
+        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
         let mut cortex = Real::INFINITY;
-        let mut t = t_entry + self.zone;
+        let mut t = t_start;
         while t <= t_tip {
             cortex = cortex.min(self.bone(&(q + dir * t)));
             t += SAMPLE_STEP_MM;
@@ -143,15 +149,31 @@ impl Screen<'_> {
         let canal = dist(&v.canal_distance);
         let root = dist(&v.root_distance);
         let forbidden = v.forbidden_distance.as_ref().map_or(Real::INFINITY, dist);
-        let entry = q + dir * t_entry;
         let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
             && entry.x * self.sign >= self.canal_half_width;
+        let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
+            Some((a, b)) => evaluate::centring_mm(
+                v,
+                &self.vertebra_to_grid,
+                &(q + dir * a),
+                &(q + dir * b),
+                self.radius,
+                safety.cortex_margin_mm,
+            ),
+            None => 0.0,
+        };
         let worst = (cortex - safety.cortex_margin_mm)
             .min(canal - safety.canal_margin_mm)
             .min(root - safety.nerve_root_margin_mm)
             .min(forbidden - safety.canal_margin_mm);
         let score = if entry_ok {
-            evaluate::score(worst, medial, TIP_DEPTH_FRACTION)
+            evaluate::score(
+                worst,
+                centring,
+                evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+                medial,
+                TIP_DEPTH_FRACTION,
+            )
         } else {
             Real::NEG_INFINITY
         };
@@ -162,9 +184,6 @@ impl Screen<'_> {
             t_entry,
             t_tip,
             cortex,
-            canal,
-            root,
-            forbidden,
             entry_ok,
             score,
         })
@@ -218,8 +237,8 @@ pub fn search_side(
         y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
         sign: ctx.side.sign(),
         radius: ctx.instrument.cannula_radius_mm(),
-        zone: docking_zone_mm(ctx.instrument, ctx.safety),
         canal_half_width: f.canal_half_width_mm[s],
+        side_index: s,
     };
     // Coarse grid of lines.
     let hw = f.canal_half_width_mm[s];
@@ -262,9 +281,11 @@ pub fn search_side(
     }
     // Deterministic order: by score, then by parameters.
     let order = |a: &Candidate, b: &Candidate| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.params.partial_cmp(&b.params).unwrap_or(std::cmp::Ordering::Equal))
+        b.score.total_cmp(&a.score).then_with(|| {
+            a.params
+                .partial_cmp(&b.params)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
     };
     coarse.sort_by(order);
     let seeds: Vec<Candidate> = coarse.iter().take(SEEDS).copied().collect();
@@ -301,10 +322,7 @@ pub fn search_side(
                 {
                     best_feasible = Some(m);
                 }
-            } else if best_any
-                .as_ref()
-                .is_none_or(|b| sc > b.score(ctx.safety))
-            {
+            } else if best_any.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
                 best_any = Some(m);
             }
         }
@@ -323,9 +341,11 @@ pub fn search_side(
     let bone_best = coarse
         .iter()
         .max_by(|a, b| {
-            a.cortex
-                .total_cmp(&b.cortex)
-                .then_with(|| b.params.partial_cmp(&a.params).unwrap_or(std::cmp::Ordering::Equal))
+            a.cortex.total_cmp(&b.cortex).then_with(|| {
+                b.params
+                    .partial_cmp(&a.params)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
         })
         .copied()
         .expect("non-empty");
@@ -410,7 +430,9 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
     }
     for v in &best.violations {
         let (code, keep) = match v.code {
-            ReasonCode::CortexMarginViolated => (ReasonCode::PedicleCorridorTooNarrow, fits_corridor),
+            ReasonCode::CortexMarginViolated => {
+                (ReasonCode::PedicleCorridorTooNarrow, fits_corridor)
+            }
             ReasonCode::CanalMarginViolated => (ReasonCode::CanalTooClose, true),
             ReasonCode::NerveRootMarginViolated => (ReasonCode::NerveRootTooClose, true),
             ReasonCode::ForbiddenMarginViolated => (ReasonCode::ForbiddenStructureTooClose, true),
@@ -452,10 +474,14 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
                 ),
             }),
             ReasonCode::CanalTooClose | ReasonCode::NerveRootTooClose => {
-                if !alternatives.iter().any(|a| a.code == AlternativeCode::SmallerCannula) {
+                if !alternatives
+                    .iter()
+                    .any(|a| a.code == AlternativeCode::SmallerCannula)
+                {
                     alternatives.push(Alternative {
                         code: AlternativeCode::SmallerCannula,
-                        message: "a thinner cannula leaves more room to the protected structure".into(),
+                        message: "a thinner cannula leaves more room to the protected structure"
+                            .into(),
                     })
                 }
             }

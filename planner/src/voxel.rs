@@ -76,7 +76,12 @@ impl Grid<f32> {
 }
 
 /// Grid geometry covering `mesh` (mapped by `mesh_to_grid`) with `pad_mm` around it.
-pub fn grid_around(mesh: &TriMesh, mesh_to_grid: &Pose, spacing_mm: Real, pad_mm: Real) -> (Point, [usize; 3]) {
+pub fn grid_around(
+    mesh: &TriMesh,
+    mesh_to_grid: &Pose,
+    spacing_mm: Real,
+    pad_mm: Real,
+) -> (Point, [usize; 3]) {
     let mut min = Point::new(Real::INFINITY, Real::INFINITY, Real::INFINITY);
     let mut max = Point::new(Real::NEG_INFINITY, Real::NEG_INFINITY, Real::NEG_INFINITY);
     for p in &mesh.vertices_mm {
@@ -96,7 +101,13 @@ pub fn grid_around(mesh: &TriMesh, mesh_to_grid: &Pose, spacing_mm: Real, pad_mm
 
 /// Which cells of the grid lie inside the closed, outward-wound `mesh`: every triangle is
 /// rasterised onto the grid's z-columns and the winding number is swept along each column.
-pub fn voxelize(mesh: &TriMesh, mesh_to_grid: &Pose, origin: Point, spacing_mm: Real, dims: [usize; 3]) -> Grid<bool> {
+pub fn voxelize(
+    mesh: &TriMesh,
+    mesh_to_grid: &Pose,
+    origin: Point,
+    spacing_mm: Real,
+    dims: [usize; 3],
+) -> Grid<bool> {
     // Column lines sit a tiny irrational offset off the cell centres so that no line passes
     // exactly through a mesh vertex or edge.
     const OFF_X: Real = 1.234_567_9e-6;
@@ -183,7 +194,11 @@ pub fn voxelize(mesh: &TriMesh, mesh_to_grid: &Pose, origin: Point, spacing_mm: 
 pub fn distance_to_seeds(seed: &Grid<bool>) -> Grid<f32> {
     let [nx, ny, nz] = seed.dims;
     let big = 1e20_f64;
-    let mut d: Vec<f64> = seed.data.iter().map(|&s| if s { 0.0 } else { big }).collect();
+    let mut d: Vec<f64> = seed
+        .data
+        .iter()
+        .map(|&s| if s { 0.0 } else { big })
+        .collect();
     let mut f = Vec::new();
     let mut out = Vec::new();
     let mut v = Vec::new();
@@ -227,7 +242,13 @@ pub fn distance_to_seeds(seed: &Grid<bool>) -> Grid<f32> {
         dims: seed.dims,
         data: d
             .iter()
-            .map(|&q| if q >= big { f32::INFINITY } else { (q.sqrt() * h) as f32 })
+            .map(|&q| {
+                if q >= big {
+                    f32::INFINITY
+                } else {
+                    (q.sqrt() * h) as f32
+                }
+            })
             .collect(),
     }
 }
@@ -253,7 +274,8 @@ fn dt1d(f: &[f64], out: &mut Vec<f64>, v: &mut Vec<usize>, z: &mut Vec<f64>) {
     for &q in &finite[1..] {
         loop {
             let p = v[k];
-            let s = ((f[q] + (q * q) as f64) - (f[p] + (p * p) as f64)) / (2.0 * q as f64 - 2.0 * p as f64);
+            let s = ((f[q] + (q * q) as f64) - (f[p] + (p * p) as f64))
+                / (2.0 * q as f64 - 2.0 * p as f64);
             if s <= z[k] && k > 0 {
                 k -= 1;
                 continue;
@@ -310,7 +332,11 @@ pub fn signed_distance(inside: &Grid<bool>) -> Grid<f32> {
 
 /// Approximate unsigned distance to the surface of `mesh` on the grid: triangles are sampled
 /// densely, the cells holding samples seed a distance transform.
-pub fn unsigned_surface_distance(mesh: &TriMesh, mesh_to_grid: &Pose, like: &Grid<f32>) -> Grid<f32> {
+pub fn unsigned_surface_distance(
+    mesh: &TriMesh,
+    mesh_to_grid: &Pose,
+    like: &Grid<f32>,
+) -> Grid<f32> {
     let h = like.spacing_mm;
     let mut seeds = Grid::filled(like.origin, h, like.dims, false);
     let mut any = false;

@@ -1,0 +1,49 @@
+//! Shared helpers of the planner's integration tests: STL loading and the outside test data.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use kyphoplan_planner::math::Point;
+use kyphoplan_planner::TriMesh;
+
+/// `../shared/anatomy` of the workspace, or `None` (after saying so) when it is missing.
+/// Under `CI=true` a missing directory is a failure, not a skip.
+pub fn shared_anatomy() -> Option<PathBuf> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/anatomy"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "../shared/anatomy not found at {} (required under CI=true)",
+            dir.display()
+        );
+    }
+    eprintln!("SKIPPED: ../shared/anatomy not found at {}", dir.display());
+    None
+}
+
+/// Read a binary or ASCII STL and weld its vertices by exact coordinates.
+pub fn load_stl(path: &std::path::Path) -> TriMesh {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stl = stl_io::read_stl(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut index: HashMap<[u64; 3], u32> = HashMap::new();
+    let mut vertices = Vec::new();
+    let mut map = Vec::with_capacity(stl.vertices.len());
+    for v in &stl.vertices {
+        let p = [v[0] as f64, v[1] as f64, v[2] as f64];
+        let key = p.map(f64::to_bits);
+        let id = *index.entry(key).or_insert_with(|| {
+            vertices.push(Point::new(p[0], p[1], p[2]));
+            (vertices.len() - 1) as u32
+        });
+        map.push(id);
+    }
+    let triangles = stl
+        .faces
+        .iter()
+        .map(|f| [map[f.vertices[0]], map[f.vertices[1]], map[f.vertices[2]]])
+        .collect();
+    TriMesh::new(vertices, triangles)
+}
