@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use kyphoplan_client::case::{self, Case};
 use kyphoplan_client::{plan_json, report, Client, ClientError};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
-use kyphoplan_planner::plan::{Evaluation, Plan};
+use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::planning;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
@@ -228,14 +228,53 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Server(format!("cannot start the async runtime: {e}")))
 }
 
+/// A progress bar on stderr when it is a terminal (stdout stays the table alone).
+fn progress() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("planning {bar:30} {pos}/{len} levels {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+fn tick(bar: &Option<indicatif::ProgressBar>, level: Level, done: usize, total: usize) {
+    if let Some(bar) = bar {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(level.to_string());
+    }
+}
+
 fn plan_in_process(
     anatomy: AnatomyInput,
     request: &PlanRequest,
     where_: &Path,
 ) -> Result<Plan, Failure> {
     let prepared = prepare(anatomy, where_)?;
-    planning::plan(&prepared, request)
-        .map_err(|e| Failure::Input(format!("{}: {e}", where_.display())))
+    let bar = progress();
+    let on_level = |l: &LevelPlan, done: usize, total: usize| tick(&bar, l.level, done, total);
+    let control = planning::PlanControl {
+        cancelled: &|| false,
+        on_level: &on_level,
+    };
+    let result = planning::plan_with(&prepared, request, &control);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(plan) => Ok(plan),
+        Err(planning::PlanError::Input(e)) => {
+            Err(Failure::Input(format!("{}: {e}", where_.display())))
+        }
+        Err(planning::PlanError::Cancelled) => {
+            Err(Failure::Server("planning was cancelled".into()))
+        }
+    }
 }
 
 fn plan_via_server(
@@ -251,10 +290,16 @@ fn plan_via_server(
             .upload_anatomy_shared(std::sync::Arc::new(anatomy))
             .await
             .map_err(|e| from_client(e, "upload refused"))?;
+        let bar = progress();
         let plan = client
-            .create_plan(&stored.anatomy_id, request)
-            .await
-            .map_err(|e| from_client(e, "plan refused"))?;
+            .stream_plan(&stored.anatomy_id, request, |l, done, total| {
+                tick(&bar, l.level, done, total)
+            })
+            .await;
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let plan = plan.map_err(|e| from_client(e, "plan refused"))?;
         eprintln!(
             "anatomy {} and plan {} stored on {url}",
             stored.anatomy_id, plan.plan_id
