@@ -4,6 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Largest gRPC message, bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Most triangles of one anatomy.
+pub const DEFAULT_MAX_TRIANGLES: u64 = 8_000_000;
+/// Planning runs at the same time.
+pub const DEFAULT_MAX_CONCURRENT_PLANS: usize = 4;
+/// Prepared anatomies kept in memory.
+pub const DEFAULT_PREPARED_CACHE_ENTRIES: usize = 8;
+
 /// `kyphoplan-server` flags. Every flag can also be given by the environment variable named.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -19,22 +28,22 @@ pub struct Config {
     #[arg(long, env = "KYPHOPLAN_DATA_DIR", default_value = "./kyphoplan-data")]
     pub data_dir: PathBuf,
     /// Largest gRPC message accepted or sent, bytes (uploads are chunked below it).
-    #[arg(long, env = "KYPHOPLAN_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "KYPHOPLAN_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Most triangles of one uploaded (or inline) anatomy, all meshes together. Vertices are
     /// limited to three times this number.
-    #[arg(long, env = "KYPHOPLAN_MAX_TRIANGLES", default_value_t = 8_000_000)]
+    #[arg(long, env = "KYPHOPLAN_MAX_TRIANGLES", default_value_t = DEFAULT_MAX_TRIANGLES)]
     pub max_triangles: u64,
     /// Planning runs at the same time; further CreatePlan/StreamPlan calls get
     /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "KYPHOPLAN_MAX_CONCURRENT_PLANS", default_value_t = 4)]
+    #[arg(long, env = "KYPHOPLAN_MAX_CONCURRENT_PLANS", default_value_t = DEFAULT_MAX_CONCURRENT_PLANS)]
     pub max_concurrent_plans: usize,
     /// Threads of the planner's rayon pool (0: one per core).
     #[arg(long, env = "KYPHOPLAN_PLANNER_THREADS", default_value_t = 0)]
     pub planner_threads: usize,
     /// Prepared anatomies kept in memory (least recently used are dropped; they are prepared
     /// again from the store when needed).
-    #[arg(long, env = "KYPHOPLAN_PREPARED_CACHE", default_value_t = 8)]
+    #[arg(long, env = "KYPHOPLAN_PREPARED_CACHE", default_value_t = DEFAULT_PREPARED_CACHE_ENTRIES)]
     pub prepared_cache_entries: usize,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "KYPHOPLAN_LOG_JSON")]
@@ -42,11 +51,34 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults with another data directory (for tests and embedding).
+    /// The documented defaults with another data directory (for tests and embedding). Unlike
+    /// parsing, this reads no environment variable.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        use clap::Parser;
-        let mut config = Config::parse_from(["kyphoplan-server"]);
-        config.data_dir = data_dir.into();
-        config
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: data_dir.into(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_triangles: DEFAULT_MAX_TRIANGLES,
+            max_concurrent_plans: DEFAULT_MAX_CONCURRENT_PLANS,
+            planner_threads: 0,
+            prepared_cache_entries: DEFAULT_PREPARED_CACHE_ENTRIES,
+            log_json: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_literal_defaults_are_the_flag_defaults() {
+        let parsed = Config::try_parse_from(["kyphoplan-server", "--data-dir", "x"]).unwrap();
+        let literal = Config::with_data_dir("x");
+        // Only comparable when no KYPHOPLAN_* variable is set in the test environment.
+        if std::env::vars().all(|(k, _)| !k.starts_with("KYPHOPLAN_")) {
+            assert_eq!(format!("{parsed:?}"), format!("{literal:?}"));
+        }
     }
 }
