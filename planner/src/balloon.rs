@@ -139,7 +139,8 @@ pub fn best_pair(left: &[BalloonFit], right: &[BalloonFit]) -> Option<(BalloonFi
             while dl >= MIN_BALLOON_DIAMETER_MM - 1e-9 {
                 let dr = floor_step(r.room_diameter_mm.min(budget - dl));
                 if dr >= MIN_BALLOON_DIAMETER_MM {
-                    let total = capsule_volume_ml(l.length_mm, dl) + capsule_volume_ml(r.length_mm, dr);
+                    let total =
+                        capsule_volume_ml(l.length_mm, dl) + capsule_volume_ml(r.length_mm, dr);
                     if best.as_ref().is_none_or(|b| total > b.0 + 1e-12) {
                         let mut a = l.clone();
                         a.set_diameter(dl);

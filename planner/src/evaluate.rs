@@ -39,8 +39,12 @@ pub fn entry_incidence_cos(
     for axis in 0..3 {
         let mut e = Vector::zeros();
         e[axis] = h;
-        let a = vertebra.bone_sdf.sample(&(vertebra_to_grid * (p + e)), -10.0) as Real;
-        let b = vertebra.bone_sdf.sample(&(vertebra_to_grid * (p - e)), -10.0) as Real;
+        let a = vertebra
+            .bone_sdf
+            .sample(&(vertebra_to_grid * (p + e)), -10.0) as Real;
+        let b = vertebra
+            .bone_sdf
+            .sample(&(vertebra_to_grid * (p - e)), -10.0) as Real;
         g[axis] = a - b;
     }
     let n = g.norm();
@@ -306,8 +310,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         match skin
             .line_crossings(tip, &u)
             .into_iter()
-            .filter(|&t| t < before)
-            .next_back()
+            .rfind(|&t| t < before)
         {
             Some(t) => {
                 skin_entry = Some(tip + u.into_inner() * t);
@@ -377,7 +380,8 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     let tip_v = to_v * tip;
     let u_v = to_v.rotation * u.into_inner();
     let vertebra_to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
-    let cos_incidence = entry_incidence_cos(vertebra, &vertebra_to_grid, &(to_v * bone_entry), &u_v);
+    let cos_incidence =
+        entry_incidence_cos(vertebra, &vertebra_to_grid, &(to_v * bone_entry), &u_v);
     if t_entry.is_some() && cos_incidence < MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
         violations.push(reason(
             ReasonCode::NotThroughPedicle,

@@ -169,11 +169,6 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
         }
         prev_start = this_start;
     }
-    if std::env::var("KYPHOPLAN_DEBUG_FRAME").is_ok() {
-        for hole in &holes {
-            eprintln!("slice {} area {} chain {}", hole.k, hole.cells.len(), hole.chain);
-        }
-    }
     let best_chain = (0..chains.len())
         .max_by(|&a, &b| chains[a].total_cmp(&chains[b]).then(b.cmp(&a)))
         .ok_or_else(|| {
@@ -313,14 +308,21 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
     for s in foramen.iter().filter(|s| s.k >= c_lo && s.k <= c_hi) {
         core = Some(match core {
             None => s.cells.clone(),
-            Some(c) => c.into_iter().filter(|x| s.cells.binary_search(x).is_ok()).collect(),
+            Some(c) => c
+                .into_iter()
+                .filter(|x| s.cells.binary_search(x).is_ok())
+                .collect(),
         });
     }
     let core = core.filter(|c| c.len() >= 3).unwrap_or(fcells.clone());
     let vpts: Vec<[Real; 2]> = core
         .iter()
         .map(|&(i, j)| {
-            let q = to_v(Point::new(origin.x + i as Real * h, origin.y + j as Real * h, 0.0));
+            let q = to_v(Point::new(
+                origin.x + i as Real * h,
+                origin.y + j as Real * h,
+                0.0,
+            ));
             [q.x, q.y]
         })
         .collect();
@@ -388,7 +390,10 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
                 canal_outline_xy_mm: hull.clone(),
                 canal_z_range_mm: canal_z,
                 canal_half_width_mm: canal_half_width,
-            canal_back_y_mm: hull.iter().map(|p| p[1]).fold(Real::NEG_INFINITY, Real::max),
+                canal_back_y_mm: hull
+                    .iter()
+                    .map(|p| p[1])
+                    .fold(Real::NEG_INFINITY, Real::max),
                 pedicle_z_range_mm: pedicle_z,
                 foramen_slices: foramen.len(),
             },
@@ -429,12 +434,20 @@ fn endplate_normal(
             while k + 1 < nz && inside.get(i, j, k + 1) {
                 k += 1;
             }
-            top.push(Point::new(p.x, p.y, inside.cell_center(i, j, k).z + 0.5 * h));
+            top.push(Point::new(
+                p.x,
+                p.y,
+                inside.cell_center(i, j, k).z + 0.5 * h,
+            ));
             let mut k = kc;
             while k > 0 && inside.get(i, j, k - 1) {
                 k -= 1;
             }
-            bottom.push(Point::new(p.x, p.y, inside.cell_center(i, j, k).z - 0.5 * h));
+            bottom.push(Point::new(
+                p.x,
+                p.y,
+                inside.cell_center(i, j, k).z - 0.5 * h,
+            ));
         }
     }
     let n_top = fit_plane_normal(&top)?;
@@ -620,7 +633,10 @@ pub fn offset_convex(poly: &[[Real; 2]], d: Real) -> Vec<[Real; 2]> {
             } else {
                 let c1 = n1[0] * cur[0] + n1[1] * cur[1] + d;
                 let c2 = n2[0] * cur[0] + n2[1] * cur[1] + d;
-                [(c1 * n2[1] - c2 * n1[1]) / det, (n1[0] * c2 - n2[0] * c1) / det]
+                [
+                    (c1 * n2[1] - c2 * n1[1]) / det,
+                    (n1[0] * c2 - n2[0] * c1) / det,
+                ]
             }
         })
         .collect()

@@ -98,7 +98,9 @@ pub fn derived_canal(frame: &VertebraFrame, level: &str) -> KeepOut {
     KeepOut::new(
         KeepOutKind::Canal,
         KeepOutSource::Derived,
-        format!("{level} vertebral foramen (convex outline inset {DURAL_SAC_INSET_MM} mm, extruded)"),
+        format!(
+            "{level} vertebral foramen (convex outline inset {DURAL_SAC_INSET_MM} mm, extruded)"
+        ),
         mesh,
     )
 }

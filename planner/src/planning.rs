@@ -154,7 +154,12 @@ fn plan_level(
                 fits = if left_wins { [l, None] } else { [None, r] };
             }
         },
-        _ => fits = [balloon::best_single(&opts[0]), balloon::best_single(&opts[1])],
+        _ => {
+            fits = [
+                balloon::best_single(&opts[0]),
+                balloon::best_single(&opts[1]),
+            ]
+        }
     }
     let frame = anatomy.frame();
     let mut sides = Vec::with_capacity(2);

@@ -121,8 +121,7 @@ impl Screen<'_> {
         // Cortex from where its margin applies to the tip.
         let tip = q + dir * t_tip;
         let entry = q + dir * t_entry;
-        let cos_incidence =
-            evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
+        let cos_incidence = evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
         if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
             return None;
         }
@@ -473,17 +472,15 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
                     best.insertion_length_mm.ceil()
                 ),
             }),
-            ReasonCode::CanalTooClose | ReasonCode::NerveRootTooClose => {
+            ReasonCode::CanalTooClose | ReasonCode::NerveRootTooClose
                 if !alternatives
                     .iter()
-                    .any(|a| a.code == AlternativeCode::SmallerCannula)
-                {
-                    alternatives.push(Alternative {
-                        code: AlternativeCode::SmallerCannula,
-                        message: "a thinner cannula leaves more room to the protected structure"
-                            .into(),
-                    })
-                }
+                    .any(|a| a.code == AlternativeCode::SmallerCannula) =>
+            {
+                alternatives.push(Alternative {
+                    code: AlternativeCode::SmallerCannula,
+                    message: "a thinner cannula leaves more room to the protected structure".into(),
+                })
             }
             _ => {}
         }

@@ -32,16 +32,24 @@ fn line_point_distance(a: &Point, b: &Point, p: &Point) -> f64 {
 
 #[test]
 fn planned_trajectories_follow_the_pedicle_axis() {
-    for level in [Level::T10, Level::T11, Level::T12, Level::L1, Level::L2, Level::L3, Level::L4, Level::L5] {
+    for level in [
+        Level::T10,
+        Level::T11,
+        Level::T12,
+        Level::L1,
+        Level::L2,
+        Level::L3,
+        Level::L4,
+        Level::L5,
+    ] {
         let (input, verts) = synth::spine(&[level], &Pose::identity(), false);
         let plan = plan(&prepare(input), &request()).unwrap();
         let lp = &plan.levels[0];
         for (side_plan, axis) in lp.sides.iter().zip(verts[0].pedicle_axes.iter()) {
             assert_eq!(side_plan.side, axis.side);
-            let t = side_plan
-                .trajectory
-                .as_ref()
-                .unwrap_or_else(|| panic!("{level} {}: infeasible: {:?}", axis.side, side_plan.reasons));
+            let t = side_plan.trajectory.as_ref().unwrap_or_else(|| {
+                panic!("{level} {}: infeasible: {:?}", axis.side, side_plan.reasons)
+            });
             let (e, tip) = (point(t.bone_entry_mm), point(t.target_mm));
             let dist = line_point_distance(&e, &tip, &axis.isthmus_center);
             let angle = (tip - e)
@@ -83,7 +91,11 @@ fn a_pedicle_narrower_than_cannula_plus_margins_is_infeasible_with_its_corridor(
     };
     let plan = plan(&prepare(input), &request()).unwrap();
     for s in &plan.levels[0].sides {
-        assert!(!s.feasible, "{}: a 4.4 mm pedicle cannot take 5.4 mm", s.side);
+        assert!(
+            !s.feasible,
+            "{}: a 4.4 mm pedicle cannot take 5.4 mm",
+            s.side
+        );
         assert!(s.trajectory.is_none() && s.balloon.is_none());
         let r = s
             .reasons
@@ -94,7 +106,10 @@ fn a_pedicle_narrower_than_cannula_plus_margins_is_infeasible_with_its_corridor(
         assert!(corridor < 5.4 && corridor > 2.0, "corridor {corridor}");
         assert!(r.message.contains("narrowest corridor"), "{}", r.message);
         // And a thinner cannula is suggested.
-        assert!(s.alternatives.iter().any(|a| a.code == plan::AlternativeCode::SmallerCannula));
+        assert!(s
+            .alternatives
+            .iter()
+            .any(|a| a.code == plan::AlternativeCode::SmallerCannula));
     }
 }
 
@@ -103,15 +118,28 @@ fn the_plan_moves_with_the_anatomy() {
     let levels = [Level::L2];
     let (input, _) = synth::spine(&levels, &Pose::identity(), false);
     let base = plan(&prepare(input), &request()).unwrap();
-    let pose = Pose::new(Vector::new(35.0, -120.0, 410.0), Vector::new(0.25, -0.15, 0.5));
+    let pose = Pose::new(
+        Vector::new(35.0, -120.0, 410.0),
+        Vector::new(0.25, -0.15, 0.5),
+    );
     let (input, _) = synth::spine(&levels, &pose, false);
     let moved = plan(&prepare(input), &request()).unwrap();
     for (a, b) in base.levels[0].sides.iter().zip(&moved.levels[0].sides) {
-        let (ta, tb) = (a.trajectory.as_ref().unwrap(), b.trajectory.as_ref().unwrap());
-        for (pa, pb) in [(ta.bone_entry_mm, tb.bone_entry_mm), (ta.target_mm, tb.target_mm)] {
+        let (ta, tb) = (
+            a.trajectory.as_ref().unwrap(),
+            b.trajectory.as_ref().unwrap(),
+        );
+        for (pa, pb) in [
+            (ta.bone_entry_mm, tb.bone_entry_mm),
+            (ta.target_mm, tb.target_mm),
+        ] {
             let expected = pose * point(pa);
             let d = (expected - point(pb)).norm();
-            assert!(d < 1.5, "{}: moved by {d:.2} mm more than the anatomy", a.side);
+            assert!(
+                d < 1.5,
+                "{}: moved by {d:.2} mm more than the anatomy",
+                a.side
+            );
         }
         assert!((ta.medial_angle_deg - tb.medial_angle_deg).abs() < 3.0);
         assert!((ta.cranial_angle_deg - tb.cranial_angle_deg).abs() < 3.0);
@@ -130,7 +158,10 @@ fn ras_and_lps_give_the_same_plan() {
     let ras = plan(&prepare(ras_input), &request()).unwrap();
     assert_eq!(ras.frame, PatientFrame::Ras);
     for (a, b) in lps.levels[0].sides.iter().zip(&ras.levels[0].sides) {
-        let (ta, tb) = (a.trajectory.as_ref().unwrap(), b.trajectory.as_ref().unwrap());
+        let (ta, tb) = (
+            a.trajectory.as_ref().unwrap(),
+            b.trajectory.as_ref().unwrap(),
+        );
         let back = kyphoplan_planner::anatomy::ras_to_lps(&point(tb.target_mm));
         assert!((back - point(ta.target_mm)).norm() < 1e-6);
         assert_eq!(ta.medial_angle_deg, tb.medial_angle_deg);
@@ -147,7 +178,13 @@ fn given_canal_and_roots_are_used_and_reported() {
         .iter()
         .all(|k| k.source == plan::KeepOutSource::Given));
     assert!(lp.keep_outs.iter().any(|k| k.kind == "spinal_canal"));
-    assert_eq!(lp.keep_outs.iter().filter(|k| k.kind == "nerve_root").count(), 2);
+    assert_eq!(
+        lp.keep_outs
+            .iter()
+            .filter(|k| k.kind == "nerve_root")
+            .count(),
+        2
+    );
     for s in &lp.sides {
         let t = s.trajectory.as_ref().expect("feasible with soft tissue");
         assert!(t.clearance_mm.canal >= 2.0 && t.clearance_mm.nerve_root >= 2.0);
@@ -166,7 +203,10 @@ fn same_plan_bit_for_bit_on_1_2_and_8_threads() {
     let (input, _) = synth::spine(&[Level::L1, Level::L2], &Pose::identity(), false);
     let anatomy = prepare(input);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let p = plan(&anatomy, &request()).unwrap();
             serde_json::to_string(&p).unwrap()
@@ -184,15 +224,40 @@ fn evaluation_flags_a_medial_breach() {
     let anatomy = prepare(input);
     let axis = &verts[0].pedicle_axes[0];
     let d = axis.direction.into_inner();
-    let (entry, tip) = (axis.isthmus_center - d * 15.0, axis.isthmus_center + d * 28.0);
-    let ok = evaluate(&anatomy, level, axis.side, math::array(&entry), math::array(&tip),
-        &Instrument::contract_default(), &Safety::contract_default()).unwrap();
+    let (entry, tip) = (
+        axis.isthmus_center - d * 15.0,
+        axis.isthmus_center + d * 28.0,
+    );
+    let ok = evaluate(
+        &anatomy,
+        level,
+        axis.side,
+        math::array(&entry),
+        math::array(&tip),
+        &Instrument::contract_default(),
+        &Safety::contract_default(),
+    )
+    .unwrap();
     assert!(ok.safe, "{:?}", ok.violations);
     // Shift the same line 4 mm medially: into the canal.
     let medial = Vector::new(-4.0, 0.0, 0.0);
-    let bad = evaluate(&anatomy, level, axis.side, math::array(&(entry + medial)), math::array(&(tip + medial)),
-        &Instrument::contract_default(), &Safety::contract_default()).unwrap();
+    let bad = evaluate(
+        &anatomy,
+        level,
+        axis.side,
+        math::array(&(entry + medial)),
+        math::array(&(tip + medial)),
+        &Instrument::contract_default(),
+        &Safety::contract_default(),
+    )
+    .unwrap();
     assert!(!bad.safe);
-    assert!(bad.violations.iter().any(|v| v.code == ReasonCode::CanalMarginViolated));
-    assert!(bad.violations.iter().any(|v| v.code == ReasonCode::CortexMarginViolated));
+    assert!(bad
+        .violations
+        .iter()
+        .any(|v| v.code == ReasonCode::CanalMarginViolated));
+    assert!(bad
+        .violations
+        .iter()
+        .any(|v| v.code == ReasonCode::CortexMarginViolated));
 }

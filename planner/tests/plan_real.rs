@@ -1,0 +1,148 @@
+//! The planner on real lumbar vertebrae (../shared/anatomy: bone only, no canal or root
+//! meshes), each returned cannula and balloon checked independently by brute force over every
+//! triangle.
+
+mod common;
+
+use kyphoplan_planner::clearance::brute;
+use kyphoplan_planner::evaluate::{cortex_start, docking_zone_mm};
+use kyphoplan_planner::keepout::KeepOutKind;
+use kyphoplan_planner::math::{point, segment_segment_distance};
+use kyphoplan_planner::*;
+
+fn load_set(dir: &std::path::Path, set: &str) -> AnatomyInput {
+    let mut structures = Vec::new();
+    for level in Level::ALL {
+        let p = dir.join(set).join(format!("{level}.stl"));
+        if p.exists() {
+            structures.push(Structure {
+                name: format!("{set}/{level}.stl"),
+                role: Role::Vertebra { level },
+                mesh: common::load_stl(&p),
+            });
+        }
+    }
+    assert!(!structures.is_empty(), "{set}: no STL found");
+    AnatomyInput {
+        name: set.into(),
+        frame: PatientFrame::Lps,
+        structures,
+    }
+}
+
+#[test]
+fn every_real_pedicle_gets_a_verified_cannula_and_balloon() {
+    let Some(dir) = common::shared_anatomy() else {
+        return;
+    };
+    let instrument = Instrument::contract_default();
+    let safety = Safety::contract_default();
+    let r = instrument.cannula_radius_mm();
+    let mut checked = 0;
+    for set in ["vhm-male-lumbar", "mean-lumbar-l2-l5"] {
+        let anatomy = PreparedAnatomy::prepare(load_set(&dir, set), &PrepareOptions::standard())
+            .unwrap_or_else(|e| panic!("{set}: {e}"));
+        let request = PlanRequest::new(None, instrument.clone(), safety.clone()).unwrap();
+        let plan = plan(&anatomy, &request).unwrap();
+        for lp in &plan.levels {
+            let v = anatomy.vertebra(lp.level).unwrap();
+            let canal: Vec<_> = anatomy
+                .keep_outs(lp.level)
+                .into_iter()
+                .filter(|k| k.kind == KeepOutKind::Canal)
+                .collect();
+            assert_eq!(canal.len(), 1, "one derived canal per level");
+            let mut balloons = Vec::new();
+            for s in &lp.sides {
+                let Some(t) = &s.trajectory else {
+                    let corridor = s.reasons.iter().find_map(|r| r.value_mm);
+                    panic!(
+                        "{set} {} {}: infeasible, measured {corridor:?}: {:?}",
+                        lp.level, s.side, s.reasons
+                    );
+                };
+                let (entry, tip) = (point(t.bone_entry_mm), point(t.target_mm));
+                let u = (tip - entry).normalize();
+                // 1. The axis is in bone from just past the entry to the tip.
+                let len = (tip - entry).norm();
+                let n = (len / 0.5) as usize;
+                for i in 1..=n {
+                    let p = entry + u * (0.5 * i as f64).min(len);
+                    assert!(
+                        brute::contains_point(&v.mesh, &p),
+                        "{set} {} {}: axis leaves the bone {:.1} mm past the entry",
+                        lp.level,
+                        s.side,
+                        0.5 * i as f64
+                    );
+                }
+                // 2. The cylinder keeps the cortex margin where it applies (brute force).
+                let f = &v.frame;
+                let tip_v = f.lps_to_vertebra * tip;
+                let u_v = f.lps_to_vertebra.rotation * u;
+                let start =
+                    cortex_start(f, &tip_v, &u_v, -len, docking_zone_mm(&instrument, &safety));
+                let from = tip + u * start;
+                let d = brute::distance_to_segment(&v.mesh, &from, &tip) - r;
+                assert!(
+                    d >= safety.cortex_margin_mm - 1e-9,
+                    "{set} {} {}: cortex {d:.3}",
+                    lp.level,
+                    s.side
+                );
+                assert!(
+                    (d - t.clearance_mm.cortex).abs() < 1e-9,
+                    "fast engine {} vs brute {d}",
+                    t.clearance_mm.cortex
+                );
+                // 3. The whole cannula keeps the canal margin from the derived canal.
+                let tail = tip - u * instrument.cannula_working_length_mm;
+                let dc = brute::distance_to_segment(&canal[0].mesh, &tail, &tip) - r;
+                assert!(!brute::contains_point(&canal[0].mesh, &tip));
+                assert!(
+                    dc >= safety.canal_margin_mm - 1e-9,
+                    "{set} {} {}: canal {dc:.3}",
+                    lp.level,
+                    s.side
+                );
+                // 4. The entry is behind the body and on the named side, lateral of the canal.
+                let e_v = f.lps_to_vertebra * entry;
+                assert!(e_v.y > f.posterior_wall_y_mm, "entry not behind the body");
+                assert!(
+                    e_v.x * s.side.sign()
+                        > f.canal_half_width_mm[if s.side == Side::Left { 0 } else { 1 }]
+                );
+                // 5. The tip is in the anterior body.
+                assert!(tip_v.y < f.posterior_wall_y_mm && t.tip_depth_fraction >= 2.0 / 3.0);
+                // 6. The inflated balloon stays inside the bone by the margin.
+                let b = s.balloon.as_ref().expect("feasible sides carry a balloon");
+                let c = point(b.center_mm);
+                let ax = nalgebra::Vector3::from(b.axis);
+                let (p0, p1) = (c - ax * (b.length_mm / 2.0), c + ax * (b.length_mm / 2.0));
+                assert!(brute::contains_point(&v.mesh, &p0) && brute::contains_point(&v.mesh, &p1));
+                let db = brute::distance_to_segment(&v.mesh, &p0, &p1) - b.diameter_mm / 2.0;
+                assert!(
+                    db >= safety.cortex_margin_mm - 1e-9,
+                    "balloon cortex {db:.3}"
+                );
+                balloons.push((p0, p1, b.diameter_mm));
+                checked += 1;
+                eprintln!(
+                    "{set} {} {:5}: medial {:5.1} cranial {:5.1} cortex {:.2} canal {:.2} corridor >= {:.1} mm, balloon {}x{} mm",
+                    lp.level, s.side.name(), t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm.cortex,
+                    t.clearance_mm.canal, 2.0 * (t.clearance_mm.cortex + r), b.length_mm, b.diameter_mm
+                );
+            }
+            // 7. The two balloons do not overlap.
+            let (a, b) = (&balloons[0], &balloons[1]);
+            let gap = segment_segment_distance(&a.0, &a.1, &b.0, &b.1) - (a.2 + b.2) / 2.0;
+            assert!(
+                gap >= 0.0,
+                "{set} {}: balloons overlap by {:.2} mm",
+                lp.level,
+                -gap
+            );
+        }
+    }
+    assert_eq!(checked, 18, "9 vertebrae, 18 pedicles");
+}
