@@ -181,7 +181,8 @@ pub(crate) fn capsule(a: &Point, b: &Point, radius: f64, sides: usize) -> Surfac
     let n = CAPSULE_HALF_RINGS;
     for (center, range) in [(a, 0..=n), (b, n..=2 * n)] {
         for k in range {
-            let phi = -std::f64::consts::FRAC_PI_2 + std::f64::consts::PI * k as f64 / (2 * n) as f64;
+            let phi =
+                -std::f64::consts::FRAC_PI_2 + std::f64::consts::PI * k as f64 / (2 * n) as f64;
             rings.push(Ring {
                 center: center + w * (radius * phi.sin()),
                 radius: radius * phi.cos(),
@@ -238,8 +239,12 @@ impl Builder {
     }
 
     /// Append `bytes` 4-byte aligned as one buffer view.
-    fn view(&mut self, bytes: &[u8], target: json::buffer::Target) -> json::Index<json::buffer::View> {
-        while self.bin.len() % 4 != 0 {
+    fn view(
+        &mut self,
+        bytes: &[u8],
+        target: json::buffer::Target,
+    ) -> json::Index<json::buffer::View> {
+        while !self.bin.len().is_multiple_of(4) {
             self.bin.push(0);
         }
         let offset = self.bin.len();
@@ -275,10 +280,7 @@ impl Builder {
                     max[i] = max[i].max(v[i]);
                 }
             }
-            (
-                Some(serde_json::json!(min)),
-                Some(serde_json::json!(max)),
-            )
+            (Some(serde_json::json!(min)), Some(serde_json::json!(max)))
         } else {
             (None, None)
         };
@@ -367,12 +369,12 @@ impl Builder {
 
     /// The GLB file: header, JSON chunk (space padded), BIN chunk (zero padded).
     fn finish(mut self) -> Result<Vec<u8>, String> {
-        while self.bin.len() % 4 != 0 {
+        while !self.bin.len().is_multiple_of(4) {
             self.bin.push(0);
         }
         self.root.buffers[self.buffer.value()].byte_length = USize64::from(self.bin.len());
         let mut json_bytes = self.root.to_vec().map_err(|e| e.to_string())?;
-        while json_bytes.len() % 4 != 0 {
+        while !json_bytes.len().is_multiple_of(4) {
             json_bytes.push(b' ');
         }
         let total = 12 + 8 + json_bytes.len() + 8 + self.bin.len();

@@ -45,6 +45,13 @@ const TEXT: Rgb<u8> = Rgb([235, 235, 235]);
 const DIM_TEXT: Rgb<u8> = Rgb([160, 165, 175]);
 const WARN: Rgb<u8> = Rgb([255, 80, 80]);
 const PANEL_BORDER: Rgb<u8> = Rgb([70, 74, 84]);
+const BALLOON: Rgb<u8> = Rgb([170, 120, 255]);
+
+/// An angle to one decimal without a "-0.0".
+fn deg(v: f64) -> String {
+    let r = (v * 10.0).round() / 10.0;
+    format!("{:.1}°", if r == 0.0 { 0.0 } else { r })
+}
 
 /// The colour of a side's cannula.
 pub fn side_colour(side: Side) -> Rgb<u8> {
@@ -142,7 +149,9 @@ impl CaseToVertebra {
 impl PanelProjection {
     /// Pixel (x right, y down, fractional) of a point given in the case frame.
     pub fn pixel_of(&self, p_case: [f64; 3]) -> (f64, f64) {
-        let q = self.view.project(&self.case_to_vertebra.map(&point(p_case)));
+        let q = self
+            .view
+            .project(&self.case_to_vertebra.map(&point(p_case)));
         self.screen_px(q[0], q[1])
     }
 
@@ -203,11 +212,15 @@ impl OriginDimensions for Canvas<'_> {
 impl DrawTarget for Canvas<'_> {
     type Color = Rgb888;
     type Error = Infallible;
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(&mut self, pixels: I) -> Result<(), Infallible> {
+    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
+        &mut self,
+        pixels: I,
+    ) -> Result<(), Infallible> {
         let (w, h) = self.0.dimensions();
         for Pixel(p, c) in pixels {
             if p.x >= 0 && p.y >= 0 && (p.x as u32) < w && (p.y as u32) < h {
-                self.0.put_pixel(p.x as u32, p.y as u32, Rgb([c.r(), c.g(), c.b()]));
+                self.0
+                    .put_pixel(p.x as u32, p.y as u32, Rgb([c.r(), c.g(), c.b()]));
             }
         }
         Ok(())
@@ -339,8 +352,8 @@ fn circle(
     let r = radius + width;
     for y in (centre.1 - r).floor() as i64..=(centre.1 + r).ceil() as i64 {
         for x in (centre.0 - r).floor() as i64..=(centre.0 + r).ceil() as i64 {
-            let d = ((x as f64 + 0.5 - centre.0).powi(2) + (y as f64 + 0.5 - centre.1).powi(2))
-                .sqrt();
+            let d =
+                ((x as f64 + 0.5 - centre.0).powi(2) + (y as f64 + 0.5 - centre.1).powi(2)).sqrt();
             if (filled && d <= radius) || (d - radius).abs() <= 0.5 * width {
                 put(img, clip, x, y, c);
             }
@@ -373,13 +386,11 @@ fn stadium(
     }
 }
 
+/// A segment in pixels.
+type Segment2 = ((f64, f64), (f64, f64));
+
 /// Fill the closed polygons made of `segments` (even-odd rule, pixel centres).
-fn fill_segments(
-    img: &mut RgbImage,
-    clip: &PanelProjection,
-    segments: &[((f64, f64), (f64, f64))],
-    c: Rgb<u8>,
-) {
+fn fill_segments(img: &mut RgbImage, clip: &PanelProjection, segments: &[Segment2], c: Rgb<u8>) {
     if segments.is_empty() {
         return;
     }
@@ -484,11 +495,7 @@ fn paint_thickness(img: &mut RgbImage, panel: &PanelProjection, acc: &[f32]) {
 }
 
 /// Intersection of the mesh (vertebra frame) with the plane z = `z_mm`, as screen segments.
-fn section_segments(
-    mesh_vertebra: &TriMesh,
-    z_mm: f64,
-    panel: &PanelProjection,
-) -> Vec<((f64, f64), (f64, f64))> {
+fn section_segments(mesh_vertebra: &TriMesh, z_mm: f64, panel: &PanelProjection) -> Vec<Segment2> {
     let mut out = Vec::new();
     for i in 0..mesh_vertebra.triangles.len() {
         let tri = mesh_vertebra.triangle(i);
@@ -529,7 +536,15 @@ fn scale_bar(img: &mut RgbImage, panel: &PanelProjection) {
     let x0 = panel.origin_px.0 as f64 + 14.0;
     let y0 = (panel.origin_px.1 + panel.size_px.1) as f64 - 16.0;
     thick_line(img, Some(panel), (x0, y0), (x0 + len, y0), 3.0, TEXT, true);
-    thick_line(img, Some(panel), (x0, y0 - 5.0), (x0, y0 + 2.0), 2.0, TEXT, true);
+    thick_line(
+        img,
+        Some(panel),
+        (x0, y0 - 5.0),
+        (x0, y0 + 2.0),
+        2.0,
+        TEXT,
+        true,
+    );
     thick_line(
         img,
         Some(panel),
@@ -539,7 +554,13 @@ fn scale_bar(img: &mut RgbImage, panel: &PanelProjection) {
         TEXT,
         true,
     );
-    text(img, (x0 + len + 6.0) as i32, (y0 - 7.0) as i32, "10 mm", TEXT);
+    text(
+        img,
+        (x0 + len + 6.0) as i32,
+        (y0 - 7.0) as i32,
+        "10 mm",
+        TEXT,
+    );
 }
 
 fn orientation_letters(img: &mut RgbImage, panel: &PanelProjection) {
@@ -572,7 +593,11 @@ fn side_geometry(side: &SidePlan, map: &CaseToVertebra) -> Option<SideGeometry> 
     let balloon = side.balloon.as_ref().map(|b| {
         let c = point(b.center_mm);
         let axis = kyphoplan_planner::math::Vector::from(b.axis).normalize() * (0.5 * b.length_mm);
-        (map.map(&(c - axis)), map.map(&(c + axis)), 0.5 * b.diameter_mm)
+        (
+            map.map(&(c - axis)),
+            map.map(&(c + axis)),
+            0.5 * b.diameter_mm,
+        )
     });
     Some(SideGeometry {
         side: side.side,
@@ -590,18 +615,45 @@ fn draw_sides(img: &mut RgbImage, panel: &PanelProjection, sides: &[SideGeometry
     };
     for s in sides {
         if let Some((a, b, r)) = &s.balloon {
-            let c = blend(side_colour(s.side), Rgb([90, 120, 255]), 0.45);
-            stadium(img, panel, px(a), px(b), r * panel.px_per_mm, c);
+            stadium(img, panel, px(a), px(b), r * panel.px_per_mm, BALLOON);
         }
     }
-    for s in sides {
+    // Far cannulas first, so that the nearer one is seen on top where they cross.
+    let mut order: Vec<&SideGeometry> = sides.iter().collect();
+    let depth = |s: &SideGeometry| panel.view.project(&s.entry)[2] + panel.view.project(&s.tip)[2];
+    order.sort_by(|a, b| depth(b).total_cmp(&depth(a)));
+    for s in order {
         let c = side_colour(s.side);
         let width = (2.0 * s.radius_mm * panel.px_per_mm).max(3.0);
         // A dark rim keeps the cannula readable over bright bone.
-        thick_line(img, Some(panel), px(&s.entry), px(&s.tip), width + 2.0, BACKGROUND, true);
+        thick_line(
+            img,
+            Some(panel),
+            px(&s.entry),
+            px(&s.tip),
+            width + 2.0,
+            BACKGROUND,
+            true,
+        );
         thick_line(img, Some(panel), px(&s.entry), px(&s.tip), width, c, true);
-        circle(img, Some(panel), px(&s.entry), 0.5 * width + 3.0, 2.0, TEXT, false);
-        circle(img, Some(panel), px(&s.tip), 0.5 * width + 1.0, 1.0, c, true);
+        circle(
+            img,
+            Some(panel),
+            px(&s.entry),
+            0.5 * width + 3.0,
+            2.0,
+            TEXT,
+            false,
+        );
+        circle(
+            img,
+            Some(panel),
+            px(&s.tip),
+            0.5 * width + 1.0,
+            1.0,
+            c,
+            true,
+        );
     }
 }
 
@@ -633,14 +685,22 @@ pub fn level_picture(
         lps_to_vertebra: vertebra.frame.lps_to_vertebra,
     };
     let mesh_v = vertebra.mesh.transformed(&vertebra.frame.lps_to_vertebra);
-    let sides: Vec<SideGeometry> = lp.sides.iter().filter_map(|s| side_geometry(s, &map)).collect();
+    let sides: Vec<SideGeometry> = lp
+        .sides
+        .iter()
+        .filter_map(|s| side_geometry(s, &map))
+        .collect();
 
     // Section height: the mean height of the cannula axes, else the middle of the pedicles.
     let section_z_mm = if sides.is_empty() {
         let r = vertebra.frame.pedicle_z_range_mm;
         0.25 * (r[0].0 + r[0].1 + r[1].0 + r[1].1)
     } else {
-        sides.iter().map(|s| 0.5 * (s.entry.z + s.tip.z)).sum::<f64>() / sides.len() as f64
+        sides
+            .iter()
+            .map(|s| 0.5 * (s.entry.z + s.tip.z))
+            .sum::<f64>()
+            / sides.len() as f64
     };
 
     // One scale for all panels: the bone's box in each view must fit with a margin.
@@ -704,7 +764,15 @@ pub fn level_picture(
                     let (a, b) = (outline[k], outline[(k + 1) % outline.len()]);
                     let pa = panel.pixel_of_vertebra(&Point::new(a[0], a[1], section_z_mm));
                     let pb = panel.pixel_of_vertebra(&Point::new(b[0], b[1], section_z_mm));
-                    thick_line(&mut img, Some(panel), (pa.0, pa.1), (pb.0, pb.1), 2.0, CANAL, false);
+                    thick_line(
+                        &mut img,
+                        Some(panel),
+                        (pa.0, pa.1),
+                        (pb.0, pb.1),
+                        2.0,
+                        CANAL,
+                        false,
+                    );
                 }
             }
             View::Ap | View::Lateral => {
@@ -715,7 +783,10 @@ pub fn level_picture(
                 let (z0, z1) = vertebra.frame.canal_z_range_mm;
                 let idx = if panel.view == View::Ap { 0 } else { 1 };
                 let lo = outline.iter().map(|q| q[idx]).fold(f64::INFINITY, f64::min);
-                let hi = outline.iter().map(|q| q[idx]).fold(f64::NEG_INFINITY, f64::max);
+                let hi = outline
+                    .iter()
+                    .map(|q| q[idx])
+                    .fold(f64::NEG_INFINITY, f64::max);
                 if lo.is_finite() && hi.is_finite() {
                     let corner = |u: f64, z: f64| {
                         let q = if idx == 0 {
@@ -726,7 +797,12 @@ pub fn level_picture(
                         let (x, y, _) = panel.pixel_of_vertebra(&q);
                         (x, y)
                     };
-                    let c = [corner(lo, z0), corner(hi, z0), corner(hi, z1), corner(lo, z1)];
+                    let c = [
+                        corner(lo, z0),
+                        corner(hi, z0),
+                        corner(hi, z1),
+                        corner(lo, z1),
+                    ];
                     for k in 0..4 {
                         dashed_line(&mut img, Some(panel), c[k], c[(k + 1) % 4], CANAL);
                     }
@@ -741,7 +817,13 @@ pub fn level_picture(
         if panel.view == View::Axial {
             name = format!("AXIAL at z {section_z_mm:+.1} mm (from feet)");
         }
-        title(&mut img, panel.origin_px.0 as i32 + 8, panel.origin_px.1 as i32 + 6, &name, TEXT);
+        title(
+            &mut img,
+            panel.origin_px.0 as i32 + 8,
+            panel.origin_px.1 as i32 + 6,
+            &name,
+            TEXT,
+        );
     }
 
     // Angles next to the entries: medial in the axial panel, cranial in the lateral one.
@@ -755,12 +837,14 @@ pub fn level_picture(
         let c = side_colour(s.side);
         let axial = &panels[0];
         let (x, y, _) = axial.pixel_of_vertebra(&g.entry);
-        let dx = if s.side == Side::Left { 10 } else { -90 };
-        text(&mut img, x as i32 + dx, y as i32 + 6, &format!("med {:.1}°", t.medial_angle_deg), c);
+        let dx = if s.side == Side::Left { 10 } else { -110 };
+        let label = format!("{} med {}", s.side.name(), deg(t.medial_angle_deg));
+        text(&mut img, x as i32 + dx, y as i32 + 6, &label, c);
         let lateral = &panels[2];
         let (x, y, _) = lateral.pixel_of_vertebra(&g.entry);
         let dy = if s.side == Side::Left { -22 } else { 8 };
-        text(&mut img, x as i32 + 8, y as i32 + dy, &format!("cran {:.1}°", t.cranial_angle_deg), c);
+        let label = format!("{} cran {}", s.side.name(), deg(t.cranial_angle_deg));
+        text(&mut img, x as i32 + 8, y as i32 + dy, &label, c);
     }
     // Infeasible sides: the reason in the axial panel, on the side's half.
     for s in lp.sides.iter().filter(|s| !s.feasible) {
@@ -770,8 +854,14 @@ pub fn level_picture(
         } else {
             axial.origin_px.0 as i32 + 8
         };
-        let mut y = (axial.origin_px.1 + axial.size_px.1) as i32 - 64;
-        title(&mut img, x, y, &format!("{} NOT FEASIBLE", s.side.name().to_uppercase()), WARN);
+        let mut y = (axial.origin_px.1 + axial.size_px.1) as i32 - 100;
+        title(
+            &mut img,
+            x,
+            y,
+            &format!("{} NOT FEASIBLE", s.side.name().to_uppercase()),
+            WARN,
+        );
         for r in &s.reasons {
             y += LINE_PX;
             text(&mut img, x, y, &code_name(&r.code), WARN);
@@ -783,17 +873,26 @@ pub fn level_picture(
         &mut img,
         10,
         9,
-        &format!("{}   case {}   frame {}", level.name(), plan.case, plan.frame.name()),
+        &format!(
+            "{}   case {}   frame {}",
+            level.name(),
+            plan.case,
+            plan.frame.name()
+        ),
         TEXT,
     );
-    let legend_x = width as i32 - 560;
+    let legend_x = width as i32 - 640;
     legend(&mut img, legend_x, 10);
 
     // Footer: one or two lines per side.
     let mut y = (HEADER_PX + p + 10) as i32;
     for s in &lp.sides {
         for line in side_lines(level, s) {
-            let colour = if s.feasible { side_colour(s.side) } else { WARN };
+            let colour = if s.feasible {
+                side_colour(s.side)
+            } else {
+                WARN
+            };
             text(&mut img, 10, y, &line, colour);
             y += LINE_PX;
         }
@@ -828,8 +927,12 @@ fn side_lines(level: Level, s: &SidePlan) -> Vec<String> {
         (Some(t), true) => {
             let c = &t.clearance_mm;
             let mut first = format!(
-                "{name}: medial {:.1}°, cranial {:.1}°, clearance cortex {:.1} / canal {:.1} / root {:.1} mm",
-                t.medial_angle_deg, t.cranial_angle_deg, c.cortex, c.canal, c.nerve_root
+                "{name}: medial {}, cranial {}, clearance cortex {:.1} / canal {:.1} / root {:.1} mm",
+                deg(t.medial_angle_deg),
+                deg(t.cranial_angle_deg),
+                c.cortex,
+                c.canal,
+                c.nerve_root
             );
             if let Some(f) = c.forbidden {
                 first.push_str(&format!(" / forbidden {f:.1} mm"));
@@ -867,7 +970,7 @@ fn legend(img: &mut RgbImage, x: i32, y: i32) {
         ("canal", CANAL),
         ("left", LEFT_COLOUR),
         ("right", RIGHT_COLOUR),
-        ("balloon", blend(LEFT_COLOUR, Rgb([90, 120, 255]), 0.45)),
+        ("balloon", BALLOON),
     ];
     let mut cx = x;
     for (name, c) in items {
@@ -879,7 +982,7 @@ fn legend(img: &mut RgbImage, x: i32, y: i32) {
         text(img, cx + 22, y, name, TEXT);
         cx += 22 + 7 * name.len() as i32 + 18;
     }
-    text(img, cx, y, "o entry  * tip", TEXT);
+    text(img, cx, y, "ring: bone entry, dot: tip", TEXT);
 }
 
 /// The picture of one level (see [`level_picture`]).
@@ -940,10 +1043,7 @@ pub fn render_overview(
         origin_px: (0, header),
         size_px: (w, h),
         px_per_mm: s,
-        center_mm: [
-            0.5 * (lo[0] + hi[0]) - 70.0 / s,
-            0.5 * (lo[1] + hi[1]),
-        ],
+        center_mm: [0.5 * (lo[0] + hi[0]) - 70.0 / s, 0.5 * (lo[1] + hi[1])],
         case_to_vertebra: map,
     };
     let mut acc = vec![0.0f32; (w * h) as usize];
@@ -954,8 +1054,11 @@ pub fn render_overview(
     }
     paint_thickness(&mut img, &panel, &acc);
     for (lp, _) in &levels {
-        let sides: Vec<SideGeometry> =
-            lp.sides.iter().filter_map(|s| side_geometry(s, &map)).collect();
+        let sides: Vec<SideGeometry> = lp
+            .sides
+            .iter()
+            .filter_map(|s| side_geometry(s, &map))
+            .collect();
         draw_sides(&mut img, &panel, &sides);
     }
     // Level names in front of each body, with the count of planned sides.
@@ -963,7 +1066,11 @@ pub fn render_overview(
         let centre_v = map.lps_to_vertebra * (v.frame.vertebra_to_lps() * Point::origin());
         let (_, y, _) = panel.pixel_of_vertebra(&centre_v);
         let feasible = lp.sides.iter().filter(|s| s.feasible).count();
-        let colour = if feasible == lp.sides.len() { TEXT } else { WARN };
+        let colour = if feasible == lp.sides.len() {
+            TEXT
+        } else {
+            WARN
+        };
         title(&mut img, 10, y as i32 - 7, lp.level.name(), colour);
         text(
             &mut img,

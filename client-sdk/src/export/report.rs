@@ -50,7 +50,11 @@ fn now_utc() -> String {
         .unwrap_or(0);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 const STYLE: &str = "
@@ -148,7 +152,9 @@ fn infeasible_details(out: &mut String, plan: &Plan) {
             }
             out.push_str("</table>\n");
             if !s.alternatives.is_empty() {
-                out.push_str("<table><tr><th class=t>alternative</th><th class=t>message</th></tr>\n");
+                out.push_str(
+                    "<table><tr><th class=t>alternative</th><th class=t>message</th></tr>\n",
+                );
                 for a in &s.alternatives {
                     let _ = writeln!(
                         out,
@@ -276,8 +282,14 @@ pub fn to_html(
     let s = &plan.safety;
     out.push_str("<h2>Instrument and safety settings</h2>\n<table>\n");
     let rows: [(&str, String); 7] = [
-        ("cannula outer diameter", format!("{:.2} mm", i.cannula_outer_diameter_mm)),
-        ("cannula working length", format!("{:.1} mm", i.cannula_working_length_mm)),
+        (
+            "cannula outer diameter",
+            format!("{:.2} mm", i.cannula_outer_diameter_mm),
+        ),
+        (
+            "cannula working length",
+            format!("{:.1} mm", i.cannula_working_length_mm),
+        ),
         (
             "balloon lengths",
             i.balloon_lengths_mm
@@ -287,13 +299,23 @@ pub fn to_html(
                 .join(", ")
                 + " mm",
         ),
-        ("balloon max diameter", format!("{:.1} mm", i.balloon_max_diameter_mm)),
+        (
+            "balloon max diameter",
+            format!("{:.1} mm", i.balloon_max_diameter_mm),
+        ),
         ("cortex margin", format!("{:.1} mm", s.cortex_margin_mm)),
         ("canal margin", format!("{:.1} mm", s.canal_margin_mm)),
-        ("nerve root margin", format!("{:.1} mm", s.nerve_root_margin_mm)),
+        (
+            "nerve root margin",
+            format!("{:.1} mm", s.nerve_root_margin_mm),
+        ),
     ];
     for (k, v) in rows {
-        let _ = writeln!(out, "<tr><td class=t>{k}</td><td>{}</td></tr>", escape_html(&v));
+        let _ = writeln!(
+            out,
+            "<tr><td class=t>{k}</td><td>{}</td></tr>",
+            escape_html(&v)
+        );
     }
     out.push_str("</table>\n");
 
@@ -332,7 +354,9 @@ pub fn to_html(
     }
 
     // Inputs.
-    out.push_str("<h2>Input files</h2>\n<table><tr><th class=t>file</th><th class=t>SHA-256</th></tr>\n");
+    out.push_str(
+        "<h2>Input files</h2>\n<table><tr><th class=t>file</th><th class=t>SHA-256</th></tr>\n",
+    );
     for (name, sha) in inputs {
         let _ = writeln!(
             out,

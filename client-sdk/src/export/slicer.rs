@@ -125,11 +125,10 @@ pub fn to_markups_json(plan: &Plan) -> Value {
 
 /// Write the markups of `plan` to `path` (conventionally `*.mrk.json`).
 pub fn write_markups(plan: &Plan, path: &Path) -> Result<(), ExportError> {
-    let text = serde_json::to_string_pretty(&to_markups_json(plan)).map_err(|e| {
-        ExportError::Encode {
+    let text =
+        serde_json::to_string_pretty(&to_markups_json(plan)).map_err(|e| ExportError::Encode {
             path: path.to_path_buf(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     write_file(path, text.as_bytes())
 }
