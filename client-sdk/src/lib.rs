@@ -1,9 +1,11 @@
 //! kyphoplan client SDK: the typed gRPC [`client`], mesh loaders ([`mesh_io`]), the case
-//! directory reader ([`case`]), the plan JSON writer and the readable tables ([`report`]) of the
-//! `kyphoplan` CLI.
+//! directory reader ([`case`]), the plan JSON writer, the readable tables ([`report`]) of the `kyphoplan`
+//! CLI, and the exports planning engineers look at ([`export`]: 3D Slicer markups, glTF scene,
+//! pictures, HTML plan report).
 
 pub mod case;
 pub mod client;
+pub mod export;
 pub mod mesh_io;
 pub mod report;
 

@@ -47,12 +47,20 @@ enum Command {
         /// Write the plan JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
-        /// Write a 3D Slicer scene to FILE (not implemented yet).
+        /// Write the plan as 3D Slicer markups JSON (.mrk.json) to FILE.
         #[arg(long, value_name = "FILE")]
         slicer: Option<PathBuf>,
-        /// Write pictures into DIR (not implemented yet).
+        /// Write PNG pictures (an axial section, AP and lateral views per level, an overview)
+        /// into DIR.
         #[arg(long, value_name = "DIR")]
         pictures: Option<PathBuf>,
+        /// Write a 3D scene (bone, cannulas, balloons, derived canal) as binary glTF to FILE.
+        #[arg(long, value_name = "FILE")]
+        scene: Option<PathBuf>,
+        /// Write a self-contained HTML plan report (pictures, measurements, settings, input
+        /// checksums) to FILE.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Measure one trajectory of a case against the safety constraints.
     Evaluate {
@@ -178,14 +186,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
             slicer,
             pictures,
-        } => {
-            if slicer.is_some() || pictures.is_some() {
-                return Err(Failure::Usage(
-                    "--slicer and --pictures are not implemented yet".into(),
-                ));
-            }
-            plan_case(&case_dir, server.as_deref(), json.as_deref())
-        }
+            scene,
+            report,
+        } => plan_case(
+            &case_dir,
+            server.as_deref(),
+            json.as_deref(),
+            &Exports {
+                slicer,
+                pictures,
+                scene,
+                report,
+            },
+        ),
         Command::Evaluate {
             case_dir,
             level,
@@ -313,7 +326,26 @@ fn write_file(path: &Path, text: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::Input(format!("{}: cannot write: {e}", path.display())))
 }
 
-fn plan_case(dir: &Path, server: Option<&str>, json: Option<&Path>) -> Result<(), Failure> {
+/// What `plan` writes besides the table and the JSON.
+struct Exports {
+    slicer: Option<PathBuf>,
+    pictures: Option<PathBuf>,
+    scene: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+
+impl Exports {
+    fn need_anatomy(&self) -> bool {
+        self.pictures.is_some() || self.scene.is_some() || self.report.is_some()
+    }
+}
+
+fn plan_case(
+    dir: &Path,
+    server: Option<&str>,
+    json: Option<&Path>,
+    exports: &Exports,
+) -> Result<(), Failure> {
     let case = read_case(dir)?;
     let Case {
         dir,
@@ -321,6 +353,8 @@ fn plan_case(dir: &Path, server: Option<&str>, json: Option<&Path>) -> Result<()
         request,
         ..
     } = case;
+    // The pictures, scene and report draw the bone: keep it when they are asked for.
+    let for_exports = exports.need_anatomy().then(|| anatomy.clone());
     let plan = match server {
         None => plan_in_process(anatomy, &request, &dir)?,
         Some(url) => plan_via_server(url, anatomy, &request)?,
@@ -330,7 +364,75 @@ fn plan_case(dir: &Path, server: Option<&str>, json: Option<&Path>) -> Result<()
         write_file(path, &plan_json(&plan))?;
         eprintln!("wrote {}", path.display());
     }
+    write_exports(&plan, for_exports, &dir, exports)
+}
+
+fn export_failure(e: kyphoplan_client::export::ExportError) -> Failure {
+    Failure::Input(e.to_string())
+}
+
+fn write_exports(
+    plan: &Plan,
+    anatomy: Option<AnatomyInput>,
+    case_dir: &Path,
+    exports: &Exports,
+) -> Result<(), Failure> {
+    use kyphoplan_client::export;
+    if let Some(path) = &exports.slicer {
+        export::slicer::write_markups(plan, path).map_err(export_failure)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let Some(anatomy) = anatomy else {
+        return Ok(());
+    };
+    let prepared = prepare(anatomy, case_dir)?;
+    if let Some(path) = &exports.scene {
+        export::gltf::write_glb(plan, &prepared, path).map_err(export_failure)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let mut pictures = Vec::new();
+    if let Some(dir) = &exports.pictures {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Input(format!("{}: cannot create: {e}", dir.display())))?;
+        pictures =
+            export::pictures::write_pictures(plan, &prepared, dir).map_err(export_failure)?;
+        eprintln!("wrote {} pictures into {}", pictures.len(), dir.display());
+    }
+    if let Some(path) = &exports.report {
+        if pictures.is_empty() {
+            // The report embeds the pictures: draw them next to it.
+            let dir = path.with_extension("pictures");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::Input(format!("{}: cannot create: {e}", dir.display())))?;
+            pictures =
+                export::pictures::write_pictures(plan, &prepared, &dir).map_err(export_failure)?;
+        }
+        let inputs = input_checksums(case_dir)?;
+        export::report::write_report(plan, &prepared, &pictures, &inputs, path)
+            .map_err(export_failure)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// SHA-256 of case.toml and of every mesh file it names, for the report's traceability.
+fn input_checksums(case_dir: &Path) -> Result<Vec<(String, String)>, Failure> {
+    use sha2::Digest;
+    let toml_path = case_dir.join("case.toml");
+    let text = std::fs::read_to_string(&toml_path)
+        .map_err(|e| Failure::Input(format!("{}: {e}", toml_path.display())))?;
+    let parsed = case::parse_case_toml(&text)
+        .map_err(|e| Failure::Input(format!("{}: {e}", toml_path.display())))?;
+    let mut names = vec!["case.toml".to_string()];
+    names.extend(parsed.structures.iter().map(|s| s.mesh.clone()));
+    let mut out = Vec::new();
+    for name in names {
+        let path = case_dir.join(&name);
+        let bytes =
+            std::fs::read(&path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))?;
+        out.push((name, hex::encode(sha2::Sha256::digest(&bytes))));
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -338,8 +338,6 @@ fn usage_errors_and_unimplemented_commands_exit_two() {
             "--target",
             "1,1,1",
         ],
-        vec!["plan", s(&case), "--slicer", "scene.mrml"],
-        vec!["plan", s(&case), "--pictures", "pics"],
         vec!["replay", s(dir.path())],
         vec!["bench"],
     ] {
@@ -350,6 +348,42 @@ fn usage_errors_and_unimplemented_commands_exit_two() {
     assert!(stderr(&o).contains("not implemented yet (issue #4)"));
     let o = kyphoplan(&["bench"]);
     assert!(stderr(&o).contains("not implemented yet (issue #5)"));
+}
+
+#[test]
+fn plan_writes_slicer_markups_pictures_scene_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = l4_case(dir.path());
+    let (mrk, pics, glb, html) = (
+        dir.path().join("plan.mrk.json"),
+        dir.path().join("pics"),
+        dir.path().join("scene.glb"),
+        dir.path().join("report.html"),
+    );
+    let o = kyphoplan(&[
+        "plan",
+        s(&case),
+        "--slicer",
+        s(&mrk),
+        "--pictures",
+        s(&pics),
+        "--scene",
+        s(&glb),
+        "--report",
+        s(&html),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let markups: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mrk).unwrap()).unwrap();
+    assert!(markups["@schema"]
+        .as_str()
+        .unwrap()
+        .contains("markups-schema-v1.0"));
+    assert!(!markups["markups"].as_array().unwrap().is_empty());
+    assert!(pics.join("overview.png").is_file() && pics.join("L4.png").is_file());
+    assert_eq!(&std::fs::read(&glb).unwrap()[..4], b"glTF");
+    let report = std::fs::read_to_string(&html).unwrap();
+    assert!(report.contains("case.toml") && report.contains("data:image/png;base64,"));
 }
 
 #[test]
