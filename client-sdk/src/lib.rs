@@ -5,6 +5,7 @@
 pub mod case;
 pub mod client;
 pub mod mesh_io;
+pub mod replay;
 pub mod report;
 
 pub use client::{Client, ClientError, StoredPlan};
