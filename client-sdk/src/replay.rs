@@ -242,10 +242,18 @@ fn angle_between_deg(a: &[f64; 3], b: &[f64; 3]) -> f64 {
     c.atan2(dot).to_degrees()
 }
 
-fn reason_codes(side: &SidePlan) -> Vec<ReasonCode> {
+/// The reason codes of a side, sorted, as in the plan JSON (`PEDICLE_CORRIDOR_TOO_NARROW`).
+fn reason_codes(side: &SidePlan) -> Vec<String> {
     let mut codes: Vec<ReasonCode> = side.reasons.iter().map(|r| r.code).collect();
     codes.sort();
-    codes
+    codes.iter().map(code_name).collect()
+}
+
+fn code_name(code: &ReasonCode) -> String {
+    match serde_json::to_value(code) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{code:?}"),
+    }
 }
 
 fn compare_trajectory(d: &mut Differ, e: &Trajectory, a: &Trajectory) {
@@ -516,11 +524,11 @@ impl CaseReport {
                                 if s.feasible {
                                     format!("{} feasible", s.side)
                                 } else {
-                                    let codes: Vec<String> = reason_codes(s)
-                                        .iter()
-                                        .map(|c| format!("{c:?}"))
-                                        .collect();
-                                    format!("{} infeasible [{}]", s.side, codes.join(","))
+                                    format!(
+                                        "{} infeasible [{}]",
+                                        s.side,
+                                        reason_codes(s).join(",")
+                                    )
                                 }
                             })
                             .collect();

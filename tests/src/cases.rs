@@ -10,10 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use kyphoplan_client::case::{self, CaseToml, InstrumentToml, CASE_FILE};
-use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Structure};
 use kyphoplan_planner::keepout;
 use kyphoplan_planner::math::{Point, Pose, Vector};
-use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::synth::{self, VertebraParams};
 use rayon::prelude::*;
 
@@ -87,74 +86,6 @@ fn single(params: &VertebraParams, pose: &Pose, name: &str) -> AnatomyInput {
     }
 }
 
-/// The mesh of `right` for x < 0 and of `left` for x >= 0 (LPS: +x is patient left), joined
-/// at the midline: both are meshed on the same grid and differ only at the pedicles, so the
-/// triangles crossing the midline are the same in both. `None` unless the result is closed
-/// (every edge shared by exactly two triangles).
-pub fn join_halves(right: &TriMesh, left: &TriMesh) -> Option<TriMesh> {
-    use std::collections::HashMap;
-    let mut vertices: Vec<Point> = Vec::new();
-    let mut index: HashMap<[u64; 3], u32> = HashMap::new();
-    let mut triangles = Vec::new();
-    for (mesh, keep_left) in [(right, false), (left, true)] {
-        for t in &mesh.triangles {
-            let p = t.map(|i| mesh.vertices_mm[i as usize]);
-            let cx = (p[0].x + p[1].x + p[2].x) / 3.0;
-            if (cx >= 0.0) != keep_left {
-                continue;
-            }
-            let ids = p.map(|q| {
-                let key = [q.x.to_bits(), q.y.to_bits(), q.z.to_bits()];
-                *index.entry(key).or_insert_with(|| {
-                    vertices.push(q);
-                    (vertices.len() - 1) as u32
-                })
-            });
-            triangles.push(ids);
-        }
-    }
-    let mut edges: HashMap<(u32, u32), i32> = HashMap::new();
-    for t in &triangles {
-        for k in 0..3 {
-            let (a, b) = (t[k], t[(k + 1) % 3]);
-            // Directed edges: each must be matched by its reverse exactly once.
-            *edges.entry((a.min(b), a.max(b))).or_default() += if a < b { 1 } else { -1 };
-        }
-    }
-    let mut count: HashMap<(u32, u32), u32> = HashMap::new();
-    for t in &triangles {
-        for k in 0..3 {
-            let (a, b) = (t[k], t[(k + 1) % 3]);
-            *count.entry((a.min(b), a.max(b))).or_default() += 1;
-        }
-    }
-    let closed = edges.values().all(|&v| v == 0) && count.values().all(|&c| c == 2);
-    closed.then(|| TriMesh::new(vertices, triangles))
-}
-
-/// A vertebra with a narrow pedicle on one side only.
-fn one_side_narrow(level: Level, narrow: Side, width_mm: f64, name: &str) -> AnatomyInput {
-    let normal = VertebraParams::mean(level);
-    let mut thin = normal.clone();
-    thin.pedicle_width_mm = width_mm;
-    let a = synth::vertebra(&normal, &Pose::identity()).mesh;
-    let b = synth::vertebra(&thin, &Pose::identity()).mesh;
-    let mesh = match narrow {
-        Side::Left => join_halves(&a, &b),
-        Side::Right => join_halves(&b, &a),
-    }
-    .expect("the two halves join into a closed mesh");
-    AnatomyInput {
-        name: name.to_owned(),
-        frame: PatientFrame::Lps,
-        structures: vec![Structure {
-            name: format!("{}.stl", level.name()),
-            role: Role::Vertebra { level },
-            mesh,
-        }],
-    }
-}
-
 /// The same anatomy in RAS: x and y negated (exactly, no rotation matrix rounding).
 fn to_ras(anatomy: AnatomyInput) -> AnatomyInput {
     AnatomyInput {
@@ -211,11 +142,6 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
             p.pedicle_width_mm = 4.4;
             single(&p, &Pose::identity(), "narrow-pedicles-both")
         },
-    ));
-    out.push(SyntheticCase::new(
-        "narrow-pedicles/left-only-L3-4.4mm",
-        "L3 with a 4.4 mm left pedicle and a normal right one: left PEDICLE_CORRIDOR_TOO_NARROW, right feasible",
-        || one_side_narrow(Level::L3, Side::Left, 4.4, "narrow-pedicle-left"),
     ));
     out.push(SyntheticCase::new(
         "narrow-pedicles/borderline-L3-6.0mm",
