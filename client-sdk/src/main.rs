@@ -141,10 +141,9 @@ impl Failure {
     }
     fn message(&self) -> &str {
         match self {
-            Failure::Input(m)
-            | Failure::Usage(m)
-            | Failure::Server(m)
-            | Failure::Regression(m) => m,
+            Failure::Input(m) | Failure::Usage(m) | Failure::Server(m) | Failure::Regression(m) => {
+                m
+            }
         }
     }
 }

@@ -72,13 +72,15 @@ impl Tolerances {
             match v {
                 None => Ok(default),
                 Some(v) if v.is_finite() && v >= 0.0 => Ok(v),
-                Some(v) => Err(format!(
-                    "replay.{key} = {v}: must be a finite number >= 0"
-                )),
+                Some(v) => Err(format!("replay.{key} = {v}: must be a finite number >= 0")),
             }
         };
         Ok(Tolerances {
-            position_mm: pick(position_tolerance_mm, d.position_mm, "position_tolerance_mm")?,
+            position_mm: pick(
+                position_tolerance_mm,
+                d.position_mm,
+                "position_tolerance_mm",
+            )?,
             angle_deg: pick(angle_tolerance_deg, d.angle_deg, "angle_tolerance_deg")?,
             clearance_mm: pick(
                 clearance_tolerance_mm,
@@ -157,7 +159,7 @@ impl Differ<'_> {
 
     fn amount(&mut self, what: &str, unit: &str, verb: &str, amount: f64, tolerance: f64) {
         if amount > NOISE || amount.is_nan() {
-            let regression = !(amount <= tolerance);
+            let regression = amount > tolerance || amount.is_nan();
             let detail = if regression {
                 format!("{verb} {amount:.2} {unit} (tolerance {tolerance} {unit})")
             } else {
@@ -201,7 +203,7 @@ impl Differ<'_> {
             0.0
         };
         if fraction > NOISE || fraction.is_nan() {
-            let regression = !(fraction <= self.tol.volume_fraction);
+            let regression = fraction > self.tol.volume_fraction || fraction.is_nan();
             let percent = 100.0 * fraction;
             let mut detail = format!("{expected:.2} -> {actual:.2} ml ({percent:.1} %");
             if regression {
@@ -488,10 +490,11 @@ pub struct CaseReport {
 }
 
 impl CaseReport {
-    /// Whether this case fails the replay (before any blessing).
+    /// Whether this case fails the replay (with `bless`, differences and missing goldens are
+    /// accepted: they are rewritten).
     pub fn failed(&self, options: &ReplayOptions) -> bool {
         match &self.outcome {
-            Outcome::Compared { differences, .. } => has_regression(differences),
+            Outcome::Compared { differences, .. } => has_regression(differences) && !options.bless,
             Outcome::NoGolden { .. } => !options.bless,
             Outcome::Skipped { .. } => options.skipped_is_failure,
             Outcome::Error { .. } => true,
@@ -524,11 +527,7 @@ impl CaseReport {
                                 if s.feasible {
                                     format!("{} feasible", s.side)
                                 } else {
-                                    format!(
-                                        "{} infeasible [{}]",
-                                        s.side,
-                                        reason_codes(s).join(",")
-                                    )
+                                    format!("{} infeasible [{}]", s.side, reason_codes(s).join(","))
                                 }
                             })
                             .collect();
@@ -596,14 +595,21 @@ fn line_of(name: &str, label: &str, differences: &[&Difference]) -> String {
         .map(|d| d.to_string())
         .collect();
     let mut text = if !regressions.is_empty() {
-        format!("FAIL  {name} {label}  REGRESSION: {}", regressions.join("; "))
+        format!(
+            "FAIL  {name} {label}  REGRESSION: {}",
+            regressions.join("; ")
+        )
     } else if !moved.is_empty() {
         format!("ok    {name} {label}  moved within tolerance")
     } else {
         format!("ok    {name} {label}  unchanged")
     };
     if !moved.is_empty() {
-        let sep = if regressions.is_empty() { ": " } else { "; within tolerance: " };
+        let sep = if regressions.is_empty() {
+            ": "
+        } else {
+            "; within tolerance: "
+        };
         text.push_str(sep);
         text.push_str(&moved.join("; "));
     }
@@ -626,10 +632,17 @@ impl ReplaySummary {
 
     /// The summary line.
     pub fn summary_line(&self, options: &ReplayOptions) -> String {
-        let count = |f: &dyn Fn(&Outcome) -> bool| self.cases.iter().filter(|c| f(&c.outcome)).count();
-        let unchanged = count(&|o| matches!(o, Outcome::Compared { differences, .. } if differences.is_empty()));
-        let moved = count(&|o| matches!(o, Outcome::Compared { differences, .. } if !differences.is_empty() && !has_regression(differences)));
-        let regressed = count(&|o| matches!(o, Outcome::Compared { differences, .. } if has_regression(differences)));
+        let count =
+            |f: &dyn Fn(&Outcome) -> bool| self.cases.iter().filter(|c| f(&c.outcome)).count();
+        let unchanged = count(
+            &|o| matches!(o, Outcome::Compared { differences, .. } if differences.is_empty()),
+        );
+        let moved = count(
+            &|o| matches!(o, Outcome::Compared { differences, .. } if !differences.is_empty() && !has_regression(differences)),
+        );
+        let regressed = count(
+            &|o| matches!(o, Outcome::Compared { differences, .. } if has_regression(differences)),
+        );
         let no_golden = count(&|o| matches!(o, Outcome::NoGolden { .. }));
         let skipped = count(&|o| matches!(o, Outcome::Skipped { .. }));
         let errors = count(&|o| matches!(o, Outcome::Error { .. }));
@@ -662,8 +675,8 @@ fn read_job(dir: &Path, root: &Path, options: &ReplayOptions) -> Result<Job, Out
     let file = dir.join(CASE_FILE);
     let text = std::fs::read_to_string(&file)
         .map_err(|e| error(format!("{}: cannot read: {e}", file.display())))?;
-    let toml: CaseToml = case::parse_case_toml(&text)
-        .map_err(|e| error(format!("{}: {e}", file.display())))?;
+    let toml: CaseToml =
+        case::parse_case_toml(&text).map_err(|e| error(format!("{}: {e}", file.display())))?;
     if let Some(mesh_root) = &toml.mesh_root {
         let sub = case::shared_subdir(mesh_root)
             .map_err(|e| error(format!("{}: {e}", file.display())))?;
@@ -675,10 +688,7 @@ fn read_job(dir: &Path, root: &Path, options: &ReplayOptions) -> Result<Job, Out
             }
             Some(shared) if !shared.join(&sub).is_dir() => {
                 return Err(Outcome::Skipped {
-                    reason: format!(
-                        "{mesh_root}: {} not found",
-                        shared.join(&sub).display()
-                    ),
+                    reason: format!("{mesh_root}: {} not found", shared.join(&sub).display()),
                 })
             }
             Some(_) => {}
@@ -854,15 +864,13 @@ pub fn replay(
                             let read = {
                                 let (dir, root, options) =
                                     (dir.clone(), root.to_owned(), options.clone());
-                                tokio::task::spawn_blocking(move || {
-                                    read_job(&dir, &root, &options)
-                                })
-                                .await
-                                .unwrap_or_else(|e| {
-                                    Err(Outcome::Error {
-                                        reason: format!("reading the case panicked: {e}"),
+                                tokio::task::spawn_blocking(move || read_job(&dir, &root, &options))
+                                    .await
+                                    .unwrap_or_else(|e| {
+                                        Err(Outcome::Error {
+                                            reason: format!("reading the case panicked: {e}"),
+                                        })
                                     })
-                                })
                             };
                             let r = match read {
                                 Err(outcome) => CaseReport {

@@ -110,7 +110,12 @@ fn skin_case() -> AnatomyInput {
         "skin-working-length",
     );
     // LPS: +x left, +y posterior. Counter-clockwise in xy.
-    let outline = [[-150.0, -160.0], [150.0, -160.0], [150.0, 190.0], [-150.0, 90.0]];
+    let outline = [
+        [-150.0, -160.0],
+        [150.0, -160.0],
+        [150.0, 190.0],
+        [-150.0, 90.0],
+    ];
     anatomy.structures.push(Structure {
         name: "skin.stl".to_owned(),
         role: Role::Skin,
@@ -131,7 +136,12 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
         out.push(SyntheticCase::new(
             format!("mean-soft-tissue/{level}"),
             format!("{level} at mean morphometry with explicit canal and nerve-root meshes"),
-            move || named(synth::spine(&[level], &Pose::identity(), true).0, &format!("mean-{level}-soft")),
+            move || {
+                named(
+                    synth::spine(&[level], &Pose::identity(), true).0,
+                    &format!("mean-{level}-soft"),
+                )
+            },
         ));
     }
     out.push(SyntheticCase::new(
@@ -168,7 +178,10 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
                 Vector::new(35.0, -140.0, 820.0),
                 Vector::new(8f64.to_radians(), 0.0, 15f64.to_radians()),
             );
-            named(synth::spine(&[Level::L1, Level::L2], &pose, false).0, "patient-rotated")
+            named(
+                synth::spine(&[Level::L1, Level::L2], &pose, false).0,
+                "patient-rotated",
+            )
         },
     ));
     out.push(SyntheticCase::new(
@@ -183,12 +196,22 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
     out.push(SyntheticCase::new(
         "frames/L4-lps",
         "L4 with soft tissue in LPS: the plan must equal frames/L4-ras after x,y negation",
-        || named(synth::spine(&[Level::L4], &Pose::identity(), true).0, "frames-L4"),
+        || {
+            named(
+                synth::spine(&[Level::L4], &Pose::identity(), true).0,
+                "frames-L4",
+            )
+        },
     ));
     out.push(SyntheticCase::new(
         "frames/L4-ras",
         "L4 with soft tissue in RAS (the LPS meshes with x,y negated): same plan as frames/L4-lps",
-        || to_ras(named(synth::spine(&[Level::L4], &Pose::identity(), true).0, "frames-L4")),
+        || {
+            to_ras(named(
+                synth::spine(&[Level::L4], &Pose::identity(), true).0,
+                "frames-L4",
+            ))
+        },
     ));
     let mut skin = SyntheticCase::new(
         "skin/L3-tilted-skin-working-length",

@@ -15,8 +15,8 @@ use kyphoplan_client::case::{self, ReadOptions};
 use kyphoplan_client::replay::{
     self, compare, has_regression, Outcome, Planner, ReplayOptions, Tolerances,
 };
-use kyphoplan_planner::plan::{Plan, ReasonCode};
 use kyphoplan_planner::anatomy::PatientFrame;
+use kyphoplan_planner::plan::{Plan, ReasonCode};
 use kyphoplan_server::{Config, Metrics};
 use kyphoplan_tests::cases;
 
@@ -41,7 +41,10 @@ fn copy_without_meshes(from: &Path, to: &Path) {
         let path = entry.path();
         if entry.file_type().unwrap().is_dir() {
             copy_without_meshes(&path, &to.join(entry.file_name()));
-        } else if path.extension().is_none_or(|e| !e.eq_ignore_ascii_case("stl")) {
+        } else if path
+            .extension()
+            .is_none_or(|e| !e.eq_ignore_ascii_case("stl"))
+        {
             std::fs::copy(&path, to.join(entry.file_name())).unwrap();
         }
     }
@@ -95,9 +98,14 @@ async fn start_server(data_dir: &Path) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        kyphoplan_server::serve_with_metrics(config, Arc::new(Metrics::default()), listener, async {
-            let _ = stopped.await;
-        })
+        kyphoplan_server::serve_with_metrics(
+            config,
+            Arc::new(Metrics::default()),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await
         .map_err(|e| e.to_string())
     });
@@ -150,14 +158,25 @@ fn committed_case_files_match_the_generator() {
     for rel in &committed_dirs {
         let a = std::fs::read_to_string(generated.join(rel).join("case.toml")).unwrap();
         let b = std::fs::read_to_string(committed_root.join(rel).join("case.toml")).unwrap();
-        assert_eq!(a, b, "{}: committed case.toml differs from the generator's", rel.display());
+        assert_eq!(
+            a,
+            b,
+            "{}: committed case.toml differs from the generator's",
+            rel.display()
+        );
     }
     for dir in replay::find_cases(&root).unwrap() {
-        assert!(dir.join(replay::GOLDEN_FILE).is_file(), "{}: no golden", dir.display());
+        assert!(
+            dir.join(replay::GOLDEN_FILE).is_file(),
+            "{}: no golden",
+            dir.display()
+        );
         let text = std::fs::read_to_string(dir.join("case.toml")).unwrap();
         let toml = case::parse_case_toml(&text).unwrap();
         assert!(
-            toml.description.as_deref().is_some_and(|d| !d.trim().is_empty()),
+            toml.description
+                .as_deref()
+                .is_some_and(|d| !d.trim().is_empty()),
             "{}: no description",
             dir.display()
         );
@@ -167,7 +186,10 @@ fn committed_case_files_match_the_generator() {
 #[test]
 fn generation_is_deterministic() {
     let all = cases::synthetic_cases();
-    for c in all.iter().filter(|c| c.dir.contains("borderline") || c.dir.contains("skin")) {
+    for c in all
+        .iter()
+        .filter(|c| c.dir.contains("borderline") || c.dir.contains("skin"))
+    {
         assert_eq!(c.anatomy(), c.anatomy(), "{}", c.dir);
     }
 }
@@ -189,11 +211,18 @@ fn first_feasible_side(plan: &mut Plan) -> &mut kyphoplan_planner::plan::SidePla
 fn comparator_flags_a_target_shifted_by_2_mm() {
     let expected = golden("synthetic/mean-soft-tissue/L3");
     let mut actual = expected.clone();
-    first_feasible_side(&mut actual).trajectory.as_mut().unwrap().target_mm[2] += 2.0;
+    first_feasible_side(&mut actual)
+        .trajectory
+        .as_mut()
+        .unwrap()
+        .target_mm[2] += 2.0;
     let diffs = compare(&expected, &actual, &Tolerances::DEFAULT);
     assert!(has_regression(&diffs), "{diffs:?}");
     let d = diffs.iter().find(|d| d.what == "target").unwrap();
-    assert!(d.regression && (d.amount.unwrap() - 2.0).abs() < 1e-9, "{d:?}");
+    assert!(
+        d.regression && (d.amount.unwrap() - 2.0).abs() < 1e-9,
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -230,7 +259,10 @@ fn comparator_flags_flipped_feasibility() {
     side.trajectory = None;
     side.balloon = None;
     let diffs = compare(&expected, &actual, &Tolerances::DEFAULT);
-    assert!(diffs.iter().any(|d| d.what == "feasible" && d.regression), "{diffs:?}");
+    assert!(
+        diffs.iter().any(|d| d.what == "feasible" && d.regression),
+        "{diffs:?}"
+    );
 }
 
 #[test]
@@ -242,10 +274,15 @@ fn comparator_flags_a_changed_reason_code() {
     let mut actual = expected.clone();
     actual.levels[0].sides[0].reasons[0].code = ReasonCode::CanalTooClose;
     let diffs = compare(&expected, &actual, &Tolerances::DEFAULT);
-    assert!(diffs.iter().any(|d| d.what == "reasons" && d.regression), "{diffs:?}");
+    assert!(
+        diffs.iter().any(|d| d.what == "reasons" && d.regression),
+        "{diffs:?}"
+    );
     // The message and measured value are not part of the comparison.
     let mut reworded = expected.clone();
-    reworded.levels[0].sides[0].reasons[0].message.push_str(" (reworded)");
+    reworded.levels[0].sides[0].reasons[0]
+        .message
+        .push_str(" (reworded)");
     assert!(compare(&expected, &reworded, &Tolerances::DEFAULT).is_empty());
 }
 
@@ -253,8 +290,16 @@ fn comparator_flags_a_changed_reason_code() {
 fn comparator_flags_a_changed_balloon_size() {
     let expected = golden("synthetic/fracture/L1-wedge-40pct");
     let mut actual = expected.clone();
-    first_feasible_side(&mut actual).balloon.as_mut().unwrap().length_mm += 5.0;
-    assert!(has_regression(&compare(&expected, &actual, &Tolerances::DEFAULT)));
+    first_feasible_side(&mut actual)
+        .balloon
+        .as_mut()
+        .unwrap()
+        .length_mm += 5.0;
+    assert!(has_regression(&compare(
+        &expected,
+        &actual,
+        &Tolerances::DEFAULT
+    )));
 }
 
 /// The whole runner, end to end, on one regenerated case with a tampered golden, a missing
@@ -289,26 +334,35 @@ fn replay_fails_on_a_tampered_or_missing_golden_and_bless_fixes_it() {
         skipped_is_failure: false,
         concurrency: 0,
     };
-    let summary = replay::replay(scratch.path(), Planner::InProcess, &plain, &|_, _, _| {}).unwrap();
+    let summary =
+        replay::replay(scratch.path(), Planner::InProcess, &plain, &|_, _, _| {}).unwrap();
     assert_eq!(summary.failures(&plain), 2);
     let lines: Vec<String> = summary.cases.iter().flat_map(|c| c.lines(&plain)).collect();
     println!("{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.contains("REGRESSION: bone entry moved 2.00 mm")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("no golden (run --bless)")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("REGRESSION: bone entry moved 2.00 mm")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("no golden (run --bless)")),
+        "{lines:?}"
+    );
 
     let bless = ReplayOptions {
         bless: true,
         ..plain.clone()
     };
-    let blessed = replay::replay(scratch.path(), Planner::InProcess, &bless, &|_, _, _| {}).unwrap();
+    let blessed =
+        replay::replay(scratch.path(), Planner::InProcess, &bless, &|_, _, _| {}).unwrap();
     assert_eq!(blessed.failures(&bless), 0);
     assert_eq!(blessed.blessed.len(), 2);
     let again = replay::replay(scratch.path(), Planner::InProcess, &plain, &|_, _, _| {}).unwrap();
     assert_eq!(again.failures(&plain), 0);
-    assert!(again
-        .cases
-        .iter()
-        .all(|c| matches!(&c.outcome, Outcome::Compared { differences, .. } if differences.is_empty())));
+    assert!(again.cases.iter().all(
+        |c| matches!(&c.outcome, Outcome::Compared { differences, .. } if differences.is_empty())
+    ));
 }
 
 /// Points and directions of an RAS plan in LPS: x and y negated.
@@ -372,7 +426,9 @@ fn shared_mesh_root_keeps_meshes_confined() {
         shared_root: Some(shared.path().to_owned()),
     };
     let refused = |opts: &ReadOptions, needle: &str| {
-        let e = case::read_case_with(case_dir.path(), opts).unwrap_err().to_string();
+        let e = case::read_case_with(case_dir.path(), opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{e}");
     };
     write("shared:anatomy/set", "../outside.stl");

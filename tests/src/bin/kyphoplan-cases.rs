@@ -26,7 +26,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match cases::generate(&root) {
-        Ok(dirs) => eprintln!("generated {} synthetic cases under {}", dirs.len(), root.display()),
+        Ok(dirs) => eprintln!(
+            "generated {} synthetic cases under {}",
+            dirs.len(),
+            root.display()
+        ),
         Err(e) => {
             eprintln!("kyphoplan-cases: {e}");
             return ExitCode::from(1);
