@@ -572,7 +572,7 @@ impl CaseReport {
                         continue;
                     }
                     let label = match side {
-                        Some(s) => format!("{level} {s:<5}"),
+                        Some(s) => format!("{level} {:<5}", s.to_string()),
                         None => format!("{level} level"),
                     };
                     lines.push(line_of(name, &label, &here));
