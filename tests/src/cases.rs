@@ -32,7 +32,8 @@ pub const MEAN_LEVELS: [Level; 8] = [
 ];
 
 /// Cannula working length of the skin case: long enough for the near (right) side, too short
-/// for the far (left) one (insertion lengths measured when the case was made: see its golden).
+/// for the far (left) one (skin to tip measured when the case was made: right 139 mm, left
+/// 178 mm; see its golden).
 pub const SKIN_CASE_WORKING_LENGTH_MM: f64 = 150.0;
 
 /// One synthetic case: its directory (under `synthetic/`), what it guards, and how to make it.
@@ -186,7 +187,7 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
     ));
     out.push(SyntheticCase::new(
         "fracture/L1-wedge-40pct",
-        "L1 compression fracture, 40 % anterior height loss: a smaller balloon than the intact L1",
+        "L1 compression fracture, 40 % anterior height loss: the wedged body limits the balloon diameter (9-9.5 mm)",
         || {
             let mut p = VertebraParams::mean(Level::L1);
             p.anterior_height_loss_fraction = 0.4;
@@ -215,7 +216,7 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
     ));
     let mut skin = SyntheticCase::new(
         "skin/L3-tilted-skin-working-length",
-        "L3 in a skin box tilted behind the left side: left WORKING_LENGTH_TOO_SHORT, right feasible with a skin entry",
+        "L3 in a skin box tilted behind the left side, 150 mm cannula: left WORKING_LENGTH_TOO_SHORT (~178 mm), right feasible (~139 mm)",
         skin_case,
     );
     skin.instrument = Some(InstrumentToml {
