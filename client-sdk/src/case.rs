@@ -3,6 +3,13 @@
 //!
 //! Unknown keys are refused with the key named. Mesh paths are relative to the case directory and
 //! must stay inside it (absolute paths, `..` escapes and symlinks leading out are refused).
+//!
+//! Extension: `mesh_root = "shared:SUBDIR"` makes mesh paths relative to `SUBDIR` of the shared
+//! data directory instead (test data kept outside the repository, e.g. `anatomy/vhm-male-lumbar`);
+//! the shared directory is given by the caller ([`ReadOptions::shared_root`]), `SUBDIR` must be a
+//! plain relative path, and meshes must stay inside `SUBDIR` by the same rule as above.
+//! Other extensions: `description` (one line: what the case is for) and a `[replay]` table of
+//! comparison tolerances (read by `kyphoplan replay`).
 //! Missing `[instrument]` / `[safety]` keys take [`Instrument::contract_default`] /
 //! [`Safety::contract_default`], field by field.
 
@@ -31,15 +38,97 @@ pub struct CaseError {
 #[serde(deny_unknown_fields)]
 pub struct CaseToml {
     pub name: String,
+    /// Extension: one line saying what the case is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     pub frame: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub levels: Option<Vec<String>>,
+    /// Extension: `"shared:SUBDIR"`: mesh paths are relative to SUBDIR of the shared data
+    /// directory instead of the case directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_root: Option<String>,
     #[serde(rename = "structure", default)]
     pub structures: Vec<StructureToml>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instrument: Option<InstrumentToml>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety: Option<SafetyToml>,
+    /// Extension: tolerances of `kyphoplan replay` for this case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayToml>,
+}
+
+/// `[replay]`: per-case tolerances of the regression replay (defaults in `replay::Tolerances`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayToml {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_tolerance_mm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub angle_tolerance_deg: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clearance_tolerance_mm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_tolerance_fraction: Option<f64>,
+}
+
+/// Prefix of a `mesh_root` that names a subdirectory of the shared data directory.
+pub const SHARED_PREFIX: &str = "shared:";
+
+/// How to read a case.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOptions {
+    /// The shared data directory `mesh_root = "shared:..."` is resolved against (`None`: such
+    /// cases are refused).
+    pub shared_root: Option<PathBuf>,
+}
+
+/// The subdirectory of the shared data directory a `mesh_root` value names, not yet checked
+/// for existence: `shared:` followed by a relative path of plain components (no `..`, `.`,
+/// root or prefix).
+pub fn shared_subdir(mesh_root: &str) -> Result<PathBuf, String> {
+    let rest = mesh_root.strip_prefix(SHARED_PREFIX).ok_or_else(|| {
+        format!("mesh_root = \"{mesh_root}\": must start with \"{SHARED_PREFIX}\"")
+    })?;
+    let rel = Path::new(rest);
+    let plain = !rest.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "mesh_root = \"{mesh_root}\": after \"{SHARED_PREFIX}\" must come a relative path without '..' or '.'"
+        ));
+    }
+    Ok(rel.to_owned())
+}
+
+/// The canonical directory meshes of a `mesh_root` case are confined to.
+fn shared_mesh_dir(mesh_root: &str, shared_root: Option<&Path>) -> Result<PathBuf, String> {
+    let rel = shared_subdir(mesh_root)?;
+    let shared_root = shared_root.ok_or_else(|| {
+        format!("mesh_root = \"{mesh_root}\": no shared data directory was given (kyphoplan replay --shared DIR)")
+    })?;
+    let root = shared_root.canonicalize().map_err(|e| {
+        format!(
+            "mesh_root = \"{mesh_root}\": shared data directory {}: {e}",
+            shared_root.display()
+        )
+    })?;
+    let dir = root.join(&rel).canonicalize().map_err(|e| {
+        format!(
+            "mesh_root = \"{mesh_root}\": cannot open {}: {e}",
+            root.join(&rel).display()
+        )
+    })?;
+    if !dir.starts_with(&root) || !dir.is_dir() {
+        return Err(format!(
+            "mesh_root = \"{mesh_root}\": not a directory inside {}",
+            root.display()
+        ));
+    }
+    Ok(dir)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,8 +295,13 @@ pub fn parse_case_toml(text: &str) -> Result<CaseToml, String> {
     toml::from_str::<CaseToml>(text).map_err(|e| e.to_string().trim_end().to_owned())
 }
 
-/// Read a case directory.
+/// Read a case directory (a `mesh_root = "shared:..."` case is refused: see [`read_case_with`]).
 pub fn read_case(dir: &Path) -> Result<Case, CaseError> {
+    read_case_with(dir, &ReadOptions::default())
+}
+
+/// Read a case directory with options.
+pub fn read_case_with(dir: &Path, options: &ReadOptions) -> Result<Case, CaseError> {
     let file = dir.join(CASE_FILE);
     let fail = |reason: String| CaseError {
         file: file.clone(),
@@ -227,15 +321,22 @@ pub fn read_case(dir: &Path) -> Result<Case, CaseError> {
 
     let CaseToml {
         name,
+        description: _,
         frame,
         levels,
+        mesh_root,
         structures,
         instrument,
         safety,
+        replay: _,
     } = toml;
     if name.trim().is_empty() {
         return Err(fail("name: must not be empty".into()));
     }
+    let mesh_dir = match &mesh_root {
+        None => dir_canonical.clone(),
+        Some(m) => shared_mesh_dir(m, options.shared_root.as_deref()).map_err(&fail)?,
+    };
     let frame = PatientFrame::from_str(&frame).map_err(|e| fail(format!("frame: {e}")))?;
     let levels = levels
         .map(|ls| {
@@ -254,9 +355,9 @@ pub fn read_case(dir: &Path) -> Result<Case, CaseError> {
     for (i, s) in structures.iter().enumerate() {
         let at = format!("structure[{i}]");
         let role = role_of(s, &at).map_err(&fail)?;
-        let path = mesh_path(&dir_canonical, &s.mesh, &at).map_err(&fail)?;
+        let path = mesh_path(&mesh_dir, &s.mesh, &at).map_err(&fail)?;
         let mesh = mesh_io::load_mesh(&path).map_err(|e| CaseError {
-            file: dir.join(&s.mesh),
+            file: path.clone(),
             reason: e.reason,
         })?;
         out.push(Structure {
@@ -355,11 +456,14 @@ pub fn write_case(
     }
     let toml = CaseToml {
         name: name.clone(),
+        description: None,
         frame: frame.name().to_owned(),
         levels: levels.map(|ls| ls.iter().map(|l| l.to_string()).collect()),
+        mesh_root: None,
         structures: tables,
         instrument: None,
         safety: None,
+        replay: None,
     };
     let text = toml::to_string(&toml).map_err(|e| CaseError {
         file: dir.join(CASE_FILE),

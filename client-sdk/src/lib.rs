@@ -7,6 +7,7 @@ pub mod case;
 pub mod client;
 pub mod export;
 pub mod mesh_io;
+pub mod replay;
 pub mod report;
 
 pub use client::{Client, ClientError, StoredPlan};

@@ -81,13 +81,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
-    /// Re-plan every case under CASES_ROOT against its expected.json (not implemented yet).
+    /// Re-plan every case under CASES_ROOT (any directory with case.toml) and compare with its
+    /// expected.json; exit 3 on a regression.
     Replay {
         cases_root: PathBuf,
         #[arg(long, value_name = "URL")]
         server: Option<String>,
+        /// Rewrite expected.json of every case after showing the differences.
         #[arg(long)]
         bless: bool,
+        /// Shared data directory for cases with `mesh_root = "shared:..."` (default: `shared`
+        /// next to the repository holding CASES_ROOT).
+        #[arg(long, value_name = "DIR", env = "KYPHOPLAN_SHARED")]
+        shared: Option<PathBuf>,
     },
     /// Time the planner (not implemented yet).
     Bench {
@@ -122,6 +128,8 @@ fn parse_point(s: &str) -> Result<[f64; 3], String> {
 
 /// Why a command failed, and its exit code.
 enum Failure {
+    /// 3: `replay` found a regression (the report is already printed).
+    Regression(String),
     /// 1: the input was refused.
     Input(String),
     /// 2: usage.
@@ -134,13 +142,16 @@ impl Failure {
     fn code(&self) -> u8 {
         match self {
             Failure::Input(_) => 1,
+            Failure::Regression(_) => 3,
             Failure::Usage(_) => 2,
             Failure::Server(_) => 4,
         }
     }
     fn message(&self) -> &str {
         match self {
-            Failure::Input(m) | Failure::Usage(m) | Failure::Server(m) => m,
+            Failure::Input(m) | Failure::Usage(m) | Failure::Server(m) | Failure::Regression(m) => {
+                m
+            }
         }
     }
 }
@@ -216,9 +227,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             server.as_deref(),
             json.as_deref(),
         ),
-        Command::Replay { .. } => Err(Failure::Usage(
-            "replay: not implemented yet (issue #4)".into(),
-        )),
+        Command::Replay {
+            cases_root,
+            server,
+            bless,
+            shared,
+        } => replay_cases(&cases_root, server.as_deref(), bless, shared),
         Command::Bench { .. } => Err(Failure::Usage(
             "bench: not implemented yet (issue #5)".into(),
         )),
@@ -512,6 +526,77 @@ fn demo(out: &Path) -> Result<(), Failure> {
     );
     println!("re-plan it with: kyphoplan plan {}", out.display());
     Ok(())
+}
+
+/// `kyphoplan replay`: exit 3 when any case regressed, has no golden (without --bless), could
+/// not be planned, or (under `CI=true`) was skipped.
+fn replay_cases(
+    root: &Path,
+    server: Option<&str>,
+    bless: bool,
+    shared: Option<PathBuf>,
+) -> Result<(), Failure> {
+    use kyphoplan_client::replay::{self, Planner, ReplayOptions};
+    use std::io::IsTerminal;
+    if !root.is_dir() {
+        return Err(Failure::Input(format!(
+            "{}: no such directory",
+            root.display()
+        )));
+    }
+    let options = ReplayOptions {
+        shared_root: shared.or_else(|| replay::default_shared_root(root)),
+        bless,
+        skipped_is_failure: std::env::var("CI").is_ok_and(|v| v == "true"),
+        concurrency: 0,
+    };
+    let planner = match server {
+        None => Planner::InProcess,
+        Some(url) => Planner::Server(url),
+    };
+    // A bar on a terminal once the library is more than a few cases.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("replay {bar:30} {pos}/{len} cases {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let on_case = |c: &replay::CaseReport, done: usize, total: usize| {
+        if let Some(bar) = &bar {
+            if total > 4 && bar.is_hidden() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(c.name.clone());
+        }
+    };
+    let summary = replay::replay(root, planner, &options, &on_case);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let summary = summary.map_err(|e| match server {
+        Some(_) => Failure::Server(e),
+        None => Failure::Input(e),
+    })?;
+    for case in &summary.cases {
+        for line in case.lines(&options) {
+            println!("{line}");
+        }
+    }
+    for path in &summary.blessed {
+        println!("blessed {}", path.display());
+    }
+    println!("{}", summary.summary_line(&options));
+    match summary.failures(&options) {
+        0 => Ok(()),
+        n => Err(Failure::Regression(format!(
+            "replay: {n} of {} cases failed",
+            summary.cases.len()
+        ))),
+    }
 }
 
 mod status_details {

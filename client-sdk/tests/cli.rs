@@ -338,14 +338,12 @@ fn usage_errors_and_unimplemented_commands_exit_two() {
             "--target",
             "1,1,1",
         ],
-        vec!["replay", s(dir.path())],
+        vec!["replay", s(dir.path()), "--bogus"],
         vec!["bench"],
     ] {
         let o = kyphoplan(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
-    let o = kyphoplan(&["replay", s(dir.path())]);
-    assert!(stderr(&o).contains("not implemented yet (issue #4)"));
     let o = kyphoplan(&["bench"]);
     assert!(stderr(&o).contains("not implemented yet (issue #5)"));
 }
@@ -384,6 +382,47 @@ fn plan_writes_slicer_markups_pictures_scene_and_report() {
     assert_eq!(&std::fs::read(&glb).unwrap()[..4], b"glTF");
     let report = std::fs::read_to_string(&html).unwrap();
     assert!(report.contains("case.toml") && report.contains("data:image/png;base64,"));
+}
+
+#[test]
+fn replay_exits_three_without_golden_or_on_a_regression_and_bless_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("library");
+    let case = l4_case(&root);
+    let golden = case.join("expected.json");
+    let o = kyphoplan(&["replay", s(&root)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("no golden (run --bless)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = kyphoplan(&["replay", s(&root), "--bless"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(golden.is_file());
+    let server = Server::start();
+    for extra in [vec![], vec!["--server", server.url.as_str()]] {
+        let mut args = vec!["replay", s(&root)];
+        args.extend(extra.iter().copied());
+        let o = kyphoplan(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("L4 left   unchanged"), "{}", stdout(&o));
+    }
+    // A golden whose target sits 2 mm away: a regression, named with its amount.
+    let text = std::fs::read_to_string(&golden).unwrap();
+    let mut plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let target = &mut plan["levels"][0]["sides"][0]["trajectory"]["target_mm"][2];
+    *target = serde_json::json!(target.as_f64().unwrap() + 2.0);
+    std::fs::write(&golden, serde_json::to_string_pretty(&plan).unwrap()).unwrap();
+    let o = kyphoplan(&["replay", s(&root), "--server", &server.url]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("REGRESSION: target moved 2.00 mm"),
+        "{}",
+        stdout(&o)
+    );
+    let o = kyphoplan(&["replay", s(&dir.path().join("nowhere"))]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
 
 #[test]
