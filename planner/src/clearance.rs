@@ -561,3 +561,38 @@ pub mod brute {
         votes >= 2
     }
 }
+
+/// Parry's own capsule-vs-mesh distance, the obvious approach: the reference the benchmarks
+/// compare [`ClearanceMesh::distance_to_segment`] against. Not used by the planner.
+pub mod parry_builtin {
+    use parry3d_f64::math::Pose as PPose;
+    use parry3d_f64::shape::{Capsule, TriMesh as PTriMesh};
+
+    use super::pvec;
+    use crate::math::Point;
+    use crate::mesh::TriMesh;
+
+    /// A mesh as parry's own `TriMesh` shape (a hollow surface).
+    pub struct ParryMesh {
+        shape: PTriMesh,
+    }
+
+    impl ParryMesh {
+        /// `mesh` must be validated (indices in range, no degenerate triangles).
+        pub fn new(mesh: &TriMesh) -> Self {
+            let vertices = mesh.vertices_mm.iter().map(pvec).collect();
+            let shape = PTriMesh::new(vertices, mesh.triangles.clone())
+                .expect("a validated mesh is a valid parry TriMesh");
+            ParryMesh { shape }
+        }
+
+        /// Distance from the capsule of axis `a-b` and radius `radius_mm` to the surface, with
+        /// `parry3d_f64::query::distance` (0 when they touch).
+        pub fn capsule_distance(&self, a: &Point, b: &Point, radius_mm: f64) -> f64 {
+            let capsule = Capsule::new(pvec(a), pvec(b), radius_mm);
+            parry3d_f64::query::distance(&PPose::IDENTITY, &capsule, &PPose::IDENTITY, &self.shape)
+                .expect("capsule-mesh distance is supported")
+                .distance
+        }
+    }
+}
