@@ -314,16 +314,15 @@ fn prepare_vertebra(
             .chain(derived.iter())
             .filter(|k| kinds(k.kind))
             .collect();
-        meshes
-            .iter()
-            .map(|k| voxel::unsigned_surface_distance(&k.mesh, &frame.lps_to_grid, &bone_sdf))
-            .reduce(|mut a, b| {
-                a.data
-                    .iter_mut()
-                    .zip(b.data)
-                    .for_each(|(x, y)| *x = x.min(y));
-                a
-            })
+        if meshes.is_empty() {
+            return None;
+        }
+        let meshes: Vec<&TriMesh> = meshes.iter().map(|k| &k.mesh).collect();
+        Some(voxel::unsigned_surface_distance_many(
+            &meshes,
+            &frame.lps_to_grid,
+            &bone_sdf,
+        ))
     };
     let far = || {
         Grid::filled(
