@@ -220,6 +220,11 @@ fn cells_to_mm(q: f32, h: Real) -> f32 {
 struct SharedCells(*mut f32);
 unsafe impl Send for SharedCells {}
 unsafe impl Sync for SharedCells {}
+impl SharedCells {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Squared distance, in cells, from every cell to the nearest cell where `seed(index)` is true:
 /// three separable passes of the 1D transform (x, y, z), each parallel over its lines. Squared
@@ -256,10 +261,9 @@ fn squared_distance_cells(dims: [usize; 3], seed: impl Fn(usize) -> bool + Sync)
         (0..ny)
             .into_par_iter()
             .for_each_init(Dt1d::default, |dt, j| {
-                let shared = shared;
                 // SAFETY: the task of row j reads and writes only cells (k, j, i), disjoint from
                 // every other task's, all within `len`.
-                let cells = unsafe { std::slice::from_raw_parts_mut(shared.0, len) };
+                let cells = unsafe { std::slice::from_raw_parts_mut(shared.ptr(), len) };
                 for i in 0..nx {
                     dt.run_strided(cells, j * nx + i, plane, nz);
                 }
