@@ -28,6 +28,24 @@ const SAMPLE_STEP_MM: Real = 0.5;
 const SEEDS: usize = 8;
 const MAX_EXACT: usize = 64;
 
+/// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
+/// cells differ by at most one spacing, so each component of the gradient is at most 1.
+const GRID_LIPSCHITZ: Real = 1.732_050_808;
+/// Round-off allowance of a grid sample, mm.
+const SAMPLE_TOLERANCE_MM: Real = 1e-3;
+
+/// How many of the next samples along a line (every [`SAMPLE_STEP_MM`]) are sure to stay above
+/// `floor` after a sample of value `s` (none for non-finite values).
+#[inline]
+fn samples_above(s: Real, floor: Real) -> usize {
+    let room = s - floor - SAMPLE_TOLERANCE_MM;
+    if room.is_finite() && room > 0.0 {
+        (room / (GRID_LIPSCHITZ * SAMPLE_STEP_MM)) as usize
+    } else {
+        0
+    }
+}
+
 /// The result for one side.
 #[derive(Clone, Debug)]
 pub enum SideOutcome {
@@ -82,37 +100,61 @@ impl Screen<'_> {
         let safety = self.ctx.safety;
         let q = Point::new(self.sign * x, self.y_ref, z);
         let dir = self.direction(medial, cranial);
+        let bone = &v.bone_sdf;
         if self.bone(&q) <= 0.0 {
             return None;
         }
-        // March back to the entry and forward to the anterior exit.
-        let mut t_entry = None;
-        let mut prev = 0.0;
-        let mut t = -SAMPLE_STEP_MM;
-        while t > -80.0 {
-            let s = self.bone(&(q + dir * t));
-            if s < 0.0 {
-                let sp = self.bone(&(q + dir * (t + SAMPLE_STEP_MM)));
-                let frac = sp / (sp - s).max(1e-9);
-                t_entry = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
-                break;
+        // March back to the entry and forward to the anterior exit: the first sample outside
+        // the bone. Samples that the grid's Lipschitz bound keeps inside are skipped.
+        let t_entry = {
+            let mut found = None;
+            let mut skip = 0usize;
+            let mut t = -SAMPLE_STEP_MM;
+            while t > -80.0 {
+                if skip > 0 {
+                    skip -= 1;
+                    t -= SAMPLE_STEP_MM;
+                    continue;
+                }
+                let s = self.bone(&(q + dir * t));
+                if s < 0.0 {
+                    let sp = self.bone(&(q + dir * (t + SAMPLE_STEP_MM)));
+                    let frac = sp / (sp - s).max(1e-9);
+                    found = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
+                    break;
+                }
+                skip = samples_above(s, 0.0);
+                t -= SAMPLE_STEP_MM;
             }
-            prev = s;
-            t -= SAMPLE_STEP_MM;
+            found?
+        };
+        // The entry must be behind the body and lateral of the canal: other lines never score.
+        let entry = q + dir * t_entry;
+        let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
+            && entry.x * self.sign >= self.canal_half_width;
+        if !entry_ok {
+            return None;
         }
-        let _ = prev;
-        let t_entry = t_entry?;
-        let mut t_exit = None;
-        let mut t = SAMPLE_STEP_MM;
-        while t < 100.0 {
-            let s = self.bone(&(q + dir * t));
-            if s < 0.0 {
-                t_exit = Some(t);
-                break;
+        let t_exit = {
+            let mut found = None;
+            let mut skip = 0usize;
+            let mut t = SAMPLE_STEP_MM;
+            while t < 100.0 {
+                if skip > 0 {
+                    skip -= 1;
+                    t += SAMPLE_STEP_MM;
+                    continue;
+                }
+                let s = self.bone(&(q + dir * t));
+                if s < 0.0 {
+                    found = Some(t);
+                    break;
+                }
+                skip = samples_above(s, 0.0);
+                t += SAMPLE_STEP_MM;
             }
-            t += SAMPLE_STEP_MM;
-        }
-        let t_exit = t_exit?;
+            found?
+        };
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
         if t_wall >= t_exit {
             return None;
@@ -120,36 +162,28 @@ impl Screen<'_> {
         let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
         // Cortex from where its margin applies to the tip.
         let tip = q + dir * t_tip;
-        let entry = q + dir * t_entry;
         let cos_incidence = evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
         if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
             return None;
         }
         let zone = docking_zone_mm(self.ctx.instrument, safety);
         let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
-        let mut cortex = Real::INFINITY;
-        let mut t = t_start;
-        while t <= t_tip {
-            cortex = cortex.min(self.bone(&(q + dir * t)));
-            t += SAMPLE_STEP_MM;
-        }
-        cortex = cortex.min(self.bone(&(q + dir * t_tip))) - self.radius;
-        // Keep-outs along the cannula near the vertebra.
-        let dist = |grid: &crate::voxel::Grid<f32>| {
-            let mut m = Real::INFINITY;
-            let mut t = t_entry - 40.0;
-            while t <= t_tip {
-                let g = self.vertebra_to_grid * (q + dir * t);
-                m = m.min(grid.sample(&g, f32::INFINITY) as Real);
-                t += SAMPLE_STEP_MM;
-            }
-            m - self.radius
+        let cortex = self
+            .min_along(bone, -10.0, &q, &dir, t_start, t_tip, Real::INFINITY)
+            .min(self.bone(&(q + dir * t_tip)))
+            - self.radius;
+        // Keep-outs along the cannula near the vertebra. Their distance counts in the score
+        // only below its cap (the slack reserve): samples that cannot go below it are skipped.
+        let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
+            let cap = self.radius + margin + evaluate::SLACK_RESERVE_MM + 1.0;
+            self.min_along(grid, f32::INFINITY, &q, &dir, t_entry - 40.0, t_tip, cap) - self.radius
         };
-        let canal = dist(&v.canal_distance);
-        let root = dist(&v.root_distance);
-        let forbidden = v.forbidden_distance.as_ref().map_or(Real::INFINITY, dist);
-        let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
-            && entry.x * self.sign >= self.canal_half_width;
+        let canal = keep(&v.canal_distance, safety.canal_margin_mm);
+        let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
+        let forbidden = v
+            .forbidden_distance
+            .as_ref()
+            .map_or(Real::INFINITY, |g| keep(g, safety.canal_margin_mm));
         let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
             Some((a, b)) => evaluate::centring_mm(
                 v,
@@ -165,17 +199,13 @@ impl Screen<'_> {
             .min(canal - safety.canal_margin_mm)
             .min(root - safety.nerve_root_margin_mm)
             .min(forbidden - safety.canal_margin_mm);
-        let score = if entry_ok {
-            evaluate::score(
-                worst,
-                centring,
-                evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
-                medial,
-                TIP_DEPTH_FRACTION,
-            )
-        } else {
-            Real::NEG_INFINITY
-        };
+        let score = evaluate::score(
+            worst,
+            centring,
+            evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+            medial,
+            TIP_DEPTH_FRACTION,
+        );
         Some(Candidate {
             params,
             q,
@@ -186,6 +216,38 @@ impl Screen<'_> {
             entry_ok,
             score,
         })
+    }
+
+    /// `min(cap, smallest sample of grid)` at `q + dir * t`, `t` from `t0` in steps of
+    /// [`SAMPLE_STEP_MM`] up to `t1`. Samples that the grid's Lipschitz bound keeps at or above
+    /// the running minimum (or the cap) cannot change the result and are not taken.
+    #[allow(clippy::too_many_arguments)]
+    fn min_along(
+        &self,
+        grid: &crate::voxel::Grid<f32>,
+        outside: f32,
+        q: &Point,
+        dir: &Vector,
+        t0: Real,
+        t1: Real,
+        cap: Real,
+    ) -> Real {
+        let mut m = Real::INFINITY;
+        let mut skip = 0usize;
+        let mut t = t0;
+        while t <= t1 {
+            if skip > 0 {
+                skip -= 1;
+                t += SAMPLE_STEP_MM;
+                continue;
+            }
+            let g = self.vertebra_to_grid * (q + dir * t);
+            let s = grid.sample(&g, outside) as Real;
+            m = m.min(s);
+            skip = samples_above(s, m.min(cap));
+            t += SAMPLE_STEP_MM;
+        }
+        m.min(cap)
     }
 
     /// Pattern search around a seed on the approximate score.
