@@ -26,6 +26,10 @@ const COARSE_STEP_DEG: Real = 5.0;
 const COARSE_STEP_MM: Real = 1.5;
 const SAMPLE_STEP_MM: Real = 0.5;
 const SEEDS: usize = 8;
+/// Lines screened per chunk between updates of the score threshold.
+const SCREEN_CHUNK: usize = 256;
+/// Allowance for round-off in the score bounds.
+const SCORE_BOUND_TOLERANCE: Real = 1e-9;
 const MAX_EXACT: usize = 64;
 
 /// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
@@ -93,15 +97,40 @@ impl Screen<'_> {
         self.ctx.vertebra.bone_sdf.sample(&g, -10.0) as Real
     }
 
-    fn candidate(&self, params: [Real; 4]) -> Option<Candidate> {
+    /// Screen one line. `None` when it is not a usable line, or when its score is sure to be
+    /// below `threshold` (upper bounds of the score are checked as its terms come in, the
+    /// cheapest first), so such a line could never be chosen.
+    fn candidate(&self, params: [Real; 4], threshold: Real) -> Option<Candidate> {
         let [x, z, medial, cranial] = params;
         let v = self.ctx.vertebra;
         let f = &v.frame;
         let safety = self.ctx.safety;
         let q = Point::new(self.sign * x, self.y_ref, z);
         let dir = self.direction(medial, cranial);
+        // Score terms that need no grid: the score is at most the slack reserve plus the
+        // largest centring term plus these.
+        let fixed_terms = evaluate::score(
+            0.0,
+            0.0,
+            evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+            medial,
+            TIP_DEPTH_FRACTION,
+        );
+        let bound = |worst_at_most: Real, centring_at_most: Real| {
+            worst_at_most.min(evaluate::SLACK_RESERVE_MM)
+                + evaluate::CENTRING_WEIGHT * centring_at_most
+                + fixed_terms
+                + SCORE_BOUND_TOLERANCE
+        };
+        if bound(Real::INFINITY, evaluate::CENTRING_CAP_MM) < threshold {
+            return None;
+        }
         let bone = &v.bone_sdf;
-        if self.bone(&q) <= 0.0 {
+        // The line in the grid frame: samples at `gq + gd * t`.
+        let gq = self.vertebra_to_grid * q;
+        let gd = self.vertebra_to_grid.rotation * dir;
+        let bone_at = |t: Real| bone.sample(&(gq + gd * t), -10.0) as Real;
+        if bone_at(0.0) <= 0.0 {
             return None;
         }
         // March back to the entry and forward to the anterior exit: the first sample outside
@@ -116,9 +145,9 @@ impl Screen<'_> {
                     t -= SAMPLE_STEP_MM;
                     continue;
                 }
-                let s = self.bone(&(q + dir * t));
+                let s = bone_at(t);
                 if s < 0.0 {
-                    let sp = self.bone(&(q + dir * (t + SAMPLE_STEP_MM)));
+                    let sp = bone_at(t + SAMPLE_STEP_MM);
                     let frac = sp / (sp - s).max(1e-9);
                     found = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
                     break;
@@ -145,7 +174,7 @@ impl Screen<'_> {
                     t += SAMPLE_STEP_MM;
                     continue;
                 }
-                let s = self.bone(&(q + dir * t));
+                let s = bone_at(t);
                 if s < 0.0 {
                     found = Some(t);
                     break;
@@ -166,24 +195,6 @@ impl Screen<'_> {
         if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
             return None;
         }
-        let zone = docking_zone_mm(self.ctx.instrument, safety);
-        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
-        let cortex = self
-            .min_along(bone, -10.0, &q, &dir, t_start, t_tip, Real::INFINITY)
-            .min(self.bone(&(q + dir * t_tip)))
-            - self.radius;
-        // Keep-outs along the cannula near the vertebra. Their distance counts in the score
-        // only below its cap (the slack reserve): samples that cannot go below it are skipped.
-        let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
-            let cap = self.radius + margin + evaluate::SLACK_RESERVE_MM + 1.0;
-            self.min_along(grid, f32::INFINITY, &q, &dir, t_entry - 40.0, t_tip, cap) - self.radius
-        };
-        let canal = keep(&v.canal_distance, safety.canal_margin_mm);
-        let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
-        let forbidden = v
-            .forbidden_distance
-            .as_ref()
-            .map_or(Real::INFINITY, |g| keep(g, safety.canal_margin_mm));
         let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
             Some((a, b)) => evaluate::centring_mm(
                 v,
@@ -195,10 +206,37 @@ impl Screen<'_> {
             ),
             None => 0.0,
         };
+        if bound(Real::INFINITY, centring) < threshold {
+            return None;
+        }
+        let zone = docking_zone_mm(self.ctx.instrument, safety);
+        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
+        let cortex = self
+            .min_along(bone, -10.0, &gq, &gd, t_start, t_tip, Real::INFINITY)
+            .min(bone_at(t_tip))
+            - self.radius;
+        if bound(cortex - safety.cortex_margin_mm, centring) < threshold {
+            return None;
+        }
+        // Keep-outs along the cannula near the vertebra. Their distance counts in the score
+        // only below its cap (the slack reserve): samples that cannot go below it are skipped.
+        let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
+            let cap = self.radius + margin + evaluate::SLACK_RESERVE_MM + 1.0;
+            self.min_along(grid, f32::INFINITY, &gq, &gd, t_entry - 40.0, t_tip, cap) - self.radius
+        };
+        let canal = keep(&v.canal_distance, safety.canal_margin_mm);
+        let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
+        let forbidden = v
+            .forbidden_distance
+            .as_ref()
+            .map_or(Real::INFINITY, |g| keep(g, safety.canal_margin_mm));
         let worst = (cortex - safety.cortex_margin_mm)
             .min(canal - safety.canal_margin_mm)
             .min(root - safety.nerve_root_margin_mm)
             .min(forbidden - safety.canal_margin_mm);
+        if bound(worst, centring) < threshold {
+            return None;
+        }
         let score = evaluate::score(
             worst,
             centring,
@@ -218,7 +256,7 @@ impl Screen<'_> {
         })
     }
 
-    /// `min(cap, smallest sample of grid)` at `q + dir * t`, `t` from `t0` in steps of
+    /// `min(cap, smallest sample of grid)` at `gq + gd * t` (grid frame), `t` from `t0` in steps of
     /// [`SAMPLE_STEP_MM`] up to `t1`. Samples that the grid's Lipschitz bound keeps at or above
     /// the running minimum (or the cap) cannot change the result and are not taken.
     #[allow(clippy::too_many_arguments)]
@@ -226,8 +264,8 @@ impl Screen<'_> {
         &self,
         grid: &crate::voxel::Grid<f32>,
         outside: f32,
-        q: &Point,
-        dir: &Vector,
+        gq: &Point,
+        gd: &Vector,
         t0: Real,
         t1: Real,
         cap: Real,
@@ -241,8 +279,7 @@ impl Screen<'_> {
                 t += SAMPLE_STEP_MM;
                 continue;
             }
-            let g = self.vertebra_to_grid * (q + dir * t);
-            let s = grid.sample(&g, outside) as Real;
+            let s = grid.sample(&(gq + gd * t), outside) as Real;
             m = m.min(s);
             skip = samples_above(s, m.min(cap));
             t += SAMPLE_STEP_MM;
@@ -266,7 +303,7 @@ impl Screen<'_> {
                         p[axis] += dirn * steps[axis];
                         p[2] = p[2].clamp(MEDIAL_RANGE_DEG.0, MEDIAL_RANGE_DEG.1);
                         p[3] = p[3].clamp(CRANIAL_RANGE_DEG.0, CRANIAL_RANGE_DEG.1);
-                        if let Some(c) = self.candidate(p) {
+                        if let Some(c) = self.candidate(p, best.score + 1e-9) {
                             if c.score > best.score + 1e-9 {
                                 best = c;
                                 improved = true;
@@ -329,11 +366,25 @@ pub fn search_side(
             m += COARSE_STEP_DEG;
         }
     }
-    let mut coarse: Vec<Candidate> = params
-        .par_iter()
-        .filter_map(|p| screen.candidate(*p))
-        .filter(|c| c.entry_ok)
-        .collect();
+    // Screened in fixed chunks: once MAX_EXACT lines are scored, a line whose score bound falls
+    // below the MAX_EXACT-th best so far cannot reach the verification queue and is dropped.
+    // The chunks do not depend on the thread count, so neither does the result; and the top
+    // MAX_EXACT lines are the ones a full screening would give.
+    let mut coarse: Vec<Candidate> = Vec::new();
+    let mut threshold = Real::NEG_INFINITY;
+    for chunk in params.chunks(SCREEN_CHUNK) {
+        let got: Vec<Candidate> = chunk
+            .par_iter()
+            .filter_map(|p| screen.candidate(*p, threshold))
+            .filter(|c| c.entry_ok)
+            .collect();
+        coarse.extend(got);
+        if coarse.len() >= MAX_EXACT {
+            let mut scores: Vec<Real> = coarse.iter().map(|c| c.score).collect();
+            let (_, kth, _) = scores.select_nth_unstable_by(MAX_EXACT - 1, |a, b| b.total_cmp(a));
+            threshold = *kth;
+        }
+    }
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
@@ -399,7 +450,13 @@ pub fn search_side(
     }
     // Infeasible: report the best candidate's violations, and the widest bony corridor found.
     let best = best_any.expect("at least one candidate was measured");
-    let bone_best = coarse
+    // The widest corridor over every line (the screening above dropped low scores).
+    let all: Vec<Candidate> = params
+        .par_iter()
+        .filter_map(|p| screen.candidate(*p, Real::NEG_INFINITY))
+        .filter(|c| c.entry_ok)
+        .collect();
+    let bone_best = all
         .iter()
         .max_by(|a, b| {
             a.cortex.total_cmp(&b.cortex).then_with(|| {
