@@ -561,7 +561,7 @@ fn flood(
     nx: usize,
     ny: usize,
     id: u32,
-    empty: &dyn Fn(usize, usize) -> bool,
+    empty: &impl Fn(usize, usize) -> bool,
     collect: bool,
 ) -> Vec<(usize, usize)> {
     let mut cells = Vec::new();
