@@ -51,11 +51,12 @@ impl Grid<f32> {
     #[inline]
     pub fn sample(&self, p: &Point, outside: f32) -> f32 {
         let u = (p - self.origin) / self.spacing_mm;
-        let (fx, fy, fz) = (u.x.floor(), u.y.floor(), u.z.floor());
-        if fx < 0.0 || fy < 0.0 || fz < 0.0 {
+        if u.x < 0.0 || u.y < 0.0 || u.z < 0.0 {
             return outside;
         }
-        let (i, j, k) = (fx as usize, fy as usize, fz as usize);
+        // Non-negative: truncation is the floor (and much cheaper than a libm call).
+        let (i, j, k) = (u.x as usize, u.y as usize, u.z as usize);
+        let (fx, fy, fz) = (i as Real, j as Real, k as Real);
         if i + 1 >= self.dims[0] || j + 1 >= self.dims[1] || k + 1 >= self.dims[2] {
             return outside;
         }
@@ -272,6 +273,15 @@ fn squared_distance_cells(dims: [usize; 3], seed: impl Fn(usize) -> bool + Sync)
     d
 }
 
+/// A line the 1D transform leaves as it is: every cell a seed (0), or no seed at all.
+#[inline]
+fn settled(mut line: impl Iterator<Item = f32>) -> bool {
+    match line.next() {
+        Some(first) if first == 0.0 || first >= FAR => line.all(|x| x == first),
+        _ => true,
+    }
+}
+
 /// Buffers of the 1D squared distance transform (lower envelope of parabolas).
 #[derive(Default)]
 struct Dt1d {
@@ -282,6 +292,9 @@ struct Dt1d {
 
 impl Dt1d {
     fn run_in_place(&mut self, line: &mut [f32]) {
+        if settled(line.iter().copied()) {
+            return;
+        }
         self.f.clear();
         self.f.extend(line.iter().map(|&x| x as f64));
         self.envelope(|q, val| line[q] = val);
@@ -289,6 +302,9 @@ impl Dt1d {
 
     /// The line of `n` cells `data[first + m * stride]`.
     fn run_strided(&mut self, data: &mut [f32], first: usize, stride: usize, n: usize) {
+        if settled((0..n).map(|m| data[first + m * stride])) {
+            return;
+        }
         self.f.clear();
         self.f
             .extend((0..n).map(|m| data[first + m * stride] as f64));
