@@ -195,15 +195,18 @@ impl Screen<'_> {
         if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
             return None;
         }
+        // The centring term of evaluate::centring_mm, on the line already in grid coordinates.
         let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
-            Some((a, b)) => evaluate::centring_mm(
-                v,
-                &self.vertebra_to_grid,
-                &(q + dir * a),
-                &(q + dir * b),
-                self.radius,
-                safety.cortex_margin_mm,
-            ),
+            Some((a, b)) => {
+                let n = (((b - a) / 0.5).ceil() as usize).max(1);
+                let slack = self.radius + safety.cortex_margin_mm;
+                let mut sum = 0.0;
+                for i in 0..=n {
+                    let d = bone_at(a + (b - a) * (i as Real / n as Real));
+                    sum += (d - slack).min(evaluate::CENTRING_CAP_MM);
+                }
+                sum / (n + 1) as Real
+            }
             None => 0.0,
         };
         if bound(Real::INFINITY, centring) < threshold {
