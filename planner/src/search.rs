@@ -97,6 +97,22 @@ impl Screen<'_> {
         self.ctx.vertebra.bone_sdf.sample(&g, -10.0) as Real
     }
 
+    /// The terms of the score that need no grid (alignment with the pedicle's centres,
+    /// convergence, tip depth) of the line through `q` along `dir`.
+    fn fixed_terms(&self, q: &Point, dir: &Vector, medial: Real) -> Real {
+        evaluate::score(
+            0.0,
+            0.0,
+            evaluate::axis_offset_mm(
+                &self.ctx.vertebra.pedicle_centroids[self.side_index],
+                q,
+                dir,
+            ),
+            medial,
+            TIP_DEPTH_FRACTION,
+        )
+    }
+
     /// Screen one line. `None` when it is not a usable line, or when its score is sure to be
     /// below `threshold` (upper bounds of the score are checked as its terms come in, the
     /// cheapest first), so such a line could never be chosen.
@@ -109,13 +125,7 @@ impl Screen<'_> {
         let dir = self.direction(medial, cranial);
         // Score terms that need no grid: the score is at most the slack reserve plus the
         // largest centring term plus these.
-        let fixed_terms = evaluate::score(
-            0.0,
-            0.0,
-            evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
-            medial,
-            TIP_DEPTH_FRACTION,
-        );
+        let fixed_terms = self.fixed_terms(&q, &dir, medial);
         let bound = |worst_at_most: Real, centring_at_most: Real| {
             worst_at_most.min(evaluate::SLACK_RESERVE_MM)
                 + evaluate::CENTRING_WEIGHT * centring_at_most
@@ -372,10 +382,26 @@ pub fn search_side(
     // Screened in fixed chunks: once MAX_EXACT lines are scored, a line whose score bound falls
     // below the MAX_EXACT-th best so far cannot reach the verification queue and is dropped.
     // The chunks do not depend on the thread count, so neither does the result; and the top
-    // MAX_EXACT lines are the ones a full screening would give.
+    // MAX_EXACT lines are the ones a full screening would give, in whatever order the lines
+    // come. Lines best aligned with the pedicle come first, so the threshold rises early.
+    let mut ordered: Vec<(Real, [Real; 4])> = params
+        .iter()
+        .map(|p| {
+            let q = Point::new(screen.sign * p[0], screen.y_ref, p[1]);
+            (
+                screen.fixed_terms(&q, &screen.direction(p[2], p[3]), p[2]),
+                *p,
+            )
+        })
+        .collect();
+    ordered.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+    });
+    let ordered: Vec<[Real; 4]> = ordered.into_iter().map(|(_, p)| p).collect();
     let mut coarse: Vec<Candidate> = Vec::new();
     let mut threshold = Real::NEG_INFINITY;
-    for chunk in params.chunks(SCREEN_CHUNK) {
+    for chunk in ordered.chunks(SCREEN_CHUNK) {
         let got: Vec<Candidate> = chunk
             .par_iter()
             .filter_map(|p| screen.candidate(*p, threshold))
