@@ -86,12 +86,17 @@ pub fn estimate(level: Level, mesh: &TriMesh) -> Result<FrameAnalysis, InputErro
     order.sort_by(|&a, &b| eig.eigenvalues[a].total_cmp(&eig.eigenvalues[b]));
     let sup: Vector = eig.eigenvectors.column(order[2]).into_owned();
     let e1: Vector = eig.eigenvectors.column(order[0]).into_owned();
-    let first = analyse(level, mesh, &grid_frame(&props.centroid, &sup, &e1))?;
+    let first = analyse(level, mesh, &grid_frame(&props.centroid, &sup, &e1), false)?;
     // Slice again along the normal of the endplates found by the first pass.
     let grid_to_lps_rot = first.lps_to_grid.rotation.inverse();
     let sup2 = grid_to_lps_rot * first.endplate_superior_grid;
     let ant2 = grid_to_lps_rot * first.anterior_grid;
-    let second = analyse(level, mesh, &grid_frame(&props.centroid, &sup2, &ant2))?;
+    let second = analyse(
+        level,
+        mesh,
+        &grid_frame(&props.centroid, &sup2, &ant2),
+        true,
+    )?;
     Ok(second.analysis)
 }
 
@@ -124,10 +129,16 @@ struct Pass {
     endplate_superior_grid: Vector,
 }
 
-fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, InputError> {
+/// One pass of the analysis in the grid frame `lps_to_grid`. `full_sdf`: compute the signed
+/// distance outside the bone too (the first pass only needs the deepest bone).
+fn analyse(
+    level: Level,
+    mesh: &TriMesh,
+    lps_to_grid: &Pose,
+    full_sdf: bool,
+) -> Result<Pass, InputError> {
     let fail = |reason: String| InputError::UnrecognisedVertebra { level, reason };
     let lps_to_grid = *lps_to_grid;
-    let centroid_g = lps_to_grid * mesh.solid_properties().centroid;
     let h = ANALYSIS_SPACING_MM;
     let (origin, dims) = voxel::grid_around(mesh, &lps_to_grid, h, 3.0 * h);
     let inside = voxel::voxelize(mesh, &lps_to_grid, origin, h, dims);
@@ -202,7 +213,11 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
 
     // Anterior: from the foramen towards the thickest bone, which is deep in the vertebral body
     // (its inscribed radius is twice that of any posterior element).
-    let sdf = voxel::signed_distance(&inside);
+    let sdf = if full_sdf {
+        voxel::signed_distance(&inside)
+    } else {
+        voxel::inside_distance(&inside)
+    };
     let mut deepest = (f32::NEG_INFINITY, 0usize);
     for (idx, &d) in sdf.data.iter().enumerate() {
         if d > deepest.0 {
@@ -211,7 +226,6 @@ fn analyse(level: Level, mesh: &TriMesh, lps_to_grid: &Pose) -> Result<Pass, Inp
     }
     let (di, dj) = (deepest.1 % nx, (deepest.1 / nx) % ny);
     let deep = inside.cell_center(di, dj, 0);
-    let _ = centroid_g;
     let mut ant = nalgebra::Vector2::new(deep.x - fc[0], deep.y - fc[1]);
     if ant.norm() < 1e-6 {
         return Err(fail(
@@ -505,7 +519,7 @@ fn slice_holes(inside: &Grid<bool>, k: usize, min_cells: usize) -> Vec<Vec<(usiz
             }
         }
     }
-    flood(&mut label, &mut stack, nx, ny, 1, &empty);
+    flood(&mut label, &mut stack, nx, ny, 1, &empty, false);
     let mut out = Vec::new();
     let mut next = 2;
     for j in 0..ny {
@@ -513,7 +527,7 @@ fn slice_holes(inside: &Grid<bool>, k: usize, min_cells: usize) -> Vec<Vec<(usiz
             if empty(i, j) && label[j * nx + i] == 0 {
                 label[j * nx + i] = next;
                 stack.push((i, j));
-                let cells = flood(&mut label, &mut stack, nx, ny, next, &empty);
+                let cells = flood(&mut label, &mut stack, nx, ny, next, &empty, true);
                 if cells.len() >= min_cells {
                     out.push(cells);
                 }
@@ -547,11 +561,14 @@ fn flood(
     nx: usize,
     ny: usize,
     id: u32,
-    empty: &dyn Fn(usize, usize) -> bool,
+    empty: &impl Fn(usize, usize) -> bool,
+    collect: bool,
 ) -> Vec<(usize, usize)> {
     let mut cells = Vec::new();
     while let Some((i, j)) = stack.pop() {
-        cells.push((i, j));
+        if collect {
+            cells.push((i, j));
+        }
         let mut visit = |a: usize, b: usize| {
             if empty(a, b) && label[b * nx + a] == 0 {
                 label[b * nx + a] = id;

@@ -294,10 +294,14 @@ fn prepare_vertebra(
     root_given: [bool; 2],
     given: &[KeepOut],
 ) -> Result<PreparedVertebra, InputError> {
-    let analysis = frame::estimate(level, &mesh)?;
+    // The clearance engine does not need the frame: build both at once.
+    let (analysis, bone) = rayon::join(
+        || frame::estimate(level, &mesh),
+        || ClearanceMesh::new(&mesh),
+    );
+    let analysis = analysis?;
     let frame = analysis.frame;
     let bone_sdf = analysis.sdf;
-    let bone = ClearanceMesh::new(&mesh);
     let name = level.name();
     let mut derived = Vec::new();
     if !has_canal {
@@ -314,16 +318,15 @@ fn prepare_vertebra(
             .chain(derived.iter())
             .filter(|k| kinds(k.kind))
             .collect();
-        meshes
-            .iter()
-            .map(|k| voxel::unsigned_surface_distance(&k.mesh, &frame.lps_to_grid, &bone_sdf))
-            .reduce(|mut a, b| {
-                a.data
-                    .iter_mut()
-                    .zip(b.data)
-                    .for_each(|(x, y)| *x = x.min(y));
-                a
-            })
+        if meshes.is_empty() {
+            return None;
+        }
+        let meshes: Vec<&TriMesh> = meshes.iter().map(|k| &k.mesh).collect();
+        Some(voxel::unsigned_surface_distance_many(
+            &meshes,
+            &frame.lps_to_grid,
+            &bone_sdf,
+        ))
     };
     let far = || {
         Grid::filled(
@@ -333,10 +336,20 @@ fn prepare_vertebra(
             f32::INFINITY,
         )
     };
-    let canal_distance = grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far);
-    let root_distance = grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far);
-    let forbidden_distance = grid_of(&|k| k == KeepOutKind::Forbidden);
-    let pedicle_centroids = [0, 1].map(|s| pedicle_centroids(&frame, &bone_sdf, s));
+    let ((canal_distance, root_distance), (forbidden_distance, pedicle_centroids)) = rayon::join(
+        || {
+            rayon::join(
+                || grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far),
+                || grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far),
+            )
+        },
+        || {
+            rayon::join(
+                || grid_of(&|k| k == KeepOutKind::Forbidden),
+                || [0, 1].map(|s| pedicle_centroids(&frame, &bone_sdf, s)),
+            )
+        },
+    );
     Ok(PreparedVertebra {
         pedicle_centroids,
         level,

@@ -26,7 +26,29 @@ const COARSE_STEP_DEG: Real = 5.0;
 const COARSE_STEP_MM: Real = 1.5;
 const SAMPLE_STEP_MM: Real = 0.5;
 const SEEDS: usize = 8;
+/// Lines screened per chunk between updates of the score threshold.
+const SCREEN_CHUNK: usize = 256;
+/// Allowance for round-off in the score bounds.
+const SCORE_BOUND_TOLERANCE: Real = 1e-9;
 const MAX_EXACT: usize = 64;
+
+/// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
+/// cells differ by at most one spacing, so each component of the gradient is at most 1.
+const GRID_LIPSCHITZ: Real = 1.732_050_808;
+/// Round-off allowance of a grid sample, mm.
+const SAMPLE_TOLERANCE_MM: Real = 1e-3;
+
+/// How many of the next samples along a line (every [`SAMPLE_STEP_MM`]) are sure to stay above
+/// `floor` after a sample of value `s` (none for non-finite values).
+#[inline]
+fn samples_above(s: Real, floor: Real) -> usize {
+    let room = s - floor - SAMPLE_TOLERANCE_MM;
+    if room.is_finite() && room > 0.0 {
+        (room / (GRID_LIPSCHITZ * SAMPLE_STEP_MM)) as usize
+    } else {
+        0
+    }
+}
 
 /// The result for one side.
 #[derive(Clone, Debug)]
@@ -75,44 +97,103 @@ impl Screen<'_> {
         self.ctx.vertebra.bone_sdf.sample(&g, -10.0) as Real
     }
 
-    fn candidate(&self, params: [Real; 4]) -> Option<Candidate> {
+    /// The terms of the score that need no grid (alignment with the pedicle's centres,
+    /// convergence, tip depth) of the line through `q` along `dir`.
+    fn fixed_terms(&self, q: &Point, dir: &Vector, medial: Real) -> Real {
+        evaluate::score(
+            0.0,
+            0.0,
+            evaluate::axis_offset_mm(
+                &self.ctx.vertebra.pedicle_centroids[self.side_index],
+                q,
+                dir,
+            ),
+            medial,
+            TIP_DEPTH_FRACTION,
+        )
+    }
+
+    /// Screen one line. `None` when it is not a usable line, or when its score is sure to be
+    /// below `threshold` (upper bounds of the score are checked as its terms come in, the
+    /// cheapest first), so such a line could never be chosen.
+    fn candidate(&self, params: [Real; 4], threshold: Real) -> Option<Candidate> {
         let [x, z, medial, cranial] = params;
         let v = self.ctx.vertebra;
         let f = &v.frame;
         let safety = self.ctx.safety;
         let q = Point::new(self.sign * x, self.y_ref, z);
         let dir = self.direction(medial, cranial);
-        if self.bone(&q) <= 0.0 {
+        // Score terms that need no grid: the score is at most the slack reserve plus the
+        // largest centring term plus these.
+        let fixed_terms = self.fixed_terms(&q, &dir, medial);
+        let bound = |worst_at_most: Real, centring_at_most: Real| {
+            worst_at_most.min(evaluate::SLACK_RESERVE_MM)
+                + evaluate::CENTRING_WEIGHT * centring_at_most
+                + fixed_terms
+                + SCORE_BOUND_TOLERANCE
+        };
+        if bound(Real::INFINITY, evaluate::CENTRING_CAP_MM) < threshold {
             return None;
         }
-        // March back to the entry and forward to the anterior exit.
-        let mut t_entry = None;
-        let mut prev = 0.0;
-        let mut t = -SAMPLE_STEP_MM;
-        while t > -80.0 {
-            let s = self.bone(&(q + dir * t));
-            if s < 0.0 {
-                let sp = self.bone(&(q + dir * (t + SAMPLE_STEP_MM)));
-                let frac = sp / (sp - s).max(1e-9);
-                t_entry = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
-                break;
-            }
-            prev = s;
-            t -= SAMPLE_STEP_MM;
+        let bone = &v.bone_sdf;
+        // The line in the grid frame: samples at `gq + gd * t`.
+        let gq = self.vertebra_to_grid * q;
+        let gd = self.vertebra_to_grid.rotation * dir;
+        let bone_at = |t: Real| bone.sample(&(gq + gd * t), -10.0) as Real;
+        if bone_at(0.0) <= 0.0 {
+            return None;
         }
-        let _ = prev;
-        let t_entry = t_entry?;
-        let mut t_exit = None;
-        let mut t = SAMPLE_STEP_MM;
-        while t < 100.0 {
-            let s = self.bone(&(q + dir * t));
-            if s < 0.0 {
-                t_exit = Some(t);
-                break;
+        // March back to the entry and forward to the anterior exit: the first sample outside
+        // the bone. Samples that the grid's Lipschitz bound keeps inside are skipped.
+        let t_entry = {
+            let mut found = None;
+            let mut skip = 0usize;
+            let mut t = -SAMPLE_STEP_MM;
+            while t > -80.0 {
+                if skip > 0 {
+                    skip -= 1;
+                    t -= SAMPLE_STEP_MM;
+                    continue;
+                }
+                let s = bone_at(t);
+                if s < 0.0 {
+                    let sp = bone_at(t + SAMPLE_STEP_MM);
+                    let frac = sp / (sp - s).max(1e-9);
+                    found = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
+                    break;
+                }
+                skip = samples_above(s, 0.0);
+                t -= SAMPLE_STEP_MM;
             }
-            t += SAMPLE_STEP_MM;
+            found?
+        };
+        // The entry must be behind the body and lateral of the canal: other lines never score.
+        let entry = q + dir * t_entry;
+        let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
+            && entry.x * self.sign >= self.canal_half_width;
+        if !entry_ok {
+            return None;
         }
-        let t_exit = t_exit?;
+        let t_exit = {
+            let mut found = None;
+            let mut skip = 0usize;
+            let mut t = SAMPLE_STEP_MM;
+            while t < 100.0 {
+                if skip > 0 {
+                    skip -= 1;
+                    t += SAMPLE_STEP_MM;
+                    continue;
+                }
+                let s = bone_at(t);
+                if s < 0.0 {
+                    found = Some(t);
+                    break;
+                }
+                skip = samples_above(s, 0.0);
+                t += SAMPLE_STEP_MM;
+            }
+            found?
+        };
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
         if t_wall >= t_exit {
             return None;
@@ -120,62 +201,62 @@ impl Screen<'_> {
         let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
         // Cortex from where its margin applies to the tip.
         let tip = q + dir * t_tip;
-        let entry = q + dir * t_entry;
         let cos_incidence = evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
         if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
             return None;
         }
-        let zone = docking_zone_mm(self.ctx.instrument, safety);
-        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
-        let mut cortex = Real::INFINITY;
-        let mut t = t_start;
-        while t <= t_tip {
-            cortex = cortex.min(self.bone(&(q + dir * t)));
-            t += SAMPLE_STEP_MM;
-        }
-        cortex = cortex.min(self.bone(&(q + dir * t_tip))) - self.radius;
-        // Keep-outs along the cannula near the vertebra.
-        let dist = |grid: &crate::voxel::Grid<f32>| {
-            let mut m = Real::INFINITY;
-            let mut t = t_entry - 40.0;
-            while t <= t_tip {
-                let g = self.vertebra_to_grid * (q + dir * t);
-                m = m.min(grid.sample(&g, f32::INFINITY) as Real);
-                t += SAMPLE_STEP_MM;
-            }
-            m - self.radius
-        };
-        let canal = dist(&v.canal_distance);
-        let root = dist(&v.root_distance);
-        let forbidden = v.forbidden_distance.as_ref().map_or(Real::INFINITY, dist);
-        let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
-            && entry.x * self.sign >= self.canal_half_width;
+        // The centring term of evaluate::centring_mm, on the line already in grid coordinates.
         let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
-            Some((a, b)) => evaluate::centring_mm(
-                v,
-                &self.vertebra_to_grid,
-                &(q + dir * a),
-                &(q + dir * b),
-                self.radius,
-                safety.cortex_margin_mm,
-            ),
+            Some((a, b)) => {
+                let n = (((b - a) / 0.5).ceil() as usize).max(1);
+                let slack = self.radius + safety.cortex_margin_mm;
+                let mut sum = 0.0;
+                for i in 0..=n {
+                    let d = bone_at(a + (b - a) * (i as Real / n as Real));
+                    sum += (d - slack).min(evaluate::CENTRING_CAP_MM);
+                }
+                sum / (n + 1) as Real
+            }
             None => 0.0,
         };
+        if bound(Real::INFINITY, centring) < threshold {
+            return None;
+        }
+        let zone = docking_zone_mm(self.ctx.instrument, safety);
+        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
+        let cortex = self
+            .min_along(bone, -10.0, &gq, &gd, t_start, t_tip, Real::INFINITY)
+            .min(bone_at(t_tip))
+            - self.radius;
+        if bound(cortex - safety.cortex_margin_mm, centring) < threshold {
+            return None;
+        }
+        // Keep-outs along the cannula near the vertebra. Their distance counts in the score
+        // only below its cap (the slack reserve): samples that cannot go below it are skipped.
+        let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
+            let cap = self.radius + margin + evaluate::SLACK_RESERVE_MM + 1.0;
+            self.min_along(grid, f32::INFINITY, &gq, &gd, t_entry - 40.0, t_tip, cap) - self.radius
+        };
+        let canal = keep(&v.canal_distance, safety.canal_margin_mm);
+        let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
+        let forbidden = v
+            .forbidden_distance
+            .as_ref()
+            .map_or(Real::INFINITY, |g| keep(g, safety.canal_margin_mm));
         let worst = (cortex - safety.cortex_margin_mm)
             .min(canal - safety.canal_margin_mm)
             .min(root - safety.nerve_root_margin_mm)
             .min(forbidden - safety.canal_margin_mm);
-        let score = if entry_ok {
-            evaluate::score(
-                worst,
-                centring,
-                evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
-                medial,
-                TIP_DEPTH_FRACTION,
-            )
-        } else {
-            Real::NEG_INFINITY
-        };
+        if bound(worst, centring) < threshold {
+            return None;
+        }
+        let score = evaluate::score(
+            worst,
+            centring,
+            evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+            medial,
+            TIP_DEPTH_FRACTION,
+        );
         Some(Candidate {
             params,
             q,
@@ -186,6 +267,37 @@ impl Screen<'_> {
             entry_ok,
             score,
         })
+    }
+
+    /// `min(cap, smallest sample of grid)` at `gq + gd * t` (grid frame), `t` from `t0` in steps of
+    /// [`SAMPLE_STEP_MM`] up to `t1`. Samples that the grid's Lipschitz bound keeps at or above
+    /// the running minimum (or the cap) cannot change the result and are not taken.
+    #[allow(clippy::too_many_arguments)]
+    fn min_along(
+        &self,
+        grid: &crate::voxel::Grid<f32>,
+        outside: f32,
+        gq: &Point,
+        gd: &Vector,
+        t0: Real,
+        t1: Real,
+        cap: Real,
+    ) -> Real {
+        let mut m = Real::INFINITY;
+        let mut skip = 0usize;
+        let mut t = t0;
+        while t <= t1 {
+            if skip > 0 {
+                skip -= 1;
+                t += SAMPLE_STEP_MM;
+                continue;
+            }
+            let s = grid.sample(&(gq + gd * t), outside) as Real;
+            m = m.min(s);
+            skip = samples_above(s, m.min(cap));
+            t += SAMPLE_STEP_MM;
+        }
+        m.min(cap)
     }
 
     /// Pattern search around a seed on the approximate score.
@@ -204,7 +316,7 @@ impl Screen<'_> {
                         p[axis] += dirn * steps[axis];
                         p[2] = p[2].clamp(MEDIAL_RANGE_DEG.0, MEDIAL_RANGE_DEG.1);
                         p[3] = p[3].clamp(CRANIAL_RANGE_DEG.0, CRANIAL_RANGE_DEG.1);
-                        if let Some(c) = self.candidate(p) {
+                        if let Some(c) = self.candidate(p, best.score + 1e-9) {
                             if c.score > best.score + 1e-9 {
                                 best = c;
                                 improved = true;
@@ -267,11 +379,41 @@ pub fn search_side(
             m += COARSE_STEP_DEG;
         }
     }
-    let mut coarse: Vec<Candidate> = params
-        .par_iter()
-        .filter_map(|p| screen.candidate(*p))
-        .filter(|c| c.entry_ok)
+    // Screened in fixed chunks: once MAX_EXACT lines are scored, a line whose score bound falls
+    // below the MAX_EXACT-th best so far cannot reach the verification queue and is dropped.
+    // The chunks do not depend on the thread count, so neither does the result; and the top
+    // MAX_EXACT lines are the ones a full screening would give, in whatever order the lines
+    // come. Lines best aligned with the pedicle come first, so the threshold rises early.
+    let mut ordered: Vec<(Real, [Real; 4])> = params
+        .iter()
+        .map(|p| {
+            let q = Point::new(screen.sign * p[0], screen.y_ref, p[1]);
+            (
+                screen.fixed_terms(&q, &screen.direction(p[2], p[3]), p[2]),
+                *p,
+            )
+        })
         .collect();
+    ordered.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+    });
+    let ordered: Vec<[Real; 4]> = ordered.into_iter().map(|(_, p)| p).collect();
+    let mut coarse: Vec<Candidate> = Vec::new();
+    let mut threshold = Real::NEG_INFINITY;
+    for chunk in ordered.chunks(SCREEN_CHUNK) {
+        let got: Vec<Candidate> = chunk
+            .par_iter()
+            .filter_map(|p| screen.candidate(*p, threshold))
+            .filter(|c| c.entry_ok)
+            .collect();
+        coarse.extend(got);
+        if coarse.len() >= MAX_EXACT {
+            let mut scores: Vec<Real> = coarse.iter().map(|c| c.score).collect();
+            let (_, kth, _) = scores.select_nth_unstable_by(MAX_EXACT - 1, |a, b| b.total_cmp(a));
+            threshold = *kth;
+        }
+    }
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
@@ -337,7 +479,13 @@ pub fn search_side(
     }
     // Infeasible: report the best candidate's violations, and the widest bony corridor found.
     let best = best_any.expect("at least one candidate was measured");
-    let bone_best = coarse
+    // The widest corridor over every line (the screening above dropped low scores).
+    let all: Vec<Candidate> = params
+        .par_iter()
+        .filter_map(|p| screen.candidate(*p, Real::NEG_INFINITY))
+        .filter(|c| c.entry_ok)
+        .collect();
+    let bone_best = all
         .iter()
         .max_by(|a, b| {
             a.cortex.total_cmp(&b.cortex).then_with(|| {

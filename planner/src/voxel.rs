@@ -51,11 +51,12 @@ impl Grid<f32> {
     #[inline]
     pub fn sample(&self, p: &Point, outside: f32) -> f32 {
         let u = (p - self.origin) / self.spacing_mm;
-        let (fx, fy, fz) = (u.x.floor(), u.y.floor(), u.z.floor());
-        if fx < 0.0 || fy < 0.0 || fz < 0.0 {
+        if u.x < 0.0 || u.y < 0.0 || u.z < 0.0 {
             return outside;
         }
-        let (i, j, k) = (fx as usize, fy as usize, fz as usize);
+        // Non-negative: truncation is the floor (and much cheaper than a libm call).
+        let (i, j, k) = (u.x as usize, u.y as usize, u.z as usize);
+        let (fx, fy, fz) = (i as Real, j as Real, k as Real);
         if i + 1 >= self.dims[0] || j + 1 >= self.dims[1] || k + 1 >= self.dims[2] {
             return outside;
         }
@@ -192,141 +193,223 @@ pub fn voxelize(
 /// Exact Euclidean distance transform (Felzenszwalb & Huttenlocher): for every cell, the
 /// distance in millimetres to the nearest cell where `seed` is true (infinite if none).
 pub fn distance_to_seeds(seed: &Grid<bool>) -> Grid<f32> {
-    let [nx, ny, nz] = seed.dims;
-    let big = 1e20_f64;
-    let mut d: Vec<f64> = seed
-        .data
-        .iter()
-        .map(|&s| if s { 0.0 } else { big })
-        .collect();
-    let mut f = Vec::new();
-    let mut out = Vec::new();
-    let mut v = Vec::new();
-    let mut z = Vec::new();
-    // Along x.
-    for k in 0..nz {
-        for j in 0..ny {
-            let base = (k * ny + j) * nx;
-            f.clear();
-            f.extend((0..nx).map(|i| d[base + i]));
-            dt1d(&f, &mut out, &mut v, &mut z);
-            d[base..base + nx].copy_from_slice(&out);
-        }
-    }
-    // Along y.
-    for k in 0..nz {
-        for i in 0..nx {
-            f.clear();
-            f.extend((0..ny).map(|j| d[(k * ny + j) * nx + i]));
-            dt1d(&f, &mut out, &mut v, &mut z);
-            for j in 0..ny {
-                d[(k * ny + j) * nx + i] = out[j];
-            }
-        }
-    }
-    // Along z.
-    for j in 0..ny {
-        for i in 0..nx {
-            f.clear();
-            f.extend((0..nz).map(|k| d[(k * ny + j) * nx + i]));
-            dt1d(&f, &mut out, &mut v, &mut z);
-            for k in 0..nz {
-                d[(k * ny + j) * nx + i] = out[k];
-            }
-        }
-    }
+    let d = squared_distance_cells(seed.dims, |idx| seed.data[idx]);
     let h = seed.spacing_mm;
     Grid {
         origin: seed.origin,
         spacing_mm: h,
         dims: seed.dims,
-        data: d
-            .iter()
-            .map(|&q| {
-                if q >= big {
-                    f32::INFINITY
-                } else {
-                    (q.sqrt() * h) as f32
-                }
-            })
-            .collect(),
+        data: d.into_iter().map(|q| cells_to_mm(q, h)).collect(),
     }
 }
 
-/// 1D squared distance transform of sampled function `f` (lower envelope of parabolas).
-fn dt1d(f: &[f64], out: &mut Vec<f64>, v: &mut Vec<usize>, z: &mut Vec<f64>) {
-    let n = f.len();
-    out.clear();
-    out.resize(n, 0.0);
-    v.clear();
-    v.resize(n, 0);
-    z.clear();
-    z.resize(n + 1, 0.0);
-    let finite: Vec<usize> = (0..n).filter(|&q| f[q] < 1e19).collect();
-    if finite.is_empty() {
-        out.iter_mut().for_each(|o| *o = 1e20);
-        return;
+/// Squared cell distances are integers, exact in f32 up to 2^24; no seed leaves [`FAR`].
+const FAR: f32 = 1e20;
+
+#[inline]
+fn cells_to_mm(q: f32, h: Real) -> f32 {
+    if q >= FAR {
+        f32::INFINITY
+    } else {
+        ((q as f64).sqrt() * h) as f32
     }
-    let mut k = 0usize;
-    v[0] = finite[0];
-    z[0] = f64::NEG_INFINITY;
-    z[1] = f64::INFINITY;
-    for &q in &finite[1..] {
-        loop {
-            let p = v[k];
-            let s = ((f[q] + (q * q) as f64) - (f[p] + (p * p) as f64))
-                / (2.0 * q as f64 - 2.0 * p as f64);
-            if s <= z[k] && k > 0 {
-                k -= 1;
+}
+
+/// A raw pointer the passes of [`squared_distance_cells`] share across threads: every task
+/// writes a disjoint set of cells.
+#[derive(Clone, Copy)]
+struct SharedCells(*mut f32);
+unsafe impl Send for SharedCells {}
+unsafe impl Sync for SharedCells {}
+impl SharedCells {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Squared distance, in cells, from every cell to the nearest cell where `seed(index)` is true:
+/// three separable passes of the 1D transform (x, y, z), each parallel over its lines. Squared
+/// distances are integers, so the result does not depend on the order of the passes or on the
+/// thread count.
+fn squared_distance_cells(dims: [usize; 3], seed: impl Fn(usize) -> bool + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let [nx, ny, nz] = dims;
+    let plane = nx * ny;
+    let mut d: Vec<f32> = vec![0.0; plane * nz];
+    // Along x, rows of a plane at a time.
+    d.par_chunks_mut(plane)
+        .enumerate()
+        .for_each_init(Dt1d::default, |dt, (k, slab)| {
+            for (j, row) in slab.chunks_mut(nx).enumerate() {
+                let base = (k * ny + j) * nx;
+                for (i, x) in row.iter_mut().enumerate() {
+                    *x = if seed(base + i) { 0.0 } else { FAR };
+                }
+                dt.run_in_place(row);
+            }
+        });
+    // Along y, within each plane.
+    d.par_chunks_mut(plane)
+        .for_each_init(Dt1d::default, |dt, slab| {
+            for i in 0..nx {
+                dt.run_strided(slab, i, nx, ny);
+            }
+        });
+    // Along z: columns at a fixed (i, j) run across planes; tasks take disjoint rows j.
+    if nz > 1 {
+        let shared = SharedCells(d.as_mut_ptr());
+        let len = d.len();
+        (0..ny)
+            .into_par_iter()
+            .for_each_init(Dt1d::default, |dt, j| {
+                // SAFETY: the task of row j reads and writes only cells (k, j, i), disjoint from
+                // every other task's, all within `len`.
+                let cells = unsafe { std::slice::from_raw_parts_mut(shared.ptr(), len) };
+                for i in 0..nx {
+                    dt.run_strided(cells, j * nx + i, plane, nz);
+                }
+            });
+    }
+    d
+}
+
+/// A line the 1D transform leaves as it is: every cell a seed (0), or no seed at all.
+#[inline]
+fn settled(mut line: impl Iterator<Item = f32>) -> bool {
+    match line.next() {
+        Some(first) if first == 0.0 || first >= FAR => line.all(|x| x == first),
+        _ => true,
+    }
+}
+
+/// Buffers of the 1D squared distance transform (lower envelope of parabolas).
+#[derive(Default)]
+struct Dt1d {
+    f: Vec<f64>,
+    v: Vec<usize>,
+    z: Vec<f64>,
+}
+
+impl Dt1d {
+    fn run_in_place(&mut self, line: &mut [f32]) {
+        if settled(line.iter().copied()) {
+            return;
+        }
+        self.f.clear();
+        self.f.extend(line.iter().map(|&x| x as f64));
+        self.envelope(|q, val| line[q] = val);
+    }
+
+    /// The line of `n` cells `data[first + m * stride]`.
+    fn run_strided(&mut self, data: &mut [f32], first: usize, stride: usize, n: usize) {
+        if settled((0..n).map(|m| data[first + m * stride])) {
+            return;
+        }
+        self.f.clear();
+        self.f
+            .extend((0..n).map(|m| data[first + m * stride] as f64));
+        self.envelope(|q, val| data[first + q * stride] = val);
+    }
+
+    /// Felzenszwalb-Huttenlocher on `self.f` (values >= [`FAR`] are "no seed"); `out(q, value)`.
+    fn envelope(&mut self, mut out: impl FnMut(usize, f32)) {
+        let f = &self.f;
+        let n = f.len();
+        let far = FAR as f64;
+        let Some(first) = f.iter().position(|&x| x < far) else {
+            (0..n).for_each(|q| out(q, FAR));
+            return;
+        };
+        let (v, z) = (&mut self.v, &mut self.z);
+        v.clear();
+        v.resize(n, 0);
+        z.clear();
+        z.resize(n + 1, 0.0);
+        let mut k = 0usize;
+        v[0] = first;
+        z[0] = f64::NEG_INFINITY;
+        z[1] = f64::INFINITY;
+        for q in first + 1..n {
+            if f[q] >= far {
                 continue;
             }
-            if s <= z[k] {
-                // k == 0 and the new parabola dominates from -inf.
-                v[0] = q;
-                z[0] = f64::NEG_INFINITY;
-                z[1] = f64::INFINITY;
+            loop {
+                let p = v[k];
+                let s = ((f[q] + (q * q) as f64) - (f[p] + (p * p) as f64))
+                    / (2.0 * q as f64 - 2.0 * p as f64);
+                if s <= z[k] && k > 0 {
+                    k -= 1;
+                    continue;
+                }
+                if s <= z[k] {
+                    // k == 0 and the new parabola dominates from -inf.
+                    v[0] = q;
+                    z[0] = f64::NEG_INFINITY;
+                    z[1] = f64::INFINITY;
+                    break;
+                }
+                k += 1;
+                v[k] = q;
+                z[k] = s;
+                z[k + 1] = f64::INFINITY;
                 break;
             }
-            k += 1;
-            v[k] = q;
-            z[k] = s;
-            z[k + 1] = f64::INFINITY;
-            break;
         }
-    }
-    let mut k = 0;
-    for (q, o) in out.iter_mut().enumerate() {
-        while z[k + 1] < q as f64 {
-            k += 1;
+        let mut k = 0;
+        for q in 0..n {
+            while z[k + 1] < q as f64 {
+                k += 1;
+            }
+            let p = v[k];
+            let dq = q as f64 - p as f64;
+            out(q, (dq * dq + f[p]) as f32);
         }
-        let p = v[k];
-        let dq = q as f64 - p as f64;
-        *o = dq * dq + f[p];
     }
 }
 
 /// Approximate signed distance to the surface of the solid `inside` (positive inside), mm.
 pub fn signed_distance(inside: &Grid<bool>) -> Grid<f32> {
-    let outside = Grid {
-        origin: inside.origin,
-        spacing_mm: inside.spacing_mm,
-        dims: inside.dims,
-        data: inside.data.iter().map(|&b| !b).collect(),
-    };
-    let to_out = distance_to_seeds(&outside);
-    let to_in = distance_to_seeds(inside);
-    let half = (inside.spacing_mm * 0.5) as f32;
+    let to_out = squared_distance_cells(inside.dims, |idx| !inside.data[idx]);
+    let to_in = squared_distance_cells(inside.dims, |idx| inside.data[idx]);
+    let h = inside.spacing_mm;
+    let half = (h * 0.5) as f32;
     let data = inside
         .data
         .iter()
-        .zip(to_out.data.iter().zip(&to_in.data))
-        .map(|(&ins, (&dout, &din))| if ins { dout - half } else { -(din - half) })
+        .zip(to_out.iter().zip(&to_in))
+        .map(|(&ins, (&qout, &qin))| {
+            if ins {
+                cells_to_mm(qout, h) - half
+            } else {
+                -(cells_to_mm(qin, h) - half)
+            }
+        })
         .collect();
     Grid {
         origin: inside.origin,
         spacing_mm: inside.spacing_mm,
         dims: inside.dims,
         data,
+    }
+}
+
+/// Distance inside the solid `inside` to its surface, mm, as in [`signed_distance`] for the
+/// inside cells, and `-half a cell` everywhere outside: half the work when only the inside
+/// matters (the deepest bone).
+pub fn inside_distance(inside: &Grid<bool>) -> Grid<f32> {
+    let to_out = squared_distance_cells(inside.dims, |idx| !inside.data[idx]);
+    let h = inside.spacing_mm;
+    let half = (h * 0.5) as f32;
+    Grid {
+        origin: inside.origin,
+        spacing_mm: h,
+        dims: inside.dims,
+        data: inside
+            .data
+            .iter()
+            .zip(&to_out)
+            .map(|(&ins, &q)| if ins { cells_to_mm(q, h) - half } else { -half })
+            .collect(),
     }
 }
 
@@ -337,36 +420,60 @@ pub fn unsigned_surface_distance(
     mesh_to_grid: &Pose,
     like: &Grid<f32>,
 ) -> Grid<f32> {
+    unsigned_surface_distance_many(&[mesh], mesh_to_grid, like)
+}
+
+/// [`unsigned_surface_distance`] to the nearest of several meshes (the minimum of their
+/// distances), with one distance transform seeded by all of them.
+pub fn unsigned_surface_distance_many(
+    meshes: &[&TriMesh],
+    mesh_to_grid: &Pose,
+    like: &Grid<f32>,
+) -> Grid<f32> {
     let h = like.spacing_mm;
-    let mut seeds = Grid::filled(like.origin, h, like.dims, false);
+    let [nx, ny, nz] = like.dims;
+    let mut seeds = vec![false; nx * ny * nz];
     let mut any = false;
-    for t in 0..mesh.triangles.len() {
-        let [a, b, c] = mesh.triangle(t);
-        let (a, b, c) = (mesh_to_grid * a, mesh_to_grid * b, mesh_to_grid * c);
-        let longest = (b - a).norm().max((c - b).norm()).max((a - c).norm());
-        let n = ((longest / (0.5 * h)).ceil() as usize).max(1);
-        for s in 0..=n {
-            for t2 in 0..=(n - s) {
-                let (u, v) = (s as Real / n as Real, t2 as Real / n as Real);
-                let p = a + (b - a) * u + (c - a) * v;
-                let q = (p - like.origin) / h;
-                let (i, j, k) = (q.x.round(), q.y.round(), q.z.round());
-                if i < 0.0 || j < 0.0 || k < 0.0 {
-                    continue;
-                }
-                let (i, j, k) = (i as usize, j as usize, k as usize);
-                if i < like.dims[0] && j < like.dims[1] && k < like.dims[2] {
-                    let idx = seeds.index(i, j, k);
-                    seeds.data[idx] = true;
-                    any = true;
+    for mesh in meshes {
+        for t in 0..mesh.triangles.len() {
+            let [a, b, c] = mesh.triangle(t);
+            let (a, b, c) = (mesh_to_grid * a, mesh_to_grid * b, mesh_to_grid * c);
+            let longest = (b - a).norm().max((c - b).norm()).max((a - c).norm());
+            let n = ((longest / (0.5 * h)).ceil() as usize).max(1);
+            for s in 0..=n {
+                for t2 in 0..=(n - s) {
+                    let (u, v) = (s as Real / n as Real, t2 as Real / n as Real);
+                    let p = a + (b - a) * u + (c - a) * v;
+                    let q = (p - like.origin) / h;
+                    let (i, j, k) = (q.x.round(), q.y.round(), q.z.round());
+                    if i < 0.0 || j < 0.0 || k < 0.0 {
+                        continue;
+                    }
+                    let (i, j, k) = (i as usize, j as usize, k as usize);
+                    if i < nx && j < ny && k < nz {
+                        seeds[(k * ny + j) * nx + i] = true;
+                        any = true;
+                    }
                 }
             }
         }
     }
-    let mut d = distance_to_seeds(&seeds);
-    if any {
-        let half = (0.5 * h) as f32;
-        d.data.iter_mut().for_each(|x| *x = (*x - half).max(0.0));
+    let q = squared_distance_cells(like.dims, |idx| seeds[idx]);
+    let half = (0.5 * h) as f32;
+    Grid {
+        origin: like.origin,
+        spacing_mm: h,
+        dims: like.dims,
+        data: q
+            .into_iter()
+            .map(|q| {
+                let d = cells_to_mm(q, h);
+                if any {
+                    (d - half).max(0.0)
+                } else {
+                    d
+                }
+            })
+            .collect(),
     }
-    d
 }
