@@ -1,18 +1,16 @@
 //! The collision module: the only file that knows parry3d. Exact f64 clearance queries against a
-//! triangle mesh, walking a bounding volume hierarchy, and the brute-force oracle they are
-//! tested against.
+//! triangle mesh, walking parry's BVH, and the brute-force oracle they are tested against.
 //!
-//! The hierarchy ([`Bvh`]) is a flat binary tree over the triangles' f64 AABBs, built by
-//! median splits (parry's binned SAH builder took ~13k instructions per triangle; this one a
-//! few hundred, which is what a million-triangle mesh needs). Every distance, crossing and
-//! containment decision is made here with exact f64 primitives ([`point_triangle_distance`],
+//! Parry is used only for its bounding volume hierarchy ([`parry3d_f64::partitioning::Bvh`],
+//! built over the triangles' f64 AABBs). Every distance, crossing and containment decision is
+//! made here with exact f64 primitives ([`point_triangle_distance`],
 //! [`segment_triangle_distance`], [`line_triangle_crossing`]) shared by the BVH walks and by the
-//! brute-force oracle in [`brute`]; box bounds only prune, conservatively, so the answers are
-//! the exact minima whatever the tree. Parry's own capsule-vs-mesh distance
-//! ([`parry_builtin`], the benchmarks' reference) treats a mesh as a hollow surface and is
-//! many times slower than the walk below.
+//! brute-force oracle in [`brute`]. Parry's own mesh queries treat a mesh as a hollow surface
+//! and its capsule-vs-mesh distance is ~20x slower than the walk below.
 
+use parry3d_f64::bounding_volume::Aabb as ParryAabb;
 use parry3d_f64::math::Vector as PVec;
+use parry3d_f64::partitioning::{Bvh, BvhBuildStrategy, BvhNode, TraversalAction};
 
 use crate::math::{segment_segment_distance, Point, UnitVector, Vector};
 use crate::mesh::TriMesh;
@@ -332,188 +330,9 @@ fn pvec(p: &Point) -> PVec {
     PVec::new(p.x, p.y, p.z)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The bounding volume hierarchy.
-// ---------------------------------------------------------------------------------------------
-
-/// Triangles per leaf, at most.
-const LEAF_SIZE: usize = 4;
-/// Deepest tree the walks' fixed stacks hold: median splits of up to 2^40 triangles.
-const MAX_DEPTH: usize = 48;
-
-/// One node: its box, and either its two children (`first`, `first + 1`; `count == 0`) or its
-/// triangles (`first .. first + count` of the mesh's leaf-ordered corners).
-#[derive(Clone, Copy, Debug)]
-struct Node {
-    lo: [f64; 3],
-    hi: [f64; 3],
-    first: u32,
-    count: u32,
-}
-
-/// A flat binary BVH; node 0 is the root.
-struct Bvh {
-    nodes: Vec<Node>,
-}
-
-/// A triangle while building: its box, centroid and input index.
-#[derive(Clone, Copy)]
-struct BuildItem {
-    lo: [f64; 3],
-    hi: [f64; 3],
-    c: [f64; 3],
-    index: u32,
-}
-
-impl Bvh {
-    /// Build over `corners`; returns the tree and the triangle order of its leaves.
-    fn build(corners: &[[Point; 3]]) -> (Bvh, Vec<u32>) {
-        let mut items: Vec<BuildItem> = corners
-            .iter()
-            .enumerate()
-            .map(|(i, [a, b, c])| {
-                let lo = arr(&a.inf(b).inf(c));
-                let hi = arr(&a.sup(b).sup(c));
-                BuildItem {
-                    lo,
-                    hi,
-                    c: [0, 1, 2].map(|k| 0.5 * (lo[k] + hi[k])),
-                    index: i as u32,
-                }
-            })
-            .collect();
-        let mut nodes = Vec::with_capacity(2 * items.len() / LEAF_SIZE + 1);
-        nodes.push(Node {
-            lo: [0.0; 3],
-            hi: [0.0; 3],
-            first: 0,
-            count: 0,
-        });
-        if !items.is_empty() {
-            Self::build_node(&mut items, 0, 0, &mut nodes, 0);
-        }
-        let order = items.iter().map(|it| it.index).collect();
-        (Bvh { nodes }, order)
-    }
-
-    /// Fill node `at` with `items` (whose first triangle is `offset` in leaf order).
-    fn build_node(
-        items: &mut [BuildItem],
-        offset: usize,
-        at: usize,
-        nodes: &mut Vec<Node>,
-        depth: usize,
-    ) {
-        let mut lo = [f64::INFINITY; 3];
-        let mut hi = [f64::NEG_INFINITY; 3];
-        let mut clo = [f64::INFINITY; 3];
-        let mut chi = [f64::NEG_INFINITY; 3];
-        for it in items.iter() {
-            for k in 0..3 {
-                lo[k] = lo[k].min(it.lo[k]);
-                hi[k] = hi[k].max(it.hi[k]);
-                clo[k] = clo[k].min(it.c[k]);
-                chi[k] = chi[k].max(it.c[k]);
-            }
-        }
-        if items.len() <= LEAF_SIZE || depth + 2 >= MAX_DEPTH {
-            nodes[at] = Node {
-                lo,
-                hi,
-                first: offset as u32,
-                count: items.len() as u32,
-            };
-            return;
-        }
-        // Median split along the longest extent of the centroids (ties by input index, so the
-        // tree is a function of the mesh alone).
-        let ext = [0, 1, 2].map(|k| chi[k] - clo[k]);
-        let axis = if ext[0] >= ext[1] && ext[0] >= ext[2] {
-            0
-        } else if ext[1] >= ext[2] {
-            1
-        } else {
-            2
-        };
-        let mid = items.len() / 2;
-        items.select_nth_unstable_by(mid, |a, b| {
-            a.c[axis].total_cmp(&b.c[axis]).then(a.index.cmp(&b.index))
-        });
-        let first = nodes.len();
-        nodes[at] = Node {
-            lo,
-            hi,
-            first: first as u32,
-            count: 0,
-        };
-        let blank = nodes[at];
-        nodes.push(blank);
-        nodes.push(blank);
-        let (left, right) = items.split_at_mut(mid);
-        Self::build_node(left, offset, first, nodes, depth + 1);
-        Self::build_node(right, offset + mid, first + 1, nodes, depth + 1);
-    }
-
-    fn memory_bytes(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<Node>()
-    }
-
-    /// Smallest leaf value over the tree, with `bound(node)` a conservative lower bound of
-    /// every leaf value under `node` and `leaf(triangle)` the value of one triangle. Stops at
-    /// `floor` (nothing can be smaller).
-    #[inline]
-    fn min_walk(
-        &self,
-        floor: f64,
-        bound: impl Fn(&Node, f64) -> f64,
-        mut leaf: impl FnMut(usize) -> f64,
-    ) -> f64 {
-        let mut best = f64::INFINITY;
-        let mut stack = [(0u32, 0.0f64); 2 * MAX_DEPTH];
-        let mut top = 0;
-        let root = &self.nodes[0];
-        if root.count == 0 && root.first == 0 {
-            return best; // empty
-        }
-        stack[top] = (0, bound(root, best));
-        top += 1;
-        while top > 0 {
-            top -= 1;
-            let (n, lb) = stack[top];
-            if lb >= best {
-                continue;
-            }
-            let node = &self.nodes[n as usize];
-            if node.count > 0 {
-                let s = node.first as usize;
-                for t in s..s + node.count as usize {
-                    best = best.min(leaf(t));
-                }
-                if best <= floor {
-                    return best;
-                }
-                continue;
-            }
-            let (a, b) = (node.first, node.first + 1);
-            let la = bound(&self.nodes[a as usize], best);
-            let lb2 = bound(&self.nodes[b as usize], best);
-            // Nearer child on top of the stack.
-            let (near, far) = if la <= lb2 {
-                ((a, la), (b, lb2))
-            } else {
-                ((b, lb2), (a, la))
-            };
-            if far.1 < best {
-                stack[top] = far;
-                top += 1;
-            }
-            if near.1 < best {
-                stack[top] = near;
-                top += 1;
-            }
-        }
-        best
-    }
+fn node_box(node: &BvhNode) -> ([f64; 3], [f64; 3]) {
+    let (lo, hi) = (node.mins(), node.maxs());
+    ([lo.x, lo.y, lo.z], [hi.x, hi.y, hi.z])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,9 +341,9 @@ impl Bvh {
 
 /// A mesh prepared for fast exact queries. Coordinates stay f64 millimetres.
 pub struct ClearanceMesh {
-    /// The corners of every triangle, in the order of the BVH's leaves.
+    /// The corners of every triangle, in the input's triangle order (leaf data = index here).
     corners: Vec<[Point; 3]>,
-    /// The BVH over the triangles' AABBs.
+    /// Parry's BVH over the triangles' AABBs.
     bvh: Bvh,
     /// Closed, 2-manifold, consistently and outward wound.
     closed: bool,
@@ -537,8 +356,15 @@ impl ClearanceMesh {
         let corners: Vec<[Point; 3]> = (0..mesh.triangles.len())
             .map(|i| mesh.triangle(i))
             .collect();
-        let (bvh, order) = Bvh::build(&corners);
-        let corners = order.iter().map(|&i| corners[i as usize]).collect();
+        let aabbs: Vec<ParryAabb> = corners
+            .iter()
+            .map(|[a, b, c]| {
+                let lo = a.inf(b).inf(c);
+                let hi = a.sup(b).sup(c);
+                ParryAabb::new(pvec(&lo), pvec(&hi))
+            })
+            .collect();
+        let bvh = Bvh::from_leaves(BvhBuildStrategy::Binned, &aabbs);
         let closed = is_closed_manifold(mesh) && mesh.signed_volume_mm3() > 0.0;
         Self {
             corners,
@@ -560,11 +386,21 @@ impl ClearanceMesh {
     /// Exact distance from `p` to the surface (infinite for an empty mesh).
     pub fn distance_to_point(&self, p: &Point) -> f64 {
         let pa = arr(p);
-        self.bvh.min_walk(
-            f64::NEG_INFINITY,
-            |node, _| conservative(point_aabb_distance(&pa, &node.lo, &node.hi)),
-            |t| point_triangle_distance(p, &self.corners[t]),
-        )
+        self.bvh
+            .find_best(
+                f64::INFINITY,
+                |node, best| {
+                    let (lo, hi) = node_box(node);
+                    let lb = point_aabb_distance(&pa, &lo, &hi);
+                    if lb >= best {
+                        lb
+                    } else {
+                        conservative(lb)
+                    }
+                },
+                |leaf, _| Some(point_triangle_distance(p, &self.corners[leaf as usize])),
+            )
+            .map_or(f64::INFINITY, |(_, d)| d)
     }
 
     /// Exact distance from the segment `a-b` to the surface (0 if it touches or crosses it).
@@ -573,24 +409,35 @@ impl ClearanceMesh {
         let d = varr(&(b - a));
         let seg_lo = arr(&a.inf(b));
         let seg_hi = arr(&a.sup(b));
-        self.bvh.min_walk(
-            0.0,
-            |node, best| {
-                let (lo, hi) = (&node.lo, &node.hi);
-                // Cheap box-box bound first; exact segment-box distance only if it passes.
-                let mut g2 = 0.0;
-                for i in 0..3 {
-                    let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
-                    g2 += g * g;
-                }
-                let gap = conservative(g2.sqrt());
-                if gap >= best {
-                    return gap;
-                }
-                conservative(segment_aabb_distance(&aa, &d, lo, hi))
-            },
-            |t| segment_triangle_distance(a, b, &self.corners[t]),
-        )
+        self.bvh
+            .find_best(
+                f64::INFINITY,
+                |node, best| {
+                    if best <= 0.0 {
+                        return f64::INFINITY;
+                    }
+                    let (lo, hi) = node_box(node);
+                    // Cheap box-box bound first; exact segment-box distance only if it passes.
+                    let mut g2 = 0.0;
+                    for i in 0..3 {
+                        let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
+                        g2 += g * g;
+                    }
+                    let gap = g2.sqrt();
+                    if conservative(gap) >= best {
+                        return gap;
+                    }
+                    conservative(segment_aabb_distance(&aa, &d, &lo, &hi))
+                },
+                |leaf, _| {
+                    Some(segment_triangle_distance(
+                        a,
+                        b,
+                        &self.corners[leaf as usize],
+                    ))
+                },
+            )
+            .map_or(f64::INFINITY, |(_, d)| d)
     }
 
     /// Is `p` inside the closed solid? (false for open meshes)
@@ -642,31 +489,18 @@ impl ClearanceMesh {
         let d = varr(dir);
         let inv = [1.0 / d[0], 1.0 / d[1], 1.0 / d[2]];
         let (t_lo, t_hi) = (t_min - 1e-6, t_max + 1e-6);
-        let nodes = &self.bvh.nodes;
-        if nodes[0].count == 0 && nodes[0].first == 0 {
-            return;
-        }
-        let mut stack = [0u32; MAX_DEPTH + 1];
-        let mut top = 1;
-        while top > 0 {
-            top -= 1;
-            let node = &nodes[stack[top] as usize];
-            if !line_hits_box(&o, &d, &inv, &node.lo, &node.hi, t_lo, t_hi) {
-                continue;
+        self.bvh.traverse(|node| {
+            let (lo, hi) = node_box(node);
+            if !line_hits_box(&o, &d, &inv, &lo, &hi, t_lo, t_hi) {
+                return TraversalAction::Prune;
             }
-            let first = node.first as usize;
-            if node.count > 0 {
-                for tri in &self.corners[first..first + node.count as usize] {
-                    if let Some(h) = line_triangle_crossing(origin, dir, tri) {
-                        hits.push(h);
-                    }
+            if let Some(leaf) = node.leaf_data() {
+                if let Some(h) = line_triangle_crossing(origin, dir, &self.corners[leaf as usize]) {
+                    hits.push(h);
                 }
-            } else {
-                stack[top] = node.first + 1;
-                stack[top + 1] = node.first;
-                top += 2;
             }
-        }
+            TraversalAction::Continue
+        });
     }
 
     /// Every crossing of the infinite line `origin + t * dir` with the surface, as sorted `t`.
@@ -690,7 +524,7 @@ impl ClearanceMesh {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.corners.capacity() * std::mem::size_of::<[Point; 3]>()
-            + self.bvh.memory_bytes()
+            + self.bvh.heap_memory_size()
     }
 }
 
