@@ -722,7 +722,10 @@ fn log_error(rpc: &str, e: &ServiceError) {
             info!(rpc, error = %e, "stopped")
         }
         ServiceError::ResourceExhausted { .. } => warn!(rpc, error = %e, "limit reached"),
-        ServiceError::Storage(_) | ServiceError::Unavailable(_) | ServiceError::Internal(_) => {
+        ServiceError::Storage(_)
+        | ServiceError::StorageFull(_)
+        | ServiceError::Unavailable(_)
+        | ServiceError::Internal(_) => {
             tracing::error!(rpc, error = %e, "failed")
         }
     }
