@@ -102,7 +102,8 @@ async fn sigkill_while_writing_loses_no_acknowledged_plan() {
             anatomy_id = upload(&mut raw, anatomy.clone()).await.unwrap().anatomy_id;
         }
         // Everything acknowledged so far survived the previous kill.
-        for plan in acked.lock().unwrap().clone() {
+        let so_far = acked.lock().unwrap().clone();
+        for plan in so_far {
             let got = raw
                 .get_plan(pb::GetPlanRequest {
                     plan_id: plan.plan_id.clone(),
