@@ -10,7 +10,8 @@ use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
 use kyphoplan_proto::pb::planning_service_client::PlanningServiceClient;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Vertices per upload chunk (24 bytes each: under 1 MiB).
 pub const VERTICES_PER_CHUNK: usize = 40_000;
@@ -34,6 +35,8 @@ pub enum ClientError {
     Decode(#[from] InputError),
     #[error("the plan stream ended without a plan")]
     IncompleteStream,
+    #[error("the token has characters that cannot be sent in a header (visible ASCII only)")]
+    BadToken,
 }
 
 /// A server-made plan: its id and the planner plan (server metadata is not part of it).
@@ -59,9 +62,54 @@ impl StoredPlan {
     }
 }
 
+/// How to reach a server that asks for TLS and/or a bearer token. The default is plaintext
+/// without a token (`http://` URLs).
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// PEM of the CA that signed the server's certificate; with it (or an `https://` URL) the
+    /// connection uses TLS.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry (default: the URL's host).
+    pub tls_domain: Option<String>,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("ca_cert_pem", &self.ca_cert_pem.is_some())
+            .field("client_identity_pem", &self.client_identity_pem.is_some())
+            .field("tls_domain", &self.tls_domain)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Read a token file: its first non-blank line that is not a `#` comment, trimmed.
+    pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(path)?;
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: no token in the file", path.display()),
+                )
+            })
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     inner: PlanningServiceClient<Channel>,
+    /// `Bearer TOKEN`, marked sensitive (hyper/h2 never print it).
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 /// The upload chunks of an anatomy, made lazily (a large mesh is not copied twice).
@@ -116,16 +164,50 @@ fn upload_chunks(
 impl Client {
     /// Connect to `url` (e.g. `http://127.0.0.1:50051`).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connect to `url` with TLS and/or a bearer token.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
         let connect_err = |source| ClientError::Connect {
             url: url.to_owned(),
             source,
         };
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(connect_err)?
-            .connect()
-            .await
-            .map_err(connect_err)?;
-        Ok(Self::from_channel(channel))
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(connect_err)?;
+        let ConnectOptions {
+            ca_cert_pem,
+            client_identity_pem,
+            tls_domain,
+            token,
+        } = options;
+        if ca_cert_pem.is_some() || client_identity_pem.is_some() || url.starts_with("https:") {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = ca_cert_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = client_identity_pem {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(connect_err)?;
+        }
+        let authorization = match token {
+            None => None,
+            Some(t) => {
+                let mut v: MetadataValue<Ascii> = format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| ClientError::BadToken)?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        let channel = endpoint.connect().await.map_err(connect_err)?;
+        let mut client = Self::from_channel(channel);
+        client.authorization = authorization;
+        Ok(client)
     }
 
     pub fn from_channel(channel: Channel) -> Self {
@@ -133,12 +215,23 @@ impl Client {
             inner: PlanningServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            authorization: None,
         }
     }
 
-    /// The generated client, for calls this wrapper does not cover.
+    /// The generated client, for calls this wrapper does not cover (wrap their messages in
+    /// [`Client::request`] to send the token).
     pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
         &mut self.inner
+    }
+
+    /// A request carrying this client's bearer token, if it has one.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(v) = &self.authorization {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        request
     }
 
     /// Upload an anatomy in chunks; returns its metadata (with the content-addressed id).
@@ -156,7 +249,7 @@ impl Client {
     ) -> Result<pb::Anatomy, ClientError> {
         Ok(self
             .inner
-            .upload_anatomy(upload_chunks(anatomy))
+            .upload_anatomy(self.request(upload_chunks(anatomy)))
             .await?
             .into_inner())
     }
@@ -164,9 +257,9 @@ impl Client {
     pub async fn get_anatomy(&mut self, anatomy_id: &str) -> Result<pb::Anatomy, ClientError> {
         Ok(self
             .inner
-            .get_anatomy(pb::GetAnatomyRequest {
+            .get_anatomy(self.request(pb::GetAnatomyRequest {
                 anatomy_id: anatomy_id.to_owned(),
-            })
+            }))
             .await?
             .into_inner())
     }
@@ -181,7 +274,12 @@ impl Client {
             pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
             request,
         );
-        StoredPlan::from_pb(self.inner.create_plan(message).await?.into_inner())
+        StoredPlan::from_pb(
+            self.inner
+                .create_plan(self.request(message))
+                .await?
+                .into_inner(),
+        )
     }
 
     /// Plan an anatomy sent inline (small cases).
@@ -194,7 +292,12 @@ impl Client {
             pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(anatomy)),
             request,
         );
-        StoredPlan::from_pb(self.inner.create_plan(message).await?.into_inner())
+        StoredPlan::from_pb(
+            self.inner
+                .create_plan(self.request(message))
+                .await?
+                .into_inner(),
+        )
     }
 
     /// Plan a stored anatomy, calling `on_level(level, done, total)` as levels finish.
@@ -208,7 +311,11 @@ impl Client {
             pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
             request,
         );
-        let mut stream = self.inner.stream_plan(message).await?.into_inner();
+        let mut stream = self
+            .inner
+            .stream_plan(self.request(message))
+            .await?
+            .into_inner();
         while let Some(progress) = stream.next().await {
             let pb::PlanProgress {
                 levels_done,
@@ -249,7 +356,11 @@ impl Client {
             instrument: Some(convert::instrument_options_to_pb(instrument)),
             safety: Some(convert::safety_options_to_pb(safety)),
         };
-        let e = self.inner.evaluate_trajectory(message).await?.into_inner();
+        let e = self
+            .inner
+            .evaluate_trajectory(self.request(message))
+            .await?
+            .into_inner();
         Ok(convert::evaluation_from_pb(e)?)
     }
 
@@ -257,6 +368,11 @@ impl Client {
         let message = pb::GetPlanRequest {
             plan_id: plan_id.to_owned(),
         };
-        StoredPlan::from_pb(self.inner.get_plan(message).await?.into_inner())
+        StoredPlan::from_pb(
+            self.inner
+                .get_plan(self.request(message))
+                .await?
+                .into_inner(),
+        )
     }
 }

@@ -28,6 +28,65 @@ use status_details::field_violations;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    security: Security,
+}
+
+/// How `--server` commands reach a server that asks for TLS or a token.
+#[derive(clap::Args)]
+struct Security {
+    /// File whose first line is the bearer token for the server (or set KYPHOPLAN_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate: connect with TLS.
+    #[arg(long, global = true, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --client-key.
+    #[arg(long, global = true, value_name = "PEM", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, global = true, value_name = "PEM", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the host of the URL).
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_domain: Option<String>,
+}
+
+static CONNECT_OPTIONS: std::sync::OnceLock<kyphoplan_client::ConnectOptions> =
+    std::sync::OnceLock::new();
+
+impl Security {
+    fn options(self) -> Result<kyphoplan_client::ConnectOptions, Failure> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| Failure::Usage(format!("{}: cannot read: {e}", p.display())))
+        };
+        let token = match (&self.token_file, std::env::var("KYPHOPLAN_TOKEN")) {
+            (Some(path), _) => Some(
+                kyphoplan_client::ConnectOptions::read_token_file(path)
+                    .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?,
+            ),
+            (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            (None, _) => None,
+        };
+        Ok(kyphoplan_client::ConnectOptions {
+            ca_cert_pem: self.ca_cert.as_deref().map(read).transpose()?,
+            client_identity_pem: match (&self.client_cert, &self.client_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+            tls_domain: self.tls_domain,
+            token,
+        })
+    }
+}
+
+/// Connect to a `--server` URL with the command line's TLS and token options.
+async fn connect(url: &str) -> Result<Client, Failure> {
+    let options = CONNECT_OPTIONS.get_or_init(Default::default);
+    Client::connect_with(url, options)
+        .await
+        .map_err(|e| Failure::Server(e.to_string()))
 }
 
 #[derive(Subcommand)]
@@ -170,6 +229,9 @@ fn from_client(e: ClientError, what: &str) -> Failure {
                 | tonic::Code::FailedPrecondition
                 | tonic::Code::OutOfRange
                 | tonic::Code::ResourceExhausted => Failure::Input(message),
+                tonic::Code::Unauthenticated => Failure::Usage(format!(
+                    "{message} (give --token-file FILE or set KYPHOPLAN_TOKEN)"
+                )),
                 _ => Failure::Server(format!("server error ({}): {message}", status.code())),
             }
         }
@@ -189,6 +251,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let _ = CONNECT_OPTIONS.set(cli.security.options()?);
     match cli.command {
         Command::Demo { out } => demo(&out),
         Command::Plan {
@@ -310,9 +373,7 @@ fn plan_via_server(
     request: &PlanRequest,
 ) -> Result<Plan, Failure> {
     runtime()?.block_on(async {
-        let mut client = Client::connect(url)
-            .await
-            .map_err(|e| Failure::Server(e.to_string()))?;
+        let mut client = connect(url).await?;
         let stored = client
             .upload_anatomy_shared(std::sync::Arc::new(anatomy))
             .await
@@ -474,9 +535,7 @@ fn evaluate_case(
                 .map_err(|e| Failure::Input(format!("{}: {e}", dir.display())))?
         }
         Some(url) => runtime()?.block_on(async {
-            let mut client = Client::connect(url)
-                .await
-                .map_err(|e| Failure::Server(e.to_string()))?;
+            let mut client = connect(url).await?;
             let stored = client
                 .upload_anatomy_shared(std::sync::Arc::new(anatomy))
                 .await

@@ -10,6 +10,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TRIANGLES: u64 = 8_000_000;
 /// Planning runs at the same time.
 pub const DEFAULT_MAX_CONCURRENT_PLANS: usize = 4;
+/// Planning runs at the same time per authenticated client.
+pub const DEFAULT_MAX_PLANS_PER_CLIENT: usize = 2;
 /// Prepared anatomies kept in memory.
 pub const DEFAULT_PREPARED_CACHE_ENTRIES: usize = 8;
 
@@ -48,6 +50,40 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "KYPHOPLAN_LOG_JSON")]
     pub log_json: bool,
+    /// Serve TLS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(
+        long,
+        env = "KYPHOPLAN_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "KYPHOPLAN_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients with a certificate signed by this CA (PEM). Needs
+    /// `--tls-cert`.
+    #[arg(
+        long,
+        env = "KYPHOPLAN_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer TOKEN` on every call but health: one token a line,
+    /// `NAME:TOKEN` or `TOKEN` (named by a hash prefix), `#` comments. Plans and anatomies are
+    /// visible only to the name that made them.
+    #[arg(long, env = "KYPHOPLAN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Planning runs at the same time per authenticated client (0: only the server-wide
+    /// `--max-concurrent-plans`); further calls get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KYPHOPLAN_MAX_PLANS_PER_CLIENT", default_value_t = DEFAULT_MAX_PLANS_PER_CLIENT)]
+    pub max_plans_per_client: usize,
 }
 
 impl Config {
@@ -63,6 +99,11 @@ impl Config {
             planner_threads: 0,
             prepared_cache_entries: DEFAULT_PREPARED_CACHE_ENTRIES,
             log_json: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            token_file: None,
+            max_plans_per_client: DEFAULT_MAX_PLANS_PER_CLIENT,
         }
     }
 }

@@ -22,6 +22,10 @@ pub enum ServiceError {
     /// The store failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The data directory's file system is full: nothing was stored. Free space; until the
+    /// server is restarted the store may refuse further writes (redb stops after an I/O error).
+    #[error("the server's storage is full, nothing was stored: {0}")]
+    StorageFull(String),
     /// The server cannot do the work now (e.g. shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -32,8 +36,19 @@ pub enum ServiceError {
 
 impl From<redb::Error> for ServiceError {
     fn from(e: redb::Error) -> Self {
-        ServiceError::Storage(e.to_string())
+        match &e {
+            redb::Error::Io(io) if is_storage_full(io) => ServiceError::StorageFull(e.to_string()),
+            _ => ServiceError::Storage(e.to_string()),
+        }
     }
+}
+
+/// ENOSPC or EDQUOT.
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
 impl From<ServiceError> for Status {
@@ -58,6 +73,11 @@ impl From<ServiceError> for Status {
                 ErrorDetails::with_quota_failure_violation(what, detail),
             ),
             ServiceError::Storage(_) => Status::internal(message),
+            ServiceError::StorageFull(_) => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_quota_failure_violation("storage", "the data directory is full"),
+            ),
             ServiceError::Unavailable(_) => Status::unavailable(message),
             ServiceError::Internal(_) => Status::internal(message),
         }

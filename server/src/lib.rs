@@ -2,7 +2,13 @@
 //! reflection (v1 and v1alpha), an embedded redb store, and a rayon pool for planning.
 //!
 //! Tests and embedders start it in-process with [`serve`] on a listener of their own.
+//!
+//! Security (all optional, see `--help`): TLS or mutual TLS (rustls), bearer tokens from a token
+//! file checked on every call of the planning and reflection services (health stays open for
+//! orchestration), records visible only to the principal that made them, and per-client
+//! planning slots.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod service;
@@ -15,8 +21,42 @@ pub use config::Config;
 pub use error::ServiceError;
 pub use service::{Metrics, Planning};
 
+use anyhow::Context;
 use kyphoplan_proto::pb::planning_service_server::PlanningServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use auth::{Authenticator, Tokens};
+
+/// The TLS configuration of `config`, if it asks for TLS.
+pub fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        if config.tls_client_ca.is_some() {
+            anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key");
+        }
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "TLS certificate")?,
+        read(key, "TLS key")?,
+    ));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(Some(tls))
+}
+
+/// The authenticator of `config`: the token file's tokens, or none (every call let through).
+pub fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    match &config.token_file {
+        None => Ok(Authenticator::new(None)),
+        Some(path) => Ok(Authenticator::new(Some(Tokens::load(path)?))),
+    }
+}
 
 /// Serve on `listener` until `shutdown` completes (in-flight calls are given a graceful end).
 pub async fn serve(
@@ -36,28 +76,57 @@ pub async fn serve_with_metrics(
 ) -> anyhow::Result<()> {
     let max_message = config.max_message_bytes;
     let data_dir = config.data_dir.clone();
+    let tls = tls_config(&config)?;
+    let auth = authenticator(&config)?;
+    let mtls = config.tls_client_ca.is_some();
+    if auth.enabled() && tls.is_none() && !listener.local_addr()?.ip().is_loopback() {
+        tracing::warn!(
+            "bearer tokens are checked but TLS is off: tokens cross the network in clear text"
+        );
+    }
+    let authenticated = auth.enabled();
     let planning = Planning::new(config, metrics)?;
-    let service = PlanningServiceServer::new(planning)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let service = InterceptedService::new(
+        PlanningServiceServer::new(planning)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
+        auth.clone(),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PlanningServiceServer<Planning>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kyphoplan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kyphoplan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = InterceptedService::new(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kyphoplan_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?,
+        auth.clone(),
+    );
+    let reflection_v1alpha = InterceptedService::new(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kyphoplan_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?,
+        auth,
+    );
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %data_dir.display(), "kyphoplan-server listening");
-    tonic::transport::Server::builder()
+    tracing::info!(
+        %addr,
+        data_dir = %data_dir.display(),
+        tls = tls.is_some(),
+        mutual_tls = mtls,
+        authenticated,
+        "kyphoplan-server listening"
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

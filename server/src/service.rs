@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::ServiceError;
 use crate::store::Store;
@@ -85,6 +86,27 @@ struct Inner {
     cache: Mutex<PreparedCache>,
     metrics: Arc<Metrics>,
     plan_counter: AtomicU64,
+    /// Planning slots per principal (`--max-plans-per-client`), made on first use.
+    client_slots: Mutex<HashMap<Principal, Arc<Semaphore>>>,
+}
+
+/// Who may see a record: `None` without authentication (everything), else the principal.
+type Owner = Option<Principal>;
+
+fn owner_of<T>(request: &Request<T>) -> Owner {
+    request.extensions().get::<Principal>().cloned()
+}
+
+fn owner_name(owner: &Owner) -> Option<&str> {
+    owner.as_ref().map(Principal::name)
+}
+
+/// The slots a planning run holds, one of the server's and, with authentication, one of its
+/// client's, and that client (who will own the plan). The slots free when the run ends.
+struct PlanPermit {
+    owner: Owner,
+    _server: OwnedSemaphorePermit,
+    _client: Option<OwnedSemaphorePermit>,
 }
 
 /// The service; cheap to clone.
@@ -182,6 +204,7 @@ impl Planning {
                 pool,
                 metrics,
                 plan_counter: AtomicU64::new(0),
+                client_slots: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -321,7 +344,11 @@ impl Planning {
     }
 
     /// Store (once) and cache a complete anatomy; return its metadata.
-    async fn admit_anatomy(&self, data: pb::AnatomyData) -> Result<pb::Anatomy, ServiceError> {
+    async fn admit_anatomy(
+        &self,
+        data: pb::AnatomyData,
+        owner: Owner,
+    ) -> Result<pb::Anatomy, ServiceError> {
         // Encoding and hashing hundreds of megabytes is CPU work: on the pool.
         let (data, encoded, id) = self
             .on_pool(move || {
@@ -331,8 +358,16 @@ impl Planning {
             })
             .await?;
         let lookup = id.clone();
-        if let Some(meta) = self.blocking(move |s| s.anatomy_meta(&lookup)).await? {
+        if let Some(meta) = self
+            .blocking(move |s| s.anatomy_meta(&lookup, None))
+            .await?
+        {
             info!(anatomy_id = %id, "anatomy already stored");
+            if let Some(o) = owner {
+                let key = id.clone();
+                self.blocking(move |s| s.add_anatomy_owner(&key, o.name()))
+                    .await?;
+            }
             return decode(&meta, "anatomy metadata");
         }
         let mut meta = Self::anatomy_meta(&id, &data);
@@ -340,7 +375,7 @@ impl Planning {
         Self::complete_meta(&mut meta, &prepared);
         let meta_bytes = meta.encode_to_vec();
         let key = id.clone();
-        self.blocking(move |s| s.put_anatomy(&key, &encoded, &meta_bytes))
+        self.blocking(move |s| s.put_anatomy(&key, &encoded, &meta_bytes, owner_name(&owner)))
             .await?;
         self.cache(&id, prepared);
         info!(anatomy_id = %id, name = %meta.name, triangles = meta.total_triangle_count, "anatomy stored");
@@ -348,18 +383,32 @@ impl Planning {
     }
 
     /// The prepared anatomy of a stored id: from the cache, or prepared again from the store.
-    async fn stored_anatomy(&self, id: String) -> Result<Resolved, ServiceError> {
+    async fn stored_anatomy(&self, id: String, owner: Owner) -> Result<Resolved, ServiceError> {
         if id.is_empty() {
             return Err(
                 InputError::invalid("anatomy_id", "\"\"", "an anatomy id is required").into(),
             );
+        }
+        let not_found = || ServiceError::NotFound {
+            kind: "anatomy",
+            id: id.clone(),
+        };
+        if owner.is_some() {
+            // The cache is shared: ask the store whose anatomy this is first.
+            let (key, o) = (id.clone(), owner.clone());
+            if !self
+                .blocking(move |s| s.owns_anatomy(&key, owner_name(&o)))
+                .await?
+            {
+                return Err(not_found());
+            }
         }
         if let Some(prepared) = self.cached(&id) {
             return Ok(Resolved { id, prepared });
         }
         let key = id.clone();
         let bytes = self
-            .blocking(move |s| s.anatomy(&key))
+            .blocking(move |s| s.anatomy(&key, owner_name(&owner)))
             .await?
             .ok_or_else(|| ServiceError::NotFound {
                 kind: "anatomy",
@@ -399,6 +448,7 @@ impl Planning {
     async fn resolve_plan_anatomy(
         &self,
         anatomy: Option<pb::create_plan_request::Anatomy>,
+        owner: Owner,
     ) -> Result<Resolved, ServiceError> {
         match anatomy {
             None => {
@@ -407,7 +457,9 @@ impl Planning {
                         .into(),
                 )
             }
-            Some(pb::create_plan_request::Anatomy::AnatomyId(id)) => self.stored_anatomy(id).await,
+            Some(pb::create_plan_request::Anatomy::AnatomyId(id)) => {
+                self.stored_anatomy(id, owner).await
+            }
             Some(pb::create_plan_request::Anatomy::InlineAnatomy(data)) => {
                 self.inline_anatomy(data).await
             }
@@ -429,8 +481,35 @@ impl Planning {
         format!("{:012x}{}", now_unix_ms(), hex::encode(&digest[..8]))
     }
 
-    fn acquire_plan_slot(&self) -> Result<OwnedSemaphorePermit, ServiceError> {
-        self.inner
+    /// A planning slot of the client (with authentication and a per-client limit) and one of
+    /// the server, or RESOURCE_EXHAUSTED at once: calls are shed, not queued.
+    fn acquire_plan_slot(&self, owner: &Owner) -> Result<PlanPermit, ServiceError> {
+        let per_client = self.inner.config.max_plans_per_client;
+        let client =
+            match owner {
+                Some(p) if per_client > 0 => {
+                    let slots = self
+                        .inner
+                        .client_slots
+                        .lock()
+                        .expect("client slots lock")
+                        .entry(p.clone())
+                        .or_insert_with(|| Arc::new(Semaphore::new(per_client)))
+                        .clone();
+                    Some(slots.try_acquire_owned().map_err(|_| {
+                        ServiceError::ResourceExhausted {
+                            what: "concurrent plans of this client",
+                            detail: format!(
+                                "'{}' already runs {per_client} plans; retry later",
+                                p.name()
+                            ),
+                        }
+                    })?)
+                }
+                _ => None,
+            };
+        let server = self
+            .inner
             .plan_slots
             .clone()
             .try_acquire_owned()
@@ -440,7 +519,12 @@ impl Planning {
                     "all {} planning slots are busy; retry later",
                     self.inner.config.max_concurrent_plans.max(1)
                 ),
-            })
+            })?;
+        Ok(PlanPermit {
+            owner: owner.clone(),
+            _server: server,
+            _client: client,
+        })
     }
 
     /// Run a plan on the pool. `on_level` is called from pool threads.
@@ -450,9 +534,10 @@ impl Planning {
         request: kyphoplan_planner::PlanRequest,
         cancelled: Arc<AtomicBool>,
         deadline: Option<Instant>,
-        permit: OwnedSemaphorePermit,
+        permit: PlanPermit,
         on_level: impl Fn(&LevelPlan, usize, usize) + Send + Sync + 'static,
     ) -> Result<pb::Plan, ServiceError> {
+        let owner = permit.owner.clone();
         let prepared = resolved.prepared.clone();
         let metrics = self.inner.metrics.clone();
         let flag = cancelled.clone();
@@ -496,7 +581,10 @@ impl Planning {
         message.create_time_unix_ms = now_unix_ms();
         let bytes = message.encode_to_vec();
         let key = message.plan_id.clone();
-        self.blocking(move |s| s.put_plan(&key, &bytes)).await?;
+        // The answer goes out only after the commit (durable): an acknowledged plan survives a
+        // crash.
+        self.blocking(move |s| s.put_plan(&key, &bytes, owner_name(&owner)))
+            .await?;
         info!(plan_id = %message.plan_id, anatomy_id = %resolved.id, levels = message.levels.len(), "plan stored");
         Ok(message)
     }
@@ -504,6 +592,7 @@ impl Planning {
     async fn upload(
         &self,
         mut chunks: Streaming<pb::UploadAnatomyChunk>,
+        owner: Owner,
     ) -> Result<pb::Anatomy, ServiceError> {
         let mut assembly: Option<Assembly> = None;
         let mut index = 0usize;
@@ -621,7 +710,7 @@ impl Planning {
                 })
                 .collect(),
         };
-        self.admit_anatomy(data).await
+        self.admit_anatomy(data, owner).await
     }
 }
 
@@ -633,7 +722,10 @@ fn log_error(rpc: &str, e: &ServiceError) {
             info!(rpc, error = %e, "stopped")
         }
         ServiceError::ResourceExhausted { .. } => warn!(rpc, error = %e, "limit reached"),
-        ServiceError::Storage(_) | ServiceError::Unavailable(_) | ServiceError::Internal(_) => {
+        ServiceError::Storage(_)
+        | ServiceError::StorageFull(_)
+        | ServiceError::Unavailable(_)
+        | ServiceError::Internal(_) => {
             tracing::error!(rpc, error = %e, "failed")
         }
     }
@@ -654,22 +746,28 @@ impl PlanningService for Planning {
         &self,
         request: Request<Streaming<pb::UploadAnatomyChunk>>,
     ) -> Result<Response<pb::Anatomy>, Status> {
-        respond("UploadAnatomy", self.upload(request.into_inner()).await)
+        let owner = owner_of(&request);
+        respond(
+            "UploadAnatomy",
+            self.upload(request.into_inner(), owner).await,
+        )
     }
 
     async fn get_anatomy(
         &self,
         request: Request<pb::GetAnatomyRequest>,
     ) -> Result<Response<pb::Anatomy>, Status> {
+        let owner = owner_of(&request);
         let pb::GetAnatomyRequest { anatomy_id } = request.into_inner();
         let r = async {
             let key = anatomy_id.clone();
-            let bytes = self.blocking(move |s| s.anatomy_meta(&key)).await?.ok_or(
-                ServiceError::NotFound {
+            let bytes = self
+                .blocking(move |s| s.anatomy_meta(&key, owner_name(&owner)))
+                .await?
+                .ok_or(ServiceError::NotFound {
                     kind: "anatomy",
                     id: anatomy_id,
-                },
-            )?;
+                })?;
             decode(&bytes, "anatomy metadata")
         }
         .await;
@@ -681,6 +779,7 @@ impl PlanningService for Planning {
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
         let deadline = deadline_of(request.metadata());
+        let owner = owner_of(&request);
         let pb::CreatePlanRequest {
             anatomy,
             levels,
@@ -691,8 +790,8 @@ impl PlanningService for Planning {
         let _guard = CancelOnDrop(cancelled.clone());
         let work = async {
             let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
-            let resolved = self.resolve_plan_anatomy(anatomy).await?;
-            let permit = self.acquire_plan_slot()?;
+            let resolved = self.resolve_plan_anatomy(anatomy, owner.clone()).await?;
+            let permit = self.acquire_plan_slot(&owner)?;
             self.run_plan(
                 &resolved,
                 plan_request,
@@ -720,6 +819,7 @@ impl PlanningService for Planning {
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<Self::StreamPlanStream>, Status> {
         let deadline = deadline_of(request.metadata());
+        let owner = owner_of(&request);
         let pb::CreatePlanRequest {
             anatomy,
             levels,
@@ -728,8 +828,8 @@ impl PlanningService for Planning {
         } = request.into_inner();
         let setup = async {
             let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
-            let resolved = self.resolve_plan_anatomy(anatomy).await?;
-            let permit = self.acquire_plan_slot()?;
+            let resolved = self.resolve_plan_anatomy(anatomy, owner.clone()).await?;
+            let permit = self.acquire_plan_slot(&owner)?;
             Ok::<_, ServiceError>((plan_request, resolved, permit))
         };
         let (plan_request, resolved, permit) = match respond("StreamPlan", setup.await) {
@@ -787,6 +887,7 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::EvaluateTrajectoryRequest>,
     ) -> Result<Response<pb::Evaluation>, Status> {
+        let owner = owner_of(&request);
         let pb::EvaluateTrajectoryRequest {
             anatomy,
             level,
@@ -820,7 +921,7 @@ impl PlanningService for Planning {
                     pb::create_plan_request::Anatomy::InlineAnatomy(d)
                 }
             });
-            let resolved = self.resolve_plan_anatomy(anatomy).await?;
+            let resolved = self.resolve_plan_anatomy(anatomy, owner).await?;
             let prepared = resolved.prepared.clone();
             let evaluation = self
                 .on_pool(move || {
@@ -845,19 +946,20 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::GetPlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
+        let owner = owner_of(&request);
         let pb::GetPlanRequest { plan_id } = request.into_inner();
         let r = async {
             if plan_id.is_empty() {
                 return Err(InputError::invalid("plan_id", "\"\"", "a plan id is required").into());
             }
             let key = plan_id.clone();
-            let bytes =
-                self.blocking(move |s| s.plan(&key))
-                    .await?
-                    .ok_or(ServiceError::NotFound {
-                        kind: "plan",
-                        id: plan_id,
-                    })?;
+            let bytes = self
+                .blocking(move |s| s.plan(&key, owner_name(&owner)))
+                .await?
+                .ok_or(ServiceError::NotFound {
+                    kind: "plan",
+                    id: plan_id,
+                })?;
             decode(&bytes, "plan")
         }
         .await;
@@ -868,6 +970,7 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let owner = owner_of(&request);
         let pb::ListPlansRequest {
             page_size,
             page_token,
@@ -878,7 +981,7 @@ impl PlanningService for Planning {
         };
         let r = async {
             let (rows, more) = self
-                .blocking(move |s| s.plans_after(&page_token, limit))
+                .blocking(move |s| s.plans_after(&page_token, limit, owner_name(&owner)))
                 .await?;
             let next_page_token = if more {
                 rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
