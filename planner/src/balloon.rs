@@ -126,11 +126,14 @@ pub fn best_single(options: &[BalloonFit]) -> Option<BalloonFit> {
     best.cloned()
 }
 
-/// The pair of placements, one per side, of largest total volume that keep
-/// [`BALLOON_GAP_MM`] between the inflated balloons; diameters may be reduced below each
-/// option's room for that. `None` when no pair keeps the gap at the smallest diameter.
+/// The pair of placements, one per side, that keep [`BALLOON_GAP_MM`] between the inflated
+/// balloons, chosen for the largest smaller balloon first (bilateral balloons should lift the
+/// endplate evenly, not one big and one token balloon), then the largest total volume;
+/// diameters may be reduced below each option's room for that. `None` when no pair keeps the gap
+/// at the smallest diameter.
 pub fn best_pair(left: &[BalloonFit], right: &[BalloonFit]) -> Option<(BalloonFit, BalloonFit)> {
-    let mut best: Option<(Real, BalloonFit, BalloonFit)> = None;
+    // (smaller volume, total volume, left, right)
+    let mut best: Option<(Real, Real, BalloonFit, BalloonFit)> = None;
     for l in left {
         for r in right {
             let s = segment_segment_distance(&l.proximal, &l.distal, &r.proximal, &r.distal);
@@ -139,21 +142,27 @@ pub fn best_pair(left: &[BalloonFit], right: &[BalloonFit]) -> Option<(BalloonFi
             while dl >= MIN_BALLOON_DIAMETER_MM - 1e-9 {
                 let dr = floor_step(r.room_diameter_mm.min(budget - dl));
                 if dr >= MIN_BALLOON_DIAMETER_MM {
-                    let total =
-                        capsule_volume_ml(l.length_mm, dl) + capsule_volume_ml(r.length_mm, dr);
-                    if best.as_ref().is_none_or(|b| total > b.0 + 1e-12) {
+                    let (vl, vr) = (
+                        capsule_volume_ml(l.length_mm, dl),
+                        capsule_volume_ml(r.length_mm, dr),
+                    );
+                    let (smaller, total) = (vl.min(vr), vl + vr);
+                    let better = best.as_ref().is_none_or(|b| {
+                        smaller > b.0 + 1e-12 || (smaller > b.0 - 1e-12 && total > b.1 + 1e-12)
+                    });
+                    if better {
                         let mut a = l.clone();
                         a.set_diameter(dl);
                         let mut b = r.clone();
                         b.set_diameter(dr);
-                        best = Some((total, a, b));
+                        best = Some((smaller, total, a, b));
                     }
                 }
                 dl -= DIAMETER_STEP_MM;
             }
         }
     }
-    best.map(|(_, a, b)| (a, b))
+    best.map(|(_, _, a, b)| (a, b))
 }
 
 /// The gap between two inflated balloons, mm (negative: they overlap).

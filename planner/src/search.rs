@@ -402,6 +402,10 @@ pub fn search_side(
     let mut coarse: Vec<Candidate> = Vec::new();
     let mut threshold = Real::NEG_INFINITY;
     for chunk in ordered.chunks(SCREEN_CHUNK) {
+        // Polled per chunk (a few milliseconds of work) so a cancelled run frees its CPU soon.
+        if cancelled() {
+            return Err(PlanError::Cancelled);
+        }
         let got: Vec<Candidate> = chunk
             .par_iter()
             .filter_map(|p| screen.candidate(*p, threshold))
