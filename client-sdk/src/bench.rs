@@ -93,6 +93,7 @@ pub fn default_shared_anatomy() -> Option<PathBuf> {
     candidates
         .into_iter()
         .find(|d| d.join("vhm-male-lumbar").is_dir() && d.join("mean-lumbar-l2-l5").is_dir())
+        .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
 }
 
 /// Repetitions and time budgets.
