@@ -3,6 +3,7 @@
 //! CLI, and the exports planning engineers look at ([`export`]: 3D Slicer markups, glTF scene,
 //! pictures, HTML plan report).
 
+pub mod bench;
 pub mod case;
 pub mod client;
 pub mod export;

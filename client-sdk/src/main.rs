@@ -154,10 +154,16 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "KYPHOPLAN_SHARED")]
         shared: Option<PathBuf>,
     },
-    /// Time the planner (not implemented yet).
+    /// Time the planner and the server on this machine (built-in anatomy, the real meshes of
+    /// ../shared/anatomy when present, server throughput, exact clearance vs parry).
     Bench {
+        /// Write the report as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// One repetition per figure and short server runs, without the real meshes (for
+        /// tests; the figures are noisy).
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -191,7 +197,8 @@ enum Failure {
     Regression(String),
     /// 1: the input was refused.
     Input(String),
-    /// 2: usage.
+    /// 2: usage (clap reports its own usage errors; no command raises this one today).
+    #[allow(dead_code)]
     Usage(String),
     /// 4: the server could not be reached or failed.
     Server(String),
@@ -296,9 +303,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             bless,
             shared,
         } => replay_cases(&cases_root, server.as_deref(), bless, shared),
-        Command::Bench { .. } => Err(Failure::Usage(
-            "bench: not implemented yet (issue #5)".into(),
-        )),
+        Command::Bench { json, quick } => {
+            use kyphoplan_client::bench;
+            let options = bench::BenchOptions {
+                quick,
+                shared_anatomy: bench::default_shared_anatomy(),
+            };
+            let report =
+                bench::run(&options).map_err(|e| Failure::Server(format!("bench: {e}")))?;
+            print!("{}", bench::table(&report));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).expect("a report serialises");
+                write_file(&path, &text)?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 

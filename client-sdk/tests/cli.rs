@@ -339,13 +339,62 @@ fn usage_errors_and_unimplemented_commands_exit_two() {
             "1,1,1",
         ],
         vec!["replay", s(dir.path()), "--bogus"],
-        vec!["bench"],
+        vec!["bench", "--bogus"],
     ] {
         let o = kyphoplan(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
-    let o = kyphoplan(&["bench"]);
-    assert!(stderr(&o).contains("not implemented yet (issue #5)"));
+}
+
+#[test]
+fn bench_quick_prints_the_table_and_writes_the_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let o = kyphoplan(&["bench", "--quick", "--json", s(&json)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("nproc"), "{table}");
+    assert!(table.contains("demo/plan_warm/L3"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["date"].as_str().unwrap().len() >= 10);
+    assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
+    let figures = report["figures"].as_array().unwrap();
+    let value = |name: &str| -> f64 {
+        let f = figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("figure {name} missing from {report:#}"));
+        assert!(f["n"].as_u64().unwrap() >= 1, "{name}: {f}");
+        assert!(!f["unit"].as_str().unwrap().is_empty(), "{name}: {f}");
+        f["median"].as_f64().unwrap()
+    };
+    let mut positive = vec![
+        "demo/prepared_memory".to_string(),
+        "demo/evaluate".into(),
+        "demo/five_levels_from_raw".into(),
+        "demo/peak_rss_vmhwm".into(),
+        "demo/clearance_exact_segment_distance".into(),
+        "demo/clearance_parry_capsule_distance".into(),
+        "demo/clearance_speedup_over_parry".into(),
+        "server/upload_demo_anatomy".into(),
+        "server/first_plan_L3_prepares".into(),
+    ];
+    for level in ["L1", "L2", "L3", "L4", "L5"] {
+        positive.push(format!("demo/plan_warm/{level}"));
+        positive.push(format!("demo/plan_cold/{level}"));
+    }
+    for clients in [1, 4, 16] {
+        positive.push(format!("server/clients_{clients}/throughput"));
+        positive.push(format!("server/clients_{clients}/latency_p50"));
+        positive.push(format!("server/clients_{clients}/latency_p99"));
+        // No call is shed: the bench's server admits 16 concurrent plans.
+        assert_eq!(value(&format!("server/clients_{clients}/shed_calls")), 0.0);
+    }
+    for name in &positive {
+        let v = value(name);
+        assert!(v.is_finite() && v > 0.0, "{name} = {v}");
+    }
 }
 
 #[test]
