@@ -4,8 +4,10 @@ use std::fmt::Write;
 
 use kyphoplan_planner::plan::{Evaluation, Plan, Reason};
 
+/// One decimal, and never "-0.0": a tilt of -0.02 deg reads as 0.0.
 fn num(v: f64) -> String {
-    format!("{v:.1}")
+    let rounded = (v * 10.0).round() / 10.0 + 0.0;
+    format!("{rounded:.1}")
 }
 
 fn reason_text(r: &Reason) -> String {
