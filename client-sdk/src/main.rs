@@ -197,8 +197,7 @@ enum Failure {
     Regression(String),
     /// 1: the input was refused.
     Input(String),
-    /// 2: usage (clap reports its own usage errors; no command raises this one today).
-    #[allow(dead_code)]
+    /// 2: usage (clap reports its own; also an unreadable token file or a refused token).
     Usage(String),
     /// 4: the server could not be reached or failed.
     Server(String),

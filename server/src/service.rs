@@ -243,6 +243,21 @@ impl Planning {
             .map_err(|e| ServiceError::Internal(format!("store task failed: {e}")))?
     }
 
+    /// A stored record by id, decoded: `NOT_FOUND` when the store has none for this owner.
+    async fn fetch<M: Message + Default>(
+        &self,
+        kind: &'static str,
+        id: String,
+        lookup: impl FnOnce(&Store, &str) -> Result<Option<Vec<u8>>, ServiceError> + Send + 'static,
+    ) -> Result<M, ServiceError> {
+        let key = id.clone();
+        let bytes = self
+            .blocking(move |s| lookup(s, &key))
+            .await?
+            .ok_or(ServiceError::NotFound { kind, id })?;
+        decode(&bytes, kind)
+    }
+
     fn cached(&self, id: &str) -> Option<Arc<PreparedAnatomy>> {
         self.inner.cache.lock().expect("cache lock").get(id)
     }
@@ -759,18 +774,11 @@ impl PlanningService for Planning {
     ) -> Result<Response<pb::Anatomy>, Status> {
         let owner = owner_of(&request);
         let pb::GetAnatomyRequest { anatomy_id } = request.into_inner();
-        let r = async {
-            let key = anatomy_id.clone();
-            let bytes = self
-                .blocking(move |s| s.anatomy_meta(&key, owner_name(&owner)))
-                .await?
-                .ok_or(ServiceError::NotFound {
-                    kind: "anatomy",
-                    id: anatomy_id,
-                })?;
-            decode(&bytes, "anatomy metadata")
-        }
-        .await;
+        let r = self
+            .fetch("anatomy", anatomy_id, move |s, id| {
+                s.anatomy_meta(id, owner_name(&owner))
+            })
+            .await;
         respond("GetAnatomy", r)
     }
 
@@ -952,15 +960,8 @@ impl PlanningService for Planning {
             if plan_id.is_empty() {
                 return Err(InputError::invalid("plan_id", "\"\"", "a plan id is required").into());
             }
-            let key = plan_id.clone();
-            let bytes = self
-                .blocking(move |s| s.plan(&key, owner_name(&owner)))
-                .await?
-                .ok_or(ServiceError::NotFound {
-                    kind: "plan",
-                    id: plan_id,
-                })?;
-            decode(&bytes, "plan")
+            self.fetch("plan", plan_id, move |s, id| s.plan(id, owner_name(&owner)))
+                .await
         }
         .await;
         respond("GetPlan", r)
