@@ -3,8 +3,9 @@
 //! A line is parameterised in the vertebra frame by the point `q` where it crosses the plane
 //! a few millimetres behind the posterior wall of the body (inside the pedicle) and by its
 //! medial and cranial angles. Candidates are screened in parallel on the approximate distance
-//! grids (about a microsecond each), the best are refined locally, and then verified with the
-//! exact f64 measurement ([`crate::evaluate::measure`]). Only a trajectory that passes the exact
+//! grids (a few microseconds each), coarse to fine: every other line of the grid first (3 mm,
+//! 10 degree steps), then the grid's neighbours of the best of those. The best are refined
+//! locally, and then verified with the exact f64 measurement ([`crate::evaluate::measure`]). Only a trajectory that passes the exact
 //! measurement is ever returned; otherwise the side is infeasible with a measured reason.
 
 use rayon::prelude::*;
@@ -27,10 +28,12 @@ const COARSE_STEP_MM: Real = 1.5;
 const SAMPLE_STEP_MM: Real = 0.5;
 const SEEDS: usize = 8;
 /// Lines screened per chunk between updates of the score threshold.
-const SCREEN_CHUNK: usize = 256;
+const SCREEN_CHUNK: usize = 64;
 /// Allowance for round-off in the score bounds.
 const SCORE_BOUND_TOLERANCE: Real = 1e-9;
 const MAX_EXACT: usize = 64;
+/// The best lines of the coarse directions whose neighbours on the full grid are screened.
+const FINE_AROUND: usize = 16;
 
 /// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
 /// cells differ by at most one spacing, so each component of the gradient is at most 1.
@@ -174,6 +177,26 @@ impl Screen<'_> {
         if !entry_ok {
             return None;
         }
+        // The centring term of evaluate::centring_mm, on the line already in grid coordinates.
+        // Its span ends at the posterior wall (`t_wall`), before the tip of any line that
+        // reaches the body, so it is taken (and bounded) before the march to the far cortex.
+        let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
+        let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_wall) {
+            Some((a, b)) => {
+                let n = (((b - a) / 0.5).ceil() as usize).max(1);
+                let slack = self.radius + safety.cortex_margin_mm;
+                let mut sum = 0.0;
+                for i in 0..=n {
+                    let d = bone_at(a + (b - a) * (i as Real / n as Real));
+                    sum += (d - slack).min(evaluate::CENTRING_CAP_MM);
+                }
+                sum / (n + 1) as Real
+            }
+            None => 0.0,
+        };
+        if bound(Real::INFINITY, centring) < threshold {
+            return None;
+        }
         let t_exit = {
             let mut found = None;
             let mut skip = 0usize;
@@ -194,7 +217,6 @@ impl Screen<'_> {
             }
             found?
         };
-        let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
         if t_wall >= t_exit {
             return None;
         }
@@ -203,23 +225,6 @@ impl Screen<'_> {
         let tip = q + dir * t_tip;
         let cos_incidence = evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
         if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
-            return None;
-        }
-        // The centring term of evaluate::centring_mm, on the line already in grid coordinates.
-        let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_tip) {
-            Some((a, b)) => {
-                let n = (((b - a) / 0.5).ceil() as usize).max(1);
-                let slack = self.radius + safety.cortex_margin_mm;
-                let mut sum = 0.0;
-                for i in 0..=n {
-                    let d = bone_at(a + (b - a) * (i as Real / n as Real));
-                    sum += (d - slack).min(evaluate::CENTRING_CAP_MM);
-                }
-                sum / (n + 1) as Real
-            }
-            None => 0.0,
-        };
-        if bound(Real::INFINITY, centring) < threshold {
             return None;
         }
         let zone = docking_zone_mm(self.ctx.instrument, safety);
@@ -304,6 +309,11 @@ impl Screen<'_> {
     fn refine(&self, seed: Candidate) -> Candidate {
         let mut best = seed;
         let mut steps = [0.5, 0.5, 2.0, 2.0];
+        // Points already tried (bit patterns): a point tried before scored no better than
+        // the best at the time, which only rises, so it can never be taken now.
+        let key = |p: &[Real; 4]| p.map(Real::to_bits);
+        let mut tried = std::collections::HashSet::new();
+        tried.insert(key(&seed.params));
         for _ in 0..4 {
             let mut improved = true;
             let mut guard = 0;
@@ -316,6 +326,9 @@ impl Screen<'_> {
                         p[axis] += dirn * steps[axis];
                         p[2] = p[2].clamp(MEDIAL_RANGE_DEG.0, MEDIAL_RANGE_DEG.1);
                         p[3] = p[3].clamp(CRANIAL_RANGE_DEG.0, CRANIAL_RANGE_DEG.1);
+                        if !tried.insert(key(&p)) {
+                            continue;
+                        }
                         if let Some(c) = self.candidate(p, best.score + 1e-9) {
                             if c.score > best.score + 1e-9 {
                                 best = c;
@@ -328,6 +341,100 @@ impl Screen<'_> {
             steps.iter_mut().for_each(|s| *s *= 0.5);
         }
         best
+    }
+}
+
+/// `lo, lo + step, ...` up to `hi`, accumulated (the grid's values).
+fn steps((lo, hi): (Real, Real), step: Real) -> Vec<Real> {
+    let mut v = Vec::new();
+    let mut a = lo;
+    while a <= hi + 1e-9 {
+        v.push(a);
+        a += step;
+    }
+    v
+}
+
+/// Index of a line of the grid: (q, medial angle, cranial angle).
+type LineIndex = (usize, usize, usize);
+
+/// Deterministic order of candidates: by score, then by parameters.
+fn order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then_with(|| {
+        a.params
+            .partial_cmp(&b.params)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    })
+}
+
+/// Lines screened so far, and the score threshold of the verification queue.
+struct Screening {
+    coarse: Vec<(Candidate, LineIndex)>,
+    threshold: Real,
+}
+
+impl Screening {
+    fn new() -> Self {
+        Screening {
+            coarse: Vec::new(),
+            threshold: Real::NEG_INFINITY,
+        }
+    }
+
+    /// Screen `lines` in fixed chunks: once MAX_EXACT lines are scored, a line whose score
+    /// bound falls below the MAX_EXACT-th best so far cannot reach the verification queue and
+    /// is dropped. The chunks do not depend on the thread count, so neither does the result;
+    /// and the top MAX_EXACT lines are the ones a full screening would give, in whatever order
+    /// the lines come. Lines best aligned with the pedicle come first, so the threshold rises
+    /// early.
+    fn screen(
+        &mut self,
+        screen: &Screen<'_>,
+        lines: &[LineIndex],
+        line: &(dyn Fn(LineIndex) -> [Real; 4] + Sync),
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), PlanError> {
+        let mut ordered: Vec<(Real, [Real; 4], LineIndex)> = lines
+            .iter()
+            .map(|&i| {
+                let p = line(i);
+                let q = Point::new(screen.sign * p[0], screen.y_ref, p[1]);
+                (
+                    screen.fixed_terms(&q, &screen.direction(p[2], p[3]), p[2]),
+                    p,
+                    i,
+                )
+            })
+            .collect();
+        ordered.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
+        });
+        for chunk in ordered.chunks(SCREEN_CHUNK) {
+            // Polled per chunk (a few milliseconds of work) so a cancelled run frees its CPU
+            // soon.
+            if cancelled() {
+                return Err(PlanError::Cancelled);
+            }
+            let threshold = self.threshold;
+            let got: Vec<(Candidate, LineIndex)> = chunk
+                .par_iter()
+                .filter_map(|(_, p, i)| screen.candidate(*p, threshold).map(|c| (c, *i)))
+                .filter(|(c, _)| c.entry_ok)
+                .collect();
+            self.coarse.extend(got);
+            if self.coarse.len() >= MAX_EXACT {
+                let mut scores: Vec<Real> = self.coarse.iter().map(|c| c.0.score).collect();
+                let (_, kth, _) =
+                    scores.select_nth_unstable_by(MAX_EXACT - 1, |a, b| b.total_cmp(a));
+                self.threshold = *kth;
+            }
+        }
+        Ok(())
+    }
+
+    fn sort(&mut self) {
+        self.coarse.sort_by(|a, b| order(&a.0, &b.0));
     }
 }
 
@@ -351,88 +458,108 @@ pub fn search_side(
         canal_half_width: f.canal_half_width_mm[s],
         side_index: s,
     };
-    // Coarse grid of lines.
+    // The grid of lines: q in the reference plane every COARSE_STEP_MM where the bone is deep
+    // enough, directions every COARSE_STEP_DEG. The values are accumulated as in the original
+    // loops, so each line of the grid has the same bits whichever stage screens it.
     let hw = f.canal_half_width_mm[s];
     let (pz0, pz1) = f.pedicle_z_range_mm[s];
-    let mut qs = Vec::new();
+    // q positions: (x, z) values and their grid indices.
+    let mut qs: Vec<(Real, Real, usize, usize)> = Vec::new();
     let mut x = hw - 3.0;
+    let mut ix = 0;
     while x <= hw + 22.0 {
         let mut z = pz0;
+        let mut iz = 0;
         while z <= pz1 {
             let q = Point::new(screen.sign * x, screen.y_ref, z);
             if screen.bone(&q) >= 0.5 * (screen.radius + ctx.safety.cortex_margin_mm) {
-                qs.push((x, z));
+                qs.push((x, z, ix, iz));
             }
             z += COARSE_STEP_MM;
+            iz += 1;
         }
         x += COARSE_STEP_MM;
+        ix += 1;
     }
-    let mut params = Vec::new();
-    for &(x, z) in &qs {
-        let mut m = MEDIAL_RANGE_DEG.0;
-        while m <= MEDIAL_RANGE_DEG.1 + 1e-9 {
-            let mut c = CRANIAL_RANGE_DEG.0;
-            while c <= CRANIAL_RANGE_DEG.1 + 1e-9 {
-                params.push([x, z, m, c]);
-                c += COARSE_STEP_DEG;
+    let q_at: std::collections::BTreeMap<(usize, usize), usize> = qs
+        .iter()
+        .enumerate()
+        .map(|(i, q)| ((q.2, q.3), i))
+        .collect();
+    let medials = steps(MEDIAL_RANGE_DEG, COARSE_STEP_DEG);
+    let cranials = steps(CRANIAL_RANGE_DEG, COARSE_STEP_DEG);
+    let line =
+        |(iq, im, ic): LineIndex| -> [Real; 4] { [qs[iq].0, qs[iq].1, medials[im], cranials[ic]] };
+    let mut all_lines = Vec::with_capacity(qs.len() * medials.len() * cranials.len());
+    for iq in 0..qs.len() {
+        for im in 0..medials.len() {
+            for ic in 0..cranials.len() {
+                all_lines.push((iq, im, ic));
             }
-            m += COARSE_STEP_DEG;
         }
     }
-    // Screened in fixed chunks: once MAX_EXACT lines are scored, a line whose score bound falls
-    // below the MAX_EXACT-th best so far cannot reach the verification queue and is dropped.
-    // The chunks do not depend on the thread count, so neither does the result; and the top
-    // MAX_EXACT lines are the ones a full screening would give, in whatever order the lines
-    // come. Lines best aligned with the pedicle come first, so the threshold rises early.
-    let mut ordered: Vec<(Real, [Real; 4])> = params
+    // Coarse to fine: first every other line of the grid in each of the four parameters
+    // (3 mm, 10 degree steps), then the grid's neighbours of the best of those.
+    let first: Vec<LineIndex> = all_lines
         .iter()
-        .map(|p| {
-            let q = Point::new(screen.sign * p[0], screen.y_ref, p[1]);
-            (
-                screen.fixed_terms(&q, &screen.direction(p[2], p[3]), p[2]),
-                *p,
-            )
+        .copied()
+        .filter(|&(iq, im, ic)| {
+            qs[iq].2.is_multiple_of(2)
+                && qs[iq].3.is_multiple_of(2)
+                && im.is_multiple_of(2)
+                && ic.is_multiple_of(2)
         })
         .collect();
-    ordered.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
-    });
-    let ordered: Vec<[Real; 4]> = ordered.into_iter().map(|(_, p)| p).collect();
-    let mut coarse: Vec<Candidate> = Vec::new();
-    let mut threshold = Real::NEG_INFINITY;
-    for chunk in ordered.chunks(SCREEN_CHUNK) {
-        // Polled per chunk (a few milliseconds of work) so a cancelled run frees its CPU soon.
-        if cancelled() {
-            return Err(PlanError::Cancelled);
-        }
-        let got: Vec<Candidate> = chunk
-            .par_iter()
-            .filter_map(|p| screen.candidate(*p, threshold))
-            .filter(|c| c.entry_ok)
-            .collect();
-        coarse.extend(got);
-        if coarse.len() >= MAX_EXACT {
-            let mut scores: Vec<Real> = coarse.iter().map(|c| c.score).collect();
-            let (_, kth, _) = scores.select_nth_unstable_by(MAX_EXACT - 1, |a, b| b.total_cmp(a));
-            threshold = *kth;
+    let mut screening = Screening::new();
+    screening.screen(&screen, &first, &line, cancelled)?;
+    screening.sort();
+    let mut seen: std::collections::BTreeSet<LineIndex> = first.iter().copied().collect();
+    let mut second = Vec::new();
+    for &(_, (iq, im, ic)) in screening.coarse.iter().take(FINE_AROUND) {
+        let (_, _, ix, iz) = qs[iq];
+        for dx in -1i64..=1 {
+            for dz in -1i64..=1 {
+                let (nx, nz) = (ix as i64 + dx, iz as i64 + dz);
+                if nx < 0 || nz < 0 {
+                    continue;
+                }
+                let Some(&nq) = q_at.get(&(nx as usize, nz as usize)) else {
+                    continue;
+                };
+                for dm in -1i64..=1 {
+                    for dc in -1i64..=1 {
+                        let (m, c) = (im as i64 + dm, ic as i64 + dc);
+                        if m < 0 || c < 0 || m >= medials.len() as i64 || c >= cranials.len() as i64
+                        {
+                            continue;
+                        }
+                        let key = (nq, m as usize, c as usize);
+                        if seen.insert(key) {
+                            second.push(key);
+                        }
+                    }
+                }
+            }
         }
     }
+    if screening.coarse.is_empty() {
+        // No usable line among the coarse ones (a narrow or odd pedicle): screen the whole
+        // grid, so that "no line" is never claimed from a subset.
+        second = all_lines
+            .iter()
+            .copied()
+            .filter(|l| !seen.contains(l))
+            .collect();
+    }
+    screening.screen(&screen, &second, &line, cancelled)?;
+    screening.sort();
+    let coarse: Vec<Candidate> = screening.coarse.into_iter().map(|(c, _)| c).collect();
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
     if coarse.is_empty() {
         return Ok(infeasible_no_corridor(ctx, qs.is_empty()));
     }
-    // Deterministic order: by score, then by parameters.
-    let order = |a: &Candidate, b: &Candidate| {
-        b.score.total_cmp(&a.score).then_with(|| {
-            a.params
-                .partial_cmp(&b.params)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-    };
-    coarse.sort_by(order);
     let seeds: Vec<Candidate> = coarse.iter().take(SEEDS).copied().collect();
     let mut refined: Vec<Candidate> = seeds.par_iter().map(|c| screen.refine(*c)).collect();
     refined.sort_by(order);
@@ -484,9 +611,9 @@ pub fn search_side(
     // Infeasible: report the best candidate's violations, and the widest bony corridor found.
     let best = best_any.expect("at least one candidate was measured");
     // The widest corridor over every line (the screening above dropped low scores).
-    let all: Vec<Candidate> = params
+    let all: Vec<Candidate> = all_lines
         .par_iter()
-        .filter_map(|p| screen.candidate(*p, Real::NEG_INFINITY))
+        .filter_map(|i| screen.candidate(line(*i), Real::NEG_INFINITY))
         .filter(|c| c.entry_ok)
         .collect();
     let bone_best = all

@@ -54,22 +54,36 @@ impl Grid<f32> {
         if u.x < 0.0 || u.y < 0.0 || u.z < 0.0 {
             return outside;
         }
-        // Non-negative: truncation is the floor (and much cheaper than a libm call).
-        let (i, j, k) = (u.x as usize, u.y as usize, u.z as usize);
+        // Non-negative: truncation is the floor (much cheaper than a libm call), and through
+        // u32 (saturating, as every `as` cast) it is cheaper than a direct f64 -> usize cast.
+        // A huge or NaN coordinate saturates and fails the bounds check below (NaN gives 0 and
+        // a NaN sample, as before).
+        let (i, j, k) = (
+            u.x as u32 as usize,
+            u.y as u32 as usize,
+            u.z as u32 as usize,
+        );
         let (fx, fy, fz) = (i as Real, j as Real, k as Real);
         if i + 1 >= self.dims[0] || j + 1 >= self.dims[1] || k + 1 >= self.dims[2] {
             return outside;
         }
         let (tx, ty, tz) = ((u.x - fx) as f32, (u.y - fy) as f32, (u.z - fz) as f32);
-        let nx = 1;
         let ny = self.dims[0];
         let nz = self.dims[0] * self.dims[1];
         let b = self.index(i, j, k);
-        let d = &self.data;
-        let c00 = d[b] * (1.0 - tx) + d[b + nx] * tx;
-        let c10 = d[b + ny] * (1.0 - tx) + d[b + ny + nx] * tx;
-        let c01 = d[b + nz] * (1.0 - tx) + d[b + nz + nx] * tx;
-        let c11 = d[b + nz + ny] * (1.0 - tx) + d[b + nz + ny + nx] * tx;
+        // The eight corners as four x-pairs: one bounds check per pair.
+        let pair = |o: usize| -> [f32; 2] {
+            let s = &self.data[b + o..b + o + 2];
+            [s[0], s[1]]
+        };
+        let [d000, d100] = pair(0);
+        let [d010, d110] = pair(ny);
+        let [d001, d101] = pair(nz);
+        let [d011, d111] = pair(nz + ny);
+        let c00 = d000 * (1.0 - tx) + d100 * tx;
+        let c10 = d010 * (1.0 - tx) + d110 * tx;
+        let c01 = d001 * (1.0 - tx) + d101 * tx;
+        let c11 = d011 * (1.0 - tx) + d111 * tx;
         let c0 = c00 * (1.0 - ty) + c10 * ty;
         let c1 = c01 * (1.0 - ty) + c11 * ty;
         c0 * (1.0 - tz) + c1 * tz
