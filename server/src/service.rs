@@ -83,6 +83,11 @@ struct Inner {
     store: Store,
     pool: rayon::ThreadPool,
     plan_slots: Arc<Semaphore>,
+    /// Plans running on the pool at once: one per pool thread, granted first come, first
+    /// served. Without it every admitted plan is on the pool together, and rayon's
+    /// work-stealing (a thread waiting inside one plan picks up another) finishes them in no
+    /// particular order, which stretches the tail latency.
+    run_gate: Arc<Semaphore>,
     cache: Mutex<PreparedCache>,
     metrics: Arc<Metrics>,
     plan_counter: AtomicU64,
@@ -191,9 +196,11 @@ impl Planning {
             .thread_name(|i| format!("planner-{i}"))
             .build()
             .map_err(|e| ServiceError::Internal(format!("cannot start the planner pool: {e}")))?;
+        let run_gate = Arc::new(Semaphore::new(pool.current_num_threads().max(1)));
         Ok(Planning {
             inner: Arc::new(Inner {
                 plan_slots: Arc::new(Semaphore::new(config.max_concurrent_plans.max(1))),
+                run_gate,
                 cache: Mutex::new(PreparedCache {
                     capacity: config.prepared_cache_entries,
                     tick: 0,
@@ -556,8 +563,17 @@ impl Planning {
         let prepared = resolved.prepared.clone();
         let metrics = self.inner.metrics.clone();
         let flag = cancelled.clone();
+        // Waits its turn (FIFO); a call dropped or timed out while waiting leaves the queue.
+        let turn = self
+            .inner
+            .run_gate
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServiceError::Unavailable("the planner pool shut down".into()))?;
         let result = self
             .on_pool(move || {
+                let _turn = turn;
                 let _permit = permit;
                 metrics.plans_running.fetch_add(1, Ordering::SeqCst);
                 let stop = move || {
