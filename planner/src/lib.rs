@@ -5,6 +5,14 @@
 //! [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`search`], [`balloon`], [`evaluate`] ->
 //! [`plan`]. This crate knows nothing of gRPC, protobuf or async runtimes.
 
+// Lets the unit tests share the integration tests' helpers (`tests/common`), which name the
+// crate by its name.
+#[cfg(test)]
+extern crate self as kyphoplan_planner;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_common;
+
 pub mod anatomy;
 pub mod balloon;
 pub mod clearance;

@@ -443,6 +443,24 @@ pub fn search_side(
     ctx: &SideContext<'_>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<SideOutcome, PlanError> {
+    search_side_with(ctx, cancelled, Screens::CoarseToFine)
+}
+
+/// Which lines of the grid are screened.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Screens {
+    /// Every other line in each parameter, then the neighbours of the best (the planner).
+    CoarseToFine,
+    /// Every line of the grid (the slow oracle of the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Exhaustive,
+}
+
+fn search_side_with(
+    ctx: &SideContext<'_>,
+    cancelled: &(dyn Fn() -> bool + Sync),
+    screens: Screens,
+) -> Result<SideOutcome, PlanError> {
     let v = ctx.vertebra;
     let f = &v.frame;
     let s = match ctx.side {
@@ -504,10 +522,11 @@ pub fn search_side(
         .iter()
         .copied()
         .filter(|&(iq, im, ic)| {
-            qs[iq].2.is_multiple_of(2)
-                && qs[iq].3.is_multiple_of(2)
-                && im.is_multiple_of(2)
-                && ic.is_multiple_of(2)
+            screens == Screens::Exhaustive
+                || qs[iq].2.is_multiple_of(2)
+                    && qs[iq].3.is_multiple_of(2)
+                    && im.is_multiple_of(2)
+                    && ic.is_multiple_of(2)
         })
         .collect();
     let mut screening = Screening::new();
@@ -770,5 +789,82 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
     SideOutcome::Infeasible {
         reasons,
         alternatives,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anatomy::{AnatomyInput, Level, Side};
+    use crate::prepare::{PrepareOptions, PreparedAnatomy};
+    use crate::request::{Instrument, Safety};
+
+    use crate::test_common as common;
+
+    /// Search every side of `input` both ways: the same sides must come out feasible, and the
+    /// coarse-to-fine line's exactly measured score must be no worse than the exhaustive one's.
+    fn compare_with_exhaustive(input: AnatomyInput) {
+        let name = input.name.clone();
+        let anatomy = PreparedAnatomy::prepare(input, &PrepareOptions::standard())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
+        let never = || false;
+        for level in anatomy.levels() {
+            let vertebra = anatomy.vertebra(level).expect("level");
+            for side in [Side::Left, Side::Right] {
+                let ctx = SideContext {
+                    anatomy: &anatomy,
+                    vertebra,
+                    keep_outs: anatomy.keep_outs(level),
+                    side,
+                    instrument: &instrument,
+                    safety: &safety,
+                };
+                let fast = search_side_with(&ctx, &never, Screens::CoarseToFine).unwrap();
+                let slow = search_side_with(&ctx, &never, Screens::Exhaustive).unwrap();
+                match (fast, slow) {
+                    (SideOutcome::Feasible(f), SideOutcome::Feasible(s)) => {
+                        assert!(f.violations.is_empty());
+                        let (fs, ss) = (f.score(&safety), s.score(&safety));
+                        assert!(
+                            fs >= ss - 1e-9,
+                            "{name} {level} {side}: coarse to fine scores {fs}, every line {ss}"
+                        );
+                    }
+                    (
+                        SideOutcome::Infeasible { reasons: a, .. },
+                        SideOutcome::Infeasible { reasons: b, .. },
+                    ) => {
+                        assert_eq!(a, b, "{name} {level} {side}");
+                    }
+                    (f, s) => {
+                        panic!("{name} {level} {side}: coarse to fine {f:?}, every line {s:?}")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The coarse-to-fine screening against the slow, obvious search (every line of the grid)
+    /// on the built-in L1-L5 (posed as in a CT) and a vertebra too narrow for the cannula.
+    #[test]
+    fn coarse_to_fine_matches_the_exhaustive_grid_on_synthetic_vertebrae() {
+        compare_with_exhaustive(crate::synth::demo_anatomy());
+        let mut params = crate::synth::VertebraParams::mean(Level::L3);
+        params.pedicle_width_mm = 4.4;
+        let v = crate::synth::vertebra(&params, &crate::math::Pose::identity());
+        compare_with_exhaustive(common::single_vertebra("narrow", Level::L3, v.mesh));
+    }
+
+    /// The same on the real meshes of `../shared/anatomy` (skipped without them, a failure
+    /// under CI=true).
+    #[test]
+    fn coarse_to_fine_matches_the_exhaustive_grid_on_real_vertebrae() {
+        let Some(dir) = common::shared_anatomy() else {
+            return;
+        };
+        for set in ["vhm-male-lumbar", "mean-lumbar-l2-l5"] {
+            compare_with_exhaustive(common::load_set(&dir, set));
+        }
     }
 }

@@ -10,26 +10,6 @@ use kyphoplan_planner::keepout::KeepOutKind;
 use kyphoplan_planner::math::{point, segment_segment_distance};
 use kyphoplan_planner::*;
 
-fn load_set(dir: &std::path::Path, set: &str) -> AnatomyInput {
-    let mut structures = Vec::new();
-    for level in Level::ALL {
-        let p = dir.join(set).join(format!("{level}.stl"));
-        if p.exists() {
-            structures.push(Structure {
-                name: format!("{set}/{level}.stl"),
-                role: Role::Vertebra { level },
-                mesh: common::load_stl(&p),
-            });
-        }
-    }
-    assert!(!structures.is_empty(), "{set}: no STL found");
-    AnatomyInput {
-        name: set.into(),
-        frame: PatientFrame::Lps,
-        structures,
-    }
-}
-
 #[test]
 fn every_real_pedicle_gets_a_verified_cannula_and_balloon() {
     let Some(dir) = common::shared_anatomy() else {
@@ -40,8 +20,9 @@ fn every_real_pedicle_gets_a_verified_cannula_and_balloon() {
     let r = instrument.cannula_radius_mm();
     let mut checked = 0;
     for set in ["vhm-male-lumbar", "mean-lumbar-l2-l5"] {
-        let anatomy = PreparedAnatomy::prepare(load_set(&dir, set), &PrepareOptions::standard())
-            .unwrap_or_else(|e| panic!("{set}: {e}"));
+        let anatomy =
+            PreparedAnatomy::prepare(common::load_set(&dir, set), &PrepareOptions::standard())
+                .unwrap_or_else(|e| panic!("{set}: {e}"));
         let request = PlanRequest::new(None, instrument.clone(), safety.clone()).unwrap();
         let plan = plan(&anatomy, &request).unwrap();
         for lp in &plan.levels {

@@ -1,5 +1,7 @@
 //! The planner on synthetic vertebrae whose pedicle axes are known by construction.
 
+mod common;
+
 use kyphoplan_planner::math::{point, Point, Pose, Vector};
 use kyphoplan_planner::plan::ReasonCode;
 use kyphoplan_planner::synth::{self, VertebraParams};
@@ -80,15 +82,7 @@ fn a_pedicle_narrower_than_cannula_plus_margins_is_infeasible_with_its_corridor(
     let mut params = VertebraParams::mean(Level::L3);
     params.pedicle_width_mm = 4.4; // < 3.4 mm cannula + 2 x 1 mm
     let v = synth::vertebra(&params, &Pose::identity());
-    let input = AnatomyInput {
-        name: "narrow".into(),
-        frame: PatientFrame::Lps,
-        structures: vec![Structure {
-            name: "L3.stl".into(),
-            role: Role::Vertebra { level: Level::L3 },
-            mesh: v.mesh,
-        }],
-    };
+    let input = common::single_vertebra("narrow", Level::L3, v.mesh);
     let plan = plan(&prepare(input), &request()).unwrap();
     for s in &plan.levels[0].sides {
         assert!(

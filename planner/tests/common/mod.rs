@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use kyphoplan_planner::math::Point;
-use kyphoplan_planner::TriMesh;
+use kyphoplan_planner::{AnatomyInput, Level, PatientFrame, Role, Structure, TriMesh};
 
 /// `../shared/anatomy` of the workspace, or `None` (after saying so) when it is missing.
 /// Under `CI=true` a missing directory is a failure, not a skip.
@@ -46,4 +46,38 @@ pub fn load_stl(path: &std::path::Path) -> TriMesh {
         .map(|f| [map[f.vertices[0]], map[f.vertices[1]], map[f.vertices[2]]])
         .collect();
     TriMesh::new(vertices, triangles)
+}
+
+/// The vertebrae `L1.stl` .. `L5.stl` of `dir/set` (those present), as an LPS anatomy.
+pub fn load_set(dir: &std::path::Path, set: &str) -> AnatomyInput {
+    let mut structures = Vec::new();
+    for level in Level::ALL {
+        let p = dir.join(set).join(format!("{level}.stl"));
+        if p.exists() {
+            structures.push(Structure {
+                name: format!("{set}/{level}.stl"),
+                role: Role::Vertebra { level },
+                mesh: load_stl(&p),
+            });
+        }
+    }
+    assert!(!structures.is_empty(), "{set}: no STL found");
+    AnatomyInput {
+        name: set.into(),
+        frame: PatientFrame::Lps,
+        structures,
+    }
+}
+
+/// An LPS anatomy of one vertebra.
+pub fn single_vertebra(name: &str, level: Level, mesh: TriMesh) -> AnatomyInput {
+    AnatomyInput {
+        name: name.into(),
+        frame: PatientFrame::Lps,
+        structures: vec![Structure {
+            name: format!("{level}.stl"),
+            role: Role::Vertebra { level },
+            mesh,
+        }],
+    }
 }
