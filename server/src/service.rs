@@ -239,6 +239,27 @@ impl Planning {
         }
     }
 
+    /// Run short interactive work (one trajectory evaluation, well under a millisecond) on the
+    /// runtime's blocking threads instead of the planner pool: a surgeon dragging a trajectory
+    /// does not wait behind the screening batches of running plans. A panic becomes an
+    /// internal error.
+    async fn interactive<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let run = move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        match tokio::task::spawn_blocking(run).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(panic)) => Err(ServiceError::Internal(format!(
+                "the planner panicked: {}",
+                panic_message(panic)
+            ))),
+            Err(e) => Err(ServiceError::Internal(format!(
+                "evaluation task failed: {e}"
+            ))),
+        }
+    }
+
     /// Run a blocking store call off the async workers.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -948,7 +969,7 @@ impl PlanningService for Planning {
             let resolved = self.resolve_plan_anatomy(anatomy, owner).await?;
             let prepared = resolved.prepared.clone();
             let evaluation = self
-                .on_pool(move || {
+                .interactive(move || {
                     planning::evaluate(
                         &prepared,
                         level,
