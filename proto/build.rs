@@ -15,9 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("kyphoplan_descriptor.bin"),
         fds.encode_to_vec(),
     )?;
+    // Type names (`prost::Name`) let the codec name the message that failed to decode; the codec
+    // answers an undecodable request with INVALID_ARGUMENT instead of tonic's INTERNAL.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .codec_path("crate::codec::ServiceCodec")
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

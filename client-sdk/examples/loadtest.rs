@@ -1,8 +1,9 @@
 //! Load test: N concurrent clients send CreatePlan and EvaluateTrajectory calls to a server on
 //! loopback (started in-process unless `--server URL`), bounded by a call count and a time limit;
 //! reports latency p50/p99 per call, errors by status code, and the server's RSS before and
-//! after. `--cancel-probes N` also measures how long a cancelled plan keeps a planner thread
-//! (in-process server only: cancel to `plans_running == 0`).
+//! after. `--cancel-probes N` also measures how long a plan whose client cancelled, or whose
+//! deadline (`grpc-timeout`) passed, keeps the planner's CPU (in-process server only: cancel or
+//! deadline to `plans_running == 0`).
 //!
 //! ```text
 //! cargo run --release -p kyphoplan-client --example loadtest -- --clients 32 --calls 4000
@@ -221,36 +222,141 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.cancel_probes > 0 && args.server.is_none() {
-        let demo = synth::demo_anatomy();
-        let demo_id = setup.upload_anatomy(&demo).await?.anatomy_id;
-        let mut samples = Vec::new();
-        for _ in 0..args.cancel_probes {
-            let message = convert::create_plan_request_to_pb(
-                pb::create_plan_request::Anatomy::AnatomyId(demo_id.clone()),
-                &request,
-            );
-            let mut raw = setup.raw().clone();
-            let mut stream = raw.stream_plan(message).await?.into_inner();
-            let _first = stream.next().await;
-            // Cancel: drop the stream (RST_STREAM); time until the run leaves the pool.
-            let t0 = Instant::now();
-            drop(stream);
-            drop(raw);
-            while metrics.plans_running.load(Ordering::SeqCst) > 0 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-                if t0.elapsed() > Duration::from_secs(10) {
-                    break;
-                }
-            }
-            samples.push(t0.elapsed());
-        }
-        samples.sort();
-        println!(
-            "cancel -> planner run returned: n={} p50={:.1} ms max={:.1} ms",
-            samples.len(),
-            percentile(&samples, 0.5).as_secs_f64() * 1e3,
-            samples.last().unwrap().as_secs_f64() * 1e3
-        );
+        cancel_probes(&mut setup, &metrics, &request, args.cancel_probes).await?;
     }
+    Ok(())
+}
+
+/// Time from `since` until no planning run is left on the pool (polled every 200 us).
+async fn until_released(metrics: &kyphoplan_server::Metrics, since: Instant) -> Duration {
+    while metrics.plans_running.load(Ordering::SeqCst) > 0
+        && since.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    since.elapsed()
+}
+
+fn print_probe(what: &str, samples: &mut [Duration], stopped: u64) {
+    samples.sort();
+    println!(
+        "{what:<34} n={} p50={:.1} ms max={:.1} ms (runs stopped by the server: {stopped})",
+        samples.len(),
+        percentile(samples, 0.5).as_secs_f64() * 1e3,
+        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+/// `--cancel-probes N`: how long a planning run keeps the planner's CPU once its client is gone.
+/// N StreamPlan calls cancelled after their first level (time from dropping the stream); N
+/// CreatePlan calls whose `grpc-timeout` passes mid-plan, at 20 % .. 80 % of an uncancelled
+/// plan (time from the deadline); N CreatePlan calls with an inline anatomy cancelled during its
+/// preparation (time from dropping the call). Until the work has left the pool
+/// (`plans_running == 0`, and `prepares_running == 0` for the last).
+async fn cancel_probes(
+    setup: &mut Client,
+    metrics: &kyphoplan_server::Metrics,
+    request: &PlanRequest,
+    probes: usize,
+) -> anyhow::Result<()> {
+    let demo = synth::demo_anatomy();
+    let demo_id = setup.upload_anatomy(&demo).await?.anatomy_id;
+    let message = || {
+        convert::create_plan_request_to_pb(
+            pb::create_plan_request::Anatomy::AnatomyId(demo_id.clone()),
+            request,
+        )
+    };
+    // One uncancelled plan: how long the deadlines below may be.
+    let t0 = Instant::now();
+    let levels = setup
+        .raw()
+        .clone()
+        .create_plan(message())
+        .await?
+        .into_inner()
+        .levels
+        .len();
+    let full = t0.elapsed();
+    println!(
+        "cancel probes: demo anatomy ({} levels), uncancelled plan {:.1} ms",
+        levels,
+        full.as_secs_f64() * 1e3
+    );
+
+    let stopped_before = metrics.plans_cancelled.load(Ordering::SeqCst);
+    let mut samples = Vec::new();
+    for _ in 0..probes {
+        let mut raw = setup.raw().clone();
+        let mut stream = raw.stream_plan(message()).await?.into_inner();
+        let _first = stream.next().await;
+        // Cancel: drop the stream (RST_STREAM); time until the run leaves the pool.
+        let t0 = Instant::now();
+        drop(stream);
+        drop(raw);
+        samples.push(until_released(metrics, t0).await);
+    }
+    let stopped = metrics.plans_cancelled.load(Ordering::SeqCst) - stopped_before;
+    print_probe("cancel -> planner run returned:", &mut samples, stopped);
+
+    let stopped_before = metrics.plans_cancelled.load(Ordering::SeqCst);
+    let mut samples = Vec::new();
+    let mut codes = BTreeMap::<String, usize>::new();
+    for i in 0..probes {
+        let fraction = 0.2 + 0.6 * i as f64 / (probes.max(2) - 1) as f64;
+        let timeout = full.mul_f64(fraction);
+        let mut call = tonic::Request::new(message());
+        call.set_timeout(timeout);
+        let sent = Instant::now();
+        let r = setup.raw().clone().create_plan(call).await;
+        *codes
+            .entry(match &r {
+                Ok(_) => "ok".to_owned(),
+                Err(s) => format!("{:?}", s.code()),
+            })
+            .or_default() += 1;
+        // The server's deadline is no earlier than this one (it starts on receipt).
+        let deadline = sent + timeout;
+        if Instant::now() < deadline {
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+        samples.push(until_released(metrics, deadline).await);
+    }
+    let stopped = metrics.plans_cancelled.load(Ordering::SeqCst) - stopped_before;
+    print_probe("deadline -> planner run returned:", &mut samples, stopped);
+    println!("deadline probes answered: {codes:?}");
+
+    // CreatePlan with an inline anatomy (renamed per probe: never cached) cancelled 0 .. 80 ms
+    // into its preparation.
+    let stopped_before = metrics.prepares_cancelled.load(Ordering::SeqCst);
+    let mut samples = Vec::new();
+    for i in 0..probes {
+        let mut anatomy = demo.clone();
+        anatomy.name = format!("cancel probe {i}");
+        let message = convert::create_plan_request_to_pb(
+            pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(&anatomy)),
+            request,
+        );
+        let mut raw = setup.raw().clone();
+        let call = tokio::spawn(async move { raw.create_plan(message).await });
+        let wait = Instant::now();
+        while metrics.prepares_running.load(Ordering::SeqCst) == 0
+            && wait.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20 * (i % 5) as u64)).await;
+        let t0 = Instant::now();
+        call.abort();
+        let _ = call.await;
+        while metrics.prepares_running.load(Ordering::SeqCst) > 0
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        samples.push(until_released(metrics, t0).await);
+    }
+    let stopped = metrics.prepares_cancelled.load(Ordering::SeqCst) - stopped_before;
+    print_probe("cancel in preparation -> released:", &mut samples, stopped);
     Ok(())
 }

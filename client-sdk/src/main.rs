@@ -81,10 +81,14 @@ impl Security {
     }
 }
 
+/// The command line's TLS and token options, for every `--server` command.
+fn connect_options() -> &'static kyphoplan_client::ConnectOptions {
+    CONNECT_OPTIONS.get_or_init(Default::default)
+}
+
 /// Connect to a `--server` URL with the command line's TLS and token options.
 async fn connect(url: &str) -> Result<Client, Failure> {
-    let options = CONNECT_OPTIONS.get_or_init(Default::default);
-    Client::connect_with(url, options)
+    Client::connect_with(url, connect_options())
         .await
         .map_err(|e| Failure::Server(e.to_string()))
 }
@@ -636,7 +640,10 @@ fn replay_cases(
     };
     let planner = match server {
         None => Planner::InProcess,
-        Some(url) => Planner::Server(url),
+        Some(url) => Planner::Server {
+            url,
+            connect: connect_options(),
+        },
     };
     // A bar on a terminal once the library is more than a few cases.
     let bar = std::io::stderr().is_terminal().then(|| {

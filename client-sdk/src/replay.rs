@@ -27,7 +27,7 @@ use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
 use rayon::prelude::*;
 
 use crate::case::{self, Case, CaseToml, ReadOptions, ReplayToml, CASE_FILE};
-use crate::{plan_json, Client};
+use crate::{plan_json, Client, ConnectOptions};
 
 /// File name of the golden plan of a case.
 pub const GOLDEN_FILE: &str = "expected.json";
@@ -447,8 +447,12 @@ pub fn default_shared_root(cases_root: &Path) -> Option<PathBuf> {
 pub enum Planner<'a> {
     /// In this process, cases in parallel on rayon.
     InProcess,
-    /// Through the gRPC server at this URL, several RPCs at a time.
-    Server(&'a str),
+    /// Through the gRPC server at `url`, several RPCs at a time, connecting with `connect` (TLS,
+    /// client certificate, bearer token) like every other `--server` command.
+    Server {
+        url: &'a str,
+        connect: &'a ConnectOptions,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -840,14 +844,14 @@ pub fn replay(
                 report(r)
             })
             .collect(),
-        Planner::Server(url) => {
+        Planner::Server { url, connect } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?;
             runtime.block_on(async {
                 use futures::StreamExt;
-                let client = Client::connect(url)
+                let client = Client::connect_with(url, connect)
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
                 let concurrency = if options.concurrency == 0 {

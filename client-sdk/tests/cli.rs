@@ -46,8 +46,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(|_| {})
+    }
+
+    fn start_with(tweak: impl FnOnce(&mut kyphoplan_server::Config)) -> Server {
         let data = tempfile::tempdir().unwrap();
-        let config = kyphoplan_server::Config::with_data_dir(data.path());
+        let mut config = kyphoplan_server::Config::with_data_dir(data.path());
+        tweak(&mut config);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -472,6 +477,39 @@ fn replay_exits_three_without_golden_or_on_a_regression_and_bless_rewrites() {
     );
     let o = kyphoplan(&["replay", s(&dir.path().join("nowhere"))]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+/// `replay --server` uses the command line's connection options (here --token-file) like the
+/// other `--server` commands.
+#[test]
+fn replay_through_a_server_that_asks_for_a_token_uses_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("library");
+    l4_case(&root);
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "erin:replay-test-token-0123456789abcdef\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "replay-test-token-0123456789abcdef\n").unwrap();
+    let server = Server::start_with(|c| c.token_file = Some(tokens.clone()));
+    let replay = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kyphoplan"))
+            .args(["replay", s(&root), "--bless", "--server", &server.url])
+            .args(extra)
+            .env_remove("KYPHOPLAN_TOKEN")
+            .output()
+            .expect("run kyphoplan")
+    };
+    let o = replay(&["--token-file", s(&token)]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        root.join("case-l4").join("expected.json").is_file(),
+        "{}",
+        stdout(&o)
+    );
+    // Without the token nothing is planned.
+    let o = replay(&[]);
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("1 errors"), "{}", stdout(&o));
 }
 
 #[test]

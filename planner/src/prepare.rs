@@ -12,6 +12,7 @@ use crate::frame::{self, VertebraFrame};
 use crate::keepout::{self, KeepOut, KeepOutKind};
 use crate::mesh::TriMesh;
 use crate::plan::{KeepOutSource, StructureNotice};
+use crate::planning::PlanError;
 use crate::validate::{validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM};
 use crate::voxel::{self, Grid};
 
@@ -69,6 +70,22 @@ pub struct PreparedAnatomy {
 
 impl PreparedAnatomy {
     pub fn prepare(input: AnatomyInput, options: &PrepareOptions) -> Result<Self, InputError> {
+        match Self::prepare_with(input, options, &|| false) {
+            Ok(p) => Ok(p),
+            Err(PlanError::Input(e)) => Err(e),
+            Err(PlanError::Cancelled) => unreachable!("never cancelled"),
+        }
+    }
+
+    /// [`PreparedAnatomy::prepare`] that polls `cancelled` before each mesh's validation and
+    /// between the steps of each vertebra (frame and clearance engine, keep-out grids), and stops
+    /// with [`PlanError::Cancelled`] once it returns `true`: a client that went away frees the
+    /// CPU within one step. Polling does not change what is prepared.
+    pub fn prepare_with(
+        input: AnatomyInput,
+        options: &PrepareOptions,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Self, PlanError> {
         let AnatomyInput {
             name,
             frame,
@@ -83,7 +100,8 @@ impl PreparedAnatomy {
                         triangles: s.mesh.triangles.len(),
                         limit: options.max_triangles_per_mesh,
                     },
-                });
+                }
+                .into());
             }
         }
         // Roles: duplicates and missing pieces.
@@ -97,7 +115,8 @@ impl PreparedAnatomy {
                             level,
                             first: first.clone(),
                             second: s.name.clone(),
-                        });
+                        }
+                        .into());
                     }
                     levels.insert(level, s.name.clone());
                 }
@@ -107,19 +126,23 @@ impl PreparedAnatomy {
                             structure: s.name.clone(),
                             level,
                             side,
-                        });
+                        }
+                        .into());
                     }
                 }
                 Role::SpinalCanal | Role::Skin | Role::Forbidden => {}
             }
         }
         if levels.is_empty() {
-            return Err(InputError::NoVertebra);
+            return Err(InputError::NoVertebra.into());
         }
         // Validate every mesh (in parallel; errors reported in input order), into LPS.
-        let validated: Vec<Result<_, InputError>> = structures
+        let validated: Vec<Result<_, PlanError>> = structures
             .into_par_iter()
             .map(|s| {
+                if cancelled() {
+                    return Err(PlanError::Cancelled);
+                }
                 let check = match s.role {
                     Role::Vertebra { .. } => MeshCheck {
                         closed: true,
@@ -156,7 +179,8 @@ impl PreparedAnatomy {
                                 fault: crate::error::MeshFault::InwardWinding {
                                     signed_volume_mm3: mesh.signed_volume_mm3(),
                                 },
-                            })
+                            }
+                            .into())
                         }
                     }
                 } else {
@@ -205,12 +229,14 @@ impl PreparedAnatomy {
         }
         bones.sort_by_key(|b| b.0);
         let has_canal = given.iter().any(|k| k.kind == KeepOutKind::Canal);
-        let vertebrae: Vec<Result<PreparedVertebra, InputError>> = bones
+        let vertebrae: Vec<Result<PreparedVertebra, PlanError>> = bones
             .into_par_iter()
             .map(|(level, structure, mesh)| {
                 let root_given =
                     [Side::Left, Side::Right].map(|side| roots.contains_key(&(level, side)));
-                prepare_vertebra(level, structure, mesh, has_canal, root_given, &given)
+                prepare_vertebra(
+                    level, structure, mesh, has_canal, root_given, &given, cancelled,
+                )
             })
             .collect();
         let mut out = Vec::with_capacity(vertebrae.len());
@@ -293,13 +319,20 @@ fn prepare_vertebra(
     has_canal: bool,
     root_given: [bool; 2],
     given: &[KeepOut],
-) -> Result<PreparedVertebra, InputError> {
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<PreparedVertebra, PlanError> {
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
     // The clearance engine does not need the frame: build both at once.
     let (analysis, bone) = rayon::join(
         || frame::estimate(level, &mesh),
         || ClearanceMesh::new(&mesh),
     );
     let analysis = analysis?;
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
     let frame = analysis.frame;
     let bone_sdf = analysis.sdf;
     let name = level.name();

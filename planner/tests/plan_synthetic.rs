@@ -255,3 +255,34 @@ fn evaluation_flags_a_medial_breach() {
         .iter()
         .any(|v| v.code == ReasonCode::CortexMarginViolated));
 }
+
+#[test]
+fn a_cancelled_preparation_stops_and_polling_does_not_change_the_plan() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let input = || synth::spine(&[Level::L3, Level::L4], &Pose::identity(), false).0;
+    let options = PrepareOptions::standard();
+    // Cancelled at once, and after a few polls (mid-way through the vertebrae).
+    for after in [0, 3] {
+        let polls = AtomicUsize::new(0);
+        let cancelled = || polls.fetch_add(1, Ordering::SeqCst) >= after;
+        assert!(matches!(
+            PreparedAnatomy::prepare_with(input(), &options, &cancelled),
+            Err(PlanError::Cancelled)
+        ));
+        assert!(polls.load(Ordering::SeqCst) > after);
+    }
+    // Polled but never cancelled: the same plan, bit for bit, as without polling.
+    let polls = AtomicUsize::new(0);
+    let counted = || {
+        polls.fetch_add(1, Ordering::SeqCst);
+        false
+    };
+    let polled = match PreparedAnatomy::prepare_with(input(), &options, &counted) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(polls.load(Ordering::SeqCst) >= 4);
+    let expected = serde_json::to_string(&plan(&prepare(input()), &request()).unwrap()).unwrap();
+    let actual = serde_json::to_string(&plan(&polled, &request()).unwrap()).unwrap();
+    assert_eq!(actual, expected);
+}

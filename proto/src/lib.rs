@@ -1,5 +1,6 @@
 //! The `kyphoplan.v1` gRPC API: generated messages and service stubs ([`pb`]), the encoded
-//! descriptor set for reflection, and the one conversion between API messages and planner types
+//! descriptor set for reflection, the service's codec ([`codec`]: an undecodable request is
+//! INVALID_ARGUMENT), and the one conversion between API messages and planner types
 //! ([`convert`]) that the server and the client SDK share.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -7,6 +8,7 @@ pub mod pb {
     tonic::include_proto!("kyphoplan.v1");
 }
 
+pub mod codec;
 pub mod convert;
 
 /// The encoded `FileDescriptorSet` of the API, for `tonic-reflection`.

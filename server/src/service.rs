@@ -1,9 +1,10 @@
 //! The `kyphoplan.v1.PlanningService` implementation.
 //!
 //! CPU work (preparation, planning, evaluation) runs on a dedicated rayon pool; handlers spawn
-//! onto it and await a oneshot. A planning run polls an `AtomicBool` that is set when the call
-//! is cancelled (the response future or stream is dropped) and checks the call's deadline
-//! (`grpc-timeout`), so neither keeps burning cores for a client that is gone.
+//! onto it and await a oneshot. A planning run and a preparation poll a [`Stop`]: an
+//! `AtomicBool` set when the call is cancelled (the response future or stream is dropped) and
+//! the call's deadline (`grpc-timeout`), so neither keeps burning cores for a client that is
+//! gone.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -39,6 +40,10 @@ pub struct Metrics {
     /// Runs stopped because the client went away or the deadline passed.
     pub plans_cancelled: AtomicU64,
     pub anatomies_prepared: AtomicU64,
+    /// Preparations executing on the pool right now (upload, inline anatomy, cache miss).
+    pub prepares_running: AtomicUsize,
+    /// Preparations stopped because the client went away or the deadline passed.
+    pub prepares_cancelled: AtomicU64,
 }
 
 /// A small LRU of prepared anatomies.
@@ -127,6 +132,42 @@ struct CancelOnDrop(Arc<AtomicBool>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// When a call's CPU work (preparation, planning) stops: the client went away (the flag of its
+/// [`CancelOnDrop`]) or the call's deadline passed. Polled by the planner between steps.
+#[derive(Clone)]
+struct Stop {
+    cancelled: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Stop {
+    /// A stop for a call, and the guard that sets it when the call's future or stream is dropped.
+    fn for_call(deadline: Option<Instant>) -> (Stop, CancelOnDrop) {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(cancelled.clone());
+        (
+            Stop {
+                cancelled,
+                deadline,
+            },
+            guard,
+        )
+    }
+
+    fn stopped(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Why the work stopped.
+    fn error(&self) -> ServiceError {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            ServiceError::DeadlineExceeded
+        } else {
+            ServiceError::Cancelled
+        }
     }
 }
 
@@ -319,17 +360,31 @@ impl Planning {
     }
 
     /// Validate and prepare an anatomy on the pool; `make` (decoding, copying) runs there too.
+    /// Stops between preparation steps once `stop` says so.
     async fn prepare_with(
         &self,
         make: impl FnOnce() -> Result<pb::AnatomyData, ServiceError> + Send + 'static,
+        stop: &Stop,
     ) -> Result<Arc<PreparedAnatomy>, ServiceError> {
+        let metrics = self.inner.metrics.clone();
+        let work_stop = stop.clone();
         let prepared = self
             .on_pool(move || -> Result<PreparedAnatomy, ServiceError> {
                 let input = convert::anatomy_from_pb(make()?)?;
-                Ok(PreparedAnatomy::prepare(
-                    input,
-                    &PrepareOptions::standard(),
-                )?)
+                metrics.prepares_running.fetch_add(1, Ordering::SeqCst);
+                let result =
+                    PreparedAnatomy::prepare_with(input, &PrepareOptions::standard(), &|| {
+                        work_stop.stopped()
+                    });
+                if matches!(result, Err(PlanError::Cancelled)) {
+                    metrics.prepares_cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+                metrics.prepares_running.fetch_sub(1, Ordering::SeqCst);
+                match result {
+                    Ok(p) => Ok(p),
+                    Err(PlanError::Input(e)) => Err(e.into()),
+                    Err(PlanError::Cancelled) => Err(work_stop.error()),
+                }
             })
             .await??;
         self.inner
@@ -391,6 +446,7 @@ impl Planning {
         &self,
         data: pb::AnatomyData,
         owner: Owner,
+        stop: &Stop,
     ) -> Result<pb::Anatomy, ServiceError> {
         // Encoding and hashing hundreds of megabytes is CPU work: on the pool.
         let (data, encoded, id) = self
@@ -414,7 +470,7 @@ impl Planning {
             return decode(&meta, "anatomy metadata");
         }
         let mut meta = Self::anatomy_meta(&id, &data);
-        let prepared = self.prepare_with(move || Ok(data)).await?;
+        let prepared = self.prepare_with(move || Ok(data), stop).await?;
         Self::complete_meta(&mut meta, &prepared);
         let meta_bytes = meta.encode_to_vec();
         let key = id.clone();
@@ -426,7 +482,12 @@ impl Planning {
     }
 
     /// The prepared anatomy of a stored id: from the cache, or prepared again from the store.
-    async fn stored_anatomy(&self, id: String, owner: Owner) -> Result<Resolved, ServiceError> {
+    async fn stored_anatomy(
+        &self,
+        id: String,
+        owner: Owner,
+        stop: &Stop,
+    ) -> Result<Resolved, ServiceError> {
         if id.is_empty() {
             return Err(
                 InputError::invalid("anatomy_id", "\"\"", "an anatomy id is required").into(),
@@ -458,13 +519,17 @@ impl Planning {
                 id: id.clone(),
             })?;
         let prepared = self
-            .prepare_with(move || decode::<pb::AnatomyData>(&bytes, "anatomy"))
+            .prepare_with(move || decode::<pb::AnatomyData>(&bytes, "anatomy"), stop)
             .await?;
         self.cache(&id, prepared.clone());
         Ok(Resolved { id, prepared })
     }
 
-    async fn inline_anatomy(&self, data: pb::AnatomyData) -> Result<Resolved, ServiceError> {
+    async fn inline_anatomy(
+        &self,
+        data: pb::AnatomyData,
+        stop: &Stop,
+    ) -> Result<Resolved, ServiceError> {
         let (t, v) = data.structures.iter().fold((0u64, 0u64), |(t, v), s| {
             s.mesh.as_ref().map_or((t, v), |m| {
                 (
@@ -483,7 +548,7 @@ impl Planning {
         if let Some(prepared) = self.cached(&id) {
             return Ok(Resolved { id, prepared });
         }
-        let prepared = self.prepare_with(move || Ok(data)).await?;
+        let prepared = self.prepare_with(move || Ok(data), stop).await?;
         self.cache(&id, prepared.clone());
         Ok(Resolved { id, prepared })
     }
@@ -492,6 +557,7 @@ impl Planning {
         &self,
         anatomy: Option<pb::create_plan_request::Anatomy>,
         owner: Owner,
+        stop: &Stop,
     ) -> Result<Resolved, ServiceError> {
         match anatomy {
             None => {
@@ -501,10 +567,10 @@ impl Planning {
                 )
             }
             Some(pb::create_plan_request::Anatomy::AnatomyId(id)) => {
-                self.stored_anatomy(id, owner).await
+                self.stored_anatomy(id, owner, stop).await
             }
             Some(pb::create_plan_request::Anatomy::InlineAnatomy(data)) => {
-                self.inline_anatomy(data).await
+                self.inline_anatomy(data, stop).await
             }
         }
     }
@@ -575,15 +641,14 @@ impl Planning {
         &self,
         resolved: &Resolved,
         request: kyphoplan_planner::PlanRequest,
-        cancelled: Arc<AtomicBool>,
-        deadline: Option<Instant>,
+        stop: &Stop,
         permit: PlanPermit,
         on_level: impl Fn(&LevelPlan, usize, usize) + Send + Sync + 'static,
     ) -> Result<pb::Plan, ServiceError> {
         let owner = permit.owner.clone();
         let prepared = resolved.prepared.clone();
         let metrics = self.inner.metrics.clone();
-        let flag = cancelled.clone();
+        let work_stop = stop.clone();
         // Waits its turn (FIFO); a call dropped or timed out while waiting leaves the queue.
         let turn = self
             .inner
@@ -597,11 +662,8 @@ impl Planning {
                 let _turn = turn;
                 let _permit = permit;
                 metrics.plans_running.fetch_add(1, Ordering::SeqCst);
-                let stop = move || {
-                    flag.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
-                };
                 let control = PlanControl {
-                    cancelled: &stop,
+                    cancelled: &|| work_stop.stopped(),
                     on_level: &on_level,
                 };
                 let result = planning::plan_with(&prepared, &request, &control);
@@ -619,13 +681,7 @@ impl Planning {
         let plan = match result {
             Ok(plan) => plan,
             Err(PlanError::Input(e)) => return Err(e.into()),
-            Err(PlanError::Cancelled) => {
-                return Err(if deadline.is_some_and(|d| Instant::now() >= d) {
-                    ServiceError::DeadlineExceeded
-                } else {
-                    ServiceError::Cancelled
-                })
-            }
+            Err(PlanError::Cancelled) => return Err(stop.error()),
         };
         let mut message = convert::plan_to_pb(&plan);
         message.plan_id = self.new_plan_id();
@@ -645,6 +701,7 @@ impl Planning {
         &self,
         mut chunks: Streaming<pb::UploadAnatomyChunk>,
         owner: Owner,
+        stop: &Stop,
     ) -> Result<pb::Anatomy, ServiceError> {
         let mut assembly: Option<Assembly> = None;
         let mut index = 0usize;
@@ -762,7 +819,7 @@ impl Planning {
                 })
                 .collect(),
         };
-        self.admit_anatomy(data, owner).await
+        self.admit_anatomy(data, owner, stop).await
     }
 }
 
@@ -799,9 +856,10 @@ impl PlanningService for Planning {
         request: Request<Streaming<pb::UploadAnatomyChunk>>,
     ) -> Result<Response<pb::Anatomy>, Status> {
         let owner = owner_of(&request);
+        let (stop, _guard) = Stop::for_call(deadline_of(request.metadata()));
         respond(
             "UploadAnatomy",
-            self.upload(request.into_inner(), owner).await,
+            self.upload(request.into_inner(), owner, &stop).await,
         )
     }
 
@@ -831,21 +889,15 @@ impl PlanningService for Planning {
             instrument,
             safety,
         } = request.into_inner();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let _guard = CancelOnDrop(cancelled.clone());
+        let (stop, _guard) = Stop::for_call(deadline);
         let work = async {
             let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
-            let resolved = self.resolve_plan_anatomy(anatomy, owner.clone()).await?;
+            let resolved = self
+                .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
+                .await?;
             let permit = self.acquire_plan_slot(&owner)?;
-            self.run_plan(
-                &resolved,
-                plan_request,
-                cancelled.clone(),
-                deadline,
-                permit,
-                |_, _, _| {},
-            )
-            .await
+            self.run_plan(&resolved, plan_request, &stop, permit, |_, _, _| {})
+                .await
         };
         let r = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), work).await {
@@ -871,9 +923,13 @@ impl PlanningService for Planning {
             instrument,
             safety,
         } = request.into_inner();
+        // Set up (and maybe prepare) under the guard: a client gone during setup stops it too.
+        let (stop, guard) = Stop::for_call(deadline);
         let setup = async {
             let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
-            let resolved = self.resolve_plan_anatomy(anatomy, owner.clone()).await?;
+            let resolved = self
+                .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
+                .await?;
             let permit = self.acquire_plan_slot(&owner)?;
             Ok::<_, ServiceError>((plan_request, resolved, permit))
         };
@@ -881,8 +937,6 @@ impl PlanningService for Planning {
             Ok(r) => r.into_inner(),
             Err(status) => return Err(status),
         };
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let guard = CancelOnDrop(cancelled.clone());
         let (tx, rx) = mpsc::unbounded_channel::<Result<pb::PlanProgress, Status>>();
         let service = self.clone();
         tokio::spawn(async move {
@@ -897,14 +951,7 @@ impl PlanningService for Planning {
                 }));
             };
             let r = service
-                .run_plan(
-                    &resolved,
-                    plan_request,
-                    cancelled,
-                    deadline,
-                    permit,
-                    on_level,
-                )
+                .run_plan(&resolved, plan_request, &stop, permit, on_level)
                 .await;
             let message = match r {
                 Ok(plan) => Ok(pb::PlanProgress {
@@ -933,6 +980,7 @@ impl PlanningService for Planning {
         request: Request<pb::EvaluateTrajectoryRequest>,
     ) -> Result<Response<pb::Evaluation>, Status> {
         let owner = owner_of(&request);
+        let (stop, _guard) = Stop::for_call(deadline_of(request.metadata()));
         let pb::EvaluateTrajectoryRequest {
             anatomy,
             level,
@@ -966,7 +1014,7 @@ impl PlanningService for Planning {
                     pb::create_plan_request::Anatomy::InlineAnatomy(d)
                 }
             });
-            let resolved = self.resolve_plan_anatomy(anatomy, owner).await?;
+            let resolved = self.resolve_plan_anatomy(anatomy, owner, &stop).await?;
             let prepared = resolved.prepared.clone();
             let evaluation = self
                 .interactive(move || {

@@ -514,22 +514,48 @@ async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
         ..base
     };
 
-    // tonic refuses an undecodable request before the handler with INTERNAL ("failed to decode
-    // Protobuf message"); what matters is that nothing runs and nothing is stored.
+    // A request that does not decode is the client's fault: INVALID_ARGUMENT naming the message
+    // type, answered by the service's codec before the handler; nothing runs, nothing is stored,
+    // and the server goes on.
     let truncated = good[..good.len() / 2].to_vec();
     let garbage: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    let wrong_wire_type = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01];
+    // anatomy_id (field 1, a string) sent as a varint; levels (field 3) as a fixed32.
+    let varint_for_string = vec![0x08, 0x01];
+    let fixed32_for_enum = vec![0x1d, 0x01, 0x00, 0x00, 0x00];
+    // Wire type 7 does not exist.
+    let no_such_wire_type = vec![0x0f, 0x00];
+    let huge_declared_length = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01];
     for (case, bytes) in [
         ("truncated", truncated),
         ("garbage", garbage),
-        ("huge declared length", wrong_wire_type),
+        ("wrong wire type (varint for a string)", varint_for_string),
+        ("wrong wire type (fixed32 for an enum)", fixed32_for_enum),
+        ("no such wire type", no_such_wire_type),
+        ("huge declared length", huge_declared_length),
     ] {
-        let status = refused(send_raw(addr, bytes).await, Code::Internal, case);
-        assert!(status.message().contains("decode"), "{case}: {status:?}");
+        let status = refused(send_raw(addr, bytes).await, Code::InvalidArgument, case);
+        assert!(
+            status
+                .message()
+                .starts_with("malformed kyphoplan.v1.CreatePlanRequest message: "),
+            "{case}: {status:?}"
+        );
         unchanged(&mut raw, &base, case).await;
+        // A valid request right after is served.
+        raw.get_plan(pb::GetPlanRequest {
+            plan_id: base.plan.plan_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{case}: not served afterwards: {s:?}"));
     }
+    // A valid request in raw bytes still makes a plan.
+    send_raw(addr, good.clone()).await.unwrap();
+    let base = Baseline {
+        plans_listed: base.plans_listed + 1,
+        ..base
+    };
 
     // A unary message over --max-message-bytes: OUT_OF_RANGE from tonic.
     let mut big = vec![0u8; MAX_MESSAGE_BYTES + 1024];

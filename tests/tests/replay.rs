@@ -124,7 +124,12 @@ fn library_replays_through_the_server_without_regression() {
     let url = format!("http://{}", server.addr);
     let options = options(false);
     // The replay runs its own client runtime on this thread; the server runs on `runtime`.
-    let summary = replay::replay(library(), Planner::Server(&url), &options, &|_, _, _| {});
+    let connect = kyphoplan_client::ConnectOptions::default();
+    let planner = Planner::Server {
+        url: &url,
+        connect: &connect,
+    };
+    let summary = replay::replay(library(), planner, &options, &|_, _, _| {});
     let _ = server.stop.send(());
     runtime.block_on(async {
         tokio::time::timeout(Duration::from_secs(20), server.task)

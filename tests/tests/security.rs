@@ -615,3 +615,99 @@ async fn tokens_never_reach_the_logs() {
         "a token of another test is in the logs"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replay
+
+/// Run `replay` through `url` on its own thread (it starts its own client runtime).
+async fn replay_through(
+    url: String,
+    root: PathBuf,
+    connect: ConnectOptions,
+    options: kyphoplan_client::replay::ReplayOptions,
+) -> Result<kyphoplan_client::replay::ReplaySummary, String> {
+    use kyphoplan_client::replay::{self, Planner};
+    let thread = std::thread::spawn(move || {
+        let planner = Planner::Server {
+            url: &url,
+            connect: &connect,
+        };
+        replay::replay(&root, planner, &options, &|_, _, _| {})
+    });
+    tokio::task::spawn_blocking(move || thread.join().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `replay --server` connects with the same options as the other `--server` commands: through
+/// a server that asks for mutual TLS and a bearer token it plans and compares every case; the
+/// same replay without the token gets no plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_connects_with_tls_a_client_certificate_and_a_token() {
+    use kyphoplan_client::replay::{Outcome, ReplayOptions};
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let good = token("replay");
+    let tokens = token_file(dir.path(), &[format!("dave:{good}")]);
+    let server = TestServer::start(|c| {
+        c.tls_cert = Some(pki.path("server.pem"));
+        c.tls_key = Some(pki.path("server.key"));
+        c.tls_client_ca = Some(pki.path("ca.pem"));
+        c.token_file = Some(tokens);
+    })
+    .await;
+    let root = dir.path().join("library");
+    kyphoplan_client::case::write_case(&root.join("case-l4"), &one_level(Level::L4), None).unwrap();
+    let connect = ConnectOptions {
+        token: Some(good),
+        ..pki.client_options(true)
+    };
+
+    // With --bless the golden is written from the server's plan; then it replays unchanged.
+    let bless = ReplayOptions {
+        bless: true,
+        ..ReplayOptions::default()
+    };
+    let summary = replay_through(server.tls_url(), root.clone(), connect.clone(), bless)
+        .await
+        .unwrap();
+    assert!(
+        matches!(summary.cases[0].outcome, Outcome::NoGolden { .. }),
+        "{:?}",
+        summary.cases[0].outcome
+    );
+    assert_eq!(summary.blessed.len(), 1);
+    let plain = ReplayOptions::default();
+    let summary = replay_through(
+        server.tls_url(),
+        root.clone(),
+        connect.clone(),
+        plain.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.failures(&plain), 0, "{:?}", summary.cases);
+    assert!(
+        matches!(&summary.cases[0].outcome, Outcome::Compared { differences, .. } if differences.is_empty()),
+        "{:?}",
+        summary.cases[0].outcome
+    );
+
+    // Without the token the case is not planned: the call is unauthenticated.
+    let no_token = ConnectOptions {
+        token: None,
+        ..connect
+    };
+    let summary = replay_through(server.tls_url(), root, no_token, plain.clone())
+        .await
+        .unwrap();
+    assert_eq!(summary.failures(&plain), 1);
+    match &summary.cases[0].outcome {
+        Outcome::Error { reason } => assert!(
+            reason.contains("Unauthenticated") || reason.contains("token"),
+            "{reason}"
+        ),
+        other => panic!("planned without a token: {other:?}"),
+    }
+    server.shutdown().await;
+}

@@ -335,6 +335,51 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
     server.shutdown().await;
 }
 
+/// A plan of an inline anatomy cancelled while the anatomy is being prepared stops the
+/// preparation too (nothing is cached), and the next call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_plan_during_preparation_stops_the_preparation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| c.planner_threads = 1).await;
+    let message = convert::create_plan_request_to_pb(
+        pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(
+            &synth::demo_anatomy(),
+        )),
+        &defaults(None),
+    );
+    let mut raw = server.raw().await;
+    let call = tokio::spawn(async move { raw.create_plan(message).await });
+    let m = server.metrics.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while m.prepares_running.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the preparation starts");
+    call.abort();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while m.prepares_running.load(Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cancelled preparation stops");
+    assert_eq!(m.prepares_cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(m.anatomies_prepared.load(Ordering::SeqCst), 0);
+    assert_eq!(m.plans_completed.load(Ordering::SeqCst), 0);
+
+    // Still serving: a one-level anatomy plans.
+    let mut client = server.client().await;
+    let stored = client.upload_anatomy(&one_level(Level::L4)).await.unwrap();
+    client
+        .create_plan(&stored.anatomy_id, &defaults(None))
+        .await
+        .unwrap();
+    assert_eq!(m.plans_completed.load(Ordering::SeqCst), 1);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluate_matches_the_in_process_evaluation() {
     let dir = tempfile::tempdir().unwrap();
