@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
-use kyphoplan_planner::error::InputError;
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use serde::{Deserialize, Serialize};
 
@@ -260,8 +259,10 @@ fn role_of(s: &StructureToml, at: &str) -> Result<Role, String> {
     })
 }
 
-/// The mesh path of a structure, checked to stay inside the (canonical) case directory.
-fn mesh_path(dir_canonical: &Path, mesh: &str, at: &str) -> Result<PathBuf, String> {
+/// The lexical checks of a structure's mesh path (no file access): not empty, relative, and no
+/// `..` that leaves the directory. [`mesh_path`] adds the checks that need the file system.
+pub fn check_mesh_path(mesh: &str, at: &str) -> Result<(), String> {
+    use std::path::Component;
     let rel = Path::new(mesh);
     if mesh.is_empty() {
         return Err(format!("{at}.mesh: empty path"));
@@ -271,7 +272,27 @@ fn mesh_path(dir_canonical: &Path, mesh: &str, at: &str) -> Result<PathBuf, Stri
             "{at}.mesh = \"{mesh}\": must be relative to the case directory"
         ));
     }
-    let joined = dir_canonical.join(rel);
+    let mut depth = 0usize;
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => depth -= 1,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "{at}.mesh = \"{mesh}\": leads outside the case directory"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The mesh path of a structure, checked to stay inside the (canonical) case directory, also
+/// through symlinks.
+fn mesh_path(dir_canonical: &Path, mesh: &str, at: &str) -> Result<PathBuf, String> {
+    check_mesh_path(mesh, at)?;
+    let joined = dir_canonical.join(mesh);
     let canonical = joined.canonicalize().map_err(|e| {
         format!(
             "{at}.mesh = \"{mesh}\": cannot open {}: {e}",
@@ -319,6 +340,65 @@ pub fn read_case_with(dir: &Path, options: &ReadOptions) -> Result<Case, CaseErr
         .canonicalize()
         .map_err(|e| fail(format!("cannot resolve the case directory: {e}")))?;
 
+    let CaseSpec {
+        name,
+        frame,
+        mesh_root,
+        structures,
+        request,
+    } = resolve_case_toml(toml).map_err(&fail)?;
+    let mesh_dir = match &mesh_root {
+        None => dir_canonical.clone(),
+        Some(m) => shared_mesh_dir(m, options.shared_root.as_deref()).map_err(&fail)?,
+    };
+    let mut out = Vec::with_capacity(structures.len());
+    for (i, s) in structures.into_iter().enumerate() {
+        let at = format!("structure[{i}]");
+        let path = mesh_path(&mesh_dir, &s.mesh, &at).map_err(&fail)?;
+        let mesh = mesh_io::load_mesh(&path).map_err(|e| CaseError {
+            file: path.clone(),
+            reason: e.reason,
+        })?;
+        out.push(Structure {
+            name: s.mesh,
+            role: s.role,
+            mesh,
+        });
+    }
+    Ok(Case {
+        dir: dir.to_owned(),
+        anatomy: AnatomyInput {
+            name,
+            frame,
+            structures: out,
+        },
+        request,
+    })
+}
+
+/// A `case.toml` checked as far as possible without the file system.
+#[derive(Clone, Debug)]
+pub struct CaseSpec {
+    pub name: String,
+    pub frame: PatientFrame,
+    /// `shared:SUBDIR`, its syntax checked ([`shared_subdir`]).
+    pub mesh_root: Option<String>,
+    /// At least one; mesh paths passed [`check_mesh_path`].
+    pub structures: Vec<StructureSpec>,
+    pub request: PlanRequest,
+}
+
+/// One `[[structure]]`: its role and its mesh path as written.
+#[derive(Clone, Debug)]
+pub struct StructureSpec {
+    pub role: Role,
+    pub mesh: String,
+}
+
+/// Check a parsed `case.toml` without touching files: name, `mesh_root` syntax, frame, levels,
+/// every structure's role and mesh path (lexically), instrument and safety. The error names
+/// the field (`structure[2].level: ...`).
+pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
     let CaseToml {
         name,
         description: _,
@@ -331,62 +411,43 @@ pub fn read_case_with(dir: &Path, options: &ReadOptions) -> Result<Case, CaseErr
         replay: _,
     } = toml;
     if name.trim().is_empty() {
-        return Err(fail("name: must not be empty".into()));
+        return Err("name: must not be empty".into());
     }
-    let mesh_dir = match &mesh_root {
-        None => dir_canonical.clone(),
-        Some(m) => shared_mesh_dir(m, options.shared_root.as_deref()).map_err(&fail)?,
-    };
-    let frame = PatientFrame::from_str(&frame).map_err(|e| fail(format!("frame: {e}")))?;
+    if let Some(m) = &mesh_root {
+        shared_subdir(m)?;
+    }
+    let frame = PatientFrame::from_str(&frame).map_err(|e| format!("frame: {e}"))?;
     let levels = levels
         .map(|ls| {
             ls.iter()
                 .enumerate()
-                .map(|(i, l)| Level::from_str(l).map_err(|e| fail(format!("levels[{i}]: {e}"))))
+                .map(|(i, l)| Level::from_str(l).map_err(|e| format!("levels[{i}]: {e}")))
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
     if structures.is_empty() {
-        return Err(fail(
-            "no [[structure]] table: a case needs at least one vertebra".into(),
-        ));
+        return Err("no [[structure]] table: a case needs at least one vertebra".into());
     }
-    let mut out = Vec::with_capacity(structures.len());
-    for (i, s) in structures.iter().enumerate() {
-        let at = format!("structure[{i}]");
-        let role = role_of(s, &at).map_err(&fail)?;
-        let path = mesh_path(&mesh_dir, &s.mesh, &at).map_err(&fail)?;
-        let mesh = mesh_io::load_mesh(&path).map_err(|e| CaseError {
-            file: path.clone(),
-            reason: e.reason,
-        })?;
-        out.push(Structure {
-            name: s.mesh.clone(),
-            role,
-            mesh,
-        });
-    }
+    let structures = structures
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let at = format!("structure[{i}]");
+            let role = role_of(&s, &at)?;
+            check_mesh_path(&s.mesh, &at)?;
+            Ok(StructureSpec { role, mesh: s.mesh })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let instrument = instrument.unwrap_or_default().resolve();
     let safety = safety.unwrap_or_default().resolve();
-    let request =
-        PlanRequest::new(levels, instrument, safety).map_err(|e| input_error(&file, &e))?;
-    Ok(Case {
-        dir: dir.to_owned(),
-        anatomy: AnatomyInput {
-            name,
-            frame,
-            structures: out,
-        },
+    let request = PlanRequest::new(levels, instrument, safety).map_err(|e| e.to_string())?;
+    Ok(CaseSpec {
+        name,
+        frame,
+        mesh_root,
+        structures,
         request,
     })
-}
-
-/// An input error of the case's request, attributed to case.toml.
-fn input_error(file: &Path, e: &InputError) -> CaseError {
-    CaseError {
-        file: file.to_owned(),
-        reason: e.to_string(),
-    }
 }
 
 /// Write `anatomy` as a case directory: one binary STL per structure and a case.toml naming

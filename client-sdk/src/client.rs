@@ -112,8 +112,9 @@ pub struct Client {
     authorization: Option<MetadataValue<Ascii>>,
 }
 
-/// The upload chunks of an anatomy, made lazily (a large mesh is not copied twice).
-fn upload_chunks(
+/// The upload chunks of an anatomy, made lazily (a large mesh is not copied twice): the header,
+/// then each structure's mesh in chunks.
+pub fn upload_chunks(
     anatomy: Arc<AnatomyInput>,
 ) -> impl futures::Stream<Item = pb::UploadAnatomyChunk> {
     let header = {

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod case;
 pub mod client;
 pub mod export;
+pub mod fuzzing;
 pub mod mesh_io;
 pub mod replay;
 pub mod report;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use kyphoplan_planner::math::Point;
@@ -82,8 +82,16 @@ impl Welder {
 }
 
 pub fn load_stl(path: &Path) -> Result<TriMesh, MeshFileError> {
-    let mut reader = BufReader::new(open(path)?);
-    let triangles = stl_io::create_stl_reader(&mut reader)
+    stl_from_reader(&mut BufReader::new(open(path)?), path)
+}
+
+/// Parse STL (binary or ASCII) held in memory; `path` names it in errors.
+pub fn parse_stl(bytes: &[u8], path: &Path) -> Result<TriMesh, MeshFileError> {
+    stl_from_reader(&mut Cursor::new(bytes), path)
+}
+
+fn stl_from_reader<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<TriMesh, MeshFileError> {
+    let triangles = stl_io::create_stl_reader(reader)
         .map_err(|e| err(path, format!("not a valid STL file: {e}")))?;
     let mut welder = Welder::default();
     let mut faces = Vec::new();
@@ -121,15 +129,74 @@ pub fn write_stl(path: &Path, mesh: &TriMesh) -> Result<(), MeshFileError> {
 }
 
 pub fn load_obj(path: &Path) -> Result<TriMesh, MeshFileError> {
+    obj_from_reader(&mut BufReader::new(open(path)?), path)
+}
+
+/// Parse OBJ text held in memory; `path` names it in errors.
+pub fn parse_obj(bytes: &[u8], path: &Path) -> Result<TriMesh, MeshFileError> {
+    obj_from_reader(&mut Cursor::new(bytes), path)
+}
+
+/// An OBJ stream without its `vt` and `vn` lines (blanked, so line numbers stay): kyphoplan
+/// uses positions and faces only, and tobj's texture-coordinate and normal lookups overflow on
+/// relative indices reaching before the first entry (`f 1/1/-4` with one normal; found by the
+/// mesh_obj fuzzer). Without them, faces' `/vt/vn` parts are parsed and ignored.
+struct ObjPositionsOnly<R> {
+    inner: R,
+    line: Vec<u8>,
+    at: usize,
+}
+
+impl<R: BufRead> Read for ObjPositionsOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for ObjPositionsOnly<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.at == self.line.len() {
+            self.line.clear();
+            self.at = 0;
+            self.inner.read_until(b'\n', &mut self.line)?;
+            // The keyword as tobj sees it (it splits each line on whitespace).
+            let keyword = std::str::from_utf8(&self.line)
+                .ok()
+                .and_then(|l| l.split_whitespace().next());
+            if matches!(keyword, Some("vt" | "vn")) {
+                self.line.clear();
+                self.line.push(b'\n');
+            }
+        }
+        Ok(&self.line[self.at..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.at = (self.at + amount).min(self.line.len());
+    }
+}
+
+fn obj_from_reader<R: BufRead>(reader: &mut R, path: &Path) -> Result<TriMesh, MeshFileError> {
     let options = tobj::LoadOptions {
         triangulate: true,
         single_index: false,
         ignore_points: true,
         ignore_lines: true,
     };
-    // Materials are irrelevant: their load result is ignored.
-    let (models, _materials) = tobj::load_obj(path, &options)
-        .map_err(|e| err(path, format!("not a valid OBJ file: {e}")))?;
+    // Materials are irrelevant: `mtllib` files are never opened (they could name any file).
+    let mut reader = ObjPositionsOnly {
+        inner: reader,
+        line: Vec::new(),
+        at: 0,
+    };
+    let (models, _materials) = tobj::load_obj_buf(&mut reader, &options, |_| {
+        Err(tobj::LoadError::OpenFileFailed)
+    })
+    .map_err(|e| err(path, format!("not a valid OBJ file: {e}")))?;
     let mut vertices = Vec::new();
     let mut triangles = Vec::new();
     for model in &models {
@@ -167,11 +234,122 @@ pub fn load_obj(path: &Path) -> Result<TriMesh, MeshFileError> {
 }
 
 pub fn load_ply(path: &Path) -> Result<TriMesh, MeshFileError> {
+    let file = open(path)?;
+    let len = file
+        .metadata()
+        .map_err(|e| err(path, format!("cannot open: {e}")))?
+        .len();
+    ply_from_reader(&mut BufReader::new(file), len, path)
+}
+
+/// Parse PLY (ASCII or binary) held in memory; `path` names it in errors.
+pub fn parse_ply(bytes: &[u8], path: &Path) -> Result<TriMesh, MeshFileError> {
+    ply_from_reader(&mut Cursor::new(bytes), bytes.len() as u64, path)
+}
+
+/// The fewest bytes one element of `def` takes in the file: the header's element counts are
+/// checked against the file length before the payload is read, so that a header declaring
+/// 10^12 vertices is refused instead of looping or allocating.
+fn ply_min_element_bytes(def: &ply_rs::ply::ElementDef, encoding: ply_rs::ply::Encoding) -> u64 {
+    use ply_rs::ply::{Encoding, PropertyType, ScalarType};
+    let size = |t: &ScalarType| -> u64 {
+        match t {
+            ScalarType::Char | ScalarType::UChar => 1,
+            ScalarType::Short | ScalarType::UShort => 2,
+            ScalarType::Int | ScalarType::UInt | ScalarType::Float => 4,
+            ScalarType::Double => 8,
+        }
+    };
+    match encoding {
+        // Each value is at least one character, values are separated, lines end elements
+        // (the last line may lack its end).
+        Encoding::Ascii => (2 * def.properties.len() as u64).saturating_sub(1),
+        Encoding::BinaryBigEndian | Encoding::BinaryLittleEndian => def
+            .properties
+            .values()
+            .map(|p| match &p.data_type {
+                PropertyType::Scalar(t) => size(t),
+                // An empty list still stores its length.
+                PropertyType::List(count, _) => size(count),
+            })
+            .sum(),
+    }
+}
+
+/// The header lines of a PLY file (through `end_header`), read ahead of ply-rs: its header
+/// grammar panics on a number that does not fit 64 bits (`element vertex 99999999999999999999`),
+/// so such numbers in `format` and `element` lines are refused here, naming the line.
+fn ply_header_lines<R: BufRead>(reader: &mut R, path: &Path) -> Result<Vec<u8>, MeshFileError> {
+    let mut header = Vec::new();
+    for line_number in 1.. {
+        let start = header.len();
+        let read = reader
+            .read_until(b'\n', &mut header)
+            .map_err(|e| err(path, format!("not a valid PLY file: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        let line = &header[start..];
+        let first = line
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')
+            .unwrap_or(line.len());
+        let line = &line[first..];
+        let longest_number = line
+            .split(|b| !b.is_ascii_digit())
+            .map(<[u8]>::len)
+            .max()
+            .unwrap_or(0);
+        // u64::MAX has 20 digits: 19 always fit.
+        if (line.starts_with(b"format") || line.starts_with(b"element")) && longest_number > 19 {
+            return Err(err(
+                path,
+                format!(
+                    "header line {line_number}: a number with {longest_number} digits is too large"
+                ),
+            ));
+        }
+        if line.starts_with(b"end_header") {
+            break;
+        }
+    }
+    Ok(header)
+}
+
+fn ply_from_reader<R: BufRead>(
+    reader: &mut R,
+    file_len: u64,
+    path: &Path,
+) -> Result<TriMesh, MeshFileError> {
     use ply_rs::ply::Property;
-    let mut reader = BufReader::new(open(path)?);
     let parser = ply_rs::parser::Parser::<ply_rs::ply::DefaultElement>::new();
-    let ply = parser
-        .read_ply(&mut reader)
+    let mut reader = Cursor::new(ply_header_lines(reader, path)?).chain(reader);
+    let header = parser
+        .read_header(&mut reader)
+        .map_err(|e| err(path, format!("not a valid PLY file: {e}")))?;
+    for (name, def) in &header.elements {
+        let min = ply_min_element_bytes(def, header.encoding);
+        if def.count > 0 && min == 0 {
+            return Err(err(
+                path,
+                format!(
+                    "element '{name}' has no properties but a count of {}",
+                    def.count
+                ),
+            ));
+        }
+        if (def.count as u64).saturating_mul(min) > file_len {
+            return Err(err(
+                path,
+                format!(
+                    "the header declares {} '{name}' elements, more than the file's {file_len} bytes can hold",
+                    def.count
+                ),
+            ));
+        }
+    }
+    let payload = parser
+        .read_payload(&mut reader, &header)
         .map_err(|e| err(path, format!("not a valid PLY file: {e}")))?;
     let scalar = |p: &Property| -> Option<f64> {
         Some(match *p {
@@ -197,8 +375,7 @@ pub fn load_ply(path: &Path) -> Result<TriMesh, MeshFileError> {
             _ => return None,
         })
     };
-    let vertex_elements = ply
-        .payload
+    let vertex_elements = payload
         .get("vertex")
         .ok_or_else(|| err(path, "the PLY file has no 'vertex' element"))?;
     let mut vertices = Vec::with_capacity(vertex_elements.len());
@@ -210,8 +387,7 @@ pub fn load_ply(path: &Path) -> Result<TriMesh, MeshFileError> {
         };
         vertices.push(Point::new(coord("x")?, coord("y")?, coord("z")?));
     }
-    let face_elements = ply
-        .payload
+    let face_elements = payload
         .get("face")
         .ok_or_else(|| err(path, "the PLY file has no 'face' element"))?;
     let count = vertices.len() as i64;

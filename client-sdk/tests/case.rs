@@ -114,3 +114,31 @@ fn roles_levels_and_sides_are_checked() {
         assert!(e.contains("case.toml"), "{e}");
     }
 }
+
+#[test]
+fn case_toml_is_resolved_without_files_and_escapes_are_refused_lexically() {
+    use kyphoplan_client::case::{parse_case_toml, resolve_case_toml};
+    let resolve = |mesh: &str| {
+        let text = format!(
+            "name = \"x\"\nframe = \"LPS\"\n[[structure]]\nrole = \"vertebra\"\nlevel = \"L3\"\nmesh = {mesh:?}\n"
+        );
+        resolve_case_toml(parse_case_toml(&text).unwrap())
+    };
+    for ok in ["L3.stl", "meshes/L3.stl", "./a/../L3.stl"] {
+        let spec = resolve(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(spec.structures[0].mesh, ok);
+        assert_eq!(spec.structures[0].role, Role::Vertebra { level: Level::L3 });
+    }
+    for (bad, why) in [
+        ("../L3.stl", "leads outside the case directory"),
+        ("a/../../L3.stl", "leads outside the case directory"),
+        ("/etc/passwd", "must be relative"),
+        ("", "empty path"),
+    ] {
+        let e = resolve(bad).unwrap_err();
+        assert!(
+            e.starts_with("structure[0].mesh") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}

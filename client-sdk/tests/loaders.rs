@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kyphoplan_client::mesh_io::{load_mesh, write_stl};
+use kyphoplan_client::mesh_io::{self, load_mesh, write_stl};
 use kyphoplan_planner::anatomy::Level;
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::synth;
@@ -173,4 +173,75 @@ fn malformed_files_give_errors_naming_the_file() {
     let missing = dir.path().join("missing.stl");
     let e = load_mesh(&missing).unwrap_err();
     assert!(e.to_string().contains("missing.stl"));
+}
+
+#[test]
+fn in_memory_parsers_agree_with_the_file_loaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    type Parse =
+        fn(&[u8], &Path) -> Result<kyphoplan_planner::mesh::TriMesh, mesh_io::MeshFileError>;
+    let parsers: [(&str, Parse); 3] = [
+        ("mesh_stl/cube-binary.stl", mesh_io::parse_stl),
+        ("mesh_obj/cube-quads-vt-vn.obj", mesh_io::parse_obj),
+        ("mesh_ply/cube-binary-le.ply", mesh_io::parse_ply),
+    ];
+    for (seed, parse) in parsers {
+        let bytes = std::fs::read(corpus.join(seed)).unwrap();
+        let name = Path::new(seed).file_name().unwrap().to_str().unwrap();
+        let from_file = load_mesh(&write(dir.path(), name, &bytes)).unwrap();
+        let in_memory = parse(&bytes, Path::new(name)).unwrap();
+        assert_eq!(in_memory.vertices_mm, from_file.vertices_mm, "{seed}");
+        assert_eq!(in_memory.triangles, from_file.triangles, "{seed}");
+        assert_eq!(in_memory.triangles.len(), 12, "{seed}");
+    }
+}
+
+#[test]
+fn ply_element_counts_the_file_cannot_hold_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = b"ply\nformat ascii 1.0\nelement vertex 1000000000000\nproperty float x\nproperty float y\nproperty float z\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n";
+    let path = write(dir.path(), "huge.ply", huge);
+    let e = load_mesh(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("huge.ply") && e.contains("1000000000000 'vertex' elements"),
+        "{e}"
+    );
+    // An element with no properties takes no bytes: any count would loop without reading.
+    let empty = b"ply\nformat binary_little_endian 1.0\nelement nothing 1000000000\nelement vertex 0\nproperty float x\nend_header\n";
+    let e = mesh_io::parse_ply(empty, Path::new("empty.ply"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("element 'nothing' has no properties"), "{e}");
+}
+
+#[test]
+fn obj_material_libraries_are_never_opened() {
+    let obj = b"mtllib ../../../../etc/passwd\nmtllib missing.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl m\nf 1 2 3\n";
+    let mesh = mesh_io::parse_obj(obj, Path::new("m.obj")).unwrap();
+    assert_eq!(mesh.triangles, vec![[0, 1, 2]]);
+}
+
+#[test]
+fn ply_header_numbers_over_64_bits_are_refused_not_a_panic() {
+    // Found by the mesh_ply fuzzer: ply-rs's header grammar unwraps the parse of the count.
+    for header in [
+        "ply\nformat ascii 1.0\nelement vertex 100000000000000000000\nproperty float x\nend_header\n",
+        "ply\nformat ascii 123456789012345678901.0\nend_header\n",
+    ] {
+        let e = mesh_io::parse_ply(header.as_bytes(), Path::new("big.ply"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("big.ply: header line") && e.contains("too large"), "{e}");
+    }
+}
+
+#[test]
+fn obj_texture_and_normal_indices_are_ignored_even_when_out_of_range() {
+    // Found by the mesh_obj fuzzer: tobj's normal lookup overflowed on `1/1/-4` with one normal.
+    let obj =
+        b"v 0 0 0\nv 1 0 0\nv 0 1 0\nvn 0 0 1\nvt 0 0\nf 1/1/-4 2/-3/1 3/99999999999999999/1\n";
+    let mesh = mesh_io::parse_obj(obj, Path::new("n.obj")).unwrap();
+    assert_eq!(mesh.triangles, vec![[0, 1, 2]]);
+    assert_eq!(mesh.vertices_mm.len(), 3);
 }

@@ -42,4 +42,4 @@ pub mod planning;
 pub mod prepare;
 
 pub use planning::{evaluate, plan, plan_with, PlanControl, PlanError};
-pub use prepare::{PrepareOptions, PreparedAnatomy};
+pub use prepare::{validate_anatomy, PrepareOptions, PreparedAnatomy, ValidatedAnatomy};

@@ -1,7 +1,7 @@
 //! Preparation: validate the raw anatomy, bring it into LPS, build the clearance engines, the
 //! vertebra frames and the keep-outs once, so that planning and evaluation only query.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rayon::prelude::*;
 
@@ -68,6 +68,164 @@ pub struct PreparedAnatomy {
     mesh_fixes: Vec<StructureNotice>,
 }
 
+/// One structure of an anatomy that passed validation.
+pub struct ValidatedStructure {
+    pub name: String,
+    pub role: Role,
+    /// LPS; inward winding flipped if the options fix it.
+    pub mesh: TriMesh,
+    /// The fix applied to the mesh, if any.
+    pub fix: Option<crate::error::MeshFix>,
+}
+
+/// An anatomy that passed input validation (roles and every mesh), in LPS: the cheap first
+/// stage of [`PreparedAnatomy::prepare`], which builds no frames, grids or BVHs.
+pub struct ValidatedAnatomy {
+    pub name: String,
+    pub frame: PatientFrame,
+    /// In input order.
+    pub structures: Vec<ValidatedStructure>,
+}
+
+/// Validate an anatomy: size limits, duplicate levels and nerve roots, at least one vertebra,
+/// then every mesh by its role (vertebrae closed and of plausible size). The first fault is
+/// returned, naming the structure.
+pub fn validate_anatomy(
+    input: AnatomyInput,
+    options: &PrepareOptions,
+) -> Result<ValidatedAnatomy, InputError> {
+    match validate_anatomy_with(input, options, &|| false) {
+        Ok(v) => Ok(v),
+        Err(PlanError::Input(e)) => Err(e),
+        Err(PlanError::Cancelled) => unreachable!("never cancelled"),
+    }
+}
+
+/// [`validate_anatomy`] that polls `cancelled` before each mesh's validation.
+fn validate_anatomy_with(
+    input: AnatomyInput,
+    options: &PrepareOptions,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<ValidatedAnatomy, PlanError> {
+    let AnatomyInput {
+        name,
+        frame,
+        structures,
+    } = input;
+    // Refuse oversize meshes before any work.
+    for s in &structures {
+        if s.mesh.triangles.len() > options.max_triangles_per_mesh {
+            return Err(InputError::Mesh {
+                structure: s.name.clone(),
+                fault: crate::error::MeshFault::TooLarge {
+                    triangles: s.mesh.triangles.len(),
+                    limit: options.max_triangles_per_mesh,
+                },
+            }
+            .into());
+        }
+    }
+    // Roles: duplicates and missing pieces.
+    let mut levels: BTreeMap<Level, String> = BTreeMap::new();
+    let mut roots: BTreeMap<(Level, Side), String> = BTreeMap::new();
+    for s in &structures {
+        match s.role {
+            Role::Vertebra { level } => {
+                if let Some(first) = levels.get(&level) {
+                    return Err(InputError::DuplicateLevel {
+                        level,
+                        first: first.clone(),
+                        second: s.name.clone(),
+                    }
+                    .into());
+                }
+                levels.insert(level, s.name.clone());
+            }
+            Role::NerveRoot { level, side } => {
+                if roots.insert((level, side), s.name.clone()).is_some() {
+                    return Err(InputError::DuplicateNerveRoot {
+                        structure: s.name.clone(),
+                        level,
+                        side,
+                    }
+                    .into());
+                }
+            }
+            Role::SpinalCanal | Role::Skin | Role::Forbidden => {}
+        }
+    }
+    if levels.is_empty() {
+        return Err(InputError::NoVertebra.into());
+    }
+    // Validate every mesh (in parallel; errors reported in input order), into LPS.
+    let validated: Vec<Result<ValidatedStructure, PlanError>> = structures
+        .into_par_iter()
+        .map(|s| {
+            if cancelled() {
+                return Err(PlanError::Cancelled);
+            }
+            let check = match s.role {
+                Role::Vertebra { .. } => MeshCheck {
+                    closed: true,
+                    size_range_mm: Some(VERTEBRA_SIZE_RANGE_MM),
+                    winding: options.winding,
+                    max_triangles: options.max_triangles_per_mesh,
+                },
+                _ => MeshCheck {
+                    closed: false,
+                    size_range_mm: None,
+                    winding: options.winding,
+                    max_triangles: options.max_triangles_per_mesh,
+                },
+            };
+            let lps = s.mesh.mapped(|p| frame.to_lps(p));
+            let (mesh, fix) = validate_mesh(lps, &check).map_err(|fault| InputError::Mesh {
+                structure: s.name.clone(),
+                fault,
+            })?;
+            // Open keep-outs and skin need no winding; closed ones must face outwards for
+            // containment queries.
+            let (mesh, fix) = if !check.closed
+                && crate::validate::is_closed_manifold(&mesh)
+                && mesh.signed_volume_mm3() < 0.0
+            {
+                match options.winding {
+                    WindingPolicy::Fix => (
+                        mesh.flipped(),
+                        Some(crate::error::MeshFix::FlippedInwardWinding),
+                    ),
+                    WindingPolicy::Refuse => {
+                        return Err(InputError::Mesh {
+                            structure: s.name.clone(),
+                            fault: crate::error::MeshFault::InwardWinding {
+                                signed_volume_mm3: mesh.signed_volume_mm3(),
+                            },
+                        }
+                        .into())
+                    }
+                }
+            } else {
+                (mesh, fix)
+            };
+            Ok(ValidatedStructure {
+                name: s.name,
+                role: s.role,
+                mesh,
+                fix,
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(validated.len());
+    for v in validated {
+        out.push(v?);
+    }
+    Ok(ValidatedAnatomy {
+        name,
+        frame,
+        structures: out,
+    })
+}
+
 impl PreparedAnatomy {
     pub fn prepare(input: AnatomyInput, options: &PrepareOptions) -> Result<Self, InputError> {
         match Self::prepare_with(input, options, &|| false) {
@@ -86,118 +244,29 @@ impl PreparedAnatomy {
         options: &PrepareOptions,
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self, PlanError> {
-        let AnatomyInput {
+        let ValidatedAnatomy {
             name,
             frame,
             structures,
-        } = input;
-        // Refuse oversize meshes before any work.
-        for s in &structures {
-            if s.mesh.triangles.len() > options.max_triangles_per_mesh {
-                return Err(InputError::Mesh {
-                    structure: s.name.clone(),
-                    fault: crate::error::MeshFault::TooLarge {
-                        triangles: s.mesh.triangles.len(),
-                        limit: options.max_triangles_per_mesh,
-                    },
-                }
-                .into());
-            }
-        }
-        // Roles: duplicates and missing pieces.
-        let mut levels: BTreeMap<Level, String> = BTreeMap::new();
-        let mut roots: BTreeMap<(Level, Side), String> = BTreeMap::new();
-        for s in &structures {
-            match s.role {
-                Role::Vertebra { level } => {
-                    if let Some(first) = levels.get(&level) {
-                        return Err(InputError::DuplicateLevel {
-                            level,
-                            first: first.clone(),
-                            second: s.name.clone(),
-                        }
-                        .into());
-                    }
-                    levels.insert(level, s.name.clone());
-                }
-                Role::NerveRoot { level, side } => {
-                    if roots.insert((level, side), s.name.clone()).is_some() {
-                        return Err(InputError::DuplicateNerveRoot {
-                            structure: s.name.clone(),
-                            level,
-                            side,
-                        }
-                        .into());
-                    }
-                }
-                Role::SpinalCanal | Role::Skin | Role::Forbidden => {}
-            }
-        }
-        if levels.is_empty() {
-            return Err(InputError::NoVertebra.into());
-        }
-        // Validate every mesh (in parallel; errors reported in input order), into LPS.
-        let validated: Vec<Result<_, PlanError>> = structures
-            .into_par_iter()
-            .map(|s| {
-                if cancelled() {
-                    return Err(PlanError::Cancelled);
-                }
-                let check = match s.role {
-                    Role::Vertebra { .. } => MeshCheck {
-                        closed: true,
-                        size_range_mm: Some(VERTEBRA_SIZE_RANGE_MM),
-                        winding: options.winding,
-                        max_triangles: options.max_triangles_per_mesh,
-                    },
-                    _ => MeshCheck {
-                        closed: false,
-                        size_range_mm: None,
-                        winding: options.winding,
-                        max_triangles: options.max_triangles_per_mesh,
-                    },
-                };
-                let lps = s.mesh.mapped(|p| frame.to_lps(p));
-                let (mesh, fix) = validate_mesh(lps, &check).map_err(|fault| InputError::Mesh {
-                    structure: s.name.clone(),
-                    fault,
-                })?;
-                // Open keep-outs and skin need no winding; closed ones must face outwards for
-                // containment queries.
-                let (mesh, fix) = if !check.closed
-                    && crate::validate::is_closed_manifold(&mesh)
-                    && mesh.signed_volume_mm3() < 0.0
-                {
-                    match options.winding {
-                        WindingPolicy::Fix => (
-                            mesh.flipped(),
-                            Some(crate::error::MeshFix::FlippedInwardWinding),
-                        ),
-                        WindingPolicy::Refuse => {
-                            return Err(InputError::Mesh {
-                                structure: s.name.clone(),
-                                fault: crate::error::MeshFault::InwardWinding {
-                                    signed_volume_mm3: mesh.signed_volume_mm3(),
-                                },
-                            }
-                            .into())
-                        }
-                    }
-                } else {
-                    (mesh, fix)
-                };
-                Ok((s.name, s.role, mesh, fix))
+        } = validate_anatomy_with(input, options, cancelled)?;
+        let roots: BTreeSet<(Level, Side)> = structures
+            .iter()
+            .filter_map(|s| match s.role {
+                Role::NerveRoot { level, side } => Some((level, side)),
+                _ => None,
             })
             .collect();
-        let mut parts = Vec::with_capacity(validated.len());
-        for v in validated {
-            parts.push(v?);
-        }
         let mut mesh_fixes = Vec::new();
         let mut given = Vec::new();
         let mut skin = None;
         let mut bones = Vec::new();
-        for (name, role, mesh, fix) in parts {
+        for ValidatedStructure {
+            name,
+            role,
+            mesh,
+            fix,
+        } in structures
+        {
             if let Some(fix) = fix {
                 mesh_fixes.push(StructureNotice {
                     structure: name.clone(),
@@ -233,7 +302,7 @@ impl PreparedAnatomy {
             .into_par_iter()
             .map(|(level, structure, mesh)| {
                 let root_given =
-                    [Side::Left, Side::Right].map(|side| roots.contains_key(&(level, side)));
+                    [Side::Left, Side::Right].map(|side| roots.contains(&(level, side)));
                 prepare_vertebra(
                     level, structure, mesh, has_canal, root_given, &given, cancelled,
                 )

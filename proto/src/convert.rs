@@ -515,6 +515,118 @@ pub fn anatomy_from_pb(anatomy: pb::AnatomyData) -> Result<AnatomyInput> {
     })
 }
 
+/// An `UploadAnatomy` stream being assembled: the header (checked on arrival) and each
+/// structure's mesh, the concatenation of its chunks. The server checks its size limits against
+/// [`UploadAssembly::counts`] after every chunk.
+#[derive(Debug, Default)]
+pub struct UploadAssembly {
+    header: Option<pb::AnatomyHeader>,
+    vertices: Vec<Vec<f64>>,
+    triangles: Vec<Vec<u32>>,
+    vertex_count: u64,
+    triangle_count: u64,
+}
+
+impl UploadAssembly {
+    /// Add chunk number `index` of the stream (0-based; for error messages).
+    pub fn push(&mut self, chunk: pb::UploadAnatomyChunk, index: usize) -> Result<()> {
+        let pb::UploadAnatomyChunk { chunk } = chunk;
+        match (chunk, &self.header) {
+            (None, _) => Err(InputError::invalid(
+                format!("chunk[{index}]"),
+                "empty",
+                "a chunk carries a header or a mesh",
+            )),
+            (Some(pb::upload_anatomy_chunk::Chunk::Header(header)), None) => {
+                if header.name.trim().is_empty() {
+                    return Err(InputError::invalid(
+                        "header.name",
+                        "\"\"",
+                        "the anatomy needs a name",
+                    ));
+                }
+                frame_from_pb(header.frame, "header.frame")?;
+                for (i, d) in header.structures.iter().enumerate() {
+                    descriptor_from_pb(d.clone(), &format!("header.structures[{i}]"))?;
+                }
+                let n = header.structures.len();
+                self.vertices = vec![Vec::new(); n];
+                self.triangles = vec![Vec::new(); n];
+                self.header = Some(header);
+                Ok(())
+            }
+            (Some(pb::upload_anatomy_chunk::Chunk::Header(_)), Some(_)) => {
+                Err(InputError::invalid(
+                    format!("chunk[{index}].header"),
+                    "second header",
+                    "send the header once, first",
+                ))
+            }
+            (Some(pb::upload_anatomy_chunk::Chunk::Mesh(_)), None) => Err(InputError::invalid(
+                format!("chunk[{index}].mesh"),
+                "mesh before header",
+                "send the header first",
+            )),
+            (Some(pb::upload_anatomy_chunk::Chunk::Mesh(mesh)), Some(_)) => {
+                let pb::MeshChunk {
+                    structure_index,
+                    vertices_mm,
+                    triangles,
+                } = mesh;
+                let i = structure_index as usize;
+                if i >= self.vertices.len() {
+                    return Err(InputError::invalid(
+                        format!("chunk[{index}].mesh.structure_index"),
+                        structure_index,
+                        format!("the header has {} structures", self.vertices.len()),
+                    ));
+                }
+                self.vertex_count += vertices_mm.len() as u64 / 3;
+                self.triangle_count += triangles.len() as u64 / 3;
+                self.vertices[i].extend_from_slice(&vertices_mm);
+                self.triangles[i].extend_from_slice(&triangles);
+                Ok(())
+            }
+        }
+    }
+
+    /// Triangles and vertices received so far (all structures).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.triangle_count, self.vertex_count)
+    }
+
+    /// The assembled anatomy (not yet converted: see [`anatomy_from_pb`]).
+    pub fn finish(self) -> Result<pb::AnatomyData> {
+        let UploadAssembly {
+            header,
+            vertices,
+            triangles,
+            ..
+        } = self;
+        let pb::AnatomyHeader {
+            name,
+            frame,
+            structures,
+        } = header
+            .ok_or_else(|| InputError::invalid("header", "missing", "the upload sent no header"))?;
+        Ok(pb::AnatomyData {
+            name,
+            frame,
+            structures: structures
+                .into_iter()
+                .zip(vertices.into_iter().zip(triangles))
+                .map(|(descriptor, (vertices_mm, triangles))| pb::Structure {
+                    descriptor: Some(descriptor),
+                    mesh: Some(pb::Mesh {
+                        vertices_mm,
+                        triangles,
+                    }),
+                })
+                .collect(),
+        })
+    }
+}
+
 /// The content address of an anatomy: lowercase hex SHA-256 of its protobuf encoding (see
 /// `AnatomyData` in the proto file).
 pub fn anatomy_id(anatomy: &pb::AnatomyData) -> String {
@@ -625,6 +737,65 @@ pub fn plan_request_from_pb(
         instrument_from_options(instrument),
         safety_from_options(safety),
     )
+}
+
+/// The checked parameters of an EvaluateTrajectoryRequest (all but its anatomy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvaluateParams {
+    pub level: Level,
+    pub side: Side,
+    pub entry_mm: [f64; 3],
+    pub target_mm: [f64; 3],
+    pub instrument: Instrument,
+    pub safety: Safety,
+}
+
+/// An EvaluateTrajectoryRequest split into its anatomy (not resolved here) and its
+/// parameters, validated: level and side given, points given and finite, instrument and safety
+/// (defaults field by field) in range.
+pub fn evaluate_request_from_pb(
+    request: pb::EvaluateTrajectoryRequest,
+) -> Result<(
+    Option<pb::evaluate_trajectory_request::Anatomy>,
+    EvaluateParams,
+)> {
+    let pb::EvaluateTrajectoryRequest {
+        anatomy,
+        level,
+        side,
+        entry_mm,
+        target_mm,
+        instrument,
+        safety,
+    } = request;
+    let level = level_from_pb(level, "level")?;
+    let side = side_from_pb(side, "side")?;
+    let entry_mm = required_point(entry_mm, "entry_mm")?;
+    let target_mm = required_point(target_mm, "target_mm")?;
+    for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
+        if p.iter().any(|c| !c.is_finite()) {
+            return Err(InputError::invalid(
+                field,
+                format!("{p:?}"),
+                "must be finite",
+            ));
+        }
+    }
+    let instrument = instrument_from_options(instrument);
+    let safety = safety_from_options(safety);
+    instrument.validate()?;
+    safety.validate()?;
+    Ok((
+        anatomy,
+        EvaluateParams {
+            level,
+            side,
+            entry_mm,
+            target_mm,
+            instrument,
+            safety,
+        },
+    ))
 }
 
 /// A CreatePlanRequest for `request` (every parameter explicit) with the given anatomy.

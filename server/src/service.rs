@@ -214,15 +214,6 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Upload in progress: the header and the meshes assembled so far.
-struct Assembly {
-    header: pb::AnatomyHeader,
-    vertices: Vec<Vec<f64>>,
-    triangles: Vec<Vec<u32>>,
-    triangle_count: u64,
-    vertex_count: u64,
-}
-
 /// The resolved anatomy of a request.
 struct Resolved {
     id: String,
@@ -703,7 +694,7 @@ impl Planning {
         owner: Owner,
         stop: &Stop,
     ) -> Result<pb::Anatomy, ServiceError> {
-        let mut assembly: Option<Assembly> = None;
+        let mut assembly = convert::UploadAssembly::default();
         let mut index = 0usize;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|s| match s.code() {
@@ -720,105 +711,12 @@ impl Planning {
                     s.message(),
                 )),
             })?;
-            let pb::UploadAnatomyChunk { chunk } = chunk;
-            match (chunk, &mut assembly) {
-                (None, _) => {
-                    return Err(InputError::invalid(
-                        format!("chunk[{index}]"),
-                        "empty",
-                        "a chunk carries a header or a mesh",
-                    )
-                    .into())
-                }
-                (Some(pb::upload_anatomy_chunk::Chunk::Header(header)), None) => {
-                    if header.name.trim().is_empty() {
-                        return Err(InputError::invalid(
-                            "header.name",
-                            "\"\"",
-                            "the anatomy needs a name",
-                        )
-                        .into());
-                    }
-                    convert::frame_from_pb(header.frame, "header.frame")?;
-                    for (i, d) in header.structures.iter().enumerate() {
-                        convert::descriptor_from_pb(d.clone(), &format!("header.structures[{i}]"))?;
-                    }
-                    let n = header.structures.len();
-                    assembly = Some(Assembly {
-                        header,
-                        vertices: vec![Vec::new(); n],
-                        triangles: vec![Vec::new(); n],
-                        triangle_count: 0,
-                        vertex_count: 0,
-                    });
-                }
-                (Some(pb::upload_anatomy_chunk::Chunk::Header(_)), Some(_)) => {
-                    return Err(InputError::invalid(
-                        format!("chunk[{index}].header"),
-                        "second header",
-                        "send the header once, first",
-                    )
-                    .into())
-                }
-                (Some(pb::upload_anatomy_chunk::Chunk::Mesh(_)), None) => {
-                    return Err(InputError::invalid(
-                        format!("chunk[{index}].mesh"),
-                        "mesh before header",
-                        "send the header first",
-                    )
-                    .into())
-                }
-                (Some(pb::upload_anatomy_chunk::Chunk::Mesh(mesh)), Some(a)) => {
-                    let pb::MeshChunk {
-                        structure_index,
-                        vertices_mm,
-                        triangles,
-                    } = mesh;
-                    let i = structure_index as usize;
-                    if i >= a.vertices.len() {
-                        return Err(InputError::invalid(
-                            format!("chunk[{index}].mesh.structure_index"),
-                            structure_index,
-                            format!("the header has {} structures", a.vertices.len()),
-                        )
-                        .into());
-                    }
-                    a.vertex_count += vertices_mm.len() as u64 / 3;
-                    a.triangle_count += triangles.len() as u64 / 3;
-                    self.check_size(a.triangle_count, a.vertex_count)?;
-                    a.vertices[i].extend_from_slice(&vertices_mm);
-                    a.triangles[i].extend_from_slice(&triangles);
-                }
-            }
+            assembly.push(chunk, index)?;
+            let (triangles, vertices) = assembly.counts();
+            self.check_size(triangles, vertices)?;
             index += 1;
         }
-        let Assembly {
-            header,
-            vertices,
-            triangles,
-            ..
-        } = assembly
-            .ok_or_else(|| InputError::invalid("header", "missing", "the upload sent no header"))?;
-        let pb::AnatomyHeader {
-            name,
-            frame,
-            structures,
-        } = header;
-        let data = pb::AnatomyData {
-            name,
-            frame,
-            structures: structures
-                .into_iter()
-                .zip(vertices.into_iter().zip(triangles))
-                .map(|(descriptor, (vertices_mm, triangles))| pb::Structure {
-                    descriptor: Some(descriptor),
-                    mesh: Some(pb::Mesh {
-                        vertices_mm,
-                        triangles,
-                    }),
-                })
-                .collect(),
-        };
+        let data = assembly.finish()?;
         self.admit_anatomy(data, owner, stop).await
     }
 }
@@ -981,31 +879,19 @@ impl PlanningService for Planning {
     ) -> Result<Response<pb::Evaluation>, Status> {
         let owner = owner_of(&request);
         let (stop, _guard) = Stop::for_call(deadline_of(request.metadata()));
-        let pb::EvaluateTrajectoryRequest {
-            anatomy,
-            level,
-            side,
-            entry_mm,
-            target_mm,
-            instrument,
-            safety,
-        } = request.into_inner();
+        let request = request.into_inner();
         let r = async {
-            let level = convert::level_from_pb(level, "level")?;
-            let side = convert::side_from_pb(side, "side")?;
-            let entry_mm = convert::required_point(entry_mm, "entry_mm")?;
-            let target_mm = convert::required_point(target_mm, "target_mm")?;
-            for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
-                if p.iter().any(|c| !c.is_finite()) {
-                    return Err(
-                        InputError::invalid(field, format!("{p:?}"), "must be finite").into(),
-                    );
-                }
-            }
-            let instrument = convert::instrument_from_options(instrument);
-            let safety = convert::safety_from_options(safety);
-            instrument.validate()?;
-            safety.validate()?;
+            let (
+                anatomy,
+                convert::EvaluateParams {
+                    level,
+                    side,
+                    entry_mm,
+                    target_mm,
+                    instrument,
+                    safety,
+                },
+            ) = convert::evaluate_request_from_pb(request)?;
             let anatomy = anatomy.map(|a| match a {
                 pb::evaluate_trajectory_request::Anatomy::AnatomyId(id) => {
                     pb::create_plan_request::Anatomy::AnatomyId(id)
