@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Structure};
-use kyphoplan_planner::clearance::parry_builtin::ParryMesh;
-use kyphoplan_planner::math::{point, Point, Vector};
+use kyphoplan_planner::clearance::parry_builtin::{comparison_segments, ParryMesh};
 use kyphoplan_planner::plan::Plan;
 use kyphoplan_planner::planning;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
@@ -408,24 +407,6 @@ fn anatomy_figures(
     Ok(())
 }
 
-/// A small seeded generator (xorshift64*), so that every run queries the same segments.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn vec(&mut self, half: f64) -> Vector {
-        Vector::new(
-            (2.0 * self.next() - 1.0) * half,
-            (2.0 * self.next() - 1.0) * half,
-            (2.0 * self.next() - 1.0) * half,
-        )
-    }
-}
-
 /// The exact clearance query against parry's capsule-vs-TriMesh distance on `count` segments:
 /// the planned cannula axes of the vertebra (10 mm behind the bone entry to the tip), both
 /// ends moved by up to 4 mm (seeded).
@@ -440,26 +421,10 @@ fn clearance_figures(
     let prepared = prepare(one_vertebra(input, level))?;
     let req = request(None);
     let planned = plan(&prepared, &req)?;
-    let axes: Vec<(Point, Point)> = planned
-        .levels
-        .iter()
-        .flat_map(|l| &l.sides)
-        .filter_map(|s| s.trajectory.as_ref())
-        .map(|t| {
-            let (e, tip) = (point(t.bone_entry_mm), point(t.target_mm));
-            (e - (tip - e).normalize() * 10.0, tip)
-        })
-        .collect();
-    if axes.is_empty() {
+    let segments = comparison_segments(&planned, budget.clearance_candidates);
+    if segments.is_empty() {
         return Err(format!("{prefix} {level}: no side was planned"));
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let segments: Vec<(Point, Point)> = (0..budget.clearance_candidates)
-        .map(|i| {
-            let (a, b) = axes[i % axes.len()];
-            (a + rng.vec(4.0), b + rng.vec(4.0))
-        })
-        .collect();
     let vertebra = prepared
         .vertebra(level)
         .ok_or_else(|| format!("{prefix}: no prepared {level}"))?;

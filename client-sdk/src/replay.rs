@@ -137,6 +137,18 @@ impl Differ<'_> {
         });
     }
 
+    /// Something planned (or present) on one side of the comparison only; `absent` is the word
+    /// for the missing side.
+    fn presence(&mut self, what: &str, expected: bool, actual: bool, absent: &str) {
+        let word = |present: bool| if present { "planned" } else { absent };
+        self.push(
+            what,
+            format!("{} -> {}", word(expected), word(actual)),
+            None,
+            true,
+        );
+    }
+
     /// Something that must not change at all.
     fn exact<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, expected: &T, actual: &T) {
         if expected != actual {
@@ -305,30 +317,12 @@ fn compare_side(d: &mut Differ, e: &SidePlan, a: &SidePlan) {
     match (&e.trajectory, &a.trajectory) {
         (Some(te), Some(ta)) => compare_trajectory(d, te, ta),
         (None, None) => {}
-        (te, ta) => d.push(
-            "trajectory",
-            format!(
-                "{} -> {}",
-                if te.is_some() { "planned" } else { "none" },
-                if ta.is_some() { "planned" } else { "none" }
-            ),
-            None,
-            true,
-        ),
+        (te, ta) => d.presence("trajectory", te.is_some(), ta.is_some(), "none"),
     }
     match (&e.balloon, &a.balloon) {
         (Some(be), Some(ba)) => compare_balloon(d, be, ba),
         (None, None) => {}
-        (be, ba) => d.push(
-            "balloon",
-            format!(
-                "{} -> {}",
-                if be.is_some() { "planned" } else { "none" },
-                if ba.is_some() { "planned" } else { "none" }
-            ),
-            None,
-            true,
-        ),
+        (be, ba) => d.presence("balloon", be.is_some(), ba.is_some(), "none"),
     }
 }
 
@@ -345,16 +339,7 @@ fn compare_level(d: &mut Differ, e: &LevelPlan, a: &LevelPlan) {
         match (se, sa) {
             (Some(se), Some(sa)) => compare_side(d, se, sa),
             (None, None) => {}
-            (se, sa) => d.push(
-                "side",
-                format!(
-                    "{} -> {}",
-                    if se.is_some() { "planned" } else { "absent" },
-                    if sa.is_some() { "planned" } else { "absent" }
-                ),
-                None,
-                true,
-            ),
+            (se, sa) => d.presence("side", se.is_some(), sa.is_some(), "absent"),
         }
     }
     d.side = None;
@@ -387,16 +372,7 @@ pub fn compare(expected: &Plan, actual: &Plan, tol: &Tolerances) -> Vec<Differen
         let la = actual.levels.iter().find(|l| l.level == level);
         match (le, la) {
             (Some(le), Some(la)) => compare_level(&mut d, le, la),
-            (le, la) => d.push(
-                "level",
-                format!(
-                    "{} -> {}",
-                    if le.is_some() { "planned" } else { "absent" },
-                    if la.is_some() { "planned" } else { "absent" }
-                ),
-                None,
-                true,
-            ),
+            (le, la) => d.presence("level", le.is_some(), la.is_some(), "absent"),
         }
     }
     d.out

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use kyphoplan_planner::clearance::parry_builtin::ParryMesh;
+use kyphoplan_planner::clearance::parry_builtin::{comparison_segments, ParryMesh};
 use kyphoplan_planner::evaluate::{measure, SideContext};
-use kyphoplan_planner::math::{point, Point, Pose, Vector};
+use kyphoplan_planner::math::{point, Pose};
 use kyphoplan_planner::*;
 
 #[path = "support/mod.rs"]
@@ -84,49 +84,6 @@ fn request() -> PlanRequest {
     .unwrap()
 }
 
-/// A small seeded generator (xorshift64*), so that every run queries the same segments.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn vec(&mut self, half: f64) -> Vector {
-        Vector::new(
-            (2.0 * self.next() - 1.0) * half,
-            (2.0 * self.next() - 1.0) * half,
-            (2.0 * self.next() - 1.0) * half,
-        )
-    }
-}
-
-/// Cannula axes like those the search verifies: the planned left and right trajectories
-/// (10 mm behind the bone entry to the tip), their ends moved by up to 4 mm, seeded.
-fn candidate_segments(plan: &Plan, count: usize) -> Vec<(Point, Point)> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let axes: Vec<(Point, Point)> = plan.levels[0]
-        .sides
-        .iter()
-        .filter_map(|s| s.trajectory.as_ref())
-        .map(|t| {
-            let (e, tip) = (point(t.bone_entry_mm), point(t.target_mm));
-            (e - (tip - e).normalize() * 10.0, tip)
-        })
-        .collect();
-    assert!(
-        !axes.is_empty(),
-        "the benchmark vertebra has a planned side"
-    );
-    (0..count)
-        .map(|i| {
-            let (a, b) = axes[i % axes.len()];
-            (a + rng.vec(4.0), b + rng.vec(4.0))
-        })
-        .collect()
-}
-
 fn benches(c: &mut Criterion) {
     let (name, input) = l3_input();
     let req = request();
@@ -140,7 +97,12 @@ fn benches(c: &mut Criterion) {
     );
     let vertebra = anatomy.vertebra(level).unwrap();
     let r = req.instrument().cannula_radius_mm();
-    let segments = candidate_segments(&plan, 256);
+    // Cannula axes like those the search verifies (the planned sides, ends moved by up to 4 mm).
+    let segments = comparison_segments(&plan, 256);
+    assert!(
+        !segments.is_empty(),
+        "the benchmark vertebra has a planned side"
+    );
 
     // Exact clearance: our BVH walk vs parry's capsule-vs-TriMesh distance, same candidates.
     let parry = ParryMesh::new(&vertebra.mesh);

@@ -595,4 +595,52 @@ pub mod parry_builtin {
                 .distance
         }
     }
+
+    /// The segments the exact query and parry's are compared on, the same in every run: the
+    /// planned cannula axes of `plan` (10 mm behind the bone entry to the tip), both ends moved
+    /// by up to 4 mm with a seeded generator, `count` of them, cycling through the axes. Empty
+    /// when no side of `plan` is planned.
+    pub fn comparison_segments(plan: &crate::plan::Plan, count: usize) -> Vec<(Point, Point)> {
+        let axes: Vec<(Point, Point)> = plan
+            .levels
+            .iter()
+            .flat_map(|l| &l.sides)
+            .filter_map(|s| s.trajectory.as_ref())
+            .map(|t| {
+                let (e, tip) = (
+                    crate::math::point(t.bone_entry_mm),
+                    crate::math::point(t.target_mm),
+                );
+                (e - (tip - e).normalize() * 10.0, tip)
+            })
+            .collect();
+        if axes.is_empty() {
+            return Vec::new();
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        (0..count)
+            .map(|i| {
+                let (a, b) = axes[i % axes.len()];
+                (a + rng.vec(4.0), b + rng.vec(4.0))
+            })
+            .collect()
+    }
+
+    /// A small seeded generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn vec(&mut self, half: f64) -> crate::math::Vector {
+            crate::math::Vector::new(
+                (2.0 * self.next() - 1.0) * half,
+                (2.0 * self.next() - 1.0) * half,
+                (2.0 * self.next() - 1.0) * half,
+            )
+        }
+    }
 }
