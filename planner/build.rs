@@ -1,0 +1,37 @@
+//! Build script shared by the packages whose tests read the outside test data
+//! (`kyphoplan-planner` and, through `build = "../planner/build.rs"`, `kyphoplan-tests`).
+//!
+//! It sets `cfg(shared_anatomy)` when `../shared/anatomy` lies next to the repository. Tests that
+//! need those meshes carry `#[cfg_attr(not(shared_anatomy), ignore = "...")]`, so a clone
+//! without the data reports them as *ignored*, never as passed. Under `CI=true` a missing
+//! directory fails the build with a message saying where it was looked for.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(shared_anatomy)");
+    println!("cargo::rerun-if-env-changed=CI");
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    // Every package using this script sits one level below the workspace root.
+    let anatomy = manifest.join("../../shared/anatomy");
+    if anatomy.is_dir() {
+        println!("cargo::rustc-cfg=shared_anatomy");
+        // Re-run when the data changes or goes away (a missing path re-runs the script).
+        println!("cargo::rerun-if-changed={}", anatomy.display());
+        return;
+    }
+    // Without the data there is no path to watch: cargo then re-runs this script whenever a
+    // file of the package changes, which is enough to notice the data once it is laid beside.
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        eprintln!(
+            "error: the outside test data {} is missing; under CI=true the tests that read it \
+             must run (lay ../shared beside the repository, or unset CI to have them ignored)",
+            anatomy.display()
+        );
+        std::process::exit(1);
+    }
+    println!(
+        "cargo::warning=../shared/anatomy not found next to the repository: the tests that \
+         read real vertebrae are ignored (reported as such, not as passed)"
+    );
+}
