@@ -22,6 +22,7 @@ pub mod frame;
 pub mod keepout;
 pub mod math;
 pub mod mesh;
+pub mod pedicle;
 pub mod plan;
 pub mod request;
 pub mod search;

@@ -362,7 +362,10 @@ fn l3_near_segments(mesh: &TriMesh, rng: &mut Rng, count: usize) -> Vec<(Point, 
 }
 
 #[test]
-#[cfg_attr(not(shared_anatomy), ignore = "needs ../shared/anatomy next to the repository")]
+#[cfg_attr(
+    not(shared_anatomy),
+    ignore = "needs ../shared/anatomy next to the repository"
+)]
 fn l3_vertebra_bvh_matches_brute() {
     let Some(mesh) = l3() else { return };
     let cm = ClearanceMesh::new(&mesh);

@@ -11,7 +11,10 @@ use kyphoplan_planner::math::{point, segment_segment_distance};
 use kyphoplan_planner::*;
 
 #[test]
-#[cfg_attr(not(shared_anatomy), ignore = "needs ../shared/anatomy next to the repository")]
+#[cfg_attr(
+    not(shared_anatomy),
+    ignore = "needs ../shared/anatomy next to the repository"
+)]
 fn every_real_pedicle_gets_a_verified_cannula_and_balloon() {
     let Some(dir) = common::shared_anatomy() else {
         return;
