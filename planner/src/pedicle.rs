@@ -374,3 +374,97 @@ pub fn measure(
         outline_uv_mm,
     })
 }
+
+/// How a cannula crosses the isthmus (see [`Pedicle::crossing`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IsthmusCrossing {
+    /// Where the cannula axis crosses the isthmus plane, `(u, v)` around the isthmus centre.
+    pub crossing_uv_mm: [Real; 2],
+    /// The crossing point lies inside the bony outline.
+    pub inside: bool,
+    /// Distance from the cannula's surface to the nearest point of the outline (negative where
+    /// the cylinder reaches over it): the margin the cylinder keeps inside the isthmus.
+    pub clearance_mm: Real,
+    /// Signed distance of the bone entry along the axis from the isthmus plane: negative when
+    /// the entry lies behind the isthmus, as the transpedicular route needs.
+    pub entry_along_axis_mm: Real,
+}
+
+impl Pedicle {
+    /// The isthmus outline as a closed polygon in the vertebra frame.
+    pub fn outline_vertebra_mm(&self) -> Vec<Point> {
+        self.outline_uv_mm
+            .iter()
+            .map(|[u, v]| {
+                self.isthmus_center_vertebra_mm
+                    + self.width_dir_vertebra.into_inner() * *u
+                    + self.height_dir_vertebra.into_inner() * *v
+            })
+            .collect()
+    }
+
+    /// How the cannula of `radius_mm` around the segment `entry -> tip` (vertebra frame) crosses
+    /// the isthmus, or `None` if the segment does not reach the isthmus plane.
+    ///
+    /// Exact against the outline polygon: the set of plane points closer than `radius + c` to
+    /// the axis is the ellipse the cylinder of that radius cuts from the plane, so the cylinder's
+    /// section lies inside the outline by `c` exactly when the crossing point is inside and no
+    /// outline edge comes closer than `radius + c` to the axis (segment-segment distance in 3-D).
+    pub fn crossing(
+        &self,
+        entry_vertebra: &Point,
+        tip_vertebra: &Point,
+        radius_mm: Real,
+    ) -> Option<IsthmusCrossing> {
+        let (_, entry_along) = self.isthmus_coordinates(entry_vertebra);
+        let (_, tip_along) = self.isthmus_coordinates(tip_vertebra);
+        if entry_along.signum() == tip_along.signum() || entry_along == tip_along {
+            return None;
+        }
+        let s = entry_along / (entry_along - tip_along);
+        let q = entry_vertebra + (tip_vertebra - entry_vertebra) * s;
+        let (q_uv, _) = self.isthmus_coordinates(&q);
+        // The infinite axis line, as a segment far longer than any vertebra.
+        let dir = (tip_vertebra - entry_vertebra).normalize();
+        let (far_back, far_front) = (entry_vertebra - dir * 1e3, tip_vertebra + dir * 1e3);
+        let outline = self.outline_vertebra_mm();
+        let n = outline.len();
+        let axis_distance = (0..n)
+            .map(|i| {
+                crate::math::segment_segment_distance(
+                    &outline[i],
+                    &outline[(i + 1) % n],
+                    &far_back,
+                    &far_front,
+                )
+            })
+            .fold(Real::INFINITY, Real::min);
+        let inside = point_in_polygon(&q_uv, &self.outline_uv_mm);
+        Some(IsthmusCrossing {
+            crossing_uv_mm: q_uv,
+            inside,
+            clearance_mm: if inside {
+                axis_distance - radius_mm
+            } else {
+                -(axis_distance + radius_mm)
+            },
+            entry_along_axis_mm: entry_along,
+        })
+    }
+}
+
+/// Even-odd point-in-polygon test in 2-D.
+fn point_in_polygon(p: &[Real; 2], polygon: &[[Real; 2]]) -> bool {
+    let n = polygon.len();
+    let mut inside = false;
+    for i in 0..n {
+        let (a, b) = (polygon[i], polygon[(i + 1) % n]);
+        if (a[1] > p[1]) != (b[1] > p[1]) {
+            let x = a[0] + (p[1] - a[1]) / (b[1] - a[1]) * (b[0] - a[0]);
+            if p[0] < x {
+                inside = !inside;
+            }
+        }
+    }
+    inside
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use kyphoplan_planner::math::{Pose, Real, Rotation3, Translation3, Vector};
+use kyphoplan_planner::math::{Point, Pose, Real, Rotation3, Translation3, Vector};
 use kyphoplan_planner::pedicle::{self, Pedicle};
 use kyphoplan_planner::prepare::PreparedVertebra;
 use kyphoplan_planner::synth::{self, VertebraParams};
@@ -73,6 +73,13 @@ fn check_synthetic(params: &VertebraParams, pose: &Pose) {
             truth.side.name()
         );
         assert!(p.height_mm > p.width_mm * 0.5 && p.area_mm2 > 0.0);
+        check_crossings(
+            &p,
+            &(to_lps.inverse() * truth.isthmus_center),
+            &(to_lps.inverse().rotation * truth.direction.into_inner()),
+            params.pedicle_width_mm,
+            params.pedicle_height_mm,
+        );
         // The outline is closed around the centre and no wider than the width.
         let (lo, hi) = p
             .outline_uv_mm
@@ -82,6 +89,55 @@ fn check_synthetic(params: &VertebraParams, pose: &Pose) {
             });
         assert!(lo < 0.0 && hi > 0.0 && hi - lo <= p.width_mm + 1e-9);
     }
+}
+
+/// The cannula's crossing of the isthmus against the generator and a slow oracle: a cannula on
+/// the built axis crosses inside with about half the pedicle's smaller dimension minus its radius
+/// to spare; one moved
+/// laterally by the width does not cross inside; the clearance equals the least distance from
+/// densely sampled outline points to the axis, minus the radius.
+fn check_crossings(
+    p: &Pedicle,
+    center_vertebra: &Point,
+    dir_vertebra: &Vector,
+    width_mm: Real,
+    height_mm: Real,
+) {
+    const RADIUS_MM: Real = 1.7;
+    let dir = dir_vertebra.normalize();
+    let on_axis = (center_vertebra - dir * 15.0, center_vertebra + dir * 25.0);
+    let c = p
+        .crossing(&on_axis.0, &on_axis.1, RADIUS_MM)
+        .expect("crosses the plane");
+    assert!(c.inside && c.entry_along_axis_mm < 0.0);
+    let expected = 0.5 * width_mm.min(height_mm) - RADIUS_MM;
+    assert!(
+        (c.clearance_mm - expected).abs() < 0.3,
+        "clearance {:.2} vs half the smaller of width and height - radius {expected:.2}",
+        c.clearance_mm
+    );
+    let outline = p.outline_vertebra_mm();
+    let oracle = (0..outline.len())
+        .flat_map(|i| {
+            let (a, b) = (outline[i], outline[(i + 1) % outline.len()]);
+            (0..=400).map(move |k| a + (b - a) * (k as Real / 400.0))
+        })
+        .map(|q| {
+            let w = q - on_axis.0;
+            (w - dir * w.dot(&dir)).norm()
+        })
+        .fold(Real::INFINITY, Real::min)
+        - RADIUS_MM;
+    assert!(
+        (c.clearance_mm - oracle).abs() < 1e-3,
+        "clearance {:.4} vs sampled oracle {oracle:.4}",
+        c.clearance_mm
+    );
+    let lateral = p.width_dir_vertebra.into_inner() * width_mm;
+    let beside = p
+        .crossing(&(on_axis.0 + lateral), &(on_axis.1 + lateral), RADIUS_MM)
+        .expect("crosses the plane");
+    assert!(!beside.inside && beside.clearance_mm < -RADIUS_MM);
 }
 
 #[test]
