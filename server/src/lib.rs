@@ -16,6 +16,7 @@ pub mod error;
 pub mod in_process;
 pub mod service;
 pub mod store;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
