@@ -83,23 +83,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let metrics = Arc::new(kyphoplan_server::Metrics::default());
     let _data;
+    let _server;
     let (url, pid) = match &args.server {
         Some(url) => (url.clone(), args.server_pid),
         None => {
             let data = tempfile::tempdir()?;
             let mut config = kyphoplan_server::Config::with_data_dir(data.path());
             config.max_concurrent_plans = args.max_concurrent_plans;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let m = metrics.clone();
-            tokio::spawn(kyphoplan_server::serve_with_metrics(
-                config,
-                m,
-                listener,
-                std::future::pending(),
-            ));
+            let server =
+                kyphoplan_server::InProcessServer::start_with_metrics(config, metrics.clone())
+                    .await?;
+            let url = server.url();
             _data = data;
-            (format!("http://{addr}"), None)
+            _server = server;
+            (url, None)
         }
     };
     let options = ConnectOptions {

@@ -524,20 +524,11 @@ fn server_figures(
     config.max_concurrent_plans = max_clients.max(16);
     let concurrent = config.max_concurrent_plans;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let server = kyphoplan_server::InProcessServer::start(config)
             .await
-            .map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("local address: {e}"))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(kyphoplan_server::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let url = format!("http://{addr}");
-        let result = drive_server(&url, budget, out).await;
-        let _ = stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+            .map_err(|e| format!("in-process server: {e:#}"))?;
+        let result = drive_server(&server.url(), budget, out).await;
+        let _ = server.shutdown().await;
         result
     })?;
     notes.push(format!(

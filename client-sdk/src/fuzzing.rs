@@ -18,6 +18,8 @@ use kyphoplan_planner::validate::{
     is_closed_manifold, validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM,
 };
 use kyphoplan_proto::{convert, pb};
+use kyphoplan_server::upload::{SizeLimit, UploadAssembly};
+use kyphoplan_server::ServiceError;
 use prost::Message;
 
 use crate::{case, mesh_io};
@@ -262,21 +264,29 @@ fn evaluate(r: pb::EvaluateTrajectoryRequest) {
 }
 
 fn upload(mut data: &[u8]) {
-    let mut assembly = convert::UploadAssembly::default();
-    let mut index = 0;
+    let mut assembly = UploadAssembly::new(SizeLimit {
+        max_triangles: u64::MAX,
+    });
     while !data.is_empty() {
         let Ok(chunk) = pb::UploadAnatomyChunk::decode_length_delimited(&mut data) else {
             return;
         };
-        if let Err(e) = assembly.push(chunk, index) {
-            assert!(!e.field().is_empty());
+        if let Err(e) = assembly.push(Ok(chunk)) {
+            assert_named_input_error(e);
             return;
         }
-        index += 1;
     }
     match assembly.finish() {
-        Err(e) => assert!(!e.field().is_empty()),
+        Err(e) => assert_named_input_error(e),
         Ok(a) => anatomy(a),
+    }
+}
+
+/// Without a size limit, a refused upload is bad input naming its field.
+fn assert_named_input_error(e: ServiceError) {
+    match e {
+        ServiceError::Input(e) => assert!(!e.field().is_empty()),
+        other => panic!("an upload refused as {other}"),
     }
 }
 

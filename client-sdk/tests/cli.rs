@@ -36,11 +36,11 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The server in-process on a free port, on its own runtime thread; stops when dropped.
+/// The in-process server on a free port, on a runtime of its own; stops when dropped.
 struct Server {
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<kyphoplan_server::InProcessServer>,
+    runtime: tokio::runtime::Runtime,
     _data: tempfile::TempDir,
 }
 
@@ -53,25 +53,14 @@ impl Server {
         let data = tempfile::tempdir().unwrap();
         let mut config = kyphoplan_server::Config::with_data_dir(data.path());
         tweak(&mut config);
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                kyphoplan_server::serve(config, listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = runtime
+            .block_on(kyphoplan_server::InProcessServer::start(config))
+            .unwrap();
         Server {
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            thread: Some(thread),
+            url: server.url(),
+            server: Some(server),
+            runtime,
             _data: data,
         }
     }
@@ -79,8 +68,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = self.thread.take().unwrap().join();
+        if let Some(server) = self.server.take() {
+            let _ = self.runtime.block_on(server.shutdown());
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! kyphoplan gRPC planning server: the `kyphoplan.v1.PlanningService`, gRPC health and
 //! reflection (v1 and v1alpha), an embedded redb store, and a rayon pool for planning.
 //!
-//! Tests and embedders start it in-process with [`serve`] on a listener of their own.
+//! Embedders serve on a listener of their own with [`serve`]. Tests, `kyphoplan bench` and the
+//! load test start it in-process on a loopback port with [`InProcessServer`], the one fixture
+//! for that.
 //!
 //! Security (all optional, see `--help`): TLS or mutual TLS (rustls), bearer tokens from a token
 //! file checked on every call of the planning and reflection services (health stays open for
@@ -11,14 +13,17 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod in_process;
 pub mod service;
 pub mod store;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use config::Config;
 pub use error::ServiceError;
+pub use in_process::InProcessServer;
 pub use service::{Metrics, Planning};
 
 use anyhow::Context;
@@ -73,6 +78,18 @@ pub async fn serve_with_metrics(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_until(config, metrics, listener, shutdown, || {}).await
+}
+
+/// [`serve_with_metrics`], calling `on_serving` once everything that can fail before serving
+/// (TLS files, token file, store) has been set up and the listener is about to be served.
+async fn serve_until(
+    config: Config,
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    on_serving: impl FnOnce() + Send,
+) -> anyhow::Result<()> {
     let max_message = config.max_message_bytes;
     let data_dir = config.data_dir.clone();
     let tls = tls_config(&config)?;
@@ -125,6 +142,8 @@ pub async fn serve_with_metrics(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // Connections made from here on wait in the listener's backlog until the first poll below.
+    on_serving();
     builder
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -30,6 +30,7 @@ use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::ServiceError;
 use crate::store::Store;
+use crate::upload::{SizeLimit, UploadAssembly};
 
 /// Counters of the planning runs, for operators and tests.
 #[derive(Debug, Default)]
@@ -330,24 +331,10 @@ impl Planning {
             .insert(id.to_owned(), prepared);
     }
 
-    fn check_size(&self, triangles: u64, vertices: u64) -> Result<(), ServiceError> {
-        let max = self.inner.config.max_triangles;
-        if triangles > max {
-            return Err(ServiceError::ResourceExhausted {
-                what: "anatomy triangles",
-                detail: format!("{triangles} triangles is over the server's limit of {max}"),
-            });
+    fn size_limit(&self) -> SizeLimit {
+        SizeLimit {
+            max_triangles: self.inner.config.max_triangles,
         }
-        if vertices > max.saturating_mul(3) {
-            return Err(ServiceError::ResourceExhausted {
-                what: "anatomy vertices",
-                detail: format!(
-                    "{vertices} vertices is over the server's limit of {}",
-                    max.saturating_mul(3)
-                ),
-            });
-        }
-        Ok(())
     }
 
     /// Validate and prepare an anatomy on the pool; `make` (decoding, copying) runs there too.
@@ -521,15 +508,7 @@ impl Planning {
         data: pb::AnatomyData,
         stop: &Stop,
     ) -> Result<Resolved, ServiceError> {
-        let (t, v) = data.structures.iter().fold((0u64, 0u64), |(t, v), s| {
-            s.mesh.as_ref().map_or((t, v), |m| {
-                (
-                    t + m.triangles.len() as u64 / 3,
-                    v + m.vertices_mm.len() as u64 / 3,
-                )
-            })
-        });
-        self.check_size(t, v)?;
+        self.size_limit().check_anatomy(&data)?;
         let (data, id) = self
             .on_pool(move || {
                 let id = convert::anatomy_id(&data);
@@ -694,27 +673,9 @@ impl Planning {
         owner: Owner,
         stop: &Stop,
     ) -> Result<pb::Anatomy, ServiceError> {
-        let mut assembly = convert::UploadAssembly::default();
-        let mut index = 0usize;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|s| match s.code() {
-                tonic::Code::Cancelled => ServiceError::Cancelled,
-                tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
-                    ServiceError::ResourceExhausted {
-                        what: "message size",
-                        detail: s.message().to_owned(),
-                    }
-                }
-                _ => ServiceError::Input(InputError::invalid(
-                    format!("chunk[{index}]"),
-                    "undecodable",
-                    s.message(),
-                )),
-            })?;
-            assembly.push(chunk, index)?;
-            let (triangles, vertices) = assembly.counts();
-            self.check_size(triangles, vertices)?;
-            index += 1;
+        let mut assembly = UploadAssembly::new(self.size_limit());
+        while let Some(received) = chunks.next().await {
+            assembly.push(received)?;
         }
         let data = assembly.finish()?;
         self.admit_anatomy(data, owner, stop).await

@@ -204,13 +204,10 @@ async fn a_full_disk_answers_resource_exhausted_and_reads_go_on() {
     let _mount = Tmpfs(dir.path().to_owned());
     let mut config = kyphoplan_server::Config::with_data_dir(dir.path());
     config.planner_threads = 2;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kyphoplan_server::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let mut raw = connect(addr).await;
+    let server = kyphoplan_server::InProcessServer::start(config)
+        .await
+        .unwrap();
+    let mut raw = connect(server.addr()).await;
     let first = upload(
         &mut raw,
         convert::anatomy_to_pb(&synth::spine(&[Level::L3], &Pose::identity(), false).0),
@@ -247,6 +244,5 @@ async fn a_full_disk_answers_resource_exhausted_and_reads_go_on() {
         .unwrap()
         .into_inner();
     assert_eq!(again, plan);
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+    let _ = server.shutdown().await;
 }

@@ -21,35 +21,22 @@ use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
-use kyphoplan_server::Config;
+use kyphoplan_tests::server::{RawClient, TestServer};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-type Raw = pb::planning_service_client::PlanningServiceClient<tonic::transport::Channel>;
-
 const MAX_TRIANGLES: u64 = 200_000;
 const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
-async fn start() -> (SocketAddr, Raw) {
-    let data = tempfile::tempdir().unwrap().keep();
-    let mut config = Config::with_data_dir(&data);
-    config.planner_threads = 2;
-    config.max_triangles = MAX_TRIANGLES;
-    config.max_message_bytes = MAX_MESSAGE_BYTES;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(kyphoplan_server::serve(
-        config,
-        listener,
-        std::future::pending(),
-    ));
-    let raw = Raw::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    (addr, raw)
+async fn start() -> (TestServer, RawClient) {
+    let server = TestServer::start(|c| {
+        c.max_triangles = MAX_TRIANGLES;
+        c.max_message_bytes = MAX_MESSAGE_BYTES;
+    })
+    .await;
+    let raw = server.raw().await;
+    (server, raw)
 }
 
 fn l3() -> pb::AnatomyData {
@@ -93,7 +80,7 @@ fn header_and_meshes(data: &pb::AnatomyData) -> Vec<pb::UploadAnatomyChunk> {
     chunks
 }
 
-async fn upload(raw: &mut Raw, data: &pb::AnatomyData) -> Result<pb::Anatomy, tonic::Status> {
+async fn upload(raw: &mut RawClient, data: &pb::AnatomyData) -> Result<pb::Anatomy, tonic::Status> {
     raw.upload_anatomy(tokio_stream::iter(header_and_meshes(data)))
         .await
         .map(|r| r.into_inner())
@@ -117,7 +104,7 @@ struct Baseline {
     plans_listed: usize,
 }
 
-async fn unchanged(raw: &mut Raw, base: &Baseline, case: &str) {
+async fn unchanged(raw: &mut RawClient, base: &Baseline, case: &str) {
     let again = raw
         .get_plan(pb::GetPlanRequest {
             plan_id: base.plan.plan_id.clone(),
@@ -153,7 +140,7 @@ fn refused(
 /// Mesh faults: uploaded, refused with INVALID_ARGUMENT naming the structure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_meshes_are_refused_naming_the_structure_and_nothing_changes() {
-    let (_addr, mut raw) = start().await;
+    let (_server, mut raw) = start().await;
     let good = l3();
     let stored = upload(&mut raw, &good).await.unwrap();
     let plan = raw
@@ -304,7 +291,7 @@ async fn broken_meshes_are_refused_naming_the_structure_and_nothing_changes() {
 /// Request faults: margins, instrument sizes, levels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_requests_are_refused_naming_the_field() {
-    let (_addr, mut raw) = start().await;
+    let (_server, mut raw) = start().await;
     let stored = upload(&mut raw, &l3()).await.unwrap();
     let id = || pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone());
     let plan = raw
@@ -493,7 +480,7 @@ async fn send_raw(addr: SocketAddr, bytes: Vec<u8>) -> Result<pb::Plan, tonic::S
 /// Bytes that are not the message they claim to be, and messages over the size limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
-    let (addr, mut raw) = start().await;
+    let (server, mut raw) = start().await;
     let stored = upload(&mut raw, &l3()).await.unwrap();
     let id = pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone());
     let good = prost::Message::encode_to_vec(&plan_message(id.clone()));
@@ -508,7 +495,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
     };
 
     // The raw codec itself works: the good bytes make a plan.
-    send_raw(addr, good.clone()).await.unwrap();
+    send_raw(server.addr(), good.clone()).await.unwrap();
     let base = Baseline {
         plans_listed: base.plans_listed + 1,
         ..base
@@ -535,7 +522,11 @@ async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
         ("no such wire type", no_such_wire_type),
         ("huge declared length", huge_declared_length),
     ] {
-        let status = refused(send_raw(addr, bytes).await, Code::InvalidArgument, case);
+        let status = refused(
+            send_raw(server.addr(), bytes).await,
+            Code::InvalidArgument,
+            case,
+        );
         assert!(
             status
                 .message()
@@ -551,7 +542,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
         .unwrap_or_else(|s| panic!("{case}: not served afterwards: {s:?}"));
     }
     // A valid request in raw bytes still makes a plan.
-    send_raw(addr, good.clone()).await.unwrap();
+    send_raw(server.addr(), good.clone()).await.unwrap();
     let base = Baseline {
         plans_listed: base.plans_listed + 1,
         ..base
@@ -561,7 +552,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
     let mut big = vec![0u8; MAX_MESSAGE_BYTES + 1024];
     big[..good.len()].copy_from_slice(&good);
     let status = refused(
-        send_raw(addr, big).await,
+        send_raw(server.addr(), big).await,
         Code::OutOfRange,
         "oversized unary",
     );
@@ -591,7 +582,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_server_goes_on() {
 /// `--max-triangles`, long before the mesh is in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifty_million_triangle_upload_is_refused_early() {
-    let (_addr, mut raw) = start().await;
+    let (_server, mut raw) = start().await;
     const TRIANGLES: usize = 50_000_000;
     const PER_CHUNK: usize = 60_000;
     let header = pb::UploadAnatomyChunk {

@@ -6,10 +6,8 @@
 //!
 //! After an intended planner change: `cargo run -p kyphoplan-tests --bin kyphoplan-cases -- bless`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use kyphoplan_client::case::{self, ReadOptions};
 use kyphoplan_client::replay::{
@@ -17,8 +15,8 @@ use kyphoplan_client::replay::{
 };
 use kyphoplan_planner::anatomy::PatientFrame;
 use kyphoplan_planner::plan::{Plan, ReasonCode};
-use kyphoplan_server::{Config, Metrics};
 use kyphoplan_tests::cases;
+use kyphoplan_tests::server::TestServer;
 
 /// CI must not pass with the real anatomy silently missing.
 fn ci() -> bool {
@@ -85,43 +83,15 @@ fn library_replays_in_process_without_regression() {
     );
 }
 
-struct TestServer {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
-}
-
-async fn start_server(data_dir: &Path) -> TestServer {
-    let mut config = Config::with_data_dir(data_dir);
-    config.planner_threads = 2;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        kyphoplan_server::serve_with_metrics(
-            config,
-            Arc::new(Metrics::default()),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())
-    });
-    TestServer { addr, stop, task }
-}
-
 #[test]
 fn library_replays_through_the_server_without_regression() {
-    let data = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let server = runtime.block_on(start_server(data.path()));
-    let url = format!("http://{}", server.addr);
+    let server = runtime.block_on(TestServer::start(|_| {}));
+    let url = server.url();
     let options = options(false);
     // The replay runs its own client runtime on this thread; the server runs on `runtime`.
     let connect = kyphoplan_client::ConnectOptions::default();
@@ -130,14 +100,7 @@ fn library_replays_through_the_server_without_regression() {
         connect: &connect,
     };
     let summary = replay::replay(library(), planner, &options, &|_, _, _| {});
-    let _ = server.stop.send(());
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(20), server.task)
-            .await
-            .expect("server stops within 20 s")
-            .unwrap()
-            .expect("server ran without error")
-    });
+    runtime.block_on(server.shutdown());
     let summary = summary.unwrap();
     let failures = print_and_count(&summary, &options);
     assert_eq!(failures, 0, "regressions through the server");

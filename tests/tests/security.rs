@@ -6,7 +6,6 @@
 //! TRACE, so tonic's, hyper's and h2's own events are in it too).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -20,8 +19,7 @@ use kyphoplan_planner::synth;
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
 use kyphoplan_server::Config;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use kyphoplan_tests::server::TestServer;
 use tonic::Code;
 
 // ---------------------------------------------------------------------------------------------
@@ -118,56 +116,10 @@ impl Pki {
 // ---------------------------------------------------------------------------------------------
 // Server
 
-struct TestServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), String>>>,
-    _data: tempfile::TempDir,
-}
-
-impl TestServer {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        logs();
-        let data = tempfile::tempdir().unwrap();
-        let mut config = Config::with_data_dir(data.path());
-        config.planner_threads = 2;
-        tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            kyphoplan_server::serve(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        // TLS servers answer only once the listener task runs; wait for the port.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        TestServer {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-            _data: data,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn tls_url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let r = tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
-            .await
-            .expect("server stops within 20 s")
-            .unwrap();
-        r.expect("server ran without error");
-    }
+/// The test server, after the log capture is installed (every server line goes into it).
+async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    logs();
+    TestServer::start(tweak).await
 }
 
 /// A random-enough token for a test (time and a counter through SHA-256 would be overkill).
@@ -237,12 +189,12 @@ const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Ser
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_over_tls_matches_and_health_answers() {
     let pki = Pki::new();
-    let server = TestServer::start(|c| {
+    let server = start(|c| {
         c.tls_cert = Some(pki.path("server.pem"));
         c.tls_key = Some(pki.path("server.key"));
     })
     .await;
-    let mut client = Client::connect_with(&server.tls_url(), &pki.client_options(false))
+    let mut client = Client::connect_with(&server.url(), &pki.client_options(false))
         .await
         .unwrap();
     let stored = client.upload_anatomy(&one_level(Level::L3)).await.unwrap();
@@ -257,7 +209,7 @@ async fn a_plan_over_tls_matches_and_health_answers() {
         kyphoplan_client::plan_json(&plan.plan)
     );
 
-    let channel = tonic::transport::Endpoint::from_shared(server.tls_url())
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .tls_config(
             tonic::transport::ClientTlsConfig::new()
@@ -275,13 +227,13 @@ async fn a_plan_over_tls_matches_and_health_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plaintext_client_gets_nothing_from_a_tls_server() {
     let pki = Pki::new();
-    let server = TestServer::start(|c| {
+    let server = start(|c| {
         c.tls_cert = Some(pki.path("server.pem"));
         c.tls_key = Some(pki.path("server.key"));
     })
     .await;
     let outcome = async {
-        let mut client = Client::connect(&server.url()).await?;
+        let mut client = Client::connect(&format!("http://{}", server.addr())).await?;
         client.get_plan("anything").await
     };
     let r = tokio::time::timeout(Duration::from_secs(10), outcome)
@@ -301,7 +253,7 @@ async fn a_plaintext_client_gets_nothing_from_a_tls_server() {
     let stranger = Pki::new();
     let r = async {
         let mut client =
-            Client::connect_with(&server.tls_url(), &stranger.client_options(false)).await?;
+            Client::connect_with(&server.url(), &stranger.client_options(false)).await?;
         client.get_plan("anything").await
     }
     .await;
@@ -315,15 +267,14 @@ async fn a_plaintext_client_gets_nothing_from_a_tls_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let pki = Pki::new();
-    let server = TestServer::start(|c| {
+    let server = start(|c| {
         c.tls_cert = Some(pki.path("server.pem"));
         c.tls_key = Some(pki.path("server.key"));
         c.tls_client_ca = Some(pki.path("ca.pem"));
     })
     .await;
     let r = async {
-        let mut client =
-            Client::connect_with(&server.tls_url(), &pki.client_options(false)).await?;
+        let mut client = Client::connect_with(&server.url(), &pki.client_options(false)).await?;
         client.get_plan("anything").await
     }
     .await;
@@ -337,7 +288,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let mut foreign = other.client_options(true);
     foreign.ca_cert_pem = Some(pki.ca_pem.clone().into_bytes());
     let r = async {
-        let mut client = Client::connect_with(&server.tls_url(), &foreign).await?;
+        let mut client = Client::connect_with(&server.url(), &foreign).await?;
         client.get_plan("anything").await
     }
     .await;
@@ -347,7 +298,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     );
 
     // With the CA's client certificate the call goes through.
-    let mut client = Client::connect_with(&server.tls_url(), &pki.client_options(true))
+    let mut client = Client::connect_with(&server.url(), &pki.client_options(true))
         .await
         .unwrap();
     assert_eq!(code_of(client.get_plan("anything").await), Code::NotFound);
@@ -362,7 +313,7 @@ async fn calls_without_or_with_a_wrong_token_are_unauthenticated_but_health_answ
     let dir = tempfile::tempdir().unwrap();
     let good = token("good");
     let tokens = token_file(dir.path(), &[format!("alice:{good}")]);
-    let server = TestServer::start(|c| c.token_file = Some(tokens)).await;
+    let server = start(|c| c.token_file = Some(tokens)).await;
 
     let mut anonymous = Client::connect(&server.url()).await.unwrap();
     let anatomy = one_level(Level::L3);
@@ -387,9 +338,7 @@ async fn calls_without_or_with_a_wrong_token_are_unauthenticated_but_health_answ
         .unwrap();
     assert_eq!(code_of(prefix.get_plan("x").await), Code::Unauthenticated);
     // The raw client without the header: UNAUTHENTICATED; with the wrong scheme as well.
-    let mut raw = pb::planning_service_client::PlanningServiceClient::connect(server.url())
-        .await
-        .unwrap();
+    let mut raw = server.raw().await;
     let mut basic = tonic::Request::new(pb::ListPlansRequest::default());
     basic
         .metadata_mut()
@@ -453,7 +402,7 @@ async fn one_tokens_plans_and_anatomies_are_not_found_under_another() {
             format!("bob:{b2}"),
         ],
     );
-    let server = TestServer::start(|c| c.token_file = Some(tokens)).await;
+    let server = start(|c| c.token_file = Some(tokens)).await;
     let mut alice = Client::connect_with(&server.url(), &with_token(&a))
         .await
         .unwrap();
@@ -524,7 +473,7 @@ async fn a_client_over_its_planning_slots_is_refused_while_others_plan() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (token("a"), token("b"));
     let tokens = token_file(dir.path(), &[format!("alice:{a}"), format!("bob:{b}")]);
-    let server = TestServer::start(|c| {
+    let server = start(|c| {
         c.token_file = Some(tokens);
         c.max_plans_per_client = 1;
         c.max_concurrent_plans = 4;
@@ -579,7 +528,7 @@ async fn tokens_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let (good, wrong) = (token("logged-good"), token("logged-wrong"));
     let tokens = token_file(dir.path(), &[format!("carol:{good}")]);
-    let server = TestServer::start(|c| c.token_file = Some(tokens)).await;
+    let server = start(|c| c.token_file = Some(tokens)).await;
     let mut carol = Client::connect_with(&server.url(), &with_token(&good))
         .await
         .unwrap();
@@ -649,7 +598,7 @@ async fn replay_connects_with_tls_a_client_certificate_and_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let good = token("replay");
     let tokens = token_file(dir.path(), &[format!("dave:{good}")]);
-    let server = TestServer::start(|c| {
+    let server = start(|c| {
         c.tls_cert = Some(pki.path("server.pem"));
         c.tls_key = Some(pki.path("server.key"));
         c.tls_client_ca = Some(pki.path("ca.pem"));
@@ -668,7 +617,7 @@ async fn replay_connects_with_tls_a_client_certificate_and_a_token() {
         bless: true,
         ..ReplayOptions::default()
     };
-    let summary = replay_through(server.tls_url(), root.clone(), connect.clone(), bless)
+    let summary = replay_through(server.url(), root.clone(), connect.clone(), bless)
         .await
         .unwrap();
     assert!(
@@ -678,14 +627,9 @@ async fn replay_connects_with_tls_a_client_certificate_and_a_token() {
     );
     assert_eq!(summary.blessed.len(), 1);
     let plain = ReplayOptions::default();
-    let summary = replay_through(
-        server.tls_url(),
-        root.clone(),
-        connect.clone(),
-        plain.clone(),
-    )
-    .await
-    .unwrap();
+    let summary = replay_through(server.url(), root.clone(), connect.clone(), plain.clone())
+        .await
+        .unwrap();
     assert_eq!(summary.failures(&plain), 0, "{:?}", summary.cases);
     assert!(
         matches!(&summary.cases[0].outcome, Outcome::Compared { differences, .. } if differences.is_empty()),
@@ -698,7 +642,7 @@ async fn replay_connects_with_tls_a_client_certificate_and_a_token() {
         token: None,
         ..connect
     };
-    let summary = replay_through(server.tls_url(), root, no_token, plain.clone())
+    let summary = replay_through(server.url(), root, no_token, plain.clone())
         .await
         .unwrap();
     assert_eq!(summary.failures(&plain), 1);

@@ -1,14 +1,10 @@
-//! End-to-end tests of the gRPC server, started in-process on 127.0.0.1:0 with a temporary data
+//! End-to-end tests of the gRPC server, started in-process ([`TestServer`]) with a temporary data
 //! directory, through the client SDK and the raw generated client.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kyphoplan_client::Client;
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::planning;
@@ -17,71 +13,9 @@ use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
-use kyphoplan_server::{Config, Metrics};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use kyphoplan_tests::server::TestServer;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-struct TestServer {
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), String>>>,
-}
-
-impl TestServer {
-    async fn start(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::with_data_dir(data_dir);
-        config.planner_threads = 2;
-        tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let m = metrics.clone();
-        let task = tokio::spawn(async move {
-            kyphoplan_server::serve_with_metrics(config, m, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(|e| e.to_string())
-        });
-        TestServer {
-            addr,
-            metrics,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.url()).await.unwrap()
-    }
-
-    async fn raw(
-        &self,
-    ) -> pb::planning_service_client::PlanningServiceClient<tonic::transport::Channel> {
-        pb::planning_service_client::PlanningServiceClient::connect(self.url())
-            .await
-            .unwrap()
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let r = tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
-            .await
-            .expect("server stops within 20 s")
-            .unwrap();
-        r.expect("server ran without error");
-    }
-}
 
 fn one_level(level: Level) -> AnatomyInput {
     synth::spine(&[level], &Pose::identity(), false).0
@@ -117,7 +51,7 @@ fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_anatomy_uploaded_twice_has_one_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = one_level(Level::L3);
     let first = client.upload_anatomy(&anatomy).await.unwrap();
@@ -139,7 +73,10 @@ async fn same_anatomy_uploaded_twice_has_one_id() {
     assert_eq!(first.levels, vec![pb::Level::L3 as i32]);
     assert_eq!(first.frame, pb::Frame::Lps as i32);
     // Prepared once: the second upload found it stored.
-    assert_eq!(server.metrics.anatomies_prepared.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        server.metrics().anatomies_prepared.load(Ordering::SeqCst),
+        1
+    );
     // A different name is a different anatomy.
     let mut renamed = anatomy.clone();
     renamed.name.push_str("-renamed");
@@ -153,7 +90,7 @@ async fn same_anatomy_uploaded_twice_has_one_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_by_id_and_inline_match_the_in_process_plan_json() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = one_level(Level::L4);
     let request = defaults(None);
@@ -198,7 +135,7 @@ async fn plan_by_id_and_inline_match_the_in_process_plan_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_plan_reports_every_level_then_the_plan() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = synth::spine(&[Level::L3, Level::L4, Level::L5], &Pose::identity(), false).0;
     let request = defaults(None);
@@ -264,7 +201,7 @@ async fn stream_plan_reports_every_level_then_the_plan() {
 async fn cancelling_a_stream_stops_the_work_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     // One planner thread and one planning slot: a run that did not stop would block the next.
-    let server = TestServer::start(dir.path(), |c| {
+    let server = TestServer::start_in(dir.path(), |c| {
         c.planner_threads = 1;
         c.max_concurrent_plans = 1;
     })
@@ -285,7 +222,7 @@ async fn cancelling_a_stream_stops_the_work_and_the_server_goes_on() {
     drop(stream);
 
     // The run stops (cancelled, not completed) soon after.
-    let m = server.metrics.clone();
+    let m = server.metrics().clone();
     tokio::time::timeout(Duration::from_secs(20), async {
         while m.plans_cancelled.load(Ordering::SeqCst) == 0
             || m.plans_running.load(Ordering::SeqCst) != 0
@@ -312,7 +249,7 @@ async fn cancelling_a_stream_stops_the_work_and_the_server_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |c| c.planner_threads = 1).await;
+    let server = TestServer::start_in(dir.path(), |c| c.planner_threads = 1).await;
     let mut client = server.client().await;
     let stored = client.upload_anatomy(&synth::demo_anatomy()).await.unwrap();
     // How long the whole plan takes here (the anatomy prepared and cached by this call), so
@@ -323,7 +260,7 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
         .await
         .unwrap();
     let full = started.elapsed();
-    let m = server.metrics.clone();
+    let m = server.metrics().clone();
     assert_eq!(m.plans_completed.load(Ordering::SeqCst), 1);
     let message = convert::create_plan_request_to_pb(
         pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
@@ -353,7 +290,7 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_plan_during_preparation_stops_the_preparation() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |c| c.planner_threads = 1).await;
+    let server = TestServer::start_in(dir.path(), |c| c.planner_threads = 1).await;
     let message = convert::create_plan_request_to_pb(
         pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(
             &synth::demo_anatomy(),
@@ -362,7 +299,7 @@ async fn cancelling_a_plan_during_preparation_stops_the_preparation() {
     );
     let mut raw = server.raw().await;
     let call = tokio::spawn(async move { raw.create_plan(message).await });
-    let m = server.metrics.clone();
+    let m = server.metrics().clone();
     tokio::time::timeout(Duration::from_secs(20), async {
         while m.prepares_running.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -396,7 +333,7 @@ async fn cancelling_a_plan_during_preparation_stops_the_preparation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluate_matches_the_in_process_evaluation() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = one_level(Level::L4);
     let request = defaults(None);
@@ -465,7 +402,7 @@ async fn plans_and_anatomies_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let anatomy = one_level(Level::L4);
     let request = defaults(None);
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let (anatomy_id, plan) = {
         let mut client = server.client().await;
         let stored = client.upload_anatomy(&anatomy).await.unwrap();
@@ -477,7 +414,7 @@ async fn plans_and_anatomies_survive_a_restart() {
     };
     server.shutdown().await;
 
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let fetched = client.get_plan(&plan.plan_id).await.unwrap();
     assert_eq!(fetched.plan, plan.plan);
@@ -488,14 +425,17 @@ async fn plans_and_anatomies_survive_a_restart() {
     // The stored anatomy is prepared again from the store and plans the same.
     let again = client.create_plan(&anatomy_id, &request).await.unwrap();
     assert_eq!(again.plan, plan.plan);
-    assert_eq!(server.metrics.anatomies_prepared.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        server.metrics().anatomies_prepared.load(Ordering::SeqCst),
+        1
+    );
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_and_reflection_lists_the_service() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .connect()
@@ -600,7 +540,7 @@ async fn health_is_serving_and_reflection_lists_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_their_status_codes_and_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |c| c.max_triangles = 60_000).await;
+    let server = TestServer::start_in(dir.path(), |c| c.max_triangles = 60_000).await;
     let mut client = server.client().await;
     let anatomy = one_level(Level::L3);
     let name = anatomy.structures[0].name.clone();
@@ -717,7 +657,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_planning_slots_answer_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |c| {
+    let server = TestServer::start_in(dir.path(), |c| {
         c.planner_threads = 1;
         c.max_concurrent_plans = 1;
     })
@@ -747,7 +687,7 @@ async fn busy_planning_slots_answer_resource_exhausted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunking_does_not_change_the_anatomy_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = synth::spine(&[Level::L3, Level::L4], &Pose::identity(), true).0;
     let sdk = client.upload_anatomy(&anatomy).await.unwrap();
@@ -858,7 +798,7 @@ fn sphere(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_larger_than_one_message_gets_through_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let mut anatomy = one_level(Level::L4);
     anatomy.structures.push(kyphoplan_planner::Structure {
