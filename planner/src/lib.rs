@@ -30,7 +30,7 @@ pub mod validate;
 pub mod voxel;
 
 pub use anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
-pub use error::{InputError, MeshFault, MeshFix};
+pub use error::{InputError, MeshFault, MeshFix, PlanError};
 pub use mesh::TriMesh;
 pub use plan::{Evaluation, Plan};
 pub use request::{Instrument, PlanRequest, Safety};
@@ -41,5 +41,5 @@ pub const PLANNER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod planning;
 pub mod prepare;
 
-pub use planning::{evaluate, plan, plan_with, PlanControl, PlanError};
+pub use planning::{evaluate, plan, plan_with, PlanControl};
 pub use prepare::{validate_anatomy, PrepareOptions, PreparedAnatomy, ValidatedAnatomy};

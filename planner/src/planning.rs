@@ -1,5 +1,8 @@
 //! The top of the journey: plan every requested level and side, or evaluate one trajectory.
 
+// Kept at its former path for callers (`kyphoplan_planner::planning::PlanError`).
+pub use crate::error::PlanError;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
@@ -19,15 +22,6 @@ use crate::search::{search_side, SideOutcome};
 
 /// Cement per level is estimated as the cavities plus this fraction that interdigitates.
 pub const CEMENT_INTERDIGITATION_FRACTION: f64 = 0.2;
-
-/// Planning stopped before it finished.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum PlanError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error("planning was cancelled")]
-    Cancelled,
-}
 
 /// Hooks a caller (the server's streaming RPC, the CLI's progress bar) gives a plan run.
 pub struct PlanControl<'a> {

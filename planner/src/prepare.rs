@@ -7,12 +7,11 @@ use rayon::prelude::*;
 
 use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side};
 use crate::clearance::ClearanceMesh;
-use crate::error::InputError;
+use crate::error::{InputError, PlanError};
 use crate::frame::{self, VertebraFrame};
 use crate::keepout::{self, KeepOut, KeepOutKind};
 use crate::mesh::TriMesh;
 use crate::plan::{KeepOutSource, StructureNotice};
-use crate::planning::PlanError;
 use crate::validate::{validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM};
 use crate::voxel::{self, Grid};
 

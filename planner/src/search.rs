@@ -10,10 +10,10 @@
 
 use rayon::prelude::*;
 
+use crate::error::PlanError;
 use crate::evaluate::{self, docking_zone_mm, measure, Measurement, SideContext};
 use crate::math::{Point, Pose, Real, Vector};
 use crate::plan::{Alternative, AlternativeCode, Reason, ReasonCode};
-use crate::planning::PlanError;
 
 /// The plane of `q`: this far behind the posterior wall of the body, mm.
 pub const REFERENCE_PLANE_BEHIND_WALL_MM: Real = 5.0;
