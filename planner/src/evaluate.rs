@@ -474,10 +474,6 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
 
     // Frame checks: entry behind the body and lateral of the canal; tip in the body.
     let entry_v = to_v * bone_entry;
-    let s = match side {
-        Side::Left => 0,
-        Side::Right => 1,
-    };
     if entry_v.y < frame.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM {
         violations.push(reason(
             ReasonCode::EntryNotPosterior,
@@ -490,15 +486,15 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         ));
     }
     let lateral = entry_v.x * side.sign();
-    if lateral < frame.canal_half_width_mm[s] {
+    if lateral < frame.canal_half_width_mm[side] {
         violations.push(reason(
             ReasonCode::EntryWrongSide,
             format!(
                 "the bone entry is {lateral:.1} mm to the {side} of the midline, inside the canal's edge at {:.1} mm",
-                frame.canal_half_width_mm[s]
+                frame.canal_half_width_mm[side]
             ),
             Some(lateral),
-            Some(frame.canal_half_width_mm[s]),
+            Some(frame.canal_half_width_mm[side]),
         ));
     }
     let forward = -u_v.y;
@@ -572,7 +568,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         cranial_angle_deg: cranial,
         tip_depth_fraction: depth_fraction,
         centring_mm: centring,
-        axis_offset_mm: axis_offset_mm(&vertebra.pedicle_centroids[s], &tip_v, &u_v),
+        axis_offset_mm: axis_offset_mm(&vertebra.pedicle_centroids[side], &tip_v, &u_v),
         violations,
         soft,
     }

@@ -12,7 +12,7 @@
 //! The vertebra frame: origin at the body centre, +x patient left, +y posterior, +z superior
 //! (LPS-like), so at an unrotated patient it differs from LPS by a translation only.
 
-use crate::anatomy::Level;
+use crate::anatomy::{Level, PerSide, Side};
 use crate::error::InputError;
 use crate::math::{Point, Pose, Real, Rotation3, Vector};
 use crate::mesh::TriMesh;
@@ -44,10 +44,11 @@ pub struct VertebraFrame {
     /// Vertebra-frame y of the back of the vertebral canal (where the pedicles meet the
     /// laminae): the cortex margin applies in front of this plane.
     pub canal_back_y_mm: Real,
-    /// Lateral half-width of the canal on each side: largest x and largest -x of the outline.
-    pub canal_half_width_mm: [Real; 2],
-    /// Inferior and superior extent (vertebra-frame z) of each pedicle [left, right].
-    pub pedicle_z_range_mm: [(Real, Real); 2],
+    /// Lateral half-width of the canal on each side: largest x (left) and largest -x (right) of
+    /// the outline.
+    pub canal_half_width_mm: PerSide<Real>,
+    /// Inferior and superior extent (vertebra-frame z) of each pedicle.
+    pub pedicle_z_range_mm: PerSide<(Real, Real)>,
     /// Number of closed-ring slices the foramen was found in.
     pub foramen_slices: usize,
 }
@@ -342,19 +343,16 @@ fn analyse(
         .collect();
     let hull = convex_hull(&vpts);
     let hull = offset_convex(&hull, 0.5 * h);
-    let canal_half_width = [
+    let canal_half_width = PerSide::from_fn(|side| {
         hull.iter()
-            .map(|p| p[0])
-            .fold(Real::NEG_INFINITY, Real::max),
-        hull.iter()
-            .map(|p| -p[0])
-            .fold(Real::NEG_INFINITY, Real::max),
-    ];
+            .map(|p| side.sign() * p[0])
+            .fold(Real::NEG_INFINITY, Real::max)
+    });
     let z_of = |k: usize| to_v(inside.cell_center(0, 0, k)).z;
     let canal_z = (z_of(k_lo) - 0.5 * h, z_of(k_hi) + 0.5 * h);
 
     // Pedicles: the bone just behind the posterior wall, lateral of the canal.
-    let mut pedicle_z = [(Real::INFINITY, Real::NEG_INFINITY); 2];
+    let mut pedicle_z = PerSide::from_fn(|_| (Real::INFINITY, Real::NEG_INFINITY));
     for k in 0..nz {
         for j in 0..ny {
             for i in 0..nx {
@@ -368,20 +366,21 @@ fn analyse(
                 if p.z < canal_z.0 - 10.0 || p.z > canal_z.1 + 10.0 {
                     continue;
                 }
-                for (s, sign) in [(0usize, 1.0), (1, -1.0)] {
-                    let lat = p.x * sign;
-                    if lat > canal_half_width[s] - 1.0 && lat < canal_half_width[s] + 12.0 {
-                        pedicle_z[s].0 = pedicle_z[s].0.min(p.z - 0.5 * h);
-                        pedicle_z[s].1 = pedicle_z[s].1.max(p.z + 0.5 * h);
+                for side in Side::BOTH {
+                    let lat = p.x * side.sign();
+                    let (z_lo, z_hi) = &mut pedicle_z[side];
+                    if lat > canal_half_width[side] - 1.0 && lat < canal_half_width[side] + 12.0 {
+                        *z_lo = z_lo.min(p.z - 0.5 * h);
+                        *z_hi = z_hi.max(p.z + 0.5 * h);
                     }
                 }
             }
         }
     }
-    for (s, name) in [(0, "left"), (1, "right")] {
-        if !pedicle_z[s].0.is_finite() {
+    for (side, (z_lo, _)) in pedicle_z.with_sides() {
+        if !z_lo.is_finite() {
             return Err(fail(format!(
-                "no {name} pedicle found behind the vertebral body"
+                "no {side} pedicle found behind the vertebral body"
             )));
         }
     }

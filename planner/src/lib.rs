@@ -29,7 +29,7 @@ pub mod synth;
 pub mod validate;
 pub mod voxel;
 
-pub use anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+pub use anatomy::{AnatomyInput, Level, PatientFrame, PerSide, Role, Side, Structure};
 pub use error::{InputError, MeshFault, MeshFix, PlanError};
 pub use mesh::TriMesh;
 pub use plan::{Evaluation, Plan};

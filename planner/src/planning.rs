@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::anatomy::{Level, PatientFrame, Side};
+use crate::anatomy::{Level, PatientFrame, PerSide, Side};
 use crate::balloon::{self, BalloonFit};
 use crate::error::InputError;
 use crate::evaluate::{measure, Measurement, SideContext};
@@ -122,113 +122,67 @@ fn plan_level(
 ) -> Result<LevelPlan, PlanError> {
     let vertebra = anatomy.vertebra(level).expect("checked by the caller");
     let (instrument, safety) = (request.instrument(), request.safety());
-    let ctx = [Side::Left, Side::Right].map(|s| context(anatomy, vertebra, s, instrument, safety));
+    let ctx = PerSide::from_fn(|s| context(anatomy, vertebra, s, instrument, safety));
     let (left, right) = rayon::join(
-        || search_side(&ctx[0], cancelled),
-        || search_side(&ctx[1], cancelled),
+        || search_side(&ctx.left, cancelled),
+        || search_side(&ctx.right, cancelled),
     );
-    let outcomes = [left?, right?];
+    let outcomes = PerSide::new(left?, right?);
     // Balloons: the best pair that keeps apart; if none, the larger single balloon.
-    let opts: Vec<Vec<BalloonFit>> = (0..2)
-        .map(|i| match &outcomes[i] {
-            SideOutcome::Feasible(m) => balloon::options(&ctx[i], m),
-            SideOutcome::Infeasible { .. } => Vec::new(),
-        })
-        .collect();
-    let fits: [Option<BalloonFit>; 2];
+    let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
+        SideOutcome::Feasible(m) => balloon::options(&ctx[side], m),
+        SideOutcome::Infeasible { .. } => Vec::new(),
+    });
+    let fits: PerSide<Option<BalloonFit>>;
     let mut crowded = false;
-    match (opts[0].is_empty(), opts[1].is_empty()) {
-        (false, false) => match balloon::best_pair(&opts[0], &opts[1]) {
-            Some((l, r)) => fits = [Some(l), Some(r)],
+    match (opts.left.is_empty(), opts.right.is_empty()) {
+        (false, false) => match balloon::best_pair(&opts.left, &opts.right) {
+            Some((l, r)) => fits = PerSide::new(Some(l), Some(r)),
             None => {
                 crowded = true;
-                let l = balloon::best_single(&opts[0]);
-                let r = balloon::best_single(&opts[1]);
+                let l = balloon::best_single(&opts.left);
+                let r = balloon::best_single(&opts.right);
                 let left_wins = l.as_ref().map(|b| b.volume_ml) >= r.as_ref().map(|b| b.volume_ml);
-                fits = if left_wins { [l, None] } else { [None, r] };
+                fits = if left_wins {
+                    PerSide::new(l, None)
+                } else {
+                    PerSide::new(None, r)
+                };
             }
         },
-        _ => {
-            fits = [
-                balloon::best_single(&opts[0]),
-                balloon::best_single(&opts[1]),
-            ]
-        }
+        _ => fits = opts.as_ref().map(|o| balloon::best_single(o)),
     }
     let frame = anatomy.frame();
-    let mut sides = Vec::with_capacity(2);
-    for i in 0..2 {
-        let side = ctx[i].side;
-        let sp = match &outcomes[i] {
-            SideOutcome::Feasible(m) => match &fits[i] {
-                Some(b) => SidePlan {
-                    side,
-                    feasible: true,
-                    trajectory: Some(trajectory(m, frame, instrument, safety)),
-                    balloon: Some(balloon_out(b, frame)),
-                    reasons: vec![],
-                    alternatives: vec![],
-                },
-                None => SidePlan {
-                    side,
-                    feasible: false,
-                    trajectory: None,
-                    balloon: None,
-                    reasons: vec![Reason {
-                        code: ReasonCode::BalloonDoesNotFit,
-                        message: if crowded {
-                            format!(
-                                "a safe cannula path exists, but its balloon cannot inflate to {} mm without touching the other side's balloon",
-                                balloon::MIN_BALLOON_DIAMETER_MM
-                            )
-                        } else {
-                            format!(
-                                "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins",
-                                instrument.balloon_lengths_mm,
-                                balloon::MIN_BALLOON_DIAMETER_MM
-                            )
-                        },
-                        value_mm: None,
-                        limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
-                    }],
-                    alternatives: vec![Alternative {
-                        code: AlternativeCode::UnipedicularFromOtherSide,
-                        message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
-                    }],
-                },
-            },
-            SideOutcome::Infeasible {
-                reasons,
-                alternatives,
-            } => SidePlan {
-                side,
-                feasible: false,
-                trajectory: None,
-                balloon: None,
-                reasons: reasons.clone(),
-                alternatives: alternatives.clone(),
-            },
-        };
-        sides.push(sp);
-    }
+    let mut sides = PerSide::from_fn(|side| {
+        side_plan(
+            side,
+            &outcomes[side],
+            fits[side].as_ref(),
+            crowded,
+            frame,
+            instrument,
+            safety,
+        )
+    });
     // Suggest a unipedicular approach from a feasible other side.
-    for i in 0..2 {
-        if !sides[i].feasible && sides[1 - i].feasible {
-            let other = sides[1 - i].side;
-            if !sides[i]
+    for side in Side::BOTH {
+        let other = side.other();
+        if !sides[side].feasible
+            && sides[other].feasible
+            && !sides[side]
                 .alternatives
                 .iter()
                 .any(|a| a.code == AlternativeCode::UnipedicularFromOtherSide)
-            {
-                sides[i].alternatives.push(Alternative {
-                    code: AlternativeCode::UnipedicularFromOtherSide,
-                    message: format!(
-                        "unipedicular kyphoplasty from the {other}, aimed medially so the balloon ends on the midline"
-                    ),
-                });
-            }
+        {
+            sides[side].alternatives.push(Alternative {
+                code: AlternativeCode::UnipedicularFromOtherSide,
+                message: format!(
+                    "unipedicular kyphoplasty from the {other}, aimed medially so the balloon ends on the midline"
+                ),
+            });
         }
     }
+    let sides: Vec<SidePlan> = sides.into_iter().collect();
     let volumes: Vec<f64> = sides
         .iter()
         .filter_map(|s| s.balloon.as_ref().map(|b| b.volume_ml))
@@ -258,6 +212,69 @@ fn plan_level(
         vertebra_frame: Some(frame_summary(vertebra, frame)),
         keep_outs,
     })
+}
+
+/// One side's plan from its search outcome and its balloon (`crowded`: the balloons of both
+/// sides did not fit together).
+fn side_plan(
+    side: Side,
+    outcome: &SideOutcome,
+    fit: Option<&BalloonFit>,
+    crowded: bool,
+    frame: PatientFrame,
+    instrument: &Instrument,
+    safety: &Safety,
+) -> SidePlan {
+    match outcome {
+        SideOutcome::Feasible(m) => match fit {
+            Some(b) => SidePlan {
+                side,
+                feasible: true,
+                trajectory: Some(trajectory(m, frame, instrument, safety)),
+                balloon: Some(balloon_out(b, frame)),
+                reasons: vec![],
+                alternatives: vec![],
+            },
+            None => SidePlan {
+                side,
+                feasible: false,
+                trajectory: None,
+                balloon: None,
+                reasons: vec![Reason {
+                    code: ReasonCode::BalloonDoesNotFit,
+                    message: if crowded {
+                        format!(
+                            "a safe cannula path exists, but its balloon cannot inflate to {} mm without touching the other side's balloon",
+                            balloon::MIN_BALLOON_DIAMETER_MM
+                        )
+                    } else {
+                        format!(
+                            "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins",
+                            instrument.balloon_lengths_mm,
+                            balloon::MIN_BALLOON_DIAMETER_MM
+                        )
+                    },
+                    value_mm: None,
+                    limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
+                }],
+                alternatives: vec![Alternative {
+                    code: AlternativeCode::UnipedicularFromOtherSide,
+                    message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
+                }],
+            },
+        },
+        SideOutcome::Infeasible {
+            reasons,
+            alternatives,
+        } => SidePlan {
+            side,
+            feasible: false,
+            trajectory: None,
+            balloon: None,
+            reasons: reasons.clone(),
+            alternatives: alternatives.clone(),
+        },
+    }
 }
 
 fn round(x: f64, digits: i32) -> f64 {

@@ -85,7 +85,6 @@ struct Screen<'a> {
     sign: Real,
     radius: Real,
     canal_half_width: Real,
-    side_index: usize,
 }
 
 impl Screen<'_> {
@@ -106,11 +105,7 @@ impl Screen<'_> {
         evaluate::score(
             0.0,
             0.0,
-            evaluate::axis_offset_mm(
-                &self.ctx.vertebra.pedicle_centroids[self.side_index],
-                q,
-                dir,
-            ),
+            evaluate::axis_offset_mm(&self.ctx.vertebra.pedicle_centroids[self.ctx.side], q, dir),
             medial,
             TIP_DEPTH_FRACTION,
         )
@@ -258,7 +253,7 @@ impl Screen<'_> {
         let score = evaluate::score(
             worst,
             centring,
-            evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+            evaluate::axis_offset_mm(&v.pedicle_centroids[self.ctx.side], &q, &dir),
             medial,
             TIP_DEPTH_FRACTION,
         );
@@ -463,24 +458,19 @@ fn search_side_with(
 ) -> Result<SideOutcome, PlanError> {
     let v = ctx.vertebra;
     let f = &v.frame;
-    let s = match ctx.side {
-        crate::anatomy::Side::Left => 0,
-        crate::anatomy::Side::Right => 1,
-    };
     let screen = Screen {
         ctx,
         vertebra_to_grid: f.lps_to_grid * f.vertebra_to_lps(),
         y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
         sign: ctx.side.sign(),
         radius: ctx.instrument.cannula_radius_mm(),
-        canal_half_width: f.canal_half_width_mm[s],
-        side_index: s,
+        canal_half_width: f.canal_half_width_mm[ctx.side],
     };
     // The grid of lines: q in the reference plane every COARSE_STEP_MM where the bone is deep
     // enough, directions every COARSE_STEP_DEG. The values are accumulated as in the original
     // loops, so each line of the grid has the same bits whichever stage screens it.
-    let hw = f.canal_half_width_mm[s];
-    let (pz0, pz1) = f.pedicle_z_range_mm[s];
+    let hw = f.canal_half_width_mm[ctx.side];
+    let (pz0, pz1) = f.pedicle_z_range_mm[ctx.side];
     // q positions: (x, z) values and their grid indices.
     let mut qs: Vec<(Real, Real, usize, usize)> = Vec::new();
     let mut x = hw - 3.0;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
+use crate::anatomy::{AnatomyInput, Level, PatientFrame, PerSide, Role, Side, Structure};
 use crate::math::{Point, Pose, Real, Translation3, UnitVector, Vector};
 use crate::mesh::TriMesh;
 
@@ -153,7 +153,7 @@ pub struct SyntheticVertebra {
     /// The pose of the vertebra frame (origin body centre, +x left, +y posterior, +z superior).
     pub vertebra_to_lps: Pose,
     /// Left and right pedicle axes.
-    pub pedicle_axes: [PedicleAxis; 2],
+    pub pedicle_axes: PerSide<PedicleAxis>,
     /// Centre of the vertebral body.
     pub body_center_lps: Point,
     /// The dural sac: a closed elliptic tube filling the foramen shrunk by 1.5 mm, extending
@@ -161,7 +161,7 @@ pub struct SyntheticVertebra {
     pub canal: TriMesh,
     /// Left and right exiting nerve roots: closed tubes of 5 mm diameter, just below each
     /// pedicle, running laterally, anteriorly and inferiorly.
-    pub nerve_roots: [TriMesh; 2],
+    pub nerve_roots: PerSide<TriMesh>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -968,7 +968,7 @@ fn bone_mesh(params: &VertebraParams) -> TriMesh {
 pub fn vertebra(params: &VertebraParams, vertebra_to_lps: &Pose) -> SyntheticVertebra {
     let lay = layout(params);
     let mesh = bone_mesh(params).transformed(vertebra_to_lps);
-    let axes = Side::BOTH.map(|side| {
+    let axes = PerSide::from_fn(|side| {
         let (c, d) = match side {
             Side::Left => (lay.left_isthmus, lay.left_dir),
             Side::Right => (mirror_x(lay.left_isthmus), mirror_x(lay.left_dir)),
@@ -988,7 +988,7 @@ pub fn vertebra(params: &VertebraParams, vertebra_to_lps: &Pose) -> SyntheticVer
         pedicle_axes: axes,
         body_center_lps: vertebra_to_lps * Point::origin(),
         canal: canal_tube(params).transformed(vertebra_to_lps),
-        nerve_roots: Side::BOTH.map(|s| nerve_root(params, s).transformed(vertebra_to_lps)),
+        nerve_roots: PerSide::from_fn(|s| nerve_root(params, s).transformed(vertebra_to_lps)),
     }
 }
 
@@ -1062,12 +1062,12 @@ pub fn spine(
             mesh: tube_through_rings(&rings),
         });
         for v in &out {
-            for (side, root) in Side::BOTH.iter().zip(&v.nerve_roots) {
+            for (side, root) in v.nerve_roots.with_sides() {
                 structures.push(Structure {
                     name: format!("{}_root_{}", v.level.name(), side.name()),
                     role: Role::NerveRoot {
                         level: v.level,
-                        side: *side,
+                        side,
                     },
                     mesh: root.clone(),
                 });

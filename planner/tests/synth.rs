@@ -228,7 +228,7 @@ fn pedicles_are_where_the_axes_say() {
             }
         }
         // The pedicle axes converge anteriorly (or are parallel at T12).
-        let [l, r] = v.pedicle_axes;
+        let [l, r]: [_; 2] = v.pedicle_axes.into();
         assert_eq!(l.side, Side::Left);
         assert!(l.direction.y < 0.0 && r.direction.y < 0.0);
         assert!(l.direction.x <= 1e-12 && r.direction.x >= -1e-12);
