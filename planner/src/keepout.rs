@@ -88,7 +88,7 @@ impl KeepOut {
 /// extruded along the superior axis.
 pub fn derived_canal(frame: &VertebraFrame, level: &str) -> KeepOut {
     let (z0, z1) = frame.canal_z_range_mm;
-    let outline = crate::frame::offset_convex(&frame.canal_outline_xy_mm, -DURAL_SAC_INSET_MM);
+    let outline = crate::polygon::offset_convex(&frame.canal_outline_xy_mm, -DURAL_SAC_INSET_MM);
     let mesh = prism(
         &outline,
         z0 - DERIVED_CANAL_EXTENSION_MM,

@@ -23,6 +23,7 @@ pub mod keepout;
 pub mod math;
 pub mod mesh;
 pub mod plan;
+pub mod polygon;
 pub mod request;
 pub mod search;
 pub mod synth;
