@@ -36,16 +36,7 @@ fn main() {
     let out = std::env::args().nth(1).expect("usage: plan_json OUT_DIR");
     let out = Path::new(&out);
     std::fs::create_dir_all(out).unwrap();
-    let levels = [
-        Level::T10,
-        Level::T11,
-        Level::T12,
-        Level::L1,
-        Level::L2,
-        Level::L3,
-        Level::L4,
-        Level::L5,
-    ];
+    let levels = synth::MEAN_LEVELS;
 
     // The synthetic meshes themselves, bit for bit.
     let mut bits = String::new();

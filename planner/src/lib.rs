@@ -22,6 +22,7 @@ pub mod frame;
 pub mod keepout;
 pub mod math;
 pub mod mesh;
+pub mod mesher;
 pub mod plan;
 pub mod polygon;
 pub mod request;
