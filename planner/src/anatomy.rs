@@ -280,6 +280,12 @@ impl PatientFrame {
             PatientFrame::Ras => crate::math::Vector::new(-v.x, -v.y, v.z),
         }
     }
+
+    /// Map an LPS direction back to this frame.
+    pub fn dir_from_lps(self, v_lps: &crate::math::Vector) -> crate::math::Vector {
+        // The RAS<->LPS flip is an involution.
+        self.dir_to_lps(v_lps)
+    }
 }
 
 impl FromStr for PatientFrame {

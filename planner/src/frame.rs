@@ -58,6 +58,10 @@ impl VertebraFrame {
     pub fn vertebra_to_lps(&self) -> Pose {
         self.lps_to_vertebra.inverse()
     }
+    /// `p_grid = vertebra_to_grid * p_vertebra`: from the vertebra frame to the analysis grids'.
+    pub fn vertebra_to_grid(&self) -> Pose {
+        self.lps_to_grid * self.vertebra_to_lps()
+    }
     /// Unit vectors of the frame in LPS: (anterior, left, superior).
     pub fn axes_lps(&self) -> (Vector, Vector, Vector) {
         let r = self.lps_to_vertebra.rotation.inverse();

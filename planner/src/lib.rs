@@ -2,8 +2,10 @@
 //! for balloon kyphoplasty, from CT-derived surface meshes.
 //!
 //! The data's journey: [`math`] -> [`mesh`] -> [`validate`] -> [`clearance`], [`voxel`],
-//! [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`search`], [`balloon`], [`evaluate`] ->
-//! [`plan`]. This crate knows nothing of gRPC, protobuf or async runtimes.
+//! [`polygon`], [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`criteria`] (rules, score, grid
+//! measures) -> [`evaluate`], [`search`], [`balloon`] -> [`planning`] -> [`plan`]. [`synth`]
+//! (meshed by [`mesher`]) makes test and demo anatomy. The imports between these modules form
+//! no cycle. This crate knows nothing of gRPC, protobuf or async runtimes.
 
 // Lets the unit tests share the integration tests' helpers (`tests/common`), which name the
 // crate by its name.
@@ -16,6 +18,7 @@ mod test_common;
 pub mod anatomy;
 pub mod balloon;
 pub mod clearance;
+pub mod criteria;
 pub mod error;
 pub mod evaluate;
 pub mod frame;

@@ -282,22 +282,24 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-fn out_point(p: &Point, frame: PatientFrame) -> [f64; 3] {
-    array(&frame.from_lps(p))
+/// An LPS point as the plan reports it: in the case frame.
+fn lps_to_case_point(p_lps: &Point, case_frame: PatientFrame) -> [f64; 3] {
+    array(&case_frame.from_lps(p_lps))
 }
 
-fn out_dir(v: &Vector, frame: PatientFrame) -> [f64; 3] {
-    vec_array(&frame.dir_to_lps(v))
+/// An LPS direction as the plan reports it: in the case frame.
+fn lps_to_case_dir(v_lps: &Vector, case_frame: PatientFrame) -> [f64; 3] {
+    vec_array(&case_frame.dir_from_lps(v_lps))
 }
 
 fn frame_summary(v: &PreparedVertebra, frame: PatientFrame) -> VertebraFrameSummary {
     let f = &v.frame;
     let (a, l, s) = f.axes_lps();
     VertebraFrameSummary {
-        body_center_mm: out_point(&(f.vertebra_to_lps() * Point::origin()), frame),
-        anterior: out_dir(&a, frame),
-        left: out_dir(&l, frame),
-        superior: out_dir(&s, frame),
+        body_center_mm: lps_to_case_point(&(f.vertebra_to_lps() * Point::origin()), frame),
+        anterior: lps_to_case_dir(&a, frame),
+        left: lps_to_case_dir(&l, frame),
+        superior: lps_to_case_dir(&s, frame),
         body_depth_mm: f.body_depth_mm,
         body_width_mm: f.body_width_mm,
         body_height_mm: f.body_height_mm,
@@ -311,9 +313,9 @@ fn trajectory(
     safety: &Safety,
 ) -> Trajectory {
     Trajectory {
-        bone_entry_mm: out_point(&m.bone_entry, frame),
-        target_mm: out_point(&m.tip, frame),
-        skin_entry_mm: m.skin_entry.map(|p| out_point(&p, frame)),
+        bone_entry_mm: lps_to_case_point(&m.bone_entry_lps, frame),
+        target_mm: lps_to_case_point(&m.tip_lps, frame),
+        skin_entry_mm: m.skin_entry_lps.map(|p| lps_to_case_point(&p, frame)),
         cannula_outer_diameter_mm: instrument.cannula_outer_diameter_mm,
         medial_angle_deg: m.medial_angle_deg,
         cranial_angle_deg: m.cranial_angle_deg,
@@ -323,7 +325,7 @@ fn trajectory(
             nerve_root: m.root_clearance_mm,
             forbidden: m.forbidden_clearance_mm,
         },
-        direction: out_dir(&m.direction.into_inner(), frame),
+        direction: lps_to_case_dir(&m.direction_lps.into_inner(), frame),
         length_in_bone_mm: m.length_in_bone_mm,
         insertion_length_mm: m.insertion_length_mm,
         tip_depth_fraction: m.tip_depth_fraction,
@@ -333,8 +335,8 @@ fn trajectory(
 
 fn balloon_out(b: &BalloonFit, frame: PatientFrame) -> Balloon {
     Balloon {
-        center_mm: out_point(&b.center(), frame),
-        axis: out_dir(&b.axis, frame),
+        center_mm: lps_to_case_point(&b.center(), frame),
+        axis: lps_to_case_dir(&b.axis, frame),
         length_mm: b.length_mm,
         diameter_mm: b.diameter_mm,
         volume_ml: b.volume_ml,
@@ -369,9 +371,9 @@ pub fn evaluate(
         .vertebra(level)
         .ok_or(InputError::LevelNotInAnatomy { level })?;
     let frame = anatomy.frame();
-    let entry = frame.to_lps(&point(entry_mm));
-    let target = frame.to_lps(&point(target_mm));
-    if (target - entry).norm() < 1e-3 {
+    let entry_lps = frame.to_lps(&point(entry_mm));
+    let target_lps = frame.to_lps(&point(target_mm));
+    if (target_lps - entry_lps).norm() < 1e-3 {
         return Err(InputError::invalid(
             "target_mm",
             format!("{target_mm:?}"),
@@ -379,7 +381,7 @@ pub fn evaluate(
         ));
     }
     let ctx = context(anatomy, vertebra, side, instrument, safety);
-    let m = measure(&ctx, &entry, &target);
+    let m = measure(&ctx, &entry_lps, &target_lps);
     let mut violations = m.violations.clone();
     violations.extend(m.soft.iter().cloned());
     Ok(Evaluation {

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::anatomy::{AnatomyInput, Level, PatientFrame, PerSide, Role, Side};
 use crate::clearance::ClearanceMesh;
+use crate::criteria::BONE_OUTSIDE_GRID_MM;
 use crate::error::{InputError, PlanError};
 use crate::frame::{self, VertebraFrame};
 use crate::keepout::{self, KeepOut, KeepOutKind};
@@ -475,7 +476,7 @@ fn pedicle_centroids(
     use crate::math::Point;
     const STEP: f64 = 0.5;
     let sign = side.sign();
-    let to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
+    let vertebra_to_grid = frame.vertebra_to_grid();
     let hw = frame.canal_half_width_mm[side];
     let (pz0, pz1) = frame.pedicle_z_range_mm[side];
     let (x0, x1) = (hw - 2.0, hw + 25.0);
@@ -490,7 +491,7 @@ fn pedicle_centroids(
         for k in 0..nz {
             for i in 0..nx {
                 let p = Point::new(sign * (x0 + i as f64 * STEP), y, z0 + k as f64 * STEP);
-                let v = sdf.sample(&(to_grid * p), -10.0);
+                let v = sdf.sample(&(vertebra_to_grid * p), BONE_OUTSIDE_GRID_MM);
                 d[k * nx + i] = v;
                 if v > best.0 {
                     best = (v, k * nx + i);
