@@ -242,6 +242,19 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("scaling");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(30));
+    let big_check = validate::MeshCheck {
+        closed: true,
+        size_range_mm: Some(validate::VERTEBRA_SIZE_RANGE_MM),
+        winding: validate::WindingPolicy::Refuse,
+        max_triangles: 4_000_000,
+    };
+    g.bench_function(format!("validate/{big_name}"), |bch| {
+        bch.iter_batched(
+            || big_input.structures[0].mesh.clone(),
+            |m| black_box(validate::validate_mesh(m, &big_check).unwrap()),
+            BatchSize::LargeInput,
+        )
+    });
     g.bench_function(format!("prepare/{big_name}"), |bch| {
         bch.iter_batched(
             || big_input.clone(),

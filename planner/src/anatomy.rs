@@ -134,6 +134,112 @@ impl FromStr for Side {
     }
 }
 
+/// One value for each side, indexed by [`Side`]: the left and right pedicles, nerve roots,
+/// canal half-widths of a vertebra.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerSide<T> {
+    pub left: T,
+    pub right: T,
+}
+
+impl<T> PerSide<T> {
+    pub const fn new(left: T, right: T) -> Self {
+        PerSide { left, right }
+    }
+
+    /// `f(Side::Left)`, then `f(Side::Right)`.
+    pub fn from_fn(mut f: impl FnMut(Side) -> T) -> Self {
+        let left = f(Side::Left);
+        let right = f(Side::Right);
+        PerSide { left, right }
+    }
+
+    /// The value of each side mapped by `f` (left first).
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> PerSide<U> {
+        let left = f(self.left);
+        let right = f(self.right);
+        PerSide { left, right }
+    }
+
+    pub fn as_ref(&self) -> PerSide<&T> {
+        PerSide {
+            left: &self.left,
+            right: &self.right,
+        }
+    }
+
+    /// The values, left then right.
+    pub fn iter(&self) -> std::array::IntoIter<&T, 2> {
+        [&self.left, &self.right].into_iter()
+    }
+
+    /// The values with their sides, left then right.
+    pub fn with_sides(&self) -> std::array::IntoIter<(Side, &T), 2> {
+        [(Side::Left, &self.left), (Side::Right, &self.right)].into_iter()
+    }
+}
+
+impl<T> std::ops::Index<Side> for PerSide<T> {
+    type Output = T;
+    fn index(&self, side: Side) -> &T {
+        match side {
+            Side::Left => &self.left,
+            Side::Right => &self.right,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Side> for PerSide<T> {
+    fn index_mut(&mut self, side: Side) -> &mut T {
+        match side {
+            Side::Left => &mut self.left,
+            Side::Right => &mut self.right,
+        }
+    }
+}
+
+/// `[0]` left, `[1]` right: the indices of the `[T; 2]` arrays `PerSide` replaced, kept for
+/// callers that still index by number. Panics on any other index.
+impl<T> std::ops::Index<usize> for PerSide<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        match i {
+            0 => &self.left,
+            1 => &self.right,
+            _ => panic!("PerSide index {i} out of range (0 left, 1 right)"),
+        }
+    }
+}
+
+impl<T> From<[T; 2]> for PerSide<T> {
+    fn from([left, right]: [T; 2]) -> Self {
+        PerSide { left, right }
+    }
+}
+
+impl<T> From<PerSide<T>> for [T; 2] {
+    fn from(p: PerSide<T>) -> Self {
+        [p.left, p.right]
+    }
+}
+
+impl<T> IntoIterator for PerSide<T> {
+    type Item = T;
+    type IntoIter = std::array::IntoIter<T, 2>;
+    /// The values, left then right.
+    fn into_iter(self) -> Self::IntoIter {
+        [self.left, self.right].into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerSide<T> {
+    type Item = &'a T;
+    type IntoIter = std::array::IntoIter<&'a T, 2>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// The patient frame the input coordinates are given in. Inside the planner everything is LPS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PatientFrame {
@@ -173,6 +279,12 @@ impl PatientFrame {
             PatientFrame::Lps => *v,
             PatientFrame::Ras => crate::math::Vector::new(-v.x, -v.y, v.z),
         }
+    }
+
+    /// Map an LPS direction back to this frame.
+    pub fn dir_from_lps(self, v_lps: &crate::math::Vector) -> crate::math::Vector {
+        // The RAS<->LPS flip is an involution.
+        self.dir_to_lps(v_lps)
     }
 }
 

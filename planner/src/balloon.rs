@@ -60,7 +60,7 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
     let safety = ctx.safety;
     let v = ctx.vertebra;
     let f = &v.frame;
-    let u = m.direction.into_inner();
+    let u = m.direction_lps.into_inner();
     let mut out = Vec::new();
     let mut lengths = ctx.instrument.balloon_lengths_mm.clone();
     lengths.sort_by(|a, b| a.total_cmp(b));
@@ -69,7 +69,7 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
         .iter()
         .flat_map(|l| DISTAL_OFFSETS_MM.iter().map(move |o| (l, o)))
     {
-        let distal = m.tip + u * offset;
+        let distal = m.tip_lps + u * offset;
         let proximal = distal - u * len;
         if !v.bone.contains_point(&proximal) || !v.bone.contains_point(&distal) {
             continue;

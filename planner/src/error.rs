@@ -114,3 +114,12 @@ impl InputError {
         }
     }
 }
+
+/// Planning (or preparation) stopped before it finished.
+#[derive(Clone, Debug, PartialEq, Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("planning was cancelled")]
+    Cancelled,
+}

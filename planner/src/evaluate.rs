@@ -3,84 +3,25 @@
 //! planned trajectory and a dragged one are judged by the same code, in exact f64 geometry.
 
 use crate::anatomy::Side;
+use crate::criteria::{
+    self, angles_deg, axis_offset_mm, breach_grade, centring_mm, cortex_start, docking_zone_mm,
+    entry_incidence_cos, pedicle_span, GridSampler, ANTERIOR_THIRD_FRACTION,
+    MAX_ENTRY_INCIDENCE_DEG, MIN_ENTRY_BEHIND_WALL_MM,
+};
 use crate::keepout::{KeepOut, KeepOutKind};
-use crate::math::{Point, Real, UnitVector, Vector};
+use crate::math::{Point, Real, UnitVector};
 use crate::plan::{Reason, ReasonCode};
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Instrument, Safety};
 
-/// The bone entry must lie at least this far behind the posterior wall of the body, mm.
-pub const MIN_ENTRY_BEHIND_WALL_MM: Real = 5.0;
-/// Tip depth in the body (fraction from the posterior wall) at or beyond which the tip is in
-/// the anterior third.
-pub const ANTERIOR_THIRD_FRACTION: Real = 2.0 / 3.0;
-
-/// Steepest incidence (angle between the axis and the inward surface normal at the bone
-/// entry) at which a cannula can dock without skiving, degrees.
-pub const MAX_ENTRY_INCIDENCE_DEG: Real = 75.0;
-
-/// Minimum length of the docking zone behind the bone entry, where the cannula passes the
-/// entry cortex.
-pub fn docking_zone_mm(instrument: &Instrument, safety: &Safety) -> Real {
-    2.0 * (instrument.cannula_radius_mm() + safety.cortex_margin_mm)
-}
-
-/// Cosine of the incidence of the axis `dir_vertebra` at the bone entry `entry_vertebra`, from
-/// the gradient of the approximate distance grid one millimetre inside.
-pub fn entry_incidence_cos(
-    vertebra: &PreparedVertebra,
-    vertebra_to_grid: &crate::math::Pose,
-    entry_vertebra: &Point,
-    dir_vertebra: &Vector,
-) -> Real {
-    let p = entry_vertebra + dir_vertebra;
-    let h = vertebra.bone_sdf.spacing_mm;
-    let mut g = Vector::zeros();
-    for axis in 0..3 {
-        let mut e = Vector::zeros();
-        e[axis] = h;
-        let a = vertebra
-            .bone_sdf
-            .sample(&(vertebra_to_grid * (p + e)), -10.0) as Real;
-        let b = vertebra
-            .bone_sdf
-            .sample(&(vertebra_to_grid * (p - e)), -10.0) as Real;
-        g[axis] = a - b;
-    }
-    let n = g.norm();
-    if n < 1e-9 {
-        return 1.0;
-    }
-    (g / n).dot(dir_vertebra).clamp(-1.0, 1.0)
-}
-
-/// Where along the axis (distance from the tip, negative behind it) the cortex margin starts to
-/// apply: in front of the plane of the back of the vertebral canal (where the pedicle meets the
-/// lamina) and at least the docking zone past the bone entry. Behind it the cannula crosses the
-/// posterior elements: there its axis must stay in bone, and the canal and root margins apply as
-/// everywhere.
-pub fn cortex_start(
-    frame: &crate::frame::VertebraFrame,
-    tip_vertebra: &Point,
-    dir_vertebra: &Vector,
-    t_entry: Real,
-    docking_mm: Real,
-) -> Real {
-    let mut start = t_entry + docking_mm;
-    if dir_vertebra.y < -1e-9 {
-        let t_back = (frame.canal_back_y_mm - tip_vertebra.y) / dir_vertebra.y;
-        start = start.max(t_back);
-    }
-    start.min(0.0)
-}
-
 /// Everything measured about one trajectory, in LPS.
 #[derive(Clone, Debug)]
 pub struct Measurement {
-    pub bone_entry: Point,
-    pub tip: Point,
-    pub direction: UnitVector,
-    pub skin_entry: Option<Point>,
+    pub bone_entry_lps: Point,
+    pub tip_lps: Point,
+    /// Unit direction from the bone entry to the tip.
+    pub direction_lps: UnitVector,
+    pub skin_entry_lps: Option<Point>,
     pub length_in_bone_mm: Real,
     pub insertion_length_mm: Real,
     /// Cylinder surface to bone surface beyond the docking zone (negative: breach depth).
@@ -91,7 +32,7 @@ pub struct Measurement {
     pub medial_angle_deg: Real,
     pub cranial_angle_deg: Real,
     pub tip_depth_fraction: Real,
-    /// Mean slack to the bone along the path in the pedicle (see [`centring_mm`]).
+    /// Mean slack to the bone along the path in the pedicle ([`criteria::centring_mm`]).
     pub centring_mm: Real,
     /// Mean distance of the axis from the pedicle's cross-section centres.
     pub axis_offset_mm: Real,
@@ -104,19 +45,18 @@ pub struct Measurement {
 impl Measurement {
     /// Smallest slack over the margins (negative when a margin is violated).
     pub fn worst_slack_mm(&self, safety: &Safety) -> Real {
-        let mut w = (self.cortex_clearance_mm - safety.cortex_margin_mm)
-            .min(self.canal_clearance_mm - safety.canal_margin_mm)
-            .min(self.root_clearance_mm - safety.nerve_root_margin_mm);
-        if let Some(f) = self.forbidden_clearance_mm {
-            w = w.min(f - safety.canal_margin_mm);
-        }
-        w
+        criteria::worst_slack_mm(
+            safety,
+            self.cortex_clearance_mm,
+            self.canal_clearance_mm,
+            self.root_clearance_mm,
+            self.forbidden_clearance_mm,
+        )
     }
 
-    /// Higher is better: the worst clearance slack first, a little for convergence towards the
-    /// midline and for a tip in the anterior third.
+    /// [`criteria::score`]: higher is better.
     pub fn score(&self, safety: &Safety) -> Real {
-        score(
+        criteria::score(
             self.worst_slack_mm(safety),
             self.centring_mm,
             self.axis_offset_mm,
@@ -124,108 +64,6 @@ impl Measurement {
             self.tip_depth_fraction,
         )
     }
-}
-
-/// The worst slack counts in the score up to this reserve, mm: beyond it, a trajectory is
-/// comfortably safe and alignment with the pedicle decides.
-pub const SLACK_RESERVE_MM: Real = 1.0;
-/// Each sample of the centring term counts at most this much slack, mm.
-pub const CENTRING_CAP_MM: Real = 6.0;
-/// Weight of the centring term in the score.
-pub const CENTRING_WEIGHT: Real = 0.5;
-/// Penalty per millimetre of mean distance between the path and the centres of the pedicle's
-/// cross-sections (the anatomical pedicle axis).
-pub const ALIGNMENT_WEIGHT_PER_MM: Real = 0.2;
-/// Weight of convergence towards the midline, per degree of medial angle (up to 30 degrees).
-pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
-
-/// The score of the search and of evaluation (one formula for both): the worst slack over the
-/// margins dominates up to [`SLACK_RESERVE_MM`]; then the centring term (mean slack to the bone
-/// inside the pedicle) aligns the cannula with the pedicle; convergence and a tip in the anterior
-/// third add a little.
-pub fn score(
-    worst_slack_mm: Real,
-    centring_mm: Real,
-    axis_offset_mm: Real,
-    medial_angle_deg: Real,
-    tip_depth_fraction: Real,
-) -> Real {
-    let convergence = CONVERGENCE_WEIGHT_PER_DEG * medial_angle_deg.clamp(0.0, 30.0);
-    let tip = if tip_depth_fraction >= ANTERIOR_THIRD_FRACTION {
-        0.0
-    } else {
-        -2.0 * (ANTERIOR_THIRD_FRACTION - tip_depth_fraction)
-    };
-    worst_slack_mm.min(SLACK_RESERVE_MM) + CENTRING_WEIGHT * centring_mm
-        - ALIGNMENT_WEIGHT_PER_MM * axis_offset_mm
-        + convergence
-        + tip
-}
-
-/// Mean distance from the line through `origin` along unit `dir` to `centroids` (all vertebra
-/// frame), 0 without centroids.
-pub fn axis_offset_mm(centroids: &[Point], origin: &Point, dir: &Vector) -> Real {
-    if centroids.is_empty() {
-        return 0.0;
-    }
-    centroids
-        .iter()
-        .map(|c| {
-            let w = c - origin;
-            (w - dir * w.dot(dir)).norm()
-        })
-        .sum::<Real>()
-        / centroids.len() as Real
-}
-
-/// The part of a path inside the pedicle: between the plane of the back of the canal and the
-/// posterior wall of the body, clipped to `[t0, t1]` (distances along `dir` from `origin`, all
-/// in the vertebra frame). `None` when the path does not cross that slab.
-pub fn pedicle_span(
-    frame: &crate::frame::VertebraFrame,
-    origin: &Point,
-    dir: &Vector,
-    t0: Real,
-    t1: Real,
-) -> Option<(Real, Real)> {
-    if dir.y > -1e-9 {
-        return None;
-    }
-    let t_back = (frame.canal_back_y_mm - origin.y) / dir.y;
-    let t_wall = (frame.posterior_wall_y_mm - origin.y) / dir.y;
-    let a = t_back.max(t0);
-    let b = t_wall.min(t1);
-    (b > a).then_some((a, b))
-}
-
-/// Mean slack (distance minus cannula radius minus cortex margin, each sample capped at
-/// [`CENTRING_CAP_MM`]) to the bone surface along `a-b` in the vertebra frame, from the
-/// approximate distance grid.
-pub fn centring_mm(
-    vertebra: &PreparedVertebra,
-    vertebra_to_grid: &crate::math::Pose,
-    a_vertebra: &Point,
-    b_vertebra: &Point,
-    radius_mm: Real,
-    margin_mm: Real,
-) -> Real {
-    let len = (b_vertebra - a_vertebra).norm();
-    let n = ((len / 0.5).ceil() as usize).max(1);
-    let mut sum = 0.0;
-    for i in 0..=n {
-        let p = a_vertebra + (b_vertebra - a_vertebra) * (i as Real / n as Real);
-        let d = vertebra.bone_sdf.sample(&(vertebra_to_grid * p), -10.0) as Real;
-        sum += (d - radius_mm - margin_mm).min(CENTRING_CAP_MM);
-    }
-    sum / (n + 1) as Real
-}
-
-/// Medial and cranial angles (degrees) of a direction given in the vertebra frame.
-pub fn angles_deg(side: Side, dir_vertebra: &Vector) -> (Real, Real) {
-    let forward = -dir_vertebra.y;
-    let medial = (-side.sign() * dir_vertebra.x).atan2(forward).to_degrees();
-    let cranial = dir_vertebra.z.atan2(forward).to_degrees();
-    (medial, cranial)
 }
 
 fn reason(
@@ -253,9 +91,9 @@ pub struct SideContext<'a> {
     pub safety: &'a Safety,
 }
 
-/// Measure the straight cannula whose axis runs from `from` (any point on the approach behind
-/// the tip) to `tip`, on `side` of `vertebra`. `from` and `tip` must differ.
-pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement {
+/// Measure the straight cannula whose axis runs from `from_lps` (any point on the approach behind
+/// the tip) to `tip_lps`, on `side` of `vertebra`. The two must differ.
+pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Measurement {
     let SideContext {
         anatomy,
         vertebra,
@@ -267,18 +105,18 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     let side = *side;
     let r = instrument.cannula_radius_mm();
     let wl = instrument.cannula_working_length_mm;
-    let u = UnitVector::new_normalize(tip - from);
+    let dir_lps = UnitVector::new_normalize(tip_lps - from_lps);
     let frame = &vertebra.frame;
     let bone = &vertebra.bone;
     let mut violations = Vec::new();
     let mut soft = Vec::new();
 
-    // Where the axis crosses the bone, as distances along u from the tip.
-    let crossings = bone.line_crossings(tip, &u);
-    let tip_inside = bone.contains_point(tip);
+    // Where the axis crosses the bone, as distances along the axis from the tip.
+    let crossings = bone.line_crossings(tip_lps, &dir_lps);
+    let tip_inside = bone.contains_point(tip_lps);
     let behind: Vec<Real> = crossings.iter().copied().filter(|&t| t < 0.0).collect();
     let t_entry = behind.last().copied();
-    let bone_entry = tip + u.into_inner() * t_entry.unwrap_or(0.0);
+    let bone_entry_lps = tip_lps + dir_lps.into_inner() * t_entry.unwrap_or(0.0);
     if t_entry.is_none() {
         violations.push(reason(
             ReasonCode::NotThroughPedicle,
@@ -293,7 +131,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         0.0
     };
     if !tip_inside {
-        let d = bone.distance_to_point(tip);
+        let d = bone.distance_to_point(tip_lps);
         violations.push(reason(
             ReasonCode::TipOutsideBody,
             format!("the tip is outside the bone, {d:.1} mm from its surface"),
@@ -303,17 +141,17 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     }
 
     // Skin and insertion length.
-    let mut skin_entry = None;
+    let mut skin_entry_lps = None;
     let mut insertion = -t_entry.unwrap_or(0.0);
     if let Some(skin) = anatomy.skin() {
         let before = t_entry.unwrap_or(0.0);
         match skin
-            .line_crossings(tip, &u)
+            .line_crossings(tip_lps, &dir_lps)
             .into_iter()
             .rfind(|&t| t < before)
         {
             Some(t) => {
-                skin_entry = Some(tip + u.into_inner() * t);
+                skin_entry_lps = Some(tip_lps + dir_lps.into_inner() * t);
                 insertion = -t;
             }
             None => violations.push(reason(
@@ -329,7 +167,7 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
             ReasonCode::WorkingLengthTooShort,
             format!(
                 "{} to tip is {insertion:.1} mm, longer than the working length {wl} mm",
-                if skin_entry.is_some() {
+                if skin_entry_lps.is_some() {
                     "skin"
                 } else {
                     "bone entry"
@@ -356,15 +194,15 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
                 ));
             }
         }
-        let tail = tip - u.into_inner() * wl.max(insertion);
-        let outside_end = tip + u.into_inner() * (te - 0.5);
+        let tail_lps = tip_lps - dir_lps.into_inner() * wl.max(insertion);
+        let outside_end_lps = tip_lps + dir_lps.into_inner() * (te - 0.5);
         for other in anatomy.vertebrae() {
             if other.level == vertebra.level
                 || other.level.index().abs_diff(vertebra.level.index()) > 1
             {
                 continue;
             }
-            if other.bone.distance_to_segment(&tail, &outside_end) <= 0.0 {
+            if other.bone.distance_to_segment(&tail_lps, &outside_end_lps) <= 0.0 {
                 violations.push(reason(
                     ReasonCode::NotThroughPedicle,
                     format!("the approach passes through the bone of {}", other.level),
@@ -376,12 +214,12 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     }
 
     // Cortex clearance from where it applies to the tip.
-    let to_v = &frame.lps_to_vertebra;
-    let tip_v = to_v * tip;
-    let u_v = to_v.rotation * u.into_inner();
-    let vertebra_to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
-    let cos_incidence =
-        entry_incidence_cos(vertebra, &vertebra_to_grid, &(to_v * bone_entry), &u_v);
+    let lps_to_vertebra = &frame.lps_to_vertebra;
+    let tip_vertebra = lps_to_vertebra * tip_lps;
+    let dir_vertebra = lps_to_vertebra.rotation * dir_lps.into_inner();
+    let entry_vertebra = lps_to_vertebra * bone_entry_lps;
+    let bone_grid = GridSampler::bone(&vertebra.bone_sdf, frame.vertebra_to_grid());
+    let cos_incidence = entry_incidence_cos(&bone_grid, &entry_vertebra, &dir_vertebra);
     if t_entry.is_some() && cos_incidence < MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
         violations.push(reason(
             ReasonCode::NotThroughPedicle,
@@ -394,12 +232,18 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         ));
     }
     let zone = docking_zone_mm(instrument, safety);
-    let t_start = cortex_start(frame, &tip_v, &u_v, t_entry.unwrap_or(0.0), zone);
-    let cortex_from = tip + u.into_inner() * t_start;
+    let t_start = cortex_start(
+        frame,
+        &tip_vertebra,
+        &dir_vertebra,
+        t_entry.unwrap_or(0.0),
+        zone,
+    );
+    let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
     let cortex = if !tip_inside {
-        -bone.distance_to_point(tip) - r
+        -bone.distance_to_point(tip_lps) - r
     } else {
-        bone.distance_to_segment(&cortex_from, tip) - r
+        bone.distance_to_segment(&cortex_from_lps, tip_lps) - r
     };
     if cortex < safety.cortex_margin_mm {
         let msg = if cortex < 0.0 {
@@ -423,15 +267,15 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     }
 
     // Keep-outs along the whole cannula in the patient.
-    let tail = match skin_entry {
+    let tail_lps = match skin_entry_lps {
         Some(s) => s,
-        None => tip - u.into_inner() * wl,
+        None => tip_lps - dir_lps.into_inner() * wl,
     };
     let mut canal = Real::INFINITY;
     let mut root = Real::INFINITY;
     let mut forbidden: Option<Real> = None;
     for k in keep_outs {
-        let d = k.distance_to_segment(&tail, tip) - r;
+        let d = k.distance_to_segment(&tail_lps, tip_lps) - r;
         match k.kind {
             KeepOutKind::Canal => canal = canal.min(d),
             KeepOutKind::NerveRoot(_) => root = root.min(d),
@@ -473,35 +317,30 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
     }
 
     // Frame checks: entry behind the body and lateral of the canal; tip in the body.
-    let entry_v = to_v * bone_entry;
-    let s = match side {
-        Side::Left => 0,
-        Side::Right => 1,
-    };
-    if entry_v.y < frame.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM {
+    if entry_vertebra.y < frame.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM {
         violations.push(reason(
             ReasonCode::EntryNotPosterior,
             format!(
                 "the bone entry is {:.1} mm behind the posterior wall of the body (at least {MIN_ENTRY_BEHIND_WALL_MM} mm)",
-                entry_v.y - frame.posterior_wall_y_mm
+                entry_vertebra.y - frame.posterior_wall_y_mm
             ),
-            Some(entry_v.y - frame.posterior_wall_y_mm),
+            Some(entry_vertebra.y - frame.posterior_wall_y_mm),
             Some(MIN_ENTRY_BEHIND_WALL_MM),
         ));
     }
-    let lateral = entry_v.x * side.sign();
-    if lateral < frame.canal_half_width_mm[s] {
+    let lateral = entry_vertebra.x * side.sign();
+    if lateral < frame.canal_half_width_mm[side] {
         violations.push(reason(
             ReasonCode::EntryWrongSide,
             format!(
                 "the bone entry is {lateral:.1} mm to the {side} of the midline, inside the canal's edge at {:.1} mm",
-                frame.canal_half_width_mm[s]
+                frame.canal_half_width_mm[side]
             ),
             Some(lateral),
-            Some(frame.canal_half_width_mm[s]),
+            Some(frame.canal_half_width_mm[side]),
         ));
     }
-    let forward = -u_v.y;
+    let forward = -dir_vertebra.y;
     let mut depth_fraction = 0.0;
     if forward <= 1e-6 {
         violations.push(reason(
@@ -512,16 +351,16 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         ));
     } else {
         // Body chord along the axis: from the posterior-wall plane to the anterior exit.
-        let t_pw = (frame.posterior_wall_y_mm - tip_v.y) / u_v.y;
+        let t_pw = (frame.posterior_wall_y_mm - tip_vertebra.y) / dir_vertebra.y;
         let t_exit = crossings.iter().copied().find(|&t| t > 0.0);
-        if tip_v.y > frame.posterior_wall_y_mm {
+        if tip_vertebra.y > frame.posterior_wall_y_mm {
             violations.push(reason(
                 ReasonCode::TipOutsideBody,
                 format!(
                     "the tip is {:.1} mm behind the posterior wall of the body",
-                    tip_v.y - frame.posterior_wall_y_mm
+                    tip_vertebra.y - frame.posterior_wall_y_mm
                 ),
-                Some(tip_v.y - frame.posterior_wall_y_mm),
+                Some(tip_vertebra.y - frame.posterior_wall_y_mm),
                 None,
             ));
         }
@@ -544,24 +383,31 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
             ));
         }
     }
-    let (medial, cranial) = angles_deg(side, &u_v);
-    let entry_vertebra = to_v * bone_entry;
-    let centring = match pedicle_span(frame, &entry_vertebra, &u_v, 0.0, -t_entry.unwrap_or(0.0)) {
-        Some((a, b)) => centring_mm(
-            vertebra,
-            &vertebra_to_grid,
-            &(entry_vertebra + u_v * a),
-            &(entry_vertebra + u_v * b),
-            r,
-            safety.cortex_margin_mm,
-        ),
+    let (medial, cranial) = angles_deg(side, &dir_vertebra);
+    let in_pedicle = pedicle_span(
+        frame,
+        &entry_vertebra,
+        &dir_vertebra,
+        0.0,
+        -t_entry.unwrap_or(0.0),
+    );
+    let centring = match in_pedicle {
+        Some((a, b)) => {
+            let (a, b) = (
+                entry_vertebra + dir_vertebra * a,
+                entry_vertebra + dir_vertebra * b,
+            );
+            centring_mm((b - a).norm(), r, safety.cortex_margin_mm, |f| {
+                bone_grid.at(&(a + (b - a) * f))
+            })
+        }
         None => 0.0,
     };
     Measurement {
-        bone_entry,
-        tip: *tip,
-        direction: u,
-        skin_entry,
+        bone_entry_lps,
+        tip_lps: *tip_lps,
+        direction_lps: dir_lps,
+        skin_entry_lps,
         length_in_bone_mm: length_in_bone,
         insertion_length_mm: insertion,
         cortex_clearance_mm: cortex,
@@ -572,19 +418,12 @@ pub fn measure(ctx: &SideContext<'_>, from: &Point, tip: &Point) -> Measurement 
         cranial_angle_deg: cranial,
         tip_depth_fraction: depth_fraction,
         centring_mm: centring,
-        axis_offset_mm: axis_offset_mm(&vertebra.pedicle_centroids[s], &tip_v, &u_v),
+        axis_offset_mm: axis_offset_mm(
+            &vertebra.pedicle_centroids[side],
+            &tip_vertebra,
+            &dir_vertebra,
+        ),
         violations,
         soft,
-    }
-}
-
-/// Gertzbein-Robbins grade of a breach depth: A none, B < 2 mm, C < 4, D < 6, E >= 6.
-pub fn breach_grade(breach_mm: Real) -> char {
-    match breach_mm {
-        b if b <= 0.0 => 'A',
-        b if b < 2.0 => 'B',
-        b if b < 4.0 => 'C',
-        b if b < 6.0 => 'D',
-        _ => 'E',
     }
 }

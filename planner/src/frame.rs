@@ -12,10 +12,11 @@
 //! The vertebra frame: origin at the body centre, +x patient left, +y posterior, +z superior
 //! (LPS-like), so at an unrotated patient it differs from LPS by a translation only.
 
-use crate::anatomy::Level;
+use crate::anatomy::{Level, PerSide, Side};
 use crate::error::InputError;
 use crate::math::{Point, Pose, Real, Rotation3, Vector};
 use crate::mesh::TriMesh;
+use crate::polygon;
 use crate::voxel::{self, Grid};
 
 /// Grid spacing used to analyse a vertebra, millimetres.
@@ -44,10 +45,11 @@ pub struct VertebraFrame {
     /// Vertebra-frame y of the back of the vertebral canal (where the pedicles meet the
     /// laminae): the cortex margin applies in front of this plane.
     pub canal_back_y_mm: Real,
-    /// Lateral half-width of the canal on each side: largest x and largest -x of the outline.
-    pub canal_half_width_mm: [Real; 2],
-    /// Inferior and superior extent (vertebra-frame z) of each pedicle [left, right].
-    pub pedicle_z_range_mm: [(Real, Real); 2],
+    /// Lateral half-width of the canal on each side: largest x (left) and largest -x (right) of
+    /// the outline.
+    pub canal_half_width_mm: PerSide<Real>,
+    /// Inferior and superior extent (vertebra-frame z) of each pedicle.
+    pub pedicle_z_range_mm: PerSide<(Real, Real)>,
     /// Number of closed-ring slices the foramen was found in.
     pub foramen_slices: usize,
 }
@@ -55,6 +57,10 @@ pub struct VertebraFrame {
 impl VertebraFrame {
     pub fn vertebra_to_lps(&self) -> Pose {
         self.lps_to_vertebra.inverse()
+    }
+    /// `p_grid = vertebra_to_grid * p_vertebra`: from the vertebra frame to the analysis grids'.
+    pub fn vertebra_to_grid(&self) -> Pose {
+        self.lps_to_grid * self.vertebra_to_lps()
     }
     /// Unit vectors of the frame in LPS: (anterior, left, superior).
     pub fn axes_lps(&self) -> (Vector, Vector, Vector) {
@@ -75,6 +81,10 @@ pub struct FrameAnalysis {
 }
 
 /// Estimate the frame of the vertebra `mesh` (LPS, closed, outward wound).
+///
+/// Each pass (`analyse`) voxelises the bone and takes these steps: `find_foramen`,
+/// `find_body`, `posterior_wall_y`, `body_extent`, `canal_outline`, `pedicle_z_ranges`,
+/// `endplate_normal`.
 ///
 /// Two passes: the first slices along the axis of largest inertia, finds the foramen and the
 /// body; the second slices along the body's own shortest axis (the body is a short cylinder,
@@ -129,8 +139,44 @@ struct Pass {
     endplate_superior_grid: Vector,
 }
 
-/// One pass of the analysis in the grid frame `lps_to_grid`. `full_sdf`: compute the signed
-/// distance outside the bone too (the first pass only needs the deepest bone).
+/// The analysis grids reach this many cells past the mesh, so that the slice border is outside
+/// the bone and every hole is closed by bone, not by the grid's edge.
+pub const GRID_PADDING_CELLS: Real = 3.0;
+/// Holes of an axial slice smaller than this are ignored, mm^2 (pores, vascular channels and
+/// meshing noise; the smallest lumbar canal is several times larger).
+pub const MIN_HOLE_AREA_MM2: Real = 20.0;
+/// A hole continues the chain of the previous slice's hole when they share at least
+/// 1/`CHAIN_OVERLAP_DIVISOR` of the smaller one's cells (the canal shifts little from slice
+/// to slice).
+pub const CHAIN_OVERLAP_DIVISOR: usize = 3;
+/// The foramen's largest cross-section must be at least this, mm^2, or there is no foramen.
+pub const MIN_FORAMEN_AREA_MM2: Real = 20.0;
+/// Cells count as the body when at least this far in front of the front of the foramen, mm (one
+/// cell, so the posterior wall's own cells do not pull the body centre back).
+pub const BODY_IN_FRONT_OF_FORAMEN_MM: Real = 1.0;
+/// Fewer body cells than this (1 mm^3 each) is no vertebral body.
+pub const MIN_BODY_CELLS: usize = 100;
+/// The body's extent counts cells at least this far in front of the posterior wall, mm.
+pub const BODY_IN_FRONT_OF_WALL_MM: Real = 1.0;
+/// The body's height is measured over the column within this distance of the body centre in x
+/// and y, mm (the centre of the endplates, away from the raised rims).
+pub const BODY_HEIGHT_COLUMN_HALF_WIDTH_MM: Real = 3.0;
+/// The pedicles are looked for in the slab from this far behind the posterior wall ...
+pub const PEDICLE_SLAB_FROM_WALL_MM: Real = 1.0;
+/// ... to this far behind it, mm: the pedicle's root, before the transverse process and the
+/// articular pillar widen the bone.
+pub const PEDICLE_SLAB_TO_WALL_MM: Real = 6.0;
+/// Pedicle bone is looked for from this far medial of the canal's edge ...
+pub const PEDICLE_MEDIAL_OF_CANAL_EDGE_MM: Real = 1.0;
+/// ... to this far lateral of it, mm (the widest lumbar pedicle, L5's, is ~18 mm wide, its
+/// root narrower).
+pub const PEDICLE_LATERAL_OF_CANAL_EDGE_MM: Real = 12.0;
+/// ... and within this far above and below the closed bony ring, mm.
+pub const PEDICLE_BEYOND_CANAL_Z_MM: Real = 10.0;
+
+/// One pass of the analysis in the grid frame `lps_to_grid`, in named steps. `full_sdf`:
+/// compute the signed distance outside the bone too (the first pass only needs the deepest
+/// bone).
 fn analyse(
     level: Level,
     mesh: &TriMesh,
@@ -140,29 +186,97 @@ fn analyse(
     let fail = |reason: String| InputError::UnrecognisedVertebra { level, reason };
     let lps_to_grid = *lps_to_grid;
     let h = ANALYSIS_SPACING_MM;
-    let (origin, dims) = voxel::grid_around(mesh, &lps_to_grid, h, 3.0 * h);
+    let (origin, dims) = voxel::grid_around(mesh, &lps_to_grid, h, GRID_PADDING_CELLS * h);
     let inside = voxel::voxelize(mesh, &lps_to_grid, origin, h, dims);
+    let foramen = find_foramen(&inside, origin).map_err(fail)?;
+    let sdf = if full_sdf {
+        voxel::signed_distance(&inside)
+    } else {
+        voxel::inside_distance(&inside)
+    };
+    let body = find_body(&inside, &sdf, &foramen).map_err(fail)?;
+    let grid_to_vertebra = body.grid_to_vertebra();
+    let lps_to_vertebra = grid_to_vertebra * lps_to_grid;
+    let posterior_wall_y = posterior_wall_y(&foramen, &grid_to_vertebra, h);
+    let extent = body_extent(&inside, &grid_to_vertebra, posterior_wall_y);
+    let canal = canal_outline(&inside, &foramen, &grid_to_vertebra, origin);
+    let pedicle_z =
+        pedicle_z_ranges(&inside, &grid_to_vertebra, posterior_wall_y, &canal).map_err(fail)?;
+    let endplate_superior_grid = endplate_normal(
+        &inside,
+        &body.center_grid,
+        &body.anterior_grid,
+        extent.width_mm,
+    )
+    .ok_or_else(|| fail("the endplates of the vertebral body could not be found".into()))?;
+    Ok(Pass {
+        lps_to_grid,
+        endplate_superior_grid,
+        anterior_grid: Vector::new(body.anterior_grid.x, body.anterior_grid.y, 0.0),
+        analysis: FrameAnalysis {
+            frame: VertebraFrame {
+                lps_to_vertebra,
+                lps_to_grid,
+                body_depth_mm: posterior_wall_y - extent.anterior_wall_y_mm,
+                body_width_mm: extent.width_mm,
+                body_height_mm: extent.height_mm,
+                posterior_wall_y_mm: posterior_wall_y,
+                anterior_wall_y_mm: extent.anterior_wall_y_mm,
+                canal_back_y_mm: canal
+                    .outline_xy_mm
+                    .iter()
+                    .map(|p| p[1])
+                    .fold(Real::NEG_INFINITY, Real::max),
+                canal_outline_xy_mm: canal.outline_xy_mm,
+                canal_z_range_mm: canal.z_range_mm,
+                canal_half_width_mm: canal.half_width_mm,
+                pedicle_z_range_mm: pedicle_z,
+                foramen_slices: foramen.slices.len(),
+            },
+            sdf,
+        },
+    })
+}
 
-    // Holes of every axial slice, chained across slices where they overlap. The vertebral
-    // foramen is the chain of largest volume: a tube through many slices, where a concave
-    // endplate makes a cup that is closed in a slice or two only.
-    let [nx, ny, nz] = dims;
-    struct SliceHole {
-        k: usize,
-        cells: Vec<(usize, usize)>,
-        chain: usize,
-    }
+/// The empty cells of one axial slice (`k`) that the slice border cannot reach, and the chain
+/// of such holes through the slices that it belongs to.
+struct SliceHole {
+    k: usize,
+    cells: Vec<(usize, usize)>,
+    chain: usize,
+}
+
+/// The vertebral foramen, grid frame.
+struct Foramen {
+    /// Its hole in each slice where the bony ring is closed, in slice order.
+    slices: Vec<SliceHole>,
+    /// Every (i, j) cell in any of its slices, sorted, deduplicated.
+    cells: Vec<(usize, usize)>,
+    /// Those cells' (x, y) in the grid frame.
+    points_grid: Vec<[Real; 2]>,
+    /// Their centroid.
+    center_grid: [Real; 2],
+    /// First and last slice.
+    k_range: (usize, usize),
+}
+
+/// Step 1: holes of every axial slice, chained across slices where they overlap. The vertebral
+/// foramen is the chain of largest volume: a tube through many slices, where a concave endplate
+/// makes a cup that is closed in a slice or two only.
+fn find_foramen(inside: &Grid<bool>, origin: Point) -> Result<Foramen, String> {
+    let h = inside.spacing_mm;
+    let nz = inside.dims[2];
     let mut holes: Vec<SliceHole> = Vec::new();
     let mut chains: Vec<Real> = Vec::new(); // volume per chain, mm^3
     let mut prev_start = 0;
     for k in 0..nz {
         let this_start = holes.len();
-        for cells in slice_holes(&inside, k, (20.0 / (h * h)).ceil() as usize) {
+        for cells in slice_holes(inside, k, (MIN_HOLE_AREA_MM2 / (h * h)).ceil() as usize) {
             // The previous slice's hole with the largest overlap continues its chain.
             let mut best_link: Option<(usize, usize)> = None;
             for prev in &holes[prev_start..this_start] {
                 let o = overlap(&prev.cells, &cells);
-                if o * 3 >= cells.len().min(prev.cells.len())
+                if o * CHAIN_OVERLAP_DIVISOR >= cells.len().min(prev.cells.len())
                     && best_link.is_none_or(|(bo, _)| o > bo)
                 {
                     best_link = Some((o, prev.chain));
@@ -183,41 +297,81 @@ fn analyse(
     let best_chain = (0..chains.len())
         .max_by(|&a, &b| chains[a].total_cmp(&chains[b]).then(b.cmp(&a)))
         .ok_or_else(|| {
-            fail("no vertebral foramen found: no axial slice has a closed ring of bone".into())
+            "no vertebral foramen found: no axial slice has a closed ring of bone".to_string()
         })?;
-    let foramen: Vec<&SliceHole> = holes.iter().filter(|s| s.chain == best_chain).collect();
-    let best_area_mm2 = foramen.iter().map(|s| s.cells.len()).max().unwrap_or(0) as Real * h * h;
-    if best_area_mm2 < 20.0 {
-        return Err(fail(format!(
+    let slices: Vec<SliceHole> = holes
+        .into_iter()
+        .filter(|s| s.chain == best_chain)
+        .collect();
+    let best_area_mm2 = slices.iter().map(|s| s.cells.len()).max().unwrap_or(0) as Real * h * h;
+    if best_area_mm2 < MIN_FORAMEN_AREA_MM2 {
+        return Err(format!(
             "no vertebral foramen found: the largest enclosed hole is {best_area_mm2:.0} mm^2"
-        )));
+        ));
     }
-    // Foramen cells (x, y) in the grid frame, deduplicated.
-    let mut fcells: Vec<(usize, usize)> = foramen
+    let mut cells: Vec<(usize, usize)> = slices
         .iter()
         .flat_map(|s| s.cells.iter().copied())
         .collect();
-    fcells.sort_unstable();
-    fcells.dedup();
-    let fpts: Vec<[Real; 2]> = fcells
+    cells.sort_unstable();
+    cells.dedup();
+    let points_grid: Vec<[Real; 2]> = cells
         .iter()
         .map(|&(i, j)| [origin.x + i as Real * h, origin.y + j as Real * h])
         .collect();
-    let n = fpts.len() as Real;
-    let fc = [
-        fpts.iter().map(|p| p[0]).sum::<Real>() / n,
-        fpts.iter().map(|p| p[1]).sum::<Real>() / n,
+    let n = points_grid.len() as Real;
+    let center_grid = [
+        points_grid.iter().map(|p| p[0]).sum::<Real>() / n,
+        points_grid.iter().map(|p| p[1]).sum::<Real>() / n,
     ];
-    let k_lo = foramen.iter().map(|s| s.k).min().unwrap_or(0);
-    let k_hi = foramen.iter().map(|s| s.k).max().unwrap_or(0);
+    let k_lo = slices.iter().map(|s| s.k).min().unwrap_or(0);
+    let k_hi = slices.iter().map(|s| s.k).max().unwrap_or(0);
+    Ok(Foramen {
+        slices,
+        cells,
+        points_grid,
+        center_grid,
+        k_range: (k_lo, k_hi),
+    })
+}
 
-    // Anterior: from the foramen towards the thickest bone, which is deep in the vertebral body
-    // (its inscribed radius is twice that of any posterior element).
-    let sdf = if full_sdf {
-        voxel::signed_distance(&inside)
-    } else {
-        voxel::inside_distance(&inside)
-    };
+/// The vertebral body, grid frame.
+struct Body {
+    /// Unit direction from the foramen to the body in the axial plane.
+    anterior_grid: nalgebra::Vector2<Real>,
+    /// Centroid of the body's cells.
+    center_grid: Point,
+}
+
+impl Body {
+    /// The vertebra frame in the grid frame: origin at the body centre, +y posterior (away from
+    /// the body), +z the grid's superior axis, +x = y cross z (left).
+    fn grid_to_vertebra(&self) -> Pose {
+        let ant = self.anterior_grid;
+        let posterior_g = Vector::new(-ant.x, -ant.y, 0.0);
+        let superior_g = Vector::z();
+        let left_g = posterior_g.cross(&superior_g);
+        let grid_rot_to_vertebra =
+            Rotation3::from_matrix_unchecked(nalgebra::Matrix3::from_rows(&[
+                left_g.transpose(),
+                posterior_g.transpose(),
+                superior_g.transpose(),
+            ]));
+        let grid_to_vertebra_rot =
+            nalgebra::UnitQuaternion::from_rotation_matrix(&grid_rot_to_vertebra);
+        Pose::from_parts(
+            nalgebra::Translation3::from(-(grid_to_vertebra_rot * self.center_grid.coords)),
+            grid_to_vertebra_rot,
+        )
+    }
+}
+
+/// Step 2: anterior points from the foramen towards the thickest bone, which is deep in the
+/// vertebral body (its inscribed radius is twice that of any posterior element); the body is
+/// then the bone in front of the foramen, and anterior is refined (twice) towards its centroid.
+fn find_body(inside: &Grid<bool>, sdf: &Grid<f32>, foramen: &Foramen) -> Result<Body, String> {
+    let [nx, ny, nz] = inside.dims;
+    let fc = foramen.center_grid;
     let mut deepest = (f32::NEG_INFINITY, 0usize);
     for (idx, &d) in sdf.data.iter().enumerate() {
         if d > deepest.0 {
@@ -228,15 +382,14 @@ fn analyse(
     let deep = inside.cell_center(di, dj, 0);
     let mut ant = nalgebra::Vector2::new(deep.x - fc[0], deep.y - fc[1]);
     if ant.norm() < 1e-6 {
-        return Err(fail(
-            "the thickest bone sits in the foramen: cannot tell anterior".into(),
-        ));
+        return Err("the thickest bone sits in the foramen: cannot tell anterior".into());
     }
     ant = ant.normalize();
     let mut body_c = Point::origin();
     let mut body_cells: Vec<Point> = Vec::new();
     for _ in 0..2 {
-        let front = fpts
+        let front = foramen
+            .points_grid
             .iter()
             .map(|p| (p[0] - fc[0]) * ant.x + (p[1] - fc[1]) * ant.y)
             .fold(Real::NEG_INFINITY, Real::max);
@@ -248,47 +401,51 @@ fn analyse(
                         continue;
                     }
                     let p = inside.cell_center(i, j, k);
-                    if (p.x - fc[0]) * ant.x + (p.y - fc[1]) * ant.y > front + 1.0 {
+                    if (p.x - fc[0]) * ant.x + (p.y - fc[1]) * ant.y
+                        > front + BODY_IN_FRONT_OF_FORAMEN_MM
+                    {
                         body_cells.push(p);
                     }
                 }
             }
         }
-        if body_cells.len() < 100 {
-            return Err(fail(
-                "no vertebral body found in front of the foramen".into(),
-            ));
+        if body_cells.len() < MIN_BODY_CELLS {
+            return Err("no vertebral body found in front of the foramen".into());
         }
         let sum = body_cells.iter().fold(Vector::zeros(), |a, p| a + p.coords);
         body_c = Point::from(sum / body_cells.len() as Real);
         let d = nalgebra::Vector2::new(body_c.x - fc[0], body_c.y - fc[1]);
         ant = d.normalize();
     }
-    // Vertebra frame axes in the grid frame.
-    let posterior_g = Vector::new(-ant.x, -ant.y, 0.0);
-    let superior_g = Vector::z();
-    let left_g = posterior_g.cross(&superior_g);
-    let grid_rot_to_vertebra = Rotation3::from_matrix_unchecked(nalgebra::Matrix3::from_rows(&[
-        left_g.transpose(),
-        posterior_g.transpose(),
-        superior_g.transpose(),
-    ]));
-    let grid_to_vertebra_rot =
-        nalgebra::UnitQuaternion::from_rotation_matrix(&grid_rot_to_vertebra);
-    // Origin: body centre (centroid of the body cells).
-    let grid_to_vertebra = Pose::from_parts(
-        nalgebra::Translation3::from(-(grid_to_vertebra_rot * body_c.coords)),
-        grid_to_vertebra_rot,
-    );
-    let lps_to_vertebra = grid_to_vertebra * lps_to_grid;
+    Ok(Body {
+        anterior_grid: ant,
+        center_grid: body_c,
+    })
+}
 
-    // Measurements in the vertebra frame.
-    let to_v = |p: Point| grid_to_vertebra * p;
-    let front_y = fpts
+/// Step 3: vertebra-frame y of the posterior wall at the midline: the front of the foramen,
+/// less half a cell.
+fn posterior_wall_y(foramen: &Foramen, grid_to_vertebra: &Pose, h: Real) -> Real {
+    let front_y = foramen
+        .points_grid
         .iter()
-        .map(|p| to_v(Point::new(p[0], p[1], 0.0)).y)
+        .map(|p| (grid_to_vertebra * Point::new(p[0], p[1], 0.0)).y)
         .fold(Real::INFINITY, Real::min);
-    let posterior_wall_y = front_y - 0.5 * h;
+    front_y - 0.5 * h
+}
+
+/// The body's extent in the vertebra frame.
+struct BodyExtent {
+    width_mm: Real,
+    height_mm: Real,
+    anterior_wall_y_mm: Real,
+}
+
+/// Step 4: the body's width (x), anterior wall (y) and height (z, over the central column),
+/// from the cells in front of the posterior wall.
+fn body_extent(inside: &Grid<bool>, grid_to_vertebra: &Pose, posterior_wall_y: Real) -> BodyExtent {
+    let [nx, ny, nz] = inside.dims;
+    let h = inside.spacing_mm;
     let (mut xmin, mut xmax, mut ymin) = (Real::INFINITY, Real::NEG_INFINITY, Real::INFINITY);
     let (mut zmin, mut zmax) = (Real::INFINITY, Real::NEG_INFINITY);
     for k in 0..nz {
@@ -297,12 +454,14 @@ fn analyse(
                 if !inside.get(i, j, k) {
                     continue;
                 }
-                let p = to_v(inside.cell_center(i, j, k));
-                if p.y < posterior_wall_y - 1.0 {
+                let p = grid_to_vertebra * inside.cell_center(i, j, k);
+                if p.y < posterior_wall_y - BODY_IN_FRONT_OF_WALL_MM {
                     xmin = xmin.min(p.x);
                     xmax = xmax.max(p.x);
                     ymin = ymin.min(p.y);
-                    if p.x.abs() < 3.0 && (p.y - 0.0).abs() < 3.0 {
+                    if p.x.abs() < BODY_HEIGHT_COLUMN_HALF_WIDTH_MM
+                        && (p.y - 0.0).abs() < BODY_HEIGHT_COLUMN_HALF_WIDTH_MM
+                    {
                         zmin = zmin.min(p.z);
                         zmax = zmax.max(p.z);
                     }
@@ -310,16 +469,35 @@ fn analyse(
             }
         }
     }
-    let anterior_wall_y = ymin - 0.5 * h;
-    let body_height = if zmax > zmin { zmax - zmin + h } else { 0.0 };
+    BodyExtent {
+        width_mm: xmax - xmin + h,
+        height_mm: if zmax > zmin { zmax - zmin + h } else { 0.0 },
+        anterior_wall_y_mm: ymin - 0.5 * h,
+    }
+}
 
-    // Canal outline: the cells open in every slice of the central half of the closed ring (the
-    // canal must pass its narrowest section; above and below, the hole widens into the
-    // intervertebral foramina where the roots leave), as a convex hull widened by half a cell.
+/// The vertebral canal, vertebra frame.
+struct Canal {
+    outline_xy_mm: Vec<[Real; 2]>,
+    z_range_mm: (Real, Real),
+    half_width_mm: PerSide<Real>,
+}
+
+/// Step 5: the canal outline: the cells open in every slice of the central half of the closed
+/// ring (the canal must pass its narrowest section; above and below, the hole widens into the
+/// intervertebral foramina where the roots leave), as a convex hull widened by half a cell.
+fn canal_outline(
+    inside: &Grid<bool>,
+    foramen: &Foramen,
+    grid_to_vertebra: &Pose,
+    origin: Point,
+) -> Canal {
+    let h = inside.spacing_mm;
+    let (k_lo, k_hi) = foramen.k_range;
     let quarter = (k_hi - k_lo) / 4;
     let (c_lo, c_hi) = (k_lo + quarter, k_hi - quarter);
     let mut core: Option<Vec<(usize, usize)>> = None;
-    for s in foramen.iter().filter(|s| s.k >= c_lo && s.k <= c_hi) {
+    for s in foramen.slices.iter().filter(|s| s.k >= c_lo && s.k <= c_hi) {
         core = Some(match core {
             None => s.cells.clone(),
             Some(c) => c
@@ -328,95 +506,92 @@ fn analyse(
                 .collect(),
         });
     }
-    let core = core.filter(|c| c.len() >= 3).unwrap_or(fcells.clone());
+    let core = core
+        .filter(|c| c.len() >= 3)
+        .unwrap_or(foramen.cells.clone());
     let vpts: Vec<[Real; 2]> = core
         .iter()
         .map(|&(i, j)| {
-            let q = to_v(Point::new(
-                origin.x + i as Real * h,
-                origin.y + j as Real * h,
-                0.0,
-            ));
+            let q = grid_to_vertebra
+                * Point::new(origin.x + i as Real * h, origin.y + j as Real * h, 0.0);
             [q.x, q.y]
         })
         .collect();
-    let hull = convex_hull(&vpts);
-    let hull = offset_convex(&hull, 0.5 * h);
-    let canal_half_width = [
+    let hull = polygon::convex_hull(&vpts);
+    let hull = polygon::offset_convex(&hull, 0.5 * h);
+    let half_width_mm = PerSide::from_fn(|side| {
         hull.iter()
-            .map(|p| p[0])
-            .fold(Real::NEG_INFINITY, Real::max),
-        hull.iter()
-            .map(|p| -p[0])
-            .fold(Real::NEG_INFINITY, Real::max),
-    ];
-    let z_of = |k: usize| to_v(inside.cell_center(0, 0, k)).z;
-    let canal_z = (z_of(k_lo) - 0.5 * h, z_of(k_hi) + 0.5 * h);
+            .map(|p| side.sign() * p[0])
+            .fold(Real::NEG_INFINITY, Real::max)
+    });
+    let z_of = |k: usize| (grid_to_vertebra * inside.cell_center(0, 0, k)).z;
+    Canal {
+        outline_xy_mm: hull,
+        z_range_mm: (z_of(k_lo) - 0.5 * h, z_of(k_hi) + 0.5 * h),
+        half_width_mm,
+    }
+}
 
-    // Pedicles: the bone just behind the posterior wall, lateral of the canal.
-    let mut pedicle_z = [(Real::INFINITY, Real::NEG_INFINITY); 2];
+/// Step 6: each pedicle's inferior and superior extent (vertebra-frame z): the bone just behind
+/// the posterior wall, lateral of the canal, near the closed ring.
+fn pedicle_z_ranges(
+    inside: &Grid<bool>,
+    grid_to_vertebra: &Pose,
+    posterior_wall_y: Real,
+    canal: &Canal,
+) -> Result<PerSide<(Real, Real)>, String> {
+    let [nx, ny, nz] = inside.dims;
+    let h = inside.spacing_mm;
+    let mut pedicle_z = PerSide::from_fn(|_| (Real::INFINITY, Real::NEG_INFINITY));
     for k in 0..nz {
         for j in 0..ny {
             for i in 0..nx {
                 if !inside.get(i, j, k) {
                     continue;
                 }
-                let p = to_v(inside.cell_center(i, j, k));
-                if p.y < posterior_wall_y + 1.0 || p.y > posterior_wall_y + 6.0 {
+                let p = grid_to_vertebra * inside.cell_center(i, j, k);
+                if p.y < posterior_wall_y + PEDICLE_SLAB_FROM_WALL_MM
+                    || p.y > posterior_wall_y + PEDICLE_SLAB_TO_WALL_MM
+                {
                     continue;
                 }
-                if p.z < canal_z.0 - 10.0 || p.z > canal_z.1 + 10.0 {
+                if p.z < canal.z_range_mm.0 - PEDICLE_BEYOND_CANAL_Z_MM
+                    || p.z > canal.z_range_mm.1 + PEDICLE_BEYOND_CANAL_Z_MM
+                {
                     continue;
                 }
-                for (s, sign) in [(0usize, 1.0), (1, -1.0)] {
-                    let lat = p.x * sign;
-                    if lat > canal_half_width[s] - 1.0 && lat < canal_half_width[s] + 12.0 {
-                        pedicle_z[s].0 = pedicle_z[s].0.min(p.z - 0.5 * h);
-                        pedicle_z[s].1 = pedicle_z[s].1.max(p.z + 0.5 * h);
+                for side in Side::BOTH {
+                    let lat = p.x * side.sign();
+                    let edge = canal.half_width_mm[side];
+                    let (z_lo, z_hi) = &mut pedicle_z[side];
+                    if lat > edge - PEDICLE_MEDIAL_OF_CANAL_EDGE_MM
+                        && lat < edge + PEDICLE_LATERAL_OF_CANAL_EDGE_MM
+                    {
+                        *z_lo = z_lo.min(p.z - 0.5 * h);
+                        *z_hi = z_hi.max(p.z + 0.5 * h);
                     }
                 }
             }
         }
     }
-    for (s, name) in [(0, "left"), (1, "right")] {
-        if !pedicle_z[s].0.is_finite() {
-            return Err(fail(format!(
-                "no {name} pedicle found behind the vertebral body"
-            )));
+    for (side, (z_lo, _)) in pedicle_z.with_sides() {
+        if !z_lo.is_finite() {
+            return Err(format!("no {side} pedicle found behind the vertebral body"));
         }
     }
-
-    let endplate_superior_grid = endplate_normal(&inside, &body_c, &ant, xmax - xmin + h)
-        .ok_or_else(|| fail("the endplates of the vertebral body could not be found".into()))?;
-    Ok(Pass {
-        lps_to_grid,
-        endplate_superior_grid,
-        anterior_grid: Vector::new(ant.x, ant.y, 0.0),
-        analysis: FrameAnalysis {
-            frame: VertebraFrame {
-                lps_to_vertebra,
-                lps_to_grid,
-                body_depth_mm: posterior_wall_y - anterior_wall_y,
-                body_width_mm: xmax - xmin + h,
-                body_height_mm: body_height,
-                posterior_wall_y_mm: posterior_wall_y,
-                anterior_wall_y_mm: anterior_wall_y,
-                canal_outline_xy_mm: hull.clone(),
-                canal_z_range_mm: canal_z,
-                canal_half_width_mm: canal_half_width,
-                canal_back_y_mm: hull
-                    .iter()
-                    .map(|p| p[1])
-                    .fold(Real::NEG_INFINITY, Real::max),
-                pedicle_z_range_mm: pedicle_z,
-                foramen_slices: foramen.len(),
-            },
-            sdf,
-        },
-    })
+    Ok(pedicle_z)
 }
 
-/// Fit planes to the superior and inferior endplates (the top and bottom of the solid over the
+/// The endplates are fitted over the body's central columns: within this fraction of the
+/// body's width of its centre, laterally ...
+pub const ENDPLATE_COLUMN_WIDTH_FRACTION: Real = 0.25;
+/// ... and within this far of it antero-posteriorly, mm (clear of the raised ring apophysis at
+/// the endplates' rims).
+pub const ENDPLATE_COLUMN_HALF_DEPTH_MM: Real = 8.0;
+/// An endplate plane is fitted to at least this many points.
+pub const MIN_ENDPLATE_POINTS: usize = 10;
+
+/// Step 7: fit planes to the superior and inferior endplates (the top and bottom of the solid over the
 /// central body columns) and return the mean of their upward normals, grid frame.
 fn endplate_normal(
     inside: &Grid<bool>,
@@ -438,7 +613,9 @@ fn endplate_normal(
         for i in 0..nx {
             let p = inside.cell_center(i, j, kc);
             let d = nalgebra::Vector2::new(p.x - body_c.x, p.y - body_c.y);
-            if d.dot(&lat).abs() > 0.25 * body_width || d.dot(ant).abs() > 8.0 {
+            if d.dot(&lat).abs() > ENDPLATE_COLUMN_WIDTH_FRACTION * body_width
+                || d.dot(ant).abs() > ENDPLATE_COLUMN_HALF_DEPTH_MM
+            {
                 continue;
             }
             if !inside.get(i, j, kc) {
@@ -471,7 +648,7 @@ fn endplate_normal(
 
 /// Least-squares plane z = a x + b y + c; its upward unit normal.
 fn fit_plane_normal(points: &[Point]) -> Option<Vector> {
-    if points.len() < 10 {
+    if points.len() < MIN_ENDPLATE_POINTS {
         return None;
     }
     let n = points.len() as Real;
@@ -590,71 +767,4 @@ fn flood(
     }
     cells.sort_unstable();
     cells
-}
-
-/// Convex hull, counter-clockwise (Andrew's monotone chain).
-pub fn convex_hull(points: &[[Real; 2]]) -> Vec<[Real; 2]> {
-    let mut p: Vec<[Real; 2]> = points.to_vec();
-    p.sort_by(|a, b| a[0].total_cmp(&b[0]).then(a[1].total_cmp(&b[1])));
-    p.dedup();
-    if p.len() < 3 {
-        return p;
-    }
-    let cross = |o: [Real; 2], a: [Real; 2], b: [Real; 2]| {
-        (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-    };
-    let mut lower: Vec<[Real; 2]> = Vec::new();
-    for &q in &p {
-        while lower.len() >= 2 && cross(lower[lower.len() - 2], lower[lower.len() - 1], q) <= 0.0 {
-            lower.pop();
-        }
-        lower.push(q);
-    }
-    let mut upper: Vec<[Real; 2]> = Vec::new();
-    for &q in p.iter().rev() {
-        while upper.len() >= 2 && cross(upper[upper.len() - 2], upper[upper.len() - 1], q) <= 0.0 {
-            upper.pop();
-        }
-        upper.push(q);
-    }
-    lower.pop();
-    upper.pop();
-    lower.extend(upper);
-    lower
-}
-
-/// Offset a convex counter-clockwise polygon: every edge moves outwards by `d` (inwards for
-/// negative `d`), and each vertex goes to the intersection of its two offset edges.
-pub fn offset_convex(poly: &[[Real; 2]], d: Real) -> Vec<[Real; 2]> {
-    let n = poly.len();
-    if n < 3 {
-        return poly.to_vec();
-    }
-    let normal = |a: [Real; 2], b: [Real; 2]| {
-        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
-        let l = (dx * dx + dy * dy).sqrt().max(1e-12);
-        [dy / l, -dx / l]
-    };
-    (0..n)
-        .map(|i| {
-            let prev = poly[(i + n - 1) % n];
-            let cur = poly[i];
-            let next = poly[(i + 1) % n];
-            let n1 = normal(prev, cur);
-            let n2 = normal(cur, next);
-            // Intersection of the two offset lines through cur: solve n1.x = n1.cur + d,
-            // n2.x = n2.cur + d.
-            let det = n1[0] * n2[1] - n1[1] * n2[0];
-            if det.abs() < 1e-9 {
-                [cur[0] + n1[0] * d, cur[1] + n1[1] * d]
-            } else {
-                let c1 = n1[0] * cur[0] + n1[1] * cur[1] + d;
-                let c2 = n2[0] * cur[0] + n2[1] * cur[1] + d;
-                [
-                    (c1 * n2[1] - c2 * n1[1]) / det,
-                    (n1[0] * c2 - n2[0] * c1) / det,
-                ]
-            }
-        })
-        .collect()
 }

@@ -88,7 +88,7 @@ impl KeepOut {
 /// extruded along the superior axis.
 pub fn derived_canal(frame: &VertebraFrame, level: &str) -> KeepOut {
     let (z0, z1) = frame.canal_z_range_mm;
-    let outline = crate::frame::offset_convex(&frame.canal_outline_xy_mm, -DURAL_SAC_INSET_MM);
+    let outline = crate::polygon::offset_convex(&frame.canal_outline_xy_mm, -DURAL_SAC_INSET_MM);
     let mesh = prism(
         &outline,
         z0 - DERIVED_CANAL_EXTENSION_MM,
@@ -108,11 +108,7 @@ pub fn derived_canal(frame: &VertebraFrame, level: &str) -> KeepOut {
 /// The exiting nerve root's zone on `side`, derived from the pedicle: a box below the pedicle
 /// from the canal's edge outwards, behind the posterior wall.
 pub fn derived_root(frame: &VertebraFrame, side: Side, level: &str) -> KeepOut {
-    let s = match side {
-        Side::Left => 0,
-        Side::Right => 1,
-    };
-    let edge = frame.canal_half_width_mm[s];
+    let edge = frame.canal_half_width_mm[side];
     let (lat0, lat1) = (edge - 4.0, edge + 20.0);
     let (x0, x1) = if side == Side::Left {
         (lat0, lat1)
@@ -121,7 +117,7 @@ pub fn derived_root(frame: &VertebraFrame, side: Side, level: &str) -> KeepOut {
     };
     let y0 = frame.posterior_wall_y_mm - 4.0;
     let y1 = frame.posterior_wall_y_mm + 12.0;
-    let z1 = frame.pedicle_z_range_mm[s].0 - ROOT_GAP_BELOW_PEDICLE_MM;
+    let z1 = frame.pedicle_z_range_mm[side].0 - ROOT_GAP_BELOW_PEDICLE_MM;
     let z0 = z1 - ROOT_ZONE_HEIGHT_MM;
     let outline = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]];
     let mesh = prism(&outline, z0, z1).transformed(&frame.vertebra_to_lps());

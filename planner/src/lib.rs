@@ -2,8 +2,10 @@
 //! for balloon kyphoplasty, from CT-derived surface meshes.
 //!
 //! The data's journey: [`math`] -> [`mesh`] -> [`validate`] -> [`clearance`], [`voxel`],
-//! [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`search`], [`balloon`], [`evaluate`] ->
-//! [`plan`]. This crate knows nothing of gRPC, protobuf or async runtimes.
+//! [`polygon`], [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`criteria`] (rules, score, grid
+//! measures) -> [`evaluate`], [`search`], [`balloon`] -> [`planning`] -> [`plan`]. [`synth`]
+//! (meshed by [`mesher`]) makes test and demo anatomy. The imports between these modules form
+//! no cycle. This crate knows nothing of gRPC, protobuf or async runtimes.
 
 // Lets the unit tests share the integration tests' helpers (`tests/common`), which name the
 // crate by its name.
@@ -16,6 +18,7 @@ mod test_common;
 pub mod anatomy;
 pub mod balloon;
 pub mod clearance;
+pub mod criteria;
 pub mod error;
 pub mod evaluate;
 pub mod frame;
@@ -23,15 +26,17 @@ pub mod keepout;
 pub mod math;
 pub mod mesh;
 pub mod pedicle;
+pub mod mesher;
 pub mod plan;
+pub mod polygon;
 pub mod request;
 pub mod search;
 pub mod synth;
 pub mod validate;
 pub mod voxel;
 
-pub use anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
-pub use error::{InputError, MeshFault, MeshFix};
+pub use anatomy::{AnatomyInput, Level, PatientFrame, PerSide, Role, Side, Structure};
+pub use error::{InputError, MeshFault, MeshFix, PlanError};
 pub use mesh::TriMesh;
 pub use plan::{Evaluation, Plan};
 pub use request::{Instrument, PlanRequest, Safety};
@@ -42,5 +47,5 @@ pub const PLANNER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod planning;
 pub mod prepare;
 
-pub use planning::{evaluate, plan, plan_with, PlanControl, PlanError};
+pub use planning::{evaluate, plan, plan_with, PlanControl};
 pub use prepare::{validate_anatomy, PrepareOptions, PreparedAnatomy, ValidatedAnatomy};

@@ -1,10 +1,13 @@
 //! The top of the journey: plan every requested level and side, or evaluate one trajectory.
 
+// Kept at its former path for callers (`kyphoplan_planner::planning::PlanError`).
+pub use crate::error::PlanError;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::anatomy::{Level, PatientFrame, Side};
+use crate::anatomy::{Level, PatientFrame, PerSide, Side};
 use crate::balloon::{self, BalloonFit};
 use crate::error::InputError;
 use crate::evaluate::{measure, Measurement, SideContext};
@@ -19,15 +22,6 @@ use crate::search::{search_side, SideOutcome};
 
 /// Cement per level is estimated as the cavities plus this fraction that interdigitates.
 pub const CEMENT_INTERDIGITATION_FRACTION: f64 = 0.2;
-
-/// Planning stopped before it finished.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum PlanError {
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error("planning was cancelled")]
-    Cancelled,
-}
 
 /// Hooks a caller (the server's streaming RPC, the CLI's progress bar) gives a plan run.
 pub struct PlanControl<'a> {
@@ -128,113 +122,67 @@ fn plan_level(
 ) -> Result<LevelPlan, PlanError> {
     let vertebra = anatomy.vertebra(level).expect("checked by the caller");
     let (instrument, safety) = (request.instrument(), request.safety());
-    let ctx = [Side::Left, Side::Right].map(|s| context(anatomy, vertebra, s, instrument, safety));
+    let ctx = PerSide::from_fn(|s| context(anatomy, vertebra, s, instrument, safety));
     let (left, right) = rayon::join(
-        || search_side(&ctx[0], cancelled),
-        || search_side(&ctx[1], cancelled),
+        || search_side(&ctx.left, cancelled),
+        || search_side(&ctx.right, cancelled),
     );
-    let outcomes = [left?, right?];
+    let outcomes = PerSide::new(left?, right?);
     // Balloons: the best pair that keeps apart; if none, the larger single balloon.
-    let opts: Vec<Vec<BalloonFit>> = (0..2)
-        .map(|i| match &outcomes[i] {
-            SideOutcome::Feasible(m) => balloon::options(&ctx[i], m),
-            SideOutcome::Infeasible { .. } => Vec::new(),
-        })
-        .collect();
-    let fits: [Option<BalloonFit>; 2];
+    let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
+        SideOutcome::Feasible(m) => balloon::options(&ctx[side], m),
+        SideOutcome::Infeasible { .. } => Vec::new(),
+    });
+    let fits: PerSide<Option<BalloonFit>>;
     let mut crowded = false;
-    match (opts[0].is_empty(), opts[1].is_empty()) {
-        (false, false) => match balloon::best_pair(&opts[0], &opts[1]) {
-            Some((l, r)) => fits = [Some(l), Some(r)],
+    match (opts.left.is_empty(), opts.right.is_empty()) {
+        (false, false) => match balloon::best_pair(&opts.left, &opts.right) {
+            Some((l, r)) => fits = PerSide::new(Some(l), Some(r)),
             None => {
                 crowded = true;
-                let l = balloon::best_single(&opts[0]);
-                let r = balloon::best_single(&opts[1]);
+                let l = balloon::best_single(&opts.left);
+                let r = balloon::best_single(&opts.right);
                 let left_wins = l.as_ref().map(|b| b.volume_ml) >= r.as_ref().map(|b| b.volume_ml);
-                fits = if left_wins { [l, None] } else { [None, r] };
+                fits = if left_wins {
+                    PerSide::new(l, None)
+                } else {
+                    PerSide::new(None, r)
+                };
             }
         },
-        _ => {
-            fits = [
-                balloon::best_single(&opts[0]),
-                balloon::best_single(&opts[1]),
-            ]
-        }
+        _ => fits = opts.as_ref().map(|o| balloon::best_single(o)),
     }
     let frame = anatomy.frame();
-    let mut sides = Vec::with_capacity(2);
-    for i in 0..2 {
-        let side = ctx[i].side;
-        let sp = match &outcomes[i] {
-            SideOutcome::Feasible(m) => match &fits[i] {
-                Some(b) => SidePlan {
-                    side,
-                    feasible: true,
-                    trajectory: Some(trajectory(m, frame, instrument, safety)),
-                    balloon: Some(balloon_out(b, frame)),
-                    reasons: vec![],
-                    alternatives: vec![],
-                },
-                None => SidePlan {
-                    side,
-                    feasible: false,
-                    trajectory: None,
-                    balloon: None,
-                    reasons: vec![Reason {
-                        code: ReasonCode::BalloonDoesNotFit,
-                        message: if crowded {
-                            format!(
-                                "a safe cannula path exists, but its balloon cannot inflate to {} mm without touching the other side's balloon",
-                                balloon::MIN_BALLOON_DIAMETER_MM
-                            )
-                        } else {
-                            format!(
-                                "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins",
-                                instrument.balloon_lengths_mm,
-                                balloon::MIN_BALLOON_DIAMETER_MM
-                            )
-                        },
-                        value_mm: None,
-                        limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
-                    }],
-                    alternatives: vec![Alternative {
-                        code: AlternativeCode::UnipedicularFromOtherSide,
-                        message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
-                    }],
-                },
-            },
-            SideOutcome::Infeasible {
-                reasons,
-                alternatives,
-            } => SidePlan {
-                side,
-                feasible: false,
-                trajectory: None,
-                balloon: None,
-                reasons: reasons.clone(),
-                alternatives: alternatives.clone(),
-            },
-        };
-        sides.push(sp);
-    }
+    let mut sides = PerSide::from_fn(|side| {
+        side_plan(
+            side,
+            &outcomes[side],
+            fits[side].as_ref(),
+            crowded,
+            frame,
+            instrument,
+            safety,
+        )
+    });
     // Suggest a unipedicular approach from a feasible other side.
-    for i in 0..2 {
-        if !sides[i].feasible && sides[1 - i].feasible {
-            let other = sides[1 - i].side;
-            if !sides[i]
+    for side in Side::BOTH {
+        let other = side.other();
+        if !sides[side].feasible
+            && sides[other].feasible
+            && !sides[side]
                 .alternatives
                 .iter()
                 .any(|a| a.code == AlternativeCode::UnipedicularFromOtherSide)
-            {
-                sides[i].alternatives.push(Alternative {
-                    code: AlternativeCode::UnipedicularFromOtherSide,
-                    message: format!(
-                        "unipedicular kyphoplasty from the {other}, aimed medially so the balloon ends on the midline"
-                    ),
-                });
-            }
+        {
+            sides[side].alternatives.push(Alternative {
+                code: AlternativeCode::UnipedicularFromOtherSide,
+                message: format!(
+                    "unipedicular kyphoplasty from the {other}, aimed medially so the balloon ends on the midline"
+                ),
+            });
         }
     }
+    let sides: Vec<SidePlan> = sides.into_iter().collect();
     let volumes: Vec<f64> = sides
         .iter()
         .filter_map(|s| s.balloon.as_ref().map(|b| b.volume_ml))
@@ -266,27 +214,92 @@ fn plan_level(
     })
 }
 
+/// One side's plan from its search outcome and its balloon (`crowded`: the balloons of both
+/// sides did not fit together).
+fn side_plan(
+    side: Side,
+    outcome: &SideOutcome,
+    fit: Option<&BalloonFit>,
+    crowded: bool,
+    frame: PatientFrame,
+    instrument: &Instrument,
+    safety: &Safety,
+) -> SidePlan {
+    match outcome {
+        SideOutcome::Feasible(m) => match fit {
+            Some(b) => SidePlan {
+                side,
+                feasible: true,
+                trajectory: Some(trajectory(m, frame, instrument, safety)),
+                balloon: Some(balloon_out(b, frame)),
+                reasons: vec![],
+                alternatives: vec![],
+            },
+            None => SidePlan {
+                side,
+                feasible: false,
+                trajectory: None,
+                balloon: None,
+                reasons: vec![Reason {
+                    code: ReasonCode::BalloonDoesNotFit,
+                    message: if crowded {
+                        format!(
+                            "a safe cannula path exists, but its balloon cannot inflate to {} mm without touching the other side's balloon",
+                            balloon::MIN_BALLOON_DIAMETER_MM
+                        )
+                    } else {
+                        format!(
+                            "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins",
+                            instrument.balloon_lengths_mm,
+                            balloon::MIN_BALLOON_DIAMETER_MM
+                        )
+                    },
+                    value_mm: None,
+                    limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
+                }],
+                alternatives: vec![Alternative {
+                    code: AlternativeCode::UnipedicularFromOtherSide,
+                    message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
+                }],
+            },
+        },
+        SideOutcome::Infeasible {
+            reasons,
+            alternatives,
+        } => SidePlan {
+            side,
+            feasible: false,
+            trajectory: None,
+            balloon: None,
+            reasons: reasons.clone(),
+            alternatives: alternatives.clone(),
+        },
+    }
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }
 
-fn out_point(p: &Point, frame: PatientFrame) -> [f64; 3] {
-    array(&frame.from_lps(p))
+/// An LPS point as the plan reports it: in the case frame.
+fn lps_to_case_point(p_lps: &Point, case_frame: PatientFrame) -> [f64; 3] {
+    array(&case_frame.from_lps(p_lps))
 }
 
-fn out_dir(v: &Vector, frame: PatientFrame) -> [f64; 3] {
-    vec_array(&frame.dir_to_lps(v))
+/// An LPS direction as the plan reports it: in the case frame.
+fn lps_to_case_dir(v_lps: &Vector, case_frame: PatientFrame) -> [f64; 3] {
+    vec_array(&case_frame.dir_from_lps(v_lps))
 }
 
 fn frame_summary(v: &PreparedVertebra, frame: PatientFrame) -> VertebraFrameSummary {
     let f = &v.frame;
     let (a, l, s) = f.axes_lps();
     VertebraFrameSummary {
-        body_center_mm: out_point(&(f.vertebra_to_lps() * Point::origin()), frame),
-        anterior: out_dir(&a, frame),
-        left: out_dir(&l, frame),
-        superior: out_dir(&s, frame),
+        body_center_mm: lps_to_case_point(&(f.vertebra_to_lps() * Point::origin()), frame),
+        anterior: lps_to_case_dir(&a, frame),
+        left: lps_to_case_dir(&l, frame),
+        superior: lps_to_case_dir(&s, frame),
         body_depth_mm: f.body_depth_mm,
         body_width_mm: f.body_width_mm,
         body_height_mm: f.body_height_mm,
@@ -300,9 +313,9 @@ fn trajectory(
     safety: &Safety,
 ) -> Trajectory {
     Trajectory {
-        bone_entry_mm: out_point(&m.bone_entry, frame),
-        target_mm: out_point(&m.tip, frame),
-        skin_entry_mm: m.skin_entry.map(|p| out_point(&p, frame)),
+        bone_entry_mm: lps_to_case_point(&m.bone_entry_lps, frame),
+        target_mm: lps_to_case_point(&m.tip_lps, frame),
+        skin_entry_mm: m.skin_entry_lps.map(|p| lps_to_case_point(&p, frame)),
         cannula_outer_diameter_mm: instrument.cannula_outer_diameter_mm,
         medial_angle_deg: m.medial_angle_deg,
         cranial_angle_deg: m.cranial_angle_deg,
@@ -312,7 +325,7 @@ fn trajectory(
             nerve_root: m.root_clearance_mm,
             forbidden: m.forbidden_clearance_mm,
         },
-        direction: out_dir(&m.direction.into_inner(), frame),
+        direction: lps_to_case_dir(&m.direction_lps.into_inner(), frame),
         length_in_bone_mm: m.length_in_bone_mm,
         insertion_length_mm: m.insertion_length_mm,
         tip_depth_fraction: m.tip_depth_fraction,
@@ -322,8 +335,8 @@ fn trajectory(
 
 fn balloon_out(b: &BalloonFit, frame: PatientFrame) -> Balloon {
     Balloon {
-        center_mm: out_point(&b.center(), frame),
-        axis: out_dir(&b.axis, frame),
+        center_mm: lps_to_case_point(&b.center(), frame),
+        axis: lps_to_case_dir(&b.axis, frame),
         length_mm: b.length_mm,
         diameter_mm: b.diameter_mm,
         volume_ml: b.volume_ml,
@@ -358,9 +371,9 @@ pub fn evaluate(
         .vertebra(level)
         .ok_or(InputError::LevelNotInAnatomy { level })?;
     let frame = anatomy.frame();
-    let entry = frame.to_lps(&point(entry_mm));
-    let target = frame.to_lps(&point(target_mm));
-    if (target - entry).norm() < 1e-3 {
+    let entry_lps = frame.to_lps(&point(entry_mm));
+    let target_lps = frame.to_lps(&point(target_mm));
+    if (target_lps - entry_lps).norm() < 1e-3 {
         return Err(InputError::invalid(
             "target_mm",
             format!("{target_mm:?}"),
@@ -368,7 +381,7 @@ pub fn evaluate(
         ));
     }
     let ctx = context(anatomy, vertebra, side, instrument, safety);
-    let m = measure(&ctx, &entry, &target);
+    let m = measure(&ctx, &entry_lps, &target_lps);
     let mut violations = m.violations.clone();
     violations.extend(m.soft.iter().cloned());
     Ok(Evaluation {

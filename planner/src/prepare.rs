@@ -5,14 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rayon::prelude::*;
 
-use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side};
+use crate::anatomy::{AnatomyInput, Level, PatientFrame, PerSide, Role, Side};
 use crate::clearance::ClearanceMesh;
-use crate::error::InputError;
+use crate::criteria::BONE_OUTSIDE_GRID_MM;
+use crate::error::{InputError, PlanError};
 use crate::frame::{self, VertebraFrame};
 use crate::keepout::{self, KeepOut, KeepOutKind};
 use crate::mesh::TriMesh;
 use crate::plan::{KeepOutSource, StructureNotice};
-use crate::planning::PlanError;
 use crate::validate::{validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM};
 use crate::voxel::{self, Grid};
 
@@ -52,9 +52,9 @@ pub struct PreparedVertebra {
     pub canal_distance: Grid<f32>,
     pub root_distance: Grid<f32>,
     pub forbidden_distance: Option<Grid<f32>>,
-    /// Centres of the pedicle's coronal cross-sections, vertebra frame, [left, right]: the
-    /// anatomical pedicle axis runs through them.
-    pub pedicle_centroids: [Vec<crate::math::Point>; 2],
+    /// Centres of the pedicle's coronal cross-sections, vertebra frame: the anatomical pedicle
+    /// axis runs through them.
+    pub pedicle_centroids: PerSide<Vec<crate::math::Point>>,
 }
 
 /// A validated anatomy in LPS with everything planning needs precomputed.
@@ -301,8 +301,7 @@ impl PreparedAnatomy {
         let vertebrae: Vec<Result<PreparedVertebra, PlanError>> = bones
             .into_par_iter()
             .map(|(level, structure, mesh)| {
-                let root_given =
-                    [Side::Left, Side::Right].map(|side| roots.contains(&(level, side)));
+                let root_given = PerSide::from_fn(|side| roots.contains(&(level, side)));
                 prepare_vertebra(
                     level, structure, mesh, has_canal, root_given, &given, cancelled,
                 )
@@ -386,7 +385,7 @@ fn prepare_vertebra(
     structure: String,
     mesh: TriMesh,
     has_canal: bool,
-    root_given: [bool; 2],
+    root_given: PerSide<bool>,
     given: &[KeepOut],
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<PreparedVertebra, PlanError> {
@@ -409,8 +408,8 @@ fn prepare_vertebra(
     if !has_canal {
         derived.push(keepout::derived_canal(&frame, name));
     }
-    for (i, side) in [Side::Left, Side::Right].into_iter().enumerate() {
-        if !root_given[i] {
+    for (side, given_root) in root_given.with_sides() {
+        if !given_root {
             derived.push(keepout::derived_root(&frame, side, name));
         }
     }
@@ -448,7 +447,7 @@ fn prepare_vertebra(
         || {
             rayon::join(
                 || grid_of(&|k| k == KeepOutKind::Forbidden),
-                || [0, 1].map(|s| pedicle_centroids(&frame, &bone_sdf, s)),
+                || PerSide::from_fn(|side| pedicle_centroids(&frame, &bone_sdf, side)),
             )
         },
     );
@@ -467,16 +466,19 @@ fn prepare_vertebra(
     })
 }
 
-/// Centroids of the pedicle's coronal cross-sections on side `s` (0 left, 1 right), vertebra
-/// frame: in each slice between the posterior wall and the back of the canal, the connected bone
+/// Centroids of the pedicle's coronal cross-sections on `side`, vertebra frame: in each slice between the posterior wall and the back of the canal, the connected bone
 /// around the deepest point lateral of the canal.
-fn pedicle_centroids(frame: &VertebraFrame, sdf: &Grid<f32>, s: usize) -> Vec<crate::math::Point> {
+fn pedicle_centroids(
+    frame: &VertebraFrame,
+    sdf: &Grid<f32>,
+    side: Side,
+) -> Vec<crate::math::Point> {
     use crate::math::Point;
     const STEP: f64 = 0.5;
-    let sign = if s == 0 { 1.0 } else { -1.0 };
-    let to_grid = frame.lps_to_grid * frame.vertebra_to_lps();
-    let hw = frame.canal_half_width_mm[s];
-    let (pz0, pz1) = frame.pedicle_z_range_mm[s];
+    let sign = side.sign();
+    let vertebra_to_grid = frame.vertebra_to_grid();
+    let hw = frame.canal_half_width_mm[side];
+    let (pz0, pz1) = frame.pedicle_z_range_mm[side];
     let (x0, x1) = (hw - 2.0, hw + 25.0);
     let (z0, z1) = (pz0 - 3.0, pz1 + 3.0);
     let nx = ((x1 - x0) / STEP) as usize + 1;
@@ -489,7 +491,7 @@ fn pedicle_centroids(frame: &VertebraFrame, sdf: &Grid<f32>, s: usize) -> Vec<cr
         for k in 0..nz {
             for i in 0..nx {
                 let p = Point::new(sign * (x0 + i as f64 * STEP), y, z0 + k as f64 * STEP);
-                let v = sdf.sample(&(to_grid * p), -10.0);
+                let v = sdf.sample(&(vertebra_to_grid * p), BONE_OUTSIDE_GRID_MM);
                 d[k * nx + i] = v;
                 if v > best.0 {
                     best = (v, k * nx + i);

@@ -2,38 +2,76 @@
 //!
 //! A line is parameterised in the vertebra frame by the point `q` where it crosses the plane
 //! a few millimetres behind the posterior wall of the body (inside the pedicle) and by its
-//! medial and cranial angles. Candidates are screened in parallel on the approximate distance
-//! grids (a few microseconds each), coarse to fine: every other line of the grid first (3 mm,
-//! 10 degree steps), then the grid's neighbours of the best of those. The best are refined
-//! locally, and then verified with the exact f64 measurement ([`crate::evaluate::measure`]). Only a trajectory that passes the exact
-//! measurement is ever returned; otherwise the side is infeasible with a measured reason.
+//! medial and cranial angles. [`search_side`] takes these steps, each a function below:
+//!
+//! 1. `LineGrid::new`: the grid of lines ([`GRID_STEP_MM`], [`GRID_STEP_DEG`]).
+//! 2. `screen_coarse`: every [`COARSE_FACTOR`]-th line in each parameter is screened in
+//!    parallel on the approximate distance grids (a few microseconds each).
+//! 3. `screen_fine`: the grid's neighbours of the best of those.
+//! 4. `refine_best`: the best are refined locally by pattern search.
+//! 5. `verify`: candidates are measured exactly in f64 ([`crate::evaluate::measure`]) in order
+//!    until one passes. Only a trajectory that passes the exact measurement is ever returned.
+//! 6. `diagnose_infeasible`: otherwise the side is infeasible with measured reasons and the
+//!    widest corridor found.
+//!
+//! What a line is worth (rules, weights, score, the grid measures) is [`crate::criteria`]'s.
 
 use rayon::prelude::*;
 
-use crate::evaluate::{self, docking_zone_mm, measure, Measurement, SideContext};
+use crate::criteria::{
+    self, centring_mm, cortex_start, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine,
+    GridSampler, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM, MAX_ENTRY_INCIDENCE_DEG,
+    MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
+};
+use crate::error::PlanError;
+use crate::evaluate::{measure, Measurement, SideContext};
 use crate::math::{Point, Pose, Real, Vector};
 use crate::plan::{Alternative, AlternativeCode, Reason, ReasonCode};
-use crate::planning::PlanError;
 
-/// The plane of `q`: this far behind the posterior wall of the body, mm.
+/// The plane of `q`: this far behind the posterior wall of the body, mm (the pedicle's
+/// narrowest part, the isthmus, lies just behind the body).
 pub const REFERENCE_PLANE_BEHIND_WALL_MM: Real = 5.0;
-/// Where the tip goes along the body chord (posterior wall 0, anterior cortex 1).
-pub const TIP_DEPTH_FRACTION: Real = 0.75;
-/// Medial angle range searched, degrees.
+/// Medial angle range searched, degrees (lumbar pedicles converge by up to ~30 degrees; a
+/// little divergence and extra convergence are allowed for rotated or odd pedicles).
 pub const MEDIAL_RANGE_DEG: (Real, Real) = (-15.0, 45.0);
 /// Cranial angle range searched, degrees.
 pub const CRANIAL_RANGE_DEG: (Real, Real) = (-25.0, 25.0);
-const COARSE_STEP_DEG: Real = 5.0;
-const COARSE_STEP_MM: Real = 1.5;
-const SAMPLE_STEP_MM: Real = 0.5;
+/// `q` is searched from this far medial of the canal's edge, mm (the pedicle's medial wall
+/// lies at about the canal's edge)...
+pub const Q_MEDIAL_OF_CANAL_EDGE_MM: Real = 3.0;
+/// ... to this far lateral of it, mm (past the lateral wall of the widest pedicle, L5's 18 mm).
+pub const Q_LATERAL_OF_CANAL_EDGE_MM: Real = 22.0;
+/// Step of the grid of lines in the directions (medial and cranial angles), degrees.
+pub const GRID_STEP_DEG: Real = 5.0;
+/// Step of the grid of lines in `q` (lateral and superior offsets), mm.
+pub const GRID_STEP_MM: Real = 1.5;
+/// The coarse screening takes every `COARSE_FACTOR`-th line of the grid in each of the four
+/// parameters (3 mm, 10 degrees).
+pub const COARSE_FACTOR: usize = 2;
+/// The best lines of the coarse screening whose neighbours on the full grid are screened.
+const FINE_AROUND: usize = 16;
+/// Lines refined by pattern search (and measured in each batch of the verification).
 const SEEDS: usize = 8;
 /// Lines screened per chunk between updates of the score threshold.
 const SCREEN_CHUNK: usize = 64;
 /// Allowance for round-off in the score bounds.
 const SCORE_BOUND_TOLERANCE: Real = 1e-9;
+/// Most lines measured exactly; the screening's threshold keeps this many.
 const MAX_EXACT: usize = 64;
-/// The best lines of the coarse directions whose neighbours on the full grid are screened.
-const FINE_AROUND: usize = 16;
+/// The exact measurement is given the line from this far behind the screened bone entry, mm
+/// (any point behind the tip will do; this one is clear of the bone).
+const FROM_BEHIND_ENTRY_MM: Real = 10.0;
+/// The march back from `q` to the bone entry gives up this far behind `q`, mm (longer than any
+/// pedicle and lamina).
+const MARCH_BACK_MM: Real = 80.0;
+/// The march forward from `q` to the anterior cortex gives up this far ahead, mm (deeper than
+/// any vertebral body).
+const MARCH_FORWARD_MM: Real = 100.0;
+/// Keep-outs are screened along the cannula from this far behind the bone entry, mm (the
+/// roots and canal near the vertebra; the exact measurement takes the whole cannula).
+const KEEP_OUT_SCREEN_BEHIND_ENTRY_MM: Real = 40.0;
+/// `q` must be at least this fraction of (cannula radius + cortex margin) inside the bone.
+const Q_MIN_DEPTH_FRACTION: Real = 0.5;
 
 /// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
 /// cells differ by at most one spacing, so each component of the gradient is at most 1.
@@ -41,16 +79,59 @@ const GRID_LIPSCHITZ: Real = 1.732_050_808;
 /// Round-off allowance of a grid sample, mm.
 const SAMPLE_TOLERANCE_MM: Real = 1e-3;
 
-/// How many of the next samples along a line (every [`SAMPLE_STEP_MM`]) are sure to stay above
-/// `floor` after a sample of value `s` (none for non-finite values).
+/// How many of the next samples along a line (every [`GRID_SAMPLE_STEP_MM`]) are sure to stay
+/// above `floor` after a sample of value `s` (none for non-finite values).
 #[inline]
 fn samples_above(s: Real, floor: Real) -> usize {
     let room = s - floor - SAMPLE_TOLERANCE_MM;
     if room.is_finite() && room > 0.0 {
-        (room / (GRID_LIPSCHITZ * SAMPLE_STEP_MM)) as usize
+        (room / (GRID_LIPSCHITZ * GRID_SAMPLE_STEP_MM)) as usize
     } else {
         0
     }
+}
+
+/// Where `line` first reads outside the bone (below 0) marching from `t = 0` by `step` (negative
+/// to march backwards) for at most `limit` mm: the sample's `t`, or `None`. Samples that the
+/// grid's Lipschitz bound keeps inside are skipped.
+fn first_outside(line: &GridLine<'_>, step: Real, limit: Real) -> Option<Real> {
+    let mut skip = 0usize;
+    let mut t = step;
+    while t.abs() < limit {
+        if skip > 0 {
+            skip -= 1;
+            t += step;
+            continue;
+        }
+        let s = line.at(t);
+        if s < 0.0 {
+            return Some(t);
+        }
+        skip = samples_above(s, 0.0);
+        t += step;
+    }
+    None
+}
+
+/// `min(cap, smallest sample of line)` from `t0` in steps of [`GRID_SAMPLE_STEP_MM`] up to
+/// `t1`. Samples that the grid's Lipschitz bound keeps at or above the running minimum (or the
+/// cap) cannot change the result and are not taken.
+fn min_along(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
+    let mut m = Real::INFINITY;
+    let mut skip = 0usize;
+    let mut t = t0;
+    while t <= t1 {
+        if skip > 0 {
+            skip -= 1;
+            t += GRID_SAMPLE_STEP_MM;
+            continue;
+        }
+        let s = line.at(t);
+        m = m.min(s);
+        skip = samples_above(s, m.min(cap));
+        t += GRID_SAMPLE_STEP_MM;
+    }
+    m.min(cap)
 }
 
 /// The result for one side.
@@ -63,13 +144,14 @@ pub enum SideOutcome {
     },
 }
 
-/// A screened line (vertebra frame) with its approximate figures.
+/// A screened line with its approximate figures; points and directions in the vertebra frame,
+/// `t` in mm along `dir_vertebra` from `q_vertebra`.
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
     /// (lateral offset x, superior offset z) of q in the reference plane, medial, cranial.
     params: [Real; 4],
-    q: Point,
-    dir: Vector,
+    q_vertebra: Point,
+    dir_vertebra: Vector,
     t_entry: Real,
     t_tip: Real,
     /// Approximate clearance of the cannula surface to the cortex, mm.
@@ -78,38 +160,68 @@ struct Candidate {
     score: Real,
 }
 
+impl Candidate {
+    /// The line as the exact measurement takes it, in LPS: a point behind the bone entry, and
+    /// the tip.
+    fn endpoints_lps(&self, vertebra_to_lps: &Pose) -> (Point, Point) {
+        let (q, dir) = (self.q_vertebra, self.dir_vertebra);
+        (
+            vertebra_to_lps * (q + dir * (self.t_entry - FROM_BEHIND_ENTRY_MM)),
+            vertebra_to_lps * (q + dir * self.t_tip),
+        )
+    }
+}
+
+/// What screening a line of one side needs, in the vertebra frame.
 struct Screen<'a> {
     ctx: &'a SideContext<'a>,
+    bone_grid: GridSampler<'a>,
     vertebra_to_grid: Pose,
+    /// Vertebra-frame y of the plane of `q`.
     y_ref: Real,
     sign: Real,
     radius: Real,
     canal_half_width: Real,
-    side_index: usize,
+}
+
+impl<'a> Screen<'a> {
+    fn new(ctx: &'a SideContext<'a>) -> Self {
+        let f = &ctx.vertebra.frame;
+        let vertebra_to_grid = f.vertebra_to_grid();
+        Screen {
+            ctx,
+            bone_grid: GridSampler::bone(&ctx.vertebra.bone_sdf, vertebra_to_grid),
+            vertebra_to_grid,
+            y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
+            sign: ctx.side.sign(),
+            radius: ctx.instrument.cannula_radius_mm(),
+            canal_half_width: f.canal_half_width_mm[ctx.side],
+        }
+    }
 }
 
 impl Screen<'_> {
-    fn direction(&self, medial_deg: Real, cranial_deg: Real) -> Vector {
+    /// `q` of the line with lateral offset `x` and superior offset `z`.
+    fn q_vertebra(&self, x: Real, z: Real) -> Point {
+        Point::new(self.sign * x, self.y_ref, z)
+    }
+
+    fn direction_vertebra(&self, medial_deg: Real, cranial_deg: Real) -> Vector {
         let tm = medial_deg.to_radians().tan();
         let tc = cranial_deg.to_radians().tan();
         Vector::new(-self.sign * tm, -1.0, tc).normalize()
     }
 
-    fn bone(&self, p: &Point) -> Real {
-        let g = self.vertebra_to_grid * p;
-        self.ctx.vertebra.bone_sdf.sample(&g, -10.0) as Real
-    }
-
     /// The terms of the score that need no grid (alignment with the pedicle's centres,
     /// convergence, tip depth) of the line through `q` along `dir`.
-    fn fixed_terms(&self, q: &Point, dir: &Vector, medial: Real) -> Real {
-        evaluate::score(
+    fn fixed_terms(&self, q_vertebra: &Point, dir_vertebra: &Vector, medial: Real) -> Real {
+        criteria::score(
             0.0,
             0.0,
-            evaluate::axis_offset_mm(
-                &self.ctx.vertebra.pedicle_centroids[self.side_index],
-                q,
-                dir,
+            criteria::axis_offset_mm(
+                &self.ctx.vertebra.pedicle_centroids[self.ctx.side],
+                q_vertebra,
+                dir_vertebra,
             ),
             medial,
             TIP_DEPTH_FRACTION,
@@ -124,185 +236,105 @@ impl Screen<'_> {
         let v = self.ctx.vertebra;
         let f = &v.frame;
         let safety = self.ctx.safety;
-        let q = Point::new(self.sign * x, self.y_ref, z);
-        let dir = self.direction(medial, cranial);
+        let q = self.q_vertebra(x, z);
+        let dir = self.direction_vertebra(medial, cranial);
         // Score terms that need no grid: the score is at most the slack reserve plus the
         // largest centring term plus these.
         let fixed_terms = self.fixed_terms(&q, &dir, medial);
         let bound = |worst_at_most: Real, centring_at_most: Real| {
-            worst_at_most.min(evaluate::SLACK_RESERVE_MM)
-                + evaluate::CENTRING_WEIGHT * centring_at_most
+            worst_at_most.min(SLACK_RESERVE_MM)
+                + CENTRING_WEIGHT * centring_at_most
                 + fixed_terms
                 + SCORE_BOUND_TOLERANCE
         };
-        if bound(Real::INFINITY, evaluate::CENTRING_CAP_MM) < threshold {
+        if bound(Real::INFINITY, CENTRING_CAP_MM) < threshold {
             return None;
         }
-        let bone = &v.bone_sdf;
-        // The line in the grid frame: samples at `gq + gd * t`.
-        let gq = self.vertebra_to_grid * q;
-        let gd = self.vertebra_to_grid.rotation * dir;
-        let bone_at = |t: Real| bone.sample(&(gq + gd * t), -10.0) as Real;
-        if bone_at(0.0) <= 0.0 {
+        // The line in the grid frame: samples at `t` mm from q.
+        let bone = self.bone_grid.line(&q, &dir);
+        if bone.at(0.0) <= 0.0 {
             return None;
         }
-        // March back to the entry and forward to the anterior exit: the first sample outside
-        // the bone. Samples that the grid's Lipschitz bound keeps inside are skipped.
+        // March back to the entry: the first sample outside the bone, then the zero crossing
+        // interpolated between it and the sample before.
         let t_entry = {
-            let mut found = None;
-            let mut skip = 0usize;
-            let mut t = -SAMPLE_STEP_MM;
-            while t > -80.0 {
-                if skip > 0 {
-                    skip -= 1;
-                    t -= SAMPLE_STEP_MM;
-                    continue;
-                }
-                let s = bone_at(t);
-                if s < 0.0 {
-                    let sp = bone_at(t + SAMPLE_STEP_MM);
-                    let frac = sp / (sp - s).max(1e-9);
-                    found = Some(t + SAMPLE_STEP_MM - frac * SAMPLE_STEP_MM);
-                    break;
-                }
-                skip = samples_above(s, 0.0);
-                t -= SAMPLE_STEP_MM;
-            }
-            found?
+            let t = first_outside(&bone, -GRID_SAMPLE_STEP_MM, MARCH_BACK_MM)?;
+            let (s, sp) = (bone.at(t), bone.at(t + GRID_SAMPLE_STEP_MM));
+            let frac = sp / (sp - s).max(1e-9);
+            t + GRID_SAMPLE_STEP_MM - frac * GRID_SAMPLE_STEP_MM
         };
         // The entry must be behind the body and lateral of the canal: other lines never score.
         let entry = q + dir * t_entry;
-        let entry_ok = entry.y >= f.posterior_wall_y_mm + evaluate::MIN_ENTRY_BEHIND_WALL_MM
+        let entry_ok = entry.y >= f.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM
             && entry.x * self.sign >= self.canal_half_width;
         if !entry_ok {
             return None;
         }
-        // The centring term of evaluate::centring_mm, on the line already in grid coordinates.
-        // Its span ends at the posterior wall (`t_wall`), before the tip of any line that
-        // reaches the body, so it is taken (and bounded) before the march to the far cortex.
+        // The centring term ends at the posterior wall (`t_wall`), before the tip of any line
+        // that reaches the body, so it is taken (and bounded) before the march to the far
+        // cortex.
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
-        let centring = match evaluate::pedicle_span(f, &q, &dir, t_entry, t_wall) {
-            Some((a, b)) => {
-                let n = (((b - a) / 0.5).ceil() as usize).max(1);
-                let slack = self.radius + safety.cortex_margin_mm;
-                let mut sum = 0.0;
-                for i in 0..=n {
-                    let d = bone_at(a + (b - a) * (i as Real / n as Real));
-                    sum += (d - slack).min(evaluate::CENTRING_CAP_MM);
-                }
-                sum / (n + 1) as Real
-            }
+        let centring = match pedicle_span(f, &q, &dir, t_entry, t_wall) {
+            Some((a, b)) => centring_mm(b - a, self.radius, safety.cortex_margin_mm, |s| {
+                bone.at(a + (b - a) * s)
+            }),
             None => 0.0,
         };
         if bound(Real::INFINITY, centring) < threshold {
             return None;
         }
-        let t_exit = {
-            let mut found = None;
-            let mut skip = 0usize;
-            let mut t = SAMPLE_STEP_MM;
-            while t < 100.0 {
-                if skip > 0 {
-                    skip -= 1;
-                    t += SAMPLE_STEP_MM;
-                    continue;
-                }
-                let s = bone_at(t);
-                if s < 0.0 {
-                    found = Some(t);
-                    break;
-                }
-                skip = samples_above(s, 0.0);
-                t += SAMPLE_STEP_MM;
-            }
-            found?
-        };
+        let t_exit = first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM)?;
         if t_wall >= t_exit {
             return None;
         }
         let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
         // Cortex from where its margin applies to the tip.
         let tip = q + dir * t_tip;
-        let cos_incidence = evaluate::entry_incidence_cos(v, &self.vertebra_to_grid, &entry, &dir);
-        if cos_incidence < evaluate::MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
+        let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
+        if cos_incidence < MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
             return None;
         }
         let zone = docking_zone_mm(self.ctx.instrument, safety);
-        let t_start = t_tip + evaluate::cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
-        let cortex = self
-            .min_along(bone, -10.0, &gq, &gd, t_start, t_tip, Real::INFINITY)
-            .min(bone_at(t_tip))
-            - self.radius;
+        let t_start = t_tip + cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
+        let cortex =
+            min_along(&bone, t_start, t_tip, Real::INFINITY).min(bone.at(t_tip)) - self.radius;
         if bound(cortex - safety.cortex_margin_mm, centring) < threshold {
             return None;
         }
         // Keep-outs along the cannula near the vertebra. Their distance counts in the score
         // only below its cap (the slack reserve): samples that cannot go below it are skipped.
         let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
-            let cap = self.radius + margin + evaluate::SLACK_RESERVE_MM + 1.0;
-            self.min_along(grid, f32::INFINITY, &gq, &gd, t_entry - 40.0, t_tip, cap) - self.radius
+            let cap = self.radius + margin + SLACK_RESERVE_MM + 1.0;
+            let line = GridSampler::keep_out(grid, self.vertebra_to_grid).line(&q, &dir);
+            min_along(&line, t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM, t_tip, cap) - self.radius
         };
         let canal = keep(&v.canal_distance, safety.canal_margin_mm);
         let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
         let forbidden = v
             .forbidden_distance
             .as_ref()
-            .map_or(Real::INFINITY, |g| keep(g, safety.canal_margin_mm));
-        let worst = (cortex - safety.cortex_margin_mm)
-            .min(canal - safety.canal_margin_mm)
-            .min(root - safety.nerve_root_margin_mm)
-            .min(forbidden - safety.canal_margin_mm);
+            .map(|g| keep(g, safety.canal_margin_mm));
+        let worst = criteria::worst_slack_mm(safety, cortex, canal, root, forbidden);
         if bound(worst, centring) < threshold {
             return None;
         }
-        let score = evaluate::score(
+        let score = criteria::score(
             worst,
             centring,
-            evaluate::axis_offset_mm(&v.pedicle_centroids[self.side_index], &q, &dir),
+            criteria::axis_offset_mm(&v.pedicle_centroids[self.ctx.side], &q, &dir),
             medial,
             TIP_DEPTH_FRACTION,
         );
         Some(Candidate {
             params,
-            q,
-            dir,
+            q_vertebra: q,
+            dir_vertebra: dir,
             t_entry,
             t_tip,
             cortex,
             entry_ok,
             score,
         })
-    }
-
-    /// `min(cap, smallest sample of grid)` at `gq + gd * t` (grid frame), `t` from `t0` in steps of
-    /// [`SAMPLE_STEP_MM`] up to `t1`. Samples that the grid's Lipschitz bound keeps at or above
-    /// the running minimum (or the cap) cannot change the result and are not taken.
-    #[allow(clippy::too_many_arguments)]
-    fn min_along(
-        &self,
-        grid: &crate::voxel::Grid<f32>,
-        outside: f32,
-        gq: &Point,
-        gd: &Vector,
-        t0: Real,
-        t1: Real,
-        cap: Real,
-    ) -> Real {
-        let mut m = Real::INFINITY;
-        let mut skip = 0usize;
-        let mut t = t0;
-        while t <= t1 {
-            if skip > 0 {
-                skip -= 1;
-                t += SAMPLE_STEP_MM;
-                continue;
-            }
-            let s = grid.sample(&(gq + gd * t), outside) as Real;
-            m = m.min(s);
-            skip = samples_above(s, m.min(cap));
-            t += SAMPLE_STEP_MM;
-        }
-        m.min(cap)
     }
 
     /// Pattern search around a seed on the approximate score.
@@ -369,14 +401,14 @@ fn order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 
 /// Lines screened so far, and the score threshold of the verification queue.
 struct Screening {
-    coarse: Vec<(Candidate, LineIndex)>,
+    screened: Vec<(Candidate, LineIndex)>,
     threshold: Real,
 }
 
 impl Screening {
     fn new() -> Self {
         Screening {
-            coarse: Vec::new(),
+            screened: Vec::new(),
             threshold: Real::NEG_INFINITY,
         }
     }
@@ -398,9 +430,9 @@ impl Screening {
             .iter()
             .map(|&i| {
                 let p = line(i);
-                let q = Point::new(screen.sign * p[0], screen.y_ref, p[1]);
+                let q = screen.q_vertebra(p[0], p[1]);
                 (
-                    screen.fixed_terms(&q, &screen.direction(p[2], p[3]), p[2]),
+                    screen.fixed_terms(&q, &screen.direction_vertebra(p[2], p[3]), p[2]),
                     p,
                     i,
                 )
@@ -422,9 +454,9 @@ impl Screening {
                 .filter_map(|(_, p, i)| screen.candidate(*p, threshold).map(|c| (c, *i)))
                 .filter(|(c, _)| c.entry_ok)
                 .collect();
-            self.coarse.extend(got);
-            if self.coarse.len() >= MAX_EXACT {
-                let mut scores: Vec<Real> = self.coarse.iter().map(|c| c.0.score).collect();
+            self.screened.extend(got);
+            if self.screened.len() >= MAX_EXACT {
+                let mut scores: Vec<Real> = self.screened.iter().map(|c| c.0.score).collect();
                 let (_, kth, _) =
                     scores.select_nth_unstable_by(MAX_EXACT - 1, |a, b| b.total_cmp(a));
                 self.threshold = *kth;
@@ -434,7 +466,7 @@ impl Screening {
     }
 
     fn sort(&mut self) {
-        self.coarse.sort_by(|a, b| order(&a.0, &b.0));
+        self.screened.sort_by(|a, b| order(&a.0, &b.0));
     }
 }
 
@@ -449,159 +481,245 @@ pub fn search_side(
 /// Which lines of the grid are screened.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Screens {
-    /// Every other line in each parameter, then the neighbours of the best (the planner).
+    /// Every [`COARSE_FACTOR`]-th line in each parameter, then the neighbours of the best (the
+    /// planner).
     CoarseToFine,
     /// Every line of the grid (the slow oracle of the tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Exhaustive,
 }
 
+/// The steps of the module documentation, in order.
 fn search_side_with(
     ctx: &SideContext<'_>,
     cancelled: &(dyn Fn() -> bool + Sync),
     screens: Screens,
 ) -> Result<SideOutcome, PlanError> {
-    let v = ctx.vertebra;
-    let f = &v.frame;
-    let s = match ctx.side {
-        crate::anatomy::Side::Left => 0,
-        crate::anatomy::Side::Right => 1,
-    };
-    let screen = Screen {
-        ctx,
-        vertebra_to_grid: f.lps_to_grid * f.vertebra_to_lps(),
-        y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
-        sign: ctx.side.sign(),
-        radius: ctx.instrument.cannula_radius_mm(),
-        canal_half_width: f.canal_half_width_mm[s],
-        side_index: s,
-    };
-    // The grid of lines: q in the reference plane every COARSE_STEP_MM where the bone is deep
-    // enough, directions every COARSE_STEP_DEG. The values are accumulated as in the original
-    // loops, so each line of the grid has the same bits whichever stage screens it.
-    let hw = f.canal_half_width_mm[s];
-    let (pz0, pz1) = f.pedicle_z_range_mm[s];
-    // q positions: (x, z) values and their grid indices.
-    let mut qs: Vec<(Real, Real, usize, usize)> = Vec::new();
-    let mut x = hw - 3.0;
-    let mut ix = 0;
-    while x <= hw + 22.0 {
-        let mut z = pz0;
-        let mut iz = 0;
-        while z <= pz1 {
-            let q = Point::new(screen.sign * x, screen.y_ref, z);
-            if screen.bone(&q) >= 0.5 * (screen.radius + ctx.safety.cortex_margin_mm) {
-                qs.push((x, z, ix, iz));
-            }
-            z += COARSE_STEP_MM;
-            iz += 1;
-        }
-        x += COARSE_STEP_MM;
-        ix += 1;
-    }
-    let q_at: std::collections::BTreeMap<(usize, usize), usize> = qs
-        .iter()
-        .enumerate()
-        .map(|(i, q)| ((q.2, q.3), i))
-        .collect();
-    let medials = steps(MEDIAL_RANGE_DEG, COARSE_STEP_DEG);
-    let cranials = steps(CRANIAL_RANGE_DEG, COARSE_STEP_DEG);
-    let line =
-        |(iq, im, ic): LineIndex| -> [Real; 4] { [qs[iq].0, qs[iq].1, medials[im], cranials[ic]] };
-    let mut all_lines = Vec::with_capacity(qs.len() * medials.len() * cranials.len());
-    for iq in 0..qs.len() {
-        for im in 0..medials.len() {
-            for ic in 0..cranials.len() {
-                all_lines.push((iq, im, ic));
-            }
-        }
-    }
-    // Coarse to fine: first every other line of the grid in each of the four parameters
-    // (3 mm, 10 degree steps), then the grid's neighbours of the best of those.
-    let first: Vec<LineIndex> = all_lines
-        .iter()
-        .copied()
-        .filter(|&(iq, im, ic)| {
-            screens == Screens::Exhaustive
-                || qs[iq].2.is_multiple_of(2)
-                    && qs[iq].3.is_multiple_of(2)
-                    && im.is_multiple_of(2)
-                    && ic.is_multiple_of(2)
-        })
-        .collect();
+    let screen = Screen::new(ctx);
+    let grid = LineGrid::new(&screen);
     let mut screening = Screening::new();
-    screening.screen(&screen, &first, &line, cancelled)?;
-    screening.sort();
-    let mut seen: std::collections::BTreeSet<LineIndex> = first.iter().copied().collect();
-    let mut second = Vec::new();
-    for &(_, (iq, im, ic)) in screening.coarse.iter().take(FINE_AROUND) {
-        let (_, _, ix, iz) = qs[iq];
+    let coarse = screen_coarse(&screen, &grid, screens, &mut screening, cancelled)?;
+    screen_fine(&screen, &grid, &coarse, &mut screening, cancelled)?;
+    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    if screened.is_empty() {
+        return Ok(infeasible_no_corridor(ctx, grid.qs.is_empty()));
+    }
+    let refined = refine_best(&screen, &screened);
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    match verify(ctx, &refined, &screened, cancelled)? {
+        Verified::Safe(m) => Ok(SideOutcome::Feasible(Box::new(m))),
+        Verified::Unsafe(best) => Ok(diagnose_infeasible(&screen, &grid, &best)),
+    }
+}
+
+/// The grid of lines: `q` in the reference plane every [`GRID_STEP_MM`] where the bone is deep
+/// enough, directions every [`GRID_STEP_DEG`] over the angle ranges. The values are accumulated
+/// as in the original loops, so each line of the grid has the same bits whichever step screens
+/// it.
+struct LineGrid {
+    /// `q` positions: (x, z) values and their grid indices.
+    qs: Vec<(Real, Real, usize, usize)>,
+    /// Index into `qs` of the `q` with grid indices (ix, iz).
+    q_at: std::collections::BTreeMap<(usize, usize), usize>,
+    medials: Vec<Real>,
+    cranials: Vec<Real>,
+}
+
+impl LineGrid {
+    fn new(screen: &Screen<'_>) -> Self {
+        let f = &screen.ctx.vertebra.frame;
+        let hw = screen.canal_half_width;
+        let (pz0, pz1) = f.pedicle_z_range_mm[screen.ctx.side];
+        let min_depth = Q_MIN_DEPTH_FRACTION * (screen.radius + screen.ctx.safety.cortex_margin_mm);
+        let mut qs: Vec<(Real, Real, usize, usize)> = Vec::new();
+        let mut x = hw - Q_MEDIAL_OF_CANAL_EDGE_MM;
+        let mut ix = 0;
+        while x <= hw + Q_LATERAL_OF_CANAL_EDGE_MM {
+            let mut z = pz0;
+            let mut iz = 0;
+            while z <= pz1 {
+                if screen.bone_grid.at(&screen.q_vertebra(x, z)) >= min_depth {
+                    qs.push((x, z, ix, iz));
+                }
+                z += GRID_STEP_MM;
+                iz += 1;
+            }
+            x += GRID_STEP_MM;
+            ix += 1;
+        }
+        let q_at = qs
+            .iter()
+            .enumerate()
+            .map(|(i, q)| ((q.2, q.3), i))
+            .collect();
+        LineGrid {
+            qs,
+            q_at,
+            medials: steps(MEDIAL_RANGE_DEG, GRID_STEP_DEG),
+            cranials: steps(CRANIAL_RANGE_DEG, GRID_STEP_DEG),
+        }
+    }
+
+    /// The parameters of a line: (x, z) of q, medial, cranial.
+    fn line(&self, (iq, im, ic): LineIndex) -> [Real; 4] {
+        [
+            self.qs[iq].0,
+            self.qs[iq].1,
+            self.medials[im],
+            self.cranials[ic],
+        ]
+    }
+
+    /// Every line, in index order.
+    fn all(&self) -> Vec<LineIndex> {
+        let mut all = Vec::with_capacity(self.qs.len() * self.medials.len() * self.cranials.len());
+        for iq in 0..self.qs.len() {
+            for im in 0..self.medials.len() {
+                for ic in 0..self.cranials.len() {
+                    all.push((iq, im, ic));
+                }
+            }
+        }
+        all
+    }
+
+    /// Whether a line is on the coarse grid (every [`COARSE_FACTOR`]-th value of each
+    /// parameter).
+    fn is_coarse(&self, (iq, im, ic): LineIndex) -> bool {
+        let (_, _, ix, iz) = self.qs[iq];
+        ix.is_multiple_of(COARSE_FACTOR)
+            && iz.is_multiple_of(COARSE_FACTOR)
+            && im.is_multiple_of(COARSE_FACTOR)
+            && ic.is_multiple_of(COARSE_FACTOR)
+    }
+
+    /// The grid's 3^4 neighbourhood of a line (itself included), in a fixed order.
+    fn neighbours(&self, (iq, im, ic): LineIndex) -> Vec<LineIndex> {
+        let mut out = Vec::new();
+        let (_, _, ix, iz) = self.qs[iq];
         for dx in -1i64..=1 {
             for dz in -1i64..=1 {
                 let (nx, nz) = (ix as i64 + dx, iz as i64 + dz);
                 if nx < 0 || nz < 0 {
                     continue;
                 }
-                let Some(&nq) = q_at.get(&(nx as usize, nz as usize)) else {
+                let Some(&nq) = self.q_at.get(&(nx as usize, nz as usize)) else {
                     continue;
                 };
                 for dm in -1i64..=1 {
                     for dc in -1i64..=1 {
                         let (m, c) = (im as i64 + dm, ic as i64 + dc);
-                        if m < 0 || c < 0 || m >= medials.len() as i64 || c >= cranials.len() as i64
+                        if m < 0
+                            || c < 0
+                            || m >= self.medials.len() as i64
+                            || c >= self.cranials.len() as i64
                         {
                             continue;
                         }
-                        let key = (nq, m as usize, c as usize);
-                        if seen.insert(key) {
-                            second.push(key);
-                        }
+                        out.push((nq, m as usize, c as usize));
                     }
                 }
             }
         }
+        out
     }
-    if screening.coarse.is_empty() {
-        // No usable line among the coarse ones (a narrow or odd pedicle): screen the whole
-        // grid, so that "no line" is never claimed from a subset.
-        second = all_lines
-            .iter()
-            .copied()
-            .filter(|l| !seen.contains(l))
-            .collect();
-    }
-    screening.screen(&screen, &second, &line, cancelled)?;
+}
+
+/// Step 2: screen the coarse lines (every line for [`Screens::Exhaustive`]); returns the lines
+/// screened.
+fn screen_coarse(
+    screen: &Screen<'_>,
+    grid: &LineGrid,
+    screens: Screens,
+    screening: &mut Screening,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Vec<LineIndex>, PlanError> {
+    let coarse: Vec<LineIndex> = grid
+        .all()
+        .into_iter()
+        .filter(|&l| screens == Screens::Exhaustive || grid.is_coarse(l))
+        .collect();
+    screening.screen(screen, &coarse, &|l| grid.line(l), cancelled)?;
     screening.sort();
-    let coarse: Vec<Candidate> = screening.coarse.into_iter().map(|(c, _)| c).collect();
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    if coarse.is_empty() {
-        return Ok(infeasible_no_corridor(ctx, qs.is_empty()));
-    }
-    let seeds: Vec<Candidate> = coarse.iter().take(SEEDS).copied().collect();
+    Ok(coarse)
+}
+
+/// Step 3: screen the grid's neighbours of the [`FINE_AROUND`] best coarse lines; if no coarse
+/// line was usable (a narrow or odd pedicle), every line not yet screened, so that "no line"
+/// is never claimed from a subset.
+fn screen_fine(
+    screen: &Screen<'_>,
+    grid: &LineGrid,
+    coarse: &[LineIndex],
+    screening: &mut Screening,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(), PlanError> {
+    let mut seen: std::collections::BTreeSet<LineIndex> = coarse.iter().copied().collect();
+    let fine: Vec<LineIndex> = if screening.screened.is_empty() {
+        grid.all()
+            .into_iter()
+            .filter(|l| !seen.contains(l))
+            .collect()
+    } else {
+        let mut fine = Vec::new();
+        for &(_, best) in screening.screened.iter().take(FINE_AROUND) {
+            for l in grid.neighbours(best) {
+                if seen.insert(l) {
+                    fine.push(l);
+                }
+            }
+        }
+        fine
+    };
+    screening.screen(screen, &fine, &|l| grid.line(l), cancelled)?;
+    screening.sort();
+    Ok(())
+}
+
+/// Step 4: the [`SEEDS`] best screened lines, refined by pattern search, best first.
+fn refine_best(screen: &Screen<'_>, screened: &[Candidate]) -> Vec<Candidate> {
+    let seeds: Vec<Candidate> = screened.iter().take(SEEDS).copied().collect();
     let mut refined: Vec<Candidate> = seeds.par_iter().map(|c| screen.refine(*c)).collect();
     refined.sort_by(order);
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    // Exact verification: refined seeds first, then the coarse list in order.
+    refined
+}
+
+/// What the exact verification found.
+enum Verified {
+    /// The best-scoring safe measurement of the first batch that had one.
+    Safe(Measurement),
+    /// No line measured was safe: the best-scoring one.
+    Unsafe(Measurement),
+}
+
+/// Step 5: measure the refined lines, then the screened ones in order (at most [`MAX_EXACT`]),
+/// exactly, in batches of [`SEEDS`], until a batch has a safe one.
+fn verify(
+    ctx: &SideContext<'_>,
+    refined: &[Candidate],
+    screened: &[Candidate],
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Verified, PlanError> {
     let queue: Vec<Candidate> = refined
         .iter()
-        .chain(coarse.iter().skip(SEEDS))
+        .chain(screened.iter().skip(SEEDS))
         .take(MAX_EXACT)
         .copied()
         .collect();
-    let to_lps = f.vertebra_to_lps();
+    let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
     let mut best_feasible: Option<Measurement> = None;
     let mut best_any: Option<Measurement> = None;
     for batch in queue.chunks(SEEDS) {
         let measured: Vec<Measurement> = batch
             .par_iter()
             .map(|c| {
-                let from = to_lps * (c.q + c.dir * (c.t_entry - 10.0));
-                let tip = to_lps * (c.q + c.dir * c.t_tip);
-                measure(ctx, &from, &tip)
+                let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
+                measure(ctx, &from_lps, &tip_lps)
             })
             .collect();
         for m in measured {
@@ -624,15 +742,20 @@ fn search_side_with(
             return Err(PlanError::Cancelled);
         }
     }
-    if let Some(m) = best_feasible {
-        return Ok(SideOutcome::Feasible(Box::new(m)));
-    }
-    // Infeasible: report the best candidate's violations, and the widest bony corridor found.
-    let best = best_any.expect("at least one candidate was measured");
-    // The widest corridor over every line (the screening above dropped low scores).
-    let all: Vec<Candidate> = all_lines
+    Ok(match best_feasible {
+        Some(m) => Verified::Safe(m),
+        None => Verified::Unsafe(best_any.expect("at least one candidate was measured")),
+    })
+}
+
+/// Step 6: the side is infeasible. Report the best measured line's violations, and the widest
+/// bony corridor over every line of the grid (the screening dropped low scores).
+fn diagnose_infeasible(screen: &Screen<'_>, grid: &LineGrid, best: &Measurement) -> SideOutcome {
+    let ctx = screen.ctx;
+    let all: Vec<Candidate> = grid
+        .all()
         .par_iter()
-        .filter_map(|i| screen.candidate(line(*i), Real::NEG_INFINITY))
+        .filter_map(|i| screen.candidate(grid.line(*i), Real::NEG_INFINITY))
         .filter(|c| c.entry_ok)
         .collect();
     let bone_best = all
@@ -646,14 +769,11 @@ fn search_side_with(
         })
         .copied()
         .expect("non-empty");
-    let bone_m = measure(
-        ctx,
-        &(to_lps * (bone_best.q + bone_best.dir * (bone_best.t_entry - 10.0))),
-        &(to_lps * (bone_best.q + bone_best.dir * bone_best.t_tip)),
-    );
+    let (from_lps, tip_lps) = bone_best.endpoints_lps(&ctx.vertebra.frame.vertebra_to_lps());
+    let bone_m = measure(ctx, &from_lps, &tip_lps);
     let r = ctx.instrument.cannula_radius_mm();
     let corridor = 2.0 * (best.cortex_clearance_mm.max(bone_m.cortex_clearance_mm) + r);
-    Ok(diagnose(ctx, &best, corridor))
+    diagnose(ctx, best, corridor)
 }
 
 fn corridor_reason(ctx: &SideContext<'_>, corridor_mm: Real) -> Reason {

@@ -5,7 +5,7 @@
 mod common;
 
 use kyphoplan_planner::clearance::brute;
-use kyphoplan_planner::evaluate::{cortex_start, docking_zone_mm};
+use kyphoplan_planner::criteria::{cortex_start, docking_zone_mm};
 use kyphoplan_planner::keepout::KeepOutKind;
 use kyphoplan_planner::math::{point, segment_segment_distance};
 use kyphoplan_planner::*;

@@ -34,16 +34,7 @@ fn line_point_distance(a: &Point, b: &Point, p: &Point) -> f64 {
 
 #[test]
 fn planned_trajectories_follow_the_pedicle_axis() {
-    for level in [
-        Level::T10,
-        Level::T11,
-        Level::T12,
-        Level::L1,
-        Level::L2,
-        Level::L3,
-        Level::L4,
-        Level::L5,
-    ] {
+    for level in synth::MEAN_LEVELS {
         let (input, verts) = synth::spine(&[level], &Pose::identity(), false);
         let plan = plan(&prepare(input), &request()).unwrap();
         let lp = &plan.levels[0];

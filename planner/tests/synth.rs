@@ -8,16 +8,7 @@ use kyphoplan_planner::math::{Point, Pose, Real, Vector};
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::synth::{self, SyntheticVertebra, VertebraParams};
 
-const LEVELS: [Level; 8] = [
-    Level::T10,
-    Level::T11,
-    Level::T12,
-    Level::L1,
-    Level::L2,
-    Level::L3,
-    Level::L4,
-    Level::L5,
-];
+const LEVELS: [Level; 8] = synth::MEAN_LEVELS;
 
 /// Every undirected edge in exactly two triangles, each directed edge exactly once.
 fn check_closed_manifold(mesh: &TriMesh) -> Result<usize, String> {
@@ -228,7 +219,7 @@ fn pedicles_are_where_the_axes_say() {
             }
         }
         // The pedicle axes converge anteriorly (or are parallel at T12).
-        let [l, r] = v.pedicle_axes;
+        let [l, r]: [_; 2] = v.pedicle_axes.into();
         assert_eq!(l.side, Side::Left);
         assert!(l.direction.y < 0.0 && r.direction.y < 0.0);
         assert!(l.direction.x <= 1e-12 && r.direction.x >= -1e-12);

@@ -1,0 +1,310 @@
+//! What makes a trajectory safe and good, in one place: the clinical rules (where the entry, the
+//! tip and the cortex margin apply), the weights and the score, and the measures on the
+//! approximate distance grids that both the search's screening ([`crate::search`]) and the exact
+//! measurement ([`crate::evaluate`]) take. Each number says its unit and where it comes from;
+//! the safety margins themselves are the request's ([`Safety`], sources in the README).
+
+use crate::anatomy::Side;
+use crate::frame::VertebraFrame;
+use crate::math::{Point, Pose, Real, Vector};
+use crate::request::{Instrument, Safety};
+use crate::voxel::Grid;
+
+// ---------------------------------------------------------------------------------------------
+// Rules
+// ---------------------------------------------------------------------------------------------
+
+/// The bone entry must lie at least this far behind the posterior wall of the body, mm: a
+/// transpedicular entry is on the posterior elements, so the cannula crosses the whole pedicle.
+pub const MIN_ENTRY_BEHIND_WALL_MM: Real = 5.0;
+
+/// Where the search puts the tip along the body chord on the axis (posterior wall 0, anterior
+/// cortex 1): 75 % of the body depth, inside the anterior third where the balloon reduces the
+/// fracture (README, "Defaults").
+pub const TIP_DEPTH_FRACTION: Real = 0.75;
+
+/// Tip depth in the body (fraction from the posterior wall) at or beyond which the tip is in
+/// the anterior third; a tip short of it is a soft goal missed.
+pub const ANTERIOR_THIRD_FRACTION: Real = 2.0 / 3.0;
+
+/// Steepest incidence (angle between the axis and the inward surface normal at the bone
+/// entry) at which a cannula can dock without skiving, degrees.
+pub const MAX_ENTRY_INCIDENCE_DEG: Real = 75.0;
+
+/// Minimum length of the docking zone behind the bone entry, where the cannula passes the
+/// entry cortex (two cannula radii plus two cortex margins), mm.
+pub fn docking_zone_mm(instrument: &Instrument, safety: &Safety) -> Real {
+    2.0 * (instrument.cannula_radius_mm() + safety.cortex_margin_mm)
+}
+
+/// Where along the axis (distance from the tip, negative behind it) the cortex margin starts to
+/// apply: in front of the plane of the back of the vertebral canal (where the pedicle meets the
+/// lamina) and at least the docking zone past the bone entry. Behind it the cannula crosses the
+/// posterior elements: there its axis must stay in bone, and the canal and root margins apply as
+/// everywhere. All in the vertebra frame; `t_entry` is the entry's distance from the tip.
+pub fn cortex_start(
+    frame: &VertebraFrame,
+    tip_vertebra: &Point,
+    dir_vertebra: &Vector,
+    t_entry: Real,
+    docking_mm: Real,
+) -> Real {
+    let mut start = t_entry + docking_mm;
+    if dir_vertebra.y < -1e-9 {
+        let t_back = (frame.canal_back_y_mm - tip_vertebra.y) / dir_vertebra.y;
+        start = start.max(t_back);
+    }
+    start.min(0.0)
+}
+
+/// The part of a path inside the pedicle: between the plane of the back of the canal and the
+/// posterior wall of the body, clipped to `[t0, t1]` (distances along `dir_vertebra` from
+/// `origin_vertebra`). `None` when the path does not cross that slab.
+pub fn pedicle_span(
+    frame: &VertebraFrame,
+    origin_vertebra: &Point,
+    dir_vertebra: &Vector,
+    t0: Real,
+    t1: Real,
+) -> Option<(Real, Real)> {
+    if dir_vertebra.y > -1e-9 {
+        return None;
+    }
+    let t_back = (frame.canal_back_y_mm - origin_vertebra.y) / dir_vertebra.y;
+    let t_wall = (frame.posterior_wall_y_mm - origin_vertebra.y) / dir_vertebra.y;
+    let a = t_back.max(t0);
+    let b = t_wall.min(t1);
+    (b > a).then_some((a, b))
+}
+
+/// Medial and cranial angles (degrees) of a direction given in the vertebra frame: medial =
+/// atan2(-side_sign * d_x, -d_y), cranial = atan2(d_z, -d_y) (ARCHITECTURE.md, "Coordinate
+/// frames").
+pub fn angles_deg(side: Side, dir_vertebra: &Vector) -> (Real, Real) {
+    let forward = -dir_vertebra.y;
+    let medial = (-side.sign() * dir_vertebra.x).atan2(forward).to_degrees();
+    let cranial = dir_vertebra.z.atan2(forward).to_degrees();
+    (medial, cranial)
+}
+
+/// Gertzbein-Robbins grade of a breach depth: A none, B < 2 mm, C < 4, D < 6, E >= 6.
+pub fn breach_grade(breach_mm: Real) -> char {
+    match breach_mm {
+        b if b <= 0.0 => 'A',
+        b if b < 2.0 => 'B',
+        b if b < 4.0 => 'C',
+        b if b < 6.0 => 'D',
+        _ => 'E',
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The score
+// ---------------------------------------------------------------------------------------------
+
+/// The worst slack counts in the score up to this reserve, mm: beyond it, a trajectory is
+/// comfortably safe and alignment with the pedicle decides.
+pub const SLACK_RESERVE_MM: Real = 1.0;
+/// Each sample of the centring term counts at most this much slack, mm (a wide pedicle's
+/// middle is not better than a few millimetres of bone all round).
+pub const CENTRING_CAP_MM: Real = 6.0;
+/// Weight of the centring term (mean slack in the pedicle, mm) in the score, per mm.
+pub const CENTRING_WEIGHT: Real = 0.5;
+/// Penalty per millimetre of mean distance between the path and the centres of the pedicle's
+/// cross-sections (the anatomical pedicle axis).
+pub const ALIGNMENT_WEIGHT_PER_MM: Real = 0.2;
+/// Weight of convergence towards the midline, per degree of medial angle.
+pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
+/// Convergence counts up to this medial angle, degrees (the lumbar pedicles converge by at most
+/// about 30 degrees, L5).
+pub const CONVERGENCE_CAP_DEG: Real = 30.0;
+/// Penalty per unit of tip depth fraction short of the anterior third.
+pub const SHALLOW_TIP_WEIGHT: Real = 2.0;
+
+/// Smallest slack over the margins, mm (negative when a margin is violated): cortex, canal and
+/// root clearances less their margins, and a forbidden structure's less the canal margin.
+pub fn worst_slack_mm(
+    safety: &Safety,
+    cortex_clearance_mm: Real,
+    canal_clearance_mm: Real,
+    root_clearance_mm: Real,
+    forbidden_clearance_mm: Option<Real>,
+) -> Real {
+    let mut w = (cortex_clearance_mm - safety.cortex_margin_mm)
+        .min(canal_clearance_mm - safety.canal_margin_mm)
+        .min(root_clearance_mm - safety.nerve_root_margin_mm);
+    if let Some(f) = forbidden_clearance_mm {
+        w = w.min(f - safety.canal_margin_mm);
+    }
+    w
+}
+
+/// The score of the search and of evaluation (one formula for both), higher is better: the
+/// worst slack over the margins dominates up to [`SLACK_RESERVE_MM`]; then the centring term
+/// (mean slack to the bone inside the pedicle, [`centring_mm`]) and the alignment with the
+/// pedicle's centres ([`axis_offset_mm`]); convergence and a tip in the anterior third add a
+/// little.
+pub fn score(
+    worst_slack_mm: Real,
+    centring_mm: Real,
+    axis_offset_mm: Real,
+    medial_angle_deg: Real,
+    tip_depth_fraction: Real,
+) -> Real {
+    let convergence = CONVERGENCE_WEIGHT_PER_DEG * medial_angle_deg.clamp(0.0, CONVERGENCE_CAP_DEG);
+    let tip = if tip_depth_fraction >= ANTERIOR_THIRD_FRACTION {
+        0.0
+    } else {
+        -SHALLOW_TIP_WEIGHT * (ANTERIOR_THIRD_FRACTION - tip_depth_fraction)
+    };
+    worst_slack_mm.min(SLACK_RESERVE_MM) + CENTRING_WEIGHT * centring_mm
+        - ALIGNMENT_WEIGHT_PER_MM * axis_offset_mm
+        + convergence
+        + tip
+}
+
+/// Mean distance from the line through `origin_vertebra` along unit `dir_vertebra` to
+/// `centroids_vertebra` (the pedicle's cross-section centres), mm; 0 without centroids.
+pub fn axis_offset_mm(
+    centroids_vertebra: &[Point],
+    origin_vertebra: &Point,
+    dir_vertebra: &Vector,
+) -> Real {
+    if centroids_vertebra.is_empty() {
+        return 0.0;
+    }
+    centroids_vertebra
+        .iter()
+        .map(|c| {
+            let w = c - origin_vertebra;
+            (w - dir_vertebra * w.dot(dir_vertebra)).norm()
+        })
+        .sum::<Real>()
+        / centroids_vertebra.len() as Real
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measures on the approximate grids
+// ---------------------------------------------------------------------------------------------
+
+/// Spacing of the samples the grid measures take along a path, mm (half the 1 mm analysis
+/// grid spacing, so no cell is stepped over).
+pub const GRID_SAMPLE_STEP_MM: Real = 0.5;
+
+/// What the bone's signed distance grid reads outside the grid: well outside the bone, mm (the
+/// grid reaches 3 cells past the mesh, so a point beyond it is at least that far out).
+pub const BONE_OUTSIDE_GRID_MM: f32 = -10.0;
+
+/// What a keep-out's distance grid reads outside the grid: no keep-out near, mm.
+pub const KEEP_OUT_OUTSIDE_GRID_MM: f32 = f32::INFINITY;
+
+/// The one sampling kernel of the grid measures: a distance grid (grid frame) read at points
+/// of the vertebra frame, with its outside value.
+#[derive(Clone, Copy)]
+pub struct GridSampler<'a> {
+    grid: &'a Grid<f32>,
+    outside: f32,
+    vertebra_to_grid: Pose,
+}
+
+impl<'a> GridSampler<'a> {
+    /// The bone's signed distance grid (positive inside), reading [`BONE_OUTSIDE_GRID_MM`]
+    /// outside.
+    pub fn bone(grid: &'a Grid<f32>, vertebra_to_grid: Pose) -> Self {
+        GridSampler {
+            grid,
+            outside: BONE_OUTSIDE_GRID_MM,
+            vertebra_to_grid,
+        }
+    }
+
+    /// A keep-out's distance grid, reading [`KEEP_OUT_OUTSIDE_GRID_MM`] outside.
+    pub fn keep_out(grid: &'a Grid<f32>, vertebra_to_grid: Pose) -> Self {
+        GridSampler {
+            grid,
+            outside: KEEP_OUT_OUTSIDE_GRID_MM,
+            vertebra_to_grid,
+        }
+    }
+
+    pub fn spacing_mm(&self) -> Real {
+        self.grid.spacing_mm
+    }
+
+    /// The grid's value at `p_vertebra`, mm.
+    #[inline]
+    pub fn at(&self, p_vertebra: &Point) -> Real {
+        self.grid
+            .sample(&(self.vertebra_to_grid * p_vertebra), self.outside) as Real
+    }
+
+    /// The line through `origin_vertebra` along `dir_vertebra`, taken into the grid frame once,
+    /// for many samples along it.
+    pub fn line(&self, origin_vertebra: &Point, dir_vertebra: &Vector) -> GridLine<'a> {
+        GridLine {
+            grid: self.grid,
+            outside: self.outside,
+            origin_grid: self.vertebra_to_grid * origin_vertebra,
+            dir_grid: self.vertebra_to_grid.rotation * dir_vertebra,
+        }
+    }
+}
+
+/// A line in a distance grid's own frame: [`GridLine::at`] reads the grid at `t` mm along it.
+#[derive(Clone, Copy)]
+pub struct GridLine<'a> {
+    grid: &'a Grid<f32>,
+    outside: f32,
+    origin_grid: Point,
+    dir_grid: Vector,
+}
+
+impl GridLine<'_> {
+    #[inline]
+    pub fn at(&self, t: Real) -> Real {
+        self.grid
+            .sample(&(self.origin_grid + self.dir_grid * t), self.outside) as Real
+    }
+}
+
+/// Cosine of the incidence of the axis `dir_vertebra` at the bone entry `entry_vertebra`, from
+/// the gradient of the bone's distance grid one millimetre inside (central differences over
+/// one grid spacing).
+pub fn entry_incidence_cos(
+    bone: &GridSampler<'_>,
+    entry_vertebra: &Point,
+    dir_vertebra: &Vector,
+) -> Real {
+    let p = entry_vertebra + dir_vertebra;
+    let h = bone.spacing_mm();
+    let mut g = Vector::zeros();
+    for axis in 0..3 {
+        let mut e = Vector::zeros();
+        e[axis] = h;
+        g[axis] = bone.at(&(p + e)) - bone.at(&(p - e));
+    }
+    let n = g.norm();
+    if n < 1e-9 {
+        return 1.0;
+    }
+    (g / n).dot(dir_vertebra).clamp(-1.0, 1.0)
+}
+
+/// The centring measure: the mean slack to the bone surface (distance minus cannula radius
+/// minus cortex margin, each sample capped at [`CENTRING_CAP_MM`]) over a span of
+/// `span_length_mm` sampled evenly every [`GRID_SAMPLE_STEP_MM`] or less, ends included.
+/// `bone_at(f)` is the bone's grid distance at fraction `f` (0 to 1) of the span.
+pub fn centring_mm(
+    span_length_mm: Real,
+    radius_mm: Real,
+    margin_mm: Real,
+    bone_at: impl Fn(Real) -> Real,
+) -> Real {
+    let n = ((span_length_mm / GRID_SAMPLE_STEP_MM).ceil() as usize).max(1);
+    let mut sum = 0.0;
+    for i in 0..=n {
+        let d = bone_at(i as Real / n as Real);
+        sum += (d - radius_mm - margin_mm).min(CENTRING_CAP_MM);
+    }
+    sum / (n + 1) as Real
+}
