@@ -976,9 +976,13 @@ mod tests {
         compare_with_exhaustive(common::single_vertebra("narrow", Level::L3, v.mesh));
     }
 
-    /// The same on the real meshes of `../shared/anatomy` (skipped without them, a failure
+    /// The same on the real meshes of `../shared/anatomy` (ignored without them, a failure
     /// under CI=true).
     #[test]
+    #[cfg_attr(
+        not(shared_anatomy),
+        ignore = "needs ../shared/anatomy next to the repository"
+    )]
     fn coarse_to_fine_matches_the_exhaustive_grid_on_real_vertebrae() {
         let Some(dir) = common::shared_anatomy() else {
             return;

@@ -24,7 +24,7 @@ const CENTER_ACROSS_AXIS_TOLERANCE_MM: Real = 0.75;
 const AXIS_TOLERANCE_DEG: Real = 4.0;
 
 fn measured(v: &PreparedVertebra, side: Side) -> Pedicle {
-    pedicle::measure(&v.bone, &v.frame, &v.pedicle_centroids[side as usize], side)
+    pedicle::measure(&v.bone, &v.frame, &v.pedicle_centroids[side], side)
         .unwrap_or_else(|e| panic!("{} {}: {e:?}", v.level, side.name()))
 }
 
@@ -142,10 +142,7 @@ fn check_crossings(
 
 #[test]
 fn isthmus_of_every_mean_level_matches_the_generator() {
-    for level in Level::ALL
-        .into_iter()
-        .filter(|l| (Level::T10..=Level::L5).contains(l))
-    {
+    for level in synth::MEAN_LEVELS {
         check_synthetic(&VertebraParams::mean(level), &Pose::identity());
     }
 }

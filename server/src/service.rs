@@ -1,7 +1,7 @@
 //! The `kyphoplan.v1.PlanningService` implementation.
 //!
 //! CPU work (preparation, planning, evaluation) runs on a dedicated rayon pool; handlers spawn
-//! onto it and await a oneshot. A planning run and a preparation poll a [`Stop`]: an
+//! onto it and await a oneshot. A planning run and a preparation poll a `Stop`: an
 //! `AtomicBool` set when the call is cancelled (the response future or stream is dropped) and
 //! the call's deadline (`grpc-timeout`), so neither keeps burning cores for a client that is
 //! gone.
@@ -176,9 +176,11 @@ impl Stop {
 /// DEADLINE_EXCEEDED a little earlier so the client gets the precise code.
 const DEADLINE_LEAD: Duration = Duration::from_millis(2);
 
-/// The call's deadline from its `grpc-timeout` header.
-fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
-    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+/// The call's deadline from its `grpc-timeout` header, counted from when the call arrived
+/// ([`crate::auth::ReceivedAt`], stamped by the interceptor), as tonic's own timer is: a handler
+/// that starts late under load must not count from its own start, or tonic's timer fires first.
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     let d = match unit {
@@ -190,7 +192,11 @@ fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Instant::now().checked_add(d.saturating_sub(DEADLINE_LEAD))
+    let received = request
+        .extensions()
+        .get::<crate::auth::ReceivedAt>()
+        .map_or_else(Instant::now, |r| r.0);
+    received.checked_add(d.saturating_sub(DEADLINE_LEAD))
 }
 
 fn now_unix_ms() -> u64 {
@@ -715,7 +721,7 @@ impl PlanningService for Planning {
         request: Request<Streaming<pb::UploadAnatomyChunk>>,
     ) -> Result<Response<pb::Anatomy>, Status> {
         let owner = owner_of(&request);
-        let (stop, _guard) = Stop::for_call(deadline_of(request.metadata()));
+        let (stop, _guard) = Stop::for_call(deadline_of(&request));
         respond(
             "UploadAnatomy",
             self.upload(request.into_inner(), owner, &stop).await,
@@ -740,7 +746,7 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
-        let deadline = deadline_of(request.metadata());
+        let deadline = deadline_of(&request);
         let owner = owner_of(&request);
         let pb::CreatePlanRequest {
             anatomy,
@@ -774,7 +780,7 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<Self::StreamPlanStream>, Status> {
-        let deadline = deadline_of(request.metadata());
+        let deadline = deadline_of(&request);
         let owner = owner_of(&request);
         let pb::CreatePlanRequest {
             anatomy,
@@ -839,7 +845,7 @@ impl PlanningService for Planning {
         request: Request<pb::EvaluateTrajectoryRequest>,
     ) -> Result<Response<pb::Evaluation>, Status> {
         let owner = owner_of(&request);
-        let (stop, _guard) = Stop::for_call(deadline_of(request.metadata()));
+        let (stop, _guard) = Stop::for_call(deadline_of(&request));
         let request = request.into_inner();
         let r = async {
             let (
