@@ -10,6 +10,7 @@ use crate::criteria::{
 };
 use crate::keepout::{KeepOut, KeepOutKind};
 use crate::math::{Point, Real, UnitVector};
+use crate::pedicle::{Pedicle, PedicleFault};
 use crate::plan::{Reason, ReasonCode};
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Instrument, Safety};
@@ -77,6 +78,68 @@ fn reason(
         message,
         value_mm,
         limit_mm,
+    }
+}
+
+/// The transpedicular route rule, against the measured pedicle ([`crate::pedicle`]): the bone
+/// entry lies behind the isthmus, and the cannula crosses the isthmus inside its bony outline by
+/// `margin_mm`. A pedicle that could not be measured cannot vouch for the route.
+fn route_through_isthmus(
+    pedicle: &Result<Pedicle, PedicleFault>,
+    entry_vertebra: &Point,
+    tip_vertebra: &Point,
+    radius_mm: Real,
+    margin_mm: Real,
+    violations: &mut Vec<Reason>,
+) {
+    let p = match pedicle {
+        Ok(p) => p,
+        Err(fault) => {
+            violations.push(reason(
+                ReasonCode::PedicleNotFound,
+                format!("the pedicle's isthmus could not be measured ({fault}): the route through it cannot be verified"),
+                None,
+                None,
+            ));
+            return;
+        }
+    };
+    let size = format!(
+        "isthmus {:.1} mm wide, {:.1} mm high",
+        p.width_mm, p.height_mm
+    );
+    let Some(c) = p.crossing(entry_vertebra, tip_vertebra, radius_mm) else {
+        let (_, entry_along) = p.isthmus_coordinates(entry_vertebra);
+        violations.push(reason(
+            ReasonCode::NotThroughPedicle,
+            format!(
+                "the bone entry lies {entry_along:.1} mm in front of the pedicle's isthmus: the cannula enters the bone beside the pedicle, not through it ({size})"
+            ),
+            Some(entry_along),
+            Some(0.0),
+        ));
+        return;
+    };
+    if !c.inside {
+        violations.push(reason(
+            ReasonCode::NotThroughPedicle,
+            format!(
+                "the cannula axis passes {:.1} mm outside the bony outline of the pedicle's isthmus ({size})",
+                -c.clearance_mm - radius_mm
+            ),
+            Some(c.clearance_mm),
+            Some(margin_mm),
+        ));
+    } else if c.clearance_mm < margin_mm {
+        violations.push(reason(
+            ReasonCode::CortexMarginViolated,
+            format!(
+                "at the pedicle's isthmus the cannula keeps {:.2} mm inside the bony outline (cortex margin {margin_mm} mm; {size})",
+                c.clearance_mm
+            ),
+            Some(c.clearance_mm),
+            Some(margin_mm),
+        ));
     }
 }
 
@@ -264,6 +327,20 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
             Some(cortex),
             Some(safety.cortex_margin_mm),
         ));
+    }
+
+    // The transpedicular route: through the isthmus, inside its bony outline by the cortex
+    // margin, from a bone entry behind it. The cortex clearance above starts only after the
+    // docking zone, which for a large cannula or an entry close to the isthmus can reach past it.
+    if t_entry.is_some() {
+        route_through_isthmus(
+            &vertebra.pedicles[side],
+            &entry_vertebra,
+            &tip_vertebra,
+            r,
+            safety.cortex_margin_mm,
+            &mut violations,
+        );
     }
 
     // Keep-outs along the whole cannula in the patient.

@@ -95,11 +95,13 @@ impl Pedicle {
 }
 
 /// Why a pedicle could not be measured.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum PedicleFault {
     /// Fewer than two coronal slices of the pedicle were found.
+    #[error("fewer than two coronal slices of the pedicle were found")]
     NoSlices,
     /// No plane of the sweep cut a bounded bone section around the axis.
+    #[error("no section across the pedicle axis is bounded: the bone around it never narrows to a pedicle")]
     NoBoundedSection,
 }
 

@@ -12,6 +12,7 @@ use crate::error::{InputError, PlanError};
 use crate::frame::{self, VertebraFrame};
 use crate::keepout::{self, KeepOut, KeepOutKind};
 use crate::mesh::TriMesh;
+use crate::pedicle::{self, Pedicle, PedicleFault};
 use crate::plan::{KeepOutSource, StructureNotice};
 use crate::validate::{validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM};
 use crate::voxel::{self, Grid};
@@ -55,6 +56,9 @@ pub struct PreparedVertebra {
     /// Centres of the pedicle's coronal cross-sections, vertebra frame: the anatomical pedicle
     /// axis runs through them.
     pub pedicle_centroids: PerSide<Vec<crate::math::Point>>,
+    /// Each pedicle measured from the mesh (isthmus, axis), or why it could not be: the
+    /// transpedicular route is checked against it.
+    pub pedicles: PerSide<Result<Pedicle, PedicleFault>>,
 }
 
 /// A validated anatomy in LPS with everything planning needs precomputed.
@@ -437,22 +441,39 @@ fn prepare_vertebra(
             f32::INFINITY,
         )
     };
-    let ((canal_distance, root_distance), (forbidden_distance, pedicle_centroids)) = rayon::join(
-        || {
-            rayon::join(
-                || grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far),
-                || grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far),
-            )
-        },
-        || {
-            rayon::join(
-                || grid_of(&|k| k == KeepOutKind::Forbidden),
-                || PerSide::from_fn(|side| pedicle_centroids(&frame, &bone_sdf, side)),
-            )
-        },
-    );
+    let ((canal_distance, root_distance), (forbidden_distance, (pedicle_centroids, pedicles))) =
+        rayon::join(
+            || {
+                rayon::join(
+                    || grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far),
+                    || grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far),
+                )
+            },
+            || {
+                rayon::join(
+                    || grid_of(&|k| k == KeepOutKind::Forbidden),
+                    || {
+                        let centroids =
+                            PerSide::from_fn(|side| pedicle_centroids(&frame, &bone_sdf, side));
+                        let (left, right) = rayon::join(
+                            || pedicle::measure(&bone, &frame, &centroids[Side::Left], Side::Left),
+                            || {
+                                pedicle::measure(
+                                    &bone,
+                                    &frame,
+                                    &centroids[Side::Right],
+                                    Side::Right,
+                                )
+                            },
+                        );
+                        (centroids, PerSide { left, right })
+                    },
+                )
+            },
+        );
     Ok(PreparedVertebra {
         pedicle_centroids,
+        pedicles,
         level,
         structure,
         mesh,
