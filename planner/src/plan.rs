@@ -140,6 +140,26 @@ pub struct SidePlan {
     pub reasons: Vec<Reason>,
     #[serde(default)]
     pub alternatives: Vec<Alternative>,
+    /// This side's pedicle as measured from the mesh, feasible or not (absent when it could not
+    /// be measured: the reasons then say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pedicle: Option<PedicleSummary>,
+}
+
+/// A pedicle measured from the mesh, in the case frame: what a surgeon reads off the CT first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PedicleSummary {
+    /// Area centroid of the isthmus, the narrowest cross-section between body and arch.
+    pub isthmus_center_mm: [f64; 3],
+    /// Unit direction of the pedicle axis through the isthmus centre, pointing into the body
+    /// (the normal of the isthmus section).
+    pub axis: [f64; 3],
+    /// Outer transverse width of the isthmus.
+    pub width_mm: f64,
+    /// Outer height of the isthmus.
+    pub height_mm: f64,
+    /// Area of the isthmus section.
+    pub area_mm2: f64,
 }
 
 /// The vertebra's own anatomical frame, as estimated from its mesh, in the case frame.

@@ -12,9 +12,10 @@ use crate::balloon::{self, BalloonFit};
 use crate::error::InputError;
 use crate::evaluate::{measure, Measurement, SideContext};
 use crate::math::{array, point, vec_array, Point, Vector};
+use crate::pedicle::Pedicle;
 use crate::plan::{
-    Alternative, AlternativeCode, Balloon, Clearances, Evaluation, LevelPlan, Plan, Reason,
-    ReasonCode, SidePlan, Trajectory, VertebraFrameSummary,
+    Alternative, AlternativeCode, Balloon, Clearances, Evaluation, LevelPlan, PedicleSummary, Plan,
+    Reason, ReasonCode, SidePlan, Trajectory, VertebraFrameSummary,
 };
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Instrument, PlanRequest, Safety};
@@ -154,12 +155,16 @@ fn plan_level(
     }
     let frame = anatomy.frame();
     let mut sides = PerSide::from_fn(|side| {
+        let pedicle = vertebra.pedicles[side]
+            .as_ref()
+            .ok()
+            .map(|p| pedicle_summary(vertebra, p, frame));
         side_plan(
             side,
             &outcomes[side],
             fits[side].as_ref(),
             crowded,
-            frame,
+            SideReport { frame, pedicle },
             instrument,
             safety,
         )
@@ -214,6 +219,12 @@ fn plan_level(
     })
 }
 
+/// What a side's plan reports besides its outcome: the frame it reports in, and its pedicle.
+struct SideReport {
+    frame: PatientFrame,
+    pedicle: Option<PedicleSummary>,
+}
+
 /// One side's plan from its search outcome and its balloon (`crowded`: the balloons of both
 /// sides did not fit together).
 fn side_plan(
@@ -221,10 +232,11 @@ fn side_plan(
     outcome: &SideOutcome,
     fit: Option<&BalloonFit>,
     crowded: bool,
-    frame: PatientFrame,
+    report: SideReport,
     instrument: &Instrument,
     safety: &Safety,
 ) -> SidePlan {
+    let SideReport { frame, pedicle } = report;
     match outcome {
         SideOutcome::Feasible(m) => match fit {
             Some(b) => SidePlan {
@@ -234,6 +246,7 @@ fn side_plan(
                 balloon: Some(balloon_out(b, frame)),
                 reasons: vec![],
                 alternatives: vec![],
+                pedicle,
             },
             None => SidePlan {
                 side,
@@ -261,6 +274,7 @@ fn side_plan(
                     code: AlternativeCode::UnipedicularFromOtherSide,
                     message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
                 }],
+                pedicle,
             },
         },
         SideOutcome::Infeasible {
@@ -273,7 +287,20 @@ fn side_plan(
             balloon: None,
             reasons: reasons.clone(),
             alternatives: alternatives.clone(),
+            pedicle,
         },
+    }
+}
+
+/// A measured pedicle as the plan reports it, in the case frame.
+fn pedicle_summary(v: &PreparedVertebra, p: &Pedicle, frame: PatientFrame) -> PedicleSummary {
+    let to_lps = v.frame.vertebra_to_lps();
+    PedicleSummary {
+        isthmus_center_mm: lps_to_case_point(&(to_lps * p.isthmus_center_vertebra_mm), frame),
+        axis: lps_to_case_dir(&(to_lps.rotation * p.axis_vertebra.into_inner()), frame),
+        width_mm: p.width_mm,
+        height_mm: p.height_mm,
+        area_mm2: p.area_mm2,
     }
 }
 

@@ -12,7 +12,7 @@ use kyphoplan_planner::math::Point;
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{
     Alternative, AlternativeCode, Balloon, Clearances, Evaluation, KeepOutSource, KeepOutSummary,
-    LevelPlan, Plan, Reason, ReasonCode, SidePlan, StructureNotice, Trajectory,
+    LevelPlan, PedicleSummary, Plan, Reason, ReasonCode, SidePlan, StructureNotice, Trajectory,
     VertebraFrameSummary,
 };
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
@@ -965,8 +965,10 @@ pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
         balloon,
         reasons,
         alternatives,
+        pedicle,
     } = s;
     pb::SidePlan {
+        pedicle: pedicle.as_ref().map(pedicle_to_pb),
         side: side_to_pb(*side) as i32,
         feasible: *feasible,
         trajectory: trajectory.as_ref().map(trajectory_to_pb),
@@ -993,9 +995,13 @@ pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
         balloon,
         reasons,
         alternatives,
+        pedicle,
     } = s;
     let f = |s: &str| format!("{field}.{s}");
     Ok(SidePlan {
+        pedicle: pedicle
+            .map(|p| pedicle_from_pb(p, &f("pedicle")))
+            .transpose()?,
         side: side_from_pb(side, &f("side"))?,
         feasible,
         trajectory: trajectory
@@ -1019,6 +1025,41 @@ pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
                 })
             })
             .collect::<Result<Vec<_>>>()?,
+    })
+}
+
+pub fn pedicle_to_pb(p: &PedicleSummary) -> pb::Pedicle {
+    let PedicleSummary {
+        isthmus_center_mm,
+        axis,
+        width_mm,
+        height_mm,
+        area_mm2,
+    } = p;
+    pb::Pedicle {
+        isthmus_center_mm: Some(point_to_pb(*isthmus_center_mm)),
+        axis: Some(unit_to_pb(*axis)),
+        width_mm: Some(*width_mm),
+        height_mm: Some(*height_mm),
+        area_mm2: Some(*area_mm2),
+    }
+}
+
+pub fn pedicle_from_pb(p: pb::Pedicle, field: &str) -> Result<PedicleSummary> {
+    let pb::Pedicle {
+        isthmus_center_mm,
+        axis,
+        width_mm,
+        height_mm,
+        area_mm2,
+    } = p;
+    let f = |s: &str| format!("{field}.{s}");
+    Ok(PedicleSummary {
+        isthmus_center_mm: required_point(isthmus_center_mm, &f("isthmus_center_mm"))?,
+        axis: required_unit(axis, &f("axis"))?,
+        width_mm: num(width_mm, field, "width_mm")?,
+        height_mm: num(height_mm, field, "height_mm")?,
+        area_mm2: num(area_mm2, field, "area_mm2")?,
     })
 }
 

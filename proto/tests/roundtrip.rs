@@ -108,6 +108,14 @@ fn edge_plan() -> Plan {
                 message: "e".into(),
             },
         ],
+        // Feasible sides carry a measured pedicle, infeasible ones none: both shapes round-trip.
+        pedicle: feasible.then_some(PedicleSummary {
+            isthmus_center_mm: [12.3, -0.0, 1e-7],
+            axis: [0.1, -0.99, 0.0999999999999999],
+            width_mm: 8.600000000000001,
+            height_mm: 15.4,
+            area_mm2: 103.25,
+        }),
     };
     Plan {
         case: "edge-case".into(),
