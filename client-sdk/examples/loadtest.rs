@@ -166,8 +166,8 @@ async fn main() -> anyhow::Result<()> {
                 match r {
                     Ok(()) if plan => t.plan.push(dt),
                     Ok(()) => t.evaluate.push(dt),
-                    Err(ClientError::Status(s)) => {
-                        *t.errors.entry(format!("{:?}", s.code())).or_default() += 1
+                    Err(ClientError::Status { code, .. }) => {
+                        *t.errors.entry(format!("{code:?}")).or_default() += 1
                     }
                     Err(e) => *t.errors.entry(format!("client: {e}")).or_default() += 1,
                 }

@@ -589,11 +589,7 @@ async fn drive_server(url: &str, budget: &Budget, out: &mut Vec<Figure>) -> Resu
                     let t = Instant::now();
                     match client.create_plan(&id, &req).await {
                         Ok(_) => latencies.push(t.elapsed().as_secs_f64()),
-                        Err(crate::ClientError::Status(s))
-                            if s.code() == tonic::Code::ResourceExhausted =>
-                        {
-                            shed += 1
-                        }
+                        Err(e) if e.code() == Some(crate::Code::ResourceExhausted) => shed += 1,
                         Err(e) => return Err(format!("CreatePlan: {e}")),
                     }
                 }

@@ -20,16 +20,106 @@ pub const TRIANGLES_PER_CHUNK: usize = 60_000;
 /// Largest message the client accepts (the server's default limit).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// gRPC status codes (the numbers of `google.rpc.Code`), so that callers of the SDK need no
+/// tonic. `Display` is the same text as tonic's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    pub fn description(self) -> &'static str {
+        match self {
+            Code::Ok => "The operation completed successfully",
+            Code::Cancelled => "The operation was cancelled",
+            Code::Unknown => "Unknown error",
+            Code::InvalidArgument => "Client specified an invalid argument",
+            Code::DeadlineExceeded => "Deadline expired before operation could complete",
+            Code::NotFound => "Some requested entity was not found",
+            Code::AlreadyExists => "Some entity that we attempted to create already exists",
+            Code::PermissionDenied => {
+                "The caller does not have permission to execute the specified operation"
+            }
+            Code::ResourceExhausted => "Some resource has been exhausted",
+            Code::FailedPrecondition => {
+                "The system is not in a state required for the operation's execution"
+            }
+            Code::Aborted => "The operation was aborted",
+            Code::OutOfRange => "Operation was attempted past the valid range",
+            Code::Unimplemented => "Operation is not implemented or not supported",
+            Code::Internal => "Internal error",
+            Code::Unavailable => "The service is currently unavailable",
+            Code::DataLoss => "Unrecoverable data loss or corruption",
+            Code::Unauthenticated => "The request does not have valid authentication credentials",
+        }
+    }
+
+    fn from_tonic(code: tonic::Code) -> Self {
+        match code {
+            tonic::Code::Ok => Code::Ok,
+            tonic::Code::Cancelled => Code::Cancelled,
+            tonic::Code::Unknown => Code::Unknown,
+            tonic::Code::InvalidArgument => Code::InvalidArgument,
+            tonic::Code::DeadlineExceeded => Code::DeadlineExceeded,
+            tonic::Code::NotFound => Code::NotFound,
+            tonic::Code::AlreadyExists => Code::AlreadyExists,
+            tonic::Code::PermissionDenied => Code::PermissionDenied,
+            tonic::Code::ResourceExhausted => Code::ResourceExhausted,
+            tonic::Code::FailedPrecondition => Code::FailedPrecondition,
+            tonic::Code::Aborted => Code::Aborted,
+            tonic::Code::OutOfRange => Code::OutOfRange,
+            tonic::Code::Unimplemented => Code::Unimplemented,
+            tonic::Code::Internal => Code::Internal,
+            tonic::Code::Unavailable => Code::Unavailable,
+            tonic::Code::DataLoss => Code::DataLoss,
+            tonic::Code::Unauthenticated => Code::Unauthenticated,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// One field the server refused (a `google.rpc.BadRequest` field violation): `field` is the
+/// request field or structure name, `description` why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        source: tonic::transport::Error,
+    /// The URL, the TLS settings or the connection itself failed.
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    /// The server answered with an error status; `field_violations` are the fields it named
+    /// (empty when it named none).
+    #[error("{code}: {message}")]
+    Status {
+        code: Code,
+        message: String,
+        field_violations: Vec<FieldViolation>,
     },
-    /// The server answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
     /// The server's answer does not convert to planner types.
     #[error("the server's answer is malformed: {0}")]
     Decode(#[from] InputError),
@@ -37,6 +127,42 @@ pub enum ClientError {
     IncompleteStream,
     #[error("the token has characters that cannot be sent in a header (visible ASCII only)")]
     BadToken,
+}
+
+impl ClientError {
+    /// The status code, when the server answered with an error status.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A status of the generated client ([`Client::raw`]) as typed data: the code, the message and
+/// the field violations decoded from its `google.rpc.BadRequest` details.
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        use tonic_types::StatusExt;
+        let field_violations = status
+            .get_error_details()
+            .bad_request()
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| FieldViolation {
+                        field: v.field.clone(),
+                        description: v.description.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ClientError::Status {
+            code: Code::from_tonic(status.code()),
+            message: status.message().to_owned(),
+            field_violations,
+        }
+    }
 }
 
 /// A server-made plan: its id and the planner plan (server metadata is not part of it).
@@ -170,9 +296,9 @@ impl Client {
 
     /// Connect to `url` with TLS and/or a bearer token.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
-        let connect_err = |source| ClientError::Connect {
+        let connect_err = |source: tonic::transport::Error| ClientError::Connect {
             url: url.to_owned(),
-            source,
+            message: source.to_string(),
         };
         let mut endpoint =
             tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(connect_err)?;
@@ -221,7 +347,8 @@ impl Client {
     }
 
     /// The generated client, for calls this wrapper does not cover (wrap their messages in
-    /// [`Client::request`] to send the token).
+    /// [`Client::request`] to send the token; `ClientError::from(status)` types its errors).
+    /// With [`Client::from_channel`] and [`Client::request`], the one door to tonic types.
     pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
         &mut self.inner
     }

@@ -12,7 +12,7 @@ pub mod mesh_io;
 pub mod replay;
 pub mod report;
 
-pub use client::{Client, ClientError, ConnectOptions, StoredPlan};
+pub use client::{Client, ClientError, Code, ConnectOptions, FieldViolation, StoredPlan};
 
 /// The plan JSON (CONTRACT.md section 3): `serde_json::to_string_pretty` of the planner plan.
 /// The same writer for in-process and server plans, so that both are byte-identical.

@@ -10,14 +10,13 @@ use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
 use kyphoplan_client::case::{self, Case};
-use kyphoplan_client::{plan_json, report, Client, ClientError};
+use kyphoplan_client::{plan_json, report, Client, ClientError, Code};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
 use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::planning;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
-use status_details::field_violations;
 
 #[derive(Parser)]
 #[command(
@@ -227,22 +226,25 @@ impl Failure {
 
 fn from_client(e: ClientError, what: &str) -> Failure {
     match e {
-        ClientError::Status(status) => {
-            let violations = field_violations(&status);
-            let mut message = format!("{what}: {}", status.message());
-            for (field, description) in violations {
-                message.push_str(&format!("\n  {field}: {description}"));
+        ClientError::Status {
+            code,
+            message,
+            field_violations,
+        } => {
+            let mut message = format!("{what}: {message}");
+            for v in field_violations {
+                message.push_str(&format!("\n  {}: {}", v.field, v.description));
             }
-            match status.code() {
-                tonic::Code::InvalidArgument
-                | tonic::Code::NotFound
-                | tonic::Code::FailedPrecondition
-                | tonic::Code::OutOfRange
-                | tonic::Code::ResourceExhausted => Failure::Input(message),
-                tonic::Code::Unauthenticated => Failure::Usage(format!(
+            match code {
+                Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::ResourceExhausted => Failure::Input(message),
+                Code::Unauthenticated => Failure::Usage(format!(
                     "{message} (give --token-file FILE or set KYPHOPLAN_TOKEN)"
                 )),
-                _ => Failure::Server(format!("server error ({}): {message}", status.code())),
+                _ => Failure::Server(format!("server error ({code}): {message}")),
             }
         }
         other => Failure::Server(format!("{what}: {other}")),
@@ -687,22 +689,5 @@ fn replay_cases(
             "replay: {n} of {} cases failed",
             summary.cases.len()
         ))),
-    }
-}
-
-mod status_details {
-    /// The field violations (google.rpc.BadRequest details) of a status.
-    pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
-        use tonic_types::StatusExt;
-        status
-            .get_error_details()
-            .bad_request()
-            .map(|b| {
-                b.field_violations
-                    .iter()
-                    .map(|v| (v.field.clone(), v.description.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
