@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use kyphoplan_client::case::{self, ReadOptions};
-use kyphoplan_client::replay::{
+use kyphoplan_cli::replay::{
     self, compare, has_regression, Outcome, Planner, ReplayOptions, Tolerances,
 };
+use kyphoplan_client::case::{self, ReadOptions};
 use kyphoplan_planner::anatomy::PatientFrame;
 use kyphoplan_planner::plan::{Plan, ReasonCode};
 use kyphoplan_server::{Config, Metrics};

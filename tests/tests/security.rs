@@ -629,9 +629,9 @@ async fn replay_through(
     url: String,
     root: PathBuf,
     connect: ConnectOptions,
-    options: kyphoplan_client::replay::ReplayOptions,
-) -> Result<kyphoplan_client::replay::ReplaySummary, String> {
-    use kyphoplan_client::replay::{self, Planner};
+    options: kyphoplan_cli::replay::ReplayOptions,
+) -> Result<kyphoplan_cli::replay::ReplaySummary, String> {
+    use kyphoplan_cli::replay::{self, Planner};
     let thread = std::thread::spawn(move || {
         let planner = Planner::Server {
             url: &url,
@@ -649,7 +649,7 @@ async fn replay_through(
 /// same replay without the token gets no plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_connects_with_tls_a_client_certificate_and_a_token() {
-    use kyphoplan_client::replay::{Outcome, ReplayOptions};
+    use kyphoplan_cli::replay::{Outcome, ReplayOptions};
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let good = token("replay");

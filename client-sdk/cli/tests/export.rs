@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use kyphoplan_client::export::{gltf as scene, pictures, report, slicer};
+use kyphoplan_cli::export::{gltf as scene, pictures, report, slicer};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::plan::Plan;

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
+use kyphoplan_cli::report;
 use kyphoplan_client::case::{self, Case};
-use kyphoplan_client::{plan_json, report, Client, ClientError, Code};
+use kyphoplan_client::{plan_json, Client, ClientError, Code};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
 use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::planning;
@@ -315,7 +316,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             shared,
         } => replay_cases(&cases_root, server.as_deref(), bless, shared),
         Command::Bench { json, quick } => {
-            use kyphoplan_client::bench;
+            use kyphoplan_cli::bench;
             let options = bench::BenchOptions {
                 quick,
                 shared_anatomy: bench::default_shared_anatomy(),
@@ -473,7 +474,7 @@ fn plan_case(
     write_exports(&plan, for_exports, &dir, exports)
 }
 
-fn export_failure(e: kyphoplan_client::export::ExportError) -> Failure {
+fn export_failure(e: kyphoplan_cli::export::ExportError) -> Failure {
     Failure::Input(e.to_string())
 }
 
@@ -483,7 +484,7 @@ fn write_exports(
     case_dir: &Path,
     exports: &Exports,
 ) -> Result<(), Failure> {
-    use kyphoplan_client::export;
+    use kyphoplan_cli::export;
     if let Some(path) = &exports.slicer {
         export::slicer::write_markups(plan, path).map_err(export_failure)?;
         eprintln!("wrote {}", path.display());
@@ -626,7 +627,7 @@ fn replay_cases(
     bless: bool,
     shared: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    use kyphoplan_client::replay::{self, Planner, ReplayOptions};
+    use kyphoplan_cli::replay::{self, Planner, ReplayOptions};
     use std::io::IsTerminal;
     if !root.is_dir() {
         return Err(Failure::Input(format!(

@@ -16,6 +16,7 @@
 //!   distance on the same candidate segments.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "server")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
 use serde::Serialize;
 
-use crate::Client;
+#[cfg(feature = "server")]
+use kyphoplan_client::Client;
 
 /// What `kyphoplan bench` runs.
 #[derive(Clone, Debug, Default)]
@@ -87,7 +89,10 @@ impl BenchReport {
 pub fn default_shared_anatomy() -> Option<PathBuf> {
     let candidates = [
         PathBuf::from("../shared/anatomy"),
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/anatomy")),
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/anatomy"
+        )),
     ];
     candidates
         .into_iter()
@@ -482,7 +487,7 @@ fn clearance_figures(
 
 /// The real meshes: VHM L1-L5 and the mean L3.
 fn load_real(dir: &Path) -> Result<(AnatomyInput, AnatomyInput), String> {
-    let load = |p: PathBuf| crate::mesh_io::load_stl(&p).map_err(|e| e.to_string());
+    let load = |p: PathBuf| kyphoplan_client::mesh_io::load_stl(&p).map_err(|e| e.to_string());
     let mut structures = Vec::new();
     for level in [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5] {
         structures.push(Structure {
@@ -509,6 +514,7 @@ fn load_real(dir: &Path) -> Result<(AnatomyInput, AnatomyInput), String> {
 }
 
 /// Server throughput: warm CreatePlan calls of one level from `clients` concurrent clients.
+#[cfg(feature = "server")]
 fn server_figures(
     budget: &Budget,
     out: &mut Vec<Figure>,
@@ -548,6 +554,7 @@ fn server_figures(
     Ok(())
 }
 
+#[cfg(feature = "server")]
 async fn drive_server(url: &str, budget: &Budget, out: &mut Vec<Figure>) -> Result<(), String> {
     let mut client = Client::connect(url).await.map_err(|e| e.to_string())?;
     let anatomy = Arc::new(synth::demo_anatomy());
@@ -589,7 +596,9 @@ async fn drive_server(url: &str, budget: &Budget, out: &mut Vec<Figure>) -> Resu
                     let t = Instant::now();
                     match client.create_plan(&id, &req).await {
                         Ok(_) => latencies.push(t.elapsed().as_secs_f64()),
-                        Err(e) if e.code() == Some(crate::Code::ResourceExhausted) => shed += 1,
+                        Err(e) if e.code() == Some(kyphoplan_client::Code::ResourceExhausted) => {
+                            shed += 1
+                        }
                         Err(e) => return Err(format!("CreatePlan: {e}")),
                     }
                 }
@@ -680,8 +689,18 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         None => {}
     }
 
-    eprintln!("bench: server throughput");
-    server_figures(&budget, &mut figures, &mut notes)?;
+    #[cfg(feature = "server")]
+    {
+        eprintln!("bench: server throughput");
+        server_figures(&budget, &mut figures, &mut notes)?;
+    }
+    #[cfg(not(feature = "server"))]
+    {
+        let skipped = "server figures SKIPPED: this kyphoplan was built without the `server` \
+                       feature (no in-process server)";
+        eprintln!("bench: {skipped}");
+        notes.push(skipped.into());
+    }
     notes.push(
         "peak_rss_vmhwm is the process's VmHWM after that section (cumulative over the run)".into(),
     );
