@@ -111,7 +111,9 @@ struct Budget {
     parry_passes: usize,
     /// Per figure (one level's warm plans, say): stop repeating after this long.
     per_figure: Duration,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     server_clients: Vec<usize>,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     server_duration: Duration,
 }
 
@@ -181,6 +183,7 @@ fn median_of(sorted: &[f64]) -> f64 {
 }
 
 /// The `q` quantile (nearest rank) of sorted samples.
+#[cfg(feature = "server")]
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
