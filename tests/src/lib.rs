@@ -1,4 +1,5 @@
 //! Support of the end-to-end tests, and the anatomy case library of the regression replay
-//! ([`cases`]: the deterministic generator of `tests/cases/synthetic/`).
+//! ([`cases`]: the deterministic generator of `tests/cases/synthetic/`, which lives in
+//! `kyphoplan_cli::cases` so that `kyphoplan replay` can regenerate the library's meshes).
 
-pub mod cases;
+pub use kyphoplan_cli::cases;

@@ -635,6 +635,18 @@ fn replay_cases(
             root.display()
         )));
     }
+    // A fresh clone holds the synthetic cases' case.toml and golden only: make their meshes.
+    if let Ok(dirs) = replay::find_cases(root) {
+        match kyphoplan_cli::cases::generate_missing_meshes(&dirs) {
+            Ok(generated) if generated.is_empty() => {}
+            Ok(generated) => println!(
+                "generated the missing meshes of {} synthetic cases of the library \
+                 (deterministic: kyphoplan_cli::cases)",
+                generated.len()
+            ),
+            Err(e) => eprintln!("kyphoplan: cannot generate the synthetic meshes: {e}"),
+        }
+    }
     let options = ReplayOptions {
         shared_root: shared.or_else(|| replay::default_shared_root(root)),
         bless,
