@@ -6,9 +6,9 @@
 //! deadline to `plans_running == 0`).
 //!
 //! ```text
-//! cargo run --release -p kyphoplan-client --example loadtest -- --clients 32 --calls 4000
-//! cargo run --release -p kyphoplan-client --example loadtest -- --max-concurrent-plans 2
-//! cargo run --release -p kyphoplan-client --example loadtest -- --server http://127.0.0.1:50051 --server-pid PID
+//! cargo run --release -p kyphoplan-cli --example loadtest -- --clients 32 --calls 4000
+//! cargo run --release -p kyphoplan-cli --example loadtest -- --max-concurrent-plans 2
+//! cargo run --release -p kyphoplan-cli --example loadtest -- --server http://127.0.0.1:50051 --server-pid PID
 //! ```
 
 use std::collections::BTreeMap;
