@@ -139,29 +139,35 @@ impl ClientError {
     }
 }
 
-/// A status of the generated client ([`Client::raw`]) as typed data: the code, the message and
-/// the field violations decoded from its `google.rpc.BadRequest` details.
+/// A status as typed data: the code, the message and the field violations decoded from its
+/// `google.rpc.BadRequest` details.
+fn status_error(status: tonic::Status) -> ClientError {
+    use tonic_types::StatusExt;
+    let field_violations = status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| FieldViolation {
+                    field: v.field.clone(),
+                    description: v.description.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ClientError::Status {
+        code: Code::from_tonic(status.code()),
+        message: status.message().to_owned(),
+        field_violations,
+    }
+}
+
+/// A status of the generated client ([`Client::raw`]) as typed data (feature `grpc-raw`).
+#[cfg(feature = "grpc-raw")]
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        use tonic_types::StatusExt;
-        let field_violations = status
-            .get_error_details()
-            .bad_request()
-            .map(|b| {
-                b.field_violations
-                    .iter()
-                    .map(|v| FieldViolation {
-                        field: v.field.clone(),
-                        description: v.description.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        ClientError::Status {
-            code: Code::from_tonic(status.code()),
-            message: status.message().to_owned(),
-            field_violations,
-        }
+        status_error(status)
     }
 }
 
@@ -332,12 +338,12 @@ impl Client {
             }
         };
         let channel = endpoint.connect().await.map_err(connect_err)?;
-        let mut client = Self::from_channel(channel);
+        let mut client = Self::with_channel(channel);
         client.authorization = authorization;
         Ok(client)
     }
 
-    pub fn from_channel(channel: Channel) -> Self {
+    fn with_channel(channel: Channel) -> Self {
         Client {
             inner: PlanningServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -346,20 +352,34 @@ impl Client {
         }
     }
 
-    /// The generated client, for calls this wrapper does not cover (wrap their messages in
-    /// [`Client::request`] to send the token; `ClientError::from(status)` types its errors).
-    /// With [`Client::from_channel`] and [`Client::request`], the one door to tonic types.
-    pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
-        &mut self.inner
-    }
-
     /// A request carrying this client's bearer token, if it has one.
-    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+    fn authorized<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(v) = &self.authorization {
             request.metadata_mut().insert("authorization", v.clone());
         }
         request
+    }
+
+    /// A client on a channel made elsewhere (feature `grpc-raw`).
+    #[cfg(feature = "grpc-raw")]
+    pub fn from_channel(channel: Channel) -> Self {
+        Self::with_channel(channel)
+    }
+
+    /// The generated client, for calls this wrapper does not cover (wrap their messages in
+    /// [`Client::request`] to send the token; `ClientError::from(status)` types its errors).
+    /// With [`Client::from_channel`] and [`Client::request`], the one door to tonic types,
+    /// behind the feature `grpc-raw`.
+    #[cfg(feature = "grpc-raw")]
+    pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
+        &mut self.inner
+    }
+
+    /// A request carrying this client's bearer token, if it has one (feature `grpc-raw`).
+    #[cfg(feature = "grpc-raw")]
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.authorized(message)
     }
 
     /// Upload an anatomy in chunks; returns its metadata (with the content-addressed id).
@@ -377,18 +397,20 @@ impl Client {
     ) -> Result<pb::Anatomy, ClientError> {
         Ok(self
             .inner
-            .upload_anatomy(self.request(upload_chunks(anatomy)))
-            .await?
+            .upload_anatomy(self.authorized(upload_chunks(anatomy)))
+            .await
+            .map_err(status_error)?
             .into_inner())
     }
 
     pub async fn get_anatomy(&mut self, anatomy_id: &str) -> Result<pb::Anatomy, ClientError> {
         Ok(self
             .inner
-            .get_anatomy(self.request(pb::GetAnatomyRequest {
+            .get_anatomy(self.authorized(pb::GetAnatomyRequest {
                 anatomy_id: anatomy_id.to_owned(),
             }))
-            .await?
+            .await
+            .map_err(status_error)?
             .into_inner())
     }
 
@@ -404,8 +426,9 @@ impl Client {
         );
         StoredPlan::from_pb(
             self.inner
-                .create_plan(self.request(message))
-                .await?
+                .create_plan(self.authorized(message))
+                .await
+                .map_err(status_error)?
                 .into_inner(),
         )
     }
@@ -422,8 +445,9 @@ impl Client {
         );
         StoredPlan::from_pb(
             self.inner
-                .create_plan(self.request(message))
-                .await?
+                .create_plan(self.authorized(message))
+                .await
+                .map_err(status_error)?
                 .into_inner(),
         )
     }
@@ -441,15 +465,16 @@ impl Client {
         );
         let mut stream = self
             .inner
-            .stream_plan(self.request(message))
-            .await?
+            .stream_plan(self.authorized(message))
+            .await
+            .map_err(status_error)?
             .into_inner();
         while let Some(progress) = stream.next().await {
             let pb::PlanProgress {
                 levels_done,
                 levels_total,
                 event,
-            } = progress?;
+            } = progress.map_err(status_error)?;
             match event {
                 Some(pb::plan_progress::Event::Level(level)) => {
                     let level = convert::level_plan_from_pb(level, "level")?;
@@ -486,8 +511,9 @@ impl Client {
         };
         let e = self
             .inner
-            .evaluate_trajectory(self.request(message))
-            .await?
+            .evaluate_trajectory(self.authorized(message))
+            .await
+            .map_err(status_error)?
             .into_inner();
         Ok(convert::evaluation_from_pb(e)?)
     }
@@ -498,8 +524,9 @@ impl Client {
         };
         StoredPlan::from_pb(
             self.inner
-                .get_plan(self.request(message))
-                .await?
+                .get_plan(self.authorized(message))
+                .await
+                .map_err(status_error)?
                 .into_inner(),
         )
     }

@@ -3,7 +3,9 @@
 //! ([`plan_json`]). The `kyphoplan` command line, its exports, the replay and the bench are the
 //! crate `kyphoplan-cli` (`client-sdk/cli/`).
 //!
-//! With the feature `fuzzing`, [`fuzzing`] holds the bodies of the cargo-fuzz targets.
+//! With the feature `fuzzing`, `fuzzing` holds the bodies of the cargo-fuzz targets; with
+//! `grpc-raw`, `Client::raw` and friends open the generated tonic client for calls the typed
+//! client does not cover.
 
 pub mod case;
 pub mod client;
