@@ -20,16 +20,106 @@ pub const TRIANGLES_PER_CHUNK: usize = 60_000;
 /// Largest message the client accepts (the server's default limit).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// gRPC status codes (the numbers of `google.rpc.Code`), so that callers of the SDK need no
+/// tonic. `Display` is the same text as tonic's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    pub fn description(self) -> &'static str {
+        match self {
+            Code::Ok => "The operation completed successfully",
+            Code::Cancelled => "The operation was cancelled",
+            Code::Unknown => "Unknown error",
+            Code::InvalidArgument => "Client specified an invalid argument",
+            Code::DeadlineExceeded => "Deadline expired before operation could complete",
+            Code::NotFound => "Some requested entity was not found",
+            Code::AlreadyExists => "Some entity that we attempted to create already exists",
+            Code::PermissionDenied => {
+                "The caller does not have permission to execute the specified operation"
+            }
+            Code::ResourceExhausted => "Some resource has been exhausted",
+            Code::FailedPrecondition => {
+                "The system is not in a state required for the operation's execution"
+            }
+            Code::Aborted => "The operation was aborted",
+            Code::OutOfRange => "Operation was attempted past the valid range",
+            Code::Unimplemented => "Operation is not implemented or not supported",
+            Code::Internal => "Internal error",
+            Code::Unavailable => "The service is currently unavailable",
+            Code::DataLoss => "Unrecoverable data loss or corruption",
+            Code::Unauthenticated => "The request does not have valid authentication credentials",
+        }
+    }
+
+    fn from_tonic(code: tonic::Code) -> Self {
+        match code {
+            tonic::Code::Ok => Code::Ok,
+            tonic::Code::Cancelled => Code::Cancelled,
+            tonic::Code::Unknown => Code::Unknown,
+            tonic::Code::InvalidArgument => Code::InvalidArgument,
+            tonic::Code::DeadlineExceeded => Code::DeadlineExceeded,
+            tonic::Code::NotFound => Code::NotFound,
+            tonic::Code::AlreadyExists => Code::AlreadyExists,
+            tonic::Code::PermissionDenied => Code::PermissionDenied,
+            tonic::Code::ResourceExhausted => Code::ResourceExhausted,
+            tonic::Code::FailedPrecondition => Code::FailedPrecondition,
+            tonic::Code::Aborted => Code::Aborted,
+            tonic::Code::OutOfRange => Code::OutOfRange,
+            tonic::Code::Unimplemented => Code::Unimplemented,
+            tonic::Code::Internal => Code::Internal,
+            tonic::Code::Unavailable => Code::Unavailable,
+            tonic::Code::DataLoss => Code::DataLoss,
+            tonic::Code::Unauthenticated => Code::Unauthenticated,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// One field the server refused (a `google.rpc.BadRequest` field violation): `field` is the
+/// request field or structure name, `description` why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        source: tonic::transport::Error,
+    /// The URL, the TLS settings or the connection itself failed.
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    /// The server answered with an error status; `field_violations` are the fields it named
+    /// (empty when it named none).
+    #[error("{code}: {message}")]
+    Status {
+        code: Code,
+        message: String,
+        field_violations: Vec<FieldViolation>,
     },
-    /// The server answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
     /// The server's answer does not convert to planner types.
     #[error("the server's answer is malformed: {0}")]
     Decode(#[from] InputError),
@@ -37,6 +127,48 @@ pub enum ClientError {
     IncompleteStream,
     #[error("the token has characters that cannot be sent in a header (visible ASCII only)")]
     BadToken,
+}
+
+impl ClientError {
+    /// The status code, when the server answered with an error status.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A status as typed data: the code, the message and the field violations decoded from its
+/// `google.rpc.BadRequest` details.
+fn status_error(status: tonic::Status) -> ClientError {
+    use tonic_types::StatusExt;
+    let field_violations = status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| FieldViolation {
+                    field: v.field.clone(),
+                    description: v.description.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ClientError::Status {
+        code: Code::from_tonic(status.code()),
+        message: status.message().to_owned(),
+        field_violations,
+    }
+}
+
+/// A status of the generated client ([`Client::raw`]) as typed data (feature `grpc-raw`).
+#[cfg(feature = "grpc-raw")]
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        status_error(status)
+    }
 }
 
 /// A server-made plan: its id and the planner plan (server metadata is not part of it).
@@ -170,9 +302,9 @@ impl Client {
 
     /// Connect to `url` with TLS and/or a bearer token.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
-        let connect_err = |source| ClientError::Connect {
+        let connect_err = |source: tonic::transport::Error| ClientError::Connect {
             url: url.to_owned(),
-            source,
+            message: source.to_string(),
         };
         let mut endpoint =
             tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(connect_err)?;
@@ -206,12 +338,12 @@ impl Client {
             }
         };
         let channel = endpoint.connect().await.map_err(connect_err)?;
-        let mut client = Self::from_channel(channel);
+        let mut client = Self::with_channel(channel);
         client.authorization = authorization;
         Ok(client)
     }
 
-    pub fn from_channel(channel: Channel) -> Self {
+    fn with_channel(channel: Channel) -> Self {
         Client {
             inner: PlanningServiceClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -220,19 +352,34 @@ impl Client {
         }
     }
 
-    /// The generated client, for calls this wrapper does not cover (wrap their messages in
-    /// [`Client::request`] to send the token).
-    pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
-        &mut self.inner
-    }
-
     /// A request carrying this client's bearer token, if it has one.
-    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+    fn authorized<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(v) = &self.authorization {
             request.metadata_mut().insert("authorization", v.clone());
         }
         request
+    }
+
+    /// A client on a channel made elsewhere (feature `grpc-raw`).
+    #[cfg(feature = "grpc-raw")]
+    pub fn from_channel(channel: Channel) -> Self {
+        Self::with_channel(channel)
+    }
+
+    /// The generated client, for calls this wrapper does not cover (wrap their messages in
+    /// [`Client::request`] to send the token; `ClientError::from(status)` types its errors).
+    /// With [`Client::from_channel`] and [`Client::request`], the one door to tonic types,
+    /// behind the feature `grpc-raw`.
+    #[cfg(feature = "grpc-raw")]
+    pub fn raw(&mut self) -> &mut PlanningServiceClient<Channel> {
+        &mut self.inner
+    }
+
+    /// A request carrying this client's bearer token, if it has one (feature `grpc-raw`).
+    #[cfg(feature = "grpc-raw")]
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.authorized(message)
     }
 
     /// Upload an anatomy in chunks; returns its metadata (with the content-addressed id).
@@ -250,18 +397,20 @@ impl Client {
     ) -> Result<pb::Anatomy, ClientError> {
         Ok(self
             .inner
-            .upload_anatomy(self.request(upload_chunks(anatomy)))
-            .await?
+            .upload_anatomy(self.authorized(upload_chunks(anatomy)))
+            .await
+            .map_err(status_error)?
             .into_inner())
     }
 
     pub async fn get_anatomy(&mut self, anatomy_id: &str) -> Result<pb::Anatomy, ClientError> {
         Ok(self
             .inner
-            .get_anatomy(self.request(pb::GetAnatomyRequest {
+            .get_anatomy(self.authorized(pb::GetAnatomyRequest {
                 anatomy_id: anatomy_id.to_owned(),
             }))
-            .await?
+            .await
+            .map_err(status_error)?
             .into_inner())
     }
 
@@ -277,8 +426,9 @@ impl Client {
         );
         StoredPlan::from_pb(
             self.inner
-                .create_plan(self.request(message))
-                .await?
+                .create_plan(self.authorized(message))
+                .await
+                .map_err(status_error)?
                 .into_inner(),
         )
     }
@@ -295,8 +445,9 @@ impl Client {
         );
         StoredPlan::from_pb(
             self.inner
-                .create_plan(self.request(message))
-                .await?
+                .create_plan(self.authorized(message))
+                .await
+                .map_err(status_error)?
                 .into_inner(),
         )
     }
@@ -314,15 +465,16 @@ impl Client {
         );
         let mut stream = self
             .inner
-            .stream_plan(self.request(message))
-            .await?
+            .stream_plan(self.authorized(message))
+            .await
+            .map_err(status_error)?
             .into_inner();
         while let Some(progress) = stream.next().await {
             let pb::PlanProgress {
                 levels_done,
                 levels_total,
                 event,
-            } = progress?;
+            } = progress.map_err(status_error)?;
             match event {
                 Some(pb::plan_progress::Event::Level(level)) => {
                     let level = convert::level_plan_from_pb(level, "level")?;
@@ -359,8 +511,9 @@ impl Client {
         };
         let e = self
             .inner
-            .evaluate_trajectory(self.request(message))
-            .await?
+            .evaluate_trajectory(self.authorized(message))
+            .await
+            .map_err(status_error)?
             .into_inner();
         Ok(convert::evaluation_from_pb(e)?)
     }
@@ -371,8 +524,9 @@ impl Client {
         };
         StoredPlan::from_pb(
             self.inner
-                .get_plan(self.request(message))
-                .await?
+                .get_plan(self.authorized(message))
+                .await
+                .map_err(status_error)?
                 .into_inner(),
         )
     }

@@ -1,18 +1,19 @@
-//! kyphoplan client SDK: the typed gRPC [`client`], mesh loaders ([`mesh_io`]), the case
-//! directory reader ([`case`]), the plan JSON writer, the readable tables ([`report`]) of the `kyphoplan`
-//! CLI, and the exports planning engineers look at ([`export`]: 3D Slicer markups, glTF scene,
-//! pictures, HTML plan report).
+//! kyphoplan client SDK: the typed gRPC [`client`] (its errors are typed data, no tonic types),
+//! mesh loaders ([`mesh_io`]), the case directory reader ([`case`]) and the plan JSON writer
+//! ([`plan_json`]). The `kyphoplan` command line, its exports, the replay and the bench are the
+//! crate `kyphoplan-cli` (`client-sdk/cli/`).
+//!
+//! With the feature `fuzzing`, `fuzzing` holds the bodies of the cargo-fuzz targets; with
+//! `grpc-raw`, `Client::raw` and friends open the generated tonic client for calls the typed
+//! client does not cover.
 
-pub mod bench;
 pub mod case;
 pub mod client;
-pub mod export;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod mesh_io;
-pub mod replay;
-pub mod report;
 
-pub use client::{Client, ClientError, ConnectOptions, StoredPlan};
+pub use client::{Client, ClientError, Code, ConnectOptions, FieldViolation, StoredPlan};
 
 /// The plan JSON (CONTRACT.md section 3): `serde_json::to_string_pretty` of the planner plan.
 /// The same writer for in-process and server plans, so that both are byte-identical.

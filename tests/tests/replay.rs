@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kyphoplan_client::case::{self, ReadOptions};
-use kyphoplan_client::replay::{
+use kyphoplan_cli::replay::{
     self, compare, has_regression, Outcome, Planner, ReplayOptions, Tolerances,
 };
+use kyphoplan_client::case::{self, ReadOptions};
 use kyphoplan_planner::anatomy::PatientFrame;
 use kyphoplan_planner::plan::{Plan, ReasonCode};
 use kyphoplan_tests::cases;

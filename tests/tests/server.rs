@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kyphoplan_client::{ClientError, Code};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::planning;
@@ -14,8 +15,6 @@ use kyphoplan_planner::synth;
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
 use kyphoplan_tests::server::TestServer;
-use tonic::Code;
-use tonic_types::StatusExt;
 
 fn one_level(level: Level) -> AnatomyInput {
     synth::spine(&[level], &Pose::identity(), false).0
@@ -35,17 +34,17 @@ fn in_process_plan(anatomy: &AnatomyInput, request: &PlanRequest) -> kyphoplan_p
     planning::plan(&prepared, request).unwrap()
 }
 
-fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| {
-            b.field_violations
-                .iter()
-                .map(|v| (v.field.clone(), v.description.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The field violations `(field, description)` of a refusal, as the SDK types them.
+fn field_violations(error: &ClientError) -> Vec<(String, String)> {
+    match error {
+        ClientError::Status {
+            field_violations, ..
+        } => field_violations
+            .iter()
+            .map(|v| (v.field.clone(), v.description.clone()))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +268,8 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
     let mut request = tonic::Request::new(message);
     request.set_timeout((full * 3 / 10).max(Duration::from_millis(5)));
     let status = server.raw().await.create_plan(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let status = ClientError::from(status);
+    assert_eq!(status.code(), Some(Code::DeadlineExceeded), "{status:?}");
     tokio::time::timeout(Duration::from_secs(20), async {
         while m.plans_running.load(Ordering::SeqCst) != 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -548,34 +548,30 @@ async fn refusals_carry_their_status_codes_and_fields() {
     // NaN vertex: INVALID_ARGUMENT naming the structure.
     let mut nan = anatomy.clone();
     nan.structures[0].mesh.vertices_mm[5].y = f64::NAN;
-    let Err(kyphoplan_client::ClientError::Status(status)) = client.upload_anatomy(&nan).await
-    else {
+    let Err(status) = client.upload_anatomy(&nan).await else {
         panic!("a NaN vertex is refused");
     };
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
     let violations = field_violations(&status);
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].0, name);
     assert!(violations[0].1.contains("vertex 5"), "{violations:?}");
 
     // Unknown plan: NOT_FOUND.
-    let Err(kyphoplan_client::ClientError::Status(status)) = client.get_plan("no-such-plan").await
-    else {
+    let Err(status) = client.get_plan("no-such-plan").await else {
         panic!("an unknown plan is not found");
     };
-    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.code(), Some(Code::NotFound));
     // Unknown anatomy: NOT_FOUND too.
-    let Err(kyphoplan_client::ClientError::Status(status)) =
-        client.create_plan(&"0".repeat(64), &defaults(None)).await
-    else {
+    let Err(status) = client.create_plan(&"0".repeat(64), &defaults(None)).await else {
         panic!("an unknown anatomy is not found");
     };
-    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.code(), Some(Code::NotFound));
 
     // Negative margin: INVALID_ARGUMENT naming safety.canal_margin_mm.
     let stored = client.upload_anatomy(&anatomy).await.unwrap();
     let mut raw = server.raw().await;
-    let status = raw
+    let status: ClientError = raw
         .create_plan(pb::CreatePlanRequest {
             anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
                 stored.anatomy_id.clone(),
@@ -589,12 +585,13 @@ async fn refusals_carry_their_status_codes_and_fields() {
             }),
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+        .unwrap_err()
+        .into();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
     assert_eq!(field_violations(&status)[0].0, "safety.canal_margin_mm");
 
     // Unspecified level in a request: INVALID_ARGUMENT naming levels[0].
-    let status = raw
+    let status: ClientError = raw
         .create_plan(pb::CreatePlanRequest {
             anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
                 stored.anatomy_id.clone(),
@@ -604,12 +601,13 @@ async fn refusals_carry_their_status_codes_and_fields() {
             safety: None,
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+        .unwrap_err()
+        .into();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
     assert_eq!(field_violations(&status)[0].0, "levels[0]");
 
     // A level the anatomy does not have.
-    let status = raw
+    let status: ClientError = raw
         .create_plan(pb::CreatePlanRequest {
             anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
                 stored.anatomy_id.clone(),
@@ -619,8 +617,9 @@ async fn refusals_carry_their_status_codes_and_fields() {
             safety: None,
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+        .unwrap_err()
+        .into();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
     assert_eq!(field_violations(&status)[0].0, "levels");
 
     // Unspecified frame in the upload header.
@@ -631,26 +630,24 @@ async fn refusals_carry_their_status_codes_and_fields() {
             structures: vec![],
         })),
     };
-    let status = raw
+    let status: ClientError = raw
         .upload_anatomy(tokio_stream::iter(vec![header]))
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+        .unwrap_err()
+        .into();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
     assert_eq!(field_violations(&status)[0].0, "header.frame");
 
     // Too many triangles: RESOURCE_EXHAUSTED, for uploads and inline anatomies.
     let big = synth::demo_anatomy();
-    let Err(kyphoplan_client::ClientError::Status(status)) = client.upload_anatomy(&big).await
-    else {
+    let Err(status) = client.upload_anatomy(&big).await else {
         panic!("an anatomy over the triangle limit is refused");
     };
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let Err(kyphoplan_client::ClientError::Status(status)) =
-        client.create_plan_inline(&big, &defaults(None)).await
-    else {
+    assert_eq!(status.code(), Some(Code::ResourceExhausted), "{status:?}");
+    let Err(status) = client.create_plan_inline(&big, &defaults(None)).await else {
         panic!("an inline anatomy over the triangle limit is refused");
     };
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.code(), Some(Code::ResourceExhausted), "{status:?}");
     server.shutdown().await;
 }
 
@@ -672,13 +669,13 @@ async fn busy_planning_slots_answer_resource_exhausted() {
     let mut stream = raw.stream_plan(message).await.unwrap().into_inner();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.levels_done, 1);
-    let Err(kyphoplan_client::ClientError::Status(status)) = client
+    let Err(status) = client
         .create_plan(&stored.anatomy_id, &defaults(Some(vec![Level::L4])))
         .await
     else {
         panic!("a second plan while the only slot is busy is refused");
     };
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.code(), Some(Code::ResourceExhausted), "{status:?}");
     drop(stream);
     server.shutdown().await;
 }

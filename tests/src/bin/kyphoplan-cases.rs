@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kyphoplan_client::replay::{self, Planner, ReplayOptions};
+use kyphoplan_cli::replay::{self, Planner, ReplayOptions};
 use kyphoplan_tests::cases;
 
 fn main() -> ExitCode {

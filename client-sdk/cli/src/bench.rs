@@ -16,6 +16,7 @@
 //!   distance on the same candidate segments.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "server")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
 use serde::Serialize;
 
-use crate::Client;
+#[cfg(feature = "server")]
+use kyphoplan_client::Client;
 
 /// What `kyphoplan bench` runs.
 #[derive(Clone, Debug, Default)]
@@ -87,7 +89,10 @@ impl BenchReport {
 pub fn default_shared_anatomy() -> Option<PathBuf> {
     let candidates = [
         PathBuf::from("../shared/anatomy"),
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/anatomy")),
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/anatomy"
+        )),
     ];
     candidates
         .into_iter()
@@ -106,7 +111,9 @@ struct Budget {
     parry_passes: usize,
     /// Per figure (one level's warm plans, say): stop repeating after this long.
     per_figure: Duration,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     server_clients: Vec<usize>,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     server_duration: Duration,
 }
 
@@ -176,6 +183,7 @@ fn median_of(sorted: &[f64]) -> f64 {
 }
 
 /// The `q` quantile (nearest rank) of sorted samples.
+#[cfg(feature = "server")]
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -482,7 +490,7 @@ fn clearance_figures(
 
 /// The real meshes: VHM L1-L5 and the mean L3.
 fn load_real(dir: &Path) -> Result<(AnatomyInput, AnatomyInput), String> {
-    let load = |p: PathBuf| crate::mesh_io::load_stl(&p).map_err(|e| e.to_string());
+    let load = |p: PathBuf| kyphoplan_client::mesh_io::load_stl(&p).map_err(|e| e.to_string());
     let mut structures = Vec::new();
     for level in [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5] {
         structures.push(Structure {
@@ -509,6 +517,7 @@ fn load_real(dir: &Path) -> Result<(AnatomyInput, AnatomyInput), String> {
 }
 
 /// Server throughput: warm CreatePlan calls of one level from `clients` concurrent clients.
+#[cfg(feature = "server")]
 fn server_figures(
     budget: &Budget,
     out: &mut Vec<Figure>,
@@ -539,6 +548,7 @@ fn server_figures(
     Ok(())
 }
 
+#[cfg(feature = "server")]
 async fn drive_server(url: &str, budget: &Budget, out: &mut Vec<Figure>) -> Result<(), String> {
     let mut client = Client::connect(url).await.map_err(|e| e.to_string())?;
     let anatomy = Arc::new(synth::demo_anatomy());
@@ -580,9 +590,7 @@ async fn drive_server(url: &str, budget: &Budget, out: &mut Vec<Figure>) -> Resu
                     let t = Instant::now();
                     match client.create_plan(&id, &req).await {
                         Ok(_) => latencies.push(t.elapsed().as_secs_f64()),
-                        Err(crate::ClientError::Status(s))
-                            if s.code() == tonic::Code::ResourceExhausted =>
-                        {
+                        Err(e) if e.code() == Some(kyphoplan_client::Code::ResourceExhausted) => {
                             shed += 1
                         }
                         Err(e) => return Err(format!("CreatePlan: {e}")),
@@ -675,8 +683,18 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         None => {}
     }
 
-    eprintln!("bench: server throughput");
-    server_figures(&budget, &mut figures, &mut notes)?;
+    #[cfg(feature = "server")]
+    {
+        eprintln!("bench: server throughput");
+        server_figures(&budget, &mut figures, &mut notes)?;
+    }
+    #[cfg(not(feature = "server"))]
+    {
+        let skipped = "server figures SKIPPED: this kyphoplan was built without the `server` \
+                       feature (no in-process server)";
+        eprintln!("bench: {skipped}");
+        notes.push(skipped.into());
+    }
     notes.push(
         "peak_rss_vmhwm is the process's VmHWM after that section (cumulative over the run)".into(),
     );

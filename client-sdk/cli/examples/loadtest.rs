@@ -6,9 +6,9 @@
 //! deadline to `plans_running == 0`).
 //!
 //! ```text
-//! cargo run --release -p kyphoplan-client --example loadtest -- --clients 32 --calls 4000
-//! cargo run --release -p kyphoplan-client --example loadtest -- --max-concurrent-plans 2
-//! cargo run --release -p kyphoplan-client --example loadtest -- --server http://127.0.0.1:50051 --server-pid PID
+//! cargo run --release -p kyphoplan-cli --example loadtest -- --clients 32 --calls 4000
+//! cargo run --release -p kyphoplan-cli --example loadtest -- --max-concurrent-plans 2
+//! cargo run --release -p kyphoplan-cli --example loadtest -- --server http://127.0.0.1:50051 --server-pid PID
 //! ```
 
 use std::collections::BTreeMap;
@@ -163,8 +163,8 @@ async fn main() -> anyhow::Result<()> {
                 match r {
                     Ok(()) if plan => t.plan.push(dt),
                     Ok(()) => t.evaluate.push(dt),
-                    Err(ClientError::Status(s)) => {
-                        *t.errors.entry(format!("{:?}", s.code())).or_default() += 1
+                    Err(ClientError::Status { code, .. }) => {
+                        *t.errors.entry(format!("{code:?}")).or_default() += 1
                     }
                     Err(e) => *t.errors.entry(format!("client: {e}")).or_default() += 1,
                 }

@@ -14,23 +14,19 @@
 //! a dot. An infeasible side gets no cannula; its reason codes are written in the picture.
 //! Plus one overview: the lateral projection of all levels with their cannulas.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
-use embedded_graphics::mono_font::iso_8859_1::{FONT_7X13, FONT_9X15_BOLD};
-use embedded_graphics::mono_font::{MonoFont, MonoTextStyle};
-use embedded_graphics::pixelcolor::Rgb888;
-use embedded_graphics::prelude::{
-    DrawTarget, Drawable, OriginDimensions, Pixel, Point as EgPoint, Size,
-};
-use embedded_graphics::text::{Baseline, Text};
 use image::{Rgb, RgbImage};
 use kyphoplan_planner::anatomy::{Level, PatientFrame, Side};
 use kyphoplan_planner::math::{Point, Pose};
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{LevelPlan, Plan, SidePlan};
-use kyphoplan_planner::prepare::PreparedAnatomy;
+use kyphoplan_planner::prepare::{PreparedAnatomy, PreparedVertebra};
 
+use super::raster::{
+    blend, circle, dashed_line, fill_segments, put, stadium, text, thick_line, title, PixelRect,
+    Segment2,
+};
 use super::{check_frames, code_name, point, side_title, vertebra_of, ExportError};
 
 /// Colour of the left cannula.
@@ -172,11 +168,12 @@ impl PanelProjection {
         )
     }
 
-    fn contains(&self, x: i64, y: i64) -> bool {
-        x >= self.origin_px.0 as i64
-            && y >= self.origin_px.1 as i64
-            && x < (self.origin_px.0 + self.size_px.0) as i64
-            && y < (self.origin_px.1 + self.size_px.1) as i64
+    /// The panel's pixels: drawing into the panel stays inside them.
+    fn rect(&self) -> PixelRect {
+        PixelRect {
+            origin_px: self.origin_px,
+            size_px: self.size_px,
+        }
     }
 }
 
@@ -194,230 +191,6 @@ impl LevelPicture {
             .iter()
             .find(|p| p.view == view)
             .expect("every view has a panel")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Drawing primitives.
-
-/// embedded-graphics onto an `image` buffer (text only).
-struct Canvas<'a>(&'a mut RgbImage);
-
-impl OriginDimensions for Canvas<'_> {
-    fn size(&self) -> Size {
-        Size::new(self.0.width(), self.0.height())
-    }
-}
-
-impl DrawTarget for Canvas<'_> {
-    type Color = Rgb888;
-    type Error = Infallible;
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
-        &mut self,
-        pixels: I,
-    ) -> Result<(), Infallible> {
-        let (w, h) = self.0.dimensions();
-        for Pixel(p, c) in pixels {
-            if p.x >= 0 && p.y >= 0 && (p.x as u32) < w && (p.y as u32) < h {
-                self.0
-                    .put_pixel(p.x as u32, p.y as u32, Rgb([c.r(), c.g(), c.b()]));
-            }
-        }
-        Ok(())
-    }
-}
-
-use embedded_graphics::pixelcolor::RgbColor as _;
-
-fn text_with(img: &mut RgbImage, x: i32, y: i32, s: &str, colour: Rgb<u8>, font: &MonoFont) {
-    let style = MonoTextStyle::new(font, Rgb888::new(colour[0], colour[1], colour[2]));
-    let _ = Text::with_baseline(s, EgPoint::new(x, y), style, Baseline::Top).draw(&mut Canvas(img));
-}
-
-fn text(img: &mut RgbImage, x: i32, y: i32, s: &str, colour: Rgb<u8>) {
-    text_with(img, x, y, s, colour, &FONT_7X13);
-}
-
-fn title(img: &mut RgbImage, x: i32, y: i32, s: &str, colour: Rgb<u8>) {
-    text_with(img, x, y, s, colour, &FONT_9X15_BOLD);
-}
-
-fn blend(a: Rgb<u8>, b: Rgb<u8>, t: f64) -> Rgb<u8> {
-    let t = t.clamp(0.0, 1.0);
-    Rgb([0, 1, 2].map(|i| (a[i] as f64 * (1.0 - t) + b[i] as f64 * t).round() as u8))
-}
-
-fn put(img: &mut RgbImage, clip: Option<&PanelProjection>, x: i64, y: i64, c: Rgb<u8>) {
-    if x < 0 || y < 0 || x >= img.width() as i64 || y >= img.height() as i64 {
-        return;
-    }
-    if clip.is_some_and(|p| !p.contains(x, y)) {
-        return;
-    }
-    img.put_pixel(x as u32, y as u32, c);
-}
-
-fn mix(img: &mut RgbImage, clip: Option<&PanelProjection>, x: i64, y: i64, c: Rgb<u8>, t: f64) {
-    if x < 0 || y < 0 || x >= img.width() as i64 || y >= img.height() as i64 {
-        return;
-    }
-    if clip.is_some_and(|p| !p.contains(x, y)) {
-        return;
-    }
-    let old = *img.get_pixel(x as u32, y as u32);
-    img.put_pixel(x as u32, y as u32, blend(old, c, t));
-}
-
-/// Distance from `p` to the segment `a`-`b` and the parameter of the nearest point.
-fn segment_distance(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let len2 = dx * dx + dy * dy;
-    let t = if len2 > 0.0 {
-        (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let (qx, qy) = (a.0 + t * dx - p.0, a.1 + t * dy - p.1);
-    ((qx * qx + qy * qy).sqrt(), t)
-}
-
-/// A line of `width` pixels (square ends at the segment's ends when `square_ends`).
-#[allow(clippy::too_many_arguments)]
-fn thick_line(
-    img: &mut RgbImage,
-    clip: Option<&PanelProjection>,
-    a: (f64, f64),
-    b: (f64, f64),
-    width: f64,
-    c: Rgb<u8>,
-    square_ends: bool,
-) {
-    let r = 0.5 * width.max(1.0);
-    let (x0, x1) = (a.0.min(b.0) - r - 1.0, a.0.max(b.0) + r + 1.0);
-    let (y0, y1) = (a.1.min(b.1) - r - 1.0, a.1.max(b.1) + r + 1.0);
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let len = (dx * dx + dy * dy).sqrt();
-    for y in y0.floor() as i64..=y1.ceil() as i64 {
-        for x in x0.floor() as i64..=x1.ceil() as i64 {
-            let p = (x as f64 + 0.5, y as f64 + 0.5);
-            let inside = if square_ends && len > 0.0 {
-                let along = ((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len;
-                let across = ((p.0 - a.0) * dy - (p.1 - a.1) * dx).abs() / len;
-                (0.0..=len).contains(&along) && across <= r
-            } else {
-                segment_distance(p, a, b).0 <= r
-            };
-            if inside {
-                put(img, clip, x, y, c);
-            }
-        }
-    }
-}
-
-/// Dashed thin line.
-fn dashed_line(
-    img: &mut RgbImage,
-    clip: Option<&PanelProjection>,
-    a: (f64, f64),
-    b: (f64, f64),
-    c: Rgb<u8>,
-) {
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let len = (dx * dx + dy * dy).sqrt();
-    let n = (len / 4.0).ceil().max(1.0) as usize;
-    for i in (0..n).step_by(2) {
-        let t0 = i as f64 / n as f64;
-        let t1 = ((i + 1) as f64 / n as f64).min(1.0);
-        thick_line(
-            img,
-            clip,
-            (a.0 + dx * t0, a.1 + dy * t0),
-            (a.0 + dx * t1, a.1 + dy * t1),
-            1.5,
-            c,
-            false,
-        );
-    }
-}
-
-fn circle(
-    img: &mut RgbImage,
-    clip: Option<&PanelProjection>,
-    centre: (f64, f64),
-    radius: f64,
-    width: f64,
-    c: Rgb<u8>,
-    filled: bool,
-) {
-    let r = radius + width;
-    for y in (centre.1 - r).floor() as i64..=(centre.1 + r).ceil() as i64 {
-        for x in (centre.0 - r).floor() as i64..=(centre.0 + r).ceil() as i64 {
-            let d =
-                ((x as f64 + 0.5 - centre.0).powi(2) + (y as f64 + 0.5 - centre.1).powi(2)).sqrt();
-            if (filled && d <= radius) || (d - radius).abs() <= 0.5 * width {
-                put(img, clip, x, y, c);
-            }
-        }
-    }
-}
-
-/// The projection of a capsule (segment `a`-`b`, `radius` pixels): a stadium, filled
-/// translucently and outlined.
-fn stadium(
-    img: &mut RgbImage,
-    clip: &PanelProjection,
-    a: (f64, f64),
-    b: (f64, f64),
-    radius: f64,
-    c: Rgb<u8>,
-) {
-    let r = radius + 2.0;
-    let (x0, x1) = (a.0.min(b.0) - r, a.0.max(b.0) + r);
-    let (y0, y1) = (a.1.min(b.1) - r, a.1.max(b.1) + r);
-    for y in y0.floor() as i64..=y1.ceil() as i64 {
-        for x in x0.floor() as i64..=x1.ceil() as i64 {
-            let d = segment_distance((x as f64 + 0.5, y as f64 + 0.5), a, b).0;
-            if (d - radius).abs() <= 1.0 {
-                put(img, Some(clip), x, y, c);
-            } else if d < radius {
-                mix(img, Some(clip), x, y, c, 0.22);
-            }
-        }
-    }
-}
-
-/// A segment in pixels.
-type Segment2 = ((f64, f64), (f64, f64));
-
-/// Fill the closed polygons made of `segments` (even-odd rule, pixel centres).
-fn fill_segments(img: &mut RgbImage, clip: &PanelProjection, segments: &[Segment2], c: Rgb<u8>) {
-    if segments.is_empty() {
-        return;
-    }
-    let ymin = segments
-        .iter()
-        .map(|s| s.0 .1.min(s.1 .1))
-        .fold(f64::INFINITY, f64::min);
-    let ymax = segments
-        .iter()
-        .map(|s| s.0 .1.max(s.1 .1))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let mut xs = Vec::new();
-    for y in ymin.floor() as i64..=ymax.ceil() as i64 {
-        let yc = y as f64 + 0.5;
-        xs.clear();
-        for &(a, b) in segments {
-            // Half-open in y so that shared endpoints count once.
-            if (a.1 <= yc) != (b.1 <= yc) {
-                xs.push(a.0 + (yc - a.1) / (b.1 - a.1) * (b.0 - a.0));
-            }
-        }
-        xs.sort_by(f64::total_cmp);
-        for pair in xs.chunks_exact(2) {
-            for x in (pair[0] - 0.5).ceil() as i64..=(pair[1] - 0.5).floor() as i64 {
-                put(img, Some(clip), x, y, c);
-            }
-        }
     }
 }
 
@@ -535,10 +308,18 @@ fn scale_bar(img: &mut RgbImage, panel: &PanelProjection) {
     let len = 10.0 * panel.px_per_mm;
     let x0 = panel.origin_px.0 as f64 + 14.0;
     let y0 = (panel.origin_px.1 + panel.size_px.1) as f64 - 16.0;
-    thick_line(img, Some(panel), (x0, y0), (x0 + len, y0), 3.0, TEXT, true);
     thick_line(
         img,
-        Some(panel),
+        Some(panel.rect()),
+        (x0, y0),
+        (x0 + len, y0),
+        3.0,
+        TEXT,
+        true,
+    );
+    thick_line(
+        img,
+        Some(panel.rect()),
         (x0, y0 - 5.0),
         (x0, y0 + 2.0),
         2.0,
@@ -547,7 +328,7 @@ fn scale_bar(img: &mut RgbImage, panel: &PanelProjection) {
     );
     thick_line(
         img,
-        Some(panel),
+        Some(panel.rect()),
         (x0 + len, y0 - 5.0),
         (x0 + len, y0 + 2.0),
         2.0,
@@ -615,7 +396,14 @@ fn draw_sides(img: &mut RgbImage, panel: &PanelProjection, sides: &[SideGeometry
     };
     for s in sides {
         if let Some((a, b, r)) = &s.balloon {
-            stadium(img, panel, px(a), px(b), r * panel.px_per_mm, BALLOON);
+            stadium(
+                img,
+                panel.rect(),
+                px(a),
+                px(b),
+                r * panel.px_per_mm,
+                BALLOON,
+            );
         }
     }
     // Far cannulas first, so that the nearer one is seen on top where they cross.
@@ -628,17 +416,25 @@ fn draw_sides(img: &mut RgbImage, panel: &PanelProjection, sides: &[SideGeometry
         // A dark rim keeps the cannula readable over bright bone.
         thick_line(
             img,
-            Some(panel),
+            Some(panel.rect()),
             px(&s.entry),
             px(&s.tip),
             width + 2.0,
             BACKGROUND,
             true,
         );
-        thick_line(img, Some(panel), px(&s.entry), px(&s.tip), width, c, true);
+        thick_line(
+            img,
+            Some(panel.rect()),
+            px(&s.entry),
+            px(&s.tip),
+            width,
+            c,
+            true,
+        );
         circle(
             img,
-            Some(panel),
+            Some(panel.rect()),
             px(&s.entry),
             0.5 * width + 3.0,
             2.0,
@@ -647,7 +443,7 @@ fn draw_sides(img: &mut RgbImage, panel: &PanelProjection, sides: &[SideGeometry
         );
         circle(
             img,
-            Some(panel),
+            Some(panel.rect()),
             px(&s.tip),
             0.5 * width + 1.0,
             1.0,
@@ -690,9 +486,40 @@ pub fn level_picture(
         .iter()
         .filter_map(|s| side_geometry(s, &map))
         .collect();
+    let section_z_mm = section_height_mm(vertebra, &sides);
+    let p = options.panel_px;
+    let panels = layout_panels(&mesh_v, map, p);
 
-    // Section height: the mean height of the cannula axes, else the middle of the pedicles.
-    let section_z_mm = if sides.is_empty() {
+    let footer_lines = 2 * lp.sides.len() as u32 + 2;
+    let width = 3 * p;
+    let height = HEADER_PX + p + 10 + footer_lines * LINE_PX as u32 + 8;
+    let mut img = RgbImage::from_pixel(width, height, BACKGROUND);
+    for panel in &panels {
+        match panel.view {
+            View::Axial => draw_axial_section(&mut img, panel, &mesh_v, vertebra, section_z_mm),
+            View::Ap | View::Lateral => draw_projection(&mut img, panel, &mesh_v, vertebra),
+        }
+        draw_sides(&mut img, panel, &sides);
+        panel_frame(&mut img, panel);
+        scale_bar(&mut img, panel);
+        orientation_letters(&mut img, panel);
+        panel_title(&mut img, panel, section_z_mm);
+    }
+    angle_labels(&mut img, lp, &sides, &panels);
+    infeasible_labels(&mut img, lp, &panels[0]);
+    header(&mut img, plan, level);
+    footer(&mut img, plan, lp, (HEADER_PX + p + 10) as i32);
+    Ok(LevelPicture {
+        image: img,
+        panels,
+        section_z_mm,
+    })
+}
+
+/// Height (vertebra-frame z, mm) of the axial section: the mean height of the cannula axes,
+/// else the middle of the pedicles.
+fn section_height_mm(vertebra: &PreparedVertebra, sides: &[SideGeometry]) -> f64 {
+    if sides.is_empty() {
         let r = vertebra.frame.pedicle_z_range_mm;
         0.25 * (r[0].0 + r[0].1 + r[1].0 + r[1].1)
     } else {
@@ -701,13 +528,19 @@ pub fn level_picture(
             .map(|s| 0.5 * (s.entry.z + s.tip.z))
             .sum::<f64>()
             / sides.len() as f64
-    };
+    }
+}
 
-    // One scale for all panels: the bone's box in each view must fit with a margin.
-    let bbox = mesh_v.bounding_box();
+/// The axial, AP and lateral panels side by side, `panel_px` square, at one scale: the bone's
+/// box in each view fits with a margin.
+fn layout_panels(
+    mesh_vertebra: &TriMesh,
+    map: CaseToVertebra,
+    panel_px: u32,
+) -> Vec<PanelProjection> {
+    let bbox = mesh_vertebra.bounding_box();
     let views = [View::Axial, View::Ap, View::Lateral];
-    let p = options.panel_px;
-    let usable = p as f64 - 70.0;
+    let usable = panel_px as f64 - 70.0;
     let mut px_per_mm = f64::INFINITY;
     let mut centres = Vec::new();
     for view in views {
@@ -731,102 +564,113 @@ pub fn level_picture(
         px_per_mm = px_per_mm.min(usable / (hi[0] - lo[0]).max(hi[1] - lo[1]).max(1.0));
         centres.push([0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1])]);
     }
-
-    let footer_lines = 2 * lp.sides.len() as u32 + 2;
-    let width = 3 * p;
-    let height = HEADER_PX + p + 10 + footer_lines * LINE_PX as u32 + 8;
-    let mut img = RgbImage::from_pixel(width, height, BACKGROUND);
-    let panels: Vec<PanelProjection> = views
+    views
         .iter()
         .zip(&centres)
         .enumerate()
         .map(|(i, (&view, &center_mm))| PanelProjection {
             view,
-            origin_px: (i as u32 * p, HEADER_PX),
-            size_px: (p, p),
+            origin_px: (i as u32 * panel_px, HEADER_PX),
+            size_px: (panel_px, panel_px),
             px_per_mm,
             center_mm,
             case_to_vertebra: map,
         })
-        .collect();
+        .collect()
+}
 
-    for panel in &panels {
-        match panel.view {
-            View::Axial => {
-                let segs = section_segments(&mesh_v, section_z_mm, panel);
-                fill_segments(&mut img, panel, &segs, SECTION_FILL);
-                for (a, b) in &segs {
-                    thick_line(&mut img, Some(panel), *a, *b, 1.5, BONE, false);
-                }
-                // The vertebral foramen, from which the canal keep-out is derived.
-                let outline = &vertebra.frame.canal_outline_xy_mm;
-                for k in 0..outline.len() {
-                    let (a, b) = (outline[k], outline[(k + 1) % outline.len()]);
-                    let pa = panel.pixel_of_vertebra(&Point::new(a[0], a[1], section_z_mm));
-                    let pb = panel.pixel_of_vertebra(&Point::new(b[0], b[1], section_z_mm));
-                    thick_line(
-                        &mut img,
-                        Some(panel),
-                        (pa.0, pa.1),
-                        (pb.0, pb.1),
-                        2.0,
-                        CANAL,
-                        false,
-                    );
-                }
-            }
-            View::Ap | View::Lateral => {
-                let acc = thickness_map(&mesh_v, panel);
-                paint_thickness(&mut img, panel, &acc);
-                // The foramen's extent as a dashed box.
-                let outline = &vertebra.frame.canal_outline_xy_mm;
-                let (z0, z1) = vertebra.frame.canal_z_range_mm;
-                let idx = if panel.view == View::Ap { 0 } else { 1 };
-                let lo = outline.iter().map(|q| q[idx]).fold(f64::INFINITY, f64::min);
-                let hi = outline
-                    .iter()
-                    .map(|q| q[idx])
-                    .fold(f64::NEG_INFINITY, f64::max);
-                if lo.is_finite() && hi.is_finite() {
-                    let corner = |u: f64, z: f64| {
-                        let q = if idx == 0 {
-                            Point::new(u, 0.0, z)
-                        } else {
-                            Point::new(0.0, u, z)
-                        };
-                        let (x, y, _) = panel.pixel_of_vertebra(&q);
-                        (x, y)
-                    };
-                    let c = [
-                        corner(lo, z0),
-                        corner(hi, z0),
-                        corner(hi, z1),
-                        corner(lo, z1),
-                    ];
-                    for k in 0..4 {
-                        dashed_line(&mut img, Some(panel), c[k], c[(k + 1) % 4], CANAL);
-                    }
-                }
-            }
-        }
-        draw_sides(&mut img, panel, &sides);
-        panel_frame(&mut img, panel);
-        scale_bar(&mut img, panel);
-        orientation_letters(&mut img, panel);
-        let mut name = panel.view.title().to_string();
-        if panel.view == View::Axial {
-            name = format!("AXIAL at z {section_z_mm:+.1} mm (from feet)");
-        }
-        title(
-            &mut img,
-            panel.origin_px.0 as i32 + 8,
-            panel.origin_px.1 as i32 + 6,
-            &name,
-            TEXT,
+/// The axial panel's bone: the filled section at `section_z_mm` and its outline, and the
+/// vertebral foramen from which the canal keep-out is derived.
+fn draw_axial_section(
+    img: &mut RgbImage,
+    panel: &PanelProjection,
+    mesh_vertebra: &TriMesh,
+    vertebra: &PreparedVertebra,
+    section_z_mm: f64,
+) {
+    let segs = section_segments(mesh_vertebra, section_z_mm, panel);
+    fill_segments(img, panel.rect(), &segs, SECTION_FILL);
+    for (a, b) in &segs {
+        thick_line(img, Some(panel.rect()), *a, *b, 1.5, BONE, false);
+    }
+    let outline = &vertebra.frame.canal_outline_xy_mm;
+    for k in 0..outline.len() {
+        let (a, b) = (outline[k], outline[(k + 1) % outline.len()]);
+        let pa = panel.pixel_of_vertebra(&Point::new(a[0], a[1], section_z_mm));
+        let pb = panel.pixel_of_vertebra(&Point::new(b[0], b[1], section_z_mm));
+        thick_line(
+            img,
+            Some(panel.rect()),
+            (pa.0, pa.1),
+            (pb.0, pb.1),
+            2.0,
+            CANAL,
+            false,
         );
     }
+}
 
-    // Angles next to the entries: medial in the axial panel, cranial in the lateral one.
+/// An AP or lateral panel's bone: the radiograph-like thickness projection, and the foramen's
+/// extent as a dashed box.
+fn draw_projection(
+    img: &mut RgbImage,
+    panel: &PanelProjection,
+    mesh_vertebra: &TriMesh,
+    vertebra: &PreparedVertebra,
+) {
+    let acc = thickness_map(mesh_vertebra, panel);
+    paint_thickness(img, panel, &acc);
+    let outline = &vertebra.frame.canal_outline_xy_mm;
+    let (z0, z1) = vertebra.frame.canal_z_range_mm;
+    let idx = if panel.view == View::Ap { 0 } else { 1 };
+    let lo = outline.iter().map(|q| q[idx]).fold(f64::INFINITY, f64::min);
+    let hi = outline
+        .iter()
+        .map(|q| q[idx])
+        .fold(f64::NEG_INFINITY, f64::max);
+    if lo.is_finite() && hi.is_finite() {
+        let corner = |u: f64, z: f64| {
+            let q = if idx == 0 {
+                Point::new(u, 0.0, z)
+            } else {
+                Point::new(0.0, u, z)
+            };
+            let (x, y, _) = panel.pixel_of_vertebra(&q);
+            (x, y)
+        };
+        let c = [
+            corner(lo, z0),
+            corner(hi, z0),
+            corner(hi, z1),
+            corner(lo, z1),
+        ];
+        for k in 0..4 {
+            dashed_line(img, Some(panel.rect()), c[k], c[(k + 1) % 4], CANAL);
+        }
+    }
+}
+
+fn panel_title(img: &mut RgbImage, panel: &PanelProjection, section_z_mm: f64) {
+    let mut name = panel.view.title().to_string();
+    if panel.view == View::Axial {
+        name = format!("AXIAL at z {section_z_mm:+.1} mm (from feet)");
+    }
+    title(
+        img,
+        panel.origin_px.0 as i32 + 8,
+        panel.origin_px.1 as i32 + 6,
+        &name,
+        TEXT,
+    );
+}
+
+/// Angles next to the entries: medial in the axial panel, cranial in the lateral one.
+fn angle_labels(
+    img: &mut RgbImage,
+    lp: &LevelPlan,
+    sides: &[SideGeometry],
+    panels: &[PanelProjection],
+) {
     for s in lp.sides.iter() {
         let (Some(t), Some(g)) = (
             s.trajectory.as_ref().filter(|_| s.feasible),
@@ -839,16 +683,18 @@ pub fn level_picture(
         let (x, y, _) = axial.pixel_of_vertebra(&g.entry);
         let dx = if s.side == Side::Left { 10 } else { -110 };
         let label = format!("{} med {}", s.side.name(), deg(t.medial_angle_deg));
-        text(&mut img, x as i32 + dx, y as i32 + 6, &label, c);
+        text(img, x as i32 + dx, y as i32 + 6, &label, c);
         let lateral = &panels[2];
         let (x, y, _) = lateral.pixel_of_vertebra(&g.entry);
         let dy = if s.side == Side::Left { -22 } else { 8 };
         let label = format!("{} cran {}", s.side.name(), deg(t.cranial_angle_deg));
-        text(&mut img, x as i32 + 8, y as i32 + dy, &label, c);
+        text(img, x as i32 + 8, y as i32 + dy, &label, c);
     }
-    // Infeasible sides: the reason in the axial panel, on the side's half.
+}
+
+/// Infeasible sides: the reason codes in the axial panel, on the side's half.
+fn infeasible_labels(img: &mut RgbImage, lp: &LevelPlan, axial: &PanelProjection) {
     for s in lp.sides.iter().filter(|s| !s.feasible) {
-        let axial = &panels[0];
         let x = if s.side == Side::Left {
             (axial.origin_px.0 + axial.size_px.0 / 2 + 8) as i32
         } else {
@@ -856,7 +702,7 @@ pub fn level_picture(
         };
         let mut y = (axial.origin_px.1 + axial.size_px.1) as i32 - 100;
         title(
-            &mut img,
+            img,
             x,
             y,
             &format!("{} NOT FEASIBLE", s.side.name().to_uppercase()),
@@ -864,13 +710,15 @@ pub fn level_picture(
         );
         for r in &s.reasons {
             y += LINE_PX;
-            text(&mut img, x, y, &code_name(&r.code), WARN);
+            text(img, x, y, &code_name(&r.code), WARN);
         }
     }
+}
 
-    // Header.
+/// Level, case and frame on the left, the legend on the right.
+fn header(img: &mut RgbImage, plan: &Plan, level: Level) {
     title(
-        &mut img,
+        img,
         10,
         9,
         &format!(
@@ -881,27 +729,29 @@ pub fn level_picture(
         ),
         TEXT,
     );
-    let legend_x = width as i32 - 640;
-    legend(&mut img, legend_x, 10);
+    let legend_x = img.width() as i32 - 640;
+    legend(img, legend_x, 10);
+}
 
-    // Footer: one or two lines per side.
-    let mut y = (HEADER_PX + p + 10) as i32;
+/// Below the panels from `y`: one or two lines per side, the cement estimate, the frame and
+/// the instrument and margins.
+fn footer(img: &mut RgbImage, plan: &Plan, lp: &LevelPlan, mut y: i32) {
     for s in &lp.sides {
-        for line in side_lines(level, s) {
+        for line in side_lines(lp.level, s) {
             let colour = if s.feasible {
                 side_colour(s.side)
             } else {
                 WARN
             };
-            text(&mut img, 10, y, &line, colour);
+            text(img, 10, y, &line, colour);
             y += LINE_PX;
         }
     }
     if let Some(v) = lp.cement_volume_estimate_ml {
-        text(&mut img, 10, y, &format!("cement estimate {v:.1} ml"), TEXT);
+        text(img, 10, y, &format!("cement estimate {v:.1} ml"), TEXT);
     }
     text(
-        &mut img,
+        img,
         10,
         y + LINE_PX,
         &format!(
@@ -913,11 +763,6 @@ pub fn level_picture(
         ),
         DIM_TEXT,
     );
-    Ok(LevelPicture {
-        image: img,
-        panels,
-        section_z_mm,
-    })
 }
 
 /// The lines of text that describe a side.

@@ -9,6 +9,7 @@
 
 pub mod gltf;
 pub mod pictures;
+mod raster;
 pub mod report;
 pub mod slicer;
 

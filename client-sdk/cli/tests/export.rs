@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use kyphoplan_client::export::{gltf as scene, pictures, report, slicer};
+use kyphoplan_cli::export::{gltf as scene, pictures, report, slicer};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::plan::Plan;
@@ -407,23 +407,66 @@ fn level_pictures_show_the_cannulas_at_their_tips() {
     assert_eq!(l3.width(), 3 * options.panel_px);
 }
 
+/// Pixels of exactly `colour` inside a panel of a level picture.
+fn pixels_of(pic: &pictures::LevelPicture, view: pictures::View, colour: image::Rgb<u8>) -> usize {
+    let panel = pic.panel(view);
+    (panel.origin_px.1..panel.origin_px.1 + panel.size_px.1)
+        .flat_map(|y| (panel.origin_px.0..panel.origin_px.0 + panel.size_px.0).map(move |x| (x, y)))
+        .filter(|&(x, y)| *pic.image.get_pixel(x, y) == colour)
+        .count()
+}
+
+const VIEWS: [pictures::View; 3] = [
+    pictures::View::Axial,
+    pictures::View::Ap,
+    pictures::View::Lateral,
+];
+
 #[test]
 fn infeasible_side_draws_no_cannula() {
-    let (plan, anatomy) = narrow();
+    // The pixel count sees a cannula when there is one: a feasible side of the spine is drawn
+    // in its colour in every panel.
+    let (spine_plan, spine_anatomy) = spine();
     let options = pictures::PictureOptions::standard();
+    let l3 = spine_plan
+        .levels
+        .iter()
+        .find(|l| l.level == Level::L3)
+        .expect("the spine plans L3");
+    let drawn = l3
+        .sides
+        .iter()
+        .find(|s| s.feasible)
+        .expect("the mean L3 has a feasible side");
+    let pic = pictures::level_picture(spine_plan, spine_anatomy, Level::L3, &options).unwrap();
+    for view in VIEWS {
+        assert!(
+            pixels_of(&pic, view, pictures::side_colour(drawn.side)) > 0,
+            "the feasible {} cannula is not drawn in {view:?}",
+            drawn.side
+        );
+    }
+
+    // Both sides of the 4.4 mm pedicles are infeasible, and neither gets a cannula.
+    let (plan, anatomy) = narrow();
+    let level = &plan.levels[0];
+    assert_eq!(level.level, Level::L3);
     let pic = pictures::level_picture(plan, anatomy, Level::L3, &options).unwrap();
     let dir = out_dir("export-pictures");
     pic.image.save(dir.join("narrow-L3.png")).unwrap();
-    for s in plan.levels[0].sides.iter().filter(|s| !s.feasible) {
-        let colour = pictures::side_colour(s.side);
-        for panel in &pic.panels {
-            let count = (panel.origin_px.1..panel.origin_px.1 + panel.size_px.1)
-                .flat_map(|y| {
-                    (panel.origin_px.0..panel.origin_px.0 + panel.size_px.0).map(move |x| (x, y))
-                })
-                .filter(|&(x, y)| *pic.image.get_pixel(x, y) == colour)
-                .count();
-            assert_eq!(count, 0, "{} cannula drawn in {:?}", s.side, panel.view);
+    for side in [Side::Left, Side::Right] {
+        let s = level
+            .sides
+            .iter()
+            .find(|s| s.side == side)
+            .unwrap_or_else(|| panic!("the narrow L3 plan has a {side} side"));
+        assert!(
+            !s.feasible && s.trajectory.is_none(),
+            "the {side} side of a 4.4 mm pedicle must be infeasible: {s:?}"
+        );
+        for view in VIEWS {
+            let count = pixels_of(&pic, view, pictures::side_colour(side));
+            assert_eq!(count, 0, "{side} cannula drawn in {view:?}");
         }
     }
 }

@@ -26,8 +26,8 @@ use kyphoplan_planner::planning;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
 use rayon::prelude::*;
 
-use crate::case::{self, Case, CaseToml, ReadOptions, ReplayToml, CASE_FILE};
-use crate::{plan_json, Client, ConnectOptions};
+use kyphoplan_client::case::{self, Case, CaseToml, ReadOptions, ReplayToml, CASE_FILE};
+use kyphoplan_client::{plan_json, Client, ConnectOptions};
 
 /// File name of the golden plan of a case.
 pub const GOLDEN_FILE: &str = "expected.json";

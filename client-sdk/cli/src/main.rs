@@ -9,15 +9,15 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
+use kyphoplan_cli::report;
 use kyphoplan_client::case::{self, Case};
-use kyphoplan_client::{plan_json, report, Client, ClientError};
+use kyphoplan_client::{plan_json, Client, ClientError, Code};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
 use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::planning;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
-use status_details::field_violations;
 
 #[derive(Parser)]
 #[command(
@@ -227,22 +227,25 @@ impl Failure {
 
 fn from_client(e: ClientError, what: &str) -> Failure {
     match e {
-        ClientError::Status(status) => {
-            let violations = field_violations(&status);
-            let mut message = format!("{what}: {}", status.message());
-            for (field, description) in violations {
-                message.push_str(&format!("\n  {field}: {description}"));
+        ClientError::Status {
+            code,
+            message,
+            field_violations,
+        } => {
+            let mut message = format!("{what}: {message}");
+            for v in field_violations {
+                message.push_str(&format!("\n  {}: {}", v.field, v.description));
             }
-            match status.code() {
-                tonic::Code::InvalidArgument
-                | tonic::Code::NotFound
-                | tonic::Code::FailedPrecondition
-                | tonic::Code::OutOfRange
-                | tonic::Code::ResourceExhausted => Failure::Input(message),
-                tonic::Code::Unauthenticated => Failure::Usage(format!(
+            match code {
+                Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::ResourceExhausted => Failure::Input(message),
+                Code::Unauthenticated => Failure::Usage(format!(
                     "{message} (give --token-file FILE or set KYPHOPLAN_TOKEN)"
                 )),
-                _ => Failure::Server(format!("server error ({}): {message}", status.code())),
+                _ => Failure::Server(format!("server error ({code}): {message}")),
             }
         }
         other => Failure::Server(format!("{what}: {other}")),
@@ -313,7 +316,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             shared,
         } => replay_cases(&cases_root, server.as_deref(), bless, shared),
         Command::Bench { json, quick } => {
-            use kyphoplan_client::bench;
+            use kyphoplan_cli::bench;
             let options = bench::BenchOptions {
                 quick,
                 shared_anatomy: bench::default_shared_anatomy(),
@@ -471,7 +474,7 @@ fn plan_case(
     write_exports(&plan, for_exports, &dir, exports)
 }
 
-fn export_failure(e: kyphoplan_client::export::ExportError) -> Failure {
+fn export_failure(e: kyphoplan_cli::export::ExportError) -> Failure {
     Failure::Input(e.to_string())
 }
 
@@ -481,7 +484,7 @@ fn write_exports(
     case_dir: &Path,
     exports: &Exports,
 ) -> Result<(), Failure> {
-    use kyphoplan_client::export;
+    use kyphoplan_cli::export;
     if let Some(path) = &exports.slicer {
         export::slicer::write_markups(plan, path).map_err(export_failure)?;
         eprintln!("wrote {}", path.display());
@@ -624,13 +627,25 @@ fn replay_cases(
     bless: bool,
     shared: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    use kyphoplan_client::replay::{self, Planner, ReplayOptions};
+    use kyphoplan_cli::replay::{self, Planner, ReplayOptions};
     use std::io::IsTerminal;
     if !root.is_dir() {
         return Err(Failure::Input(format!(
             "{}: no such directory",
             root.display()
         )));
+    }
+    // A fresh clone holds the synthetic cases' case.toml and golden only: make their meshes.
+    if let Ok(dirs) = replay::find_cases(root) {
+        match kyphoplan_cli::cases::generate_missing_meshes(&dirs) {
+            Ok(generated) if generated.is_empty() => {}
+            Ok(generated) => println!(
+                "generated the missing meshes of {} synthetic cases of the library \
+                 (deterministic: kyphoplan_cli::cases)",
+                generated.len()
+            ),
+            Err(e) => eprintln!("kyphoplan: cannot generate the synthetic meshes: {e}"),
+        }
     }
     let options = ReplayOptions {
         shared_root: shared.or_else(|| replay::default_shared_root(root)),
@@ -687,22 +702,5 @@ fn replay_cases(
             "replay: {n} of {} cases failed",
             summary.cases.len()
         ))),
-    }
-}
-
-mod status_details {
-    /// The field violations (google.rpc.BadRequest details) of a status.
-    pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
-        use tonic_types::StatusExt;
-        status
-            .get_error_details()
-            .bad_request()
-            .map(|b| {
-                b.field_violations
-                    .iter()
-                    .map(|v| (v.field.clone(), v.description.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
