@@ -260,7 +260,7 @@ fn role_of(s: &StructureToml, at: &str) -> Result<Role, String> {
 }
 
 /// The lexical checks of a structure's mesh path (no file access): not empty, relative, and no
-/// `..` that leaves the directory. [`mesh_path`] adds the checks that need the file system.
+/// `..` that leaves the directory. `mesh_path` adds the checks that need the file system.
 pub fn check_mesh_path(mesh: &str, at: &str) -> Result<(), String> {
     use std::path::Component;
     let rel = Path::new(mesh);

@@ -1,7 +1,7 @@
 //! What makes a trajectory safe and good, in one place: the clinical rules (where the entry, the
 //! tip and the cortex margin apply), the weights and the score, and the measures on the
 //! approximate distance grids that both the search's screening ([`crate::search`]) and the exact
-//! measurement ([`crate::evaluate`]) take. Each number says its unit and where it comes from;
+//! measurement ([`crate::evaluate`](mod@crate::evaluate)) take. Each number says its unit and where it comes from;
 //! the safety margins themselves are the request's ([`Safety`], sources in the README).
 
 use crate::anatomy::Side;

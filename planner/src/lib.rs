@@ -2,9 +2,10 @@
 //! for balloon kyphoplasty, from CT-derived surface meshes.
 //!
 //! The data's journey: [`math`] -> [`mesh`] -> [`validate`] -> [`clearance`], [`voxel`],
-//! [`polygon`], [`frame`] -> [`prepare`] (anatomy, keep-outs) -> [`criteria`] (rules, score, grid
-//! measures) -> [`evaluate`], [`search`], [`balloon`] -> [`planning`] -> [`plan`]. [`synth`]
-//! (meshed by [`mesher`]) makes test and demo anatomy. The imports between these modules form
+//! [`polygon`], [`frame`] -> [`pedicle`], [`prepare`] (anatomy, keep-outs) -> [`criteria`]
+//! (rules, score, grid measures) -> [`evaluate`](mod@evaluate), [`search`], [`balloon`] ->
+//! [`planning`] -> [`plan`](mod@plan). [`synth`] (meshed by [`mesher`]) makes test and demo
+//! anatomy. The imports between these modules form
 //! no cycle. This crate knows nothing of gRPC, protobuf or async runtimes.
 
 // Lets the unit tests share the integration tests' helpers (`tests/common`), which name the

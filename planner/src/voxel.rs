@@ -229,18 +229,6 @@ fn cells_to_mm(q: f32, h: Real) -> f32 {
     }
 }
 
-/// A raw pointer the passes of [`squared_distance_cells`] share across threads: every task
-/// writes a disjoint set of cells.
-#[derive(Clone, Copy)]
-struct SharedCells(*mut f32);
-unsafe impl Send for SharedCells {}
-unsafe impl Sync for SharedCells {}
-impl SharedCells {
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Squared distance, in cells, from every cell to the nearest cell where `seed(index)` is true:
 /// three separable passes of the 1D transform (x, y, z), each parallel over its lines. Squared
 /// distances are integers, so the result does not depend on the order of the passes or on the
@@ -269,20 +257,29 @@ fn squared_distance_cells(dims: [usize; 3], seed: impl Fn(usize) -> bool + Sync)
                 dt.run_strided(slab, i, nx, ny);
             }
         });
-    // Along z: columns at a fixed (i, j) run across planes; tasks take disjoint rows j.
+    // Along z: the columns of a row j (cells (k, j, i) for every k and i) are gathered, one task
+    // per row, transformed, and written back in order.
     if nz > 1 {
-        let shared = SharedCells(d.as_mut_ptr());
-        let len = d.len();
-        (0..ny)
+        let rows: Vec<Vec<f32>> = (0..ny)
             .into_par_iter()
-            .for_each_init(Dt1d::default, |dt, j| {
-                // SAFETY: the task of row j reads and writes only cells (k, j, i), disjoint from
-                // every other task's, all within `len`.
-                let cells = unsafe { std::slice::from_raw_parts_mut(shared.ptr(), len) };
-                for i in 0..nx {
-                    dt.run_strided(cells, j * nx + i, plane, nz);
+            .map_init(Dt1d::default, |dt, j| {
+                let mut columns: Vec<f32> = (0..nx)
+                    .flat_map(|i| (0..nz).map(move |k| (k, i)))
+                    .map(|(k, i)| d[k * plane + j * nx + i])
+                    .collect();
+                for column in columns.chunks_mut(nz) {
+                    dt.run_in_place(column);
                 }
-            });
+                columns
+            })
+            .collect();
+        for (j, columns) in rows.iter().enumerate() {
+            for (i, column) in columns.chunks(nz).enumerate() {
+                for (k, &value) in column.iter().enumerate() {
+                    d[k * plane + j * nx + i] = value;
+                }
+            }
+        }
     }
     d
 }

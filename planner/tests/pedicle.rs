@@ -162,9 +162,12 @@ fn isthmus_of_narrow_and_wide_pedicles_in_a_posed_vertebra_matches_the_generator
     }
 }
 
+/// A mean and its spread, mm.
+type MeanSpread = (Real, Real);
+
 /// Outer transverse pedicle width by level, `../shared/reference/clinical.md`: (Panjabi 1992
 /// mean, SEM, n = 12), (Zindrick 1987 mean, SD), (Lien 2007 mean, SD).
-const PUBLISHED_WIDTH_MM: [(Level, (Real, Real), (Real, Real), (Real, Real)); 5] = [
+const PUBLISHED_WIDTH_MM: [(Level, MeanSpread, MeanSpread, MeanSpread); 5] = [
     (Level::L1, (8.6, 0.92), (8.7, 2.3), (6.4, 1.6)),
     (Level::L2, (8.3, 0.68), (8.9, 2.2), (7.4, 1.7)),
     (Level::L3, (10.2, 0.60), (10.3, 2.6), (9.3, 1.9)),

@@ -71,20 +71,26 @@ fn print_and_count(summary: &replay::ReplaySummary, options: &ReplayOptions) -> 
     summary.failures(options)
 }
 
-#[test]
-fn library_replays_in_process_without_regression() {
+/// Replay one part of the library (`synthetic` or `real`) in-process; the number of cases.
+fn replay_in_process(part: &str) -> usize {
     let options = options(false);
-    let summary = replay::replay(library(), Planner::InProcess, &options, &|_, _, _| {}).unwrap();
-    assert!(summary.cases.len() >= 25, "{} cases", summary.cases.len());
+    let summary = replay::replay(
+        &library().join(part),
+        Planner::InProcess,
+        &options,
+        &|_, _, _| {},
+    )
+    .unwrap();
     let failures = print_and_count(&summary, &options);
     assert_eq!(
         failures, 0,
         "regressions (after an intended change: cargo run -p kyphoplan-tests --bin kyphoplan-cases -- bless)"
     );
+    summary.cases.len()
 }
 
-#[test]
-fn library_replays_through_the_server_without_regression() {
+/// Replay one part of the library through an in-process server; the number of cases.
+fn replay_through_the_server(part: &str) -> usize {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,11 +105,44 @@ fn library_replays_through_the_server_without_regression() {
         url: &url,
         connect: &connect,
     };
-    let summary = replay::replay(library(), planner, &options, &|_, _, _| {});
+    let summary = replay::replay(&library().join(part), planner, &options, &|_, _, _| {});
     runtime.block_on(server.shutdown());
     let summary = summary.unwrap();
     let failures = print_and_count(&summary, &options);
     assert_eq!(failures, 0, "regressions through the server");
+    summary.cases.len()
+}
+
+#[test]
+fn synthetic_library_replays_in_process_without_regression() {
+    let cases = replay_in_process("synthetic");
+    assert!(cases >= 25, "{cases} cases");
+}
+
+#[test]
+fn synthetic_library_replays_through_the_server_without_regression() {
+    let cases = replay_through_the_server("synthetic");
+    assert!(cases >= 25, "{cases} cases");
+}
+
+/// The real-anatomy cases read their meshes from `../shared/anatomy`: without it these tests are
+/// ignored (and reported so), never passed; under CI=true a missing `../shared` fails the build.
+#[test]
+#[cfg_attr(
+    not(shared_anatomy),
+    ignore = "needs ../shared/anatomy next to the repository"
+)]
+fn real_library_replays_in_process_without_regression() {
+    assert_eq!(replay_in_process("real"), 2);
+}
+
+#[test]
+#[cfg_attr(
+    not(shared_anatomy),
+    ignore = "needs ../shared/anatomy next to the repository"
+)]
+fn real_library_replays_through_the_server_without_regression() {
+    assert_eq!(replay_through_the_server("real"), 2);
 }
 
 #[test]

@@ -21,18 +21,6 @@ use rayon::prelude::*;
 /// Where the synthetic cases live under the library root.
 pub const SYNTHETIC_DIR: &str = "synthetic";
 
-/// The levels with mean morphometry in [`synth::VertebraParams::mean`].
-pub const MEAN_LEVELS: [Level; 8] = [
-    Level::T10,
-    Level::T11,
-    Level::T12,
-    Level::L1,
-    Level::L2,
-    Level::L3,
-    Level::L4,
-    Level::L5,
-];
-
 /// Cannula working length of the skin case: long enough for the near (right) side, too short
 /// for the far (left) one (skin to tip measured when the case was made: right 139 mm, left
 /// 178 mm; see its golden).
@@ -130,7 +118,7 @@ fn skin_case() -> AnatomyInput {
 /// Every synthetic case of the library.
 pub fn synthetic_cases() -> Vec<SyntheticCase> {
     let mut out = Vec::new();
-    for level in MEAN_LEVELS {
+    for level in synth::MEAN_LEVELS {
         out.push(SyntheticCase::new(
             format!("mean-bone-only/{level}"),
             format!("{level} at mean morphometry, bone only: canal and nerve roots derived from the bone"),

@@ -2,7 +2,7 @@
 //! end-to-end tests can drive its parts: the readable tables ([`report`]), the exports planning
 //! engineers look at ([`export`]: 3D Slicer markups, glTF scene, pictures, HTML plan report),
 //! the regression replay ([`replay`]), the generator of the case library's synthetic cases
-//! ([`cases`]) and `kyphoplan bench` ([`bench`]). The binary is
+//! ([`cases`]) and `kyphoplan bench` ([`bench`](mod@bench)). The binary is
 //! `src/main.rs`.
 //!
 //! Built on the SDK `kyphoplan-client`; the only client crate that depends on

@@ -255,6 +255,8 @@ fn from_client(e: ClientError, what: &str) -> Failure {
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of stdout goes away (`| head`).
     #[cfg(unix)]
+    #[allow(unsafe_code)]
+    // the one unsafe call of the client crates: no safe API resets SIGPIPE
     // SAFETY: setting a signal's disposition to the default before any thread is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

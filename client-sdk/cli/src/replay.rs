@@ -104,7 +104,7 @@ pub struct Difference {
     pub side: Option<Side>,
     /// What moved: "target", "medial angle", "feasible", "reasons", ...
     pub what: String,
-    /// How: "moved 0.62 mm", "true -> false", "[] -> [PEDICLE_CORRIDOR_TOO_NARROW]".
+    /// How: "moved 0.62 mm", "true -> false", `"[] -> [PEDICLE_CORRIDOR_TOO_NARROW]"`.
     pub detail: String,
     /// The amount (mm, deg or fraction), when the difference is a number.
     pub amount: Option<f64>,
