@@ -62,12 +62,9 @@ fn library() -> &'static Path {
 }
 
 fn print_and_count(summary: &replay::ReplaySummary, options: &ReplayOptions) -> usize {
-    for case in &summary.cases {
-        for line in case.lines(options) {
-            println!("{line}");
-        }
+    for line in summary.report_lines(options) {
+        println!("{line}");
     }
-    println!("{}", summary.summary_line(options));
     summary.failures(options)
 }
 

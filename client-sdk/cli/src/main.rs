@@ -689,15 +689,9 @@ fn replay_cases(
         Some(_) => Failure::Server(e),
         None => Failure::Input(e),
     })?;
-    for case in &summary.cases {
-        for line in case.lines(&options) {
-            println!("{line}");
-        }
+    for line in summary.report_lines(&options) {
+        println!("{line}");
     }
-    for path in &summary.blessed {
-        println!("blessed {}", path.display());
-    }
-    println!("{}", summary.summary_line(&options));
     match summary.failures(&options) {
         0 => Ok(()),
         n => Err(Failure::Regression(format!(

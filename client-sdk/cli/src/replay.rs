@@ -606,6 +606,19 @@ pub struct ReplaySummary {
 }
 
 impl ReplaySummary {
+    /// The report as the CLI prints it: one line per case and side, one per blessed golden,
+    /// then the summary line.
+    pub fn report_lines(&self, options: &ReplayOptions) -> Vec<String> {
+        let mut lines: Vec<String> = self.cases.iter().flat_map(|c| c.lines(options)).collect();
+        lines.extend(
+            self.blessed
+                .iter()
+                .map(|p| format!("blessed {}", p.display())),
+        );
+        lines.push(self.summary_line(options));
+        lines
+    }
+
     pub fn failures(&self, options: &ReplayOptions) -> usize {
         self.cases.iter().filter(|c| c.failed(options)).count()
     }

@@ -52,15 +52,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    for case in &summary.cases {
-        for line in case.lines(&options) {
-            println!("{line}");
-        }
+    for line in summary.report_lines(&options) {
+        println!("{line}");
     }
-    for path in &summary.blessed {
-        println!("blessed {}", path.display());
-    }
-    println!("{}", summary.summary_line(&options));
     if summary.failures(&options) > 0 {
         ExitCode::from(3)
     } else {
