@@ -12,12 +12,7 @@ use kyphoplan_planner::*;
 use nalgebra::UnitQuaternion;
 
 fn request() -> PlanRequest {
-    PlanRequest::new(
-        None,
-        Instrument::contract_default(),
-        Safety::contract_default(),
-    )
-    .unwrap()
+    common::default_request()
 }
 
 fn write(dir: &Path, name: &str, text: String) {

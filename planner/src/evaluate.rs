@@ -104,16 +104,20 @@ fn route_through_isthmus(
             return;
         }
     };
-    let size = format!(
-        "isthmus {:.1} mm wide, {:.1} mm high",
-        p.width_mm, p.height_mm
-    );
+    // Only a violation's message needs the words; measure runs for every verified candidate.
+    let size = || {
+        format!(
+            "isthmus {:.1} mm wide, {:.1} mm high",
+            p.width_mm, p.height_mm
+        )
+    };
     let Some(c) = p.crossing(entry_vertebra, tip_vertebra, radius_mm) else {
         let (_, entry_along) = p.isthmus_coordinates(entry_vertebra);
         violations.push(reason(
             ReasonCode::NotThroughPedicle,
             format!(
-                "the bone entry lies {entry_along:.1} mm in front of the pedicle's isthmus: the cannula enters the bone beside the pedicle, not through it ({size})"
+                "the bone entry lies {entry_along:.1} mm in front of the pedicle's isthmus: the cannula enters the bone beside the pedicle, not through it ({})",
+                size()
             ),
             Some(entry_along),
             Some(0.0),
@@ -124,8 +128,9 @@ fn route_through_isthmus(
         violations.push(reason(
             ReasonCode::NotThroughPedicle,
             format!(
-                "the cannula axis passes {:.1} mm outside the bony outline of the pedicle's isthmus ({size})",
-                -c.clearance_mm - radius_mm
+                "the cannula axis passes {:.1} mm outside the bony outline of the pedicle's isthmus ({})",
+                -c.clearance_mm - radius_mm,
+                size()
             ),
             Some(c.clearance_mm),
             Some(margin_mm),
@@ -134,8 +139,9 @@ fn route_through_isthmus(
         violations.push(reason(
             ReasonCode::CortexMarginViolated,
             format!(
-                "at the pedicle's isthmus the cannula keeps {:.2} mm inside the bony outline (cortex margin {margin_mm} mm; {size})",
-                c.clearance_mm
+                "at the pedicle's isthmus the cannula keeps {:.2} mm inside the bony outline (cortex margin {margin_mm} mm; {})",
+                c.clearance_mm,
+                size()
             ),
             Some(c.clearance_mm),
             Some(margin_mm),

@@ -14,12 +14,7 @@ const ISTHMUS_TOLERANCE_MM: f64 = 0.75;
 const AXIS_TOLERANCE_DEG: f64 = 6.0;
 
 fn request() -> PlanRequest {
-    PlanRequest::new(
-        None,
-        Instrument::contract_default(),
-        Safety::contract_default(),
-    )
-    .unwrap()
+    common::default_request()
 }
 
 fn prepare(input: AnatomyInput) -> PreparedAnatomy {

@@ -5,7 +5,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use kyphoplan_planner::math::Point;
-use kyphoplan_planner::{AnatomyInput, Level, PatientFrame, Role, Structure, TriMesh};
+use kyphoplan_planner::{
+    AnatomyInput, Instrument, Level, PatientFrame, PlanRequest, Role, Safety, Structure, TriMesh,
+};
+
+/// The request of the contract's defaults (instrument and safety), every level.
+pub fn default_request() -> PlanRequest {
+    PlanRequest::new(
+        None,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .expect("the contract's defaults are valid")
+}
 
 /// `../shared/anatomy` of the workspace, or `None` (after saying so) when it is missing.
 /// Under `CI=true` a missing directory is a failure, not a skip.
