@@ -156,6 +156,7 @@ pub struct SafetyToml {
     pub cortex_margin_mm: Option<f64>,
     pub canal_margin_mm: Option<f64>,
     pub nerve_root_margin_mm: Option<f64>,
+    pub max_entry_incidence_deg: Option<f64>,
 }
 
 /// A case read from disk.
@@ -193,11 +194,13 @@ impl SafetyToml {
             cortex_margin_mm,
             canal_margin_mm,
             nerve_root_margin_mm,
+            max_entry_incidence_deg,
         } = self.clone();
         Safety {
             cortex_margin_mm: cortex_margin_mm.unwrap_or(d.cortex_margin_mm),
             canal_margin_mm: canal_margin_mm.unwrap_or(d.canal_margin_mm),
             nerve_root_margin_mm: nerve_root_margin_mm.unwrap_or(d.nerve_root_margin_mm),
+            max_entry_incidence_deg: max_entry_incidence_deg.unwrap_or(d.max_entry_incidence_deg),
         }
     }
 }

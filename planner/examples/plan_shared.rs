@@ -28,12 +28,21 @@ fn main() {
         let t = std::time::Instant::now();
         let a = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
         let tp = t.elapsed();
-        let req = PlanRequest::new(
-            None,
-            Instrument::contract_default(),
-            Safety::contract_default(),
-        )
-        .unwrap();
+        let mut safety = Safety::contract_default();
+        if let Some(deg) = std::env::var("MAX_INCIDENCE_DEG")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            safety.max_entry_incidence_deg = deg;
+        }
+        let mut instrument = Instrument::contract_default();
+        if let Some(d) = std::env::var("CANNULA_MM")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            instrument.cannula_outer_diameter_mm = d;
+        }
+        let req = PlanRequest::new(None, instrument, safety).unwrap();
         let t = std::time::Instant::now();
         let plan = plan(&a, &req).unwrap();
         eprintln!("{set}: prepare {:?}, plan {:?}", tp, t.elapsed());
@@ -50,8 +59,8 @@ fn main() {
             for s in &l.sides {
                 match &s.trajectory {
                     Some(t) => eprintln!(
-                        "    {:5} ok medial {:5.1} cranial {:5.1} cortex {:.2} canal {:.2} root {:.2} depth {:.2} balloon {:?}",
-                        s.side.name(), t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm.cortex, t.clearance_mm.canal,
+                        "    {:5} ok incidence {:4.1} route {:?} medial {:5.1} cranial {:5.1} cortex {:.2} canal {:.2} root {:.2} depth {:.2} balloon {:?}",
+                        s.side.name(), t.entry_incidence_deg.unwrap_or(f64::NAN), t.route, t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm.cortex, t.clearance_mm.canal,
                         t.clearance_mm.nerve_root, t.tip_depth_fraction,
                         s.balloon.as_ref().map(|b| (b.length_mm, b.diameter_mm, (b.volume_ml * 100.0).round() / 100.0))
                     ),

@@ -335,6 +335,30 @@ fn node_box(node: &BvhNode) -> ([f64; 3], [f64; 3]) {
     ([lo.x, lo.y, lo.z], [hi.x, hi.y, hi.z])
 }
 
+/// [`ClearanceMesh::surface_drop_mm`] of one triangle: 0 unless it faces `dir` and comes within
+/// `radius_mm` of `p`; then the deepest of its corners within the radius and its point nearest
+/// `p`, under the plane through `p` with normal `normal`.
+fn triangle_drop(
+    tri: &[Point; 3],
+    p: &Point,
+    normal: &Vector,
+    dir: &Vector,
+    radius_mm: f64,
+) -> f64 {
+    let area_normal = (tri[1] - tri[0]).cross(&(tri[2] - tri[0]));
+    if area_normal.dot(dir) >= 0.0 {
+        return 0.0;
+    }
+    let nearest = closest_point_on_triangle(p, tri);
+    if (nearest - p).norm() > radius_mm {
+        return 0.0;
+    }
+    std::iter::once(nearest)
+        .chain(tri.iter().copied().filter(|c| (c - p).norm() <= radius_mm))
+        .map(|c| -(c - p).dot(normal))
+        .fold(0.0, f64::max)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The prepared mesh.
 // ---------------------------------------------------------------------------------------------
@@ -520,6 +544,58 @@ impl ClearanceMesh {
         merge_crossings(&mut hits)
     }
 
+    /// The surface a cylinder of `radius_mm` meets where its axis, running along `dir`, enters
+    /// the solid at `p`: the area-weighted mean outward normal of the triangles within
+    /// `radius_mm` of `p` that face the incoming axis (`normal . dir < 0`; the far side of a
+    /// thin plate does not count). `None` when no such triangle is near (`p` is not on the
+    /// surface). Exact and deterministic (the BVH is walked in a fixed order).
+    pub fn footprint_normal(&self, p: &Point, dir: &Vector, radius_mm: f64) -> Option<Vector> {
+        let pa = arr(p);
+        let mut sum = Vector::zeros();
+        self.bvh.traverse(|node| {
+            let (lo, hi) = node_box(node);
+            if point_aabb_distance(&pa, &lo, &hi) > radius_mm {
+                return TraversalAction::Prune;
+            }
+            if let Some(leaf) = node.leaf_data() {
+                let tri = &self.corners[leaf as usize];
+                let area_normal = (tri[1] - tri[0]).cross(&(tri[2] - tri[0]));
+                if area_normal.dot(dir) < 0.0 && point_triangle_distance(p, tri) <= radius_mm {
+                    sum += area_normal;
+                }
+            }
+            TraversalAction::Continue
+        });
+        let n = sum.norm();
+        (n > 0.0).then(|| sum / n)
+    }
+
+    /// How far the surface falls away below the plane through `p` with outward normal `normal`
+    /// within `radius_mm` of `p`, mm (0 for a flat or concave surface): the largest depth under
+    /// that plane of a corner (or the point nearest `p`) of a triangle facing the incoming axis
+    /// `dir`. A cannula docking on a convex surface needs this much more depth than on a plane.
+    pub fn surface_drop_mm(&self, p: &Point, normal: &Vector, dir: &Vector, radius_mm: f64) -> f64 {
+        let pa = arr(p);
+        let mut drop = 0.0_f64;
+        self.bvh.traverse(|node| {
+            let (lo, hi) = node_box(node);
+            if point_aabb_distance(&pa, &lo, &hi) > radius_mm {
+                return TraversalAction::Prune;
+            }
+            if let Some(leaf) = node.leaf_data() {
+                drop = drop.max(triangle_drop(
+                    &self.corners[leaf as usize],
+                    p,
+                    normal,
+                    dir,
+                    radius_mm,
+                ));
+            }
+            TraversalAction::Continue
+        });
+        drop
+    }
+
     /// Bytes held by the prepared mesh (vertices, triangles, BVH).
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -559,6 +635,36 @@ pub mod brute {
             })
             .count();
         votes >= 2
+    }
+
+    /// [`ClearanceMesh::surface_drop_mm`] over every triangle.
+    pub fn surface_drop_mm(
+        mesh: &TriMesh,
+        p: &Point,
+        normal: &Vector,
+        dir: &Vector,
+        radius_mm: f64,
+    ) -> f64 {
+        (0..mesh.triangles.len())
+            .map(|i| triangle_drop(&mesh.triangle(i), p, normal, dir, radius_mm))
+            .fold(0.0, f64::max)
+    }
+
+    /// [`ClearanceMesh::footprint_normal`] over every triangle, in triangle order.
+    pub fn footprint_normal(
+        mesh: &TriMesh,
+        p: &Point,
+        dir: &Vector,
+        radius_mm: f64,
+    ) -> Option<Vector> {
+        let sum = (0..mesh.triangles.len())
+            .map(|i| mesh.triangle(i))
+            .filter(|t| point_triangle_distance(p, t) <= radius_mm)
+            .map(|t| (t[1] - t[0]).cross(&(t[2] - t[0])))
+            .filter(|n| n.dot(dir) < 0.0)
+            .fold(Vector::zeros(), |a, n| a + n);
+        let n = sum.norm();
+        (n > 0.0).then(|| sum / n)
     }
 }
 

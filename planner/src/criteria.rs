@@ -27,34 +27,39 @@ pub const TIP_DEPTH_FRACTION: Real = 0.75;
 /// the anterior third; a tip short of it is a soft goal missed.
 pub const ANTERIOR_THIRD_FRACTION: Real = 2.0 / 3.0;
 
-/// Steepest incidence (angle between the axis and the inward surface normal at the bone
-/// entry) at which a cannula can dock without skiving, degrees.
-pub const MAX_ENTRY_INCIDENCE_DEG: Real = 75.0;
+/// How far behind the bone entry, along the axis, the cortex margin is waived while the cannula
+/// docks, mm. The plane model of the entry: the cannula axis meets the bone surface at
+/// `incidence` from its normal, so a point of the axis `s` past the entry lies `s cos(incidence)`
+/// under the tangent plane, and the cylinder around it keeps the cortex margin only once
+/// `s cos(incidence) >= radius + margin`. Where the surface is convex it falls away from that
+/// plane by `drop_mm` within the cannula's footprint, and the cylinder needs that much more
+/// depth. The waiver is exactly `(r + m + drop) / cos(incidence)`: what the geometry of the
+/// cannula's actual incidence on the actual surface requires, and no further. `cos_incidence`
+/// is clamped to the cosine of 89 degrees (the request's limit is below it).
+pub fn docking_zone_mm(
+    instrument: &Instrument,
+    safety: &Safety,
+    cos_incidence: Real,
+    drop_mm: Real,
+) -> Real {
+    let cos_floor = 89.0_f64.to_radians().cos();
+    (instrument.cannula_radius_mm() + safety.cortex_margin_mm + drop_mm)
+        / cos_incidence.max(cos_floor)
+}
 
-/// Minimum length of the docking zone behind the bone entry, where the cannula passes the
-/// entry cortex (two cannula radii plus two cortex margins), mm.
-pub fn docking_zone_mm(instrument: &Instrument, safety: &Safety) -> Real {
-    2.0 * (instrument.cannula_radius_mm() + safety.cortex_margin_mm)
+/// The radius around the bone entry over which [`docking_zone_mm`]'s surface drop is measured,
+/// mm: the footprint of the cylinder grown by the margin, stretched by the incidence.
+pub fn docking_footprint_mm(instrument: &Instrument, safety: &Safety, cos_incidence: Real) -> Real {
+    let cos_floor = 89.0_f64.to_radians().cos();
+    (instrument.cannula_radius_mm() + safety.cortex_margin_mm) / cos_incidence.max(cos_floor)
 }
 
 /// Where along the axis (distance from the tip, negative behind it) the cortex margin starts to
-/// apply: in front of the plane of the back of the vertebral canal (where the pedicle meets the
-/// lamina) and at least the docking zone past the bone entry. Behind it the cannula crosses the
-/// posterior elements: there its axis must stay in bone, and the canal and root margins apply as
-/// everywhere. All in the vertebra frame; `t_entry` is the entry's distance from the tip.
-pub fn cortex_start(
-    frame: &VertebraFrame,
-    tip_vertebra: &Point,
-    dir_vertebra: &Vector,
-    t_entry: Real,
-    docking_mm: Real,
-) -> Real {
-    let mut start = t_entry + docking_mm;
-    if dir_vertebra.y < -1e-9 {
-        let t_back = (frame.canal_back_y_mm - tip_vertebra.y) / dir_vertebra.y;
-        start = start.max(t_back);
-    }
-    start.min(0.0)
+/// apply: the end of the docking zone past the bone entry ([`docking_zone_mm`]), never past the
+/// tip. From there to the tip the cylinder must keep the margin inside the bone; the canal and
+/// root margins apply along the whole cannula. `t_entry` is the entry's distance from the tip.
+pub fn cortex_start(t_entry: Real, docking_mm: Real) -> Real {
+    (t_entry + docking_mm).min(0.0)
 }
 
 /// The part of a path inside the pedicle: between the plane of the back of the canal and the

@@ -4,14 +4,14 @@
 
 use crate::anatomy::Side;
 use crate::criteria::{
-    self, angles_deg, axis_offset_mm, breach_grade, centring_mm, cortex_start, docking_zone_mm,
-    entry_incidence_cos, pedicle_span, GridSampler, ANTERIOR_THIRD_FRACTION,
-    MAX_ENTRY_INCIDENCE_DEG, MIN_ENTRY_BEHIND_WALL_MM,
+    self, angles_deg, axis_offset_mm, breach_grade, centring_mm, cortex_start,
+    docking_footprint_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridSampler,
+    ANTERIOR_THIRD_FRACTION, MIN_ENTRY_BEHIND_WALL_MM,
 };
 use crate::keepout::{KeepOut, KeepOutKind};
 use crate::math::{Point, Real, UnitVector};
 use crate::pedicle::{Pedicle, PedicleFault};
-use crate::plan::{Reason, ReasonCode};
+use crate::plan::{Reason, ReasonCode, Route};
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Instrument, Safety};
 
@@ -27,6 +27,14 @@ pub struct Measurement {
     pub insertion_length_mm: Real,
     /// Cylinder surface to bone surface beyond the docking zone (negative: breach depth).
     pub cortex_clearance_mm: Real,
+    /// Angle between the axis and the inward normal of the bone surface the cannula docks on
+    /// ([`crate::clearance::ClearanceMesh::footprint_normal`]), degrees.
+    pub entry_incidence_deg: Real,
+    /// Length of axis behind the bone entry over which the cortex margin is waived while the
+    /// cannula docks ([`criteria::docking_zone_mm`]), mm.
+    pub docking_zone_mm: Real,
+    /// The route the path takes past the pedicle, as recognised from the measured isthmus.
+    pub route: Route,
     pub canal_clearance_mm: Real,
     pub root_clearance_mm: Real,
     pub forbidden_clearance_mm: Option<Real>,
@@ -78,20 +86,25 @@ fn reason(
         message,
         value_mm,
         limit_mm,
+        value_deg: None,
+        limit_deg: None,
     }
 }
 
 /// The transpedicular route rule, against the measured pedicle ([`crate::pedicle`]): the bone
 /// entry lies behind the isthmus, and the cannula crosses the isthmus inside its bony outline by
-/// `margin_mm`. A pedicle that could not be measured cannot vouch for the route.
+/// `margin_mm`. A pedicle that could not be measured cannot vouch for the route. Returns the
+/// route recognised: through the isthmus (transpedicular), past it on the lateral side
+/// (extrapedicular), or neither.
 fn route_through_isthmus(
     pedicle: &Result<Pedicle, PedicleFault>,
+    side: Side,
     entry_vertebra: &Point,
     tip_vertebra: &Point,
     radius_mm: Real,
     margin_mm: Real,
     violations: &mut Vec<Reason>,
-) {
+) -> Route {
     let p = match pedicle {
         Ok(p) => p,
         Err(fault) => {
@@ -101,7 +114,7 @@ fn route_through_isthmus(
                 None,
                 None,
             ));
-            return;
+            return Route::Unrecognised;
         }
     };
     // Only a violation's message needs the words; measure runs for every verified candidate.
@@ -122,7 +135,7 @@ fn route_through_isthmus(
             Some(entry_along),
             Some(0.0),
         ));
-        return;
+        return Route::Unrecognised;
     };
     if !c.inside {
         violations.push(reason(
@@ -146,6 +159,20 @@ fn route_through_isthmus(
             Some(c.clearance_mm),
             Some(margin_mm),
         ));
+    }
+    if c.inside {
+        return Route::Transpedicular;
+    }
+    // Outside the outline: lateral of the isthmus centre is the extrapedicular corridor
+    // (between the pedicle and the rib head at thoracic levels); medial is towards the canal.
+    let [u, v] = c.crossing_uv_mm;
+    let crossing_vertebra = p.isthmus_center_vertebra_mm
+        + p.width_dir_vertebra.into_inner() * u
+        + p.height_dir_vertebra.into_inner() * v;
+    if (crossing_vertebra.x - p.isthmus_center_vertebra_mm.x) * side.sign() > 0.0 {
+        Route::Extrapedicular
+    } else {
+        Route::Unrecognised
     }
 }
 
@@ -180,11 +207,24 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     let mut violations = Vec::new();
     let mut soft = Vec::new();
 
-    // Where the axis crosses the bone, as distances along the axis from the tip.
+    // Where the axis crosses the bone, as distances along the axis from the tip. The bone entry
+    // is where the cannula first meets this vertebra's bone within its working length; every
+    // crossing after it and before the tip is a leave-and-re-enter.
     let crossings = bone.line_crossings(tip_lps, &dir_lps);
     let tip_inside = bone.contains_point(tip_lps);
     let behind: Vec<Real> = crossings.iter().copied().filter(|&t| t < 0.0).collect();
-    let t_entry = behind.last().copied();
+    let t_last_entry = behind.last().copied();
+    let t_entry = t_last_entry.map(|last| {
+        // Entries alternate with exits backwards from the last entry.
+        behind
+            .iter()
+            .rev()
+            .step_by(2)
+            .copied()
+            .take_while(|&t| t > -wl)
+            .last()
+            .unwrap_or(last)
+    });
     let bone_entry_lps = tip_lps + dir_lps.into_inner() * t_entry.unwrap_or(0.0);
     if t_entry.is_none() {
         violations.push(reason(
@@ -247,9 +287,9 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         ));
     }
 
-    // The approach behind the entry must not pass through bone.
+    // Behind the bone entry, within the cannula's reach, no bone: the cannula would start in it.
     if let Some(te) = t_entry {
-        if let Some(&t_other) = behind.iter().rev().nth(1) {
+        if let Some(&t_other) = behind.iter().rev().find(|&&t| t < te) {
             if t_other > -wl {
                 violations.push(reason(
                     ReasonCode::NotThroughPedicle,
@@ -262,6 +302,32 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
                     None,
                 ));
             }
+        }
+    }
+    // From the bone entry to the tip the axis stays in the bone: no leave-and-re-enter.
+    if let (Some(te), Some(last)) = (t_entry, t_last_entry) {
+        if te < last {
+            let gaps: Vec<(Real, Real)> = behind
+                .iter()
+                .copied()
+                .filter(|&t| t >= te && t <= last)
+                .collect::<Vec<_>>()
+                .windows(2)
+                .skip(1)
+                .step_by(2)
+                .map(|w| (w[0], w[1]))
+                .collect();
+            let outside_mm: Real = gaps.iter().map(|(a, b)| b - a).sum();
+            let (exit, _) = gaps.first().copied().unwrap_or((te, last));
+            violations.push(reason(
+                ReasonCode::LeavesBone,
+                format!(
+                    "the cannula enters the bone of {} {:.1} mm before the tip, leaves it {:.1} mm before the tip and re-enters: {outside_mm:.1} mm of its path between entry and tip is outside the bone",
+                    vertebra.level, -te, -exit
+                ),
+                Some(outside_mm),
+                Some(0.0),
+            ));
         }
         let tail_lps = tip_lps - dir_lps.into_inner() * wl.max(insertion);
         let outside_end_lps = tip_lps + dir_lps.into_inner() * (te - 0.5);
@@ -288,26 +354,34 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     let dir_vertebra = lps_to_vertebra.rotation * dir_lps.into_inner();
     let entry_vertebra = lps_to_vertebra * bone_entry_lps;
     let bone_grid = GridSampler::bone(&vertebra.bone_sdf, frame.vertebra_to_grid());
-    let cos_incidence = entry_incidence_cos(&bone_grid, &entry_vertebra, &dir_vertebra);
-    if t_entry.is_some() && cos_incidence < MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
-        violations.push(reason(
-            ReasonCode::NotThroughPedicle,
-            format!(
-                "the cannula meets the bone {:.0} degrees from its surface normal (at most {MAX_ENTRY_INCIDENCE_DEG}): it would skive",
-                cos_incidence.clamp(-1.0, 1.0).acos().to_degrees()
-            ),
-            None,
-            None,
-        ));
+    // Incidence on the exact surface under the cannula's footprint (the distance grid's
+    // gradient only if no triangle faces the axis there, which an entry on the mesh rules out).
+    let normal_lps = bone.footprint_normal(&bone_entry_lps, dir_lps.as_ref(), r);
+    let cos_incidence = match normal_lps {
+        Some(n) => -n.dot(dir_lps.as_ref()),
+        None => entry_incidence_cos(&bone_grid, &entry_vertebra, &dir_vertebra),
     }
-    let zone = docking_zone_mm(instrument, safety);
-    let t_start = cortex_start(
-        frame,
-        &tip_vertebra,
-        &dir_vertebra,
-        t_entry.unwrap_or(0.0),
-        zone,
-    );
+    .clamp(-1.0, 1.0);
+    let incidence_deg = cos_incidence.acos().to_degrees();
+    let max_incidence_deg = safety.max_entry_incidence_deg;
+    if t_entry.is_some() && incidence_deg > max_incidence_deg {
+        violations.push(Reason {
+            code: ReasonCode::EntryIncidenceTooSteep,
+            message: format!(
+                "the cannula meets the bone {incidence_deg:.0} degrees from its surface normal (at most {max_incidence_deg} degrees): the trocar would skive off the sloped cortex"
+            ),
+            value_mm: None,
+            limit_mm: None,
+            value_deg: Some(incidence_deg),
+            limit_deg: Some(max_incidence_deg),
+        });
+    }
+    let drop_mm = normal_lps.map_or(0.0, |n| {
+        let footprint = docking_footprint_mm(instrument, safety, cos_incidence);
+        bone.surface_drop_mm(&bone_entry_lps, &n, dir_lps.as_ref(), footprint)
+    });
+    let zone = docking_zone_mm(instrument, safety, cos_incidence, drop_mm);
+    let t_start = cortex_start(t_entry.unwrap_or(0.0), zone);
     let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
     let cortex = if !tip_inside {
         -bone.distance_to_point(tip_lps) - r
@@ -338,16 +412,19 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     // The transpedicular route: through the isthmus, inside its bony outline by the cortex
     // margin, from a bone entry behind it. The cortex clearance above starts only after the
     // docking zone, which for a large cannula or an entry close to the isthmus can reach past it.
-    if t_entry.is_some() {
+    let route = if t_entry.is_some() {
         route_through_isthmus(
             &vertebra.pedicles[side],
+            side,
             &entry_vertebra,
             &tip_vertebra,
             r,
             safety.cortex_margin_mm,
             &mut violations,
-        );
-    }
+        )
+    } else {
+        Route::Unrecognised
+    };
 
     // Keep-outs along the whole cannula in the patient.
     let tail_lps = match skin_entry_lps {
@@ -494,6 +571,9 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         length_in_bone_mm: length_in_bone,
         insertion_length_mm: insertion,
         cortex_clearance_mm: cortex,
+        entry_incidence_deg: incidence_deg,
+        docking_zone_mm: zone,
+        route,
         canal_clearance_mm: canal,
         root_clearance_mm: root,
         forbidden_clearance_mm: forbidden,

@@ -43,9 +43,27 @@ pub enum ReasonCode {
     EntryWrongSide,
     /// The bone entry is not behind the vertebral body.
     EntryNotPosterior,
-    /// The path does not go through the pedicle: the cannula axis never enters the bone, or it
-    /// leaves and re-enters it.
+    /// The path does not go through the pedicle: the cannula axis never enters the bone, enters
+    /// it beside the pedicle or passes outside the isthmus, or the approach crosses bone behind
+    /// the entry.
     NotThroughPedicle,
+    /// Between the bone entry and the tip the cannula axis leaves the bone and re-enters it.
+    LeavesBone,
+    /// The cannula meets the bone more obliquely than the request's `max_entry_incidence_deg`.
+    EntryIncidenceTooSteep,
+}
+
+/// The route a trajectory takes past the pedicle, as recognised from the measured isthmus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// Through the isthmus of the pedicle, inside its bony outline.
+    Transpedicular,
+    /// Past the isthmus on its lateral side (between pedicle and rib head at thoracic levels).
+    Extrapedicular,
+    /// Neither: the entry is in front of the isthmus, the path passes medial of it, or the
+    /// pedicle could not be measured.
+    Unrecognised,
 }
 
 /// A reason with its measured number.
@@ -58,6 +76,12 @@ pub struct Reason {
     /// The limit it was held against, in millimetres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_mm: Option<f64>,
+    /// The measured angle the reason is about, in degrees (for angular rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_deg: Option<f64>,
+    /// The angular limit it was held against, in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_deg: Option<f64>,
 }
 
 /// Something that could work instead of the infeasible approach.
@@ -115,6 +139,13 @@ pub struct Trajectory {
     pub tip_depth_fraction: f64,
     /// Higher is better: worst pedicle-wall clearance first, then tip placement and convergence.
     pub score: f64,
+    /// Angle between the axis and the inward normal of the bone surface under the cannula at the
+    /// bone entry, degrees (null in plans written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_incidence_deg: Option<f64>,
+    /// The route recognised from the measured isthmus (null in plans written before it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -269,6 +269,8 @@ fn side_plan(
                     },
                     value_mm: None,
                     limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
+                    value_deg: None,
+                    limit_deg: None,
                 }],
                 alternatives: vec![Alternative {
                     code: AlternativeCode::UnipedicularFromOtherSide,
@@ -357,6 +359,8 @@ fn trajectory(
         insertion_length_mm: m.insertion_length_mm,
         tip_depth_fraction: m.tip_depth_fraction,
         score: m.score(safety),
+        entry_incidence_deg: Some(m.entry_incidence_deg),
+        route: Some(m.route),
     }
 }
 

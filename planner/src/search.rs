@@ -7,7 +7,10 @@
 //! 1. `LineGrid::new`: the grid of lines ([`GRID_STEP_MM`], [`GRID_STEP_DEG`]).
 //! 2. `screen_coarse`: every [`COARSE_FACTOR`]-th line in each parameter is screened in
 //!    parallel on the approximate distance grids (a few microseconds each).
-//! 3. `screen_fine`: the grid's neighbours of the best of those.
+//!    The incidence limit at the bone entry cuts the space of lines into patches; so that a
+//!    patch between coarse lines is not missed, the coarse lines are also screened with the
+//!    limit relaxed by [`COARSE_INCIDENCE_SLACK_DEG`], only to choose where to look closer.
+//! 3. `screen_fine`: the grid's neighbours of the best of those, under the true limit.
 //! 4. `refine_best`: the best are refined locally by pattern search.
 //! 5. `verify`: candidates are measured exactly in f64 ([`crate::evaluate::measure`]) in order
 //!    until one passes. Only a trajectory that passes the exact measurement is ever returned.
@@ -20,8 +23,8 @@ use rayon::prelude::*;
 
 use crate::criteria::{
     self, centring_mm, cortex_start, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine,
-    GridSampler, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM, MAX_ENTRY_INCIDENCE_DEG,
-    MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
+    GridSampler, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM, MIN_ENTRY_BEHIND_WALL_MM,
+    SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
 use crate::evaluate::{measure, Measurement, SideContext};
@@ -50,6 +53,16 @@ pub const GRID_STEP_MM: Real = 1.5;
 pub const COARSE_FACTOR: usize = 2;
 /// The best lines of the coarse screening whose neighbours on the full grid are screened.
 const FINE_AROUND: usize = 16;
+/// The surface drop under the cannula's footprint the screening assumes when it places the end
+/// of the docking zone, mm (the exact measurement measures it: [`criteria::docking_zone_mm`]).
+/// A round posterior surface of a pedicle of 8-10 mm falls away by a few tenths of a millimetre
+/// over a 3 mm footprint; lines that fall short by less are weeded out by the verification.
+pub const DOCKING_DROP_SCREEN_MM: Real = 0.5;
+/// The relaxed coarse screening accepts bone entries this much steeper than the request's
+/// incidence limit, degrees: the entry's incidence changes by tens of degrees between
+/// neighbouring coarse lines where the axis moves from one face of the posterior elements to
+/// another, so a coarse line just over the limit can have fine neighbours under it.
+pub const COARSE_INCIDENCE_SLACK_DEG: Real = 20.0;
 /// Lines refined by pattern search (and measured in each batch of the verification).
 const SEEDS: usize = 8;
 /// Lines screened per chunk between updates of the score threshold.
@@ -173,8 +186,12 @@ impl Candidate {
 }
 
 /// What screening a line of one side needs, in the vertebra frame.
+#[derive(Clone)]
 struct Screen<'a> {
     ctx: &'a SideContext<'a>,
+    /// Steepest incidence at the bone entry a screened line may have, degrees (the request's
+    /// limit, or the relaxed coarse one).
+    max_incidence_deg: Real,
     bone_grid: GridSampler<'a>,
     vertebra_to_grid: Pose,
     /// Vertebra-frame y of the plane of `q`.
@@ -190,6 +207,7 @@ impl<'a> Screen<'a> {
         let vertebra_to_grid = f.vertebra_to_grid();
         Screen {
             ctx,
+            max_incidence_deg: ctx.safety.max_entry_incidence_deg,
             bone_grid: GridSampler::bone(&ctx.vertebra.bone_sdf, vertebra_to_grid),
             vertebra_to_grid,
             y_ref: f.posterior_wall_y_mm + REFERENCE_PLANE_BEHIND_WALL_MM,
@@ -288,14 +306,20 @@ impl Screen<'_> {
             return None;
         }
         let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
-        // Cortex from where its margin applies to the tip.
-        let tip = q + dir * t_tip;
+        // Cortex from where its margin applies (past the docking zone) to the tip.
         let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
-        if cos_incidence < MAX_ENTRY_INCIDENCE_DEG.to_radians().cos() {
+        if cos_incidence < self.max_incidence_deg.to_radians().cos() {
             return None;
         }
-        let zone = docking_zone_mm(self.ctx.instrument, safety);
-        let t_start = t_tip + cortex_start(f, &tip, &dir, t_entry - t_tip, zone);
+        // The surface's drop under the footprint is the exact measurement's; the screening
+        // allows a fixed one ([`DOCKING_DROP_SCREEN_MM`]).
+        let zone = docking_zone_mm(
+            self.ctx.instrument,
+            safety,
+            cos_incidence,
+            DOCKING_DROP_SCREEN_MM,
+        );
+        let t_start = t_tip + cortex_start(t_entry - t_tip, zone);
         let cortex =
             min_along(&bone, t_start, t_tip, Real::INFINITY).min(bone.at(t_tip)) - self.radius;
         if bound(cortex - safety.cortex_margin_mm, centring) < threshold {
@@ -630,15 +654,17 @@ impl LineGrid {
     }
 }
 
-/// Step 2: screen the coarse lines (every line for [`Screens::Exhaustive`]); returns the lines
-/// screened.
+/// Step 2: screen every [`COARSE_FACTOR`]-th line (every line for [`Screens::Exhaustive`]).
+/// Returns the coarse lines and, for the coarse-to-fine search, the best of them under the
+/// relaxed incidence limit ([`COARSE_INCIDENCE_SLACK_DEG`]), whose neighbourhoods step 3 screens
+/// too.
 fn screen_coarse(
     screen: &Screen<'_>,
     grid: &LineGrid,
     screens: Screens,
     screening: &mut Screening,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<Vec<LineIndex>, PlanError> {
+) -> Result<(Vec<LineIndex>, Vec<LineIndex>), PlanError> {
     let coarse: Vec<LineIndex> = grid
         .all()
         .into_iter()
@@ -646,28 +672,45 @@ fn screen_coarse(
         .collect();
     screening.screen(screen, &coarse, &|l| grid.line(l), cancelled)?;
     screening.sort();
-    Ok(coarse)
+    let mut relaxed_best = Vec::new();
+    if screens == Screens::CoarseToFine {
+        let relaxed = Screen {
+            max_incidence_deg: (screen.max_incidence_deg + COARSE_INCIDENCE_SLACK_DEG).min(89.0),
+            ..screen.clone()
+        };
+        let mut loose = Screening::new();
+        loose.screen(&relaxed, &coarse, &|l| grid.line(l), cancelled)?;
+        loose.sort();
+        relaxed_best = loose
+            .screened
+            .iter()
+            .take(FINE_AROUND)
+            .map(|&(_, l)| l)
+            .collect();
+    }
+    Ok((coarse, relaxed_best))
 }
 
-/// Step 3: screen the grid's neighbours of the [`FINE_AROUND`] best coarse lines; if no coarse
-/// line was usable (a narrow or odd pedicle), every line not yet screened, so that "no line"
-/// is never claimed from a subset.
+/// Step 3: screen the grid's neighbours of the [`FINE_AROUND`] best coarse lines (under the
+/// request's limit and under the relaxed one); if no coarse line was usable (a narrow or odd
+/// pedicle), every line not yet screened, so that "no line" is never claimed from a subset.
 fn screen_fine(
     screen: &Screen<'_>,
     grid: &LineGrid,
-    coarse: &[LineIndex],
+    (coarse, relaxed_best): &(Vec<LineIndex>, Vec<LineIndex>),
     screening: &mut Screening,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), PlanError> {
     let mut seen: std::collections::BTreeSet<LineIndex> = coarse.iter().copied().collect();
-    let fine: Vec<LineIndex> = if screening.screened.is_empty() {
+    let fine: Vec<LineIndex> = if screening.screened.is_empty() && relaxed_best.is_empty() {
         grid.all()
             .into_iter()
             .filter(|l| !seen.contains(l))
             .collect()
     } else {
+        let strict_best = screening.screened.iter().take(FINE_AROUND).map(|&(_, l)| l);
         let mut fine = Vec::new();
-        for &(_, best) in screening.screened.iter().take(FINE_AROUND) {
+        for best in strict_best.chain(relaxed_best.iter().copied()) {
             for l in grid.neighbours(best) {
                 if seen.insert(l) {
                     fine.push(l);
@@ -678,6 +721,16 @@ fn screen_fine(
     };
     screening.screen(screen, &fine, &|l| grid.line(l), cancelled)?;
     screening.sort();
+    if screening.screened.is_empty() {
+        // The neighbourhoods of the relaxed best held no line under the true limit: every line.
+        let rest: Vec<LineIndex> = grid
+            .all()
+            .into_iter()
+            .filter(|l| !seen.contains(l))
+            .collect();
+        screening.screen(screen, &rest, &|l| grid.line(l), cancelled)?;
+        screening.sort();
+    }
     Ok(())
 }
 
@@ -786,6 +839,8 @@ fn corridor_reason(ctx: &SideContext<'_>, corridor_mm: Real) -> Reason {
         ),
         value_mm: Some(corridor_mm),
         limit_mm: Some(d + 2.0 * m),
+        value_deg: None,
+        limit_deg: None,
     }
 }
 
@@ -799,6 +854,8 @@ fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
             ),
             value_mm: None,
             limit_mm: None,
+            value_deg: None,
+            limit_deg: None,
         }
     } else {
         Reason {
@@ -809,6 +866,8 @@ fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
             ),
             value_mm: None,
             limit_mm: None,
+            value_deg: None,
+            limit_deg: None,
         }
     };
     SideOutcome::Infeasible {
@@ -870,18 +929,15 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
                 ),
                 value_mm: Some(2.0 * (v.value_mm.unwrap_or(0.0) + r)),
                 limit_mm: Some(ctx.instrument.cannula_outer_diameter_mm + 2.0 * margin),
+                value_deg: None,
+                limit_deg: None,
             });
             continue;
         }
         if reasons.iter().any(|x: &Reason| x.code == code) {
             continue;
         }
-        reasons.push(Reason {
-            code,
-            message: v.message.clone(),
-            value_mm: v.value_mm,
-            limit_mm: v.limit_mm,
-        });
+        reasons.push(Reason { code, ..v.clone() });
         match code {
             ReasonCode::WorkingLengthTooShort => alternatives.push(Alternative {
                 code: AlternativeCode::LongerCannula,

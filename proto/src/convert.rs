@@ -12,8 +12,8 @@ use kyphoplan_planner::math::Point;
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{
     Alternative, AlternativeCode, Balloon, Clearances, Evaluation, KeepOutSource, KeepOutSummary,
-    LevelPlan, PedicleSummary, Plan, Reason, ReasonCode, SidePlan, StructureNotice, Trajectory,
-    VertebraFrameSummary,
+    LevelPlan, PedicleSummary, Plan, Reason, ReasonCode, Route, SidePlan, StructureNotice,
+    Trajectory, VertebraFrameSummary,
 };
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use prost::Message;
@@ -157,6 +157,8 @@ pub fn reason_code_to_pb(code: ReasonCode) -> pb::ReasonCode {
         ReasonCode::EntryWrongSide => pb::ReasonCode::EntryWrongSide,
         ReasonCode::EntryNotPosterior => pb::ReasonCode::EntryNotPosterior,
         ReasonCode::NotThroughPedicle => pb::ReasonCode::NotThroughPedicle,
+        ReasonCode::LeavesBone => pb::ReasonCode::LeavesBone,
+        ReasonCode::EntryIncidenceTooSteep => pb::ReasonCode::EntryIncidenceTooSteep,
     }
 }
 
@@ -188,6 +190,28 @@ pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
         pb::ReasonCode::EntryWrongSide => ReasonCode::EntryWrongSide,
         pb::ReasonCode::EntryNotPosterior => ReasonCode::EntryNotPosterior,
         pb::ReasonCode::NotThroughPedicle => ReasonCode::NotThroughPedicle,
+        pb::ReasonCode::LeavesBone => ReasonCode::LeavesBone,
+        pb::ReasonCode::EntryIncidenceTooSteep => ReasonCode::EntryIncidenceTooSteep,
+    })
+}
+
+pub fn route_to_pb(route: Route) -> pb::Route {
+    match route {
+        Route::Transpedicular => pb::Route::Transpedicular,
+        Route::Extrapedicular => pb::Route::Extrapedicular,
+        Route::Unrecognised => pb::Route::Unrecognised,
+    }
+}
+
+/// `None` for ROUTE_UNSPECIFIED (plans made before the route was recognised).
+pub fn route_from_pb(v: i32, field: &str) -> Result<Option<Route>> {
+    let route =
+        pb::Route::try_from(v).map_err(|_| InputError::invalid(field, v, "unknown route"))?;
+    Ok(match route {
+        pb::Route::Unspecified => None,
+        pb::Route::Transpedicular => Some(Route::Transpedicular),
+        pb::Route::Extrapedicular => Some(Route::Extrapedicular),
+        pb::Route::Unrecognised => Some(Route::Unrecognised),
     })
 }
 
@@ -575,11 +599,13 @@ pub fn safety_options_to_pb(safety: &Safety) -> pb::SafetyOptions {
         cortex_margin_mm,
         canal_margin_mm,
         nerve_root_margin_mm,
+        max_entry_incidence_deg,
     } = safety;
     pb::SafetyOptions {
         cortex_margin_mm: Some(*cortex_margin_mm),
         canal_margin_mm: Some(*canal_margin_mm),
         nerve_root_margin_mm: Some(*nerve_root_margin_mm),
+        max_entry_incidence_deg: Some(*max_entry_incidence_deg),
     }
 }
 
@@ -590,6 +616,7 @@ pub fn safety_from_options(options: Option<pb::SafetyOptions>) -> Safety {
         cortex_margin_mm,
         canal_margin_mm,
         nerve_root_margin_mm,
+        max_entry_incidence_deg,
     }) = options
     else {
         return d;
@@ -598,6 +625,7 @@ pub fn safety_from_options(options: Option<pb::SafetyOptions>) -> Safety {
         cortex_margin_mm: cortex_margin_mm.unwrap_or(d.cortex_margin_mm),
         canal_margin_mm: canal_margin_mm.unwrap_or(d.canal_margin_mm),
         nerve_root_margin_mm: nerve_root_margin_mm.unwrap_or(d.nerve_root_margin_mm),
+        max_entry_incidence_deg: max_entry_incidence_deg.unwrap_or(d.max_entry_incidence_deg),
     }
 }
 
@@ -750,11 +778,13 @@ pub fn safety_to_pb(safety: &Safety) -> pb::Safety {
         cortex_margin_mm,
         canal_margin_mm,
         nerve_root_margin_mm,
+        max_entry_incidence_deg,
     } = safety;
     pb::Safety {
         cortex_margin_mm: Some(*cortex_margin_mm),
         canal_margin_mm: Some(*canal_margin_mm),
         nerve_root_margin_mm: Some(*nerve_root_margin_mm),
+        max_entry_incidence_deg: Some(*max_entry_incidence_deg),
     }
 }
 
@@ -763,11 +793,15 @@ pub fn safety_from_pb(safety: pb::Safety, field: &str) -> Result<Safety> {
         cortex_margin_mm,
         canal_margin_mm,
         nerve_root_margin_mm,
+        max_entry_incidence_deg,
     } = safety;
     Ok(Safety {
         cortex_margin_mm: num(cortex_margin_mm, field, "cortex_margin_mm")?,
         canal_margin_mm: num(canal_margin_mm, field, "canal_margin_mm")?,
         nerve_root_margin_mm: num(nerve_root_margin_mm, field, "nerve_root_margin_mm")?,
+        // Plans stored before the limit was a request field were made under the default.
+        max_entry_incidence_deg: max_entry_incidence_deg
+            .unwrap_or(Safety::contract_default().max_entry_incidence_deg),
     })
 }
 
@@ -777,12 +811,16 @@ pub fn reason_to_pb(reason: &Reason) -> pb::Reason {
         message,
         value_mm,
         limit_mm,
+        value_deg,
+        limit_deg,
     } = reason;
     pb::Reason {
         code: reason_code_to_pb(*code) as i32,
         message: message.clone(),
         value_mm: *value_mm,
         limit_mm: *limit_mm,
+        value_deg: *value_deg,
+        limit_deg: *limit_deg,
     }
 }
 
@@ -792,12 +830,16 @@ pub fn reason_from_pb(reason: pb::Reason, field: &str) -> Result<Reason> {
         message,
         value_mm,
         limit_mm,
+        value_deg,
+        limit_deg,
     } = reason;
     Ok(Reason {
         code: reason_code_from_pb(code, &format!("{field}.code"))?,
         message,
         value_mm,
         limit_mm,
+        value_deg,
+        limit_deg,
     })
 }
 
@@ -853,6 +895,8 @@ pub fn trajectory_to_pb(t: &Trajectory) -> pb::Trajectory {
         insertion_length_mm,
         tip_depth_fraction,
         score,
+        entry_incidence_deg,
+        route,
     } = t;
     pb::Trajectory {
         bone_entry_mm: Some(point_to_pb(*bone_entry_mm)),
@@ -867,6 +911,8 @@ pub fn trajectory_to_pb(t: &Trajectory) -> pb::Trajectory {
         insertion_length_mm: Some(*insertion_length_mm),
         tip_depth_fraction: Some(*tip_depth_fraction),
         score: Some(*score),
+        entry_incidence_deg: *entry_incidence_deg,
+        route: route.map_or(pb::Route::Unspecified, route_to_pb) as i32,
     }
 }
 
@@ -884,6 +930,8 @@ pub fn trajectory_from_pb(t: pb::Trajectory, field: &str) -> Result<Trajectory> 
         insertion_length_mm,
         tip_depth_fraction,
         score,
+        entry_incidence_deg,
+        route,
     } = t;
     let f = |s: &str| format!("{field}.{s}");
     Ok(Trajectory {
@@ -908,6 +956,8 @@ pub fn trajectory_from_pb(t: pb::Trajectory, field: &str) -> Result<Trajectory> 
         insertion_length_mm: num(insertion_length_mm, field, "insertion_length_mm")?,
         tip_depth_fraction: num(tip_depth_fraction, field, "tip_depth_fraction")?,
         score: num(score, field, "score")?,
+        entry_incidence_deg,
+        route: route_from_pb(route, &f("route"))?,
     })
 }
 

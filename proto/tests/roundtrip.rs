@@ -16,7 +16,7 @@ fn through_the_wire(plan: &Plan) -> Plan {
     convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
 }
 
-const ALL_REASONS: [ReasonCode; 17] = [
+const ALL_REASONS: [ReasonCode; 19] = [
     ReasonCode::PedicleCorridorTooNarrow,
     ReasonCode::PedicleNotFound,
     ReasonCode::CanalTooClose,
@@ -34,6 +34,8 @@ const ALL_REASONS: [ReasonCode; 17] = [
     ReasonCode::EntryWrongSide,
     ReasonCode::EntryNotPosterior,
     ReasonCode::NotThroughPedicle,
+    ReasonCode::LeavesBone,
+    ReasonCode::EntryIncidenceTooSteep,
 ];
 
 fn trajectory(x: f64) -> Trajectory {
@@ -55,6 +57,8 @@ fn trajectory(x: f64) -> Trajectory {
         insertion_length_mm: 99.99999999999999,
         tip_depth_fraction: 2.0 / 3.0,
         score: -1e-300,
+        entry_incidence_deg: (x > 0.0).then_some(1.0 / 3.0),
+        route: (x > 0.0).then_some(Route::Extrapedicular),
     }
 }
 
@@ -83,6 +87,8 @@ fn edge_plan() -> Plan {
                     message: format!("reason {i} \u{00b5}m \"quoted\""),
                     value_mm: (i % 2 == 0).then_some(i as f64 / 3.0),
                     limit_mm: (i % 3 == 0).then_some(-(i as f64) / 7.0),
+                    value_deg: (i % 4 == 0).then_some(i as f64 / 9.0),
+                    limit_deg: (i % 5 == 0).then_some(45.0),
                 })
                 .collect()
         },
@@ -169,6 +175,7 @@ fn edge_plan() -> Plan {
             cortex_margin_mm: 1.0,
             canal_margin_mm: 0.0,
             nerve_root_margin_mm: 2.5,
+            max_entry_incidence_deg: 44.99999999999999,
         },
         mesh_fixes: vec![StructureNotice {
             structure: "L1.stl".into(),
@@ -290,6 +297,7 @@ fn unset_request_options_take_the_contract_defaults_field_by_field() {
         cortex_margin_mm: None,
         canal_margin_mm: Some(3.0),
         nerve_root_margin_mm: None,
+        max_entry_incidence_deg: None,
     }));
     assert_eq!(s.canal_margin_mm, 3.0);
     assert_eq!(

@@ -403,6 +403,7 @@ async fn absurd_requests_are_refused_naming_the_field() {
             cortex_margin_mm: Some(0.0),
             canal_margin_mm: Some(0.0),
             nerve_root_margin_mm: Some(0.0),
+            max_entry_incidence_deg: None,
         }),
         ..plan_message(id())
     };

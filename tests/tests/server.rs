@@ -582,6 +582,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
                 cortex_margin_mm: None,
                 canal_margin_mm: Some(-1.0),
                 nerve_root_margin_mm: None,
+                max_entry_incidence_deg: None,
             }),
         })
         .await

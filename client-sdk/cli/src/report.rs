@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use kyphoplan_planner::plan::{Evaluation, Plan, Reason};
+use kyphoplan_planner::plan::{Evaluation, Plan, Reason, Route};
 
 /// One decimal, and never "-0.0": a tilt of -0.02 deg reads as 0.0.
 fn num(v: f64) -> String {
@@ -16,6 +16,8 @@ fn reason_text(r: &Reason) -> String {
         message,
         value_mm,
         limit_mm,
+        value_deg,
+        limit_deg,
     } = r;
     let code = serde_json::to_value(code)
         .ok()
@@ -34,7 +36,27 @@ fn reason_text(r: &Reason) -> String {
         }
         (None, None) => {}
     }
+    match (value_deg, limit_deg) {
+        (Some(v), Some(l)) => {
+            let _ = write!(s, " (value {v:.1} deg, limit {l:.1} deg)");
+        }
+        (Some(v), None) => {
+            let _ = write!(s, " (value {v:.1} deg)");
+        }
+        (None, Some(l)) => {
+            let _ = write!(s, " (limit {l:.1} deg)");
+        }
+        (None, None) => {}
+    }
     s
+}
+
+/// The route's name as in the plan JSON (`transpedicular`), or `-` when unknown.
+fn route_name(route: Option<Route>) -> String {
+    route
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// One row per level and side: feasibility, angles, clearances, balloon, reason.
@@ -45,6 +67,7 @@ pub fn plan_table(plan: &Plan) -> String {
         "feasible",
         "medial_deg",
         "cranial_deg",
+        "incidence_deg",
         "cortex_mm",
         "canal_mm",
         "root_mm",
@@ -64,6 +87,7 @@ pub fn plan_table(plan: &Plan) -> String {
                 if side.feasible { "yes" } else { "NO" }.to_owned(),
                 t.map_or_else(dash, |t| num(t.medial_angle_deg)),
                 t.map_or_else(dash, |t| num(t.cranial_angle_deg)),
+                t.and_then(|t| t.entry_incidence_deg).map_or_else(dash, num),
                 t.map_or_else(dash, |t| num(t.clearance_mm.cortex)),
                 t.map_or_else(dash, |t| num(t.clearance_mm.canal)),
                 t.map_or_else(dash, |t| num(t.clearance_mm.nerve_root)),
@@ -119,7 +143,9 @@ pub fn evaluation_report(e: &Evaluation) -> String {
     let t = &e.trajectory;
     let _ = writeln!(
         out,
-        "medial {:.1} deg, cranial {:.1} deg; clearance cortex {:.2} mm, canal {:.2} mm, nerve root {:.2} mm",
+        "route {}; entry incidence {} deg; medial {:.1} deg, cranial {:.1} deg; clearance cortex {:.2} mm, canal {:.2} mm, nerve root {:.2} mm",
+        route_name(t.route),
+        t.entry_incidence_deg.map_or_else(|| "-".to_owned(), num),
         t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm.cortex, t.clearance_mm.canal, t.clearance_mm.nerve_root
     );
     for v in &e.violations {
