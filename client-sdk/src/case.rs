@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
-use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::request::{
+    Approach, Instrument, PlanRequest, Procedure, Safety, DEFAULT_APPROACHES, DEFAULT_PROCEDURE,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::mesh_io;
@@ -49,6 +51,13 @@ pub struct CaseToml {
     pub mesh_root: Option<String>,
     #[serde(rename = "structure", default)]
     pub structures: Vec<StructureToml>,
+    /// Extension: `"kyphoplasty"` (default) or `"vertebroplasty"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procedure: Option<String>,
+    /// Extension: the allowed approaches in order of preference (default
+    /// `["bilateral_transpedicular", "unipedicular"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approaches: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instrument: Option<InstrumentToml>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,8 +177,15 @@ pub struct Case {
 }
 
 impl InstrumentToml {
+    /// Missing keys take [`Instrument::contract_default`]'s values.
     pub fn resolve(&self) -> Instrument {
-        let d = Instrument::contract_default();
+        self.resolve_for(Procedure::Kyphoplasty)
+    }
+
+    /// Missing keys take [`Instrument::default_for`] `procedure` (for vertebroplasty an 11 G
+    /// needle).
+    pub fn resolve_for(&self, procedure: Procedure) -> Instrument {
+        let d = Instrument::default_for(procedure);
         let InstrumentToml {
             cannula_outer_diameter_mm,
             cannula_working_length_mm,
@@ -409,6 +425,8 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
         levels,
         mesh_root,
         structures,
+        procedure,
+        approaches,
         instrument,
         safety,
         replay: _,
@@ -441,9 +459,23 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
             Ok(StructureSpec { role, mesh: s.mesh })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let instrument = instrument.unwrap_or_default().resolve();
+    let procedure = match procedure {
+        Some(p) => Procedure::from_str(&p).map_err(|e| format!("procedure: {e}"))?,
+        None => DEFAULT_PROCEDURE,
+    };
+    let approaches = match approaches {
+        Some(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Approach::from_str(a).map_err(|e| format!("approaches[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => DEFAULT_APPROACHES.to_vec(),
+    };
+    let instrument = instrument.unwrap_or_default().resolve_for(procedure);
     let safety = safety.unwrap_or_default().resolve();
-    let request = PlanRequest::new(levels, instrument, safety).map_err(|e| e.to_string())?;
+    let request = PlanRequest::new(levels, instrument, safety)
+        .and_then(|r| r.with_procedure(procedure, approaches))
+        .map_err(|e| e.to_string())?;
     Ok(CaseSpec {
         name,
         frame,
@@ -525,6 +557,8 @@ pub fn write_case(
         levels: levels.map(|ls| ls.iter().map(|l| l.to_string()).collect()),
         mesh_root: None,
         structures: tables,
+        procedure: None,
+        approaches: None,
         instrument: None,
         safety: None,
         replay: None,

@@ -230,8 +230,10 @@ fn create_plan(r: pb::CreatePlanRequest) {
         levels,
         instrument,
         safety,
+        procedure,
+        approaches,
     } = r;
-    match convert::plan_request_from_pb(&levels, instrument, safety) {
+    match convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches) {
         Err(e) => assert!(!e.field().is_empty()),
         Ok(request) => {
             // Planner -> proto -> planner gives the same request.
@@ -239,8 +241,14 @@ fn create_plan(r: pb::CreatePlanRequest) {
                 pb::create_plan_request::Anatomy::AnatomyId(String::new()),
                 &request,
             );
-            let back = convert::plan_request_from_pb(&again.levels, again.instrument, again.safety)
-                .expect("a request's own encoding is valid");
+            let back = convert::plan_request_from_pb(
+                &again.levels,
+                again.instrument,
+                again.safety,
+                again.procedure,
+                &again.approaches,
+            )
+            .expect("a request's own encoding is valid");
             assert_eq!(back, request);
         }
     }

@@ -40,7 +40,7 @@ pub use anatomy::{AnatomyInput, Level, PatientFrame, PerSide, Role, Side, Struct
 pub use error::{InputError, MeshFault, MeshFix, PlanError};
 pub use mesh::TriMesh;
 pub use plan::{Evaluation, Plan};
-pub use request::{Instrument, PlanRequest, Safety};
+pub use request::{Approach, Instrument, PlanRequest, Procedure, Safety};
 
 /// The planner's version, written into every plan.
 pub const PLANNER_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anatomy::{Level, PatientFrame, Side};
 use crate::error::MeshFix;
-use crate::request::{Instrument, Safety};
+use crate::request::{Approach, Instrument, Procedure, Safety, DEFAULT_APPROACHES};
 
 /// Why a side cannot be done safely, or which constraint a trajectory violates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -51,6 +51,18 @@ pub enum ReasonCode {
     LeavesBone,
     /// The cannula meets the bone more obliquely than the request's `max_entry_incidence_deg`.
     EntryIncidenceTooSteep,
+    // Why a level did not get a preferred approach (proto numbers 20 and up).
+    /// Bilateral transpedicular was not possible: a side is infeasible (the message names it
+    /// and its first reason, with that reason's measured number).
+    BilateralNotPossible,
+    /// Unipedicular was not possible from either side.
+    UnipedicularNotPossible,
+    /// Unipedicular: no safe line from this side puts the balloon (kyphoplasty) or the tip
+    /// (vertebroplasty) on the mid-sagittal plane within the tolerance.
+    MidlineNotReached,
+    /// Unipedicular: the level's one cannula goes through the other side's pedicle, so this
+    /// side is not used.
+    OtherSideChosen,
 }
 
 /// The route a trajectory takes past the pedicle, as recognised from the measured isthmus.
@@ -175,6 +187,22 @@ pub struct SidePlan {
     /// be measured: the reasons then say so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pedicle: Option<PedicleSummary>,
+    /// The approach this side's search was for (a feasible unipedicular side carries the
+    /// level's one cannula, aimed across the midline).
+    #[serde(default = "default_side_approach")]
+    pub approach: Approach,
+}
+
+fn default_side_approach() -> Approach {
+    Approach::BilateralTranspedicular
+}
+
+fn default_procedure() -> Procedure {
+    crate::request::DEFAULT_PROCEDURE
+}
+
+fn default_approaches() -> Vec<Approach> {
+    DEFAULT_APPROACHES.to_vec()
 }
 
 /// A pedicle measured from the mesh, in the case frame: what a surgeon reads off the CT first.
@@ -236,6 +264,14 @@ pub struct LevelPlan {
     pub cement_volume_estimate_ml: Option<f64>,
     pub vertebra_frame: Option<VertebraFrameSummary>,
     pub keep_outs: Vec<KeepOutSummary>,
+    /// The approach the level got: the first of the request's approaches that is possible
+    /// (null when none is).
+    #[serde(default)]
+    pub approach: Option<Approach>,
+    /// Why each approach preferred to the one taken (all of them, when none was possible) was
+    /// not possible, in the order of preference.
+    #[serde(default)]
+    pub approach_reasons: Vec<Reason>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,6 +287,11 @@ pub struct Plan {
     pub levels: Vec<LevelPlan>,
     pub instrument: Instrument,
     pub safety: Safety,
+    #[serde(default = "default_procedure")]
+    pub procedure: Procedure,
+    /// The approaches allowed, in order of preference.
+    #[serde(default = "default_approaches")]
+    pub approaches: Vec<Approach>,
     /// Fixes applied to input meshes (e.g. inward winding flipped).
     #[serde(default)]
     pub mesh_fixes: Vec<StructureNotice>,

@@ -18,11 +18,16 @@ use crate::plan::{
     Reason, ReasonCode, SidePlan, Trajectory, VertebraFrameSummary,
 };
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
-use crate::request::{Instrument, PlanRequest, Safety};
-use crate::search::{search_side, SideOutcome};
+use crate::request::{Approach, Instrument, PlanRequest, Procedure, Safety};
+use crate::search::{search_side, search_side_mode, SearchMode, SideOutcome, MIDLINE_TOLERANCE_MM};
 
 /// Cement per level is estimated as the cavities plus this fraction that interdigitates.
 pub const CEMENT_INTERDIGITATION_FRACTION: f64 = 0.2;
+/// Vertebroplasty cement per level as a fraction of the vertebral body's volume (dimensionless,
+/// of [`body_volume_ml`]): 16.2 %, the mean fill that restored the strength of osteoporotic
+/// vertebral bodies ex vivo (Molloy et al., Spine 2003;28(14):1549-54, PMID 12865843; 29.8 %
+/// restored stiffness).
+pub const VERTEBROPLASTY_FILL_FRACTION: f64 = 0.162;
 
 /// Hooks a caller (the server's streaming RPC, the CLI's progress bar) gives a plan run.
 pub struct PlanControl<'a> {
@@ -93,6 +98,8 @@ pub fn plan_with(
         levels: out,
         instrument: request.instrument().clone(),
         safety: request.safety().clone(),
+        procedure: request.procedure(),
+        approaches: request.approaches().to_vec(),
         mesh_fixes: anatomy.mesh_fixes().to_vec(),
         planner_version: crate::PLANNER_VERSION.to_string(),
     })
@@ -124,15 +131,176 @@ fn plan_level(
     let vertebra = anatomy.vertebra(level).expect("checked by the caller");
     let (instrument, safety) = (request.instrument(), request.safety());
     let ctx = PerSide::from_fn(|s| context(anatomy, vertebra, s, instrument, safety));
+    let frame = anatomy.frame();
+    let pedicles: PerSide<Option<PedicleSummary>> = PerSide::from_fn(|side| {
+        vertebra.pedicles[side]
+            .as_ref()
+            .ok()
+            .map(|p| pedicle_summary(vertebra, p, frame))
+    });
+    let procedure = request.procedure();
+    // The approaches in order of preference: the first possible one is the level's.
+    let mut approach_reasons = Vec::new();
+    let mut chosen: Option<(Approach, PerSide<SidePlan>)> = None;
+    let mut bilateral_sides: Option<PerSide<SidePlan>> = None;
+    let mut unipedicular_sides: Option<PerSide<SidePlan>> = None;
+    for &approach in request.approaches() {
+        match approach {
+            Approach::BilateralTranspedicular => {
+                let sides = plan_bilateral(&ctx, procedure, &pedicles, frame, cancelled)?;
+                if sides.left.feasible && sides.right.feasible {
+                    chosen = Some((approach, sides));
+                    break;
+                }
+                approach_reasons.push(not_possible(
+                    ReasonCode::BilateralNotPossible,
+                    "bilateral transpedicular",
+                    &sides,
+                ));
+                bilateral_sides = Some(sides);
+            }
+            Approach::Unipedicular => {
+                let (sides, pick) =
+                    plan_unipedicular(&ctx, procedure, &pedicles, frame, cancelled)?;
+                if let Some(side) = pick {
+                    // The other side: why it could not be used, or that it is not needed.
+                    let other = side.other();
+                    let mut sides = sides;
+                    let from_bilateral = bilateral_sides
+                        .as_ref()
+                        .filter(|b| !b[other].feasible)
+                        .map(|b| b[other].clone());
+                    sides[other] = match from_bilateral {
+                        Some(s) => s,
+                        None if !sides[other].feasible => sides[other].clone(),
+                        None => not_used(other, side, pedicles[other].clone()),
+                    };
+                    chosen = Some((approach, sides));
+                    break;
+                }
+                approach_reasons.push(not_possible(
+                    ReasonCode::UnipedicularNotPossible,
+                    "unipedicular",
+                    &sides,
+                ));
+                unipedicular_sides = Some(sides);
+            }
+        }
+    }
+    let unipedicular_tried = request.approaches().contains(&Approach::Unipedicular)
+        && (chosen.is_none() || chosen.as_ref().map(|c| c.0) == Some(Approach::Unipedicular));
+    let (approach, mut sides) = match chosen {
+        Some((a, s)) => (Some(a), s),
+        None => (
+            None,
+            bilateral_sides
+                .or(unipedicular_sides)
+                .expect("a request allows at least one approach"),
+        ),
+    };
+    // Suggest a unipedicular approach from a feasible other side, unless it was planned.
+    for side in Side::BOTH {
+        if unipedicular_tried {
+            sides[side]
+                .alternatives
+                .retain(|a| a.code != AlternativeCode::UnipedicularFromOtherSide);
+            continue;
+        }
+        let other = side.other();
+        if !sides[side].feasible
+            && sides[other].feasible
+            && !sides[side]
+                .alternatives
+                .iter()
+                .any(|a| a.code == AlternativeCode::UnipedicularFromOtherSide)
+        {
+            sides[side].alternatives.push(Alternative {
+                code: AlternativeCode::UnipedicularFromOtherSide,
+                message: format!(
+                    "unipedicular {procedure} from the {other}, aimed medially so the {} ends on the midline",
+                    match procedure {
+                        Procedure::Kyphoplasty => "balloon",
+                        Procedure::Vertebroplasty => "tip",
+                    }
+                ),
+            });
+        }
+    }
+    let sides: Vec<SidePlan> = sides.into_iter().collect();
+    let cement = match procedure {
+        Procedure::Kyphoplasty => {
+            let volumes: Vec<f64> = sides
+                .iter()
+                .filter_map(|s| s.balloon.as_ref().map(|b| b.volume_ml))
+                .collect();
+            if volumes.is_empty() {
+                None
+            } else {
+                Some(round(
+                    volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION),
+                    2,
+                ))
+            }
+        }
+        Procedure::Vertebroplasty => sides
+            .iter()
+            .any(|s| s.feasible)
+            .then(|| round(vertebroplasty_cement_ml(vertebra), 2)),
+    };
+    let mut keep_outs = Vec::new();
+    for k in anatomy.keep_outs(level) {
+        let margin = match k.kind {
+            crate::keepout::KeepOutKind::Canal | crate::keepout::KeepOutKind::Forbidden => {
+                safety.canal_margin_mm
+            }
+            crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+        };
+        keep_outs.push(k.summary(margin));
+    }
+    Ok(LevelPlan {
+        level,
+        sides,
+        cement_volume_estimate_ml: cement,
+        vertebra_frame: Some(frame_summary(vertebra, frame)),
+        keep_outs,
+        approach,
+        approach_reasons,
+    })
+}
+
+/// The vertebral body's volume, ml, as the elliptic cylinder of its measured width, depth and
+/// height (the frame's body extents): pi / 4 x width x depth x height.
+pub fn body_volume_ml(vertebra: &PreparedVertebra) -> f64 {
+    let f = &vertebra.frame;
+    std::f64::consts::FRAC_PI_4 * f.body_width_mm * f.body_depth_mm * f.body_height_mm / 1000.0
+}
+
+/// Vertebroplasty cement for a level, ml: [`VERTEBROPLASTY_FILL_FRACTION`] of
+/// [`body_volume_ml`].
+pub fn vertebroplasty_cement_ml(vertebra: &PreparedVertebra) -> f64 {
+    VERTEBROPLASTY_FILL_FRACTION * body_volume_ml(vertebra)
+}
+
+/// Both sides searched for bilateral transpedicular, with their balloons (kyphoplasty: the
+/// best pair that keeps apart; if none, the larger single balloon).
+fn plan_bilateral(
+    ctx: &PerSide<SideContext<'_>>,
+    procedure: Procedure,
+    pedicles: &PerSide<Option<PedicleSummary>>,
+    frame: PatientFrame,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<PerSide<SidePlan>, PlanError> {
+    let (instrument, safety) = (ctx.left.instrument, ctx.left.safety);
     let (left, right) = rayon::join(
         || search_side(&ctx.left, cancelled),
         || search_side(&ctx.right, cancelled),
     );
     let outcomes = PerSide::new(left?, right?);
-    // Balloons: the best pair that keeps apart; if none, the larger single balloon.
     let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
-        SideOutcome::Feasible(m) => balloon::options(&ctx[side], m),
-        SideOutcome::Infeasible { .. } => Vec::new(),
+        SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
+            balloon::options(&ctx[side], m)
+        }
+        _ => Vec::new(),
     });
     let fits: PerSide<Option<BalloonFit>>;
     let mut crowded = false;
@@ -153,76 +321,157 @@ fn plan_level(
         },
         _ => fits = opts.as_ref().map(|o| balloon::best_single(o)),
     }
-    let frame = anatomy.frame();
-    let mut sides = PerSide::from_fn(|side| {
-        let pedicle = vertebra.pedicles[side]
-            .as_ref()
-            .ok()
-            .map(|p| pedicle_summary(vertebra, p, frame));
+    Ok(PerSide::from_fn(|side| {
         side_plan(
             side,
             &outcomes[side],
             fits[side].as_ref(),
             crowded,
-            SideReport { frame, pedicle },
+            SideReport {
+                frame,
+                pedicle: pedicles[side].clone(),
+                procedure,
+                approach: Approach::BilateralTranspedicular,
+            },
+            instrument,
+            safety,
+        )
+    }))
+}
+
+/// Both sides searched for a unipedicular plan ([`SearchMode::Unipedicular`]); for
+/// kyphoplasty, the largest balloon whose centre lies within [`MIDLINE_TOLERANCE_MM`] of the
+/// mid-sagittal plane. Returns the sides' plans and the side chosen: the feasible one with the
+/// higher score (left on a tie).
+fn plan_unipedicular(
+    ctx: &PerSide<SideContext<'_>>,
+    procedure: Procedure,
+    pedicles: &PerSide<Option<PedicleSummary>>,
+    frame: PatientFrame,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(PerSide<SidePlan>, Option<Side>), PlanError> {
+    let (instrument, safety) = (ctx.left.instrument, ctx.left.safety);
+    let mode = SearchMode::Unipedicular {
+        midline_behind_tip_mm: match procedure {
+            Procedure::Kyphoplasty => {
+                0.5 * instrument
+                    .balloon_lengths_mm
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min)
+            }
+            Procedure::Vertebroplasty => 0.0,
+        },
+    };
+    let (left, right) = rayon::join(
+        || search_side_mode(&ctx.left, mode, cancelled),
+        || search_side_mode(&ctx.right, mode, cancelled),
+    );
+    let outcomes = PerSide::new(left?, right?);
+    let fits: PerSide<Option<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
+        SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
+            let to_vertebra = ctx[side].vertebra.frame.lps_to_vertebra;
+            let centred: Vec<BalloonFit> = balloon::options(&ctx[side], m)
+                .into_iter()
+                .filter(|b| (to_vertebra * b.center()).x.abs() <= MIDLINE_TOLERANCE_MM)
+                .collect();
+            balloon::best_single(&centred)
+        }
+        _ => None,
+    });
+    let sides = PerSide::from_fn(|side| {
+        side_plan(
+            side,
+            &outcomes[side],
+            fits[side].as_ref(),
+            false,
+            SideReport {
+                frame,
+                pedicle: pedicles[side].clone(),
+                procedure,
+                approach: Approach::Unipedicular,
+            },
             instrument,
             safety,
         )
     });
-    // Suggest a unipedicular approach from a feasible other side.
-    for side in Side::BOTH {
-        let other = side.other();
-        if !sides[side].feasible
-            && sides[other].feasible
-            && !sides[side]
-                .alternatives
-                .iter()
-                .any(|a| a.code == AlternativeCode::UnipedicularFromOtherSide)
-        {
-            sides[side].alternatives.push(Alternative {
-                code: AlternativeCode::UnipedicularFromOtherSide,
-                message: format!(
-                    "unipedicular kyphoplasty from the {other}, aimed medially so the balloon ends on the midline"
-                ),
-            });
-        }
-    }
-    let sides: Vec<SidePlan> = sides.into_iter().collect();
-    let volumes: Vec<f64> = sides
-        .iter()
-        .filter_map(|s| s.balloon.as_ref().map(|b| b.volume_ml))
-        .collect();
-    let cement = if volumes.is_empty() {
-        None
-    } else {
-        Some(round(
-            volumes.iter().sum::<f64>() * (1.0 + CEMENT_INTERDIGITATION_FRACTION),
-            2,
-        ))
+    let score = |side: Side| match (&outcomes[side], sides[side].feasible) {
+        (SideOutcome::Feasible(m), true) => Some(m.score(safety)),
+        _ => None,
     };
-    let mut keep_outs = Vec::new();
-    for k in anatomy.keep_outs(level) {
-        let margin = match k.kind {
-            crate::keepout::KeepOutKind::Canal | crate::keepout::KeepOutKind::Forbidden => {
-                safety.canal_margin_mm
-            }
-            crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
-        };
-        keep_outs.push(k.summary(margin));
-    }
-    Ok(LevelPlan {
-        level,
-        sides,
-        cement_volume_estimate_ml: cement,
-        vertebra_frame: Some(frame_summary(vertebra, frame)),
-        keep_outs,
-    })
+    let pick = match (score(Side::Left), score(Side::Right)) {
+        (Some(l), Some(r)) => Some(if r > l { Side::Right } else { Side::Left }),
+        (Some(_), None) => Some(Side::Left),
+        (None, Some(_)) => Some(Side::Right),
+        (None, None) => None,
+    };
+    Ok((sides, pick))
 }
 
-/// What a side's plan reports besides its outcome: the frame it reports in, and its pedicle.
+/// Why an approach was not possible: each infeasible side with its first reason.
+fn not_possible(code: ReasonCode, what: &str, sides: &PerSide<SidePlan>) -> Reason {
+    let mut parts = Vec::new();
+    let mut value_mm = None;
+    let mut limit_mm = None;
+    let mut value_deg = None;
+    let mut limit_deg = None;
+    for side in Side::BOTH {
+        if sides[side].feasible {
+            continue;
+        }
+        match sides[side].reasons.first() {
+            Some(r) => {
+                parts.push(format!("{side}: {:?}, {}", r.code, r.message));
+                if value_mm.is_none() && value_deg.is_none() {
+                    value_mm = r.value_mm;
+                    limit_mm = r.limit_mm;
+                    value_deg = r.value_deg;
+                    limit_deg = r.limit_deg;
+                }
+            }
+            None => parts.push(format!("{side}: infeasible")),
+        }
+    }
+    Reason {
+        code,
+        message: format!("{what} not possible ({})", parts.join("; ")),
+        value_mm,
+        limit_mm,
+        value_deg,
+        limit_deg,
+    }
+}
+
+/// The side a unipedicular plan does not use.
+fn not_used(side: Side, chosen: Side, pedicle: Option<PedicleSummary>) -> SidePlan {
+    SidePlan {
+        side,
+        feasible: false,
+        trajectory: None,
+        balloon: None,
+        reasons: vec![Reason {
+            code: ReasonCode::OtherSideChosen,
+            message: format!(
+                "the level is planned unipedicular through the {chosen} pedicle (the better of the two); this side is not used"
+            ),
+            value_mm: None,
+            limit_mm: None,
+            value_deg: None,
+            limit_deg: None,
+        }],
+        alternatives: vec![],
+        pedicle,
+        approach: Approach::Unipedicular,
+    }
+}
+
+/// What a side's plan reports besides its outcome: the frame it reports in, its pedicle, the
+/// procedure and the approach searched.
 struct SideReport {
     frame: PatientFrame,
     pedicle: Option<PedicleSummary>,
+    procedure: Procedure,
+    approach: Approach,
 }
 
 /// One side's plan from its search outcome and its balloon (`crowded`: the balloons of both
@@ -236,8 +485,23 @@ fn side_plan(
     instrument: &Instrument,
     safety: &Safety,
 ) -> SidePlan {
-    let SideReport { frame, pedicle } = report;
+    let SideReport {
+        frame,
+        pedicle,
+        procedure,
+        approach,
+    } = report;
     match outcome {
+        SideOutcome::Feasible(m) if procedure == Procedure::Vertebroplasty => SidePlan {
+            side,
+            feasible: true,
+            trajectory: Some(trajectory(m, frame, instrument, safety)),
+            balloon: None,
+            reasons: vec![],
+            alternatives: vec![],
+            pedicle,
+            approach,
+        },
         SideOutcome::Feasible(m) => match fit {
             Some(b) => SidePlan {
                 side,
@@ -247,6 +511,7 @@ fn side_plan(
                 reasons: vec![],
                 alternatives: vec![],
                 pedicle,
+                approach,
             },
             None => SidePlan {
                 side,
@@ -255,7 +520,13 @@ fn side_plan(
                 balloon: None,
                 reasons: vec![Reason {
                     code: ReasonCode::BalloonDoesNotFit,
-                    message: if crowded {
+                    message: if approach == Approach::Unipedicular {
+                        format!(
+                            "a safe cannula path exists, but no balloon of length {:?} mm centred within {MIDLINE_TOLERANCE_MM} mm of the midline inflates to {} mm inside the body with the margins",
+                            instrument.balloon_lengths_mm,
+                            balloon::MIN_BALLOON_DIAMETER_MM
+                        )
+                    } else if crowded {
                         format!(
                             "a safe cannula path exists, but its balloon cannot inflate to {} mm without touching the other side's balloon",
                             balloon::MIN_BALLOON_DIAMETER_MM
@@ -277,6 +548,7 @@ fn side_plan(
                     message: "vertebroplasty through this path, or a unipedicular balloon from the other side".into(),
                 }],
                 pedicle,
+                approach,
             },
         },
         SideOutcome::Infeasible {
@@ -290,6 +562,7 @@ fn side_plan(
             reasons: reasons.clone(),
             alternatives: alternatives.clone(),
             pedicle,
+            approach,
         },
     }
 }

@@ -163,10 +163,14 @@ pub struct PlanRequest {
     levels: Option<Vec<Level>>,
     instrument: Instrument,
     safety: Safety,
+    procedure: Procedure,
+    approaches: Vec<Approach>,
 }
 
 impl PlanRequest {
-    /// `levels: None` plans every vertebra of the anatomy.
+    /// `levels: None` plans every vertebra of the anatomy; the procedure and approaches are the
+    /// defaults ([`DEFAULT_PROCEDURE`], [`DEFAULT_APPROACHES`]; see
+    /// [`PlanRequest::with_procedure`]).
     pub fn new(
         levels: Option<Vec<Level>>,
         instrument: Instrument,
@@ -186,6 +190,8 @@ impl PlanRequest {
             levels,
             instrument,
             safety,
+            procedure: DEFAULT_PROCEDURE,
+            approaches: DEFAULT_APPROACHES.to_vec(),
         })
     }
     pub fn levels(&self) -> Option<&[Level]> {
@@ -196,5 +202,144 @@ impl PlanRequest {
     }
     pub fn safety(&self) -> &Safety {
         &self.safety
+    }
+}
+
+/// What is done to the vertebra.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Procedure {
+    /// Balloon kyphoplasty (PKP): a working cannula per approach, a balloon, then cement.
+    Kyphoplasty,
+    /// Percutaneous vertebroplasty (PVP): cement through a needle, no balloon.
+    Vertebroplasty,
+}
+
+impl Procedure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Procedure::Kyphoplasty => "kyphoplasty",
+            Procedure::Vertebroplasty => "vertebroplasty",
+        }
+    }
+}
+
+impl std::fmt::Display for Procedure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Procedure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kyphoplasty" => Ok(Procedure::Kyphoplasty),
+            "vertebroplasty" => Ok(Procedure::Vertebroplasty),
+            _ => Err(format!(
+                "unknown procedure {s:?}: kyphoplasty or vertebroplasty"
+            )),
+        }
+    }
+}
+
+/// How the vertebral body is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approach {
+    /// One cannula through each pedicle, each balloon (or tip) on its own side.
+    BilateralTranspedicular,
+    /// One cannula through one pedicle, aimed across so that the balloon (kyphoplasty) or the
+    /// tip (vertebroplasty) is centred on the mid-sagittal plane.
+    Unipedicular,
+}
+
+impl Approach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approach::BilateralTranspedicular => "bilateral_transpedicular",
+            Approach::Unipedicular => "unipedicular",
+        }
+    }
+}
+
+impl std::fmt::Display for Approach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Approach {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bilateral_transpedicular" => Ok(Approach::BilateralTranspedicular),
+            "unipedicular" => Ok(Approach::Unipedicular),
+            _ => Err(format!(
+                "unknown approach {s:?}: bilateral_transpedicular or unipedicular"
+            )),
+        }
+    }
+}
+
+/// The procedure of the case format's default (`procedure` absent): balloon kyphoplasty.
+pub const DEFAULT_PROCEDURE: Procedure = Procedure::Kyphoplasty;
+/// The approaches of the case format's default (`approaches` absent), in order of preference:
+/// bilateral transpedicular is the standard (clinical.md, "The procedure"); unipedicular is its
+/// variant when one pedicle cannot take a cannula.
+pub const DEFAULT_APPROACHES: [Approach; 2] =
+    [Approach::BilateralTranspedicular, Approach::Unipedicular];
+/// Vertebroplasty needle outer diameter when the case gives none, mm: 11 G (3.05 mm, standard
+/// gauge table, clinical.md "Needle and cannula gauges"; lumbar vertebroplasty uses 10-11 G,
+/// thoracic 13 G).
+pub const VERTEBROPLASTY_NEEDLE_OUTER_DIAMETER_MM: f64 = 3.05;
+
+impl Instrument {
+    /// The default instrument of `procedure`: [`Instrument::contract_default`] for kyphoplasty;
+    /// for vertebroplasty the same with an 11 G needle
+    /// ([`VERTEBROPLASTY_NEEDLE_OUTER_DIAMETER_MM`]; the balloon fields are unused).
+    pub fn default_for(procedure: Procedure) -> Self {
+        let mut i = Instrument::contract_default();
+        if procedure == Procedure::Vertebroplasty {
+            i.cannula_outer_diameter_mm = VERTEBROPLASTY_NEEDLE_OUTER_DIAMETER_MM;
+        }
+        i
+    }
+}
+
+impl PlanRequest {
+    /// The same request for `procedure` with `approaches` allowed, in order of preference
+    /// (validated: at least one, none twice; the error names the field `approaches`).
+    pub fn with_procedure(
+        mut self,
+        procedure: Procedure,
+        approaches: Vec<Approach>,
+    ) -> Result<Self, InputError> {
+        if approaches.is_empty() {
+            return Err(InputError::invalid(
+                "approaches",
+                "[]",
+                "allow at least one approach: bilateral_transpedicular or unipedicular",
+            ));
+        }
+        for (i, a) in approaches.iter().enumerate() {
+            if approaches[..i].contains(a) {
+                return Err(InputError::invalid(
+                    format!("approaches[{i}]"),
+                    a,
+                    "listed more than once",
+                ));
+            }
+        }
+        self.procedure = procedure;
+        self.approaches = approaches;
+        Ok(self)
+    }
+    pub fn procedure(&self) -> Procedure {
+        self.procedure
+    }
+    /// The allowed approaches, in order of preference.
+    pub fn approaches(&self) -> &[Approach] {
+        &self.approaches
     }
 }

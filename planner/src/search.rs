@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use crate::criteria::{
     self, centring_mm, cortex_start, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine,
-    GridSampler, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM, MIN_ENTRY_BEHIND_WALL_MM,
-    SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
+    GridSampler, ANTERIOR_THIRD_FRACTION, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM,
+    MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
 use crate::evaluate::{measure, Measurement, SideContext};
@@ -37,6 +37,21 @@ pub const REFERENCE_PLANE_BEHIND_WALL_MM: Real = 5.0;
 /// Medial angle range searched, degrees (lumbar pedicles converge by up to ~30 degrees; a
 /// little divergence and extra convergence are allowed for rotated or odd pedicles).
 pub const MEDIAL_RANGE_DEG: (Real, Real) = (-15.0, 45.0);
+/// How far from the mid-sagittal plane (x = 0 in the vertebra frame) the balloon's centre
+/// (kyphoplasty) or the tip (vertebroplasty) of a unipedicular plan may lie, mm: well below the
+/// execution error a plan must survive anyway (registration 0.7-1.5 mm, robot-guided tip
+/// 1.9 +/- 1.5 mm; clinical.md "Navigation and execution error"), so a plan within it is on the
+/// midline as far as anyone can place it.
+pub const MIDLINE_TOLERANCE_MM: Real = 1.0;
+/// Where a unipedicular line may cross the midline, as fractions of the body's depth from its
+/// posterior wall (its tip, beyond, must be in the anterior third; see
+/// [`UNIPEDICULAR_MAX_TIP_DEPTH_FRACTION`]).
+pub const UNIPEDICULAR_MIDLINE_DEPTH_RANGE: (Real, Real) = (0.3, 0.85);
+/// A unipedicular line's tip is searched up to this fraction of the body's depth along the
+/// line (a search preference, not a safety rule): deeper tips leave the balloon behind them
+/// too close to the anterior cortex to inflate (measured on the mean L3: a tip at 0.9 leaves
+/// room for the smallest 5 mm balloon only); the bilateral tip sits at [`TIP_DEPTH_FRACTION`].
+pub const UNIPEDICULAR_MAX_TIP_DEPTH_FRACTION: Real = 0.8;
 /// Cranial angle range searched, degrees.
 pub const CRANIAL_RANGE_DEG: (Real, Real) = (-25.0, 25.0);
 /// `q` is searched from this far medial of the canal's edge, mm (the pedicle's medial wall
@@ -147,6 +162,56 @@ fn min_along(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
     m.min(cap)
 }
 
+/// What a side's search aims for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SearchMode {
+    /// Bilateral transpedicular: the tip at [`TIP_DEPTH_FRACTION`] of the body's depth along
+    /// the line, medial angles over [`MEDIAL_RANGE_DEG`].
+    Bilateral,
+    /// Unipedicular: the line is aimed across (through the midline point of its third
+    /// parameter, [`UNIPEDICULAR_MIDLINE_DEPTH_RANGE`]) and the tip
+    /// lies `midline_behind_tip_mm` beyond the point where the axis crosses the mid-sagittal
+    /// plane (x = 0 in the vertebra frame): half the shortest balloon for kyphoplasty (that
+    /// balloon is then centred on the midline), 0 for vertebroplasty (the tip on the midline).
+    /// The tip must lie in the anterior third of the body.
+    Unipedicular { midline_behind_tip_mm: Real },
+}
+
+impl SearchMode {
+    /// The range and grid step of a line's third parameter: the medial angle (degrees) for
+    /// bilateral; for unipedicular the vertebra-frame y where the axis crosses the midline
+    /// (mm), from [`UNIPEDICULAR_MIDLINE_DEPTH_RANGE`] of the body's depth (the tip's own
+    /// window is checked on each line). Parameterised by where it meets the midline, the lines
+    /// that reach their target fill a box of the grid, not a thin band across it, so the
+    /// coarse grid samples them.
+    fn third_parameter(self, frame: &crate::frame::VertebraFrame) -> ((Real, Real), Real) {
+        match self {
+            SearchMode::Bilateral => (MEDIAL_RANGE_DEG, GRID_STEP_DEG),
+            SearchMode::Unipedicular { .. } => {
+                let (d0, d1) = UNIPEDICULAR_MIDLINE_DEPTH_RANGE;
+                let y = |d: Real| frame.posterior_wall_y_mm - d * frame.body_depth_mm;
+                ((y(d1), y(d0)), GRID_STEP_MM)
+            }
+        }
+    }
+
+    /// Whether an exactly measured, safe line meets the mode's target: for unipedicular, the
+    /// point `midline_behind_tip_mm` behind the tip within [`MIDLINE_TOLERANCE_MM`] of the
+    /// midline, and the tip in the anterior third.
+    fn accepts(self, ctx: &SideContext<'_>, m: &Measurement) -> bool {
+        match self {
+            SearchMode::Bilateral => true,
+            SearchMode::Unipedicular {
+                midline_behind_tip_mm,
+            } => {
+                let p = m.tip_lps - m.direction_lps.into_inner() * midline_behind_tip_mm;
+                let x = (ctx.vertebra.frame.lps_to_vertebra * p).x;
+                x.abs() <= MIDLINE_TOLERANCE_MM && m.tip_depth_fraction >= ANTERIOR_THIRD_FRACTION
+            }
+        }
+    }
+}
+
 /// The result for one side.
 #[derive(Clone, Debug)]
 pub enum SideOutcome {
@@ -199,10 +264,11 @@ struct Screen<'a> {
     sign: Real,
     radius: Real,
     canal_half_width: Real,
+    mode: SearchMode,
 }
 
 impl<'a> Screen<'a> {
-    fn new(ctx: &'a SideContext<'a>) -> Self {
+    fn new(ctx: &'a SideContext<'a>, mode: SearchMode) -> Self {
         let f = &ctx.vertebra.frame;
         let vertebra_to_grid = f.vertebra_to_grid();
         Screen {
@@ -214,6 +280,7 @@ impl<'a> Screen<'a> {
             sign: ctx.side.sign(),
             radius: ctx.instrument.cannula_radius_mm(),
             canal_half_width: f.canal_half_width_mm[ctx.side],
+            mode,
         }
     }
 }
@@ -222,6 +289,18 @@ impl Screen<'_> {
     /// `q` of the line with lateral offset `x` and superior offset `z`.
     fn q_vertebra(&self, x: Real, z: Real) -> Point {
         Point::new(self.sign * x, self.y_ref, z)
+    }
+
+    /// The medial and cranial angles of a line's parameters (for unipedicular, the medial angle
+    /// that takes the line from `q` to its midline point).
+    fn angles_deg(&self, params: &[Real; 4]) -> (Real, Real) {
+        match self.mode {
+            SearchMode::Bilateral => (params[2], params[3]),
+            SearchMode::Unipedicular { .. } => {
+                let (across, forward) = (params[0], self.y_ref - params[2]);
+                (across.atan2(forward).to_degrees(), params[3])
+            }
+        }
     }
 
     fn direction_vertebra(&self, medial_deg: Real, cranial_deg: Real) -> Vector {
@@ -250,7 +329,8 @@ impl Screen<'_> {
     /// below `threshold` (upper bounds of the score are checked as its terms come in, the
     /// cheapest first), so such a line could never be chosen.
     fn candidate(&self, params: [Real; 4], threshold: Real) -> Option<Candidate> {
-        let [x, z, medial, cranial] = params;
+        let [x, z, _, _] = params;
+        let (medial, cranial) = self.angles_deg(&params);
         let v = self.ctx.vertebra;
         let f = &v.frame;
         let safety = self.ctx.safety;
@@ -305,7 +385,24 @@ impl Screen<'_> {
         if t_wall >= t_exit {
             return None;
         }
-        let t_tip = t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall);
+        let t_tip = match self.mode {
+            SearchMode::Bilateral => t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall),
+            SearchMode::Unipedicular {
+                midline_behind_tip_mm,
+            } => {
+                // Aimed across: the axis must reach x = 0 going forward.
+                if dir.x * self.sign >= -1e-9 {
+                    return None;
+                }
+                let t = -q.x / dir.x + midline_behind_tip_mm;
+                let depth = (t - t_wall) / (t_exit - t_wall);
+                if !(ANTERIOR_THIRD_FRACTION..=UNIPEDICULAR_MAX_TIP_DEPTH_FRACTION).contains(&depth)
+                {
+                    return None;
+                }
+                t
+            }
+        };
         // Cortex from where its margin applies (past the docking zone) to the tip.
         let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
         if cos_incidence < self.max_incidence_deg.to_radians().cos() {
@@ -380,7 +477,8 @@ impl Screen<'_> {
                     for dirn in [-1.0, 1.0] {
                         let mut p = best.params;
                         p[axis] += dirn * steps[axis];
-                        p[2] = p[2].clamp(MEDIAL_RANGE_DEG.0, MEDIAL_RANGE_DEG.1);
+                        let ((m0, m1), _) = self.mode.third_parameter(&self.ctx.vertebra.frame);
+                        p[2] = p[2].clamp(m0, m1);
                         p[3] = p[3].clamp(CRANIAL_RANGE_DEG.0, CRANIAL_RANGE_DEG.1);
                         if !tried.insert(key(&p)) {
                             continue;
@@ -455,8 +553,9 @@ impl Screening {
             .map(|&i| {
                 let p = line(i);
                 let q = screen.q_vertebra(p[0], p[1]);
+                let (medial, cranial) = screen.angles_deg(&p);
                 (
-                    screen.fixed_terms(&q, &screen.direction_vertebra(p[2], p[3]), p[2]),
+                    screen.fixed_terms(&q, &screen.direction_vertebra(medial, cranial), medial),
                     p,
                     i,
                 )
@@ -494,12 +593,62 @@ impl Screening {
     }
 }
 
-/// Search the best safe trajectory of one side.
+/// Search the best safe bilateral transpedicular trajectory of one side.
 pub fn search_side(
     ctx: &SideContext<'_>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<SideOutcome, PlanError> {
-    search_side_with(ctx, cancelled, Screens::CoarseToFine)
+    search_side_with(ctx, SearchMode::Bilateral, cancelled, Screens::CoarseToFine)
+}
+
+/// Search the best safe trajectory of one side for `mode`.
+pub fn search_side_mode(
+    ctx: &SideContext<'_>,
+    mode: SearchMode,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<SideOutcome, PlanError> {
+    search_side_with(ctx, mode, cancelled, Screens::CoarseToFine)
+}
+
+/// An infeasible unipedicular outcome leads with [`ReasonCode::MidlineNotReached`].
+fn midline_reason(screen: &Screen<'_>, outcome: SideOutcome) -> SideOutcome {
+    let SearchMode::Unipedicular {
+        midline_behind_tip_mm,
+    } = screen.mode
+    else {
+        return outcome;
+    };
+    match outcome {
+        SideOutcome::Infeasible {
+            mut reasons,
+            alternatives,
+        } => {
+            let what = if midline_behind_tip_mm > 0.0 {
+                "the balloon's centre"
+            } else {
+                "the tip"
+            };
+            reasons.insert(
+                0,
+                Reason {
+                    code: ReasonCode::MidlineNotReached,
+                    message: format!(
+                        "no safe line through the {} pedicle puts {what} within {MIDLINE_TOLERANCE_MM} mm of the mid-sagittal plane with the tip in the anterior third of the body",
+                        screen.ctx.side
+                    ),
+                    value_mm: None,
+                    limit_mm: Some(MIDLINE_TOLERANCE_MM),
+                    value_deg: None,
+                    limit_deg: None,
+                },
+            );
+            SideOutcome::Infeasible {
+                reasons,
+                alternatives,
+            }
+        }
+        feasible => feasible,
+    }
 }
 
 /// Which lines of the grid are screened.
@@ -516,10 +665,11 @@ enum Screens {
 /// The steps of the module documentation, in order.
 fn search_side_with(
     ctx: &SideContext<'_>,
+    mode: SearchMode,
     cancelled: &(dyn Fn() -> bool + Sync),
     screens: Screens,
 ) -> Result<SideOutcome, PlanError> {
-    let screen = Screen::new(ctx);
+    let screen = Screen::new(ctx, mode);
     let grid = LineGrid::new(&screen);
     let mut screening = Screening::new();
     let coarse = screen_coarse(&screen, &grid, screens, &mut screening, cancelled)?;
@@ -529,15 +679,21 @@ fn search_side_with(
         return Err(PlanError::Cancelled);
     }
     if screened.is_empty() {
-        return Ok(infeasible_no_corridor(ctx, grid.qs.is_empty()));
+        return Ok(midline_reason(
+            &screen,
+            infeasible_no_corridor(ctx, grid.qs.is_empty()),
+        ));
     }
     let refined = refine_best(&screen, &screened);
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
-    match verify(ctx, &refined, &screened, cancelled)? {
+    match verify(ctx, screen.mode, &refined, &screened, cancelled)? {
         Verified::Safe(m) => Ok(SideOutcome::Feasible(Box::new(m))),
-        Verified::Unsafe(best) => Ok(diagnose_infeasible(&screen, &grid, &best)),
+        Verified::Unsafe(best) => Ok(midline_reason(
+            &screen,
+            diagnose_infeasible(&screen, &grid, &best),
+        )),
     }
 }
 
@@ -584,7 +740,10 @@ impl LineGrid {
         LineGrid {
             qs,
             q_at,
-            medials: steps(MEDIAL_RANGE_DEG, GRID_STEP_DEG),
+            medials: {
+                let (range, step) = screen.mode.third_parameter(f);
+                steps(range, step)
+            },
             cranials: steps(CRANIAL_RANGE_DEG, GRID_STEP_DEG),
         }
     }
@@ -754,6 +913,7 @@ enum Verified {
 /// exactly, in batches of [`SEEDS`], until a batch has a safe one.
 fn verify(
     ctx: &SideContext<'_>,
+    mode: SearchMode,
     refined: &[Candidate],
     screened: &[Candidate],
     cancelled: &(dyn Fn() -> bool + Sync),
@@ -777,7 +937,7 @@ fn verify(
             .collect();
         for m in measured {
             let sc = m.score(ctx.safety);
-            if m.violations.is_empty() {
+            if m.violations.is_empty() && mode.accepts(ctx, &m) {
                 if best_feasible
                     .as_ref()
                     .is_none_or(|b| sc > b.score(ctx.safety))
@@ -832,10 +992,18 @@ fn diagnose_infeasible(screen: &Screen<'_>, grid: &LineGrid, best: &Measurement)
 fn corridor_reason(ctx: &SideContext<'_>, corridor_mm: Real) -> Reason {
     let d = ctx.instrument.cannula_outer_diameter_mm;
     let m = ctx.safety.cortex_margin_mm;
+    // The measured isthmus is what a surgeon checks first: name it with its width.
+    let isthmus = match &ctx.vertebra.pedicles[ctx.side] {
+        Ok(p) => format!(
+            "; the {} pedicle's isthmus measures {:.1} mm wide x {:.1} mm high",
+            ctx.side, p.width_mm, p.height_mm
+        ),
+        Err(_) => String::new(),
+    };
     Reason {
         code: ReasonCode::PedicleCorridorTooNarrow,
         message: format!(
-            "narrowest corridor {corridor_mm:.1} mm < cannula {d} mm + 2 x {m} mm margin"
+            "narrowest corridor {corridor_mm:.1} mm < cannula {d} mm + 2 x {m} mm margin{isthmus}"
         ),
         value_mm: Some(corridor_mm),
         limit_mm: Some(d + 2.0 * m),
@@ -845,8 +1013,24 @@ fn corridor_reason(ctx: &SideContext<'_>, corridor_mm: Real) -> Reason {
 }
 
 fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
-    let reason = if no_bone {
-        Reason {
+    let (d, m) = (
+        ctx.instrument.cannula_outer_diameter_mm,
+        ctx.safety.cortex_margin_mm,
+    );
+    let reason = match &ctx.vertebra.pedicles[ctx.side] {
+        // The pedicle is there, measured: too thin to hold the cannula with its margins.
+        Ok(p) if no_bone && p.width_mm.min(p.height_mm) < d + 2.0 * m => Reason {
+            code: ReasonCode::PedicleCorridorTooNarrow,
+            message: format!(
+                "the {} pedicle's isthmus measures {:.1} mm wide x {:.1} mm high < cannula {d} mm + 2 x {m} mm margin",
+                ctx.side, p.width_mm, p.height_mm
+            ),
+            value_mm: Some(p.width_mm.min(p.height_mm)),
+            limit_mm: Some(d + 2.0 * m),
+            value_deg: None,
+            limit_deg: None,
+        },
+        _ if no_bone => Reason {
             code: ReasonCode::PedicleNotFound,
             message: format!(
                 "no bone deeper than half the cannula radius plus margin in the {} pedicle region",
@@ -856,9 +1040,8 @@ fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
             limit_mm: None,
             value_deg: None,
             limit_deg: None,
-        }
-    } else {
-        Reason {
+        },
+        _ => Reason {
             code: ReasonCode::PedicleNotFound,
             message: format!(
                 "no straight line through the {} pedicle enters the bone behind the body and lateral of the canal",
@@ -868,7 +1051,7 @@ fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
             limit_mm: None,
             value_deg: None,
             limit_deg: None,
-        }
+        },
     };
     SideOutcome::Infeasible {
         reasons: vec![reason],
@@ -979,7 +1162,9 @@ mod tests {
 
     /// Search every side of `input` both ways: the same sides must come out feasible, and the
     /// coarse-to-fine line's exactly measured score must be no worse than the exhaustive one's.
-    fn compare_with_exhaustive(input: AnatomyInput) {
+    /// Returns the number of sides found feasible.
+    fn compare_with_exhaustive(input: AnatomyInput, mode: SearchMode) -> usize {
+        let mut feasible = 0;
         let name = input.name.clone();
         let anatomy = PreparedAnatomy::prepare(input, &PrepareOptions::standard())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -996,15 +1181,16 @@ mod tests {
                     instrument: &instrument,
                     safety: &safety,
                 };
-                let fast = search_side_with(&ctx, &never, Screens::CoarseToFine).unwrap();
-                let slow = search_side_with(&ctx, &never, Screens::Exhaustive).unwrap();
+                let fast = search_side_with(&ctx, mode, &never, Screens::CoarseToFine).unwrap();
+                let slow = search_side_with(&ctx, mode, &never, Screens::Exhaustive).unwrap();
                 match (fast, slow) {
                     (SideOutcome::Feasible(f), SideOutcome::Feasible(s)) => {
+                        feasible += 1;
                         assert!(f.violations.is_empty());
                         let (fs, ss) = (f.score(&safety), s.score(&safety));
                         assert!(
                             fs >= ss - 1e-9,
-                            "{name} {level} {side}: coarse to fine scores {fs}, every line {ss}"
+                            "{name} {level} {side}: coarse to fine scores {fs}, every line {ss}: {:?} vs {:?}", (f.medial_angle_deg, f.cranial_angle_deg, f.tip_depth_fraction, f.bone_entry_lps), (s.medial_angle_deg, s.cranial_angle_deg, s.tip_depth_fraction, s.bone_entry_lps)
                         );
                     }
                     (
@@ -1019,17 +1205,42 @@ mod tests {
                 }
             }
         }
+        feasible
     }
 
     /// The coarse-to-fine screening against the slow, obvious search (every line of the grid)
     /// on the built-in L1-L5 (posed as in a CT) and a vertebra too narrow for the cannula.
     #[test]
     fn coarse_to_fine_matches_the_exhaustive_grid_on_synthetic_vertebrae() {
-        compare_with_exhaustive(crate::synth::demo_anatomy());
+        compare_with_exhaustive(crate::synth::demo_anatomy(), SearchMode::Bilateral);
         let mut params = crate::synth::VertebraParams::mean(Level::L3);
         params.pedicle_width_mm = 4.4;
         let v = crate::synth::vertebra(&params, &crate::math::Pose::identity());
-        compare_with_exhaustive(common::single_vertebra("narrow", Level::L3, v.mesh));
+        compare_with_exhaustive(
+            common::single_vertebra("narrow", Level::L3, v.mesh),
+            SearchMode::Bilateral,
+        );
+    }
+
+    /// The unipedicular mode's coarse-to-fine screening against every line of its grid, for
+    /// kyphoplasty (the shortest default balloon centred on the midline) and vertebroplasty
+    /// (the tip on the midline), on a mean L3 and L4 (the mean L1 and L2 pedicles, 8.3-8.6 mm
+    /// wide and converging 7-10 degrees, cannot take a 3.4 mm cannula aimed that far across).
+    #[test]
+    fn unipedicular_coarse_to_fine_matches_the_exhaustive_grid() {
+        for level in [Level::L3, Level::L4] {
+            let params = crate::synth::VertebraParams::mean(level);
+            let v = crate::synth::vertebra(&params, &crate::math::Pose::identity());
+            for behind in [5.0, 0.0] {
+                let feasible = compare_with_exhaustive(
+                    common::single_vertebra("mean", level, v.mesh.clone()),
+                    SearchMode::Unipedicular {
+                        midline_behind_tip_mm: behind,
+                    },
+                );
+                assert_eq!(feasible, 2, "{level}: both sides of a mean vertebra");
+            }
+        }
     }
 
     /// The same on the real meshes of `../shared/anatomy` (ignored without them, a failure
@@ -1044,7 +1255,7 @@ mod tests {
             return;
         };
         for set in ["vhm-male-lumbar", "mean-lumbar-l2-l5"] {
-            compare_with_exhaustive(common::load_set(&dir, set));
+            compare_with_exhaustive(common::load_set(&dir, set), SearchMode::Bilateral);
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct VertebraParams {
     pub anterior_height_loss_fraction: Real,
     /// Outer (cortical) transverse width of the pedicle at its isthmus.
     pub pedicle_width_mm: Real,
+    /// Outer transverse width of the right pedicle when it differs from the left's
+    /// (`pedicle_width_mm`): an asymmetric vertebra (a dysplastic or sclerotic pedicle). The
+    /// narrower pedicle keeps the same axis and centre. `None`: both are `pedicle_width_mm`.
+    pub right_pedicle_width_mm: Option<Real>,
     /// Outer (cortical) height of the pedicle at its isthmus.
     pub pedicle_height_mm: Real,
     /// Transverse (medial) angle of the pedicle axis: positive converges towards the midline
@@ -75,6 +79,14 @@ pub struct VertebraParams {
 }
 
 impl VertebraParams {
+    /// The outer transverse width of the pedicle of `side`.
+    pub fn pedicle_width_on(&self, side: Side) -> Real {
+        match (side, self.right_pedicle_width_mm) {
+            (Side::Right, Some(w)) => w,
+            _ => self.pedicle_width_mm,
+        }
+    }
+
     /// Mean morphometry of `level` (clinical.md: Panjabi 1992 / Zindrick 1987 pedicle widths,
     /// Panjabi body and canal sizes, Dickman medial angles). Defined for T10..L5; levels above
     /// T10 use T10's numbers and S1 uses L5's (neither is anatomical).
@@ -118,6 +130,7 @@ impl VertebraParams {
             body_height_mm: r[2],
             anterior_height_loss_fraction: 0.0,
             pedicle_width_mm: r[3],
+            right_pedicle_width_mm: None,
             pedicle_height_mm: r[4],
             pedicle_medial_angle_deg: r[5],
             pedicle_sagittal_angle_deg: r[6],
@@ -337,6 +350,11 @@ impl Shape {
             let side = |v: Vector| if s > 0.0 { v } else { mirror_x(v) };
             let iso = side(lay.left_isthmus);
             let dir = side(lay.left_dir);
+            let pedicle_width_mm = if s > 0.0 {
+                p.pedicle_width_mm
+            } else {
+                p.pedicle_width_on(Side::Right)
+            };
             // Pedicle: from the pillar centre through the isthmus into the body.
             let back = iso - dir * half_len;
             let front = iso + dir * (half_len + 0.25 * p.body_depth_mm);
@@ -344,7 +362,7 @@ impl Shape {
                 back,
                 front,
                 z,
-                0.5 * p.pedicle_width_mm,
+                0.5 * pedicle_width_mm,
                 0.5 * p.pedicle_height_mm,
                 Section::Ellipse,
             ));
@@ -583,7 +601,7 @@ pub fn vertebra(params: &VertebraParams, vertebra_to_lps: &Pose) -> SyntheticVer
             side,
             isthmus_center: vertebra_to_lps * Point::from(c),
             direction: UnitVector::new_normalize(vertebra_to_lps.rotation * d),
-            width_mm: params.pedicle_width_mm,
+            width_mm: params.pedicle_width_on(side),
         }
     });
     SyntheticVertebra {

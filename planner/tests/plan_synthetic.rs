@@ -315,7 +315,10 @@ fn a_line_through_the_canal_leaves_and_re_enters_the_bone() {
     let inside: Vec<bool> = (0..=(len / step) as usize)
         .map(|i| brute::contains_point(mesh, &(entry + u * (i as f64 * step))))
         .collect();
-    let first = inside.iter().position(|&b| b).expect("the line meets the bone");
+    let first = inside
+        .iter()
+        .position(|&b| b)
+        .expect("the line meets the bone");
     let outside_mm = inside[first..].iter().filter(|&&b| !b).count() as f64 * step;
     let measured = leaves.value_mm.unwrap();
     assert!(
@@ -361,15 +364,14 @@ fn the_entry_incidence_is_measured_and_limited() {
     assert!(ok.safe, "{:?}", ok.violations);
     let incidence = ok.trajectory.entry_incidence_deg.unwrap();
     let entry = point(ok.trajectory.bone_entry_mm);
-    let normal = brute::footprint_normal(
-        &verts[0].mesh,
-        &entry,
-        &d,
-        instrument.cannula_radius_mm(),
-    )
-    .unwrap();
+    let normal =
+        brute::footprint_normal(&verts[0].mesh, &entry, &d, instrument.cannula_radius_mm())
+            .unwrap();
     let brute_deg = (-normal.dot(&d)).acos().to_degrees();
-    assert!((incidence - brute_deg).abs() < 1e-6, "{incidence} vs {brute_deg}");
+    assert!(
+        (incidence - brute_deg).abs() < 1e-6,
+        "{incidence} vs {brute_deg}"
+    );
     assert_eq!(ok.trajectory.route, Some(plan::Route::Transpedicular));
     let steep = run(incidence - 0.5);
     let v = steep

@@ -15,7 +15,9 @@ use kyphoplan_planner::plan::{
     LevelPlan, PedicleSummary, Plan, Reason, ReasonCode, Route, SidePlan, StructureNotice,
     Trajectory, VertebraFrameSummary,
 };
-use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::request::{
+    Approach, Instrument, PlanRequest, Procedure, Safety, DEFAULT_APPROACHES, DEFAULT_PROCEDURE,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -159,6 +161,10 @@ pub fn reason_code_to_pb(code: ReasonCode) -> pb::ReasonCode {
         ReasonCode::NotThroughPedicle => pb::ReasonCode::NotThroughPedicle,
         ReasonCode::LeavesBone => pb::ReasonCode::LeavesBone,
         ReasonCode::EntryIncidenceTooSteep => pb::ReasonCode::EntryIncidenceTooSteep,
+        ReasonCode::BilateralNotPossible => pb::ReasonCode::BilateralNotPossible,
+        ReasonCode::UnipedicularNotPossible => pb::ReasonCode::UnipedicularNotPossible,
+        ReasonCode::MidlineNotReached => pb::ReasonCode::MidlineNotReached,
+        ReasonCode::OtherSideChosen => pb::ReasonCode::OtherSideChosen,
     }
 }
 
@@ -192,6 +198,10 @@ pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
         pb::ReasonCode::NotThroughPedicle => ReasonCode::NotThroughPedicle,
         pb::ReasonCode::LeavesBone => ReasonCode::LeavesBone,
         pb::ReasonCode::EntryIncidenceTooSteep => ReasonCode::EntryIncidenceTooSteep,
+        pb::ReasonCode::BilateralNotPossible => ReasonCode::BilateralNotPossible,
+        pb::ReasonCode::UnipedicularNotPossible => ReasonCode::UnipedicularNotPossible,
+        pb::ReasonCode::MidlineNotReached => ReasonCode::MidlineNotReached,
+        pb::ReasonCode::OtherSideChosen => ReasonCode::OtherSideChosen,
     })
 }
 
@@ -642,17 +652,81 @@ pub fn levels_from_pb(levels: &[i32], field: &str) -> Result<Option<Vec<Level>>>
         .map(Some)
 }
 
-/// The planning parts of a CreatePlanRequest, validated into a [`PlanRequest`].
+/// The planning parts of a CreatePlanRequest, validated into a [`PlanRequest`]. For
+/// vertebroplasty an unset cannula diameter is [`Instrument::default_for`]'s needle.
 pub fn plan_request_from_pb(
     levels: &[i32],
     instrument: Option<pb::InstrumentOptions>,
     safety: Option<pb::SafetyOptions>,
+    procedure: i32,
+    approaches: &[i32],
 ) -> Result<PlanRequest> {
+    let procedure = procedure_from_pb(procedure, "procedure")?;
+    let approaches = if approaches.is_empty() {
+        DEFAULT_APPROACHES.to_vec()
+    } else {
+        approaches
+            .iter()
+            .enumerate()
+            .map(|(i, a)| approach_from_pb(*a, &format!("approaches[{i}]")))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let needle_unset = instrument
+        .as_ref()
+        .is_none_or(|i| i.cannula_outer_diameter_mm.is_none());
+    let mut instrument = instrument_from_options(instrument);
+    if needle_unset {
+        instrument.cannula_outer_diameter_mm =
+            Instrument::default_for(procedure).cannula_outer_diameter_mm;
+    }
     PlanRequest::new(
         levels_from_pb(levels, "levels")?,
-        instrument_from_options(instrument),
+        instrument,
         safety_from_options(safety),
-    )
+    )?
+    .with_procedure(procedure, approaches)
+}
+
+pub fn procedure_to_pb(p: Procedure) -> pb::Procedure {
+    match p {
+        Procedure::Kyphoplasty => pb::Procedure::Kyphoplasty,
+        Procedure::Vertebroplasty => pb::Procedure::Vertebroplasty,
+    }
+}
+
+/// PROCEDURE_UNSPECIFIED is the default procedure (kyphoplasty).
+pub fn procedure_from_pb(v: i32, field: &str) -> Result<Procedure> {
+    let p = pb::Procedure::try_from(v)
+        .map_err(|_| InputError::invalid(field, v, "unknown procedure value"))?;
+    Ok(match p {
+        pb::Procedure::Unspecified => DEFAULT_PROCEDURE,
+        pb::Procedure::Kyphoplasty => Procedure::Kyphoplasty,
+        pb::Procedure::Vertebroplasty => Procedure::Vertebroplasty,
+    })
+}
+
+pub fn approach_to_pb(a: Approach) -> pb::Approach {
+    match a {
+        Approach::BilateralTranspedicular => pb::Approach::BilateralTranspedicular,
+        Approach::Unipedicular => pb::Approach::Unipedicular,
+    }
+}
+
+/// `None` for APPROACH_UNSPECIFIED.
+pub fn approach_from_pb_opt(v: i32, field: &str) -> Result<Option<Approach>> {
+    let a = pb::Approach::try_from(v)
+        .map_err(|_| InputError::invalid(field, v, "unknown approach value"))?;
+    Ok(match a {
+        pb::Approach::Unspecified => None,
+        pb::Approach::BilateralTranspedicular => Some(Approach::BilateralTranspedicular),
+        pb::Approach::Unipedicular => Some(Approach::Unipedicular),
+    })
+}
+
+pub fn approach_from_pb(v: i32, field: &str) -> Result<Approach> {
+    approach_from_pb_opt(v, field)?.ok_or_else(|| {
+        InputError::invalid(field, "APPROACH_UNSPECIFIED", "an approach is required")
+    })
 }
 
 /// The checked parameters of an EvaluateTrajectoryRequest (all but its anatomy).
@@ -729,6 +803,12 @@ pub fn create_plan_request_to_pb(
             .collect(),
         instrument: Some(instrument_options_to_pb(request.instrument())),
         safety: Some(safety_options_to_pb(request.safety())),
+        procedure: procedure_to_pb(request.procedure()) as i32,
+        approaches: request
+            .approaches()
+            .iter()
+            .map(|a| approach_to_pb(*a) as i32)
+            .collect(),
     }
 }
 
@@ -1016,8 +1096,10 @@ pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
         reasons,
         alternatives,
         pedicle,
+        approach,
     } = s;
     pb::SidePlan {
+        approach: approach_to_pb(*approach) as i32,
         pedicle: pedicle.as_ref().map(pedicle_to_pb),
         side: side_to_pb(*side) as i32,
         feasible: *feasible,
@@ -1046,9 +1128,11 @@ pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
         reasons,
         alternatives,
         pedicle,
+        approach,
     } = s;
     let f = |s: &str| format!("{field}.{s}");
     Ok(SidePlan {
+        approach: approach_from_pb(approach, &f("approach"))?,
         pedicle: pedicle
             .map(|p| pedicle_from_pb(p, &f("pedicle")))
             .transpose()?,
@@ -1197,8 +1281,12 @@ pub fn level_plan_to_pb(l: &LevelPlan) -> pb::LevelPlan {
         cement_volume_estimate_ml,
         vertebra_frame,
         keep_outs,
+        approach,
+        approach_reasons,
     } = l;
     pb::LevelPlan {
+        approach: approach.map_or(pb::Approach::Unspecified, approach_to_pb) as i32,
+        approach_reasons: approach_reasons.iter().map(reason_to_pb).collect(),
         level: level_to_pb(*level) as i32,
         sides: sides.iter().map(side_plan_to_pb).collect(),
         cement_volume_estimate_ml: *cement_volume_estimate_ml,
@@ -1214,9 +1302,17 @@ pub fn level_plan_from_pb(l: pb::LevelPlan, field: &str) -> Result<LevelPlan> {
         cement_volume_estimate_ml,
         vertebra_frame,
         keep_outs,
+        approach,
+        approach_reasons,
     } = l;
     let f = |s: &str| format!("{field}.{s}");
     Ok(LevelPlan {
+        approach: approach_from_pb_opt(approach, &f("approach"))?,
+        approach_reasons: approach_reasons
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| reason_from_pb(r, &format!("{field}.approach_reasons[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
         level: level_from_pb(level, &f("level"))?,
         sides: sides
             .into_iter()
@@ -1262,8 +1358,15 @@ pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
         safety,
         mesh_fixes,
         planner_version,
+        procedure,
+        approaches,
     } = plan;
     pb::Plan {
+        procedure: procedure_to_pb(*procedure) as i32,
+        approaches: approaches
+            .iter()
+            .map(|a| approach_to_pb(*a) as i32)
+            .collect(),
         plan_id: String::new(),
         anatomy_id: String::new(),
         create_time_unix_ms: 0,
@@ -1291,8 +1394,16 @@ pub fn plan_from_pb(plan: pb::Plan) -> Result<Plan> {
         safety,
         mesh_fixes,
         planner_version,
+        procedure,
+        approaches,
     } = plan;
     Ok(Plan {
+        procedure: procedure_from_pb(procedure, "procedure")?,
+        approaches: approaches
+            .iter()
+            .enumerate()
+            .map(|(i, a)| approach_from_pb(*a, &format!("approaches[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
         case: case_name,
         frame: frame_from_pb(frame, "frame")?,
         levels: levels

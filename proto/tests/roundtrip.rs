@@ -6,7 +6,7 @@ use kyphoplan_planner::error::MeshFix;
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::plan::*;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
-use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::request::{Approach, Instrument, PlanRequest, Procedure, Safety};
 use kyphoplan_planner::{planning, synth};
 use kyphoplan_proto::{convert, pb};
 use prost::Message;
@@ -16,7 +16,7 @@ fn through_the_wire(plan: &Plan) -> Plan {
     convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
 }
 
-const ALL_REASONS: [ReasonCode; 19] = [
+const ALL_REASONS: [ReasonCode; 23] = [
     ReasonCode::PedicleCorridorTooNarrow,
     ReasonCode::PedicleNotFound,
     ReasonCode::CanalTooClose,
@@ -36,6 +36,10 @@ const ALL_REASONS: [ReasonCode; 19] = [
     ReasonCode::NotThroughPedicle,
     ReasonCode::LeavesBone,
     ReasonCode::EntryIncidenceTooSteep,
+    ReasonCode::BilateralNotPossible,
+    ReasonCode::UnipedicularNotPossible,
+    ReasonCode::MidlineNotReached,
+    ReasonCode::OtherSideChosen,
 ];
 
 fn trajectory(x: f64) -> Trajectory {
@@ -122,6 +126,11 @@ fn edge_plan() -> Plan {
             height_mm: 15.4,
             area_mm2: 103.25,
         }),
+        approach: if feasible {
+            Approach::Unipedicular
+        } else {
+            Approach::BilateralTranspedicular
+        },
     };
     Plan {
         case: "edge-case".into(),
@@ -156,6 +165,15 @@ fn edge_plan() -> Plan {
                         margin_mm: 2.0,
                     },
                 ],
+                approach: Some(Approach::Unipedicular),
+                approach_reasons: vec![Reason {
+                    code: ReasonCode::BilateralNotPossible,
+                    message: "bilateral transpedicular not possible (right: ...)".into(),
+                    value_mm: Some(3.0),
+                    limit_mm: Some(5.4),
+                    value_deg: Some(50.0),
+                    limit_deg: Some(45.0),
+                }],
             },
             LevelPlan {
                 level: Level::S1,
@@ -163,6 +181,8 @@ fn edge_plan() -> Plan {
                 cement_volume_estimate_ml: None,
                 vertebra_frame: None,
                 keep_outs: vec![],
+                approach: None,
+                approach_reasons: vec![],
             },
         ],
         instrument: Instrument {
@@ -182,7 +202,51 @@ fn edge_plan() -> Plan {
             fix: MeshFix::FlippedInwardWinding,
         }],
         planner_version: "0.1.0".into(),
+        procedure: Procedure::Vertebroplasty,
+        approaches: vec![Approach::Unipedicular, Approach::BilateralTranspedicular],
     }
+}
+
+/// Procedure and approaches of a request survive the wire; unset ones take the defaults, and
+/// for vertebroplasty an unset cannula is the 11 G needle.
+#[test]
+fn procedure_and_approaches_of_a_request_round_trip() {
+    let request = PlanRequest::new(
+        None,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .unwrap()
+    .with_procedure(Procedure::Vertebroplasty, vec![Approach::Unipedicular])
+    .unwrap();
+    let m = convert::create_plan_request_to_pb(
+        pb::create_plan_request::Anatomy::AnatomyId(String::new()),
+        &request,
+    );
+    let back = convert::plan_request_from_pb(
+        &m.levels,
+        m.instrument,
+        m.safety,
+        m.procedure,
+        &m.approaches,
+    )
+    .unwrap();
+    assert_eq!(back, request);
+    let d = convert::plan_request_from_pb(&[], None, None, 0, &[]).unwrap();
+    assert_eq!(d.procedure(), Procedure::Kyphoplasty);
+    assert_eq!(
+        d.approaches(),
+        [Approach::BilateralTranspedicular, Approach::Unipedicular]
+    );
+    assert_eq!(d.instrument().cannula_outer_diameter_mm, 3.4);
+    let v =
+        convert::plan_request_from_pb(&[], None, None, pb::Procedure::Vertebroplasty as i32, &[])
+            .unwrap();
+    assert_eq!(v.instrument().cannula_outer_diameter_mm, 3.05);
+    let e = convert::plan_request_from_pb(&[], None, None, 0, &[2, 2]).unwrap_err();
+    assert_eq!(e.field(), "approaches[1]");
+    let e = convert::plan_request_from_pb(&[], None, None, 0, &[0]).unwrap_err();
+    assert_eq!(e.field(), "approaches[0]");
 }
 
 #[test]
@@ -290,8 +354,14 @@ fn unset_request_options_take_the_contract_defaults_field_by_field() {
         balloon_lengths_mm: Some(pb::BalloonLengths { values_mm: vec![] }),
         balloon_max_diameter_mm: None,
     }));
-    let e = convert::plan_request_from_pb(&[], Some(convert::instrument_options_to_pb(&i)), None)
-        .unwrap_err();
+    let e = convert::plan_request_from_pb(
+        &[],
+        Some(convert::instrument_options_to_pb(&i)),
+        None,
+        0,
+        &[],
+    )
+    .unwrap_err();
     assert_eq!(e.field(), "instrument.balloon_lengths_mm");
     let s = convert::safety_from_options(Some(pb::SafetyOptions {
         cortex_margin_mm: None,

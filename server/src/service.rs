@@ -753,10 +753,13 @@ impl PlanningService for Planning {
             levels,
             instrument,
             safety,
+            procedure,
+            approaches,
         } = request.into_inner();
         let (stop, _guard) = Stop::for_call(deadline);
         let work = async {
-            let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
+            let plan_request =
+                convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)?;
             let resolved = self
                 .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
                 .await?;
@@ -787,11 +790,14 @@ impl PlanningService for Planning {
             levels,
             instrument,
             safety,
+            procedure,
+            approaches,
         } = request.into_inner();
         // Set up (and maybe prepare) under the guard: a client gone during setup stops it too.
         let (stop, guard) = Stop::for_call(deadline);
         let setup = async {
-            let plan_request = convert::plan_request_from_pb(&levels, instrument, safety)?;
+            let plan_request =
+                convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)?;
             let resolved = self
                 .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
                 .await?;

@@ -584,6 +584,8 @@ async fn refusals_carry_their_status_codes_and_fields() {
                 nerve_root_margin_mm: None,
                 max_entry_incidence_deg: None,
             }),
+            procedure: 0,
+            approaches: vec![],
         })
         .await
         .unwrap_err()
@@ -600,6 +602,8 @@ async fn refusals_carry_their_status_codes_and_fields() {
             levels: vec![pb::Level::Unspecified as i32],
             instrument: None,
             safety: None,
+            procedure: 0,
+            approaches: vec![],
         })
         .await
         .unwrap_err()
@@ -616,12 +620,32 @@ async fn refusals_carry_their_status_codes_and_fields() {
             levels: vec![pb::Level::T4 as i32],
             instrument: None,
             safety: None,
+            procedure: 0,
+            approaches: vec![],
         })
         .await
         .unwrap_err()
         .into();
     assert_eq!(status.code(), Some(Code::InvalidArgument));
     assert_eq!(field_violations(&status)[0].0, "levels");
+
+    // An approach listed twice: INVALID_ARGUMENT naming approaches[1].
+    let status: ClientError = raw
+        .create_plan(pb::CreatePlanRequest {
+            anatomy: Some(pb::create_plan_request::Anatomy::AnatomyId(
+                stored.anatomy_id.clone(),
+            )),
+            levels: vec![],
+            instrument: None,
+            safety: None,
+            procedure: pb::Procedure::Vertebroplasty as i32,
+            approaches: vec![pb::Approach::Unipedicular as i32; 2],
+        })
+        .await
+        .unwrap_err()
+        .into();
+    assert_eq!(status.code(), Some(Code::InvalidArgument));
+    assert_eq!(field_violations(&status)[0].0, "approaches[1]");
 
     // Unspecified frame in the upload header.
     let header = pb::UploadAnatomyChunk {

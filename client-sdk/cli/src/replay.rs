@@ -7,8 +7,9 @@
 //!   `case.toml`, at any depth), plans the cases in parallel (rayon in-process, or concurrent
 //!   RPCs through a server), compares, and with `bless` rewrites the golden files.
 //!
-//! What is compared: the case name and frame, the set of levels and sides, feasibility and the
-//! reason codes (as a sorted list) exactly; bone entry, target, skin entry and balloon centre
+//! What is compared: the case name and frame, the procedure and allowed approaches, the set of
+//! levels and sides, each level's and side's approach, feasibility and the reason codes (as a
+//! sorted list) exactly; bone entry, target, skin entry and balloon centre
 //! within `position_mm`; medial and cranial angles and the balloon axis within `angle_deg`;
 //! clearances within `clearance_mm`; balloon length and diameter exactly; balloon volume and
 //! the level's cement estimate within `volume_fraction` (relative); the instrument and safety
@@ -313,6 +314,7 @@ fn compare_balloon(d: &mut Differ, e: &Balloon, a: &Balloon) {
 
 fn compare_side(d: &mut Differ, e: &SidePlan, a: &SidePlan) {
     d.exact("feasible", &e.feasible, &a.feasible);
+    d.exact("approach", &e.approach, &a.approach);
     d.exact("reasons", &reason_codes(e), &reason_codes(a));
     match (&e.trajectory, &a.trajectory) {
         (Some(te), Some(ta)) => compare_trajectory(d, te, ta),
@@ -327,6 +329,7 @@ fn compare_side(d: &mut Differ, e: &SidePlan, a: &SidePlan) {
 }
 
 fn compare_level(d: &mut Differ, e: &LevelPlan, a: &LevelPlan) {
+    d.exact("approach", &e.approach, &a.approach);
     match (e.cement_volume_estimate_ml, a.cement_volume_estimate_ml) {
         (Some(ve), Some(va)) => d.volume("cement estimate", ve, va),
         (None, None) => {}
@@ -358,6 +361,8 @@ pub fn compare(expected: &Plan, actual: &Plan, tol: &Tolerances) -> Vec<Differen
     d.exact("frame", &expected.frame, &actual.frame);
     d.exact("instrument", &expected.instrument, &actual.instrument);
     d.exact("safety", &expected.safety, &actual.safety);
+    d.exact("procedure", &expected.procedure, &actual.procedure);
+    d.exact("approaches", &expected.approaches, &actual.approaches);
     let mut levels: Vec<Level> = expected
         .levels
         .iter()

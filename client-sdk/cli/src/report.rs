@@ -65,6 +65,7 @@ pub fn plan_table(plan: &Plan) -> String {
         "level",
         "side",
         "feasible",
+        "approach",
         "medial_deg",
         "cranial_deg",
         "incidence_deg",
@@ -85,6 +86,7 @@ pub fn plan_table(plan: &Plan) -> String {
                 level.level.to_string(),
                 side.side.to_string(),
                 if side.feasible { "yes" } else { "NO" }.to_owned(),
+                side.approach.to_string(),
                 t.map_or_else(dash, |t| num(t.medial_angle_deg)),
                 t.map_or_else(dash, |t| num(t.cranial_angle_deg)),
                 t.and_then(|t| t.entry_incidence_deg).map_or_else(dash, num),
@@ -105,7 +107,12 @@ pub fn plan_table(plan: &Plan) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let mut out = format!("case {} ({})\n", plan.case, plan.frame.name());
+    let mut out = format!(
+        "case {} ({}), {}\n",
+        plan.case,
+        plan.frame.name(),
+        plan.procedure
+    );
     let line = |cells: &[String], out: &mut String| {
         let last = cells.len() - 1;
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
@@ -120,6 +127,16 @@ pub fn plan_table(plan: &Plan) -> String {
     line(&header.map(str::to_owned), &mut out);
     for row in &rows {
         line(row, &mut out);
+    }
+    // Which approach each level got, and why the preferred ones were not possible.
+    for level in &plan.levels {
+        let got = level
+            .approach
+            .map_or_else(|| "no approach possible".to_owned(), |a| a.to_string());
+        let _ = writeln!(out, "{}: {got}", level.level);
+        for r in &level.approach_reasons {
+            let _ = writeln!(out, "  {}", reason_text(r));
+        }
     }
     for notice in &plan.mesh_fixes {
         let _ = writeln!(out, "note: {}: {:?}", notice.structure, notice.fix);

@@ -412,7 +412,7 @@ pub fn to_glb(plan: &Plan, anatomy: &PreparedAnatomy) -> Result<Vec<u8>, ExportE
             }
         }
         for (side, t) in feasible_sides(level) {
-            let title = side_title(level.level, side.side);
+            let title = side_title(level.level, side);
             let s = cylinder(
                 &point(t.bone_entry_mm),
                 &point(t.target_mm),

@@ -15,11 +15,12 @@ pub mod slicer;
 
 use std::path::{Path, PathBuf};
 
-use kyphoplan_planner::anatomy::{Level, PatientFrame, Side};
+use kyphoplan_planner::anatomy::{Level, PatientFrame};
 use kyphoplan_planner::math::Point;
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{LevelPlan, Plan, SidePlan};
 use kyphoplan_planner::prepare::{PreparedAnatomy, PreparedVertebra};
+use kyphoplan_planner::request::Approach;
 
 /// Why an export could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +85,13 @@ pub(crate) fn point(a: [f64; 3]) -> Point {
     Point::new(a[0], a[1], a[2])
 }
 
-/// "L3 left".
-pub(crate) fn side_title(level: Level, side: Side) -> String {
-    format!("{} {}", level.name(), side.name())
+/// "L3 left" for a bilateral transpedicular side (the names before approaches existed), "L3
+/// left unipedicular" for a unipedicular one.
+pub(crate) fn side_title(level: Level, side: &SidePlan) -> String {
+    match side.approach {
+        Approach::BilateralTranspedicular => format!("{} {}", level.name(), side.side.name()),
+        a => format!("{} {} {a}", level.name(), side.side.name()),
+    }
 }
 
 /// The feasible sides of a level with their trajectory.

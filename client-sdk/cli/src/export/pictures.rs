@@ -767,7 +767,7 @@ fn footer(img: &mut RgbImage, plan: &Plan, lp: &LevelPlan, mut y: i32) {
 
 /// The lines of text that describe a side.
 fn side_lines(level: Level, s: &SidePlan) -> Vec<String> {
-    let name = side_title(level, s.side);
+    let name = side_title(level, s);
     match (&s.trajectory, s.feasible) {
         (Some(t), true) => {
             let c = &t.clearance_mm;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use kyphoplan_planner::plan::{KeepOutSource, LevelPlan, Plan, SidePlan};
 use kyphoplan_planner::prepare::PreparedAnatomy;
+use kyphoplan_planner::request::Procedure;
 
 use super::{check_frames, code_name, write_file, ExportError};
 
@@ -74,7 +75,7 @@ fn mm(v: f64) -> String {
 }
 
 fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
-    let name = format!("{} {}", level.level.name(), s.side.name());
+    let name = super::side_title(level.level, s);
     match (&s.trajectory, s.feasible) {
         (Some(t), true) => {
             let c = &t.clearance_mm;
@@ -204,7 +205,17 @@ pub fn to_html(
         out,
         "<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>kyphoplan plan: {case}</title>\n<style>{STYLE}</style>\n</head>\n<body>"
     );
-    let _ = writeln!(out, "<h1>Balloon kyphoplasty plan: {case}</h1>");
+    let title = match plan.procedure {
+        Procedure::Kyphoplasty => "Balloon kyphoplasty",
+        Procedure::Vertebroplasty => "Vertebroplasty",
+    };
+    let approaches: Vec<String> = plan.approaches.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(out, "<h1>{title} plan: {case}</h1>");
+    let _ = writeln!(
+        out,
+        "<p class=meta>Approaches allowed, in order of preference: {}</p>",
+        escape_html(&approaches.join(", "))
+    );
     let _ = writeln!(
         out,
         "<p class=meta>Planner version {} &middot; generated {} &middot; coordinates {} (mm) &middot; levels {}</p>",
@@ -238,7 +249,7 @@ pub fn to_html(
         }
     }
     out.push_str("</table>\n");
-    out.push_str("<table><tr><th class=t>level</th><th>cement estimate (ml)</th><th>body W x D x H (mm)</th><th class=t>bone mesh</th></tr>\n");
+    out.push_str("<table><tr><th class=t>level</th><th class=t>approach</th><th>cement estimate (ml)</th><th>body W x D x H (mm)</th><th class=t>bone mesh</th><th class=t>preferred approaches not possible</th></tr>\n");
     for level in &plan.levels {
         let cement = level
             .cement_volume_estimate_ml
@@ -258,11 +269,27 @@ pub fn to_html(
             .vertebra(level.level)
             .map(|v| format!("{} ({} triangles)", v.structure, v.mesh.triangles.len()))
             .unwrap_or_else(|| "-".into());
+        let approach = level
+            .approach
+            .map_or_else(|| "none possible".to_owned(), |a| a.to_string());
+        let why: Vec<String> = level
+            .approach_reasons
+            .iter()
+            .map(|r| {
+                format!(
+                    "<code>{}</code> {}",
+                    escape_html(&code_name(&r.code)),
+                    escape_html(&r.message)
+                )
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "<tr><td class=t>{}</td><td>{cement}</td><td>{body}</td><td class=t>{}</td></tr>",
+            "<tr><td class=t>{}</td><td class=t>{}</td><td>{cement}</td><td>{body}</td><td class=t>{}</td><td class=t>{}</td></tr>",
             escape_html(level.level.name()),
-            escape_html(&mesh)
+            escape_html(&approach),
+            escape_html(&mesh),
+            why.join("<br>")
         );
     }
     out.push_str("</table>\n");

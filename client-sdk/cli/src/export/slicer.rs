@@ -92,7 +92,7 @@ pub fn to_markups_json(plan: &Plan) -> Value {
     let mut markups = Vec::new();
     for level in &plan.levels {
         for (side, t) in feasible_sides(level) {
-            let title = side_title(level.level, side.side);
+            let title = side_title(level.level, side);
             let entry_label = format!("{title} entry");
             let tip_label = format!("{title} tip");
             markups.push(markup(
