@@ -599,6 +599,8 @@ mod tests {
                 data_removed: true
             })
         );
+        // Committed, but the freed pages still hold the bytes: compaction is what removes them.
+        assert!(dir_contains(dir.path(), marker), "compaction is needed");
         store.compact().unwrap();
         assert!(!dir_contains(dir.path(), marker), "mesh bytes remain");
         assert!(

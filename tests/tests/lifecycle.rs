@@ -436,7 +436,9 @@ async fn every_call_on_a_record_is_audited_without_tokens_or_patient_data() {
     server.shutdown().await;
 
     let lines = audit_lines(&audit);
-    let expected: Vec<(&str, Value, Vec<&str>, Vec<&str>, &str)> = vec![
+    // (method, principal, plan ids, anatomy ids, outcome)
+    type Line<'a> = (&'a str, Value, Vec<&'a str>, Vec<&'a str>, &'a str);
+    let expected: Vec<Line> = vec![
         ("UploadAnatomy", "alice".into(), vec![], vec![&id], "OK"),
         ("GetAnatomy", "alice".into(), vec![], vec![&id], "OK"),
         (
