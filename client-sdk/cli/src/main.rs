@@ -650,6 +650,9 @@ fn delete(
     anatomy: Option<&str>,
     cascade: bool,
 ) -> Result<(), Failure> {
+    if cascade && anatomy.is_none() {
+        return Err(Failure::Usage("--cascade goes with --anatomy".into()));
+    }
     runtime()?.block_on(async {
         let mut client = connect(url).await?;
         if let Some(id) = plan {
