@@ -177,6 +177,8 @@ pub struct StoredPlan {
     pub plan_id: String,
     pub anatomy_id: String,
     pub create_time_unix_ms: u64,
+    /// When the server purges the plan (its retention is on), ms since the Unix epoch.
+    pub purge_time_unix_ms: Option<u64>,
     pub plan: Plan,
 }
 
@@ -185,10 +187,12 @@ impl StoredPlan {
         let plan_id = message.plan_id.clone();
         let anatomy_id = message.anatomy_id.clone();
         let create_time_unix_ms = message.create_time_unix_ms;
+        let purge_time_unix_ms = message.purge_time_unix_ms;
         Ok(StoredPlan {
             plan_id,
             anatomy_id,
             create_time_unix_ms,
+            purge_time_unix_ms,
             plan: convert::plan_from_pb(message)?,
         })
     }
@@ -529,5 +533,56 @@ impl Client {
                 .map_err(status_error)?
                 .into_inner(),
         )
+    }
+
+    /// Delete a stored plan of this client's principal. `Ok(false)`: there is no such plan to
+    /// delete (already deleted, purged, never existed, or someone else's: the server answers
+    /// NOT_FOUND alike), so a repeated delete is not an error.
+    pub async fn delete_plan(&mut self, plan_id: &str) -> Result<bool, ClientError> {
+        let message = pb::DeletePlanRequest {
+            plan_id: plan_id.to_owned(),
+        };
+        match self.inner.delete_plan(self.authorized(message)).await {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(status_error(status)),
+        }
+    }
+
+    /// Delete a stored anatomy of this client's principal; with `cascade` its plans of this
+    /// principal too (without, such plans make it fail with `Code::FailedPrecondition`).
+    /// `Ok(None)`: there is no such anatomy to delete (as for [`Client::delete_plan`]).
+    pub async fn delete_anatomy(
+        &mut self,
+        anatomy_id: &str,
+        cascade: bool,
+    ) -> Result<Option<pb::DeleteAnatomyResponse>, ClientError> {
+        let message = pb::DeleteAnatomyRequest {
+            anatomy_id: anatomy_id.to_owned(),
+            cascade,
+        };
+        match self.inner.delete_anatomy(self.authorized(message)).await {
+            Ok(response) => Ok(Some(response.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status_error(status)),
+        }
+    }
+
+    /// One page of this principal's stored plans (`page_token`: empty for the first page).
+    pub async fn list_plans(
+        &mut self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListPlansResponse, ClientError> {
+        let message = pb::ListPlansRequest {
+            page_size,
+            page_token: page_token.to_owned(),
+        };
+        Ok(self
+            .inner
+            .list_plans(self.authorized(message))
+            .await
+            .map_err(status_error)?
+            .into_inner())
     }
 }

@@ -40,6 +40,8 @@ macro_rules! sent_by {
 }
 
 sent_by!(Client: UploadAnatomyChunk, GetAnatomyRequest, CreatePlanRequest, EvaluateTrajectoryRequest, GetPlanRequest, ListPlansRequest);
+sent_by!(Client: DeletePlanRequest, DeleteAnatomyRequest);
+sent_by!(Server: DeletePlanResponse, DeleteAnatomyResponse);
 sent_by!(Server: Anatomy, Plan, PlanProgress, Evaluation, ListPlansResponse);
 
 /// The status for a message of type `M` that does not decode, naming the type.

@@ -1347,8 +1347,8 @@ pub fn structure_notice_from_pb(n: pb::StructureNotice, field: &str) -> Result<S
     })
 }
 
-/// The plan message of a planner plan. `plan_id`, `anatomy_id` and `create_time_unix_ms` are
-/// server metadata: left empty here, set by the server.
+/// The plan message of a planner plan. `plan_id`, `anatomy_id`, `create_time_unix_ms` and
+/// `purge_time_unix_ms` are server metadata: left empty here, set by the server.
 pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
     let Plan {
         case,
@@ -1370,6 +1370,7 @@ pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
         plan_id: String::new(),
         anatomy_id: String::new(),
         create_time_unix_ms: 0,
+        purge_time_unix_ms: None,
         case_name: case.clone(),
         frame: frame_to_pb(*frame) as i32,
         levels: levels.iter().map(level_plan_to_pb).collect(),
@@ -1381,12 +1382,13 @@ pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
 }
 
 /// The planner plan of a plan message; the server metadata (`plan_id`, `anatomy_id`,
-/// `create_time_unix_ms`) is not part of it (nor of the plan JSON).
+/// `create_time_unix_ms`, `purge_time_unix_ms`) is not part of it (nor of the plan JSON).
 pub fn plan_from_pb(plan: pb::Plan) -> Result<Plan> {
     let pb::Plan {
         plan_id: _,
         anatomy_id: _,
         create_time_unix_ms: _,
+        purge_time_unix_ms: _,
         case_name,
         frame,
         levels,

@@ -150,16 +150,26 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// Checks the bearer token of every call of the services it wraps and puts the caller's
 /// [`Principal`] in the request's extensions. Without tokens it lets every call through.
+/// Calls it refuses are audited when it has an audit log and the call is tagged with its
+/// method ([`crate::audit::TagMethod`]).
 #[derive(Clone, Default)]
 pub struct Authenticator {
     tokens: Option<Arc<Tokens>>,
+    audit: crate::audit::Auditor,
 }
 
 impl Authenticator {
     pub fn new(tokens: Option<Tokens>) -> Self {
         Authenticator {
             tokens: tokens.map(Arc::new),
+            audit: None,
         }
+    }
+
+    /// Audit the calls it refuses in `audit`.
+    pub fn with_audit(mut self, audit: crate::audit::Auditor) -> Self {
+        self.audit = audit;
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -195,6 +205,16 @@ impl tonic::service::Interceptor for Authenticator {
                     remote = ?request.remote_addr(),
                     "refused: missing or unknown bearer token"
                 );
+                let method = request.extensions().get::<crate::audit::CalledMethod>();
+                if let (Some(audit), Some(method)) = (&self.audit, method) {
+                    audit.record(&crate::audit::AuditEntry {
+                        principal: None,
+                        method: &method.0,
+                        ids: &crate::audit::AuditIds::default(),
+                        outcome: tonic::Code::Unauthenticated,
+                        duration: std::time::Duration::ZERO,
+                    });
+                }
                 Err(Status::unauthenticated(
                     "a valid bearer token is required (authorization: Bearer TOKEN)",
                 ))

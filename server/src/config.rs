@@ -14,6 +14,10 @@ pub const DEFAULT_MAX_CONCURRENT_PLANS: usize = 4;
 pub const DEFAULT_MAX_PLANS_PER_CLIENT: usize = 2;
 /// Prepared anatomies kept in memory.
 pub const DEFAULT_PREPARED_CACHE_ENTRIES: usize = 8;
+/// Seconds between two runs of the retention purge.
+pub const DEFAULT_RETENTION_CHECK_SECS: u64 = 3600;
+/// Size at which the audit log is rotated, bytes.
+pub const DEFAULT_AUDIT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `kyphoplan-server` flags. Every flag can also be given by the environment variable named.
 #[derive(Clone, Debug, clap::Parser)]
@@ -84,6 +88,22 @@ pub struct Config {
     /// `--max-concurrent-plans`); further calls get RESOURCE_EXHAUSTED.
     #[arg(long, env = "KYPHOPLAN_MAX_PLANS_PER_CLIENT", default_value_t = DEFAULT_MAX_PLANS_PER_CLIENT)]
     pub max_plans_per_client: usize,
+    /// Purge plans created, and anatomies last uploaded, more than this many days ago (a
+    /// background task, at start and every `--retention-check-secs`; purges are logged and
+    /// audited). Unset: records are kept until deleted.
+    #[arg(long, env = "KYPHOPLAN_RETENTION_DAYS", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
+    /// Seconds between two runs of the retention purge.
+    #[arg(long, env = "KYPHOPLAN_RETENTION_CHECK_SECS", default_value_t = DEFAULT_RETENTION_CHECK_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_check_secs: u64,
+    /// Append one JSON line per call that touches a record (and per purge) to this file,
+    /// fsync'd line by line; see the README for the fields.
+    #[arg(long, env = "KYPHOPLAN_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when a line would take it past this size: FILE becomes FILE.1,
+    /// FILE.1 FILE.2 ... up to FILE.5 (0: never rotate).
+    #[arg(long, env = "KYPHOPLAN_AUDIT_LOG_MAX_BYTES", default_value_t = DEFAULT_AUDIT_LOG_MAX_BYTES)]
+    pub audit_log_max_bytes: u64,
 }
 
 impl Config {
@@ -104,6 +124,10 @@ impl Config {
             tls_client_ca: None,
             token_file: None,
             max_plans_per_client: DEFAULT_MAX_PLANS_PER_CLIENT,
+            retention_days: None,
+            retention_check_secs: DEFAULT_RETENTION_CHECK_SECS,
+            audit_log: None,
+            audit_log_max_bytes: DEFAULT_AUDIT_LOG_MAX_BYTES,
         }
     }
 }

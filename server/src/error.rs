@@ -12,6 +12,9 @@ pub enum ServiceError {
     Input(#[from] InputError),
     #[error("{kind} '{id}' not found")]
     NotFound { kind: &'static str, id: String },
+    /// An anatomy cannot be deleted while the caller has plans made for it (without cascade).
+    #[error("anatomy '{anatomy_id}' still has {plans} plan(s) of yours; delete them first or set cascade")]
+    AnatomyHasPlans { anatomy_id: String, plans: usize },
     #[error("the request was cancelled")]
     Cancelled,
     #[error("the deadline passed before the work finished")]
@@ -64,6 +67,15 @@ impl From<ServiceError> for Status {
                 Code::NotFound,
                 message,
                 ErrorDetails::with_resource_info(kind, id, "", "no such resource"),
+            ),
+            ServiceError::AnatomyHasPlans { anatomy_id, plans } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_precondition_failure_violation(
+                    "PLANS",
+                    format!("anatomy/{anatomy_id}"),
+                    format!("{plans} plan(s) were made for this anatomy"),
+                ),
             ),
             ServiceError::Cancelled => Status::cancelled(message),
             ServiceError::DeadlineExceeded => Status::deadline_exceeded(message),

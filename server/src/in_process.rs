@@ -10,6 +10,7 @@ use anyhow::{anyhow, Context};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::clock::{Clock, SystemClock};
 use crate::{Config, Metrics};
 
 /// How long [`InProcessServer::start`] waits for the server to serve.
@@ -56,6 +57,16 @@ impl InProcessServer {
         config: Config,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<InProcessServer> {
+        InProcessServer::start_with_clock(config, metrics, Arc::new(SystemClock)).await
+    }
+
+    /// [`start_with_metrics`](Self::start_with_metrics) on another clock (e.g. a
+    /// [`crate::clock::ManualClock`], to drive retention without waiting days).
+    pub async fn start_with_clock(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<InProcessServer> {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("cannot bind 127.0.0.1:0")?;
@@ -66,6 +77,7 @@ impl InProcessServer {
         let task = tokio::spawn(crate::serve_until(
             config,
             metrics.clone(),
+            clock,
             listener,
             async {
                 let _ = stopped.await;

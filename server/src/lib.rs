@@ -10,7 +10,9 @@
 //! orchestration), records visible only to the principal that made them, and per-client
 //! planning slots.
 
+pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod in_process;
@@ -78,7 +80,8 @@ pub async fn serve_with_metrics(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    serve_until(config, metrics, listener, shutdown, || {}).await
+    let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    serve_until(config, metrics, clock, listener, shutdown, || {}).await
 }
 
 /// [`serve_with_metrics`], calling `on_serving` once everything that can fail before serving
@@ -86,6 +89,7 @@ pub async fn serve_with_metrics(
 async fn serve_until(
     config: Config,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn clock::Clock>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
     on_serving: impl FnOnce() + Send,
@@ -93,7 +97,7 @@ async fn serve_until(
     let max_message = config.max_message_bytes;
     let data_dir = config.data_dir.clone();
     let tls = tls_config(&config)?;
-    let auth = authenticator(&config)?;
+    let mut auth = authenticator(&config)?;
     let mtls = config.tls_client_ca.is_some();
     if auth.enabled() && tls.is_none() && !listener.local_addr()?.ip().is_loopback() {
         tracing::warn!(
@@ -101,13 +105,17 @@ async fn serve_until(
         );
     }
     let authenticated = auth.enabled();
-    let planning = Planning::new(config, metrics)?;
-    let service = InterceptedService::new(
+    let planning = Planning::with_clock(config, metrics, clock)?;
+    auth = auth.with_audit(planning.auditor());
+    // Dropped (aborted) when serving ends.
+    let retention = planning.spawn_retention().map(AbortOnDrop);
+    // Tagged with the method outside the authenticator, so that refused calls are audited.
+    let service = audit::TagMethod::new(InterceptedService::new(
         PlanningServiceServer::new(planning)
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
         auth.clone(),
-    );
+    ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -157,6 +165,16 @@ async fn serve_until(
             shutdown,
         )
         .await?;
+    drop(retention);
     tracing::info!("kyphoplan-server stopped");
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kyphoplan_planner::error::InputError;
@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::audit::{AuditEntry, AuditIds, AuditLog, Auditor};
 use crate::auth::Principal;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::ServiceError;
 use crate::store::Store;
@@ -45,6 +47,10 @@ pub struct Metrics {
     pub prepares_running: AtomicUsize,
     /// Preparations stopped because the client went away or the deadline passed.
     pub prepares_cancelled: AtomicU64,
+    /// Runs of the retention purge finished (with or without records to purge).
+    pub purge_runs: AtomicU64,
+    /// Plans and anatomies removed by the retention purge.
+    pub records_purged: AtomicU64,
 }
 
 /// A small LRU of prepared anatomies.
@@ -62,6 +68,10 @@ impl PreparedCache {
             *used = tick;
             p.clone()
         })
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.entries.remove(id);
     }
 
     fn insert(&mut self, id: String, prepared: Arc<PreparedAnatomy>) {
@@ -99,6 +109,8 @@ struct Inner {
     plan_counter: AtomicU64,
     /// Planning slots per principal (`--max-plans-per-client`), made on first use.
     client_slots: Mutex<HashMap<Principal, Arc<Semaphore>>>,
+    clock: Arc<dyn Clock>,
+    audit: Auditor,
 }
 
 /// Who may see a record: `None` without authentication (everything), else the principal.
@@ -199,11 +211,23 @@ fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     received.checked_add(d.saturating_sub(DEADLINE_LEAD))
 }
 
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// One call being served, for its audit line.
+struct Call {
+    method: &'static str,
+    owner: Owner,
+    started: Instant,
+}
+
+impl Call {
+    fn of<T>(request: &Request<T>, method: &'static str) -> Call {
+        Call {
+            method,
+            owner: owner_of(request),
+            started: Instant::now(),
+        }
+    }
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, ServiceError> {
@@ -228,7 +252,28 @@ struct Resolved {
 }
 
 impl Planning {
+    /// The service on the system clock, auditing to `config.audit_log` if set.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, ServiceError> {
+        Planning::with_clock(config, metrics, Arc::new(SystemClock))
+    }
+
+    /// [`Planning::new`] with another clock (record times, retention, audit times).
+    pub fn with_clock(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServiceError> {
+        let audit = match &config.audit_log {
+            None => None,
+            Some(path) => Some(Arc::new(
+                AuditLog::open(path, config.audit_log_max_bytes, clock.clone()).map_err(|e| {
+                    ServiceError::Storage(format!(
+                        "cannot open the audit log {}: {e}",
+                        path.display()
+                    ))
+                })?,
+            )),
+        };
         let store = Store::open(&config.data_dir)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.planner_threads)
@@ -251,8 +296,135 @@ impl Planning {
                 metrics,
                 plan_counter: AtomicU64::new(0),
                 client_slots: Mutex::new(HashMap::new()),
+                clock,
+                audit,
             }),
         })
+    }
+
+    /// The audit log, if the service keeps one (shared with the authenticator).
+    pub fn auditor(&self) -> Auditor {
+        self.inner.audit.clone()
+    }
+
+    fn now_unix_ms(&self) -> u64 {
+        self.inner.clock.now_unix_ms()
+    }
+
+    /// When a record created at `create_time_unix_ms` is purged, with retention on.
+    fn purge_time(&self, create_time_unix_ms: u64) -> Option<u64> {
+        self.inner
+            .config
+            .retention_days
+            .map(|days| create_time_unix_ms.saturating_add(u64::from(days) * DAY_MS))
+    }
+
+    /// Answer a call: log a failure, audit the call (with the records it touched), convert.
+    fn finish<T>(
+        &self,
+        call: Call,
+        ids: AuditIds,
+        r: Result<T, ServiceError>,
+    ) -> Result<Response<T>, Status> {
+        let r = respond(call.method, r);
+        self.audit(
+            &call,
+            &ids,
+            r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+        );
+        r
+    }
+
+    fn audit(&self, call: &Call, ids: &AuditIds, outcome: tonic::Code) {
+        if let Some(audit) = &self.inner.audit {
+            audit.record(&AuditEntry {
+                principal: owner_name(&call.owner),
+                method: call.method,
+                ids,
+                outcome,
+                duration: call.started.elapsed(),
+            });
+        }
+    }
+
+    /// Compact the store after a delete or purge so that the deleted bytes leave the data
+    /// directory. A failure is logged; the delete itself has been committed.
+    async fn compact(&self) {
+        let started = Instant::now();
+        match self.blocking(|s| s.compact()).await {
+            Ok(()) => info!(ms = started.elapsed().as_millis() as u64, "store compacted"),
+            Err(e) => tracing::error!(error = %e, "store compaction failed"),
+        }
+    }
+
+    /// Purge the records older than the retention (if on) as of the clock's now: one store
+    /// transaction, then compaction. Logged and audited (method `Purge`) when it removed
+    /// something or failed.
+    pub async fn purge_expired(&self) -> Result<crate::store::Purged, ServiceError> {
+        let Some(days) = self.inner.config.retention_days else {
+            return Ok(crate::store::Purged::default());
+        };
+        let call = Call {
+            method: "Purge",
+            owner: None,
+            started: Instant::now(),
+        };
+        let cutoff = self.now_unix_ms().saturating_sub(u64::from(days) * DAY_MS);
+        let r = self.blocking(move |s| s.purge_before(cutoff)).await;
+        match &r {
+            Ok(purged) if purged.is_empty() => {}
+            Ok(purged) => {
+                {
+                    let mut cache = self.inner.cache.lock().expect("cache lock");
+                    for id in &purged.anatomy_ids {
+                        cache.remove(id);
+                    }
+                }
+                self.compact().await;
+                let n = (purged.plan_ids.len() + purged.anatomy_ids.len()) as u64;
+                self.inner
+                    .metrics
+                    .records_purged
+                    .fetch_add(n, Ordering::Relaxed);
+                info!(
+                    retention_days = days,
+                    cutoff_unix_ms = cutoff,
+                    plans = purged.plan_ids.len(),
+                    anatomies = purged.anatomy_ids.len(),
+                    "retention purge"
+                );
+                let ids = AuditIds {
+                    plan_ids: purged.plan_ids.clone(),
+                    anatomy_ids: purged.anatomy_ids.clone(),
+                };
+                self.audit(&call, &ids, tonic::Code::Ok);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retention purge failed");
+                let code = Status::from(ServiceError::Internal(String::new())).code();
+                self.audit(&call, &AuditIds::default(), code);
+            }
+        }
+        self.inner
+            .metrics
+            .purge_runs
+            .fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// With retention on, the background purge: at once, then every `--retention-check-secs`.
+    pub fn spawn_retention(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner.config.retention_days?;
+        let service = self.clone();
+        let every = Duration::from_secs(self.inner.config.retention_check_secs.max(1));
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let _ = service.purge_expired().await;
+            }
+        }))
     }
 
     /// Run CPU work on the planner pool and await it. A panic becomes an internal error (rayon
@@ -445,20 +617,22 @@ impl Planning {
             .blocking(move |s| s.anatomy_meta(&lookup, None))
             .await?
         {
-            info!(anatomy_id = %id, "anatomy already stored");
-            if let Some(o) = owner {
-                let key = id.clone();
-                self.blocking(move |s| s.add_anatomy_owner(&key, o.name()))
-                    .await?;
+            let (key, o, now) = (id.clone(), owner.clone(), self.now_unix_ms());
+            // Deleted since the look-up: store it again below.
+            if self
+                .blocking(move |s| s.reupload_anatomy(&key, owner_name(&o), now))
+                .await?
+            {
+                info!(anatomy_id = %id, "anatomy already stored");
+                return decode(&meta, "anatomy metadata");
             }
-            return decode(&meta, "anatomy metadata");
         }
         let mut meta = Self::anatomy_meta(&id, &data);
         let prepared = self.prepare_with(move || Ok(data), stop).await?;
         Self::complete_meta(&mut meta, &prepared);
         let meta_bytes = meta.encode_to_vec();
-        let key = id.clone();
-        self.blocking(move |s| s.put_anatomy(&key, &encoded, &meta_bytes, owner_name(&owner)))
+        let (key, now) = (id.clone(), self.now_unix_ms());
+        self.blocking(move |s| s.put_anatomy(&key, &encoded, &meta_bytes, owner_name(&owner), now))
             .await?;
         self.cache(&id, prepared);
         info!(anatomy_id = %id, name = %meta.name, triangles = meta.total_triangle_count, "anatomy stored");
@@ -553,8 +727,8 @@ impl Planning {
 
     fn new_plan_id(&self) -> String {
         let n = self.inner.plan_counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let mut h = Sha256::new();
@@ -563,7 +737,7 @@ impl Planning {
         h.update(std::process::id().to_le_bytes());
         let digest = h.finalize();
         // Time first: ids sort by creation time.
-        format!("{:012x}{}", now_unix_ms(), hex::encode(&digest[..8]))
+        format!("{:012x}{}", self.now_unix_ms(), hex::encode(&digest[..8]))
     }
 
     /// A planning slot of the client (with authentication and a per-client limit) and one of
@@ -662,12 +836,17 @@ impl Planning {
         let mut message = convert::plan_to_pb(&plan);
         message.plan_id = self.new_plan_id();
         message.anatomy_id = resolved.id.clone();
-        message.create_time_unix_ms = now_unix_ms();
+        message.create_time_unix_ms = self.now_unix_ms();
         let bytes = message.encode_to_vec();
-        let key = message.plan_id.clone();
+        message.purge_time_unix_ms = self.purge_time(message.create_time_unix_ms);
+        let (key, created, anatomy) = (
+            message.plan_id.clone(),
+            message.create_time_unix_ms,
+            message.anatomy_id.clone(),
+        );
         // The answer goes out only after the commit (durable): an acknowledged plan survives a
         // crash.
-        self.blocking(move |s| s.put_plan(&key, &bytes, owner_name(&owner)))
+        self.blocking(move |s| s.put_plan(&key, &bytes, owner_name(&owner), created, &anatomy))
             .await?;
         info!(plan_id = %message.plan_id, anatomy_id = %resolved.id, levels = message.levels.len(), "plan stored");
         Ok(message)
@@ -691,7 +870,9 @@ impl Planning {
 /// Logs a refused or failed call.
 fn log_error(rpc: &str, e: &ServiceError) {
     match e {
-        ServiceError::Input(_) | ServiceError::NotFound { .. } => info!(rpc, error = %e, "refused"),
+        ServiceError::Input(_)
+        | ServiceError::NotFound { .. }
+        | ServiceError::AnatomyHasPlans { .. } => info!(rpc, error = %e, "refused"),
         ServiceError::Cancelled | ServiceError::DeadlineExceeded => {
             info!(rpc, error = %e, "stopped")
         }
@@ -714,40 +895,63 @@ fn respond<T>(rpc: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Stat
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::PlanProgress, Status>> + Send>>;
 
+/// The anatomy id a request names, if it names a stored one (for the audit line).
+fn requested_anatomy(anatomy: &Option<pb::create_plan_request::Anatomy>) -> AuditIds {
+    match anatomy {
+        Some(pb::create_plan_request::Anatomy::AnatomyId(id)) => AuditIds::anatomy(id.clone()),
+        _ => AuditIds::default(),
+    }
+}
+
+/// The audit ids of a finished plan: its id and its anatomy's.
+fn plan_ids(plan: &pb::Plan) -> AuditIds {
+    AuditIds {
+        plan_ids: vec![plan.plan_id.clone()],
+        anatomy_ids: vec![plan.anatomy_id.clone()],
+    }
+}
+
 #[tonic::async_trait]
 impl PlanningService for Planning {
     async fn upload_anatomy(
         &self,
         request: Request<Streaming<pb::UploadAnatomyChunk>>,
     ) -> Result<Response<pb::Anatomy>, Status> {
-        let owner = owner_of(&request);
+        let call = Call::of(&request, "UploadAnatomy");
         let (stop, _guard) = Stop::for_call(deadline_of(&request));
-        respond(
-            "UploadAnatomy",
-            self.upload(request.into_inner(), owner, &stop).await,
-        )
+        let r = self
+            .upload(request.into_inner(), call.owner.clone(), &stop)
+            .await;
+        let ids = r
+            .as_ref()
+            .map(|a| AuditIds::anatomy(a.anatomy_id.clone()))
+            .unwrap_or_default();
+        self.finish(call, ids, r)
     }
 
     async fn get_anatomy(
         &self,
         request: Request<pb::GetAnatomyRequest>,
     ) -> Result<Response<pb::Anatomy>, Status> {
-        let owner = owner_of(&request);
+        let call = Call::of(&request, "GetAnatomy");
+        let owner = call.owner.clone();
         let pb::GetAnatomyRequest { anatomy_id } = request.into_inner();
+        let ids = AuditIds::anatomy(anatomy_id.clone());
         let r = self
             .fetch("anatomy", anatomy_id, move |s, id| {
                 s.anatomy_meta(id, owner_name(&owner))
             })
             .await;
-        respond("GetAnatomy", r)
+        self.finish(call, ids, r)
     }
 
     async fn create_plan(
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
+        let call = Call::of(&request, "CreatePlan");
         let deadline = deadline_of(&request);
-        let owner = owner_of(&request);
+        let owner = call.owner.clone();
         let pb::CreatePlanRequest {
             anatomy,
             levels,
@@ -756,6 +960,7 @@ impl PlanningService for Planning {
             procedure,
             approaches,
         } = request.into_inner();
+        let requested = requested_anatomy(&anatomy);
         let (stop, _guard) = Stop::for_call(deadline);
         let work = async {
             let plan_request =
@@ -774,7 +979,8 @@ impl PlanningService for Planning {
             },
             None => work.await,
         };
-        respond("CreatePlan", r)
+        let ids = r.as_ref().map_or(requested, plan_ids);
+        self.finish(call, ids, r)
     }
 
     type StreamPlanStream = ProgressStream;
@@ -783,8 +989,9 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<Self::StreamPlanStream>, Status> {
+        let call = Call::of(&request, "StreamPlan");
         let deadline = deadline_of(&request);
-        let owner = owner_of(&request);
+        let owner = call.owner.clone();
         let pb::CreatePlanRequest {
             anatomy,
             levels,
@@ -793,6 +1000,7 @@ impl PlanningService for Planning {
             procedure,
             approaches,
         } = request.into_inner();
+        let requested = requested_anatomy(&anatomy);
         // Set up (and maybe prepare) under the guard: a client gone during setup stops it too.
         let (stop, guard) = Stop::for_call(deadline);
         let setup = async {
@@ -804,9 +1012,13 @@ impl PlanningService for Planning {
             let permit = self.acquire_plan_slot(&owner)?;
             Ok::<_, ServiceError>((plan_request, resolved, permit))
         };
-        let (plan_request, resolved, permit) = match respond("StreamPlan", setup.await) {
-            Ok(r) => r.into_inner(),
-            Err(status) => return Err(status),
+        let (plan_request, resolved, permit) = match setup.await {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .finish(call, requested, Err::<(), _>(e))
+                    .map(|_| unreachable!("an error stays an error"))
+            }
         };
         let (tx, rx) = mpsc::unbounded_channel::<Result<pb::PlanProgress, Status>>();
         let service = self.clone();
@@ -824,17 +1036,15 @@ impl PlanningService for Planning {
             let r = service
                 .run_plan(&resolved, plan_request, &stop, permit, on_level)
                 .await;
-            let message = match r {
-                Ok(plan) => Ok(pb::PlanProgress {
+            let ids = r.as_ref().map_or(requested, plan_ids);
+            let message = service.finish(call, ids, r).map(|plan| {
+                let plan = plan.into_inner();
+                pb::PlanProgress {
                     levels_done: plan.levels.len() as u32,
                     levels_total: plan.levels.len() as u32,
                     event: Some(pb::plan_progress::Event::Plan(plan)),
-                }),
-                Err(e) => {
-                    log_error("StreamPlan", &e);
-                    Err(Status::from(e))
                 }
-            };
+            });
             let _ = tx.send(message);
         });
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |m| {
@@ -850,9 +1060,16 @@ impl PlanningService for Planning {
         &self,
         request: Request<pb::EvaluateTrajectoryRequest>,
     ) -> Result<Response<pb::Evaluation>, Status> {
-        let owner = owner_of(&request);
+        let call = Call::of(&request, "EvaluateTrajectory");
+        let owner = call.owner.clone();
         let (stop, _guard) = Stop::for_call(deadline_of(&request));
         let request = request.into_inner();
+        let ids = match &request.anatomy {
+            Some(pb::evaluate_trajectory_request::Anatomy::AnatomyId(id)) => {
+                AuditIds::anatomy(id.clone())
+            }
+            _ => AuditIds::default(),
+        };
         let r = async {
             let (
                 anatomy,
@@ -891,31 +1108,37 @@ impl PlanningService for Planning {
             Ok(convert::evaluation_to_pb(&evaluation))
         }
         .await;
-        respond("EvaluateTrajectory", r)
+        self.finish(call, ids, r)
     }
 
     async fn get_plan(
         &self,
         request: Request<pb::GetPlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
-        let owner = owner_of(&request);
+        let call = Call::of(&request, "GetPlan");
+        let owner = call.owner.clone();
         let pb::GetPlanRequest { plan_id } = request.into_inner();
+        let ids = AuditIds::plan(plan_id.clone());
         let r = async {
             if plan_id.is_empty() {
                 return Err(InputError::invalid("plan_id", "\"\"", "a plan id is required").into());
             }
-            self.fetch("plan", plan_id, move |s, id| s.plan(id, owner_name(&owner)))
-                .await
+            let mut plan: pb::Plan = self
+                .fetch("plan", plan_id, move |s, id| s.plan(id, owner_name(&owner)))
+                .await?;
+            plan.purge_time_unix_ms = self.purge_time(plan.create_time_unix_ms);
+            Ok(plan)
         }
         .await;
-        respond("GetPlan", r)
+        self.finish(call, ids, r)
     }
 
     async fn list_plans(
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        let owner = owner_of(&request);
+        let call = Call::of(&request, "ListPlans");
+        let owner = call.owner.clone();
         let pb::ListPlansRequest {
             page_size,
             page_token,
@@ -943,6 +1166,7 @@ impl PlanningService for Planning {
                         case_name: plan.case_name,
                         levels: plan.levels.iter().map(|l| l.level).collect(),
                         create_time_unix_ms: plan.create_time_unix_ms,
+                        purge_time_unix_ms: self.purge_time(plan.create_time_unix_ms),
                     })
                 })
                 .collect::<Result<Vec<_>, ServiceError>>()?;
@@ -952,6 +1176,94 @@ impl PlanningService for Planning {
             })
         }
         .await;
-        respond("ListPlans", r)
+        let ids = r
+            .as_ref()
+            .map(|list| AuditIds {
+                plan_ids: list.plans.iter().map(|p| p.plan_id.clone()).collect(),
+                anatomy_ids: Vec::new(),
+            })
+            .unwrap_or_default();
+        self.finish(call, ids, r)
+    }
+
+    async fn delete_plan(
+        &self,
+        request: Request<pb::DeletePlanRequest>,
+    ) -> Result<Response<pb::DeletePlanResponse>, Status> {
+        let call = Call::of(&request, "DeletePlan");
+        let owner = call.owner.clone();
+        let pb::DeletePlanRequest { plan_id } = request.into_inner();
+        let ids = AuditIds::plan(plan_id.clone());
+        let r = async {
+            if plan_id.is_empty() {
+                return Err(InputError::invalid("plan_id", "\"\"", "a plan id is required").into());
+            }
+            let key = plan_id.clone();
+            let deleted = self
+                .blocking(move |s| s.delete_plan(&key, owner_name(&owner)))
+                .await?;
+            if !deleted {
+                return Err(ServiceError::NotFound {
+                    kind: "plan",
+                    id: plan_id,
+                });
+            }
+            info!(plan_id = %plan_id, "plan deleted");
+            self.compact().await;
+            Ok(pb::DeletePlanResponse {})
+        }
+        .await;
+        self.finish(call, ids, r)
+    }
+
+    async fn delete_anatomy(
+        &self,
+        request: Request<pb::DeleteAnatomyRequest>,
+    ) -> Result<Response<pb::DeleteAnatomyResponse>, Status> {
+        let call = Call::of(&request, "DeleteAnatomy");
+        let owner = call.owner.clone();
+        let pb::DeleteAnatomyRequest {
+            anatomy_id,
+            cascade,
+        } = request.into_inner();
+        let mut ids = AuditIds::anatomy(anatomy_id.clone());
+        let r = async {
+            if anatomy_id.is_empty() {
+                return Err(
+                    InputError::invalid("anatomy_id", "\"\"", "an anatomy id is required").into(),
+                );
+            }
+            let key = anatomy_id.clone();
+            let deletion = self
+                .blocking(move |s| s.delete_anatomy(&key, owner_name(&owner), cascade))
+                .await?
+                .ok_or_else(|| ServiceError::NotFound {
+                    kind: "anatomy",
+                    id: anatomy_id.clone(),
+                })?;
+            if deletion.data_removed {
+                self.inner
+                    .cache
+                    .lock()
+                    .expect("cache lock")
+                    .remove(&anatomy_id);
+            }
+            info!(
+                anatomy_id = %anatomy_id,
+                plans = deletion.plan_ids.len(),
+                data_removed = deletion.data_removed,
+                "anatomy deleted"
+            );
+            self.compact().await;
+            Ok(pb::DeleteAnatomyResponse {
+                deleted_plan_ids: deletion.plan_ids,
+                data_removed: deletion.data_removed,
+            })
+        }
+        .await;
+        if let Ok(response) = &r {
+            ids.plan_ids = response.deleted_plan_ids.clone();
+        }
+        self.finish(call, ids, r)
     }
 }

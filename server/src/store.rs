@@ -7,10 +7,20 @@
 //! content-addressed, so several principals may upload the same one). A record and its owner are
 //! written in one transaction. Look-ups take `owner: Option<&str>`: `None` (no authentication)
 //! sees everything, `Some(name)` only what that name owns; anything else reads as absent.
+//!
+//! Lifecycle: `plan_info` holds each plan's creation time and anatomy, `anatomy_plans` the
+//! (anatomy, plan) pairs and `anatomy_time` when each anatomy was last uploaded: the indexes
+//! that delete and purge use. A delete or purge is one write transaction (the record, its
+//! owners and its index entries go together or not at all); [`Store::compact`] then rewrites
+//! the file so that the deleted bytes leave the data directory.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::RwLock;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use kyphoplan_proto::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::error::ServiceError;
 
@@ -19,6 +29,12 @@ const ANATOMY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("anatomy
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 const PLAN_OWNER: TableDefinition<&str, &str> = TableDefinition::new("plan_owner");
 const ANATOMY_OWNERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("anatomy_owners");
+/// plan id -> (creation time, ms since the Unix epoch; anatomy id)
+const PLAN_INFO: TableDefinition<&str, (u64, &str)> = TableDefinition::new("plan_info");
+/// (anatomy id, plan id): the plans made for an anatomy.
+const ANATOMY_PLANS: TableDefinition<(&str, &str), ()> = TableDefinition::new("anatomy_plans");
+/// anatomy id -> when it was last uploaded (ms since the Unix epoch).
+const ANATOMY_TIME: TableDefinition<&str, u64> = TableDefinition::new("anatomy_time");
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "kyphoplan.redb";
@@ -26,8 +42,90 @@ pub const DB_FILE: &str = "kyphoplan.redb";
 /// A page of stored plans (id, encoded plan) and whether more follow.
 pub type PlanPage = (Vec<(String, Vec<u8>)>, bool);
 
+/// What a delete of an anatomy did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AnatomyDeletion {
+    /// The caller's plans deleted with it (cascade), in id order.
+    pub plan_ids: Vec<String>,
+    /// The anatomy's data left the store (no owner remains).
+    pub data_removed: bool,
+}
+
+/// What a purge removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub plan_ids: Vec<String>,
+    pub anatomy_ids: Vec<String>,
+}
+
+impl Purged {
+    pub fn is_empty(&self) -> bool {
+        self.plan_ids.is_empty() && self.anatomy_ids.is_empty()
+    }
+}
+
+/// The store. Every call takes the database's read lock (redb orders the transactions itself);
+/// only [`Store::compact`] takes the write lock, as redb's compaction needs the database alone.
 pub struct Store {
-    db: Database,
+    db: RwLock<Database>,
+}
+
+type WriteTxn = redb::WriteTransaction;
+
+/// Remove a plan and its owner and index entries inside `txn`; whether it was there.
+fn remove_plan(txn: &WriteTxn, id: &str) -> Result<bool, ServiceError> {
+    let mut plans = txn.open_table(PLANS).map_err(storage)?;
+    let existed = plans.remove(id).map_err(storage)?.is_some();
+    let mut owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
+    owners.remove(id).map_err(storage)?;
+    let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
+    let anatomy = info
+        .remove(id)
+        .map_err(storage)?
+        .map(|v| v.value().1.to_owned());
+    if let Some(anatomy) = anatomy {
+        let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
+        by_anatomy.remove((anatomy.as_str(), id)).map_err(storage)?;
+    }
+    Ok(existed)
+}
+
+/// Remove an anatomy's data, metadata, time and every owner inside `txn` (its plans stay).
+fn remove_anatomy_data(txn: &WriteTxn, id: &str) -> Result<(), ServiceError> {
+    txn.open_table(ANATOMIES)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    txn.open_table(ANATOMY_META)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    txn.open_table(ANATOMY_TIME)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    let mut owners = txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
+    let names = owner_names(&owners, id)?;
+    for name in &names {
+        owners.remove((name.as_str(), id)).map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// The owners of anatomy `id` (a scan of the owner pairs: deletes are rare).
+fn owner_names(
+    owners: &impl ReadableTable<(&'static str, &'static str), ()>,
+    id: &str,
+) -> Result<Vec<String>, ServiceError> {
+    let mut out = Vec::new();
+    for item in owners.iter().map_err(storage)? {
+        let (k, _) = item.map_err(storage)?;
+        let (name, anatomy) = k.value();
+        if anatomy == id {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 fn storage(e: impl Into<redb::Error>) -> ServiceError {
@@ -45,12 +143,214 @@ impl Store {
         {
             txn.open_table(ANATOMIES).map_err(storage)?;
             txn.open_table(ANATOMY_META).map_err(storage)?;
-            txn.open_table(PLANS).map_err(storage)?;
+            let plans = txn.open_table(PLANS).map_err(storage)?;
             txn.open_table(PLAN_OWNER).map_err(storage)?;
             txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
+            let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
+            let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
+            let mut times = txn.open_table(ANATOMY_TIME).map_err(storage)?;
+            // A store written before the lifecycle indexes existed: index its plans (from the
+            // plans themselves) and date its anatomies from now.
+            if info.len().map_err(storage)? == 0 && plans.len().map_err(storage)? > 0 {
+                for item in plans.iter().map_err(storage)? {
+                    let (k, v) = item.map_err(storage)?;
+                    let plan = pb::Plan::decode(v.value()).map_err(|e| {
+                        ServiceError::Internal(format!("stored plan does not decode: {e}"))
+                    })?;
+                    info.insert(
+                        k.value(),
+                        (plan.create_time_unix_ms, plan.anatomy_id.as_str()),
+                    )
+                    .map_err(storage)?;
+                    by_anatomy
+                        .insert((plan.anatomy_id.as_str(), k.value()), ())
+                        .map_err(storage)?;
+                }
+            }
+            let metas = txn.open_table(ANATOMY_META).map_err(storage)?;
+            if times.len().map_err(storage)? < metas.len().map_err(storage)? {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                for item in metas.iter().map_err(storage)? {
+                    let (k, _) = item.map_err(storage)?;
+                    if times.get(k.value()).map_err(storage)?.is_none() {
+                        times.insert(k.value(), now).map_err(storage)?;
+                    }
+                }
+            }
         }
         txn.commit().map_err(storage)?;
-        Ok(Store { db })
+        Ok(Store {
+            db: RwLock::new(db),
+        })
+    }
+
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        // A poisoned lock only means a panic elsewhere while holding it; redb's state is its own.
+        self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rewrite the database file without free space, so that the bytes of deleted records leave
+    /// the data directory. Waits for the store calls in flight; blocks the others meanwhile.
+    pub fn compact(&self) -> Result<(), ServiceError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        db.compact().map_err(storage)?;
+        Ok(())
+    }
+
+    /// Delete plan `id` if `owner` may see it, in one transaction; whether it was deleted.
+    pub fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
+        if let Some(o) = owner {
+            let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
+            let owned = owners
+                .get(id)
+                .map_err(storage)?
+                .is_some_and(|v| v.value() == o);
+            if !owned {
+                return Ok(false);
+            }
+        }
+        let existed = remove_plan(&txn, id)?;
+        txn.commit().map_err(storage)?;
+        Ok(existed)
+    }
+
+    /// Delete anatomy `id` for `owner`, in one transaction: `None` if `owner` may not see it.
+    /// The owner's plans made for it refuse the delete unless `cascade` (then they go too).
+    /// With other owners left only `owner`'s ownership goes; the data goes with the last owner
+    /// (or at once without authentication).
+    pub fn delete_anatomy(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        cascade: bool,
+    ) -> Result<Option<AnatomyDeletion>, ServiceError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
+        let owned = match owner {
+            None => {
+                let metas = txn.open_table(ANATOMY_META).map_err(storage)?;
+                let found = metas.get(id).map_err(storage)?.is_some();
+                found
+            }
+            Some(o) => {
+                let owners = txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
+                let found = owners.get((o, id)).map_err(storage)?.is_some();
+                found
+            }
+        };
+        if !owned {
+            return Ok(None);
+        }
+        let plan_ids = {
+            let by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
+            let plan_owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
+            let mut ids = Vec::new();
+            for item in by_anatomy.range((id, "")..).map_err(storage)? {
+                let (k, _) = item.map_err(storage)?;
+                let (anatomy, plan) = k.value();
+                if anatomy != id {
+                    break;
+                }
+                let mine = match owner {
+                    None => true,
+                    Some(o) => plan_owners
+                        .get(plan)
+                        .map_err(storage)?
+                        .is_some_and(|w| w.value() == o),
+                };
+                if mine {
+                    ids.push(plan.to_owned());
+                }
+            }
+            ids
+        };
+        if !plan_ids.is_empty() && !cascade {
+            return Err(ServiceError::AnatomyHasPlans {
+                anatomy_id: id.to_owned(),
+                plans: plan_ids.len(),
+            });
+        }
+        for plan in &plan_ids {
+            remove_plan(&txn, plan)?;
+        }
+        let data_removed = match owner {
+            None => true,
+            Some(o) => {
+                let mut owners = txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
+                owners.remove((o, id)).map_err(storage)?;
+                owner_names(&owners, id)?.is_empty()
+            }
+        };
+        if data_removed {
+            remove_anatomy_data(&txn, id)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Some(AnatomyDeletion {
+            plan_ids,
+            data_removed,
+        }))
+    }
+
+    /// Remove every plan created and every anatomy last uploaded before `cutoff_unix_ms`, with
+    /// their owners, in one transaction. A purged anatomy's younger plans stay (a plan holds
+    /// all it needs); they are purged when they are old enough themselves.
+    pub fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
+        let mut purged = Purged::default();
+        {
+            let info = txn.open_table(PLAN_INFO).map_err(storage)?;
+            for item in info.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                if v.value().0 < cutoff_unix_ms {
+                    purged.plan_ids.push(k.value().to_owned());
+                }
+            }
+            let times = txn.open_table(ANATOMY_TIME).map_err(storage)?;
+            for item in times.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                if v.value() < cutoff_unix_ms {
+                    purged.anatomy_ids.push(k.value().to_owned());
+                }
+            }
+        }
+        for plan in &purged.plan_ids {
+            remove_plan(&txn, plan)?;
+        }
+        for anatomy in &purged.anatomy_ids {
+            remove_anatomy_data(&txn, anatomy)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(purged)
+    }
+
+    /// Every stored plan id and anatomy id (for consistency checks).
+    pub fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let mut plans = BTreeSet::new();
+        for item in txn
+            .open_table(PLANS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            plans.insert(item.map_err(storage)?.0.value().to_owned());
+        }
+        let mut anatomies = BTreeSet::new();
+        for item in txn
+            .open_table(ANATOMY_META)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            anatomies.insert(item.map_err(storage)?.0.value().to_owned());
+        }
+        Ok((plans, anatomies))
     }
 
     fn get(
@@ -58,14 +358,16 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         id: &str,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(table).map_err(storage)?;
         Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
     }
 
     /// Whether `owner` may see anatomy `id` (stored, and owned by it when `owner` is given).
     pub fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
         match owner {
             None => {
                 let table = txn.open_table(ANATOMY_META).map_err(storage)?;
@@ -79,14 +381,17 @@ impl Store {
     }
 
     /// Store an anatomy and its metadata once (a second put of the same id only adds `owner`).
+    /// `now_unix_ms` becomes its upload time (retention counts from the last upload).
     pub fn put_anatomy(
         &self,
         id: &str,
         data: &[u8],
         meta: &[u8],
         owner: Option<&str>,
+        now_unix_ms: u64,
     ) -> Result<(), ServiceError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
         {
             let mut anatomies = txn.open_table(ANATOMIES).map_err(storage)?;
             if anatomies.get(id).map_err(storage)?.is_none() {
@@ -94,6 +399,8 @@ impl Store {
             }
             let mut metas = txn.open_table(ANATOMY_META).map_err(storage)?;
             metas.insert(id, meta).map_err(storage)?;
+            let mut times = txn.open_table(ANATOMY_TIME).map_err(storage)?;
+            times.insert(id, now_unix_ms).map_err(storage)?;
             if let Some(o) = owner {
                 let mut owners = txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
                 owners.insert((o, id), ()).map_err(storage)?;
@@ -102,14 +409,30 @@ impl Store {
         txn.commit().map_err(storage)
     }
 
-    /// Add `owner` to an anatomy already stored.
-    pub fn add_anatomy_owner(&self, id: &str, owner: &str) -> Result<(), ServiceError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+    /// An anatomy already stored was uploaded again (by `owner`, if given): add the owner and
+    /// make `now_unix_ms` its upload time. False if it is no longer stored (deleted meanwhile).
+    pub fn reupload_anatomy(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        now_unix_ms: u64,
+    ) -> Result<bool, ServiceError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
         {
-            let mut owners = txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
-            owners.insert((owner, id), ()).map_err(storage)?;
+            let metas = txn.open_table(ANATOMY_META).map_err(storage)?;
+            if metas.get(id).map_err(storage)?.is_none() {
+                return Ok(false);
+            }
+            if let Some(o) = owner {
+                let mut owners = txn.open_table(ANATOMY_OWNERS).map_err(storage)?;
+                owners.insert((o, id), ()).map_err(storage)?;
+            }
+            let mut times = txn.open_table(ANATOMY_TIME).map_err(storage)?;
+            times.insert(id, now_unix_ms).map_err(storage)?;
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        Ok(true)
     }
 
     /// The encoded anatomy, if `owner` may see it.
@@ -132,12 +455,26 @@ impl Store {
         self.get(ANATOMY_META, id)
     }
 
-    /// Store a plan (and its owner) in one transaction; durable when this returns.
-    pub fn put_plan(&self, id: &str, plan: &[u8], owner: Option<&str>) -> Result<(), ServiceError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+    /// Store a plan (its owner, creation time and anatomy) in one transaction; durable when
+    /// this returns.
+    pub fn put_plan(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+    ) -> Result<(), ServiceError> {
+        let db = self.db();
+        let txn = db.begin_write().map_err(storage)?;
         {
             let mut plans = txn.open_table(PLANS).map_err(storage)?;
             plans.insert(id, plan).map_err(storage)?;
+            let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
+            info.insert(id, (create_time_unix_ms, anatomy_id))
+                .map_err(storage)?;
+            let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
+            by_anatomy.insert((anatomy_id, id), ()).map_err(storage)?;
             if let Some(o) = owner {
                 let mut owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
                 owners.insert(id, o).map_err(storage)?;
@@ -148,7 +485,8 @@ impl Store {
 
     /// The encoded plan, if `owner` may see it.
     pub fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
         if let Some(o) = owner {
             let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
             let owned = owners
@@ -172,7 +510,8 @@ impl Store {
         limit: usize,
         owner: Option<&str>,
     ) -> Result<PlanPage, ServiceError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(PLANS).map_err(storage)?;
         let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
         let range = if after.is_empty() {
@@ -200,5 +539,104 @@ impl Store {
             out.push((k.value().to_owned(), v.value().to_vec()));
         }
         Ok((out, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether any file under `dir` contains `needle`.
+    fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                return dir_contains(&path, needle);
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    fn plan_bytes(anatomy: &str, marker: &str) -> Vec<u8> {
+        pb::Plan {
+            plan_id: "p".into(),
+            anatomy_id: anatomy.into(),
+            case_name: marker.into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn deleted_bytes_leave_the_data_directory_after_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let marker = b"MARKER-patient-4711-MARKER";
+        let mut mesh = Vec::new();
+        for _ in 0..2000 {
+            mesh.extend_from_slice(marker);
+        }
+        let plan_marker = "PLANMARK-patient-4711-PLANMARK";
+        store
+            .put_anatomy("a1", &mesh, b"meta", Some("alice"), 1)
+            .unwrap();
+        store
+            .put_plan("p1", &plan_bytes("a1", plan_marker), Some("alice"), 1, "a1")
+            .unwrap();
+        // Something that stays, written after.
+        store
+            .put_anatomy("a2", b"other", b"meta2", Some("bob"), 1)
+            .unwrap();
+        assert!(dir_contains(dir.path(), marker));
+        assert!(dir_contains(dir.path(), plan_marker.as_bytes()));
+
+        let deletion = store.delete_anatomy("a1", Some("alice"), true).unwrap();
+        assert_eq!(
+            deletion,
+            Some(AnatomyDeletion {
+                plan_ids: vec!["p1".into()],
+                data_removed: true
+            })
+        );
+        // Committed, but the freed pages still hold the bytes: compaction is what removes them.
+        assert!(dir_contains(dir.path(), marker), "compaction is needed");
+        store.compact().unwrap();
+        assert!(!dir_contains(dir.path(), marker), "mesh bytes remain");
+        assert!(
+            !dir_contains(dir.path(), plan_marker.as_bytes()),
+            "plan bytes remain"
+        );
+        assert_eq!(store.anatomy("a2", Some("bob")).unwrap().unwrap(), b"other");
+    }
+
+    #[test]
+    fn a_delete_removes_every_index_entry_and_a_purge_goes_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_anatomy("a", b"m", b"meta", None, 100).unwrap();
+        store
+            .put_plan("p-old", &plan_bytes("a", "x"), None, 100, "a")
+            .unwrap();
+        store
+            .put_plan("p-new", &plan_bytes("a", "x"), None, 300, "a")
+            .unwrap();
+        assert!(matches!(
+            store.delete_anatomy("a", None, false),
+            Err(ServiceError::AnatomyHasPlans { plans: 2, .. })
+        ));
+        let purged = store.purge_before(200).unwrap();
+        assert_eq!(purged.plan_ids, vec!["p-old".to_owned()]);
+        assert_eq!(purged.anatomy_ids, vec!["a".to_owned()]);
+        let (plans, anatomies) = store.record_ids().unwrap();
+        assert_eq!(
+            plans.into_iter().collect::<Vec<_>>(),
+            vec!["p-new".to_owned()]
+        );
+        assert!(anatomies.is_empty());
+        assert!(store.purge_before(200).unwrap().is_empty());
+        assert!(!store.delete_plan("p-new", Some("mallory")).unwrap());
+        assert!(store.delete_plan("p-new", None).unwrap());
+        assert!(!store.delete_plan("p-new", None).unwrap());
     }
 }

@@ -246,3 +246,136 @@ async fn a_full_disk_answers_resource_exhausted_and_reads_go_on() {
     assert_eq!(again, plan);
     let _ = server.shutdown().await;
 }
+
+/// A pseudo-random number of milliseconds below `below` (the clock's nanoseconds: a kill at a
+/// different moment in every run).
+fn random_ms(below: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos.wrapping_mul(2_654_435_761)) % below
+}
+
+/// Anatomies, each with two plans, are deleted (cascade) one after another while the server is
+/// SIGKILLed at a random moment, round after round. After every kill the store holds each
+/// anatomy with both its plans or none of the three (one write transaction per delete), every
+/// acknowledged delete stays deleted, and whatever remains reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_deletes_leaves_each_record_whole_or_gone() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut child = spawn_server(addr, data.path());
+    let mut raw = connect(addr).await;
+    // (anatomy id, its plan ids)
+    let mut records: Vec<(String, Vec<String>)> = Vec::new();
+    for i in 0..8 {
+        let mut anatomy = synth::spine(&[Level::L3], &Pose::identity(), false).0;
+        anatomy.name = format!("kill-case-{i}");
+        let id = upload(&mut raw, convert::anatomy_to_pb(&anatomy))
+            .await
+            .unwrap()
+            .anatomy_id;
+        let mut plans = Vec::new();
+        for _ in 0..2 {
+            let plan = raw
+                .create_plan(plan_message(&id))
+                .await
+                .unwrap()
+                .into_inner();
+            plans.push(plan.plan_id);
+        }
+        records.push((id, plans));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut kills = 0;
+    for round in 0..12 {
+        let addr = free_port();
+        let mut child = spawn_server(addr, data.path());
+        let raw = connect(addr).await;
+        let todo: Vec<String> = records
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| !acked.lock().unwrap().contains(id))
+            .collect();
+        if todo.is_empty() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        let (mut c, acked_by_task) = (raw.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            for id in todo {
+                let request = pb::DeleteAnatomyRequest {
+                    anatomy_id: id.clone(),
+                    cascade: true,
+                };
+                match c.delete_anatomy(request).await {
+                    // NOT_FOUND: deleted before a kill that came before its answer.
+                    Ok(_) => acked_by_task.lock().unwrap().push(id),
+                    Err(s) if s.code() == Code::NotFound => acked_by_task.lock().unwrap().push(id),
+                    Err(_) => return,
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(random_ms(40))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        task.await.unwrap();
+
+        // The store as the kill left it, opened directly (the server is gone).
+        let store = kyphoplan_server::store::Store::open(data.path()).unwrap();
+        let (plans, anatomies) = store.record_ids().unwrap();
+        for (id, plan_ids) in &records {
+            let present: Vec<bool> = plan_ids.iter().map(|p| plans.contains(p)).collect();
+            if anatomies.contains(id) {
+                assert!(
+                    present.iter().all(|&p| p),
+                    "round {round}: anatomy {id} kept without all its plans {present:?}"
+                );
+                assert!(store.anatomy(id, None).unwrap().is_some());
+            } else {
+                assert!(
+                    present.iter().all(|&p| !p),
+                    "round {round}: plans of deleted anatomy {id} remain {present:?}"
+                );
+            }
+            if acked.lock().unwrap().contains(id) {
+                assert!(
+                    !anatomies.contains(id),
+                    "round {round}: acknowledged delete undone"
+                );
+            }
+        }
+        for p in &plans {
+            let bytes = store.plan(p, None).unwrap().unwrap();
+            <pb::Plan as prost::Message>::decode(bytes.as_slice()).expect("a whole plan");
+        }
+    }
+    assert!(kills >= 2, "only {kills} kills");
+
+    // Through a restarted server: what was deleted stays gone.
+    let addr = free_port();
+    let mut child = spawn_server(addr, data.path());
+    let mut raw = connect(addr).await;
+    let deleted = acked.lock().unwrap().clone();
+    for id in &deleted {
+        let r = raw
+            .get_anatomy(pb::GetAnatomyRequest {
+                anatomy_id: id.clone(),
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), Code::NotFound);
+    }
+    eprintln!(
+        "{kills} SIGKILLs during deletes; {} of {} anatomies deleted, every record whole or gone",
+        deleted.len(),
+        records.len()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

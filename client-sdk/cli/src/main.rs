@@ -158,6 +158,22 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "KYPHOPLAN_SHARED")]
         shared: Option<PathBuf>,
     },
+    /// Delete a plan, or an anatomy (with --cascade also its plans), from the server, for good.
+    /// Deleting what is already gone succeeds (and says so).
+    #[command(group(clap::ArgGroup::new("record").required(true).args(["plan", "anatomy"])))]
+    Delete {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Id of the plan to delete.
+        #[arg(long, value_name = "ID")]
+        plan: Option<String>,
+        /// Id of the anatomy to delete.
+        #[arg(long, value_name = "ID")]
+        anatomy: Option<String>,
+        /// With --anatomy: delete its plans too (without, an anatomy with plans is refused).
+        #[arg(long, requires = "anatomy")]
+        cascade: bool,
+    },
     /// Time the planner and the server on this machine (built-in anatomy, the real meshes of
     /// ../shared/anatomy when present, server throughput, exact clearance vs parry).
     Bench {
@@ -317,6 +333,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             bless,
             shared,
         } => replay_cases(&cases_root, server.as_deref(), bless, shared),
+        Command::Delete {
+            server,
+            plan,
+            anatomy,
+            cascade,
+        } => delete(&server, plan.as_deref(), anatomy.as_deref(), cascade),
         Command::Bench { json, quick } => {
             use kyphoplan_cli::bench;
             let options = bench::BenchOptions {
@@ -619,6 +641,52 @@ fn demo(out: &Path) -> Result<(), Failure> {
     );
     println!("re-plan it with: kyphoplan plan {}", out.display());
     Ok(())
+}
+
+/// `kyphoplan delete`: one plan or one anatomy (clap makes sure exactly one is given).
+fn delete(
+    url: &str,
+    plan: Option<&str>,
+    anatomy: Option<&str>,
+    cascade: bool,
+) -> Result<(), Failure> {
+    if cascade && anatomy.is_none() {
+        return Err(Failure::Usage("--cascade goes with --anatomy".into()));
+    }
+    runtime()?.block_on(async {
+        let mut client = connect(url).await?;
+        if let Some(id) = plan {
+            let deleted = client
+                .delete_plan(id)
+                .await
+                .map_err(|e| from_client(e, "delete"))?;
+            if deleted {
+                println!("deleted plan {id}");
+            } else {
+                println!("plan {id}: nothing to delete (already deleted, or not yours)");
+            }
+        }
+        if let Some(id) = anatomy {
+            match client
+                .delete_anatomy(id, cascade)
+                .await
+                .map_err(|e| from_client(e, "delete"))?
+            {
+                None => println!("anatomy {id}: nothing to delete (already deleted, or not yours)"),
+                Some(r) => {
+                    for plan in &r.deleted_plan_ids {
+                        println!("deleted plan {plan}");
+                    }
+                    if r.data_removed {
+                        println!("deleted anatomy {id}");
+                    } else {
+                        println!("deleted your ownership of anatomy {id} (other owners keep it)");
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `kyphoplan replay`: exit 3 when any case regressed, has no golden (without --bless), could

@@ -582,3 +582,58 @@ fn refusals_exit_one_in_process_and_through_the_server_and_an_absent_server_exit
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("127.0.0.1:1"), "{}", stderr(&o));
 }
+
+#[test]
+fn delete_removes_a_plan_then_an_anatomy_and_says_when_nothing_is_left() {
+    let server = Server::start();
+    let (anatomy_id, plan_id) = server.runtime.block_on(async {
+        let mut client = kyphoplan_client::Client::connect(&server.url)
+            .await
+            .unwrap();
+        let anatomy = synth::spine(&[Level::L3], &Pose::identity(), false).0;
+        let id = client.upload_anatomy(&anatomy).await.unwrap().anatomy_id;
+        let request = kyphoplan_planner::request::PlanRequest::new(
+            None,
+            kyphoplan_planner::request::Instrument::contract_default(),
+            kyphoplan_planner::request::Safety::contract_default(),
+        )
+        .unwrap();
+        let plan = client.create_plan(&id, &request).await.unwrap();
+        (id, plan.plan_id)
+    });
+    let url = server.url.as_str();
+
+    // Usage: exactly one of --plan, --anatomy; --cascade only with --anatomy.
+    for args in [
+        vec!["delete", "--server", url],
+        vec!["delete", "--server", url, "--plan", "p", "--anatomy", "a"],
+        vec!["delete", "--server", url, "--plan", "p", "--cascade"],
+    ] {
+        assert_eq!(kyphoplan(&args).status.code(), Some(2), "{args:?}");
+    }
+
+    let o = kyphoplan(&["delete", "--server", url, "--anatomy", &anatomy_id]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 plan(s)"), "{}", stderr(&o));
+
+    let o = kyphoplan(&["delete", "--server", url, "--plan", &plan_id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("deleted plan {plan_id}\n"));
+    let o = kyphoplan(&["delete", "--server", url, "--plan", &plan_id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nothing to delete"), "{}", stdout(&o));
+
+    let o = kyphoplan(&[
+        "delete",
+        "--server",
+        url,
+        "--anatomy",
+        &anatomy_id,
+        "--cascade",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("deleted anatomy {anatomy_id}\n"));
+    let o = kyphoplan(&["delete", "--server", url, "--anatomy", &anatomy_id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nothing to delete"), "{}", stdout(&o));
+}
