@@ -993,3 +993,43 @@ pub fn anatomy_from_labels(
         notices,
     })
 }
+
+/// Encode `volume` as a NIfTI-1 single file (uint16 labels, little endian, sform code 2 in RAS,
+/// qform unset): for generated test and bench label maps. [`parse_nifti_labels`] reads it back
+/// to the same labels and the same transform (to f32 rounding).
+pub fn encode_nifti_labels(volume: &LabelVolume) -> Vec<u8> {
+    let mut h = vec![0u8; 352];
+    let put_i16 = |h: &mut [u8], at: usize, v: i16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 =
+        |h: &mut [u8], at: usize, v: f64| h[at..at + 4].copy_from_slice(&(v as f32).to_le_bytes());
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    put_i16(&mut h, 40, 3);
+    for a in 0..7 {
+        let d = if a < 3 { volume.dims[a] } else { 1 };
+        put_i16(&mut h, 42 + 2 * a, d.min(i16::MAX as usize) as i16);
+    }
+    put_i16(&mut h, 70, 512); // uint16
+    put_i16(&mut h, 72, 16);
+    let spacing = volume.spacing_mm();
+    put_f32(&mut h, 76, 1.0);
+    for (a, s) in spacing.iter().enumerate() {
+        put_f32(&mut h, 80 + 4 * a, *s);
+    }
+    put_f32(&mut h, 108, 352.0);
+    h[123] = 2; // xyzt_units: mm
+    put_i16(&mut h, 254, 2); // sform_code: aligned
+    let t = volume.voxel_to_lps;
+    let sign = [-1.0, -1.0, 1.0]; // lps_to_ras
+    for (r, sign) in sign.iter().enumerate() {
+        for c in 0..3 {
+            put_f32(&mut h, 280 + 16 * r + 4 * c, sign * t.linear[(r, c)]);
+        }
+        put_f32(&mut h, 280 + 16 * r + 12, sign * t.offset_mm[r]);
+    }
+    h[344..348].copy_from_slice(b"n+1\0");
+    h.reserve(2 * volume.labels.len());
+    for l in &volume.labels {
+        h.extend_from_slice(&l.to_le_bytes());
+    }
+    h
+}
