@@ -13,6 +13,7 @@
 //! Missing `[instrument]` / `[safety]` keys take [`Instrument::contract_default`] /
 //! [`Safety::contract_default`], field by field.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -65,6 +66,26 @@ pub struct CaseToml {
     /// Extension: tolerances of `kyphoplan replay` for this case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayToml>,
+    /// Extension: the anatomy from a NIfTI label map (read with the SDK feature `labelmap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labelmap: Option<LabelMapToml>,
+}
+
+/// `[labelmap]`: a NIfTI label map inside the case directory, meshed label by label; its
+/// vertebrae, spinal canal and forbidden labels join the `[[structure]]` meshes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelMapToml {
+    /// `.nii` or `.nii.gz`, relative to the case directory.
+    pub file: String,
+    /// `"totalsegmentator"` (v2 "total" ids), `"verse"` or `"table"`; default `"table"` when
+    /// `[labelmap.labels]` is given, else required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convention: Option<String>,
+    /// Label id -> `"vertebra:L3"`, `"spinal_canal"`, `"forbidden"`, `"rib"`, `"lung"` or
+    /// `"ignore"`; overrides the convention for those ids.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[replay]`: per-case tolerances of the regression replay (defaults in `replay::Tolerances`).
@@ -174,6 +195,9 @@ pub struct Case {
     pub dir: PathBuf,
     pub anatomy: AnatomyInput,
     pub request: PlanRequest,
+    /// What the reader wants the user told: from a label map, the vertebrae refused (cut by
+    /// the scan), labels ignored (ribs, lungs, unknown ids), pieces and cavities left out.
+    pub notices: Vec<String>,
 }
 
 impl InstrumentToml {
@@ -365,6 +389,7 @@ pub fn read_case_with(dir: &Path, options: &ReadOptions) -> Result<Case, CaseErr
         mesh_root,
         structures,
         request,
+        labelmap,
     } = resolve_case_toml(toml).map_err(&fail)?;
     let mesh_dir = match &mesh_root {
         None => dir_canonical.clone(),
@@ -384,14 +409,158 @@ pub fn read_case_with(dir: &Path, options: &ReadOptions) -> Result<Case, CaseErr
             mesh,
         });
     }
+    let mut anatomy = AnatomyInput {
+        name,
+        frame,
+        structures: out,
+    };
+    let mut request = request;
+    let mut notices = Vec::new();
+    if let Some(lm) = labelmap {
+        let path = mesh_path(&dir_canonical, &lm.file, "labelmap").map_err(&fail)?;
+        let convention = lm.convention.as_deref().unwrap_or("table");
+        let from_labels = labelmap_anatomy(
+            &path,
+            convention,
+            &lm.labels,
+            &anatomy.name,
+            frame,
+            &request,
+        )
+        .map_err(&fail)?;
+        anatomy.structures.extend(from_labels.anatomy.structures);
+        request = from_labels.request;
+        notices = from_labels.notices;
+    }
     Ok(Case {
         dir: dir.to_owned(),
-        anatomy: AnatomyInput {
-            name,
-            frame,
-            structures: out,
-        },
+        anatomy,
         request,
+        notices,
+    })
+}
+
+/// A label map read into anatomy in the case frame, with the request it leaves (levels refused
+/// as cut by the scan taken out) and the notices to show.
+#[derive(Clone, Debug)]
+pub struct LabelMapCase {
+    pub anatomy: AnatomyInput,
+    pub request: PlanRequest,
+    pub notices: Vec<String>,
+}
+
+/// Read and mesh a label map (`convention` by name, `labels` overriding ids), in `frame`,
+/// for `request`'s levels. The error names the file and field.
+#[cfg(feature = "labelmap")]
+pub fn labelmap_anatomy(
+    path: &Path,
+    convention: &str,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    frame: PatientFrame,
+    request: &PlanRequest,
+) -> Result<LabelMapCase, String> {
+    use kyphoplan_planner::labelmap;
+    let convention: labelmap::Convention = convention
+        .parse()
+        .map_err(|e| format!("labelmap.convention: {e}"))?;
+    let table = labelmap::LabelTable::builtin(convention)
+        .with_overrides(CASE_FILE, labels)
+        .map_err(|e| e.to_string())?;
+    let volume = labelmap::read_nifti_labels(path).map_err(|e| e.to_string())?;
+    let lm = labelmap::anatomy_from_labels(name, &volume, &table, request.levels())
+        .map_err(|e| e.to_string())?;
+    let mut anatomy = lm.anatomy;
+    if frame == PatientFrame::Ras {
+        // lps_to_ras: x and y negated, a rotation (winding kept).
+        for s in &mut anatomy.structures {
+            s.mesh = s
+                .mesh
+                .mapped(|p| kyphoplan_planner::math::Point::new(-p.x, -p.y, p.z));
+        }
+    }
+    anatomy.frame = frame;
+    let request = match request.levels() {
+        Some(levels) => {
+            let kept: Vec<Level> = levels
+                .iter()
+                .copied()
+                .filter(|l| !lm.refused.iter().any(|r| r.level == *l))
+                .collect();
+            PlanRequest::new(
+                Some(kept),
+                request.instrument().clone(),
+                request.safety().clone(),
+            )
+            .map_err(|e| e.to_string())?
+        }
+        None => request.clone(),
+    };
+    Ok(LabelMapCase {
+        anatomy,
+        request,
+        notices: lm.notices,
+    })
+}
+
+/// Without the feature `labelmap` a `[labelmap]` case is refused, saying so.
+#[cfg(not(feature = "labelmap"))]
+pub fn labelmap_anatomy(
+    path: &Path,
+    _convention: &str,
+    _labels: &BTreeMap<String, String>,
+    _name: &str,
+    _frame: PatientFrame,
+    _request: &PlanRequest,
+) -> Result<LabelMapCase, String> {
+    Err(format!(
+        "labelmap: {}: this build reads no label maps (kyphoplan-client without the feature `labelmap`)",
+        path.display()
+    ))
+}
+
+/// A case from a label map alone (`kyphoplan plan --labelmap`): frame LPS, the contract's
+/// instrument and safety defaults, named after the file.
+pub fn labelmap_case(
+    path: &Path,
+    convention: &str,
+    levels: Option<Vec<Level>>,
+) -> Result<Case, CaseError> {
+    let fail = |reason: String| CaseError {
+        file: path.to_owned(),
+        reason,
+    };
+    let name = path
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".gz")
+                .trim_end_matches(".nii")
+                .to_string()
+        })
+        .unwrap_or_else(|| "labelmap".into());
+    let request = PlanRequest::new(
+        levels,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let prefix = format!("{}: ", path.display());
+    let lm = labelmap_anatomy(
+        path,
+        convention,
+        &BTreeMap::new(),
+        &name,
+        PatientFrame::Lps,
+        &request,
+    )
+    // The reader's errors name the file already.
+    .map_err(|e| fail(e.strip_prefix(&prefix).unwrap_or(&e).to_string()))?;
+    Ok(Case {
+        dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+        anatomy: lm.anatomy,
+        request: lm.request,
+        notices: lm.notices,
     })
 }
 
@@ -405,6 +574,8 @@ pub struct CaseSpec {
     /// At least one; mesh paths passed [`check_mesh_path`].
     pub structures: Vec<StructureSpec>,
     pub request: PlanRequest,
+    /// `[labelmap]`, its file path checked lexically.
+    pub labelmap: Option<LabelMapToml>,
 }
 
 /// One `[[structure]]`: its role and its mesh path as written.
@@ -430,6 +601,7 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
         instrument,
         safety,
         replay: _,
+        labelmap,
     } = toml;
     if name.trim().is_empty() {
         return Err("name: must not be empty".into());
@@ -446,8 +618,16 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    if structures.is_empty() {
-        return Err("no [[structure]] table: a case needs at least one vertebra".into());
+    if structures.is_empty() && labelmap.is_none() {
+        return Err(
+            "no [[structure]] table and no [labelmap]: a case needs at least one vertebra".into(),
+        );
+    }
+    if let Some(lm) = &labelmap {
+        check_mesh_path(&lm.file, "labelmap")?;
+        if lm.convention.is_none() && lm.labels.is_empty() {
+            return Err("labelmap.convention: required (\"totalsegmentator\", \"verse\" or \"table\" with [labelmap.labels])".into());
+        }
     }
     let structures = structures
         .into_iter()
@@ -482,6 +662,7 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
         mesh_root,
         structures,
         request,
+        labelmap,
     })
 }
 
@@ -562,6 +743,7 @@ pub fn write_case(
         instrument: None,
         safety: None,
         replay: None,
+        labelmap: None,
     };
     let text = toml::to_string(&toml).map_err(|e| CaseError {
         file: dir.join(CASE_FILE),

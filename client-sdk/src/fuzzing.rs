@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("case_toml", case_toml),
     ("request", request),
     ("mesh_validate", mesh_validate),
+    ("labelmap", labelmap),
 ];
 
 /// The name the mesh bodies give their input in errors.
@@ -366,4 +367,36 @@ pub fn soup(data: &[u8]) -> Option<TriMesh> {
         .map(|t| [u32::from(t[0]), u32::from(t[1]), u32::from(t[2])])
         .collect();
     Some(TriMesh::new(vertices, triangles))
+}
+
+/// Bytes as a NIfTI label map (`.nii` or gzipped): an error or a sound volume (labels for every
+/// voxel, a finite non-singular voxel -> LPS transform); a small one is also turned into anatomy
+/// (VerSe ids), whose meshes must be closed 2-manifolds, outward wound.
+pub fn labelmap(data: &[u8]) {
+    use kyphoplan_planner::labelmap as lm;
+    let Ok(volume) = lm::parse_nifti_labels(INPUT, data) else {
+        return;
+    };
+    assert_eq!(volume.labels.len(), volume.dims.iter().product::<usize>());
+    let t = volume.voxel_to_lps;
+    assert!(t
+        .linear
+        .iter()
+        .chain(t.offset_mm.iter())
+        .all(|v| v.is_finite()));
+    assert!(t.linear.determinant() != 0.0);
+    assert!(
+        volume.labels.iter().any(|&l| l != 0),
+        "an empty map is refused"
+    );
+    if volume.labels.len() > 32 * 32 * 32 {
+        return;
+    }
+    let table = lm::LabelTable::builtin(lm::Convention::Verse);
+    if let Ok(a) = lm::anatomy_from_labels(INPUT, &volume, &table, None) {
+        for s in &a.anatomy.structures {
+            assert!(is_closed_manifold(&s.mesh), "{}: not closed", s.name);
+            assert!(s.mesh.signed_volume_mm3() > 0.0, "{}: inward", s.name);
+        }
+    }
 }

@@ -24,6 +24,8 @@ pub mod error;
 pub mod evaluate;
 pub mod frame;
 pub mod keepout;
+#[cfg(feature = "labelmap")]
+pub mod labelmap;
 pub mod math;
 pub mod mesh;
 pub mod mesher;

@@ -43,7 +43,6 @@ pub fn marching_tetrahedra<F: Fn(&Vector) -> Real + Sync>(
         ((hi.y - lo.y) / res).ceil() as usize + 1,
         ((hi.z - lo.z) / res).ceil() as usize + 1,
     ];
-    let idx = |i: usize, j: usize, k: usize| i + n[0] * (j + n[1] * k);
     let pos = |i: usize, j: usize, k: usize| {
         Vector::new(
             lo.x + i as Real * res,
@@ -66,6 +65,22 @@ pub fn marching_tetrahedra<F: Fn(&Vector) -> Real + Sync>(
         })
         .collect();
 
+    let mesh = tetrahedra_surface(&values, n, |i, j, k| Point::from(pos(i, j, k)));
+    let mesh = largest_component(&mesh);
+    collapse_short_edges(mesh, COLLAPSE_FRACTION * res)
+}
+
+/// The surface between negative (inside) and positive values sampled on a grid of `n` points
+/// (x fastest), with every connected component, outward wound in the grid's index order
+/// (mirror it if `pos` reverses orientation). No value may be exactly zero. Vertices are
+/// interpolated linearly on the tetrahedra's edges (clamped to 2 %..98 % of the edge) and placed
+/// by `pos(i, j, k)`, the position of grid point `(i, j, k)`.
+pub fn tetrahedra_surface(
+    values: &[Real],
+    n: [usize; 3],
+    pos: impl Fn(usize, usize, usize) -> Point,
+) -> TriMesh {
+    let idx = |i: usize, j: usize, k: usize| i + n[0] * (j + n[1] * k);
     let mut vertices: Vec<Point> = Vec::new();
     let mut triangles: Vec<[u32; 3]> = Vec::new();
     let mut edge_vertex: HashMap<u64, u32> = HashMap::new();
@@ -108,7 +123,7 @@ pub fn marching_tetrahedra<F: Fn(&Vector) -> Real + Sync>(
                             let pa = pos(i + ai, j + aj, k + ak);
                             let pb = pos(i + bi, j + bj, k + bk);
                             let p = pa + (pb - pa) * t;
-                            vertices.push(Point::from(p));
+                            vertices.push(p);
                             (vertices.len() - 1) as u32
                         })
                     };
@@ -172,8 +187,7 @@ pub fn marching_tetrahedra<F: Fn(&Vector) -> Real + Sync>(
             }
         }
     }
-    let mesh = largest_component(&TriMesh::new(vertices, triangles));
-    collapse_short_edges(mesh, COLLAPSE_FRACTION * res)
+    TriMesh::new(vertices, triangles)
 }
 
 /// Edges shorter than this fraction of the grid spacing are collapsed after meshing (marching
@@ -184,7 +198,7 @@ const COLLAPSE_FRACTION: Real = 0.55;
 /// closed and 2-manifold (link condition), its genus (each collapse removes one vertex, three
 /// edges and two triangles) and its orientation (no triangle may turn by more than 60 degrees
 /// or degenerate). Deterministic.
-fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
+pub fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
     let mut pos = mesh.vertices_mm;
     let mut tris = mesh.triangles;
     let mut alive = vec![true; tris.len()];
@@ -368,6 +382,49 @@ fn largest_component(mesh: &TriMesh) -> TriMesh {
         triangles.push(nt);
     }
     TriMesh::new(vertices, triangles)
+}
+
+/// Every connected component (through shared vertices), compacted, the one with the most
+/// triangles first (ties: the one whose first triangle comes first). Deterministic.
+pub fn connected_components(mesh: &TriMesh) -> Vec<TriMesh> {
+    let nv = mesh.vertices_mm.len();
+    let mut parent: Vec<u32> = (0..nv as u32).collect();
+    for t in &mesh.triangles {
+        for e in 1..3 {
+            let a = find(&mut parent, t[0]);
+            let b = find(&mut parent, t[e]);
+            if a != b {
+                let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+                parent[hi as usize] = lo;
+            }
+        }
+    }
+    let mut order: Vec<u32> = Vec::new();
+    let mut slot: HashMap<u32, usize> = HashMap::new();
+    let mut parts: Vec<(Vec<Point>, Vec<[u32; 3]>)> = Vec::new();
+    let mut remap = vec![u32::MAX; nv];
+    for t in &mesh.triangles {
+        let root = find(&mut parent, t[0]);
+        let s = *slot.entry(root).or_insert_with(|| {
+            order.push(root);
+            parts.push((Vec::new(), Vec::new()));
+            parts.len() - 1
+        });
+        let (verts, tris) = &mut parts[s];
+        let mut nt = [0u32; 3];
+        for (q, &v) in t.iter().enumerate() {
+            if remap[v as usize] == u32::MAX {
+                remap[v as usize] = verts.len() as u32;
+                verts.push(mesh.vertices_mm[v as usize]);
+            }
+            nt[q] = remap[v as usize];
+        }
+        tris.push(nt);
+    }
+    let mut meshes: Vec<TriMesh> = parts.into_iter().map(|(v, t)| TriMesh::new(v, t)).collect();
+    // Stable sort: equal sizes keep the order of their first triangle.
+    meshes.sort_by_key(|m| std::cmp::Reverse(m.triangles.len()));
+    meshes
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,57 +6,9 @@
 
 mod common;
 
-use kyphoplan_planner::clearance::brute;
-use kyphoplan_planner::math::{point, Point, Real, UnitVector, Vector};
+use kyphoplan_planner::math::{point, Real};
 use kyphoplan_planner::plan::ReasonCode;
-use kyphoplan_planner::prepare::PreparedVertebra;
 use kyphoplan_planner::*;
-
-/// Brute-force route check, independent of the isthmus outline polygon: the bone entry lies
-/// behind the isthmus plane, and every point of the cylinder of radius `radius + margin` where it
-/// cuts the isthmus plane (128 points around) is inside the bone (exact point containment by
-/// ray casting over every triangle).
-fn brute_route_check(
-    v: &PreparedVertebra,
-    side: Side,
-    entry_lps: &Point,
-    tip_lps: &Point,
-    radius_mm: Real,
-    margin_mm: Real,
-) -> Result<(), String> {
-    let p = v.pedicles[side]
-        .as_ref()
-        .map_err(|e| format!("pedicle not measured: {e}"))?;
-    let to_v = v.frame.lps_to_vertebra;
-    let (entry, tip) = (to_v * entry_lps, to_v * tip_lps);
-    let (_, entry_along) = p.isthmus_coordinates(&entry);
-    if entry_along >= 0.0 {
-        return Err(format!(
-            "bone entry {entry_along:.2} mm in front of the isthmus"
-        ));
-    }
-    let d = UnitVector::new_normalize(tip - entry);
-    let n = p.axis_vertebra;
-    let c = p.isthmus_center_vertebra_mm;
-    let e1 = UnitVector::new_normalize(d.cross(&Vector::z()));
-    let e2 = d.cross(&e1);
-    // Just inside the margin, so that a clearance of exactly the margin passes.
-    let rr = radius_mm + margin_mm - 1e-6;
-    let to_lps = v.frame.vertebra_to_lps();
-    for k in 0..128 {
-        let phi = k as Real / 128.0 * std::f64::consts::TAU;
-        let a = entry + (e1.into_inner() * phi.cos() + e2 * phi.sin()) * rr;
-        let t = (c - a).dot(&n) / d.dot(&n);
-        let q = a + d.into_inner() * t;
-        if !brute::contains_point(&v.mesh, &(to_lps * q)) {
-            return Err(format!(
-                "the cylinder (radius + margin) leaves the bone at the isthmus, {:.1} deg around",
-                phi.to_degrees()
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// 13 G (2.41 mm) to 8 mm in 0.4 mm steps, as the route issue asks.
 fn cannula_sizes_mm() -> Vec<Real> {
@@ -96,7 +48,7 @@ fn every_cannula_size_on_every_real_vertebra_passes_the_brute_force_route_check(
                         continue;
                     };
                     feasible += 1;
-                    brute_route_check(
+                    common::brute_route_check(
                         v,
                         s.side,
                         &point(t.bone_entry_mm),
@@ -142,7 +94,7 @@ fn a_cannula_beside_the_pedicle_is_never_called_safe() {
     let plan = plan(&anatomy, &request).unwrap();
     for s in &plan.levels[0].sides {
         match &s.trajectory {
-            Some(t) => brute_route_check(
+            Some(t) => common::brute_route_check(
                 v,
                 s.side,
                 &point(t.bone_entry_mm),

@@ -101,9 +101,30 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "kyphoplan-demo")]
         out: PathBuf,
     },
-    /// Plan a case directory.
+    /// Plan a case directory, or a NIfTI label map (--labelmap).
     Plan {
-        case_dir: PathBuf,
+        #[arg(required_unless_present = "labelmap", conflicts_with = "labelmap")]
+        case_dir: Option<PathBuf>,
+        /// Plan a NIfTI label map (.nii / .nii.gz) instead of a case directory (frame LPS, the
+        /// contract's instrument and safety).
+        #[arg(long, value_name = "FILE")]
+        labelmap: Option<PathBuf>,
+        /// The label map's ids: totalsegmentator (v2 "total" task) or verse.
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "totalsegmentator",
+            requires = "labelmap"
+        )]
+        convention: String,
+        /// Levels to plan from the label map (comma separated, e.g. L1,L2); default: every
+        /// complete vertebra.
+        #[arg(long, value_name = "LEVELS", value_delimiter = ',', value_parser = parse_level, requires = "labelmap")]
+        levels: Option<Vec<Level>>,
+        /// Write the anatomy's meshes (binary STL, case frame) with a case.toml naming them into
+        /// DIR, e.g. to check label-map meshes in 3D Slicer.
+        #[arg(long, value_name = "DIR")]
+        export_meshes: Option<PathBuf>,
         /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051).
         #[arg(long, value_name = "URL")]
         server: Option<String>,
@@ -293,23 +314,36 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo { out } => demo(&out),
         Command::Plan {
             case_dir,
+            labelmap,
+            convention,
+            levels,
+            export_meshes,
             server,
             json,
             slicer,
             pictures,
             scene,
             report,
-        } => plan_case(
-            &case_dir,
-            server.as_deref(),
-            json.as_deref(),
-            &Exports {
-                slicer,
-                pictures,
-                scene,
-                report,
-            },
-        ),
+        } => {
+            let case = match (&case_dir, &labelmap) {
+                (_, Some(file)) => case::labelmap_case(file, &convention, levels)
+                    .map_err(|e| Failure::Input(e.to_string()))?,
+                (Some(dir), None) => read_case(dir)?,
+                (None, None) => return Err(Failure::Usage("a CASE_DIR or --labelmap FILE".into())),
+            };
+            plan_case(
+                case,
+                server.as_deref(),
+                json.as_deref(),
+                export_meshes.as_deref(),
+                &Exports {
+                    slicer,
+                    pictures,
+                    scene,
+                    report,
+                },
+            )
+        }
         Command::Evaluate {
             case_dir,
             level,
@@ -472,18 +506,31 @@ impl Exports {
 }
 
 fn plan_case(
-    dir: &Path,
+    case: Case,
     server: Option<&str>,
     json: Option<&Path>,
+    export_meshes: Option<&Path>,
     exports: &Exports,
 ) -> Result<(), Failure> {
-    let case = read_case(dir)?;
     let Case {
         dir,
         anatomy,
         request,
-        ..
+        notices,
     } = case;
+    for n in &notices {
+        eprintln!("notice: {n}");
+    }
+    if let Some(out) = export_meshes {
+        case::write_case(out, &anatomy, request.levels())
+            .map_err(|e| Failure::Input(e.to_string()))?;
+        eprintln!(
+            "wrote {} meshes (STL, frame {}) into {}",
+            anatomy.structures.len(),
+            anatomy.frame.name(),
+            out.display()
+        );
+    }
     // The pictures, scene and report draw the bone: keep it when they are asked for.
     let for_exports = exports.need_anatomy().then(|| anatomy.clone());
     let plan = match server {

@@ -736,6 +736,7 @@ fn plan_in_process(case: Case) -> Result<Plan, String> {
         dir,
         anatomy,
         request,
+        notices: _,
     } = case;
     let prepared = PreparedAnatomy::prepare(anatomy, &PrepareOptions::standard())
         .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -747,6 +748,7 @@ async fn plan_via_server(client: &mut Client, case: Case) -> Result<Plan, String
         dir,
         anatomy,
         request,
+        notices: _,
     } = case;
     let stored = client
         .upload_anatomy_shared(Arc::new(anatomy))
