@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kyphoplan_planner::clearance::{brute, ClearanceMesh};
-use kyphoplan_planner::criteria::{cortex_start, docking_zone_mm};
 use kyphoplan_planner::labelmap::{
     self, anatomy_from_labels, Affine, Convention, LabelMapErrorKind, LabelMeaning, LabelTable,
     LabelVolume,
@@ -228,10 +227,19 @@ fn check_side_exactly(anatomy: &PreparedAnatomy, level: Level, s: &plan::SidePla
         );
     }
     // 2. The cylinder keeps the cortex margin where it applies (brute force over triangles).
-    let f = &v.frame;
-    let tip_v = f.lps_to_vertebra * tip;
-    let u_v = f.lps_to_vertebra.rotation * u;
-    let start = cortex_start(f, &tip_v, &u_v, -len, docking_zone_mm(&instrument, &safety));
+    let (incidence_deg, start) = common::brute_docking(
+        &v.mesh,
+        &entry,
+        &u,
+        len,
+        instrument.cannula_radius_mm(),
+        safety.cortex_margin_mm,
+    );
+    assert!(
+        incidence_deg <= safety.max_entry_incidence_deg + 1e-9,
+        "{what} {level} {}: incidence {incidence_deg:.1} deg",
+        s.side
+    );
     let from = tip + u * start;
     let d = brute::distance_to_segment(&v.mesh, &from, &tip) - instrument.cannula_radius_mm();
     assert!(

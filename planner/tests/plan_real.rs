@@ -75,10 +75,8 @@ fn every_real_pedicle_gets_a_verified_cannula_and_balloon() {
                 //    cortex margin from the end of the docking zone that incidence needs.
                 let f = &v.frame;
                 let tip_v = f.lps_to_vertebra * tip;
-                let normal = brute::footprint_normal(&v.mesh, &entry, &u, r)
-                    .expect("the bone entry lies on the surface");
-                let cos_incidence = -normal.dot(&u);
-                let incidence_deg = cos_incidence.acos().to_degrees();
+                let (incidence_deg, start) =
+                    common::brute_docking(&v.mesh, &entry, &u, len, r, safety.cortex_margin_mm);
                 assert!(
                     incidence_deg <= safety.max_entry_incidence_deg + 1e-9,
                     "{set} {} {}: incidence {incidence_deg:.1} deg",
@@ -91,10 +89,6 @@ fn every_real_pedicle_gets_a_verified_cannula_and_balloon() {
                     t.entry_incidence_deg
                 );
                 assert_eq!(t.route, Some(Route::Transpedicular));
-                let footprint = (r + safety.cortex_margin_mm) / cos_incidence;
-                let drop = brute::surface_drop_mm(&v.mesh, &entry, &normal, &u, footprint);
-                let zone = (r + safety.cortex_margin_mm + drop) / cos_incidence;
-                let start = (-len + zone).min(0.0);
                 let from = tip + u * start;
                 let d = brute::distance_to_segment(&v.mesh, &from, &tip) - r;
                 assert!(

@@ -6,6 +6,7 @@
 
 mod common;
 
+use kyphoplan_planner::clearance::brute;
 use kyphoplan_planner::math::{point, Real};
 use kyphoplan_planner::plan::ReasonCode;
 use kyphoplan_planner::*;
@@ -59,6 +60,27 @@ fn every_cannula_size_on_every_real_vertebra_passes_the_brute_force_route_check(
                     .unwrap_or_else(|e| {
                         panic!("{set} {} {} {diameter:.1} mm: {e}", lp.level, s.side)
                     });
+                    // Docking within the incidence limit, and the cylinder in the bone by the
+                    // margin from the end of the docking zone to the tip (brute force).
+                    let (entry, tip) = (point(t.bone_entry_mm), point(t.target_mm));
+                    let u = (tip - entry).normalize();
+                    let len = (tip - entry).norm();
+                    let r = instrument.cannula_radius_mm();
+                    let (incidence_deg, start) =
+                        common::brute_docking(&v.mesh, &entry, &u, len, r, safety.cortex_margin_mm);
+                    assert!(
+                        incidence_deg <= safety.max_entry_incidence_deg + 1e-9,
+                        "{set} {} {} {diameter:.1} mm: incidence {incidence_deg:.1} deg",
+                        lp.level,
+                        s.side
+                    );
+                    let d = brute::distance_to_segment(&v.mesh, &(tip + u * start), &tip) - r;
+                    assert!(
+                        d >= safety.cortex_margin_mm - 1e-9,
+                        "{set} {} {} {diameter:.1} mm: cortex {d:.3} mm past the docking zone",
+                        lp.level,
+                        s.side
+                    );
                 }
             }
             println!("{set} {diameter:.1} mm: {feasible} sides feasible, each through its isthmus");

@@ -142,3 +142,26 @@ pub fn brute_route_check(
     }
     Ok(())
 }
+
+/// Brute force over every triangle: the incidence (degrees) of the axis `entry -> entry + u` on
+/// the surface under a cannula of `radius_mm` at its bone entry, and where along the axis (from
+/// the tip at `len` past the entry, negative behind it) the cortex margin starts: the end of the
+/// docking zone that incidence and the surface's drop under the footprint need.
+#[allow(dead_code)]
+pub fn brute_docking(
+    mesh: &TriMesh,
+    entry: &kyphoplan_planner::math::Point,
+    u: &kyphoplan_planner::math::Vector,
+    len: f64,
+    radius_mm: f64,
+    margin_mm: f64,
+) -> (f64, f64) {
+    use kyphoplan_planner::clearance::brute;
+    let normal = brute::footprint_normal(mesh, entry, u, radius_mm)
+        .expect("the bone entry is on the surface");
+    let cos_incidence = -normal.dot(u);
+    let footprint = (radius_mm + margin_mm) / cos_incidence;
+    let drop = brute::surface_drop_mm(mesh, entry, &normal, u, footprint);
+    let zone = (radius_mm + margin_mm + drop) / cos_incidence;
+    (cos_incidence.acos().to_degrees(), (-len + zone).min(0.0))
+}

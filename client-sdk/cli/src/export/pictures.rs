@@ -42,6 +42,7 @@ const DIM_TEXT: Rgb<u8> = Rgb([160, 165, 175]);
 const WARN: Rgb<u8> = Rgb([255, 80, 80]);
 const PANEL_BORDER: Rgb<u8> = Rgb([70, 74, 84]);
 const BALLOON: Rgb<u8> = Rgb([170, 120, 255]);
+const ISTHMUS: Rgb<u8> = Rgb([90, 230, 120]);
 
 /// An angle to one decimal without a "-0.0".
 fn deg(v: f64) -> String {
@@ -389,6 +390,30 @@ fn side_geometry(side: &SidePlan, map: &CaseToVertebra) -> Option<SideGeometry> 
     })
 }
 
+/// The measured isthmus of each pedicle (its bony outline, in the vertebra frame) as a closed
+/// outline: the section every transpedicular cannula must pass inside of.
+fn draw_isthmi(img: &mut RgbImage, panel: &PanelProjection, vertebra: &PreparedVertebra) {
+    for side in Side::BOTH {
+        let Ok(pedicle) = &vertebra.pedicles[side] else {
+            continue;
+        };
+        let outline = pedicle.outline_vertebra_mm();
+        for k in 0..outline.len() {
+            let (a, b) = (outline[k], outline[(k + 1) % outline.len()]);
+            let (pa, pb) = (panel.pixel_of_vertebra(&a), panel.pixel_of_vertebra(&b));
+            thick_line(
+                img,
+                Some(panel.rect()),
+                (pa.0, pa.1),
+                (pb.0, pb.1),
+                1.5,
+                ISTHMUS,
+                false,
+            );
+        }
+    }
+}
+
 fn draw_sides(img: &mut RgbImage, panel: &PanelProjection, sides: &[SideGeometry]) {
     let px = |p: &Point| {
         let (x, y, _) = panel.pixel_of_vertebra(p);
@@ -499,6 +524,7 @@ pub fn level_picture(
             View::Axial => draw_axial_section(&mut img, panel, &mesh_v, vertebra, section_z_mm),
             View::Ap | View::Lateral => draw_projection(&mut img, panel, &mesh_v, vertebra),
         }
+        draw_isthmi(&mut img, panel, vertebra);
         draw_sides(&mut img, panel, &sides);
         panel_frame(&mut img, panel);
         scale_bar(&mut img, panel);
@@ -788,6 +814,16 @@ fn side_lines(level: Level, s: &SidePlan) -> Vec<String> {
                 t.insertion_length_mm,
                 100.0 * t.tip_depth_fraction
             );
+            if let Some(route) = t.route {
+                let route = serde_json::to_value(route)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                second.push_str(&format!(", route {route}"));
+            }
+            if let Some(i) = t.entry_incidence_deg {
+                second.push_str(&format!(", incidence {}", deg(i)));
+            }
             if let Some(b) = &s.balloon {
                 second.push_str(&format!(
                     ", balloon {:.0} x {:.1} mm ({:.1} ml)",
@@ -810,9 +846,10 @@ fn side_lines(level: Level, s: &SidePlan) -> Vec<String> {
 }
 
 fn legend(img: &mut RgbImage, x: i32, y: i32) {
-    let items: [(&str, Rgb<u8>); 5] = [
+    let items: [(&str, Rgb<u8>); 6] = [
         ("bone", BONE),
         ("canal", CANAL),
+        ("isthmus", ISTHMUS),
         ("left", LEFT_COLOUR),
         ("right", RIGHT_COLOUR),
         ("balloon", BALLOON),

@@ -92,9 +92,16 @@ fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
             let _ = writeln!(
                 out,
                 "<tr><td class=t>{}</td><td class=t><span class=ok>feasible</span></td>\
+                 <td class=t>{}</td><td>{}</td>\
                  <td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape_html(&name),
+                t.route
+                    .and_then(|r| serde_json::to_value(r).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "-".into()),
+                t.entry_incidence_deg
+                    .map_or_else(|| "-".into(), |i| format!("{i:.1}")),
                 t.medial_angle_deg,
                 t.cranial_angle_deg,
                 mm(c.cortex),
@@ -119,7 +126,7 @@ fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
             let _ = writeln!(
                 out,
                 "<tr class=infeasible><td class=t>{}</td><td class=t><span class=no>not feasible</span></td>\
-                 <td class=t colspan=13>{}</td></tr>",
+                 <td class=t colspan=15>{}</td></tr>",
                 escape_html(&name),
                 codes.join(", ")
             );
@@ -237,7 +244,8 @@ pub fn to_html(
     // Measurements.
     out.push_str("<h2>Measurements per level and side</h2>\n");
     out.push_str(
-        "<table><tr><th class=t>level side</th><th class=t>status</th><th>medial (&deg;)</th>\
+        "<table><tr><th class=t>level side</th><th class=t>status</th><th class=t>route</th>\
+         <th>entry incidence (&deg;)</th><th>medial (&deg;)</th>\
          <th>cranial (&deg;)</th><th>cortex (mm)</th><th>canal (mm)</th><th>root (mm)</th>\
          <th>forbidden (mm)</th><th>in bone (mm)</th><th>insertion (mm)</th><th>tip depth</th>\
          <th>balloon L x D (mm)</th><th>balloon (ml)</th><th>balloon-cortex (mm)</th>\
