@@ -50,8 +50,7 @@ pub fn docking_zone_mm(
 /// The radius around the bone entry over which [`docking_zone_mm`]'s surface drop is measured,
 /// mm: the footprint of the cylinder grown by the margin, stretched by the incidence.
 pub fn docking_footprint_mm(instrument: &Instrument, safety: &Safety, cos_incidence: Real) -> Real {
-    let cos_floor = 89.0_f64.to_radians().cos();
-    (instrument.cannula_radius_mm() + safety.cortex_margin_mm) / cos_incidence.max(cos_floor)
+    docking_zone_mm(instrument, safety, cos_incidence, 0.0)
 }
 
 /// Where along the axis (distance from the tip, negative behind it) the cortex margin starts to

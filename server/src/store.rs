@@ -203,15 +203,8 @@ impl Store {
     pub fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
         let db = self.db();
         let txn = db.begin_write().map_err(storage)?;
-        if let Some(o) = owner {
-            let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
-            let owned = owners
-                .get(id)
-                .map_err(storage)?
-                .is_some_and(|v| v.value() == o);
-            if !owned {
-                return Ok(false);
-            }
+        if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
+            return Ok(false);
         }
         let existed = remove_plan(&txn, id)?;
         txn.commit().map_err(storage)?;
@@ -487,15 +480,8 @@ impl Store {
     pub fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
-        if let Some(o) = owner {
-            let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
-            let owned = owners
-                .get(id)
-                .map_err(storage)?
-                .is_some_and(|v| v.value() == o);
-            if !owned {
-                return Ok(None);
-            }
+        if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
+            return Ok(None);
         }
         let table = txn.open_table(PLANS).map_err(storage)?;
         Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
@@ -540,6 +526,21 @@ impl Store {
         }
         Ok((out, false))
     }
+}
+
+/// May `owner` see plan `id` (`None`: the caller sees everything)? One rule for reads and deletes.
+fn may_see_plan(
+    owners: &impl ReadableTable<&'static str, &'static str>,
+    id: &str,
+    owner: Option<&str>,
+) -> Result<bool, ServiceError> {
+    let Some(o) = owner else {
+        return Ok(true);
+    };
+    Ok(owners
+        .get(id)
+        .map_err(storage)?
+        .is_some_and(|v| v.value() == o))
 }
 
 #[cfg(test)]

@@ -5,3 +5,25 @@
 
 pub use kyphoplan_cli::cases;
 pub mod server;
+
+/// The contract-default request for `levels` (`None`: every level).
+pub fn default_request(
+    levels: Option<Vec<kyphoplan_planner::anatomy::Level>>,
+) -> kyphoplan_planner::request::PlanRequest {
+    use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+    PlanRequest::new(
+        levels,
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .expect("the contract defaults are valid")
+}
+
+/// The status code of a call that must be refused (panics on an answer or a connection error).
+pub fn code_of<T>(r: Result<T, kyphoplan_client::ClientError>) -> kyphoplan_client::Code {
+    match r {
+        Err(kyphoplan_client::ClientError::Status { code, .. }) => code,
+        Err(other) => panic!("expected a status, got {other}"),
+        Ok(_) => panic!("expected a status, got an answer"),
+    }
+}

@@ -2,6 +2,7 @@
 //! anatomies), records that stay gone after a restart, deleted bytes that leave the data
 //! directory, retention driven by an injected clock, and the audit trail line by line.
 
+use kyphoplan_tests::{code_of, default_request};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use kyphoplan_client::{Client, ClientError, Code, ConnectOptions};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
 use kyphoplan_planner::math::Pose;
-use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::request::{Instrument, Safety};
 use kyphoplan_planner::synth;
 use kyphoplan_proto::pb;
 use kyphoplan_server::clock::ManualClock;
@@ -24,23 +25,6 @@ fn one_level(level: Level, name: &str) -> AnatomyInput {
     let mut anatomy = synth::spine(&[level], &Pose::identity(), false).0;
     anatomy.name = name.to_owned();
     anatomy
-}
-
-fn defaults() -> PlanRequest {
-    PlanRequest::new(
-        None,
-        Instrument::contract_default(),
-        Safety::contract_default(),
-    )
-    .unwrap()
-}
-
-fn code_of<T>(r: Result<T, ClientError>) -> Code {
-    match r {
-        Err(ClientError::Status { code, .. }) => code,
-        Err(other) => panic!("expected a status, got {other}"),
-        Ok(_) => panic!("expected a status, got an answer"),
-    }
 }
 
 fn token(tag: &str) -> String {
@@ -109,11 +93,11 @@ async fn delete_is_for_the_owner_idempotent_and_refused_while_plans_remain_unles
         .await
         .unwrap();
     let p1 = alice
-        .create_plan(&stored.anatomy_id, &defaults())
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
     let p2 = alice
-        .create_plan(&stored.anatomy_id, &defaults())
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
 
@@ -172,7 +156,11 @@ async fn delete_is_for_the_owner_idempotent_and_refused_while_plans_remain_unles
         Code::NotFound
     );
     assert_eq!(
-        code_of(alice.create_plan(&stored.anatomy_id, &defaults()).await),
+        code_of(
+            alice
+                .create_plan(&stored.anatomy_id, &default_request(None))
+                .await
+        ),
         Code::NotFound
     );
     assert_eq!(
@@ -209,7 +197,7 @@ async fn a_shared_anatomy_goes_with_its_last_owner() {
 
     let id = alice.upload_anatomy(&anatomy).await.unwrap().anatomy_id;
     assert_eq!(bob.upload_anatomy(&anatomy).await.unwrap().anatomy_id, id);
-    let bobs_plan = bob.create_plan(&id, &defaults()).await.unwrap();
+    let bobs_plan = bob.create_plan(&id, &default_request(None)).await.unwrap();
 
     // Alice (no plans of hers) gives up her ownership; bob keeps the anatomy and his plan.
     let r = alice.delete_anatomy(&id, false).await.unwrap().unwrap();
@@ -218,7 +206,7 @@ async fn a_shared_anatomy_goes_with_its_last_owner() {
     assert_eq!(code_of(alice.get_anatomy(&id).await), Code::NotFound);
     bob.get_anatomy(&id).await.unwrap();
     bob.get_plan(&bobs_plan.plan_id).await.unwrap();
-    bob.create_plan(&id, &defaults()).await.unwrap();
+    bob.create_plan(&id, &default_request(None)).await.unwrap();
 
     // Bob is the last owner: his plans refuse the delete, cascade takes them and the data.
     assert_eq!(
@@ -234,7 +222,10 @@ async fn a_shared_anatomy_goes_with_its_last_owner() {
 
     // Uploading it again stores it again.
     assert_eq!(alice.upload_anatomy(&anatomy).await.unwrap().anatomy_id, id);
-    alice.create_plan(&id, &defaults()).await.unwrap();
+    alice
+        .create_plan(&id, &default_request(None))
+        .await
+        .unwrap();
     assert_eq!(code_of(bob.get_anatomy(&id).await), Code::NotFound);
     server.shutdown().await;
 }
@@ -250,9 +241,15 @@ async fn deleted_records_stay_gone_after_a_restart_and_their_bytes_leave_the_dat
     let server = TestServer::start_in(data.path(), |_| {}).await;
     let mut client = server.client().await;
     let gone_id = client.upload_anatomy(&gone).await.unwrap().anatomy_id;
-    let gone_plan = client.create_plan(&gone_id, &defaults()).await.unwrap();
+    let gone_plan = client
+        .create_plan(&gone_id, &default_request(None))
+        .await
+        .unwrap();
     let kept_id = client.upload_anatomy(&kept).await.unwrap().anatomy_id;
-    let kept_plan = client.create_plan(&kept_id, &defaults()).await.unwrap();
+    let kept_plan = client
+        .create_plan(&kept_id, &default_request(None))
+        .await
+        .unwrap();
     assert!(dir_contains(data.path(), &marker), "the marker is stored");
     assert!(dir_contains(data.path(), gone_name.as_bytes()));
 
@@ -326,7 +323,10 @@ async fn retention_purges_old_records_by_the_injected_clock_and_audits_the_purge
         .await
         .unwrap()
         .anatomy_id;
-    let old_plan = client.create_plan(&old_id, &defaults()).await.unwrap();
+    let old_plan = client
+        .create_plan(&old_id, &default_request(None))
+        .await
+        .unwrap();
     assert_eq!(old_plan.create_time_unix_ms, t0);
     assert_eq!(old_plan.purge_time_unix_ms, Some(t0 + 2 * DAY_MS));
     let fetched = client.get_plan(&old_plan.plan_id).await.unwrap();
@@ -338,7 +338,10 @@ async fn retention_purges_old_records_by_the_injected_clock_and_audits_the_purge
         .await
         .unwrap()
         .anatomy_id;
-    let new_plan = client.create_plan(&new_id, &defaults()).await.unwrap();
+    let new_plan = client
+        .create_plan(&new_id, &default_request(None))
+        .await
+        .unwrap();
     let listed = client.list_plans(0, "").await.unwrap();
     let summary = |id: &str| {
         listed
@@ -405,9 +408,12 @@ async fn every_call_on_a_record_is_audited_without_tokens_or_patient_data() {
 
     let id = alice.upload_anatomy(&anatomy).await.unwrap().anatomy_id;
     alice.get_anatomy(&id).await.unwrap();
-    let plan = alice.create_plan(&id, &defaults()).await.unwrap();
+    let plan = alice
+        .create_plan(&id, &default_request(None))
+        .await
+        .unwrap();
     let streamed = alice
-        .stream_plan(&id, &defaults(), |_, _, _| {})
+        .stream_plan(&id, &default_request(None), |_, _, _| {})
         .await
         .unwrap();
     let entry = [11.25, 37.5, 3.125];

@@ -5,6 +5,7 @@
 //! Every server log line of this test binary goes into one buffer (a global tracing subscriber at
 //! TRACE, so tonic's, hyper's and h2's own events are in it too).
 
+use kyphoplan_tests::{code_of, default_request};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +16,7 @@ use kyphoplan_client::Code;
 use kyphoplan_client::{Client, ClientError, ConnectOptions};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level};
 use kyphoplan_planner::math::Pose;
-use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
+use kyphoplan_planner::request::{Instrument, Safety};
 use kyphoplan_planner::synth;
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
@@ -153,23 +154,6 @@ fn one_level(level: Level) -> AnatomyInput {
     synth::spine(&[level], &Pose::identity(), false).0
 }
 
-fn defaults(levels: Option<Vec<Level>>) -> PlanRequest {
-    PlanRequest::new(
-        levels,
-        Instrument::contract_default(),
-        Safety::contract_default(),
-    )
-    .unwrap()
-}
-
-fn code_of<T>(r: Result<T, ClientError>) -> Code {
-    match r {
-        Err(ClientError::Status { code, .. }) => code,
-        Err(other) => panic!("expected a status, got {other}"),
-        Ok(_) => panic!("expected a status, got an answer"),
-    }
-}
-
 async fn health_of(channel: tonic::transport::Channel) -> Result<i32, tonic::Status> {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     Ok(health
@@ -199,7 +183,7 @@ async fn a_plan_over_tls_matches_and_health_answers() {
         .unwrap();
     let stored = client.upload_anatomy(&one_level(Level::L3)).await.unwrap();
     let plan = client
-        .create_plan(&stored.anatomy_id, &defaults(None))
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
     assert_eq!(plan.plan.levels.len(), 1);
@@ -387,7 +371,7 @@ async fn calls_without_or_with_a_wrong_token_are_unauthenticated_but_health_answ
         .unwrap();
     let stored = alice.upload_anatomy(&anatomy).await.unwrap();
     alice
-        .create_plan(&stored.anatomy_id, &defaults(None))
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
     server.shutdown().await;
@@ -421,7 +405,7 @@ async fn one_tokens_plans_and_anatomies_are_not_found_under_another() {
     let anatomy = one_level(Level::L3);
     let stored = alice.upload_anatomy(&anatomy).await.unwrap();
     let plan = alice
-        .create_plan(&stored.anatomy_id, &defaults(None))
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
 
@@ -432,7 +416,10 @@ async fn one_tokens_plans_and_anatomies_are_not_found_under_another() {
         Code::NotFound
     );
     assert_eq!(
-        code_of(bob.create_plan(&stored.anatomy_id, &defaults(None)).await),
+        code_of(
+            bob.create_plan(&stored.anatomy_id, &default_request(None))
+                .await
+        ),
         Code::NotFound
     );
     let evaluation = bob
@@ -455,7 +442,7 @@ async fn one_tokens_plans_and_anatomies_are_not_found_under_another() {
     let bobs = bob.upload_anatomy(&anatomy).await.unwrap();
     assert_eq!(bobs.anatomy_id, stored.anatomy_id);
     let bob_plan = bob
-        .create_plan(&bobs.anatomy_id, &defaults(None))
+        .create_plan(&bobs.anatomy_id, &default_request(None))
         .await
         .unwrap();
     assert_eq!(code_of(bob.get_plan(&plan.plan_id).await), Code::NotFound);
@@ -501,7 +488,7 @@ async fn a_client_over_its_planning_slots_is_refused_while_others_plan() {
     // Alice's first plan holds her only slot while it streams.
     let message = convert::create_plan_request_to_pb(
         pb::create_plan_request::Anatomy::AnatomyId(a_id.clone()),
-        &defaults(None),
+        &default_request(None),
     );
     let request = alice.request(message);
     let mut stream = alice
@@ -515,7 +502,7 @@ async fn a_client_over_its_planning_slots_is_refused_while_others_plan() {
     assert_eq!(first.levels_done, 1);
 
     let second = alice
-        .create_plan(&a_id, &defaults(Some(vec![Level::L4])))
+        .create_plan(&a_id, &default_request(Some(vec![Level::L4])))
         .await;
     let Err(status @ ClientError::Status { .. }) = second else {
         panic!("alice's second plan is refused while her first runs");
@@ -523,7 +510,9 @@ async fn a_client_over_its_planning_slots_is_refused_while_others_plan() {
     assert_eq!(status.code(), Some(Code::ResourceExhausted), "{status:?}");
     assert!(status.to_string().contains("alice"), "{status:?}");
     // Bob is not held back by alice.
-    bob.create_plan(&b_id, &defaults(None)).await.unwrap();
+    bob.create_plan(&b_id, &default_request(None))
+        .await
+        .unwrap();
     drop(stream);
     server.shutdown().await;
 }
@@ -539,7 +528,7 @@ async fn tokens_never_reach_the_logs() {
         .unwrap();
     let stored = carol.upload_anatomy(&one_level(Level::L3)).await.unwrap();
     let plan = carol
-        .create_plan(&stored.anatomy_id, &defaults(None))
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
     assert_eq!(code_of(carol.get_plan("nope").await), Code::NotFound);

@@ -1,6 +1,7 @@
 //! End-to-end tests of the gRPC server, started in-process ([`TestServer`]) with a temporary data
 //! directory, through the client SDK and the raw generated client.
 
+use kyphoplan_tests::default_request;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,15 +19,6 @@ use kyphoplan_tests::server::TestServer;
 
 fn one_level(level: Level) -> AnatomyInput {
     synth::spine(&[level], &Pose::identity(), false).0
-}
-
-fn defaults(levels: Option<Vec<Level>>) -> PlanRequest {
-    PlanRequest::new(
-        levels,
-        Instrument::contract_default(),
-        Safety::contract_default(),
-    )
-    .unwrap()
 }
 
 fn in_process_plan(anatomy: &AnatomyInput, request: &PlanRequest) -> kyphoplan_planner::Plan {
@@ -92,7 +84,7 @@ async fn plan_by_id_and_inline_match_the_in_process_plan_json() {
     let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = one_level(Level::L4);
-    let request = defaults(None);
+    let request = default_request(None);
     let expected = kyphoplan_client::plan_json(&in_process_plan(&anatomy, &request));
 
     let stored = client.upload_anatomy(&anatomy).await.unwrap();
@@ -137,7 +129,7 @@ async fn stream_plan_reports_every_level_then_the_plan() {
     let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = synth::spine(&[Level::L3, Level::L4, Level::L5], &Pose::identity(), false).0;
-    let request = defaults(None);
+    let request = default_request(None);
     let stored = client.upload_anatomy(&anatomy).await.unwrap();
 
     let message = convert::create_plan_request_to_pb(
@@ -208,7 +200,7 @@ async fn cancelling_a_stream_stops_the_work_and_the_server_goes_on() {
     let mut client = server.client().await;
     let anatomy = synth::demo_anatomy();
     let stored = client.upload_anatomy(&anatomy).await.unwrap();
-    let request = defaults(None);
+    let request = default_request(None);
     let message = convert::create_plan_request_to_pb(
         pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
         &request,
@@ -235,7 +227,7 @@ async fn cancelling_a_stream_stops_the_work_and_the_server_goes_on() {
     assert_eq!(m.plans_cancelled.load(Ordering::SeqCst), 1);
 
     // The slot is free again: a new plan works.
-    let small = defaults(Some(vec![Level::L4]));
+    let small = default_request(Some(vec![Level::L4]));
     let plan = client
         .create_plan(&stored.anatomy_id, &small)
         .await
@@ -255,7 +247,7 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
     // that the deadline falls in the middle of the run however fast the build is.
     let started = std::time::Instant::now();
     client
-        .create_plan(&stored.anatomy_id, &defaults(None))
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
     let full = started.elapsed();
@@ -263,7 +255,7 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
     assert_eq!(m.plans_completed.load(Ordering::SeqCst), 1);
     let message = convert::create_plan_request_to_pb(
         pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
-        &defaults(None),
+        &default_request(None),
     );
     let mut request = tonic::Request::new(message);
     request.set_timeout((full * 3 / 10).max(Duration::from_millis(5)));
@@ -295,7 +287,7 @@ async fn cancelling_a_plan_during_preparation_stops_the_preparation() {
         pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(
             &synth::demo_anatomy(),
         )),
-        &defaults(None),
+        &default_request(None),
     );
     let mut raw = server.raw().await;
     let call = tokio::spawn(async move { raw.create_plan(message).await });
@@ -323,7 +315,7 @@ async fn cancelling_a_plan_during_preparation_stops_the_preparation() {
     let mut client = server.client().await;
     let stored = client.upload_anatomy(&one_level(Level::L4)).await.unwrap();
     client
-        .create_plan(&stored.anatomy_id, &defaults(None))
+        .create_plan(&stored.anatomy_id, &default_request(None))
         .await
         .unwrap();
     assert_eq!(m.plans_completed.load(Ordering::SeqCst), 1);
@@ -336,7 +328,7 @@ async fn evaluate_matches_the_in_process_evaluation() {
     let server = TestServer::start_in(dir.path(), |_| {}).await;
     let mut client = server.client().await;
     let anatomy = one_level(Level::L4);
-    let request = defaults(None);
+    let request = default_request(None);
     let plan = in_process_plan(&anatomy, &request);
     let side = plan.levels[0]
         .sides
@@ -401,7 +393,7 @@ async fn evaluate_matches_the_in_process_evaluation() {
 async fn plans_and_anatomies_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let anatomy = one_level(Level::L4);
-    let request = defaults(None);
+    let request = default_request(None);
     let server = TestServer::start_in(dir.path(), |_| {}).await;
     let (anatomy_id, plan) = {
         let mut client = server.client().await;
@@ -563,7 +555,10 @@ async fn refusals_carry_their_status_codes_and_fields() {
     };
     assert_eq!(status.code(), Some(Code::NotFound));
     // Unknown anatomy: NOT_FOUND too.
-    let Err(status) = client.create_plan(&"0".repeat(64), &defaults(None)).await else {
+    let Err(status) = client
+        .create_plan(&"0".repeat(64), &default_request(None))
+        .await
+    else {
         panic!("an unknown anatomy is not found");
     };
     assert_eq!(status.code(), Some(Code::NotFound));
@@ -669,7 +664,10 @@ async fn refusals_carry_their_status_codes_and_fields() {
         panic!("an anatomy over the triangle limit is refused");
     };
     assert_eq!(status.code(), Some(Code::ResourceExhausted), "{status:?}");
-    let Err(status) = client.create_plan_inline(&big, &defaults(None)).await else {
+    let Err(status) = client
+        .create_plan_inline(&big, &default_request(None))
+        .await
+    else {
         panic!("an inline anatomy over the triangle limit is refused");
     };
     assert_eq!(status.code(), Some(Code::ResourceExhausted), "{status:?}");
@@ -688,14 +686,14 @@ async fn busy_planning_slots_answer_resource_exhausted() {
     let stored = client.upload_anatomy(&synth::demo_anatomy()).await.unwrap();
     let message = convert::create_plan_request_to_pb(
         pb::create_plan_request::Anatomy::AnatomyId(stored.anatomy_id.clone()),
-        &defaults(None),
+        &default_request(None),
     );
     let mut raw = server.raw().await;
     let mut stream = raw.stream_plan(message).await.unwrap().into_inner();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.levels_done, 1);
     let Err(status) = client
-        .create_plan(&stored.anatomy_id, &defaults(Some(vec![Level::L4])))
+        .create_plan(&stored.anatomy_id, &default_request(Some(vec![Level::L4])))
         .await
     else {
         panic!("a second plan while the only slot is busy is refused");

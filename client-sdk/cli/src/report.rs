@@ -4,6 +4,8 @@ use std::fmt::Write;
 
 use kyphoplan_planner::plan::{Evaluation, Plan, Reason, Route};
 
+use crate::export::code_name;
+
 /// One decimal, and never "-0.0": a tilt of -0.02 deg reads as 0.0.
 fn num(v: f64) -> String {
     let rounded = (v * 10.0).round() / 10.0 + 0.0;
@@ -19,10 +21,7 @@ fn reason_text(r: &Reason) -> String {
         value_deg,
         limit_deg,
     } = r;
-    let code = serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{code:?}"));
+    let code = code_name(code);
     let mut s = format!("{code}: {message}");
     match (value_mm, limit_mm) {
         (Some(v), Some(l)) => {
@@ -53,10 +52,7 @@ fn reason_text(r: &Reason) -> String {
 
 /// The route's name as in the plan JSON (`transpedicular`), or `-` when unknown.
 fn route_name(route: Option<Route>) -> String {
-    route
-        .and_then(|r| serde_json::to_value(r).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "-".to_owned())
+    route.map_or_else(|| "-".to_owned(), |r| code_name(&r))
 }
 
 /// One row per level and side: feasibility, angles, clearances, balloon, reason.

@@ -815,11 +815,7 @@ fn side_lines(level: Level, s: &SidePlan) -> Vec<String> {
                 100.0 * t.tip_depth_fraction
             );
             if let Some(route) = t.route {
-                let route = serde_json::to_value(route)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                second.push_str(&format!(", route {route}"));
+                second.push_str(&format!(", route {}", code_name(&route)));
             }
             if let Some(i) = t.entry_incidence_deg {
                 second.push_str(&format!(", incidence {}", deg(i)));

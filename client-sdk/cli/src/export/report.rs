@@ -96,10 +96,7 @@ fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
                  <td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape_html(&name),
-                t.route
-                    .and_then(|r| serde_json::to_value(r).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "-".into()),
+                t.route.map_or_else(|| "-".into(), |r| code_name(&r)),
                 t.entry_incidence_deg
                     .map_or_else(|| "-".into(), |i| format!("{i:.1}")),
                 t.medial_angle_deg,
