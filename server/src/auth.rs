@@ -177,16 +177,8 @@ impl Authenticator {
     }
 }
 
-/// When a call reached the server: stamped by the interceptor, the first of the server's code
-/// to see every call, so that deadlines count from arrival as tonic's own timeout does.
-#[derive(Clone, Copy, Debug)]
-pub struct ReceivedAt(pub std::time::Instant);
-
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .extensions_mut()
-            .insert(ReceivedAt(std::time::Instant::now()));
         let Some(tokens) = &self.tokens else {
             return Ok(request);
         };

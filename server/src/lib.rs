@@ -153,6 +153,7 @@ async fn serve_until(
     // Connections made from here on wait in the listener's backlog until the first poll below.
     on_serving();
     builder
+        .layer(service::StampArrival)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -185,12 +185,61 @@ impl Stop {
 }
 
 /// Tonic answers an expired `grpc-timeout` itself (as CANCELLED) when its timer fires; answer
-/// DEADLINE_EXCEEDED a little earlier so the client gets the precise code.
+/// DEADLINE_EXCEEDED a little earlier so the client gets the precise code. Tonic polls the
+/// handler before its timer, and [`ReceivedAt`] is stamped before tonic starts that timer, so
+/// with any lead the handler's deadline is always the first to be seen, however loaded the
+/// machine (a stamp taken later, in the interceptor, lost this race under load in CI).
 const DEADLINE_LEAD: Duration = Duration::from_millis(2);
 
+/// When a call reached the server, stamped by [`StampArrival`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReceivedAt(pub Instant);
+
+/// A layer of the server builder (`Server::builder().layer`), so the service it wraps is called
+/// synchronously from inside tonic's own `grpc-timeout` layer, just before tonic starts its
+/// timer: the stamp is never later than tonic's start. (Services added with `add_service` are
+/// only called when the router's future is first polled, which can be much later under load.)
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StampArrival;
+
+impl<S> tower_layer::Layer<S> for StampArrival {
+    type Service = Stamped<S>;
+
+    fn layer(&self, inner: S) -> Stamped<S> {
+        Stamped { inner }
+    }
+}
+
+/// A service whose requests carry [`ReceivedAt`]; made by [`StampArrival`].
+#[derive(Clone, Debug)]
+pub struct Stamped<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Stamped<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(ReceivedAt(Instant::now()));
+        self.inner.call(request)
+    }
+}
+
 /// The call's deadline from its `grpc-timeout` header, counted from when the call arrived
-/// ([`crate::auth::ReceivedAt`], stamped by the interceptor), as tonic's own timer is: a handler
-/// that starts late under load must not count from its own start, or tonic's timer fires first.
+/// ([`ReceivedAt`]), as tonic's own timer is: a handler that starts late under load must not
+/// count from its own start, or tonic's timer fires first.
 fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     let raw = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
@@ -206,7 +255,7 @@ fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     };
     let received = request
         .extensions()
-        .get::<crate::auth::ReceivedAt>()
+        .get::<ReceivedAt>()
         .map_or_else(Instant::now, |r| r.0);
     received.checked_add(d.saturating_sub(DEADLINE_LEAD))
 }
