@@ -22,8 +22,8 @@
 use rayon::prelude::*;
 
 use crate::criteria::{
-    self, centring_mm, cortex_start, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine,
-    GridSampler, ANTERIOR_THIRD_FRACTION, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM,
+    self, centring_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine, GridSampler,
+    ANTERIOR_THIRD_FRACTION, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM,
     MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
@@ -145,21 +145,43 @@ fn first_outside(line: &GridLine<'_>, step: Real, limit: Real) -> Option<Real> {
 /// `t1`. Samples that the grid's Lipschitz bound keeps at or above the running minimum (or the
 /// cap) cannot change the result and are not taken.
 fn min_along(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
-    let mut m = Real::INFINITY;
-    let mut skip = 0usize;
-    let mut t = t0;
-    while t <= t1 {
-        if skip > 0 {
-            skip -= 1;
-            t += GRID_SAMPLE_STEP_MM;
-            continue;
+    RunningMin::from(t0).to(line, t1, cap)
+}
+
+/// [`min_along`] taken in pieces: the minimum so far of the samples every
+/// [`GRID_SAMPLE_STEP_MM`] from a start, carried on to a further end with the same samples as
+/// one call would take (the screening bounds a line's score with the pedicle's part of its
+/// cortex clearance before it marches to the far cortex).
+struct RunningMin {
+    m: Real,
+    skip: usize,
+    t: Real,
+}
+
+impl RunningMin {
+    fn from(t0: Real) -> Self {
+        RunningMin {
+            m: Real::INFINITY,
+            skip: 0,
+            t: t0,
         }
-        let s = line.at(t);
-        m = m.min(s);
-        skip = samples_above(s, m.min(cap));
-        t += GRID_SAMPLE_STEP_MM;
     }
-    m.min(cap)
+
+    /// Take the samples up to `t1`; `min(cap, smallest sample so far)`.
+    fn to(&mut self, line: &GridLine<'_>, t1: Real, cap: Real) -> Real {
+        while self.t <= t1 {
+            if self.skip > 0 {
+                self.skip -= 1;
+                self.t += GRID_SAMPLE_STEP_MM;
+                continue;
+            }
+            let s = line.at(self.t);
+            self.m = self.m.min(s);
+            self.skip = samples_above(s, self.m.min(cap));
+            self.t += GRID_SAMPLE_STEP_MM;
+        }
+        self.m.min(cap)
+    }
 }
 
 /// What a side's search aims for.
@@ -235,6 +257,8 @@ struct Candidate {
     /// Approximate clearance of the cannula surface to the cortex, mm.
     cortex: Real,
     entry_ok: bool,
+    /// Cosine of the incidence at the bone entry (the screening's estimate).
+    cos_incidence: Real,
     score: Real,
 }
 
@@ -368,17 +392,41 @@ impl Screen<'_> {
         if !entry_ok {
             return None;
         }
-        // The centring term ends at the posterior wall (`t_wall`), before the tip of any line
-        // that reaches the body, so it is taken (and bounded) before the march to the far
-        // cortex.
+        // The incidence at the entry needs nothing further along the line: checked before the
+        // rest of the line is sampled.
+        let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
+        if cos_incidence < self.max_incidence_deg.to_radians().cos() {
+            return None;
+        }
+        // The cortex margin applies from the end of the docking zone (`t_start`) to the tip
+        // (`t_tip + cortex_start(t_entry - t_tip, zone)`). The surface's drop under the
+        // footprint is the exact measurement's; the screening allows a fixed one
+        // ([`DOCKING_DROP_SCREEN_MM`]).
+        let zone = docking_zone_mm(
+            self.ctx.instrument,
+            safety,
+            cos_incidence,
+            DOCKING_DROP_SCREEN_MM,
+        );
+        let t_start = t_entry + zone;
+        // The cortex clearance through the pedicle, up to the posterior wall (`t_wall`), bounds
+        // the clearance to the tip from above: most lines are dropped here, before the
+        // centring term and the march to the far cortex are taken.
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
+        let mut cortex_min = RunningMin::from(t_start);
+        let pedicle_cortex = cortex_min.to(&bone, t_wall, Real::INFINITY) - self.radius;
+        if bound(pedicle_cortex - safety.cortex_margin_mm, CENTRING_CAP_MM) < threshold {
+            return None;
+        }
+        // The centring term ends at the posterior wall, before the tip of any line that
+        // reaches the body, so it is taken (and bounded) before the march to the far cortex.
         let centring = match pedicle_span(f, &q, &dir, t_entry, t_wall) {
             Some((a, b)) => centring_mm(b - a, self.radius, safety.cortex_margin_mm, |s| {
                 bone.at(a + (b - a) * s)
             }),
             None => 0.0,
         };
-        if bound(Real::INFINITY, centring) < threshold {
+        if bound(pedicle_cortex - safety.cortex_margin_mm, centring) < threshold {
             return None;
         }
         let t_exit = first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM)?;
@@ -403,22 +451,15 @@ impl Screen<'_> {
                 t
             }
         };
-        // Cortex from where its margin applies (past the docking zone) to the tip.
-        let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
-        if cos_incidence < self.max_incidence_deg.to_radians().cos() {
-            return None;
+        // The rest of the cortex clearance, to the tip (all of it at the tip when the docking
+        // zone reaches past it, as `cortex_start` has it).
+        let cortex = if t_start < t_tip {
+            cortex_min.to(&bone, t_tip, Real::INFINITY)
+        } else {
+            bone.at(t_tip)
         }
-        // The surface's drop under the footprint is the exact measurement's; the screening
-        // allows a fixed one ([`DOCKING_DROP_SCREEN_MM`]).
-        let zone = docking_zone_mm(
-            self.ctx.instrument,
-            safety,
-            cos_incidence,
-            DOCKING_DROP_SCREEN_MM,
-        );
-        let t_start = t_tip + cortex_start(t_entry - t_tip, zone);
-        let cortex =
-            min_along(&bone, t_start, t_tip, Real::INFINITY).min(bone.at(t_tip)) - self.radius;
+        .min(bone.at(t_tip))
+            - self.radius;
         if bound(cortex - safety.cortex_margin_mm, centring) < threshold {
             return None;
         }
@@ -454,6 +495,7 @@ impl Screen<'_> {
             t_tip,
             cortex,
             entry_ok,
+            cos_incidence,
             score,
         })
     }
@@ -523,7 +565,12 @@ fn order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 
 /// Lines screened so far, and the score threshold of the verification queue.
 struct Screening {
+    /// Lines within the request's incidence limit.
     screened: Vec<(Candidate, LineIndex)>,
+    /// Lines over the request's incidence limit that a relaxed [`Screen`] let through (the
+    /// coarse screening's), each scoring at least the threshold of its time.
+    steeper: Vec<(Candidate, LineIndex)>,
+    /// The [`MAX_EXACT`]-th best score of `screened`.
     threshold: Real,
 }
 
@@ -531,6 +578,7 @@ impl Screening {
     fn new() -> Self {
         Screening {
             screened: Vec::new(),
+            steeper: Vec::new(),
             threshold: Real::NEG_INFINITY,
         }
     }
@@ -541,6 +589,12 @@ impl Screening {
     /// and the top MAX_EXACT lines are the ones a full screening would give, in whatever order
     /// the lines come. Lines best aligned with the pedicle come first, so the threshold rises
     /// early.
+    ///
+    /// A `screen` whose incidence limit is relaxed lets steeper lines through; they go to
+    /// `steeper` and leave the threshold alone, so `screened` is what the request's limit
+    /// gives. The threshold, taken from lines within the limit, is at most the one their
+    /// superset would give, so `screened` and `steeper` together hold every line the relaxed
+    /// limit alone would put in its top [`MAX_EXACT`]: one pass gives both screenings.
     fn screen(
         &mut self,
         screen: &Screen<'_>,
@@ -577,7 +631,14 @@ impl Screening {
                 .filter_map(|(_, p, i)| screen.candidate(*p, threshold).map(|c| (c, *i)))
                 .filter(|(c, _)| c.entry_ok)
                 .collect();
-            self.screened.extend(got);
+            let limit_cos = screen.ctx.safety.max_entry_incidence_deg.to_radians().cos();
+            for (c, i) in got {
+                if c.cos_incidence < limit_cos {
+                    self.steeper.push((c, i));
+                } else {
+                    self.screened.push((c, i));
+                }
+            }
             if self.screened.len() >= MAX_EXACT {
                 let mut scores: Vec<Real> = self.screened.iter().map(|c| c.0.score).collect();
                 let (_, kth, _) =
@@ -829,24 +890,27 @@ fn screen_coarse(
         .into_iter()
         .filter(|&l| screens == Screens::Exhaustive || grid.is_coarse(l))
         .collect();
-    screening.screen(screen, &coarse, &|l| grid.line(l), cancelled)?;
-    screening.sort();
-    let mut relaxed_best = Vec::new();
-    if screens == Screens::CoarseToFine {
-        let relaxed = Screen {
-            max_incidence_deg: (screen.max_incidence_deg + COARSE_INCIDENCE_SLACK_DEG).min(89.0),
-            ..screen.clone()
-        };
-        let mut loose = Screening::new();
-        loose.screen(&relaxed, &coarse, &|l| grid.line(l), cancelled)?;
-        loose.sort();
-        relaxed_best = loose
-            .screened
-            .iter()
-            .take(FINE_AROUND)
-            .map(|&(_, l)| l)
-            .collect();
+    if screens == Screens::Exhaustive {
+        screening.screen(screen, &coarse, &|l| grid.line(l), cancelled)?;
+        screening.sort();
+        return Ok((coarse, Vec::new()));
     }
+    // One pass under the relaxed limit gives both screenings (see [`Screening::screen`]).
+    let relaxed = Screen {
+        max_incidence_deg: (screen.max_incidence_deg + COARSE_INCIDENCE_SLACK_DEG).min(89.0),
+        ..screen.clone()
+    };
+    screening.screen(&relaxed, &coarse, &|l| grid.line(l), cancelled)?;
+    let mut loose: Vec<(Candidate, LineIndex)> = screening
+        .screened
+        .iter()
+        .chain(&screening.steeper)
+        .copied()
+        .collect();
+    loose.sort_by(|a, b| order(&a.0, &b.0));
+    let relaxed_best = loose.iter().take(FINE_AROUND).map(|&(_, l)| l).collect();
+    screening.steeper = Vec::new();
+    screening.sort();
     Ok((coarse, relaxed_best))
 }
 
