@@ -8,8 +8,9 @@
 //! 2. `screen_coarse`: every [`COARSE_FACTOR`]-th line in each parameter is screened in
 //!    parallel on the approximate distance grids (a few microseconds each).
 //!    The incidence limit at the bone entry cuts the space of lines into patches; so that a
-//!    patch between coarse lines is not missed, the coarse lines are also screened with the
-//!    limit relaxed by [`COARSE_INCIDENCE_SLACK_DEG`], only to choose where to look closer.
+//!    patch between coarse lines is not missed, the coarse lines are screened with the limit
+//!    relaxed by [`COARSE_INCIDENCE_SLACK_DEG`]: the lines over the request's limit only choose
+//!    where to look closer (one pass gives both screenings, `Screening::screen`).
 //! 3. `screen_fine`: the grid's neighbours of the best of those, under the true limit.
 //! 4. `refine_best`: the best are refined locally by pattern search.
 //! 5. `verify`: candidates are measured exactly in f64 ([`crate::evaluate::measure`]) in order
