@@ -416,7 +416,7 @@ pub fn model_sample(i: usize, sigma_mm: Real, sigma_deg: Real) -> (Vector, Vecto
 
 /// The fraction of [`VIOLATION_SAMPLES`] perturbations of the error model under which a margin
 /// fails ([`margin_violation`]). A sample whose translation and rotation the certificate covers
-/// ([`Profile::covers`] with the sample's norms) keeps every margin by proof and is not
+/// (`|t| / translation_mm + |w| / rotation_deg <= 1`) keeps every margin by proof and is not
 /// re-measured; every other sample is re-measured exactly. Samples are measured in parallel and
 /// counted in order: the same number on any thread count.
 pub fn violation_probability(
@@ -432,8 +432,11 @@ pub fn violation_probability(
         .map(|i| {
             let (t, w) = model_sample(i, sigma_mm, sigma_deg);
             let (tn, wn) = (t.norm(), w.norm().to_degrees());
-            // A sample the certificate covers keeps every margin by proof.
-            if (wn == 0.0 && tn <= cert.translation_mm) || profile.covers(tn, wn).0 {
+            // A sample the certificate covers keeps every margin by proof: every piece's slack
+            // is at least the translation tolerance and at least lever x the rotation one, so
+            // at least any convex combination of the two.
+            let share = |x: Real, tol: Real| if x == 0.0 { 0.0 } else { x / tol };
+            if share(tn, cert.translation_mm) + share(wn, cert.rotation_deg) <= 1.0 {
                 return false;
             }
             let motion = perturbation(&m.bone_entry_lps, &t, &w);

@@ -89,6 +89,10 @@ fn check_plan(anatomy: &PreparedAnatomy, plan: &Plan, label: &str, tally: &mut T
             assert!((reported.translation_mm - cert.translation_mm).abs() < 1e-6);
             assert!((reported.rotation_deg - cert.rotation_deg).abs() < 1e-6);
             assert!((0.0..=1.0).contains(&reported.violation_probability));
+            // The search's worst-slack term is the cannula's certified translation tolerance.
+            assert!(
+                (reported.cannula_translation_mm - m.worst_slack_mm(safety).max(0.0)).abs() < 1e-9
+            );
             tally.sides += 1;
             let e = m.bone_entry_lps;
             let u = m.direction_lps.into_inner();

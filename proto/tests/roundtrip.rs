@@ -40,6 +40,7 @@ const ALL_REASONS: [ReasonCode; 23] = [
     ReasonCode::UnipedicularNotPossible,
     ReasonCode::MidlineNotReached,
     ReasonCode::OtherSideChosen,
+    ReasonCode::ErrorToleranceTooLow,
 ];
 
 fn trajectory(x: f64) -> Trajectory {
@@ -131,6 +132,18 @@ fn edge_plan() -> Plan {
         } else {
             Approach::BilateralTranspedicular
         },
+        navigation_tolerance: feasible.then(|| NavigationTolerance {
+            translation_mm: 0.1 + 0.2,
+            rotation_deg: 1e-9,
+            translation_limited_by: "balloon to cortex".into(),
+            rotation_limited_by: "cannula to canal".into(),
+            violation_probability: 13.0 / 32.0,
+            cannula_translation_mm: 1.0 / 3.0,
+            cannula_rotation_deg: 2.5,
+            sigma_mm: 1.0,
+            sigma_deg: 1.0,
+            samples: 32,
+        }),
     };
     Plan {
         case: "edge-case".into(),
@@ -196,6 +209,8 @@ fn edge_plan() -> Plan {
             canal_margin_mm: 0.0,
             nerve_root_margin_mm: 2.5,
             max_entry_incidence_deg: 44.99999999999999,
+            navigation_error_mm: Some(1.5),
+            navigation_error_deg: None,
         },
         mesh_fixes: vec![StructureNotice {
             structure: "L1.stl".into(),
