@@ -39,7 +39,7 @@
 //! **Certified numbers.** [`Certificate::translation_mm`]: the exact smallest slack over every
 //! span (pure translation, no rotation). [`Certificate::rotation_deg`]: the largest rotation
 //! about the bone entry with no translation, `min over pieces of s / max(|a|, |b|)`, refined
-//! best-first down to pieces of [`MIN_PIECE_MM`] where it is smallest (each piece's bound is
+//! best-first down to pieces of [`MIN_PIECE_MM`] (or 1 % of their lever) where it is smallest (each piece's bound is
 //! valid at any size, so the result is a lower bound of the true tolerance and tight within a
 //! piece's length). [`covers`] certifies a combined translation and rotation the same way.
 
@@ -65,13 +65,18 @@ pub const NAVIGATION_SIGMA_MM: Real = 1.0;
 /// 1 degree: surface registration on the lamina 0.91 degrees RMS (PMC3476741; clinical.md).
 pub const NAVIGATION_SIGMA_DEG: Real = 1.0;
 /// How many perturbations the violation probability is estimated from (a fixed Halton
-/// sequence, the same for every trajectory): the probability is a multiple of 1/32.
-pub const VIOLATION_SAMPLES: usize = 32;
-/// The certificate's pieces are refined down to this length where the bound is smallest, mm.
+/// sequence, the same for every trajectory): the probability is a multiple of 1/16. Each is an
+/// exact measurement (~45 us), so this is most of what the tolerance costs (BENCHMARKS.md).
+pub const VIOLATION_SAMPLES: usize = 16;
+/// The certificate's pieces are refined where the bound is smallest down to this length, mm,
+/// or to [`MIN_PIECE_LEVER_FRACTION`] of their distance from the bone entry, whichever is
+/// longer: a piece's bound `s / lever` is then within that fraction of its points' worst.
 pub const MIN_PIECE_MM: Real = 0.25;
+/// See [`MIN_PIECE_MM`]: 1 %.
+pub const MIN_PIECE_LEVER_FRACTION: Real = 0.01;
 /// At most this many pieces are measured per refinement (a cap on the work; the bound is valid
 /// whenever it stops).
-const MAX_PIECES: usize = 400;
+const MAX_PIECES: usize = 200;
 
 /// What a span keeps its margin from.
 #[derive(Clone, Copy)]
@@ -236,7 +241,8 @@ impl<'a> Profile<'a> {
                 return (Real::INFINITY, "nothing");
             };
             let (v, i, a, b) = pieces[k];
-            if b - a <= MIN_PIECE_MM || measured >= MAX_PIECES || v == Real::INFINITY {
+            let small = MIN_PIECE_MM.max(MIN_PIECE_LEVER_FRACTION * a.abs().max(b.abs()));
+            if b - a <= small || measured >= MAX_PIECES || v == Real::INFINITY {
                 return (v, self.spans[i].what);
             }
             let m = 0.5 * (a + b);
@@ -340,17 +346,28 @@ pub fn margin_violation(
     balloon: Option<&BalloonFit>,
     motion_lps: &Pose,
 ) -> Option<(ReasonCode, &'static str)> {
+    // The balloon first: a few distance queries, and on most sides the margin that fails first.
+    if let Some(b) = balloon {
+        if let Some(v) = balloon_violation(ctx, b, motion_lps) {
+            return Some(v);
+        }
+    }
     let tip = motion_lps * m.tip_lps;
     let from = motion_lps * (m.tip_lps - m.direction_lps.into_inner() * 100.0);
     let moved = measure(ctx, &from, &tip);
-    if let Some(v) = moved
+    moved
         .violations
         .iter()
         .find(|v| is_margin_violation(v.code))
-    {
-        return Some((v.code, "cannula"));
-    }
-    let b = balloon?;
+        .map(|v| (v.code, "cannula"))
+}
+
+/// The balloon's margins (`balloon::options`) after `motion_lps`, the first one violated.
+fn balloon_violation(
+    ctx: &SideContext<'_>,
+    b: &BalloonFit,
+    motion_lps: &Pose,
+) -> Option<(ReasonCode, &'static str)> {
     let (p, d) = (motion_lps * b.proximal, motion_lps * b.distal);
     let v = ctx.vertebra;
     let safety = ctx.safety;
@@ -421,12 +438,12 @@ pub fn model_sample(i: usize, sigma_mm: Real, sigma_deg: Real) -> (Vector, Vecto
 /// counted in order: the same number on any thread count.
 pub fn violation_probability(
     profile: &Profile<'_>,
+    cert: &Certificate,
     m: &Measurement,
     balloon: Option<&BalloonFit>,
     sigma_mm: Real,
     sigma_deg: Real,
 ) -> Real {
-    let cert = profile.certificate();
     let violated: Vec<bool> = (0..VIOLATION_SAMPLES)
         .into_par_iter()
         .map(|i| {
@@ -461,6 +478,7 @@ pub fn navigation_tolerance(
     let probability = if !m.violations.iter().any(|v| is_margin_violation(v.code)) {
         violation_probability(
             &profile,
+            &cert,
             m,
             balloon,
             NAVIGATION_SIGMA_MM,
