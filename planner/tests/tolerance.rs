@@ -246,8 +246,7 @@ fn certified_tolerance_is_sound_and_tight_on_real_vertebrae() {
 /// the cannula (from the end of its docking zone for the cortex, the whole cannula for the
 /// keep-outs) and the balloon, by brute force over every triangle; or it is infeasible with
 /// ERROR_TOLERANCE_TOO_LOW and the best tolerance found.
-fn check_required_error(anatomy: &PreparedAnatomy, label: &str) -> (usize, usize) {
-    let need_mm = 2.0;
+fn check_required_error(anatomy: &PreparedAnatomy, label: &str, need_mm: f64) -> (usize, usize) {
     let mut safety = Safety::contract_default();
     safety.navigation_error_mm = Some(need_mm);
     let request = PlanRequest::new(None, Instrument::contract_default(), safety.clone()).unwrap();
@@ -346,13 +345,24 @@ fn check_required_error(anatomy: &PreparedAnatomy, label: &str) -> (usize, usize
 fn a_required_navigation_error_of_2_mm_is_kept_or_refused_with_the_reason() {
     let (input, _) = synth::spine(&[Level::L1, Level::L3, Level::L5], &Pose::identity(), true);
     let anatomy = prepare(input);
-    let (feasible, refused) = check_required_error(&anatomy, "synthetic");
+    let (feasible, refused) = check_required_error(&anatomy, "synthetic", 2.0);
     eprintln!("synthetic: {feasible} sides keep 2 mm, {refused} refused");
-    assert!(feasible + refused > 0);
+    assert_eq!(
+        feasible + refused,
+        6,
+        "every side kept or refused with the reason"
+    );
+    // 0.5 mm: some sides can, and those are checked by brute force.
+    let (feasible, refused) = check_required_error(&anatomy, "synthetic", 0.5);
+    eprintln!("synthetic: {feasible} sides keep 0.5 mm, {refused} refused");
+    assert!(feasible > 0);
     if let Some(dir) = common::shared_anatomy() {
         let anatomy = prepare(common::load_set(&dir, "mean-lumbar-l2-l5"));
-        let (feasible, refused) = check_required_error(&anatomy, "mean-lumbar-l2-l5");
-        eprintln!("mean-lumbar-l2-l5: {feasible} sides keep 2 mm, {refused} refused");
+        for need_mm in [2.0, 0.5] {
+            let (feasible, refused) = check_required_error(&anatomy, "mean-lumbar-l2-l5", need_mm);
+            eprintln!("mean-lumbar-l2-l5: {feasible} sides keep {need_mm} mm, {refused} refused");
+            assert_eq!(feasible + refused, 8);
+        }
     }
 }
 
