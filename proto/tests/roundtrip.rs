@@ -16,7 +16,7 @@ fn through_the_wire(plan: &Plan) -> Plan {
     convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
 }
 
-const ALL_REASONS: [ReasonCode; 23] = [
+const ALL_REASONS: [ReasonCode; 24] = [
     ReasonCode::PedicleCorridorTooNarrow,
     ReasonCode::PedicleNotFound,
     ReasonCode::CanalTooClose,
@@ -383,8 +383,11 @@ fn unset_request_options_take_the_contract_defaults_field_by_field() {
         canal_margin_mm: Some(3.0),
         nerve_root_margin_mm: None,
         max_entry_incidence_deg: None,
+        navigation_error_mm: Some(1.5),
+        navigation_error_deg: None,
     }));
     assert_eq!(s.canal_margin_mm, 3.0);
+    assert_eq!(s.navigation_error(), Some((1.5, 0.0)));
     assert_eq!(
         s.cortex_margin_mm,
         Safety::contract_default().cortex_margin_mm
