@@ -41,7 +41,7 @@
 //! about the bone entry with no translation, `min over pieces of s / max(|a|, |b|)`, refined
 //! best-first down to pieces of [`MIN_PIECE_MM`] (or 1 % of their lever) where it is smallest (each piece's bound is
 //! valid at any size, so the result is a lower bound of the true tolerance and tight within a
-//! piece's length). [`covers`] certifies a combined translation and rotation the same way.
+//! piece's length). [`Profile::covers`] certifies a combined translation and rotation the same way.
 
 use rayon::prelude::*;
 
@@ -502,7 +502,7 @@ pub fn navigation_tolerance(
 }
 
 /// How many searches with widened margins [`search_side_required`] tries after the plain one.
-const REQUIRED_SEARCH_ATTEMPTS: usize = 2;
+pub const REQUIRED_SEARCH_ATTEMPTS: usize = 2;
 
 /// [`search_side_mode`], with the request's navigation error as a requirement
 /// ([`Safety::navigation_error`]): the side is feasible only with a line whose certified
