@@ -187,6 +187,10 @@ pub struct SafetyToml {
     pub canal_margin_mm: Option<f64>,
     pub nerve_root_margin_mm: Option<f64>,
     pub max_entry_incidence_deg: Option<f64>,
+    /// Navigation error each side must tolerate (translation mm / rotation deg; README,
+    /// "Tolerance to navigation error"); absent: no requirement.
+    pub navigation_error_mm: Option<f64>,
+    pub navigation_error_deg: Option<f64>,
 }
 
 /// A case read from disk.
@@ -235,12 +239,16 @@ impl SafetyToml {
             canal_margin_mm,
             nerve_root_margin_mm,
             max_entry_incidence_deg,
+            navigation_error_mm,
+            navigation_error_deg,
         } = self.clone();
         Safety {
             cortex_margin_mm: cortex_margin_mm.unwrap_or(d.cortex_margin_mm),
             canal_margin_mm: canal_margin_mm.unwrap_or(d.canal_margin_mm),
             nerve_root_margin_mm: nerve_root_margin_mm.unwrap_or(d.nerve_root_margin_mm),
             max_entry_incidence_deg: max_entry_incidence_deg.unwrap_or(d.max_entry_incidence_deg),
+            navigation_error_mm,
+            navigation_error_deg,
         }
     }
 }

@@ -142,3 +142,32 @@ fn case_toml_is_resolved_without_files_and_escapes_are_refused_lexically() {
         );
     }
 }
+
+/// Issue 13: the navigation error a plan must tolerate, from `[safety]`; a bad value is refused
+/// naming the field.
+#[test]
+fn navigation_error_is_read_from_safety_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = case(dir.path());
+    let c = with_toml(
+        dir.path(),
+        &format!("{text}\n[safety]\nnavigation_error_mm = 1.5\nnavigation_error_deg = 2\n"),
+    )
+    .unwrap();
+    let s = c.request.safety();
+    assert_eq!(s.navigation_error_mm, Some(1.5));
+    assert_eq!(s.navigation_error_deg, Some(2.0));
+    assert_eq!(s.navigation_error(), Some((1.5, 2.0)));
+    let c = with_toml(
+        dir.path(),
+        &format!("{text}\n[safety]\nnavigation_error_deg = 1\n"),
+    )
+    .unwrap();
+    assert_eq!(c.request.safety().navigation_error(), Some((0.0, 1.0)));
+    let e = with_toml(
+        dir.path(),
+        &format!("{text}\n[safety]\nnavigation_error_mm = -2\n"),
+    )
+    .unwrap_err();
+    assert!(e.contains("safety.navigation_error_mm"), "{e}");
+}

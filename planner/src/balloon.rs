@@ -74,6 +74,11 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
         if !v.bone.contains_point(&proximal) || !v.bone.contains_point(&distal) {
             continue;
         }
+        // A required navigation error widens every margin by what the balloon's farthest point
+        // from the bone entry may move ([`crate::tolerance`]: translation + lever x rotation).
+        let extra = safety.navigation_error().map_or(0.0, |(mm, deg)| {
+            mm + (distal - m.bone_entry_lps).dot(&u).abs() * deg.to_radians()
+        });
         // Room to the bone surface.
         let bone = v.bone.distance_to_segment(&proximal, &distal);
         // Room to the posterior wall, measured in the vertebra frame.
@@ -81,8 +86,8 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
             .y
             .max((f.lps_to_vertebra * distal).y);
         let wall = f.posterior_wall_y_mm - py;
-        let mut room = 2.0 * (bone - safety.cortex_margin_mm);
-        room = room.min(2.0 * (wall - safety.cortex_margin_mm));
+        let mut room = 2.0 * (bone - safety.cortex_margin_mm - extra);
+        room = room.min(2.0 * (wall - safety.cortex_margin_mm - extra));
         for k in &ctx.keep_outs {
             let margin = match k.kind {
                 crate::keepout::KeepOutKind::Canal | crate::keepout::KeepOutKind::Forbidden => {
@@ -90,7 +95,7 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
                 }
                 crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
             };
-            room = room.min(2.0 * (k.distance_to_segment(&proximal, &distal) - margin));
+            room = room.min(2.0 * (k.distance_to_segment(&proximal, &distal) - margin - extra));
         }
         let d = floor_step(room.min(ctx.instrument.balloon_max_diameter_mm));
         if d < MIN_BALLOON_DIAMETER_MM {

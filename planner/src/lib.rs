@@ -4,7 +4,7 @@
 //! The data's journey: [`math`] -> [`mesh`] -> [`validate`] -> [`clearance`], [`voxel`],
 //! [`polygon`], [`frame`] -> [`pedicle`], [`prepare`] (anatomy, keep-outs) -> [`criteria`]
 //! (rules, score, grid measures) -> [`evaluate`](mod@evaluate), [`search`], [`balloon`] ->
-//! [`planning`] -> [`plan`](mod@plan). [`synth`] (meshed by [`mesher`]) makes test and demo
+//! [`tolerance`] -> [`planning`] -> [`plan`](mod@plan). [`synth`] (meshed by [`mesher`]) makes test and demo
 //! anatomy. The imports between these modules form
 //! no cycle. This crate knows nothing of gRPC, protobuf or async runtimes.
 
@@ -35,6 +35,7 @@ pub mod polygon;
 pub mod request;
 pub mod search;
 pub mod synth;
+pub mod tolerance;
 pub mod validate;
 pub mod voxel;
 

@@ -63,6 +63,10 @@ pub enum ReasonCode {
     /// Unipedicular: the level's one cannula goes through the other side's pedicle, so this
     /// side is not used.
     OtherSideChosen,
+    /// The request's navigation error (`navigation_error_mm` / `navigation_error_deg`) is more
+    /// than any safe line's certified tolerance covers ([`NavigationTolerance`]): the reason
+    /// carries the best tolerance found (`value_mm` translation, `value_deg` rotation).
+    ErrorToleranceTooLow,
 }
 
 /// The route a trajectory takes past the pedicle, as recognised from the measured isthmus.
@@ -174,6 +178,37 @@ pub struct Balloon {
     pub posterior_wall_clearance_mm: f64,
 }
 
+/// How much navigation error a trajectory (with its balloon) tolerates ([`crate::tolerance`]):
+/// certified tolerances from the exact clearance profile, and the probability of a margin
+/// violation under the error model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NavigationTolerance {
+    /// Largest rigid translation, any direction and no rotation, under which every hard margin
+    /// holds (certified; 0 when a margin is already violated), mm.
+    pub translation_mm: f64,
+    /// Largest rotation about the bone entry, any axis and no translation, under which every
+    /// hard margin holds (certified), degrees.
+    pub rotation_deg: f64,
+    /// The margin that limits the translation (e.g. `cannula to cortex`, `balloon to canal`).
+    pub translation_limited_by: String,
+    /// The margin that limits the rotation.
+    pub rotation_limited_by: String,
+    /// Fraction of the error model's samples (translation and rotation about the bone entry,
+    /// RMS `sigma_mm` / `sigma_deg`) under which a hard margin fails by exact re-measurement.
+    pub violation_probability: f64,
+    /// The cannula's own certified translation tolerance (its margins alone; the balloon,
+    /// inflated as large as its margins allow, usually limits the side), mm.
+    pub cannula_translation_mm: f64,
+    /// The cannula's own certified rotation tolerance about the bone entry, degrees.
+    pub cannula_rotation_deg: f64,
+    /// RMS translation of the error model, mm.
+    pub sigma_mm: f64,
+    /// RMS rotation of the error model, degrees.
+    pub sigma_deg: f64,
+    /// Number of deterministic (Halton) samples the probability is estimated from.
+    pub samples: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SidePlan {
     pub side: Side,
@@ -191,6 +226,10 @@ pub struct SidePlan {
     /// level's one cannula, aimed across the midline).
     #[serde(default = "default_side_approach")]
     pub approach: Approach,
+    /// The feasible side's tolerance to navigation error, cannula and balloon (absent on
+    /// infeasible sides and in plans written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub navigation_tolerance: Option<NavigationTolerance>,
 }
 
 fn default_side_approach() -> Approach {
@@ -312,4 +351,8 @@ pub struct Evaluation {
     /// Hard violations first; soft goals missed (TIP_NOT_IN_ANTERIOR_THIRD) are listed too but
     /// do not make the trajectory unsafe.
     pub violations: Vec<Violation>,
+    /// The trajectory's tolerance to navigation error (the cannula alone: evaluation places no
+    /// balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub navigation_tolerance: Option<NavigationTolerance>,
 }

@@ -19,7 +19,8 @@ use crate::plan::{
 };
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Approach, Instrument, PlanRequest, Procedure, Safety};
-use crate::search::{search_side, search_side_mode, SearchMode, SideOutcome, MIDLINE_TOLERANCE_MM};
+use crate::search::{SearchMode, SideOutcome, MIDLINE_TOLERANCE_MM};
+use crate::tolerance::{self, search_side_required};
 
 /// Cement per level is estimated as the cavities plus this fraction that interdigitates.
 pub const CEMENT_INTERDIGITATION_FRACTION: f64 = 0.2;
@@ -290,10 +291,9 @@ fn plan_bilateral(
     frame: PatientFrame,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<PerSide<SidePlan>, PlanError> {
-    let (instrument, safety) = (ctx.left.instrument, ctx.left.safety);
     let (left, right) = rayon::join(
-        || search_side(&ctx.left, cancelled),
-        || search_side(&ctx.right, cancelled),
+        || search_side_required(&ctx.left, SearchMode::Bilateral, cancelled),
+        || search_side_required(&ctx.right, SearchMode::Bilateral, cancelled),
     );
     let outcomes = PerSide::new(left?, right?);
     let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
@@ -333,8 +333,7 @@ fn plan_bilateral(
                 procedure,
                 approach: Approach::BilateralTranspedicular,
             },
-            instrument,
-            safety,
+            &ctx[side],
         )
     }))
 }
@@ -364,8 +363,8 @@ fn plan_unipedicular(
         },
     };
     let (left, right) = rayon::join(
-        || search_side_mode(&ctx.left, mode, cancelled),
-        || search_side_mode(&ctx.right, mode, cancelled),
+        || search_side_required(&ctx.left, mode, cancelled),
+        || search_side_required(&ctx.right, mode, cancelled),
     );
     let outcomes = PerSide::new(left?, right?);
     let fits: PerSide<Option<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
@@ -391,8 +390,7 @@ fn plan_unipedicular(
                 procedure,
                 approach: Approach::Unipedicular,
             },
-            instrument,
-            safety,
+            &ctx[side],
         )
     });
     let score = |side: Side| match (&outcomes[side], sides[side].feasible) {
@@ -462,6 +460,7 @@ fn not_used(side: Side, chosen: Side, pedicle: Option<PedicleSummary>) -> SidePl
         alternatives: vec![],
         pedicle,
         approach: Approach::Unipedicular,
+        navigation_tolerance: None,
     }
 }
 
@@ -482,8 +481,7 @@ fn side_plan(
     fit: Option<&BalloonFit>,
     crowded: bool,
     report: SideReport,
-    instrument: &Instrument,
-    safety: &Safety,
+    ctx: &SideContext<'_>,
 ) -> SidePlan {
     let SideReport {
         frame,
@@ -491,28 +489,47 @@ fn side_plan(
         procedure,
         approach,
     } = report;
-    match outcome {
-        SideOutcome::Feasible(m) if procedure == Procedure::Vertebroplasty => SidePlan {
+    let (instrument, safety) = (ctx.instrument, ctx.safety);
+    // The chosen trajectory's tolerance (with its balloon), and the requirement's last check:
+    // the search certified the cannula, the balloon was fitted with widened margins, and the
+    // pair is certified here before it may leave as feasible.
+    let feasible = |m: &Measurement, b: Option<&BalloonFit>| -> SidePlan {
+        let profile = tolerance::Profile::new(ctx, m, b);
+        if let Some((need_mm, need_deg)) = safety.navigation_error() {
+            if !profile.covers(need_mm, need_deg).0 {
+                return SidePlan {
+                    side,
+                    feasible: false,
+                    trajectory: None,
+                    balloon: None,
+                    reasons: vec![tolerance::too_low(
+                        need_mm,
+                        need_deg,
+                        &profile.certificate(),
+                    )],
+                    alternatives: vec![],
+                    pedicle: pedicle.clone(),
+                    approach,
+                    navigation_tolerance: None,
+                };
+            }
+        }
+        SidePlan {
             side,
             feasible: true,
             trajectory: Some(trajectory(m, frame, instrument, safety)),
-            balloon: None,
+            balloon: b.map(|b| balloon_out(b, frame)),
             reasons: vec![],
             alternatives: vec![],
-            pedicle,
+            pedicle: pedicle.clone(),
             approach,
-        },
+            navigation_tolerance: Some(tolerance::navigation_tolerance(ctx, m, b)),
+        }
+    };
+    match outcome {
+        SideOutcome::Feasible(m) if procedure == Procedure::Vertebroplasty => feasible(m, None),
         SideOutcome::Feasible(m) => match fit {
-            Some(b) => SidePlan {
-                side,
-                feasible: true,
-                trajectory: Some(trajectory(m, frame, instrument, safety)),
-                balloon: Some(balloon_out(b, frame)),
-                reasons: vec![],
-                alternatives: vec![],
-                pedicle,
-                approach,
-            },
+            Some(b) => feasible(m, Some(b)),
             None => SidePlan {
                 side,
                 feasible: false,
@@ -549,6 +566,7 @@ fn side_plan(
                 }],
                 pedicle,
                 approach,
+                navigation_tolerance: None,
             },
         },
         SideOutcome::Infeasible {
@@ -563,6 +581,7 @@ fn side_plan(
             alternatives: alternatives.clone(),
             pedicle,
             approach,
+            navigation_tolerance: None,
         },
     }
 }
@@ -694,5 +713,6 @@ pub fn evaluate(
         safe: m.violations.is_empty(),
         trajectory: trajectory(&m, frame, instrument, safety),
         violations,
+        navigation_tolerance: Some(tolerance::navigation_tolerance(&ctx, &m, None)),
     })
 }

@@ -28,6 +28,15 @@ pub struct Safety {
     /// docks, degrees: steeper and the trocar tip skives off the sloped cortex.
     #[serde(default = "default_max_entry_incidence_deg")]
     pub max_entry_incidence_deg: f64,
+    /// Navigation error a side must tolerate, translation in any direction, mm: with it (or
+    /// with [`Safety::navigation_error_deg`]) a side is feasible only if its certified tolerance
+    /// ([`crate::tolerance`]) covers both together; otherwise `ERROR_TOLERANCE_TOO_LOW`. Absent:
+    /// no requirement (the tolerance is reported, and the search's worst-slack term prefers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub navigation_error_mm: Option<f64>,
+    /// Navigation error a side must tolerate, rotation about the bone entry, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub navigation_error_deg: Option<f64>,
 }
 
 /// The contract default of [`Safety::max_entry_incidence_deg`] (plans written before the field
@@ -111,6 +120,17 @@ impl Safety {
             canal_margin_mm: 2.0,
             nerve_root_margin_mm: 2.0,
             max_entry_incidence_deg: DEFAULT_MAX_ENTRY_INCIDENCE_DEG,
+            navigation_error_mm: None,
+            navigation_error_deg: None,
+        }
+    }
+
+    /// The navigation error required (translation mm, rotation deg), when either is given (the
+    /// other is then 0).
+    pub fn navigation_error(&self) -> Option<(f64, f64)> {
+        match (self.navigation_error_mm, self.navigation_error_deg) {
+            (None, None) => None,
+            (mm, deg) => Some((mm.unwrap_or(0.0), deg.unwrap_or(0.0))),
         }
     }
 
@@ -129,6 +149,12 @@ impl Safety {
             0.0,
             89.0,
         )?;
+        if let Some(mm) = self.navigation_error_mm {
+            finite_in("safety.navigation_error_mm", mm, 0.0, 10.0)?;
+        }
+        if let Some(deg) = self.navigation_error_deg {
+            finite_in("safety.navigation_error_deg", deg, 0.0, 10.0)?;
+        }
         Ok(())
     }
 }

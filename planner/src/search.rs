@@ -221,7 +221,7 @@ impl SearchMode {
     /// Whether an exactly measured, safe line meets the mode's target: for unipedicular, the
     /// point `midline_behind_tip_mm` behind the tip within [`MIDLINE_TOLERANCE_MM`] of the
     /// midline, and the tip in the anterior third.
-    fn accepts(self, ctx: &SideContext<'_>, m: &Measurement) -> bool {
+    pub fn accepts(self, ctx: &SideContext<'_>, m: &Measurement) -> bool {
         match self {
             SearchMode::Bilateral => true,
             SearchMode::Unipedicular {

@@ -12,8 +12,8 @@ use kyphoplan_planner::math::Point;
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{
     Alternative, AlternativeCode, Balloon, Clearances, Evaluation, KeepOutSource, KeepOutSummary,
-    LevelPlan, PedicleSummary, Plan, Reason, ReasonCode, Route, SidePlan, StructureNotice,
-    Trajectory, VertebraFrameSummary,
+    LevelPlan, NavigationTolerance, PedicleSummary, Plan, Reason, ReasonCode, Route, SidePlan,
+    StructureNotice, Trajectory, VertebraFrameSummary,
 };
 use kyphoplan_planner::request::{
     Approach, Instrument, PlanRequest, Procedure, Safety, DEFAULT_APPROACHES, DEFAULT_PROCEDURE,
@@ -165,6 +165,7 @@ pub fn reason_code_to_pb(code: ReasonCode) -> pb::ReasonCode {
         ReasonCode::UnipedicularNotPossible => pb::ReasonCode::UnipedicularNotPossible,
         ReasonCode::MidlineNotReached => pb::ReasonCode::MidlineNotReached,
         ReasonCode::OtherSideChosen => pb::ReasonCode::OtherSideChosen,
+        ReasonCode::ErrorToleranceTooLow => pb::ReasonCode::ErrorToleranceTooLow,
     }
 }
 
@@ -202,6 +203,7 @@ pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
         pb::ReasonCode::UnipedicularNotPossible => ReasonCode::UnipedicularNotPossible,
         pb::ReasonCode::MidlineNotReached => ReasonCode::MidlineNotReached,
         pb::ReasonCode::OtherSideChosen => ReasonCode::OtherSideChosen,
+        pb::ReasonCode::ErrorToleranceTooLow => ReasonCode::ErrorToleranceTooLow,
     })
 }
 
@@ -610,12 +612,16 @@ pub fn safety_options_to_pb(safety: &Safety) -> pb::SafetyOptions {
         canal_margin_mm,
         nerve_root_margin_mm,
         max_entry_incidence_deg,
+        navigation_error_mm,
+        navigation_error_deg,
     } = safety;
     pb::SafetyOptions {
         cortex_margin_mm: Some(*cortex_margin_mm),
         canal_margin_mm: Some(*canal_margin_mm),
         nerve_root_margin_mm: Some(*nerve_root_margin_mm),
         max_entry_incidence_deg: Some(*max_entry_incidence_deg),
+        navigation_error_mm: *navigation_error_mm,
+        navigation_error_deg: *navigation_error_deg,
     }
 }
 
@@ -627,6 +633,8 @@ pub fn safety_from_options(options: Option<pb::SafetyOptions>) -> Safety {
         canal_margin_mm,
         nerve_root_margin_mm,
         max_entry_incidence_deg,
+        navigation_error_mm,
+        navigation_error_deg,
     }) = options
     else {
         return d;
@@ -636,6 +644,8 @@ pub fn safety_from_options(options: Option<pb::SafetyOptions>) -> Safety {
         canal_margin_mm: canal_margin_mm.unwrap_or(d.canal_margin_mm),
         nerve_root_margin_mm: nerve_root_margin_mm.unwrap_or(d.nerve_root_margin_mm),
         max_entry_incidence_deg: max_entry_incidence_deg.unwrap_or(d.max_entry_incidence_deg),
+        navigation_error_mm,
+        navigation_error_deg,
     }
 }
 
@@ -859,12 +869,16 @@ pub fn safety_to_pb(safety: &Safety) -> pb::Safety {
         canal_margin_mm,
         nerve_root_margin_mm,
         max_entry_incidence_deg,
+        navigation_error_mm,
+        navigation_error_deg,
     } = safety;
     pb::Safety {
         cortex_margin_mm: Some(*cortex_margin_mm),
         canal_margin_mm: Some(*canal_margin_mm),
         nerve_root_margin_mm: Some(*nerve_root_margin_mm),
         max_entry_incidence_deg: Some(*max_entry_incidence_deg),
+        navigation_error_mm: *navigation_error_mm,
+        navigation_error_deg: *navigation_error_deg,
     }
 }
 
@@ -874,8 +888,12 @@ pub fn safety_from_pb(safety: pb::Safety, field: &str) -> Result<Safety> {
         canal_margin_mm,
         nerve_root_margin_mm,
         max_entry_incidence_deg,
+        navigation_error_mm,
+        navigation_error_deg,
     } = safety;
     Ok(Safety {
+        navigation_error_mm,
+        navigation_error_deg,
         cortex_margin_mm: num(cortex_margin_mm, field, "cortex_margin_mm")?,
         canal_margin_mm: num(canal_margin_mm, field, "canal_margin_mm")?,
         nerve_root_margin_mm: num(nerve_root_margin_mm, field, "nerve_root_margin_mm")?,
@@ -1087,6 +1105,63 @@ pub fn balloon_from_pb(b: pb::Balloon, field: &str) -> Result<Balloon> {
     })
 }
 
+pub fn navigation_tolerance_to_pb(t: &NavigationTolerance) -> pb::NavigationTolerance {
+    let NavigationTolerance {
+        translation_mm,
+        rotation_deg,
+        translation_limited_by,
+        rotation_limited_by,
+        violation_probability,
+        cannula_translation_mm,
+        cannula_rotation_deg,
+        sigma_mm,
+        sigma_deg,
+        samples,
+    } = t;
+    pb::NavigationTolerance {
+        translation_mm: Some(*translation_mm),
+        rotation_deg: Some(*rotation_deg),
+        translation_limited_by: translation_limited_by.clone(),
+        rotation_limited_by: rotation_limited_by.clone(),
+        violation_probability: Some(*violation_probability),
+        cannula_translation_mm: Some(*cannula_translation_mm),
+        cannula_rotation_deg: Some(*cannula_rotation_deg),
+        sigma_mm: Some(*sigma_mm),
+        sigma_deg: Some(*sigma_deg),
+        samples: *samples,
+    }
+}
+
+pub fn navigation_tolerance_from_pb(
+    t: pb::NavigationTolerance,
+    field: &str,
+) -> Result<NavigationTolerance> {
+    let pb::NavigationTolerance {
+        translation_mm,
+        rotation_deg,
+        translation_limited_by,
+        rotation_limited_by,
+        violation_probability,
+        cannula_translation_mm,
+        cannula_rotation_deg,
+        sigma_mm,
+        sigma_deg,
+        samples,
+    } = t;
+    Ok(NavigationTolerance {
+        translation_mm: num(translation_mm, field, "translation_mm")?,
+        rotation_deg: num(rotation_deg, field, "rotation_deg")?,
+        translation_limited_by,
+        rotation_limited_by,
+        violation_probability: num(violation_probability, field, "violation_probability")?,
+        cannula_translation_mm: num(cannula_translation_mm, field, "cannula_translation_mm")?,
+        cannula_rotation_deg: num(cannula_rotation_deg, field, "cannula_rotation_deg")?,
+        sigma_mm: num(sigma_mm, field, "sigma_mm")?,
+        sigma_deg: num(sigma_deg, field, "sigma_deg")?,
+        samples,
+    })
+}
+
 pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
     let SidePlan {
         side,
@@ -1097,8 +1172,12 @@ pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
         alternatives,
         pedicle,
         approach,
+        navigation_tolerance,
     } = s;
     pb::SidePlan {
+        navigation_tolerance: navigation_tolerance
+            .as_ref()
+            .map(navigation_tolerance_to_pb),
         approach: approach_to_pb(*approach) as i32,
         pedicle: pedicle.as_ref().map(pedicle_to_pb),
         side: side_to_pb(*side) as i32,
@@ -1129,9 +1208,13 @@ pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
         alternatives,
         pedicle,
         approach,
+        navigation_tolerance,
     } = s;
     let f = |s: &str| format!("{field}.{s}");
     Ok(SidePlan {
+        navigation_tolerance: navigation_tolerance
+            .map(|t| navigation_tolerance_from_pb(t, &f("navigation_tolerance")))
+            .transpose()?,
         approach: approach_from_pb(approach, &f("approach"))?,
         pedicle: pedicle
             .map(|p| pedicle_from_pb(p, &f("pedicle")))
@@ -1431,8 +1514,12 @@ pub fn evaluation_to_pb(e: &Evaluation) -> pb::Evaluation {
         safe,
         trajectory,
         violations,
+        navigation_tolerance,
     } = e;
     pb::Evaluation {
+        navigation_tolerance: navigation_tolerance
+            .as_ref()
+            .map(navigation_tolerance_to_pb),
         level: level_to_pb(*level) as i32,
         side: side_to_pb(*side) as i32,
         safe: *safe,
@@ -1448,8 +1535,12 @@ pub fn evaluation_from_pb(e: pb::Evaluation) -> Result<Evaluation> {
         safe,
         trajectory,
         violations,
+        navigation_tolerance,
     } = e;
     Ok(Evaluation {
+        navigation_tolerance: navigation_tolerance
+            .map(|t| navigation_tolerance_from_pb(t, "navigation_tolerance"))
+            .transpose()?,
         level: level_from_pb(level, "level")?,
         side: side_from_pb(side, "side")?,
         safe,

@@ -16,7 +16,7 @@ fn through_the_wire(plan: &Plan) -> Plan {
     convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
 }
 
-const ALL_REASONS: [ReasonCode; 23] = [
+const ALL_REASONS: [ReasonCode; 24] = [
     ReasonCode::PedicleCorridorTooNarrow,
     ReasonCode::PedicleNotFound,
     ReasonCode::CanalTooClose,
@@ -40,6 +40,7 @@ const ALL_REASONS: [ReasonCode; 23] = [
     ReasonCode::UnipedicularNotPossible,
     ReasonCode::MidlineNotReached,
     ReasonCode::OtherSideChosen,
+    ReasonCode::ErrorToleranceTooLow,
 ];
 
 fn trajectory(x: f64) -> Trajectory {
@@ -131,6 +132,18 @@ fn edge_plan() -> Plan {
         } else {
             Approach::BilateralTranspedicular
         },
+        navigation_tolerance: feasible.then(|| NavigationTolerance {
+            translation_mm: 0.1 + 0.2,
+            rotation_deg: 1e-9,
+            translation_limited_by: "balloon to cortex".into(),
+            rotation_limited_by: "cannula to canal".into(),
+            violation_probability: 13.0 / 32.0,
+            cannula_translation_mm: 1.0 / 3.0,
+            cannula_rotation_deg: 2.5,
+            sigma_mm: 1.0,
+            sigma_deg: 1.0,
+            samples: 32,
+        }),
     };
     Plan {
         case: "edge-case".into(),
@@ -196,6 +209,8 @@ fn edge_plan() -> Plan {
             canal_margin_mm: 0.0,
             nerve_root_margin_mm: 2.5,
             max_entry_incidence_deg: 44.99999999999999,
+            navigation_error_mm: Some(1.5),
+            navigation_error_deg: None,
         },
         mesh_fixes: vec![StructureNotice {
             structure: "L1.stl".into(),
@@ -368,8 +383,11 @@ fn unset_request_options_take_the_contract_defaults_field_by_field() {
         canal_margin_mm: Some(3.0),
         nerve_root_margin_mm: None,
         max_entry_incidence_deg: None,
+        navigation_error_mm: Some(1.5),
+        navigation_error_deg: None,
     }));
     assert_eq!(s.canal_margin_mm, 3.0);
+    assert_eq!(s.navigation_error(), Some((1.5, 0.0)));
     assert_eq!(
         s.cortex_margin_mm,
         Safety::contract_default().cortex_margin_mm

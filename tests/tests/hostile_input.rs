@@ -404,6 +404,8 @@ async fn absurd_requests_are_refused_naming_the_field() {
             canal_margin_mm: Some(0.0),
             nerve_root_margin_mm: Some(0.0),
             max_entry_incidence_deg: None,
+            navigation_error_mm: None,
+            navigation_error_deg: None,
         }),
         ..plan_message(id())
     };

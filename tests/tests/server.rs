@@ -578,6 +578,8 @@ async fn refusals_carry_their_status_codes_and_fields() {
                 canal_margin_mm: Some(-1.0),
                 nerve_root_margin_mm: None,
                 max_entry_incidence_deg: None,
+                navigation_error_mm: None,
+                navigation_error_deg: None,
             }),
             procedure: 0,
             approaches: vec![],

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use kyphoplan_planner::plan::{Evaluation, Plan, Reason, Route};
+use kyphoplan_planner::plan::{Evaluation, NavigationTolerance, Plan, Reason, Route};
 
 use crate::export::code_name;
 
@@ -70,6 +70,9 @@ pub fn plan_table(plan: &Plan) -> String {
         "root_mm",
         "balloon_mm",
         "volume_ml",
+        "tol_mm",
+        "tol_deg",
+        "p_breach",
         "reason",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -77,6 +80,7 @@ pub fn plan_table(plan: &Plan) -> String {
         for side in &level.sides {
             let t = side.trajectory.as_ref();
             let b = side.balloon.as_ref();
+            let tol = side.navigation_tolerance.as_ref();
             let dash = || "-".to_owned();
             rows.push(vec![
                 level.level.to_string(),
@@ -93,6 +97,9 @@ pub fn plan_table(plan: &Plan) -> String {
                     format!("{:.0} x {:.1}", b.length_mm, b.diameter_mm)
                 }),
                 b.map_or_else(dash, |b| format!("{:.2}", b.volume_ml)),
+                tol.map_or_else(dash, |t| format!("{:.2}", t.translation_mm)),
+                tol.map_or_else(dash, |t| format!("{:.2}", t.rotation_deg)),
+                tol.map_or_else(dash, |t| format!("{:.2}", t.violation_probability)),
                 side.reasons.first().map_or_else(dash, reason_text),
             ]);
         }
@@ -123,6 +130,20 @@ pub fn plan_table(plan: &Plan) -> String {
     line(&header.map(str::to_owned), &mut out);
     for row in &rows {
         line(row, &mut out);
+    }
+    if plan
+        .levels
+        .iter()
+        .any(|l| l.sides.iter().any(|s| s.navigation_tolerance.is_some()))
+    {
+        let _ = writeln!(
+            out,
+            "tol_mm / tol_deg: certified tolerance to navigation error (rigid translation, rotation about the bone entry) of cannula and balloon; p_breach: probability of a margin violation under the error model{}",
+            match &plan.safety.navigation_error() {
+                Some((mm, deg)) => format!("; required: {mm} mm and {deg} deg together"),
+                None => String::new(),
+            }
+        );
     }
     // Which approach each level got, and why the preferred ones were not possible.
     for level in &plan.levels {
@@ -161,8 +182,31 @@ pub fn evaluation_report(e: &Evaluation) -> String {
         t.entry_incidence_deg.map_or_else(|| "-".to_owned(), num),
         t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm.cortex, t.clearance_mm.canal, t.clearance_mm.nerve_root
     );
+    if let Some(tol) = &e.navigation_tolerance {
+        let _ = writeln!(out, "{}", tolerance_text(tol));
+    }
     for v in &e.violations {
         let _ = writeln!(out, "  {}", reason_text(v));
     }
     out
+}
+
+/// One line on a trajectory's tolerance to navigation error.
+pub fn tolerance_text(t: &NavigationTolerance) -> String {
+    let NavigationTolerance {
+        translation_mm,
+        rotation_deg,
+        translation_limited_by,
+        rotation_limited_by,
+        violation_probability,
+        cannula_translation_mm,
+        cannula_rotation_deg,
+        sigma_mm,
+        sigma_deg,
+        samples,
+    } = t;
+    format!(
+        "navigation tolerance (certified): {translation_mm:.2} mm translation (limited by {translation_limited_by}) or {rotation_deg:.2} deg rotation about the bone entry (limited by {rotation_limited_by}); cannula alone {cannula_translation_mm:.2} mm / {cannula_rotation_deg:.2} deg; margin violated in {:.0} % of {samples} samples of {sigma_mm} mm / {sigma_deg} deg RMS error",
+        violation_probability * 100.0
+    )
 }

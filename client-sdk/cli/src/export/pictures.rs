@@ -515,7 +515,12 @@ pub fn level_picture(
     let p = options.panel_px;
     let panels = layout_panels(&mesh_v, map, p);
 
-    let footer_lines = 2 * lp.sides.len() as u32 + 2;
+    let footer_lines = lp
+        .sides
+        .iter()
+        .map(|s| side_lines(lp.level, s).len() as u32)
+        .sum::<u32>()
+        + 2;
     let width = 3 * p;
     let height = HEADER_PX + p + 10 + footer_lines * LINE_PX as u32 + 8;
     let mut img = RgbImage::from_pixel(width, height, BACKGROUND);
@@ -826,7 +831,22 @@ fn side_lines(level: Level, s: &SidePlan) -> Vec<String> {
                     b.length_mm, b.diameter_mm, b.volume_ml
                 ));
             }
-            vec![first, second]
+            match &s.navigation_tolerance {
+                Some(n) => vec![
+                    first,
+                    second,
+                    format!(
+                        "      navigation tolerance {:.2} mm or {:.2} deg (limited by {}), margin violated in {:.0} % of {} mm / {} deg samples",
+                        n.translation_mm,
+                        n.rotation_deg,
+                        n.translation_limited_by,
+                        100.0 * n.violation_probability,
+                        n.sigma_mm,
+                        n.sigma_deg
+                    ),
+                ],
+                None => vec![first, second],
+            }
         }
         _ => {
             let codes: Vec<String> = s.reasons.iter().map(|r| code_name(&r.code)).collect();

@@ -89,12 +89,21 @@ fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
                 ),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
+            let (tol_mm, tol_deg, p_breach) = match &s.navigation_tolerance {
+                Some(n) => (
+                    format!("{:.2}", n.translation_mm),
+                    format!("{:.2}", n.rotation_deg),
+                    format!("{:.0} %", 100.0 * n.violation_probability),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
             let _ = writeln!(
                 out,
                 "<tr><td class=t>{}</td><td class=t><span class=ok>feasible</span></td>\
                  <td class=t>{}</td><td>{}</td>\
                  <td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                 <td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape_html(&name),
                 t.route.map_or_else(|| "-".into(), |r| code_name(&r)),
                 t.entry_incidence_deg
@@ -112,6 +121,9 @@ fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
                 volume,
                 b_cortex,
                 b_wall,
+                tol_mm,
+                tol_deg,
+                p_breach,
             );
         }
         _ => {
@@ -123,7 +135,7 @@ fn side_rows(out: &mut String, level: &LevelPlan, s: &SidePlan) {
             let _ = writeln!(
                 out,
                 "<tr class=infeasible><td class=t>{}</td><td class=t><span class=no>not feasible</span></td>\
-                 <td class=t colspan=15>{}</td></tr>",
+                 <td class=t colspan=18>{}</td></tr>",
                 escape_html(&name),
                 codes.join(", ")
             );
@@ -235,7 +247,7 @@ pub fn to_html(
     out.push_str(
         "<p class=note>A planning aid computed from surface meshes: verify every trajectory on the \
          images before use. Entry is where the cannula axis crosses the bone surface; clearances \
-         are surface to surface.</p>\n",
+         are surface to surface. Navigation tolerance: the largest rigid translation, or rotation about the bone entry, under which every margin of cannula and balloon still holds (certified from the exact clearance profile); P(margin violated): under the error model of the README (1 mm / 1 deg RMS).</p>\n",
     );
 
     // Measurements.
@@ -246,7 +258,8 @@ pub fn to_html(
          <th>cranial (&deg;)</th><th>cortex (mm)</th><th>canal (mm)</th><th>root (mm)</th>\
          <th>forbidden (mm)</th><th>in bone (mm)</th><th>insertion (mm)</th><th>tip depth</th>\
          <th>balloon L x D (mm)</th><th>balloon (ml)</th><th>balloon-cortex (mm)</th>\
-         <th>balloon-posterior wall (mm)</th></tr>\n",
+         <th>balloon-posterior wall (mm)</th><th>navigation tolerance (mm)</th>\
+         <th>navigation tolerance (&deg;)</th><th>P(margin violated)</th></tr>\n",
     );
     for level in &plan.levels {
         for s in &level.sides {
@@ -313,7 +326,7 @@ pub fn to_html(
     let i = &plan.instrument;
     let s = &plan.safety;
     out.push_str("<h2>Instrument and safety settings</h2>\n<table>\n");
-    let rows: [(&str, String); 7] = [
+    let rows: [(&str, String); 8] = [
         (
             "cannula outer diameter",
             format!("{:.2} mm", i.cannula_outer_diameter_mm),
@@ -340,6 +353,13 @@ pub fn to_html(
         (
             "nerve root margin",
             format!("{:.1} mm", s.nerve_root_margin_mm),
+        ),
+        (
+            "navigation error required",
+            match s.navigation_error() {
+                Some((mm, deg)) => format!("{mm:.1} mm and {deg:.1} deg together"),
+                None => "none (the tolerance is reported)".into(),
+            },
         ),
     ];
     for (k, v) in rows {

@@ -1,0 +1,593 @@
+//! Tolerance to navigation error: how far a verified trajectory (cannula and balloon) can be
+//! displaced rigidly before a hard margin fails, certified from the exact clearance profile, and
+//! the probability of a margin violation under a stated error model, from deterministic
+//! low-discrepancy samples each re-measured exactly.
+//!
+//! **The perturbation.** A rigid motion of the instrument: a translation `delta` (any
+//! direction) and a rotation by `theta` about the bone entry `e` (any axis):
+//! `p' = e + R(theta) (p - e) + delta`. A point of the axis at distance `t` from the bone entry
+//! moves by at most `|delta| + |t| theta` (theta in radians; the chord `2 |t| sin(theta / 2)`
+//! is shorter than the arc).
+//!
+//! **The margins ("every hard margin").** Each is a distance from a piece of an axis
+//! segment, less a radius and a margin ([`Span`]):
+//! - the cannula (radius r) to the bone surface, from the end of the planned docking zone to
+//!   the tip, by the cortex margin (`evaluate::measure`'s cortex clearance);
+//! - the cannula to every keep-out (canal, roots, forbidden), along the whole cannula from the
+//!   skin (or one working length behind the tip) to the tip, by its margin;
+//! - the inflated balloon (radius D/2) to the bone surface and to the posterior wall of the body
+//!   by the cortex margin, and to every keep-out by its margin (`balloon::options`).
+//!
+//! The cannula and the balloon are capsules around axis segments, so their distance to a
+//! structure is the axis segment's distance less the radius, and a distance is 1-Lipschitz in
+//! the axis points' positions: if a piece `[a, b]` of a span has exact slack `s` (its segment's
+//! exact distance less radius and margin) and `s >= |delta| + max(|a|, |b|) theta`, no point of
+//! the piece can come within the margin. The isthmus rule of the route (the cannula crosses the
+//! isthmus inside its bony outline by the cortex margin) is covered by the cortex span: the
+//! outline is cut from the bone surface, so the in-plane distance from the crossing to the
+//! outline is at least the axis point's 3D distance to the surface.
+//!
+//! **The route rules are not margins.** The entry incidence limit, the docking zone (where
+//! the cortex margin is waived while the cannula docks), the bone entry behind the body and
+//! lateral of the canal, the working length and the skin are rules about where and how the
+//! cannula enters, re-decided on the perturbed line by `measure`; the certificate does not
+//! cover them (a rotation of 1 degree changes the incidence by up to 1 degree, which the
+//! surgeon sees on the navigation screen as the trocar docks). The sampled probability counts
+//! the breaches `measure` reports on the perturbed line ([`is_margin_violation`]), the route
+//! rules apart.
+//!
+//! **Certified numbers.** [`Certificate::translation_mm`]: the exact smallest slack over every
+//! span (pure translation, no rotation). [`Certificate::rotation_deg`]: the largest rotation
+//! about the bone entry with no translation, `min over pieces of s / max(|a|, |b|)`, refined
+//! best-first down to pieces of [`MIN_PIECE_MM`] (or 1 % of their lever) where it is smallest (each piece's bound is
+//! valid at any size, so the result is a lower bound of the true tolerance and tight within a
+//! piece's length). [`Profile::covers`] certifies a combined translation and rotation the same way.
+
+use rayon::prelude::*;
+
+use crate::balloon::BalloonFit;
+use crate::error::PlanError;
+use crate::evaluate::{measure, Measurement, SideContext};
+use crate::keepout::{KeepOut, KeepOutKind};
+use crate::math::{Point, Pose, Real, Rotation3, Translation3, Vector};
+use crate::plan::{NavigationTolerance, Reason, ReasonCode};
+use crate::request::Safety;
+use crate::search::{search_side_mode, SearchMode, SideOutcome};
+
+/// Standard deviation of the translation error of the navigation error model, mm: the RMS of
+/// the 3D translation (each axis `sigma / sqrt(3)`). 1 mm: spine navigation registration errs
+/// by 0.74 mm (automatic intraoperative CT) to 1.10-1.50 mm (point pairs)
+/// (doi 10.1097/BRS.0000000000002704); surface registration on the lamina 0.96 mm RMS
+/// (PMC3476741); `../shared/reference/clinical.md`, "Navigation and execution error".
+pub const NAVIGATION_SIGMA_MM: Real = 1.0;
+/// Standard deviation of the rotation error of the model, degrees: the RMS of the rotation
+/// angle about the bone entry (rotation vector isotropic, each component `sigma / sqrt(3)`).
+/// 1 degree: surface registration on the lamina 0.91 degrees RMS (PMC3476741; clinical.md).
+pub const NAVIGATION_SIGMA_DEG: Real = 1.0;
+/// How many perturbations the violation probability is estimated from (a fixed Halton
+/// sequence, the same for every trajectory): the probability is a multiple of 1/16. Each is an
+/// exact measurement (~45 us), so this is most of what the tolerance costs (BENCHMARKS.md).
+pub const VIOLATION_SAMPLES: usize = 16;
+/// The certificate's pieces are refined where the bound is smallest down to this length, mm,
+/// or to [`MIN_PIECE_LEVER_FRACTION`] of their distance from the bone entry, whichever is
+/// longer: a piece's bound `s / lever` is then within that fraction of its points' worst.
+pub const MIN_PIECE_MM: Real = 0.25;
+/// See [`MIN_PIECE_MM`]: 1 %.
+pub const MIN_PIECE_LEVER_FRACTION: Real = 0.01;
+/// At most this many pieces are measured per refinement (a cap on the work; the bound is valid
+/// whenever it stops).
+const MAX_PIECES: usize = 200;
+
+/// What a span keeps its margin from.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// The bone surface (the span must stay inside the bone).
+    Bone,
+    /// The posterior wall plane of the body (vertebra-frame y), the balloon only.
+    PosteriorWall,
+    KeepOut(&'a KeepOut),
+}
+
+/// A part of an axis (distances `t0..t1` along the cannula axis from the bone entry, positive
+/// towards the tip) around which a capsule of `radius_mm` keeps `margin_mm` from a target.
+#[derive(Clone, Copy)]
+pub struct Span<'a> {
+    target: Target<'a>,
+    t0: Real,
+    t1: Real,
+    radius_mm: Real,
+    margin_mm: Real,
+    /// What the span is, for the report ("cannula to cortex", "balloon to canal", ...).
+    pub what: &'static str,
+}
+
+/// The spans of a verified trajectory and its balloon, with the geometry to measure them.
+pub struct Profile<'a> {
+    ctx: &'a SideContext<'a>,
+    entry_lps: Point,
+    dir_lps: Vector,
+    pub spans: Vec<Span<'a>>,
+}
+
+fn keep_out_margin(safety: &Safety, k: &KeepOut) -> Real {
+    match k.kind {
+        KeepOutKind::Canal | KeepOutKind::Forbidden => safety.canal_margin_mm,
+        KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+    }
+}
+
+fn keep_out_what(k: &KeepOut, balloon: bool) -> &'static str {
+    match (k.kind, balloon) {
+        (KeepOutKind::Canal, false) => "cannula to canal",
+        (KeepOutKind::NerveRoot(_), false) => "cannula to nerve root",
+        (KeepOutKind::Forbidden, false) => "cannula to forbidden structure",
+        (KeepOutKind::Canal, true) => "balloon to canal",
+        (KeepOutKind::NerveRoot(_), true) => "balloon to nerve root",
+        (KeepOutKind::Forbidden, true) => "balloon to forbidden structure",
+    }
+}
+
+impl<'a> Profile<'a> {
+    /// The spans of the measured trajectory `m` (and its balloon) on `ctx`'s side.
+    pub fn new(ctx: &'a SideContext<'a>, m: &Measurement, balloon: Option<&BalloonFit>) -> Self {
+        let safety = ctx.safety;
+        let e = m.bone_entry_lps;
+        let u = m.direction_lps.into_inner();
+        let along = |p: &Point| (p - e).dot(&u);
+        let r = ctx.instrument.cannula_radius_mm();
+        let t_tip = along(&m.tip_lps);
+        let tail_lps = match m.skin_entry_lps {
+            Some(s) => s,
+            None => m.tip_lps - u * ctx.instrument.cannula_working_length_mm,
+        };
+        let mut spans = vec![Span {
+            target: Target::Bone,
+            t0: m.docking_zone_mm.min(t_tip),
+            t1: t_tip,
+            radius_mm: r,
+            margin_mm: safety.cortex_margin_mm,
+            what: "cannula to cortex",
+        }];
+        for k in &ctx.keep_outs {
+            spans.push(Span {
+                target: Target::KeepOut(k),
+                t0: along(&tail_lps),
+                t1: t_tip,
+                radius_mm: r,
+                margin_mm: keep_out_margin(safety, k),
+                what: keep_out_what(k, false),
+            });
+        }
+        if let Some(b) = balloon {
+            let (t0, t1) = (along(&b.proximal), along(&b.distal));
+            let radius_mm = b.diameter_mm * 0.5;
+            for (target, what) in [
+                (Target::Bone, "balloon to cortex"),
+                (Target::PosteriorWall, "balloon to posterior wall"),
+            ] {
+                spans.push(Span {
+                    target,
+                    t0,
+                    t1,
+                    radius_mm,
+                    margin_mm: safety.cortex_margin_mm,
+                    what,
+                });
+            }
+            for k in &ctx.keep_outs {
+                spans.push(Span {
+                    target: Target::KeepOut(k),
+                    t0,
+                    t1,
+                    radius_mm,
+                    margin_mm: keep_out_margin(safety, k),
+                    what: keep_out_what(k, true),
+                });
+            }
+        }
+        Profile {
+            ctx,
+            entry_lps: e,
+            dir_lps: u,
+            spans,
+        }
+    }
+
+    /// Exact slack of the piece `[a, b]` of span `s`, mm: the piece's segment's exact distance
+    /// to the target less radius and margin (negative: the margin is violated there).
+    pub fn slack_mm(&self, s: &Span<'_>, a: Real, b: Real) -> Real {
+        let pa = self.entry_lps + self.dir_lps * a;
+        let pb = self.entry_lps + self.dir_lps * b;
+        let v = self.ctx.vertebra;
+        let d = match s.target {
+            Target::Bone => {
+                if !v.bone.contains_point(&pa) {
+                    -v.bone.distance_to_point(&pa)
+                } else {
+                    v.bone.distance_to_segment(&pa, &pb)
+                }
+            }
+            Target::PosteriorWall => {
+                let f = &v.frame;
+                let y = (f.lps_to_vertebra * pa).y.max((f.lps_to_vertebra * pb).y);
+                f.posterior_wall_y_mm - y
+            }
+            Target::KeepOut(k) => k.distance_to_segment(&pa, &pb),
+        };
+        d - s.radius_mm - s.margin_mm
+    }
+
+    /// The smallest of `bound(slack, lever)` over every piece of every span, refined best-first
+    /// (`lever` = the piece's largest distance from the bone entry, mm). `bound` must not
+    /// increase when a piece's slack decreases or its lever grows, so each piece's value is a
+    /// lower bound over its points. Returns the bound and the span that limits it.
+    fn refine(&self, bound: impl Fn(Real, Real) -> Real) -> (Real, &'static str) {
+        let value = |s: &Span<'_>, a: Real, b: Real| {
+            let lever = a.abs().max(b.abs());
+            bound(self.slack_mm(s, a, b), lever)
+        };
+        // (value, span index, a, b)
+        let mut pieces: Vec<(Real, usize, Real, Real)> = self
+            .spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (value(s, s.t0, s.t1), i, s.t0, s.t1))
+            .collect();
+        let mut measured = pieces.len();
+        loop {
+            // The smallest value; ties to the first (deterministic).
+            let Some(k) = (0..pieces.len()).min_by(|&i, &j| pieces[i].0.total_cmp(&pieces[j].0))
+            else {
+                return (Real::INFINITY, "nothing");
+            };
+            let (v, i, a, b) = pieces[k];
+            let small = MIN_PIECE_MM.max(MIN_PIECE_LEVER_FRACTION * a.abs().max(b.abs()));
+            if b - a <= small || measured >= MAX_PIECES || v == Real::INFINITY {
+                return (v, self.spans[i].what);
+            }
+            let m = 0.5 * (a + b);
+            let s = &self.spans[i];
+            pieces[k] = (value(s, a, m), i, a, m);
+            pieces.push((value(s, m, b), i, m, b));
+            measured += 2;
+        }
+    }
+
+    /// The certified tolerances: pure translation and pure rotation about the bone entry.
+    pub fn certificate(&self) -> Certificate {
+        let (translation, t_what) = self
+            .spans
+            .iter()
+            .map(|s| (self.slack_mm(s, s.t0, s.t1), s.what))
+            .fold((Real::INFINITY, "nothing"), |best, x| {
+                if x.0 < best.0 {
+                    x
+                } else {
+                    best
+                }
+            });
+        let (rotation_rad, r_what) = if translation < 0.0 {
+            (0.0, t_what)
+        } else {
+            self.refine(|slack, lever| {
+                if lever <= 1e-9 {
+                    if slack >= 0.0 {
+                        Real::INFINITY
+                    } else {
+                        0.0
+                    }
+                } else {
+                    slack / lever
+                }
+            })
+        };
+        Certificate {
+            translation_mm: translation.max(0.0),
+            rotation_deg: rotation_rad.max(0.0).to_degrees(),
+            translation_limited_by: t_what,
+            rotation_limited_by: r_what,
+        }
+    }
+
+    /// Whether every rigid motion of at most `translation_mm` and `rotation_deg` about the bone
+    /// entry, together, is certified to keep every margin; with the certified reserve left at
+    /// the worst place, mm.
+    pub fn covers(&self, translation_mm: Real, rotation_deg: Real) -> (bool, Real) {
+        let theta = rotation_deg.to_radians();
+        let (reserve, _) = self.refine(|slack, lever| slack - translation_mm - lever * theta);
+        (reserve >= 0.0, reserve)
+    }
+}
+
+/// The certified tolerances of one trajectory (with its balloon).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Certificate {
+    /// Largest translation in any direction (no rotation) that keeps every margin, mm.
+    pub translation_mm: Real,
+    /// Largest rotation about the bone entry, any axis (no translation), degrees.
+    pub rotation_deg: Real,
+    pub translation_limited_by: &'static str,
+    pub rotation_limited_by: &'static str,
+}
+
+/// The rigid motion `p' = e + R(rotation) (p - e) + translation`, LPS (`rotation_lps` a
+/// rotation vector, radians).
+pub fn perturbation(entry_lps: &Point, translation_lps: &Vector, rotation_lps: &Vector) -> Pose {
+    let rot = Rotation3::new(*rotation_lps);
+    let to_entry = Translation3::from(entry_lps.coords);
+    Translation3::from(translation_lps + entry_lps.coords)
+        * Pose::from_parts(Translation3::identity(), rot.into())
+        * to_entry.inverse()
+}
+
+/// Whether a reason of `measure` is a margin the certificate is about (a breach), as opposed
+/// to a route rule (incidence, entry side and depth, working length, skin) or a soft goal.
+pub fn is_margin_violation(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::CortexMarginViolated
+            | ReasonCode::CanalMarginViolated
+            | ReasonCode::NerveRootMarginViolated
+            | ReasonCode::ForbiddenMarginViolated
+            | ReasonCode::NotThroughPedicle
+            | ReasonCode::LeavesBone
+            | ReasonCode::TipOutsideBody
+    )
+}
+
+/// The first hard margin the trajectory `m` (and its balloon), moved by `motion_lps`, violates
+/// by exact re-measurement: the cannula by [`measure`] (its margin codes,
+/// [`is_margin_violation`]), the balloon by the margins of `balloon::options` (both ends in the
+/// bone, capsule to bone surface and posterior wall by the cortex margin, to each keep-out by
+/// its margin). `None`: every margin holds.
+pub fn margin_violation(
+    ctx: &SideContext<'_>,
+    m: &Measurement,
+    balloon: Option<&BalloonFit>,
+    motion_lps: &Pose,
+) -> Option<(ReasonCode, &'static str)> {
+    // The balloon first: a few distance queries, and on most sides the margin that fails first.
+    if let Some(b) = balloon {
+        if let Some(v) = balloon_violation(ctx, b, motion_lps) {
+            return Some(v);
+        }
+    }
+    let tip = motion_lps * m.tip_lps;
+    let from = motion_lps * (m.tip_lps - m.direction_lps.into_inner() * 100.0);
+    let moved = measure(ctx, &from, &tip);
+    moved
+        .violations
+        .iter()
+        .find(|v| is_margin_violation(v.code))
+        .map(|v| (v.code, "cannula"))
+}
+
+/// The balloon's margins (`balloon::options`) after `motion_lps`, the first one violated.
+fn balloon_violation(
+    ctx: &SideContext<'_>,
+    b: &BalloonFit,
+    motion_lps: &Pose,
+) -> Option<(ReasonCode, &'static str)> {
+    let (p, d) = (motion_lps * b.proximal, motion_lps * b.distal);
+    let v = ctx.vertebra;
+    let safety = ctx.safety;
+    let radius = b.diameter_mm * 0.5;
+    if !v.bone.contains_point(&p)
+        || !v.bone.contains_point(&d)
+        || v.bone.distance_to_segment(&p, &d) - radius < safety.cortex_margin_mm
+    {
+        return Some((ReasonCode::CortexMarginViolated, "balloon"));
+    }
+    let f = &v.frame;
+    let y = (f.lps_to_vertebra * p).y.max((f.lps_to_vertebra * d).y);
+    if f.posterior_wall_y_mm - y - radius < safety.cortex_margin_mm {
+        return Some((
+            ReasonCode::CortexMarginViolated,
+            "balloon at the posterior wall",
+        ));
+    }
+    for k in &ctx.keep_outs {
+        if k.distance_to_segment(&p, &d) - radius < keep_out_margin(safety, k) {
+            let code = match k.kind {
+                KeepOutKind::Canal => ReasonCode::CanalMarginViolated,
+                KeepOutKind::NerveRoot(_) => ReasonCode::NerveRootMarginViolated,
+                KeepOutKind::Forbidden => ReasonCode::ForbiddenMarginViolated,
+            };
+            return Some((code, "balloon"));
+        }
+    }
+    None
+}
+
+/// The `i`-th point (from 1) of the Halton sequence in base `base`, in (0, 1).
+fn halton(mut i: usize, base: usize) -> Real {
+    let mut f = 1.0;
+    let mut r = 0.0;
+    while i > 0 {
+        f /= base as Real;
+        r += f * (i % base) as Real;
+        i /= base;
+    }
+    r
+}
+
+/// The `i`-th (from 0) perturbation of the error model with RMS `sigma_mm` and `sigma_deg`:
+/// Halton points in bases 2..13 (one per dimension, skipping index 0), turned Gaussian by
+/// Box-Muller. Returns (translation, rotation vector in radians), LPS.
+pub fn model_sample(i: usize, sigma_mm: Real, sigma_deg: Real) -> (Vector, Vector) {
+    let idx = i + 1;
+    let gauss = |b1: usize, b2: usize| {
+        let (u1, u2) = (halton(idx, b1), halton(idx, b2));
+        let rad = (-2.0 * u1.max(1e-12).ln()).sqrt();
+        let phi = std::f64::consts::TAU * u2;
+        (rad * phi.cos(), rad * phi.sin())
+    };
+    let (a, b) = gauss(2, 3);
+    let (c, d) = gauss(5, 7);
+    let (e, f) = gauss(11, 13);
+    let per_axis = 1.0 / 3.0_f64.sqrt();
+    let t = Vector::new(a, b, c) * (sigma_mm * per_axis);
+    let w = Vector::new(d, e, f) * (sigma_deg.to_radians() * per_axis);
+    (t, w)
+}
+
+/// The fraction of [`VIOLATION_SAMPLES`] perturbations of the error model under which a margin
+/// fails ([`margin_violation`]). A sample whose translation and rotation the certificate covers
+/// (`|t| / translation_mm + |w| / rotation_deg <= 1`) keeps every margin by proof and is not
+/// re-measured; every other sample is re-measured exactly. Samples are measured in parallel and
+/// counted in order: the same number on any thread count.
+pub fn violation_probability(
+    profile: &Profile<'_>,
+    cert: &Certificate,
+    m: &Measurement,
+    balloon: Option<&BalloonFit>,
+    sigma_mm: Real,
+    sigma_deg: Real,
+) -> Real {
+    let violated: Vec<bool> = (0..VIOLATION_SAMPLES)
+        .into_par_iter()
+        .map(|i| {
+            let (t, w) = model_sample(i, sigma_mm, sigma_deg);
+            let (tn, wn) = (t.norm(), w.norm().to_degrees());
+            // A sample the certificate covers keeps every margin by proof: every piece's slack
+            // is at least the translation tolerance and at least lever x the rotation one, so
+            // at least any convex combination of the two.
+            let share = |x: Real, tol: Real| if x == 0.0 { 0.0 } else { x / tol };
+            if share(tn, cert.translation_mm) + share(wn, cert.rotation_deg) <= 1.0 {
+                return false;
+            }
+            let motion = perturbation(&m.bone_entry_lps, &t, &w);
+            margin_violation(profile.ctx, m, balloon, &motion).is_some()
+        })
+        .collect();
+    violated.iter().filter(|&&v| v).count() as Real / VIOLATION_SAMPLES as Real
+}
+
+/// The tolerance of a verified trajectory (and its balloon) as the plan reports it.
+pub fn navigation_tolerance(
+    ctx: &SideContext<'_>,
+    m: &Measurement,
+    balloon: Option<&BalloonFit>,
+) -> NavigationTolerance {
+    let profile = Profile::new(ctx, m, balloon);
+    let cert = profile.certificate();
+    let cannula = match balloon {
+        Some(_) => Profile::new(ctx, m, None).certificate(),
+        None => cert,
+    };
+    let probability = if !m.violations.iter().any(|v| is_margin_violation(v.code)) {
+        violation_probability(
+            &profile,
+            &cert,
+            m,
+            balloon,
+            NAVIGATION_SIGMA_MM,
+            NAVIGATION_SIGMA_DEG,
+        )
+    } else {
+        1.0
+    };
+    NavigationTolerance {
+        translation_mm: cert.translation_mm,
+        rotation_deg: cert.rotation_deg,
+        translation_limited_by: cert.translation_limited_by.to_string(),
+        rotation_limited_by: cert.rotation_limited_by.to_string(),
+        violation_probability: probability,
+        cannula_translation_mm: cannula.translation_mm,
+        cannula_rotation_deg: cannula.rotation_deg,
+        sigma_mm: NAVIGATION_SIGMA_MM,
+        sigma_deg: NAVIGATION_SIGMA_DEG,
+        samples: VIOLATION_SAMPLES as u32,
+    }
+}
+
+/// How many searches with widened margins [`search_side_required`] tries after the plain one.
+pub const REQUIRED_SEARCH_ATTEMPTS: usize = 2;
+
+/// [`search_side_mode`], with the request's navigation error as a requirement
+/// ([`Safety::navigation_error`]): the side is feasible only with a line whose certified
+/// tolerance (cannula) covers the error, translation and rotation together ([`Profile::covers`]);
+/// otherwise infeasible with [`ReasonCode::ErrorToleranceTooLow`] and the best certified
+/// tolerance among the safe lines measured. Without a requirement, exactly [`search_side_mode`].
+///
+/// The plain search runs first; if its line does not cover the error, the search runs again
+/// with every margin widened by `error_mm + lever x error_rad` (lever: the last line's distance
+/// from the bone entry to the tip), up to [`REQUIRED_SEARCH_ATTEMPTS`] times, and each line it
+/// returns is re-measured with the request's margins and certified.
+pub fn search_side_required(
+    ctx: &SideContext<'_>,
+    mode: SearchMode,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<SideOutcome, PlanError> {
+    let outcome = search_side_mode(ctx, mode, cancelled)?;
+    let Some((need_mm, need_deg)) = ctx.safety.navigation_error() else {
+        return Ok(outcome);
+    };
+    let SideOutcome::Feasible(first) = &outcome else {
+        return Ok(outcome);
+    };
+    let profile = Profile::new(ctx, first, None);
+    if profile.covers(need_mm, need_deg).0 {
+        return Ok(outcome);
+    }
+    let mut best = profile.certificate();
+    let mut lever = (first.tip_lps - first.bone_entry_lps).norm();
+    let mut widen = 1.0;
+    for _ in 0..REQUIRED_SEARCH_ATTEMPTS {
+        let extra = widen * (need_mm + lever * need_deg.to_radians());
+        let safety = Safety {
+            cortex_margin_mm: ctx.safety.cortex_margin_mm + extra,
+            canal_margin_mm: ctx.safety.canal_margin_mm + extra,
+            nerve_root_margin_mm: ctx.safety.nerve_root_margin_mm + extra,
+            navigation_error_mm: None,
+            navigation_error_deg: None,
+            ..ctx.safety.clone()
+        };
+        let wide = SideContext {
+            anatomy: ctx.anatomy,
+            vertebra: ctx.vertebra,
+            keep_outs: ctx.keep_outs.clone(),
+            side: ctx.side,
+            instrument: ctx.instrument,
+            safety: &safety,
+        };
+        let SideOutcome::Feasible(found) = search_side_mode(&wide, mode, cancelled)? else {
+            break;
+        };
+        // Judged again with the request's own margins.
+        let from = found.tip_lps - found.direction_lps.into_inner() * 100.0;
+        let m = measure(ctx, &from, &found.tip_lps);
+        if !m.violations.is_empty() || !mode.accepts(ctx, &m) {
+            break;
+        }
+        let profile = Profile::new(ctx, &m, None);
+        if profile.covers(need_mm, need_deg).0 {
+            return Ok(SideOutcome::Feasible(Box::new(m)));
+        }
+        let cert = profile.certificate();
+        if cert.translation_mm > best.translation_mm {
+            best = cert;
+        }
+        lever = (m.tip_lps - m.bone_entry_lps).norm();
+        widen *= 1.25;
+    }
+    Ok(SideOutcome::Infeasible {
+        reasons: vec![too_low(need_mm, need_deg, &best)],
+        alternatives: vec![],
+    })
+}
+
+/// The reason of a side whose best tolerance does not cover the required navigation error.
+pub fn too_low(need_mm: Real, need_deg: Real, best: &Certificate) -> Reason {
+    Reason {
+        code: ReasonCode::ErrorToleranceTooLow,
+        message: format!(
+            "no safe line tolerates the required navigation error of {need_mm} mm and {need_deg} degrees together: the best certified tolerance found is {:.2} mm (limited by {}) or {:.2} degrees about the bone entry (limited by {})",
+            best.translation_mm, best.translation_limited_by, best.rotation_deg, best.rotation_limited_by
+        ),
+        value_mm: Some(best.translation_mm),
+        limit_mm: Some(need_mm),
+        value_deg: Some(best.rotation_deg),
+        limit_deg: Some(need_deg),
+    }
+}

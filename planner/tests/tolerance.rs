@@ -1,0 +1,417 @@
+//! The certified tolerance to navigation error (issue 13, items 2 and 3), checked against exact
+//! re-measurement: sound (perturbations at the certified bound never violate a margin) and
+//! tight (20 % beyond it, in the worst of many directions, one is violated on most sides), on
+//! the synthetic and the real vertebrae; a side planned with a required navigation error keeps
+//! that much slack everywhere (brute force over every triangle) or says why not.
+
+mod common;
+
+use kyphoplan_planner::balloon::BalloonFit;
+use kyphoplan_planner::clearance::brute;
+use kyphoplan_planner::evaluate::{measure, Measurement, SideContext};
+use kyphoplan_planner::keepout::KeepOutKind;
+use kyphoplan_planner::math::{point, Pose, Vector};
+use kyphoplan_planner::plan::{ReasonCode, SidePlan};
+use kyphoplan_planner::tolerance::{margin_violation, perturbation, Profile};
+use kyphoplan_planner::*;
+
+fn prepare(input: AnatomyInput) -> PreparedAnatomy {
+    PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap()
+}
+
+/// `n` unit directions spread over the sphere (Fibonacci lattice).
+fn sphere(n: usize) -> Vec<Vector> {
+    let golden = std::f64::consts::PI * (3.0 - 5f64.sqrt());
+    (0..n)
+        .map(|i| {
+            let z = 1.0 - 2.0 * (i as f64 + 0.5) / n as f64;
+            let r = (1.0 - z * z).sqrt();
+            let phi = golden * i as f64;
+            Vector::new(r * phi.cos(), r * phi.sin(), z)
+        })
+        .collect()
+}
+
+/// The planned side's trajectory re-measured, and its balloon, LPS (the anatomies here are LPS).
+fn side_geometry(ctx: &SideContext<'_>, s: &SidePlan) -> Option<(Measurement, Option<BalloonFit>)> {
+    let t = s.trajectory.as_ref()?;
+    let (entry, tip) = (point(t.bone_entry_mm), point(t.target_mm));
+    let u = (tip - entry).normalize();
+    let m = measure(ctx, &(entry - u * 50.0), &tip);
+    assert!(m.violations.is_empty(), "{:?}", m.violations);
+    let b = s.balloon.as_ref().map(|b| {
+        let (c, a) = (point(b.center_mm), Vector::from(b.axis));
+        BalloonFit {
+            proximal: c - a * (b.length_mm * 0.5),
+            distal: c + a * (b.length_mm * 0.5),
+            axis: a,
+            length_mm: b.length_mm,
+            diameter_mm: b.diameter_mm,
+            volume_ml: b.volume_ml,
+            room_diameter_mm: b.diameter_mm,
+            cortex_clearance_mm: b.cortex_clearance_mm,
+            posterior_wall_clearance_mm: b.posterior_wall_clearance_mm,
+        }
+    });
+    Some((m, b))
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    sides: usize,
+    sound_violations: Vec<String>,
+    translation_tight: usize,
+    rotation_tight: usize,
+}
+
+/// Soundness and tightness of every feasible side of `plan` (LPS anatomy).
+fn check_plan(anatomy: &PreparedAnatomy, plan: &Plan, label: &str, tally: &mut Tally) {
+    let instrument = &plan.instrument;
+    let safety = &plan.safety;
+    let dirs = sphere(48);
+    for lp in &plan.levels {
+        let v = anatomy.vertebra(lp.level).unwrap();
+        for s in &lp.sides {
+            let ctx = SideContext {
+                anatomy,
+                vertebra: v,
+                keep_outs: anatomy.keep_outs(lp.level),
+                side: s.side,
+                instrument,
+                safety,
+            };
+            let Some((m, b)) = side_geometry(&ctx, s) else {
+                continue;
+            };
+            let profile = Profile::new(&ctx, &m, b.as_ref());
+            let cert = profile.certificate();
+            let reported = s.navigation_tolerance.as_ref().expect("feasible sides say");
+            assert!((reported.translation_mm - cert.translation_mm).abs() < 1e-6);
+            assert!((reported.rotation_deg - cert.rotation_deg).abs() < 1e-6);
+            assert!((0.0..=1.0).contains(&reported.violation_probability));
+            // The search's worst-slack term is the cannula's certified translation tolerance.
+            assert!(
+                (reported.cannula_translation_mm - m.worst_slack_mm(safety).max(0.0)).abs() < 1e-9
+            );
+            tally.sides += 1;
+            let e = m.bone_entry_lps;
+            let u = m.direction_lps.into_inner();
+            // Rotation axes: perpendicular to the cannula (the ones that swing it) and a few
+            // oblique ones.
+            let axes: Vec<Vector> = dirs
+                .iter()
+                .map(|d| {
+                    let p = d - u * d.dot(&u);
+                    if p.norm() > 0.3 {
+                        p.normalize()
+                    } else {
+                        *d
+                    }
+                })
+                .collect();
+            let moves = |scale: f64| -> (Vec<Pose>, Vec<Pose>) {
+                let tr = dirs
+                    .iter()
+                    .map(|d| perturbation(&e, &(d * cert.translation_mm * scale), &Vector::zeros()))
+                    .collect();
+                let rot = axes
+                    .iter()
+                    .map(|a| {
+                        perturbation(
+                            &e,
+                            &Vector::zeros(),
+                            &(a * cert.rotation_deg.to_radians() * scale),
+                        )
+                    })
+                    .collect();
+                (tr, rot)
+            };
+            let where_ = format!("{label} {} {}", lp.level, s.side);
+            // Sound: at the bound (and half of each together), no margin fails.
+            let (tr, rot) = moves(1.0);
+            let (half_tr, half_rot) = moves(0.5);
+            let combined: Vec<Pose> = half_tr
+                .iter()
+                .zip(half_rot.iter())
+                .map(|(a, b)| a * b)
+                .collect();
+            for (kind, poses) in [
+                ("translation", &tr),
+                ("rotation", &rot),
+                ("half and half", &combined),
+            ] {
+                for p in poses {
+                    if let Some((code, part)) = margin_violation(&ctx, &m, b.as_ref(), p) {
+                        tally.sound_violations.push(format!(
+                            "{where_}: {kind} at the bound ({:.3} mm, {:.3} deg) violates {code:?} ({part})",
+                            cert.translation_mm, cert.rotation_deg
+                        ));
+                        break;
+                    }
+                }
+            }
+            // Tight: 20 % beyond, some direction violates.
+            let (tr, rot) = moves(1.2);
+            let t_tight = tr
+                .iter()
+                .any(|p| margin_violation(&ctx, &m, b.as_ref(), p).is_some());
+            let r_tight = rot
+                .iter()
+                .any(|p| margin_violation(&ctx, &m, b.as_ref(), p).is_some());
+            eprintln!(
+                "{where_}: translation {:.3} mm ({}) tight {t_tight}; rotation {:.3} deg ({}) tight {r_tight}; p(violation) {:.3}; cannula alone {:.2} mm, {:.2} deg",
+                cert.translation_mm,
+                cert.translation_limited_by,
+                cert.rotation_deg,
+                cert.rotation_limited_by,
+                reported.violation_probability,
+                reported.cannula_translation_mm,
+                reported.cannula_rotation_deg,
+            );
+            tally.translation_tight += t_tight as usize;
+            tally.rotation_tight += r_tight as usize;
+        }
+    }
+}
+
+fn report(tally: &Tally, what: &str) {
+    eprintln!(
+        "{what}: {} sides; sound violations {}; tight (20 % beyond violates): translation {}/{} ({:.0} %), rotation {}/{} ({:.0} %)",
+        tally.sides,
+        tally.sound_violations.len(),
+        tally.translation_tight,
+        tally.sides,
+        100.0 * tally.translation_tight as f64 / tally.sides as f64,
+        tally.rotation_tight,
+        tally.sides,
+        100.0 * tally.rotation_tight as f64 / tally.sides as f64,
+    );
+    assert!(
+        tally.sound_violations.is_empty(),
+        "{:#?}",
+        tally.sound_violations
+    );
+    assert!(tally.sides > 0);
+    // Translation: the certificate is the exact smallest slack, so 20 % beyond it towards the
+    // nearest surface breaches. Rotation: the certificate assumes the limiting point swings
+    // straight at the nearest surface, but a rotation about the entry moves axis points only
+    // across the axis; where the nearest surface lies ahead of the balloon's distal cap, the
+    // true tolerance is larger (up to 1 / cos of the contact's angle to the axis). The fraction
+    // is reported (issue 13), and asserted only for translation.
+    assert!(
+        2 * tally.translation_tight > tally.sides,
+        "translation not tight on most sides"
+    );
+}
+
+#[test]
+fn certified_tolerance_is_sound_and_tight_on_synthetic_vertebrae() {
+    let mut tally = Tally::default();
+    for (levels, soft) in [
+        (vec![Level::L1, Level::L3, Level::L5], false),
+        (vec![Level::L2, Level::L4], true),
+    ] {
+        let (input, _) = synth::spine(&levels, &Pose::identity(), soft);
+        let anatomy = prepare(input);
+        let plan = plan(&anatomy, &common::default_request()).unwrap();
+        check_plan(
+            &anatomy,
+            &plan,
+            if soft { "synthetic+soft" } else { "synthetic" },
+            &mut tally,
+        );
+    }
+    report(&tally, "synthetic");
+}
+
+#[test]
+#[cfg_attr(
+    not(shared_anatomy),
+    ignore = "needs ../shared/anatomy next to the repository"
+)]
+fn certified_tolerance_is_sound_and_tight_on_real_vertebrae() {
+    let Some(dir) = common::shared_anatomy() else {
+        return;
+    };
+    let mut tally = Tally::default();
+    for set in ["vhm-male-lumbar", "mean-lumbar-l2-l5"] {
+        let anatomy = prepare(common::load_set(&dir, set));
+        let plan = plan(&anatomy, &common::default_request()).unwrap();
+        check_plan(&anatomy, &plan, set, &mut tally);
+    }
+    report(&tally, "real");
+}
+
+/// A side planned with `navigation_error_mm = 2.0` keeps 2 mm of slack beyond every margin along
+/// the cannula (from the end of its docking zone for the cortex, the whole cannula for the
+/// keep-outs) and the balloon, by brute force over every triangle; or it is infeasible with
+/// ERROR_TOLERANCE_TOO_LOW and the best tolerance found.
+fn check_required_error(anatomy: &PreparedAnatomy, label: &str, need_mm: f64) -> (usize, usize) {
+    let mut safety = Safety::contract_default();
+    safety.navigation_error_mm = Some(need_mm);
+    let request = PlanRequest::new(None, Instrument::contract_default(), safety.clone()).unwrap();
+    let plan = plan(anatomy, &request).unwrap();
+    let (mut feasible, mut refused) = (0, 0);
+    let r = request.instrument().cannula_radius_mm();
+    for lp in &plan.levels {
+        let v = anatomy.vertebra(lp.level).unwrap();
+        let keep_outs = anatomy.keep_outs(lp.level);
+        for s in &lp.sides {
+            if s.trajectory.is_none() {
+                if s.reasons
+                    .iter()
+                    .any(|r| r.code == ReasonCode::ErrorToleranceTooLow)
+                {
+                    let reason = s
+                        .reasons
+                        .iter()
+                        .find(|r| r.code == ReasonCode::ErrorToleranceTooLow)
+                        .unwrap();
+                    assert!(reason.value_mm.unwrap() < need_mm);
+                    eprintln!("{label} {} {}: {}", lp.level, s.side, reason.message);
+                    refused += 1;
+                }
+                continue;
+            };
+            feasible += 1;
+            let ctx = SideContext {
+                anatomy,
+                vertebra: v,
+                keep_outs: keep_outs.clone(),
+                side: s.side,
+                instrument: request.instrument(),
+                safety: &safety,
+            };
+            let (m, b) = side_geometry(&ctx, s).unwrap();
+            let u = m.direction_lps.into_inner();
+            let cortex_from = m.bone_entry_lps + u * m.docking_zone_mm;
+            let slack = brute::distance_to_segment(&v.mesh, &cortex_from, &m.tip_lps)
+                - r
+                - safety.cortex_margin_mm;
+            assert!(
+                slack >= need_mm,
+                "{label} {} {}: cortex slack {slack}",
+                lp.level,
+                s.side
+            );
+            let tail = m.tip_lps - u * request.instrument().cannula_working_length_mm;
+            let mut min_keep = f64::INFINITY;
+            for k in &keep_outs {
+                let margin = match k.kind {
+                    KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+                    _ => safety.canal_margin_mm,
+                };
+                let d = brute::distance_to_segment(&k.mesh, &tail, &m.tip_lps) - r - margin;
+                assert!(!brute::contains_point(&k.mesh, &m.tip_lps));
+                min_keep = min_keep.min(d);
+                assert!(
+                    d >= need_mm,
+                    "{label} {} {}: {:?} slack {d}",
+                    lp.level,
+                    s.side,
+                    k.kind
+                );
+            }
+            let mut balloon_slack = f64::INFINITY;
+            if let Some(b) = &b {
+                let rb = b.diameter_mm * 0.5;
+                assert!(brute::contains_point(&v.mesh, &b.proximal));
+                assert!(brute::contains_point(&v.mesh, &b.distal));
+                let d = brute::distance_to_segment(&v.mesh, &b.proximal, &b.distal)
+                    - rb
+                    - safety.cortex_margin_mm;
+                balloon_slack = d;
+                assert!(
+                    d >= need_mm,
+                    "{label} {} {}: balloon slack {d}",
+                    lp.level,
+                    s.side
+                );
+                for k in &keep_outs {
+                    let d = brute::distance_to_segment(&k.mesh, &b.proximal, &b.distal) - rb;
+                    assert!(d >= need_mm + safety.canal_margin_mm.min(safety.nerve_root_margin_mm));
+                }
+            }
+            eprintln!(
+                "{label} {} {}: slack beyond the margins (brute force): cortex {slack:.2} mm, keep-outs {min_keep:.2} mm, balloon {balloon_slack:.2} mm",
+                lp.level, s.side
+            );
+        }
+    }
+    (feasible, refused)
+}
+
+#[test]
+fn a_required_navigation_error_of_2_mm_is_kept_or_refused_with_the_reason() {
+    let (input, _) = synth::spine(&[Level::L1, Level::L3, Level::L5], &Pose::identity(), true);
+    let anatomy = prepare(input);
+    let (feasible, refused) = check_required_error(&anatomy, "synthetic", 2.0);
+    eprintln!("synthetic: {feasible} sides keep 2 mm, {refused} refused");
+    assert_eq!(
+        feasible + refused,
+        6,
+        "every side kept or refused with the reason"
+    );
+    // 0.5 mm: some sides can, and those are checked by brute force.
+    let (feasible, refused) = check_required_error(&anatomy, "synthetic", 0.5);
+    eprintln!("synthetic: {feasible} sides keep 0.5 mm, {refused} refused");
+    assert!(feasible > 0);
+    if let Some(dir) = common::shared_anatomy() {
+        let anatomy = prepare(common::load_set(&dir, "mean-lumbar-l2-l5"));
+        for need_mm in [2.0, 0.5] {
+            let (feasible, refused) = check_required_error(&anatomy, "mean-lumbar-l2-l5", need_mm);
+            eprintln!("mean-lumbar-l2-l5: {feasible} sides keep {need_mm} mm, {refused} refused");
+            assert_eq!(feasible + refused, 8);
+        }
+    }
+}
+
+#[test]
+fn a_required_navigation_error_is_refused_when_no_line_tolerates_it() {
+    // 6 mm of translation: no lumbar pedicle has that much room around a 3.4 mm cannula.
+    let (input, _) = synth::spine(&[Level::L3], &Pose::identity(), false);
+    let anatomy = prepare(input);
+    let mut safety = Safety::contract_default();
+    safety.navigation_error_mm = Some(6.0);
+    let request = PlanRequest::new(None, Instrument::contract_default(), safety).unwrap();
+    let plan = plan(&anatomy, &request).unwrap();
+    for s in &plan.levels[0].sides {
+        assert!(!s.feasible);
+        let r = &s.reasons[0];
+        assert_eq!(r.code, ReasonCode::ErrorToleranceTooLow, "{:?}", s.reasons);
+        assert!(r.value_mm.unwrap() > 0.0 && r.value_mm.unwrap() < 6.0);
+        assert_eq!(r.limit_mm, Some(6.0));
+    }
+}
+
+#[test]
+fn required_navigation_error_plans_are_the_same_on_1_2_and_8_threads() {
+    let (input, _) = synth::spine(&[Level::L2, Level::L4], &Pose::identity(), false);
+    let anatomy = prepare(input);
+    let mut safety = Safety::contract_default();
+    safety.navigation_error_mm = Some(1.0);
+    safety.navigation_error_deg = Some(1.0);
+    let request = PlanRequest::new(None, Instrument::contract_default(), safety).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| serde_json::to_string(&plan(&anatomy, &request).unwrap()).unwrap())
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(8));
+}
+
+#[test]
+fn bad_navigation_error_is_refused_naming_the_field() {
+    let mut safety = Safety::contract_default();
+    safety.navigation_error_deg = Some(f64::NAN);
+    let e = PlanRequest::new(None, Instrument::contract_default(), safety).unwrap_err();
+    assert!(e.to_string().contains("safety.navigation_error_deg"), "{e}");
+    let mut safety = Safety::contract_default();
+    safety.navigation_error_mm = Some(-1.0);
+    let e = PlanRequest::new(None, Instrument::contract_default(), safety).unwrap_err();
+    assert!(e.to_string().contains("safety.navigation_error_mm"), "{e}");
+}
