@@ -354,9 +354,28 @@ pub fn parse_nifti_labels_within(
             _ => f64::from_le_bytes(a),
         }
     };
-    let mut labels = Vec::with_capacity(n);
-    let mut any = false;
-    for v in 0..n {
+    // The usual label maps (uint8, uint16, unscaled) are copied as they are; everything else
+    // goes through the checked conversion below.
+    let direct: Option<Vec<u16>> = match (kind, size, scaled) {
+        ('u', 1, false) => Some(raw.iter().map(|&b| u16::from(b)).collect()),
+        ('u', 2, false) => Some(
+            raw.chunks_exact(2)
+                .map(|c| {
+                    let b = [c[0], c[1]];
+                    if little {
+                        u16::from_le_bytes(b)
+                    } else {
+                        u16::from_be_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let converted = direct.is_none();
+    let mut labels = direct.unwrap_or_else(|| Vec::with_capacity(n));
+    let mut any = !converted && labels.iter().any(|&l| l != 0);
+    for v in (0..n).filter(|_| converted) {
         let mut x = value(v);
         if scaled {
             x = x * slope + inter;
