@@ -1,9 +1,11 @@
 //! Typed async client of `kyphoplan.v1.PlanningService`: planner types in, planner types out.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
+use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Side};
 use kyphoplan_planner::error::InputError;
 use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
@@ -17,6 +19,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 pub const VERTICES_PER_CHUNK: usize = 40_000;
 /// Triangles per upload chunk (at most 15 bytes each: under 1 MiB).
 pub const TRIANGLES_PER_CHUNK: usize = 60_000;
+/// Bytes of a label map's file per upload chunk (1 MiB).
+pub const LABEL_BYTES_PER_CHUNK: usize = 1 << 20;
 /// Largest message the client accepts (the server's default limit).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -264,6 +268,7 @@ pub fn upload_chunks(
                     .iter()
                     .map(|s| convert::descriptor_to_pb(&s.name, &s.role))
                     .collect(),
+                labelmap: None,
             })),
         }
     };
@@ -296,6 +301,102 @@ pub fn upload_chunks(
         }
     });
     futures::stream::once(async move { header }).chain(meshes)
+}
+
+/// A NIfTI label map to upload as it is: the server reads its header, meshes each label
+/// (vertebrae, canal, forbidden labels) and stores the file's bytes, content addressed like a
+/// mesh upload. The SDK does not parse it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelMapUpload {
+    /// The anatomy's name (plans report it as the case name).
+    pub name: String,
+    /// The frame the plans of this anatomy report in (the meshes are made in it).
+    pub frame: PatientFrame,
+    /// The file's name, e.g. "seg.nii.gz": names the map in the server's messages.
+    pub file_name: String,
+    /// The bytes of the `.nii` or `.nii.gz` file.
+    pub nifti: Vec<u8>,
+    /// How to read the label ids.
+    pub convention: pb::LabelConvention,
+    /// Per-id meanings over the convention's ("vertebra:L3", "spinal_canal", "forbidden",
+    /// "rib", "lung", "ignore"); for `Table` the only ones.
+    pub labels: BTreeMap<u16, String>,
+}
+
+impl LabelMapUpload {
+    /// A label map file, named after it (without `.nii` / `.nii.gz`), frame LPS, no table
+    /// entries. The error names the file.
+    pub fn read(path: &Path, convention: pb::LabelConvention) -> Result<Self, String> {
+        let nifti =
+            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "labelmap.nii".into());
+        let name = file_name
+            .trim_end_matches(".gz")
+            .trim_end_matches(".nii")
+            .to_owned();
+        Ok(LabelMapUpload {
+            name,
+            frame: PatientFrame::Lps,
+            file_name,
+            nifti,
+            convention,
+            labels: BTreeMap::new(),
+        })
+    }
+
+    /// A convention by its name in case.toml: "totalsegmentator", "verse" or "table".
+    pub fn convention_named(name: &str) -> Result<pb::LabelConvention, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "totalsegmentator" => Ok(pb::LabelConvention::Totalsegmentator),
+            "verse" => Ok(pb::LabelConvention::Verse),
+            "table" => Ok(pb::LabelConvention::Table),
+            _ => Err(format!(
+                "unknown label convention {name:?} (expected \"totalsegmentator\", \"verse\" or \"table\")"
+            )),
+        }
+    }
+}
+
+/// The upload chunks of a label map: the header (with `labelmap`, no meshes), then the file's
+/// bytes in chunks of [`LABEL_BYTES_PER_CHUNK`].
+pub fn label_upload_chunks(
+    upload: Arc<LabelMapUpload>,
+) -> impl futures::Stream<Item = pb::UploadAnatomyChunk> {
+    let header = pb::UploadAnatomyChunk {
+        chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            name: upload.name.clone(),
+            frame: convert::frame_to_pb(upload.frame) as i32,
+            structures: Vec::new(),
+            labelmap: Some(pb::LabelMapHeader {
+                file_name: upload.file_name.clone(),
+                convention: upload.convention as i32,
+                labels: upload
+                    .labels
+                    .iter()
+                    .map(|(label, meaning)| pb::LabelOverride {
+                        label: u32::from(*label),
+                        meaning: meaning.clone(),
+                    })
+                    .collect(),
+            }),
+        })),
+    };
+    let chunks = upload.nifti.len().div_ceil(LABEL_BYTES_PER_CHUNK);
+    let volume = futures::stream::iter(0..chunks).map(move |c| {
+        let n = upload.nifti.len();
+        let range = c * LABEL_BYTES_PER_CHUNK..((c + 1) * LABEL_BYTES_PER_CHUNK).min(n);
+        pb::UploadAnatomyChunk {
+            chunk: Some(pb::upload_anatomy_chunk::Chunk::LabelVolume(
+                pb::LabelVolumeChunk {
+                    data: upload.nifti[range].to_vec(),
+                },
+            )),
+        }
+    });
+    futures::stream::once(async move { header }).chain(volume)
 }
 
 impl Client {
@@ -402,6 +503,21 @@ impl Client {
         Ok(self
             .inner
             .upload_anatomy(self.authorized(upload_chunks(anatomy)))
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Upload a NIfTI label map, meshed on the server; returns the anatomy's metadata: its
+    /// content-addressed id, the structures found (with their label ids, voxels and pieces
+    /// left out) and the vertebrae refused as cut by the scan (`labelmap.refused`).
+    pub async fn upload_labelmap(
+        &mut self,
+        upload: Arc<LabelMapUpload>,
+    ) -> Result<pb::Anatomy, ClientError> {
+        Ok(self
+            .inner
+            .upload_anatomy(self.authorized(label_upload_chunks(upload)))
             .await
             .map_err(status_error)?
             .into_inner())

@@ -275,6 +275,7 @@ fn evaluate(r: pb::EvaluateTrajectoryRequest) {
 fn upload(mut data: &[u8]) {
     let mut assembly = UploadAssembly::new(SizeLimit {
         max_triangles: u64::MAX,
+        max_label_voxels: u64::MAX,
     });
     while !data.is_empty() {
         let Ok(chunk) = pb::UploadAnatomyChunk::decode_length_delimited(&mut data) else {
@@ -299,12 +300,22 @@ fn assert_named_input_error(e: ServiceError) {
     }
 }
 
-/// An anatomy message: its content address, its conversion and the planner's validation.
+/// Most voxels of a label map the fuzz targets mesh (small, so that an input stays fast).
+const FUZZ_LABEL_VOXELS: u64 = 64 * 64 * 64;
+
+/// An anatomy message: its content address, its conversion as the server makes it (a label map
+/// meshed) and the planner's validation.
 fn anatomy(a: pb::AnatomyData) {
     assert_eq!(convert::anatomy_id(&a).len(), 64);
-    match convert::anatomy_from_pb(a) {
-        Err(e) => assert!(!e.field().is_empty()),
-        Ok(input) => validated_anatomy(input),
+    let limit = SizeLimit {
+        max_triangles: u64::MAX,
+        max_label_voxels: FUZZ_LABEL_VOXELS,
+    };
+    match kyphoplan_server::labelmap::anatomy_input(a, &limit) {
+        Err(ServiceError::Input(e)) => assert!(!e.field().is_empty()),
+        Err(ServiceError::ResourceExhausted { what, .. }) => assert!(what.starts_with("label")),
+        Err(other) => panic!("an anatomy refused as {other}"),
+        Ok(meshed) => validated_anatomy(meshed.input),
     }
 }
 

@@ -13,7 +13,9 @@ pub mod client;
 pub mod fuzzing;
 pub mod mesh_io;
 
-pub use client::{Client, ClientError, Code, ConnectOptions, FieldViolation, StoredPlan};
+pub use client::{
+    Client, ClientError, Code, ConnectOptions, FieldViolation, LabelMapUpload, StoredPlan,
+};
 
 /// The plan JSON (CONTRACT.md section 3): `serde_json::to_string_pretty` of the planner plan.
 /// The same writer for in-process and server plans, so that both are byte-identical.

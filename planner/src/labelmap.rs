@@ -42,7 +42,7 @@ pub enum LabelMapErrorKind {
     Empty,
     /// The voxel -> patient transform is missing, not finite or singular.
     DegenerateAffine,
-    /// More voxels than [`MAX_VOXELS`].
+    /// More voxels than the limit ([`MAX_VOXELS`], or the caller's, e.g. a server's).
     TooLarge,
     /// A requested level has no label in the map.
     MissingLevel,
@@ -145,39 +145,48 @@ pub fn read_nifti_labels(path: &Path) -> Result<LabelVolume, LabelMapError> {
 
 /// Parse a label map from its bytes (`file` names it in errors). Never panics.
 pub fn parse_nifti_labels(file: &str, bytes: &[u8]) -> Result<LabelVolume, LabelMapError> {
-    use LabelMapErrorKind as K;
-    let decoded;
-    let data: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
-        // 8 bytes a voxel at most, plus header and extensions.
-        let limit = (MAX_VOXELS as u64) * 8 + (1 << 20);
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes)
-            .take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| err(K::Unreadable, file, "gzip", e.to_string()))?;
-        if out.len() as u64 > limit {
-            return Err(err(
-                K::TooLarge,
-                file,
-                "gzip",
-                format!("decompresses to more than {limit} bytes"),
-            ));
+    parse_nifti_labels_within(file, bytes, MAX_VOXELS)
+}
+
+/// Whether a file starts as gzip does.
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Most bytes a label map of `voxels` voxels may decompress to: 8 bytes a voxel (float64), plus
+/// 1 MiB of header and extensions.
+pub fn max_file_bytes(voxels: usize) -> u64 {
+    (voxels as u64).saturating_mul(8).saturating_add(1 << 20)
+}
+
+/// The voxel dimensions (i, j, k) a label map's header announces, read from the first bytes of
+/// the file (`.nii`, or `.nii.gz` decompressed only as far as the header): `Ok(None)` while
+/// the prefix is shorter than the 348-byte header. An upload checks its voxel limit with it
+/// before the volume arrives. Errors as [`parse_nifti_labels`]'s for the header.
+pub fn header_dims(file: &str, prefix: &[u8]) -> Result<Option<[usize; 3]>, LabelMapError> {
+    let mut header = [0u8; 348];
+    if is_gzip(prefix) {
+        let mut decoder = flate2::read::MultiGzDecoder::new(prefix);
+        let mut got = 0;
+        while got < header.len() {
+            match decoder.read(&mut header[got..]) {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(n) => got += n,
+            }
         }
-        decoded = out;
-        &decoded
+    } else if prefix.len() < header.len() {
+        return Ok(None);
     } else {
-        bytes
-    };
-    if data.len() < 348 {
-        return Err(err(
-            K::Unreadable,
-            file,
-            "header",
-            format!("{} bytes: shorter than a NIfTI-1 header (348)", data.len()),
-        ));
+        header.copy_from_slice(&prefix[..348]);
     }
-    let h = nifti::NiftiHeader::from_reader(data)
-        .map_err(|e| err(K::Unreadable, file, "header", e.to_string()))?;
+    let h = nifti::NiftiHeader::from_reader(&header[..])
+        .map_err(|e| err(LabelMapErrorKind::Unreadable, file, "header", e.to_string()))?;
+    dims_of(file, &h).map(Some)
+}
+
+/// The magic and the 3D dimensions of a header.
+fn dims_of(file: &str, h: &nifti::NiftiHeader) -> Result<[usize; 3], LabelMapError> {
+    use LabelMapErrorKind as K;
     if &h.magic != b"n+1\0" {
         return Err(err(
             K::Unreadable,
@@ -210,15 +219,79 @@ pub fn parse_nifti_labels(file: &str, bytes: &[u8]) -> Result<LabelVolume, Label
     if let Some(a) = dims.iter().position(|&d| d == 0) {
         return Err(err(K::Header, file, format!("dim[{}]", a + 1), "0 voxels"));
     }
-    let n: usize = dims.iter().product();
-    if n > MAX_VOXELS {
+    Ok(dims)
+}
+
+/// The voxel count of `dims`, or [`LabelMapErrorKind::TooLarge`] (field `dim`) over `max_voxels`.
+pub fn check_voxels(
+    file: &str,
+    dims: [usize; 3],
+    max_voxels: usize,
+) -> Result<usize, LabelMapError> {
+    let n = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX);
+    if n > max_voxels {
         return Err(err(
-            K::TooLarge,
+            LabelMapErrorKind::TooLarge,
             file,
             "dim",
-            format!("{dims:?} = {n} voxels > {MAX_VOXELS}"),
+            format!("{dims:?} = {n} voxels is over the limit of {max_voxels}"),
         ));
     }
+    Ok(n)
+}
+
+/// [`parse_nifti_labels`] with at most `max_voxels` voxels (never more than [`MAX_VOXELS`]): a
+/// gzipped map is checked against the limit from its header before it is decompressed, and
+/// decompressed at most to [`max_file_bytes`] of its own voxel count.
+pub fn parse_nifti_labels_within(
+    file: &str,
+    bytes: &[u8],
+    max_voxels: usize,
+) -> Result<LabelVolume, LabelMapError> {
+    use LabelMapErrorKind as K;
+    let max_voxels = max_voxels.min(MAX_VOXELS);
+    let decoded;
+    let data: &[u8] = if is_gzip(bytes) {
+        // The header's voxel count bounds what is decompressed (a short or broken stream is
+        // said below, by the decoder or the header's length).
+        let voxels = match header_dims(file, bytes)? {
+            Some(dims) => check_voxels(file, dims, max_voxels)?,
+            None => 0,
+        };
+        let limit = max_file_bytes(voxels);
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| err(K::Unreadable, file, "gzip", e.to_string()))?;
+        if out.len() as u64 > limit {
+            return Err(err(
+                K::TooLarge,
+                file,
+                "gzip",
+                format!("decompresses to more than {limit} bytes"),
+            ));
+        }
+        decoded = out;
+        &decoded
+    } else {
+        bytes
+    };
+    if data.len() < 348 {
+        return Err(err(
+            K::Unreadable,
+            file,
+            "header",
+            format!("{} bytes: shorter than a NIfTI-1 header (348)", data.len()),
+        ));
+    }
+    let h = nifti::NiftiHeader::from_reader(data)
+        .map_err(|e| err(K::Unreadable, file, "header", e.to_string()))?;
+    let dims = dims_of(file, &h)?;
+    let n = check_voxels(file, dims, max_voxels)?;
     let (size, kind) = match h.datatype {
         2 => (1, 'u'),
         256 => (1, 'i'),
@@ -281,9 +354,28 @@ pub fn parse_nifti_labels(file: &str, bytes: &[u8]) -> Result<LabelVolume, Label
             _ => f64::from_le_bytes(a),
         }
     };
-    let mut labels = Vec::with_capacity(n);
-    let mut any = false;
-    for v in 0..n {
+    // The usual label maps (uint8, uint16, unscaled) are copied as they are; everything else
+    // goes through the checked conversion below.
+    let direct: Option<Vec<u16>> = match (kind, size, scaled) {
+        ('u', 1, false) => Some(raw.iter().map(|&b| u16::from(b)).collect()),
+        ('u', 2, false) => Some(
+            raw.chunks_exact(2)
+                .map(|c| {
+                    let b = [c[0], c[1]];
+                    if little {
+                        u16::from_le_bytes(b)
+                    } else {
+                        u16::from_be_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let converted = direct.is_none();
+    let mut labels = direct.unwrap_or_else(|| Vec::with_capacity(n));
+    let mut any = !converted && labels.iter().any(|&l| l != 0);
+    for v in (0..n).filter(|_| converted) {
         let mut x = value(v);
         if scaled {
             x = x * slope + inter;
@@ -760,8 +852,28 @@ pub fn mesh_labels(volume: &LabelVolume, ids: &[u16], b: &LabelBox) -> LabelSurf
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefusedLevel {
     pub level: Level,
+    /// The first of `labels`.
     pub label: u16,
+    /// Every label id of the level.
+    pub labels: Vec<u16>,
+    /// The volume faces it touches.
+    pub faces: Vec<VolumeFace>,
     pub message: String,
+}
+
+/// Where a structure of a label map came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelSource {
+    /// The label ids meshed together.
+    pub labels: Vec<u16>,
+    /// Voxels carrying those labels.
+    pub voxels: usize,
+    /// Enclosed volume of the piece used (the largest), ml.
+    pub volume_ml: Real,
+    /// Enclosed volumes of the other pieces, left out, largest first, ml.
+    pub other_pieces_ml: Vec<Real>,
+    /// Volumes of the enclosed cavities filled, ml.
+    pub cavities_ml: Vec<Real>,
 }
 
 /// A label map turned into anatomy (LPS), with what was refused and what was ignored.
@@ -769,8 +881,8 @@ pub struct RefusedLevel {
 pub struct LabelMapAnatomy {
     /// Frame LPS; one structure per complete vertebra, the canal and forbidden labels.
     pub anatomy: AnatomyInput,
-    /// Structure name -> the label ids it was meshed from.
-    pub labels_of: BTreeMap<String, Vec<u16>>,
+    /// Structure name -> where it came from (label ids, voxels, pieces).
+    pub sources: BTreeMap<String, LabelSource>,
     /// Vertebrae touching the volume boundary, not planned.
     pub refused: Vec<RefusedLevel>,
     /// What the plan should say: ignored labels (ribs, lungs, unknown ids), extra pieces.
@@ -892,14 +1004,16 @@ pub fn anatomy_from_labels(
         let b = union_box(ids_l);
         let faces = touched_faces(volume, &b);
         if !faces.is_empty() {
-            let faces: Vec<String> = faces.iter().map(|f| f.to_string()).collect();
+            let names: Vec<String> = faces.iter().map(|f| f.to_string()).collect();
             refused.push(RefusedLevel {
                 level: *level,
                 label: ids_l[0],
+                labels: ids_l.clone(),
+                faces,
                 message: format!(
                     "label {} ({level}) touches the volume boundary at the {}: the vertebra is cut by the scan, not planned",
                     ids(ids_l),
-                    faces.join(", ")
+                    names.join(", ")
                 ),
             });
             continue;
@@ -935,7 +1049,7 @@ pub fn anatomy_from_labels(
         .map(|(_, _, ids_j)| mesh_labels(volume, ids_j, &union_box(ids_j)))
         .collect();
     let mut structures = Vec::new();
-    let mut labels_of = BTreeMap::new();
+    let mut sources = BTreeMap::new();
     for ((name_s, role, ids_j), s) in jobs.into_iter().zip(surfaces) {
         if !s.other_pieces_ml.is_empty() {
             let pieces: Vec<String> = s
@@ -960,7 +1074,17 @@ pub fn anatomy_from_labels(
                 if s.cavities_ml.len() == 1 { "y" } else { "ies" }
             ));
         }
-        labels_of.insert(name_s.clone(), ids_j);
+        let voxels = ids_j.iter().map(|id| boxes[id].voxels).sum();
+        sources.insert(
+            name_s.clone(),
+            LabelSource {
+                labels: ids_j,
+                voxels,
+                volume_ml: s.volume_ml,
+                other_pieces_ml: s.other_pieces_ml,
+                cavities_ml: s.cavities_ml,
+            },
+        );
         structures.push(Structure {
             name: name_s,
             role,
@@ -976,7 +1100,7 @@ pub fn anatomy_from_labels(
             frame: PatientFrame::Lps,
             structures,
         },
-        labels_of,
+        sources,
         refused,
         notices,
     })

@@ -498,6 +498,7 @@ pub fn anatomy_to_pb(anatomy: &AnatomyInput) -> pb::AnatomyData {
         structures,
     } = anatomy;
     pb::AnatomyData {
+        labelmap: None,
         name: name.clone(),
         frame: frame_to_pb(*frame) as i32,
         structures: structures
@@ -513,12 +514,22 @@ pub fn anatomy_to_pb(anatomy: &AnatomyInput) -> pb::AnatomyData {
     }
 }
 
+/// The meshes of an anatomy message. A label map (`labelmap`) is refused here: it is meshed by
+/// the server (`kyphoplan_server::labelmap`), which takes it off before calling this.
 pub fn anatomy_from_pb(anatomy: pb::AnatomyData) -> Result<AnatomyInput> {
     let pb::AnatomyData {
         name,
         frame,
         structures,
+        labelmap,
     } = anatomy;
+    if labelmap.is_some() {
+        return Err(InputError::invalid(
+            "labelmap",
+            "set",
+            "a label map is meshed by the server; this conversion takes meshes only",
+        ));
+    }
     if name.trim().is_empty() {
         return Err(InputError::invalid(
             "name",

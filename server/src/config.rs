@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Most triangles of one anatomy.
 pub const DEFAULT_MAX_TRIANGLES: u64 = 8_000_000;
+/// Most voxels of one uploaded label map (512 x 512 x 512).
+pub const DEFAULT_MAX_LABEL_VOXELS: u64 = 512 * 512 * 512;
 /// Planning runs at the same time.
 pub const DEFAULT_MAX_CONCURRENT_PLANS: usize = 4;
 /// Planning runs at the same time per authenticated client.
@@ -40,6 +42,10 @@ pub struct Config {
     /// limited to three times this number.
     #[arg(long, env = "KYPHOPLAN_MAX_TRIANGLES", default_value_t = DEFAULT_MAX_TRIANGLES)]
     pub max_triangles: u64,
+    /// Most voxels of one uploaded (or inline) NIfTI label map; its file may hold at most 8
+    /// bytes a voxel plus 1 MiB. Its meshes count against `--max-triangles`.
+    #[arg(long, env = "KYPHOPLAN_MAX_LABEL_VOXELS", default_value_t = DEFAULT_MAX_LABEL_VOXELS)]
+    pub max_label_voxels: u64,
     /// Planning runs at the same time; further CreatePlan/StreamPlan calls get
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "KYPHOPLAN_MAX_CONCURRENT_PLANS", default_value_t = DEFAULT_MAX_CONCURRENT_PLANS)]
@@ -115,6 +121,7 @@ impl Config {
             data_dir: data_dir.into(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_triangles: DEFAULT_MAX_TRIANGLES,
+            max_label_voxels: DEFAULT_MAX_LABEL_VOXELS,
             max_concurrent_plans: DEFAULT_MAX_CONCURRENT_PLANS,
             planner_threads: 0,
             prepared_cache_entries: DEFAULT_PREPARED_CACHE_ENTRIES,

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod in_process;
+pub mod labelmap;
 pub mod service;
 pub mod store;
 pub mod upload;

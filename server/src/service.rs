@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use kyphoplan_planner::anatomy::AnatomyInput;
 use kyphoplan_planner::error::InputError;
 use kyphoplan_planner::plan::LevelPlan;
 use kyphoplan_planner::planning::{self, PlanControl, PlanError};
@@ -31,6 +32,7 @@ use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::ServiceError;
+use crate::labelmap::{self, Meshed};
 use crate::store::Store;
 use crate::upload::{SizeLimit, UploadAssembly};
 
@@ -561,21 +563,22 @@ impl Planning {
     fn size_limit(&self) -> SizeLimit {
         SizeLimit {
             max_triangles: self.inner.config.max_triangles,
+            max_label_voxels: self.inner.config.max_label_voxels,
         }
     }
 
-    /// Validate and prepare an anatomy on the pool; `make` (decoding, copying) runs there too.
-    /// Stops between preparation steps once `stop` says so.
+    /// Validate and prepare an anatomy on the pool; `make` (decoding, meshing a label map) runs
+    /// there too. Stops between preparation steps once `stop` says so.
     async fn prepare_with(
         &self,
-        make: impl FnOnce() -> Result<pb::AnatomyData, ServiceError> + Send + 'static,
+        make: impl FnOnce() -> Result<AnatomyInput, ServiceError> + Send + 'static,
         stop: &Stop,
     ) -> Result<Arc<PreparedAnatomy>, ServiceError> {
         let metrics = self.inner.metrics.clone();
         let work_stop = stop.clone();
         let prepared = self
             .on_pool(move || -> Result<PreparedAnatomy, ServiceError> {
-                let input = convert::anatomy_from_pb(make()?)?;
+                let input = make()?;
                 metrics.prepares_running.fetch_add(1, Ordering::SeqCst);
                 let result =
                     PreparedAnatomy::prepare_with(input, &PrepareOptions::standard(), &|| {
@@ -599,12 +602,14 @@ impl Planning {
         Ok(Arc::new(prepared))
     }
 
-    /// The metadata of an anatomy before preparation (levels and fixes are filled in after).
+    /// The metadata of an anatomy's meshes before preparation (a label map's structures, levels
+    /// and fixes are filled in after).
     fn anatomy_meta(id: &str, data: &pb::AnatomyData) -> pb::Anatomy {
         let pb::AnatomyData {
             name,
             frame,
             structures,
+            labelmap: _,
         } = data;
         let summaries: Vec<pb::StructureSummary> = structures
             .iter()
@@ -617,6 +622,7 @@ impl Planning {
                     descriptor: descriptor.clone(),
                     vertex_count: v as u64,
                     triangle_count: t as u64,
+                    label: None,
                 }
             })
             .collect();
@@ -629,7 +635,16 @@ impl Planning {
             structures: summaries,
             levels: Vec::new(),
             mesh_fixes: Vec::new(),
+            labelmap: None,
         }
+    }
+
+    /// The planner's anatomy of an anatomy message, its label map meshed (on the pool).
+    fn meshed(
+        limit: SizeLimit,
+        data: pb::AnatomyData,
+    ) -> impl FnOnce() -> Result<Meshed, ServiceError> + Send + 'static {
+        move || labelmap::anatomy_input(data, &limit)
     }
 
     /// Fill in what preparation found.
@@ -677,7 +692,13 @@ impl Planning {
             }
         }
         let mut meta = Self::anatomy_meta(&id, &data);
-        let prepared = self.prepare_with(move || Ok(data), stop).await?;
+        // A label map is meshed before anything is stored: a refused one leaves no record.
+        let meshed = self
+            .on_pool(Self::meshed(self.size_limit(), data))
+            .await??;
+        labelmap::complete_meta(&mut meta, &meshed);
+        let input = meshed.input;
+        let prepared = self.prepare_with(move || Ok(input), stop).await?;
         Self::complete_meta(&mut meta, &prepared);
         let meta_bytes = meta.encode_to_vec();
         let (key, now) = (id.clone(), self.now_unix_ms());
@@ -725,8 +746,15 @@ impl Planning {
                 kind: "anatomy",
                 id: id.clone(),
             })?;
+        let limit = self.size_limit();
         let prepared = self
-            .prepare_with(move || decode::<pb::AnatomyData>(&bytes, "anatomy"), stop)
+            .prepare_with(
+                move || {
+                    let data = decode::<pb::AnatomyData>(&bytes, "anatomy")?;
+                    Ok(labelmap::anatomy_input(data, &limit)?.input)
+                },
+                stop,
+            )
             .await?;
         self.cache(&id, prepared.clone());
         Ok(Resolved { id, prepared })
@@ -747,7 +775,8 @@ impl Planning {
         if let Some(prepared) = self.cached(&id) {
             return Ok(Resolved { id, prepared });
         }
-        let prepared = self.prepare_with(move || Ok(data), stop).await?;
+        let mesh = Self::meshed(self.size_limit(), data);
+        let prepared = self.prepare_with(move || Ok(mesh()?.input), stop).await?;
         self.cache(&id, prepared.clone());
         Ok(Resolved { id, prepared })
     }

@@ -61,6 +61,7 @@ fn plan_message(anatomy_id: &str) -> pb::CreatePlanRequest {
 async fn upload(raw: &mut Raw, data: pb::AnatomyData) -> Result<pb::Anatomy, tonic::Status> {
     let mut chunks = vec![pb::UploadAnatomyChunk {
         chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            labelmap: None,
             name: data.name.clone(),
             frame: data.frame,
             structures: data

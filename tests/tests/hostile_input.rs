@@ -58,6 +58,7 @@ fn plan_message(anatomy: pb::create_plan_request::Anatomy) -> pb::CreatePlanRequ
 fn header_and_meshes(data: &pb::AnatomyData) -> Vec<pb::UploadAnatomyChunk> {
     let mut chunks = vec![pb::UploadAnatomyChunk {
         chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            labelmap: None,
             name: data.name.clone(),
             frame: data.frame,
             structures: data
@@ -590,6 +591,7 @@ async fn a_fifty_million_triangle_upload_is_refused_early() {
     const PER_CHUNK: usize = 60_000;
     let header = pb::UploadAnatomyChunk {
         chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            labelmap: None,
             name: "huge".into(),
             frame: pb::Frame::Lps as i32,
             structures: vec![pb::StructureDescriptor {

@@ -647,6 +647,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
     // Unspecified frame in the upload header.
     let header = pb::UploadAnatomyChunk {
         chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            labelmap: None,
             name: "x".into(),
             frame: pb::Frame::Unspecified as i32,
             structures: vec![],
@@ -718,6 +719,7 @@ async fn chunking_does_not_change_the_anatomy_id() {
     let data = convert::anatomy_to_pb(&anatomy);
     let mut chunks = vec![pb::UploadAnatomyChunk {
         chunk: Some(pb::upload_anatomy_chunk::Chunk::Header(pb::AnatomyHeader {
+            labelmap: None,
             name: data.name.clone(),
             frame: data.frame,
             structures: data

@@ -13,7 +13,11 @@
 //! - the server, in-process on 127.0.0.1:0: warm CreatePlan calls for one level from 1, 4 and
 //!   16 concurrent clients, plans per second and latency percentiles;
 //! - the exact segment-to-mesh clearance query against parry's built-in capsule-vs-TriMesh
-//!   distance on the same candidate segments.
+//!   distance on the same candidate segments;
+//! - a NIfTI label map end to end (issue 14): a generated lumbar map of 512 x 512 x 300 voxels
+//!   (L1-L5 from `synth` and their canal, TotalSegmentator ids, 0.7 x 0.7 x 1.0 mm) from the
+//!   bytes of its `.nii.gz` to a verified five-level bilateral plan: read, mesh, prepare, plan,
+//!   and the whole (`--quick`: 256 x 256 x 150 voxels of 1.4 x 1.4 x 2.0 mm).
 
 use std::path::{Path, PathBuf};
 #[cfg(feature = "server")]
@@ -683,6 +687,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         None => {}
     }
 
+    eprintln!("bench: label map (generated lumbar L1-L5)");
+    labelmap_figures(&budget, options.quick, &mut figures, &mut notes)?;
+
     #[cfg(feature = "server")]
     {
         eprintln!("bench: server throughput");
@@ -707,6 +714,136 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         notes,
         figures,
     })
+}
+
+/// The label-map figures (see the module documentation).
+fn labelmap_figures(
+    budget: &Budget,
+    quick: bool,
+    out: &mut Vec<Figure>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    use kyphoplan_planner::labelmap::{self, Convention, LabelTable};
+    use std::io::Write;
+    let (dims, spacing_mm) = if quick {
+        ([256, 256, 150], [1.4, 1.4, 2.0])
+    } else {
+        ([512, 512, 300], [0.7, 0.7, 1.0])
+    };
+    let lumbar = [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5];
+    let (volume, _) = crate::cases::synthetic_label_map(&lumbar, spacing_mm, dims);
+    let nii = labelmap::encode_nifti_labels(&volume);
+    drop(volume);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&nii).map_err(|e| e.to_string())?;
+    let gz = gz.finish().map_err(|e| e.to_string())?;
+    let read_nii = repeat(budget.five_reps, budget.per_figure, || {
+        let _ = labelmap::parse_nifti_labels("lumbar.nii", &nii);
+    });
+    let nii_bytes = nii.len();
+    drop(nii);
+    // Peak memory of the label-map path alone: reset the peak resident set (Linux
+    // `clear_refs` 5) now that only the .nii.gz bytes are held.
+    let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let table = LabelTable::builtin(Convention::TotalSegmentator);
+    let req = request(None);
+    let (mut read, mut mesh, mut prep, mut plans, mut total) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last: Option<(Plan, usize)> = None;
+    let mut failed = None;
+    let start = Instant::now();
+    for _ in 0..budget.five_reps.max(1) {
+        let t0 = Instant::now();
+        let result = (|| -> Result<(Plan, usize), String> {
+            let v =
+                labelmap::parse_nifti_labels("lumbar.nii.gz", &gz).map_err(|e| e.to_string())?;
+            let t1 = Instant::now();
+            let lm = labelmap::anatomy_from_labels("lumbar", &v, &table, None)
+                .map_err(|e| e.to_string())?;
+            drop(v);
+            let triangles = lm
+                .anatomy
+                .structures
+                .iter()
+                .map(|s| s.mesh.triangles.len())
+                .sum();
+            let t2 = Instant::now();
+            let prepared = prepare(lm.anatomy)?;
+            let t3 = Instant::now();
+            let p = plan(&prepared, &req)?;
+            let t4 = Instant::now();
+            read.push((t1 - t0).as_secs_f64());
+            mesh.push((t2 - t1).as_secs_f64());
+            prep.push((t3 - t2).as_secs_f64());
+            plans.push((t4 - t3).as_secs_f64());
+            total.push((t4 - t0).as_secs_f64());
+            Ok((p, triangles))
+        })();
+        match result {
+            Ok(r) => last = Some(r),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+        if start.elapsed() >= budget.per_figure * 4 {
+            break;
+        }
+    }
+    if let Some(e) = failed {
+        return Err(format!("label map bench: {e}"));
+    }
+    let p = "labelmap";
+    out.push(figure(format!("{p}/read_nii_gz"), read, 1e3, "ms"));
+    out.push(figure(format!("{p}/read_nii"), read_nii, 1e3, "ms"));
+    out.push(figure(format!("{p}/mesh"), mesh, 1e3, "ms"));
+    out.push(figure(format!("{p}/prepare"), prep, 1e3, "ms"));
+    out.push(figure(format!("{p}/plan_five_levels"), plans, 1e3, "ms"));
+    out.push(figure(format!("{p}/end_to_end"), total, 1e3, "ms"));
+    if let Some((plan, triangles)) = &last {
+        let levels = plan.levels.len();
+        let feasible = plan
+            .levels
+            .iter()
+            .flat_map(|l| &l.sides)
+            .filter(|s| s.feasible)
+            .count();
+        out.push(single(
+            format!("{p}/mesh_triangles"),
+            *triangles as f64,
+            1,
+            "triangles",
+        ));
+        out.push(single(
+            format!("{p}/feasible_sides"),
+            feasible as f64,
+            1,
+            "sides",
+        ));
+        notes.push(format!(
+            "labelmap: {} x {} x {} voxels of {} x {} x {} mm ({:.1} MB .nii, {:.2} MB .nii.gz), \
+             {levels} levels planned, {feasible} of {} sides feasible; end_to_end = read_nii_gz + \
+             mesh + prepare + plan_five_levels",
+            dims[0],
+            dims[1],
+            dims[2],
+            spacing_mm[0],
+            spacing_mm[1],
+            spacing_mm[2],
+            nii_bytes as f64 / 1e6,
+            gz.len() as f64 / 1e6,
+            2 * levels
+        ));
+    }
+    if let Some(rss) = peak_rss_bytes().filter(|_| peak_reset) {
+        out.push(single(format!("{p}/peak_rss_vmhwm"), rss / 1e6, 1, "MB"));
+        notes.push(
+            "labelmap/peak_rss_vmhwm: the peak resident set from read to plan (reset before \
+             with /proc/self/clear_refs), the process's other memory included"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn fmt_value(v: f64) -> String {

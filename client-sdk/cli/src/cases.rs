@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use kyphoplan_client::case::{self, CaseToml, InstrumentToml, CASE_FILE};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Structure};
 use kyphoplan_planner::keepout;
+use kyphoplan_planner::labelmap;
 use kyphoplan_planner::math::{Point, Pose, Vector};
 use kyphoplan_planner::synth::{self, VertebraParams};
 use rayon::prelude::*;
@@ -334,4 +335,125 @@ pub fn library_root() -> PathBuf {
 pub fn shared_root() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
     p.is_dir().then(|| p.canonicalize().unwrap_or(p))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic label maps
+// ---------------------------------------------------------------------------------------------
+
+/// TotalSegmentator v2 "total" id of the spinal cord (the canal label of synthetic maps).
+pub const TOTALSEGMENTATOR_SPINAL_CORD: u16 = 79;
+
+/// TotalSegmentator v2 "total" id of a lumbar or thoracic vertebra (L1 = 31 ... L5 = 27,
+/// T12 = 32 ... T1 = 43); `None` for S1 (26 is not made here).
+pub fn totalsegmentator_id(level: Level) -> Option<u16> {
+    let i = Level::ALL.iter().position(|l| *l == level)?;
+    match i {
+        0..=11 => Some(43 - i as u16),
+        12..=16 => Some(31 - (i as u16 - 12)),
+        _ => None,
+    }
+}
+
+/// A label map voxelised from `synth` vertebrae (stacked as [`synth::spine`] stacks them, with
+/// its spinal canal): TotalSegmentator ids, a voxel labelled where its centre is inside the
+/// vertebra's (else the canal's) mesh. Voxel axes laid out as RAS (i -> right, j -> anterior,
+/// k -> superior, as many CT NIfTI files are) with `spacing_mm`, `dims` voxels, the spine in
+/// the middle of the volume. Only each structure's bounding box is voxelised (in parallel by
+/// slice, deterministic). The LPS pose of the generator's meshes is returned with the volume
+/// (its structures, in LPS, are what the map was made from).
+pub fn synthetic_label_map(
+    levels: &[Level],
+    spacing_mm: [f64; 3],
+    dims: [usize; 3],
+) -> (labelmap::LabelVolume, AnatomyInput) {
+    let (anatomy, _) = synth::spine(levels, &Pose::identity(), true);
+    // Vertebrae first (they win where a canal voxel would overlap), then the canal.
+    let mut parts: Vec<(u16, &Structure)> = Vec::new();
+    for s in &anatomy.structures {
+        match s.role {
+            Role::Vertebra { level } => {
+                if let Some(id) = totalsegmentator_id(level) {
+                    parts.push((id, s));
+                }
+            }
+            Role::SpinalCanal => parts.push((TOTALSEGMENTATOR_SPINAL_CORD, s)),
+            _ => {}
+        }
+    }
+    parts.sort_by_key(|(id, _)| *id == TOTALSEGMENTATOR_SPINAL_CORD);
+    // The vertebrae's box centred in the volume.
+    let mut lo = Vector::repeat(f64::INFINITY);
+    let mut hi = Vector::repeat(f64::NEG_INFINITY);
+    for (id, s) in &parts {
+        if *id != TOTALSEGMENTATOR_SPINAL_CORD {
+            let b = s.mesh.bounding_box();
+            lo = lo.inf(&b.min.coords);
+            hi = hi.sup(&b.max.coords);
+        }
+    }
+    let centre = 0.5 * (lo + hi);
+    // RAS axes: i -> -x, j -> -y, k -> +z (LPS).
+    let linear = kyphoplan_planner::math::Matrix3::from_diagonal(&Vector::new(
+        -spacing_mm[0],
+        -spacing_mm[1],
+        spacing_mm[2],
+    ));
+    let half = Vector::new(
+        (dims[0] as f64 - 1.0) / 2.0,
+        (dims[1] as f64 - 1.0) / 2.0,
+        (dims[2] as f64 - 1.0) / 2.0,
+    );
+    let offset_mm = centre - linear * half;
+    let voxel_to_lps = labelmap::Affine { linear, offset_mm };
+    let lps_to_voxel = linear.try_inverse().expect("spacing is not zero");
+    let mut labels = vec![0u16; dims[0] * dims[1] * dims[2]];
+    for (id, s) in &parts {
+        let b = s.mesh.bounding_box();
+        let (a, c) = (
+            lps_to_voxel * (b.min.coords - offset_mm),
+            lps_to_voxel * (b.max.coords - offset_mm),
+        );
+        let range = |q: usize| {
+            let (x0, x1) = (a[q].min(c[q]).floor(), a[q].max(c[q]).ceil());
+            let x0 = x0.max(0.0) as usize;
+            let x1 = (x1.max(0.0) as usize).min(dims[q] - 1);
+            x0..=x1
+        };
+        let (ri, rj, rk) = (range(0), range(1), range(2));
+        let engine = kyphoplan_planner::clearance::ClearanceMesh::new(&s.mesh);
+        let slab = dims[0] * dims[1];
+        let inside: Vec<(usize, Vec<usize>)> = rk
+            .clone()
+            .into_par_iter()
+            .map(|k| {
+                let mut hits = Vec::new();
+                for j in rj.clone() {
+                    for i in ri.clone() {
+                        let p = voxel_to_lps.apply(&Point::new(i as f64, j as f64, k as f64));
+                        if engine.contains_point(&p) {
+                            hits.push(i + dims[0] * j);
+                        }
+                    }
+                }
+                (k, hits)
+            })
+            .collect();
+        for (k, hits) in inside {
+            for v in hits {
+                let cell = &mut labels[k * slab + v];
+                if *cell == 0 {
+                    *cell = *id;
+                }
+            }
+        }
+    }
+    let volume = labelmap::LabelVolume {
+        file: "synthetic.nii".into(),
+        dims,
+        labels,
+        voxel_to_lps,
+        xform: labelmap::XformSource::Sform,
+    };
+    (volume, anatomy)
 }

@@ -195,6 +195,26 @@ enum Command {
         #[arg(long, requires = "anatomy")]
         cascade: bool,
     },
+    /// Upload a case directory's meshes, or a NIfTI label map as it is (meshed on the server),
+    /// to the server; print the anatomy id and the structures the server found (for a label
+    /// map: label ids, voxels, pieces left out, vertebrae refused as cut by the scan).
+    Upload {
+        #[arg(required_unless_present = "labelmap", conflicts_with = "labelmap")]
+        case_dir: Option<PathBuf>,
+        /// Upload this NIfTI label map (.nii / .nii.gz) instead of a case directory.
+        #[arg(long, value_name = "FILE")]
+        labelmap: Option<PathBuf>,
+        /// The label map's ids: totalsegmentator (v2 "total" task) or verse.
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "totalsegmentator",
+            requires = "labelmap"
+        )]
+        convention: String,
+        #[arg(long, value_name = "URL")]
+        server: String,
+    },
     /// Time the planner and the server on this machine (built-in anatomy, the real meshes of
     /// ../shared/anatomy when present, server throughput, exact clearance vs parry).
     Bench {
@@ -373,6 +393,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             anatomy,
             cascade,
         } => delete(&server, plan.as_deref(), anatomy.as_deref(), cascade),
+        Command::Upload {
+            case_dir,
+            labelmap,
+            convention,
+            server,
+        } => upload(
+            &server,
+            case_dir.as_deref(),
+            labelmap.as_deref(),
+            &convention,
+        ),
         Command::Bench { json, quick } => {
             use kyphoplan_cli::bench;
             let options = bench::BenchOptions {
@@ -732,6 +763,44 @@ fn delete(
                 }
             }
         }
+        Ok(())
+    })
+}
+
+/// `kyphoplan upload`: a case's meshes, or a label map's bytes (meshed by the server).
+fn upload(
+    url: &str,
+    case_dir: Option<&Path>,
+    labelmap: Option<&Path>,
+    convention: &str,
+) -> Result<(), Failure> {
+    enum What {
+        Meshes(AnatomyInput),
+        LabelMap(kyphoplan_client::LabelMapUpload),
+    }
+    let what = match (case_dir, labelmap) {
+        (_, Some(file)) => {
+            let convention = kyphoplan_client::LabelMapUpload::convention_named(convention)
+                .map_err(|e| Failure::Usage(format!("--convention: {e}")))?;
+            What::LabelMap(
+                kyphoplan_client::LabelMapUpload::read(file, convention).map_err(Failure::Input)?,
+            )
+        }
+        (Some(dir), None) => What::Meshes(read_case(dir)?.anatomy),
+        (None, None) => return Err(Failure::Usage("a CASE_DIR or --labelmap FILE".into())),
+    };
+    runtime()?.block_on(async {
+        let mut client = connect(url).await?;
+        let stored = match what {
+            What::Meshes(anatomy) => {
+                client
+                    .upload_anatomy_shared(std::sync::Arc::new(anatomy))
+                    .await
+            }
+            What::LabelMap(upload) => client.upload_labelmap(std::sync::Arc::new(upload)).await,
+        }
+        .map_err(|e| from_client(e, "upload refused"))?;
+        print!("{}", report::anatomy_table(&stored));
         Ok(())
     })
 }

@@ -210,3 +210,76 @@ pub fn tolerance_text(t: &NavigationTolerance) -> String {
         violation_probability * 100.0
     )
 }
+
+/// What the server stored of an anatomy (`kyphoplan upload`): one row per structure (with the
+/// label ids, voxels and pieces left out of a label map's), the vertebrae refused as cut by the
+/// scan and the label map's notices.
+pub fn anatomy_table(anatomy: &kyphoplan_proto::pb::Anatomy) -> String {
+    use kyphoplan_proto::pb;
+    let mut out = String::new();
+    let _ = writeln!(out, "anatomy {} ({})", anatomy.anatomy_id, anatomy.name);
+    if let Some(lm) = &anatomy.labelmap {
+        let dims: Vec<String> = lm.dims.iter().map(u64::to_string).collect();
+        let spacing: Vec<String> = lm.spacing_mm.iter().map(|s| format!("{s:.2}")).collect();
+        let _ = writeln!(
+            out,
+            "label map {}: {} voxels, spacing {} mm, {}",
+            lm.file_name,
+            dims.join(" x "),
+            spacing.join(" x "),
+            pb::LabelConvention::try_from(lm.convention)
+                .map(|c| c
+                    .as_str_name()
+                    .trim_start_matches("LABEL_CONVENTION_")
+                    .to_lowercase())
+                .unwrap_or_else(|_| lm.convention.to_string()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<12} {:<6} {:>10} {:>10} {:>10}  pieces left out (ml)",
+        "structure", "role", "level", "triangles", "labels", "voxels"
+    );
+    for s in &anatomy.structures {
+        let d = s.descriptor.clone().unwrap_or_default();
+        let role = pb::Role::try_from(d.role)
+            .map(|r| r.as_str_name().trim_start_matches("ROLE_").to_lowercase())
+            .unwrap_or_default();
+        let level = match pb::Level::try_from(d.level) {
+            Ok(pb::Level::Unspecified) | Err(_) => "-".to_owned(),
+            Ok(l) => l.as_str_name().trim_start_matches("LEVEL_").to_owned(),
+        };
+        let (labels, voxels, dropped) = match &s.label {
+            None => ("-".to_owned(), "-".to_owned(), String::new()),
+            Some(l) => (
+                l.labels
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                l.voxel_count.to_string(),
+                l.dropped_pieces_ml
+                    .iter()
+                    .map(|v| format!("{v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<12} {:<6} {:>10} {:>10} {:>10}  {}",
+            d.name, role, level, s.triangle_count, labels, voxels, dropped
+        );
+    }
+    if let Some(lm) = &anatomy.labelmap {
+        for r in &lm.refused {
+            let _ = writeln!(out, "refused: {}", r.message);
+        }
+        for n in &lm.notices {
+            if !lm.refused.iter().any(|r| &r.message == n) {
+                let _ = writeln!(out, "notice: {n}");
+            }
+        }
+    }
+    out
+}

@@ -176,3 +176,61 @@ fn a_label_map_plans_from_the_command_line_and_from_a_case_directory() {
     let e = case::read_case(&case_dir).unwrap_err().to_string();
     assert!(e.contains("labelmap.labels.29"), "{e}");
 }
+
+/// `kyphoplan upload --labelmap`: the file goes to the server as it is, is meshed there, and
+/// the table shows what the server found; a bad file is refused naming the field (exit 1).
+#[test]
+fn upload_sends_a_label_map_to_the_server_and_prints_what_it_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = write_label_map(dir.path());
+    let data = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(kyphoplan_server::InProcessServer::start(
+            kyphoplan_server::Config::with_data_dir(data.path()),
+        ))
+        .unwrap();
+    let url = server.url();
+    let o = kyphoplan(&[
+        "upload",
+        "--server",
+        &url,
+        "--labelmap",
+        seg.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.starts_with("anatomy "), "{out}");
+    let l3 = out
+        .lines()
+        .find(|l| l.starts_with("L3 "))
+        .unwrap_or_else(|| panic!("no L3 row: {out}"));
+    let cells: Vec<&str> = l3.split_whitespace().collect();
+    assert_eq!(&cells[..3], ["L3", "vertebra", "L3"], "{l3}");
+    assert_eq!(cells[4], "29", "{l3}");
+    assert!(
+        out.contains("refused: label 28 (L4) touches the volume boundary at the inferior face"),
+        "{out}"
+    );
+
+    // Not a NIfTI file: exit 1, the field named.
+    let bad = dir.path().join("bad.nii");
+    std::fs::write(&bad, "not a label map\n".repeat(40)).unwrap();
+    let o = kyphoplan(&[
+        "upload",
+        "--server",
+        &url,
+        "--labelmap",
+        bad.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("label_volume."), "{err}");
+    assert!(err.contains("bad.nii"), "{err}");
+    let _ = runtime.block_on(server.shutdown());
+}
