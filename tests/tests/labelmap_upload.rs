@@ -138,7 +138,9 @@ async fn a_label_map_uploaded_in_chunks_plans_by_id_bit_for_bit_like_in_process(
     );
     let summary = got.labelmap.clone().unwrap();
     assert_eq!(summary.dims, vec![190, 160, 80]);
-    let refused: Vec<(i32, Vec<u32>, Vec<(String, bool, String)>)> = summary
+    // (level, label ids, faces as (axis, high end, direction)) of each refused vertebra.
+    type Face = (String, bool, String);
+    let refused: Vec<(i32, Vec<u32>, Vec<Face>)> = summary
         .refused
         .iter()
         .map(|r| {
