@@ -78,7 +78,8 @@ pub const THORACIC_MORPHOMETRY_SOURCES: &str = "Kaur K, Singh R, Prasath V, Magu
 Computed tomographic-based morphometric study of thoracic spine. J Clin Orthop Trauma 2016;7:101 \
 (PMC4857161); Panjabi MM et al. Thoracic human vertebrae: quantitative three-dimensional anatomy. \
 Spine 1991;16:888; Lien SB et al. 2007 (sagittal angle \
-largest at T2); Egwu OA et al. J Anat Soc India 2019;68:110 (posterior body heights)";
+largest at T2); Egwu OA et al. J Anat Soc India 2019;68:110 (posterior body heights); \
+Demiroz S, Erdem S. Turk Neurosurg, doi 10.5137/1019-5149.JTN.26848-19.2 (T12 transverse angle)";
 
 /// Shape parameters of one synthetic vertebra. Lengths in millimetres, angles in degrees.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,7 +147,8 @@ impl VertebraParams {
     /// (CT, 600 vertebrae: T1 9.27 mm, T4 4.5 mm, T12 8.31 mm; 62 % of T5 pedicles under 5 mm),
     /// levels between those anchors interpolated monotonically inside the 4.4-5.1 mm T4-T5 range
     /// of clinical.md; transverse (medial) angle from Kaur 2016's T1 35.4 deg falling towards
-    /// T10's 5 deg (Kaur's T12 is -9.8 deg, other CT series report +3 deg at T12 (Demiroz 2020):
+    /// T10's 5 deg (Kaur's T12 is -9.8 deg, other CT series report +3 deg at T12 (Demiroz and
+    /// Erdem, Turk Neurosurg, doi 10.5137/1019-5149.JTN.26848-19.2):
     /// the T12 row keeps 0 deg inside that spread); sagittal angle largest at T2 (Lien 2007);
     /// body width, depth and posterior height, pedicle height and canal size growing from T1 to
     /// T10 as in Panjabi 1991 (narrowest canal T3-T9, "Thoracic human vertebrae: quantitative
