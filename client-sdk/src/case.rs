@@ -262,7 +262,7 @@ fn role_of(s: &StructureToml, at: &str) -> Result<Role, String> {
                 .map_err(|e| format!("{at}.level: {e}")),
             (None, true) => Err(format!("{at}.level: required for role '{}'", s.role)),
             (Some(_), false) => Err(format!(
-                "{at}.level: a '{}' has no level (only vertebra and nerve_root do)",
+                "{at}.level: a '{}' has no level (only vertebra, nerve_root and rib do)",
                 s.role
             )),
             (None, false) => Ok(None),
@@ -275,7 +275,7 @@ fn role_of(s: &StructureToml, at: &str) -> Result<Role, String> {
                 .map_err(|e| format!("{at}.side: {e}")),
             (None, true) => Err(format!("{at}.side: required for role '{}'", s.role)),
             (Some(_), false) => Err(format!(
-                "{at}.side: a '{}' has no side (only nerve_root does)",
+                "{at}.side: a '{}' has no side (only nerve_root and rib do)",
                 s.role
             )),
             (None, false) => Ok(None),
@@ -293,18 +293,23 @@ fn role_of(s: &StructureToml, at: &str) -> Result<Role, String> {
             level: level(true)?.ok_or_else(missing)?,
             side: side(true)?.ok_or_else(missing)?,
         },
-        "spinal_canal" | "skin" | "forbidden" => {
+        "rib" => Role::Rib {
+            level: level(true)?.ok_or_else(missing)?,
+            side: side(true)?.ok_or_else(missing)?,
+        },
+        "spinal_canal" | "skin" | "forbidden" | "pleura" => {
             level(false)?;
             side(false)?;
             match s.role.as_str() {
                 "spinal_canal" => Role::SpinalCanal,
                 "skin" => Role::Skin,
+                "pleura" => Role::Pleura,
                 _ => Role::Forbidden,
             }
         }
         other => {
             return Err(format!(
-                "{at}.role: unknown role '{other}' (expected vertebra, spinal_canal, nerve_root, skin or forbidden)"
+                "{at}.role: unknown role '{other}' (expected vertebra, spinal_canal, nerve_root, skin, forbidden, rib or pleura)"
             ))
         }
     })
@@ -729,8 +734,10 @@ pub fn write_case(
         })?;
         let (level, side) = match role {
             Role::Vertebra { level } => (Some(level.to_string()), None),
-            Role::NerveRoot { level, side } => (Some(level.to_string()), Some(side.to_string())),
-            Role::SpinalCanal | Role::Skin | Role::Forbidden => (None, None),
+            Role::NerveRoot { level, side } | Role::Rib { level, side } => {
+                (Some(level.to_string()), Some(side.to_string()))
+            }
+            Role::SpinalCanal | Role::Skin | Role::Forbidden | Role::Pleura => (None, None),
         };
         tables.push(StructureToml {
             role: role.kind_name().to_owned(),

@@ -171,3 +171,71 @@ fn navigation_error_is_read_from_safety_and_checked() {
     .unwrap_err();
     assert!(e.contains("safety.navigation_error_mm"), "{e}");
 }
+
+/// Issue 15's roles: a thoracic case with ribs and pleura is written (`write_case`) and read back
+/// with the same names, roles, levels and sides; a rib needs its level and side, a pleura has
+/// neither, and the refusals name the field.
+#[test]
+fn rib_and_pleura_roles_round_trip_through_case_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = synth::SpineOptions {
+        with_soft_tissue: false,
+        with_ribs_and_pleura: true,
+    };
+    let (anatomy, _) = synth::spine_with(&[Level::T6], &Pose::identity(), &options);
+    assert!(anatomy
+        .structures
+        .iter()
+        .any(|s| matches!(s.role, Role::Rib { .. })));
+    write_case(dir.path(), &anatomy, None).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("case.toml")).unwrap();
+    assert!(
+        text.contains("role = \"rib\"") && text.contains("role = \"pleura\""),
+        "{text}"
+    );
+    let c = read_case(dir.path()).unwrap();
+    let roles = |a: &kyphoplan_planner::AnatomyInput| -> Vec<Role> {
+        a.structures.iter().map(|s| s.role).collect()
+    };
+    assert_eq!(roles(&c.anatomy), roles(&anatomy));
+    assert_eq!(
+        c.anatomy.structures[1].role,
+        Role::Rib {
+            level: Level::T6,
+            side: Side::Left
+        }
+    );
+    let rib =
+        "[[structure]]\nrole = \"rib\"\nlevel = \"T6\"\nside = \"right\"\nmesh = \"T6.stl\"\n";
+    let pleura = "[[structure]]\nrole = \"pleura\"\nmesh = \"T6.stl\"\n";
+    let head = "name = \"x\"\nframe = \"LPS\"\n[[structure]]\nrole = \"vertebra\"\nlevel = \"T6\"\nmesh = \"T6.stl\"\n";
+    let c = with_toml(dir.path(), &format!("{head}{rib}{pleura}")).unwrap();
+    assert_eq!(
+        roles(&c.anatomy)[1..],
+        [
+            Role::Rib {
+                level: Level::T6,
+                side: Side::Right
+            },
+            Role::Pleura
+        ]
+    );
+    for (bad, expect) in [
+        (rib.replace("side = \"right\"\n", ""), "structure[1].side"),
+        (rib.replace("level = \"T6\"\n", ""), "structure[1].level"),
+        (
+            pleura.replace(
+                "role = \"pleura\"\n",
+                "role = \"pleura\"\nside = \"left\"\n",
+            ),
+            "structure[1].side",
+        ),
+        (
+            pleura.replace("role = \"pleura\"\n", "role = \"pleura\"\nlevel = \"T6\"\n"),
+            "structure[1].level",
+        ),
+    ] {
+        let e = with_toml(dir.path(), &format!("{head}{bad}")).expect_err(expect);
+        assert!(e.contains(expect), "expected '{expect}' in: {e}");
+    }
+}

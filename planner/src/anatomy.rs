@@ -320,6 +320,16 @@ pub enum Role {
     Skin,
     /// Any other structure to avoid (vessels, pleura).
     Forbidden,
+    /// A rib (head, neck, the start of the shaft) of a thoracic level: bone that an
+    /// extrapedicular cannula may pass through, but not part of the vertebra. A transpedicular
+    /// cannula must not hit it: the planner keeps clear of it like a `forbidden` structure.
+    Rib {
+        level: Level,
+        side: Side,
+    },
+    /// The (parietal) pleura: a forbidden structure with its own name, kept clear of by every
+    /// distance check like `forbidden` (by the canal margin). Never guessed from the bone.
+    Pleura,
 }
 
 impl Role {
@@ -330,6 +340,8 @@ impl Role {
             Role::NerveRoot { .. } => "nerve_root",
             Role::Skin => "skin",
             Role::Forbidden => "forbidden",
+            Role::Rib { .. } => "rib",
+            Role::Pleura => "pleura",
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct PreparedAnatomy {
     pub(crate) given: Vec<KeepOut>,
     pub(crate) skin: Option<ClearanceMesh>,
     mesh_fixes: Vec<StructureNotice>,
+    /// The levels and sides with a `rib` mesh, and whether any `pleura` mesh was given: what an
+    /// extrapedicular route would need (the planner never guesses them from the bone).
+    ribs: BTreeSet<(Level, Side)>,
+    has_pleura: bool,
 }
 
 /// One structure of an anatomy that passed validation.
@@ -155,7 +159,7 @@ fn validate_anatomy_with(
                     .into());
                 }
             }
-            Role::SpinalCanal | Role::Skin | Role::Forbidden => {}
+            Role::SpinalCanal | Role::Skin | Role::Forbidden | Role::Rib { .. } | Role::Pleura => {}
         }
     }
     if levels.is_empty() {
@@ -260,6 +264,14 @@ impl PreparedAnatomy {
                 _ => None,
             })
             .collect();
+        let ribs: BTreeSet<(Level, Side)> = structures
+            .iter()
+            .filter_map(|s| match s.role {
+                Role::Rib { level, side } => Some((level, side)),
+                _ => None,
+            })
+            .collect();
+        let has_pleura = structures.iter().any(|s| s.role == Role::Pleura);
         let mut mesh_fixes = Vec::new();
         let mut given = Vec::new();
         let mut skin = None;
@@ -291,7 +303,10 @@ impl PreparedAnatomy {
                     name,
                     mesh,
                 )),
-                Role::Forbidden => given.push(KeepOut::new(
+                // A rib is bone an extrapedicular route may cross, but no planned route is
+                // extrapedicular yet: a cannula keeps clear of it like of the pleura and any
+                // forbidden structure (the keep-out is named by the structure).
+                Role::Forbidden | Role::Rib { .. } | Role::Pleura => given.push(KeepOut::new(
                     KeepOutKind::Forbidden,
                     KeepOutSource::Given,
                     name,
@@ -322,7 +337,19 @@ impl PreparedAnatomy {
             given,
             skin,
             mesh_fixes,
+            ribs,
+            has_pleura,
         })
+    }
+
+    /// Whether the anatomy has a `rib` mesh for `level` on `side`.
+    pub fn has_rib(&self, level: Level, side: Side) -> bool {
+        self.ribs.contains(&(level, side))
+    }
+
+    /// Whether the anatomy has a `pleura` mesh.
+    pub fn has_pleura(&self) -> bool {
+        self.has_pleura
     }
 
     pub fn name(&self) -> &str {

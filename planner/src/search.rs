@@ -22,6 +22,7 @@
 
 use rayon::prelude::*;
 
+use crate::anatomy::Level;
 use crate::criteria::{
     self, centring_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine, GridSampler,
     ANTERIOR_THIRD_FRACTION, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM,
@@ -1120,14 +1121,41 @@ fn infeasible_no_corridor(ctx: &SideContext<'_>, no_bone: bool) -> SideOutcome {
     };
     SideOutcome::Infeasible {
         reasons: vec![reason],
-        alternatives: vec![extrapedicular()],
+        alternatives: vec![extrapedicular(ctx)],
     }
 }
 
-fn extrapedicular() -> Alternative {
+/// The extrapedicular alternative. At a thoracic level it names the meshes such a route needs
+/// and the case lacks: the level's `rib` of this side and a `pleura` (never guessed from bone).
+fn extrapedicular(ctx: &SideContext<'_>) -> Alternative {
+    let level = ctx.vertebra.level;
+    if level > Level::T12 {
+        return Alternative {
+            code: AlternativeCode::Extrapedicular,
+            message: "an extrapedicular approach (lateral of the pedicle) may work: plan it by hand and check it with evaluate".into(),
+        };
+    }
+    let mut missing = Vec::new();
+    if !ctx.anatomy.has_rib(level, ctx.side) {
+        missing.push(format!("the {level} {} `rib` mesh", ctx.side));
+    }
+    if !ctx.anatomy.has_pleura() {
+        missing.push("a `pleura` mesh".to_string());
+    }
+    let message = if missing.is_empty() {
+        "an extrapedicular approach (between rib head and pedicle, into the body) may work; the \
+         case has the ribs and pleura meshes it needs: plan it by hand and check it with evaluate"
+            .to_string()
+    } else {
+        format!(
+            "an extrapedicular approach (between rib head and pedicle, into the body) needs the \
+             ribs and pleura meshes; this case lacks {} (the pleura is never guessed from the bone)",
+            missing.join(" and ")
+        )
+    };
     Alternative {
         code: AlternativeCode::Extrapedicular,
-        message: "an extrapedicular approach (lateral of the pedicle) may work: plan it by hand and check it with evaluate".into(),
+        message,
     }
 }
 
@@ -1150,7 +1178,7 @@ fn diagnose(ctx: &SideContext<'_>, best: &Measurement, corridor_mm: Real) -> Sid
                 ),
             });
         }
-        alternatives.push(extrapedicular());
+        alternatives.push(extrapedicular(ctx));
     }
     for v in &best.violations {
         let (code, keep) = match v.code {

@@ -1,5 +1,7 @@
-//! Synthetic anatomy: parametric vertebrae T10..L5 from published morphometry, meshed as
-//! watertight surfaces, with their pedicle axes known by construction. The built-in anatomy of
+//! Synthetic anatomy: parametric vertebrae T1..L5 from published morphometry, meshed as
+//! watertight surfaces, with their pedicle axes known by construction; at thoracic levels, on
+//! request, the ribs (head at the costovertebral joint, neck to the transverse process tip) and
+//! a pleura slab in front of them ([`thorax`], [`spine_with`]). The built-in anatomy of
 //! `kyphoplan demo` and the ground truth of the planner's tests.
 //!
 //! Each vertebra is an implicit solid (negative inside, a signed-distance-like field) built in
@@ -19,7 +21,9 @@ use crate::math::{Point, Pose, Real, Translation3, UnitVector, Vector};
 use crate::mesh::TriMesh;
 use crate::mesher::{marching_tetrahedra, ring, tube_through_rings};
 
-/// The levels with mean morphometry in [`VertebraParams::mean`], cranial to caudal.
+/// The levels T10..L5, cranial to caudal: the levels the generator covered before the thoracic
+/// table, over which the case library (`kyphoplan-cases`) and the lumbar tests iterate. Every
+/// level of [`ALL_MEAN_LEVELS`] has mean morphometry in [`VertebraParams::mean`].
 pub const MEAN_LEVELS: [Level; 8] = [
     Level::T10,
     Level::T11,
@@ -30,6 +34,52 @@ pub const MEAN_LEVELS: [Level; 8] = [
     Level::L4,
     Level::L5,
 ];
+
+/// The thoracic levels T1..T12, cranial to caudal.
+pub const THORACIC_LEVELS: [Level; 12] = [
+    Level::T1,
+    Level::T2,
+    Level::T3,
+    Level::T4,
+    Level::T5,
+    Level::T6,
+    Level::T7,
+    Level::T8,
+    Level::T9,
+    Level::T10,
+    Level::T11,
+    Level::T12,
+];
+
+/// Every level with its own mean morphometry in [`VertebraParams::mean`]: T1..L5.
+pub const ALL_MEAN_LEVELS: [Level; 17] = [
+    Level::T1,
+    Level::T2,
+    Level::T3,
+    Level::T4,
+    Level::T5,
+    Level::T6,
+    Level::T7,
+    Level::T8,
+    Level::T9,
+    Level::T10,
+    Level::T11,
+    Level::T12,
+    Level::L1,
+    Level::L2,
+    Level::L3,
+    Level::L4,
+    Level::L5,
+];
+
+/// The published sources of the thoracic rows of [`VertebraParams::mean`] (see there for which
+/// number comes from where).
+pub const THORACIC_MORPHOMETRY_SOURCES: &str = "Kaur K, Singh R, Prasath V, Magu S, Tanwar M. \
+Computed tomographic-based morphometric study of thoracic spine. J Clin Orthop Trauma 2016;7:101 \
+(PMC4857161); Panjabi MM et al. Thoracic human vertebrae: quantitative three-dimensional anatomy. \
+Spine 1991;16:888; Lien SB et al. 2007 (sagittal angle \
+largest at T2); Egwu OA et al. J Anat Soc India 2019;68:110 (posterior body heights); \
+Demiroz S, Erdem S. Turk Neurosurg, doi 10.5137/1019-5149.JTN.26848-19.2 (T12 transverse angle)";
 
 /// Shape parameters of one synthetic vertebra. Lengths in millimetres, angles in degrees.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,14 +137,49 @@ impl VertebraParams {
         }
     }
 
-    /// Mean morphometry of `level` (clinical.md: Panjabi 1992 / Zindrick 1987 pedicle widths,
-    /// Panjabi body and canal sizes, Dickman medial angles). Defined for T10..L5; levels above
-    /// T10 use T10's numbers and S1 uses L5's (neither is anatomical).
+    /// Mean morphometry of `level`, T1..L5 (S1 uses L5's numbers, which is not anatomical).
+    ///
+    /// Lumbar and T10-T12 rows (unchanged since the generator stopped at T10; the case library's
+    /// goldens are built on them): clinical.md, Panjabi 1992 / Zindrick 1987 pedicle widths,
+    /// Panjabi body and canal sizes, Dickman medial angles.
+    ///
+    /// T1-T9 rows (see [`THORACIC_MORPHOMETRY_SOURCES`]): pedicle outer width from Kaur 2016
+    /// (CT, 600 vertebrae: T1 9.27 mm, T4 4.5 mm, T12 8.31 mm; 62 % of T5 pedicles under 5 mm),
+    /// levels between those anchors interpolated monotonically inside the 4.4-5.1 mm T4-T5 range
+    /// of clinical.md; transverse (medial) angle from Kaur 2016's T1 35.4 deg falling towards
+    /// T10's 5 deg (Kaur's T12 is -9.8 deg, other CT series report +3 deg at T12 (Demiroz and
+    /// Erdem, Turk Neurosurg, doi 10.5137/1019-5149.JTN.26848-19.2):
+    /// the T12 row keeps 0 deg inside that spread); sagittal angle largest at T2 (Lien 2007);
+    /// body width, depth and posterior height, pedicle height and canal size growing from T1 to
+    /// T10 as in Panjabi 1991 (narrowest canal T3-T9, "Thoracic human vertebrae: quantitative
+    /// three-dimensional anatomy", Spine 16:888) with posterior body heights of 15.5-20.5 mm
+    /// (Egwu 2019: 17.6-20.5 mm at T2-T9); transverse process length rising from T1 to T7 then
+    /// falling (Kaur 2016: 23.5 mm at T1, 31.2 mm at T7, 12.1 mm at T12; the generator measures
+    /// it from the articular pillar, so the values are a few mm shorter). These are model
+    /// values of a plausible mean spine, not a population's means: a planner measures each mesh.
     pub fn mean(level: Level) -> VertebraParams {
-        // Rows: the levels of MEAN_LEVELS, in order. Columns: body W, D, H; pedicle W, H, medial, sagittal, length; canal W, D;
-        // lamina T; transverse process L; spinous L.
+        // Rows: T1..L5 in order (`Level::index`). Columns: body W, D, H; pedicle W, H, medial,
+        // sagittal, length; canal W, D; lamina T; transverse process L; spinous L.
         #[rustfmt::skip]
-        const TABLE: [[Real; 13]; 8] = [
+        const TABLE: [[Real; 13]; 17] = [
+            // T1
+            [27.0, 16.5, 15.5,  9.3,  9.5, 35.4, 12.0, 10.0, 21.0, 14.5, 5.5, 22.0, 30.0],
+            // T2
+            [27.5, 18.0, 16.5,  7.6, 10.5, 27.0, 15.0, 10.5, 18.5, 15.0, 5.5, 24.0, 30.0],
+            // T3
+            [28.0, 20.0, 17.0,  5.9, 10.5, 20.0, 14.0, 11.0, 17.0, 15.0, 5.5, 25.0, 30.0],
+            // T4
+            [29.0, 22.0, 17.5,  4.5, 10.5, 15.0, 13.0, 11.0, 16.5, 15.0, 5.5, 26.0, 30.0],
+            // T5
+            [30.0, 23.5, 18.0,  4.8, 10.8, 12.5, 12.0, 11.0, 16.5, 15.0, 5.5, 26.0, 30.0],
+            // T6
+            [31.0, 25.0, 18.5,  5.1, 11.0, 11.0, 12.0, 11.5, 16.5, 15.0, 5.5, 26.0, 30.0],
+            // T7
+            [32.0, 26.0, 19.0,  5.4, 11.3, 10.0, 11.0, 11.5, 16.8, 15.0, 5.5, 26.0, 30.0],
+            // T8
+            [33.0, 27.0, 19.5,  5.8, 11.8,  8.5, 10.0, 12.0, 17.0, 15.5, 5.5, 24.0, 30.0],
+            // T9
+            [34.0, 28.0, 20.5,  6.3, 13.0,  7.0,  9.0, 12.0, 17.5, 15.5, 5.5, 21.0, 30.0],
             // T10
             [35.0, 29.0, 21.0,  7.2, 15.0,  5.0, 8.0, 12.0, 18.0, 16.0, 5.5, 18.0, 30.0],
             // T11
@@ -112,16 +197,7 @@ impl VertebraParams {
             // L5
             [47.3, 38.0, 23.2, 18.6, 14.2, 27.0, 0.0, 15.0, 27.1, 19.7, 6.0, 18.0, 24.0],
         ];
-        let row = match level {
-            l if l <= Level::T10 => 0,
-            Level::T11 => 1,
-            Level::T12 => 2,
-            Level::L1 => 3,
-            Level::L2 => 4,
-            Level::L3 => 5,
-            Level::L4 => 6,
-            _ => 7,
-        };
+        let row = level.index().min(Level::L5.index());
         let r = TABLE[row];
         VertebraParams {
             level,
@@ -574,6 +650,243 @@ fn nerve_root(p: &VertebraParams, side: Side) -> TriMesh {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ribs and pleura (thoracic levels)
+// ---------------------------------------------------------------------------------------------
+
+/// Radius of the rib head (the head of a typical rib is about 8-10 mm high; model value).
+pub const RIB_HEAD_RADIUS_MM: Real = 4.5;
+/// Radius of the rib neck and shaft (model value).
+pub const RIB_NECK_RADIUS_MM: Real = 3.2;
+/// The open joint space kept between a rib and its vertebra (costovertebral and costotransverse
+/// joints: cartilage and capsule), so that the meshes never touch: the generator subtracts the
+/// bone dilated by this much from the rib.
+pub const RIB_JOINT_GAP_MM: Real = 1.5;
+/// How far the parietal pleura lies in front of the ribs and beside the vertebral body (the
+/// paravertebral fat, sympathetic trunk and segmental vessels between; model value).
+pub const PLEURA_OFFSET_MM: Real = 4.0;
+/// Thickness of the pleura slab (a closed solid standing for the pleural surface; model value).
+pub const PLEURA_THICKNESS_MM: Real = 2.0;
+
+/// One rib's shape by construction, in LPS.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RibTruth {
+    /// The patient side.
+    pub side: Side,
+    /// Centre of the rib head, at the costovertebral joint beside the body's posterolateral
+    /// corner, in front of the pedicle root, at the superior endplate.
+    pub head_center: Point,
+    /// Centre of the rib tubercle at the costotransverse joint, in front of the transverse
+    /// process tip. The neck runs from the head to here.
+    pub tubercle_center: Point,
+    /// Lateral end of the modelled piece of the shaft.
+    pub shaft_end: Point,
+}
+
+/// The ribs and pleura of one thoracic level, in LPS.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticThorax {
+    /// The level.
+    pub level: Level,
+    /// Left and right rib (head, neck and the first 30 mm of the shaft): closed, 2-manifold,
+    /// outward wound, clear of the vertebra by about [`RIB_JOINT_GAP_MM`].
+    pub ribs: PerSide<TriMesh>,
+    /// The ribs' construction points.
+    pub rib_truth: PerSide<RibTruth>,
+    /// Left and right pleura: a closed slab [`PLEURA_THICKNESS_MM`] thick, [`PLEURA_OFFSET_MM`]
+    /// in front of the rib and beside the vertebral body, spanning the level's height.
+    pub pleura: PerSide<TriMesh>,
+}
+
+/// Rib construction points in the vertebra frame (left side; mirror for the right).
+struct RibLayout {
+    head: Vector,
+    tubercle: Vector,
+    shaft_end: Vector,
+}
+
+fn rib_layout(p: &VertebraParams) -> RibLayout {
+    let lay = layout(p);
+    let a = 0.5 * p.body_width_mm;
+    let b = 0.5 * p.body_depth_mm;
+    let h = p.body_height_mm;
+    // The head: beside the body's lateral wall at 45 % of its half-depth behind the centre (the
+    // posterolateral corner, in front of the pedicle root), at the superior endplate where the
+    // costal facet takes the head, pushed out along the body outline's normal.
+    let y0 = 0.45 * b;
+    let x0 = a * (1.0 - (y0 / b).powi(2)).sqrt();
+    let n = Vector::new(x0 / (a * a), y0 / (b * b), 0.0).normalize();
+    let head = Vector::new(x0, y0, 0.5 * h - 1.0) + n * (RIB_HEAD_RADIUS_MM + 2.0);
+    // The tubercle: in front of the transverse process, 3 mm short of its tip (the same
+    // transverse process as `Shape::new` builds for a thoracic level).
+    let back = lay.left_isthmus - lay.left_dir * (0.5 * p.pedicle_length_mm);
+    let tp_dir = Vector::new(1.0, 0.8, 0.25).normalize();
+    let tp_a = Vector::new(back.x, back.y, lay.pedicle_z);
+    let tp_b = tp_a + tp_dir * p.transverse_process_length_mm;
+    let anterior = Vector::new(0.8, -1.0, 0.0).normalize();
+    let tubercle =
+        tp_b - tp_dir * 3.0 + anterior * (3.0 + RIB_NECK_RADIUS_MM + RIB_JOINT_GAP_MM + 0.3);
+    // The shaft: laterally, anteriorly and down.
+    let shaft_end = tubercle + Vector::new(0.75, -0.55, -0.35).normalize() * 30.0;
+    RibLayout {
+        head,
+        tubercle,
+        shaft_end,
+    }
+}
+
+/// Signed distance to the capsule `a`-`b` of radius `r`.
+fn capsule_sd(p: &Vector, a: &Vector, b: &Vector, r: Real) -> Real {
+    let ab = b - a;
+    let t = ((p - a).dot(&ab) / ab.norm_squared()).clamp(0.0, 1.0);
+    (p - (a + ab * t)).norm() - r
+}
+
+/// Distance in the axial (x, y) plane from `p` to the segment `a`-`b`.
+fn segment_distance_xy(p: &Vector, a: &Vector, b: &Vector) -> Real {
+    let (p, a, b) = (
+        Vector::new(p.x, p.y, 0.0),
+        Vector::new(a.x, a.y, 0.0),
+        Vector::new(b.x, b.y, 0.0),
+    );
+    capsule_sd(&p, &a, &b, 0.0)
+}
+
+fn side_vector(side: Side, v: Vector) -> Vector {
+    match side {
+        Side::Left => v,
+        Side::Right => mirror_x(v),
+    }
+}
+
+/// The rib of `side` as an implicit solid: head, neck and shaft, minus the vertebra dilated by
+/// the joint gap.
+fn rib_sd(shape: &Shape, r: &RibLayout, side: Side, p: &Vector) -> Real {
+    let (h, t, e) = (
+        side_vector(side, r.head),
+        side_vector(side, r.tubercle),
+        side_vector(side, r.shaft_end),
+    );
+    let head = (p - h).norm() - RIB_HEAD_RADIUS_MM;
+    let neck = capsule_sd(p, &h, &t, RIB_NECK_RADIUS_MM);
+    let shaft = capsule_sd(p, &t, &e, RIB_NECK_RADIUS_MM);
+    smin(smin(head, neck, 1.5), shaft, 1.5).max(RIB_JOINT_GAP_MM - shape.sd(p))
+}
+
+/// The axial polyline the pleura follows on `side`: from in front of the body's anterolateral
+/// wall, beside the body, in front of the rib head, then in front of the neck and shaft.
+fn pleura_path(p: &VertebraParams, r: &RibLayout, side: Side) -> Vec<Vector> {
+    let a = 0.5 * p.body_width_mm;
+    let b = 0.5 * p.body_depth_mm;
+    let off = PLEURA_OFFSET_MM + 0.5 * PLEURA_THICKNESS_MM;
+    let on_body = |t_deg: Real| {
+        // Point of the body outline at angle t from the anterior midline, pushed out.
+        let t = t_deg.to_radians();
+        let q = Vector::new(a * t.sin(), -b * t.cos(), 0.0);
+        let n = Vector::new(q.x / (a * a), q.y / (b * b), 0.0).normalize();
+        q + n * off
+    };
+    let rib_off = RIB_NECK_RADIUS_MM + off;
+    let head_front = r.head + Vector::new(0.6, -0.8, 0.0) * (RIB_HEAD_RADIUS_MM + off);
+    let neck_dir = (r.tubercle - r.head).normalize();
+    let neck_front = Vector::new(neck_dir.y, -neck_dir.x, 0.0); // the neck's anterior normal
+    let shaft_dir = (r.shaft_end - r.tubercle).normalize();
+    let shaft_front = Vector::new(shaft_dir.y, -shaft_dir.x, 0.0);
+    [
+        on_body(40.0),
+        on_body(70.0),
+        head_front,
+        r.tubercle + neck_front * rib_off,
+        r.shaft_end + shaft_front * rib_off,
+    ]
+    .into_iter()
+    .map(|v| side_vector(side, Vector::new(v.x, v.y, 0.0)))
+    .collect()
+}
+
+fn pleura_sd(
+    shape: &Shape,
+    r: &RibLayout,
+    path: &[Vector],
+    half_height_mm: Real,
+    p: &Vector,
+) -> Real {
+    let d2 = path
+        .windows(2)
+        .map(|w| segment_distance_xy(p, &w[0], &w[1]))
+        .fold(Real::INFINITY, Real::min)
+        - 0.5 * PLEURA_THICKNESS_MM;
+    let slab = extrude(d2, p.z.abs() - half_height_mm, 0.5);
+    if slab > 2.0 {
+        // Far from the slab: the subtractions cannot bring it back inside.
+        return slab;
+    }
+    let mut d = slab.max(RIB_JOINT_GAP_MM - shape.sd(p));
+    for side in Side::BOTH {
+        d = d.max(RIB_JOINT_GAP_MM - rib_sd(shape, r, side, p));
+    }
+    d
+}
+
+/// The ribs and pleura of a thoracic vertebra built from `params`, posed by `vertebra_to_lps`
+/// (the same pose as [`vertebra`]'s); `None` below T12. Model simplifications: every rib has a
+/// head, a neck to the transverse process and a short straight shaft (ribs 1, 11 and 12 differ
+/// in the body: the first is flat, the last two have no costotransverse joint); no costal facets
+/// are carved; the pleura is a slab that follows the body and the ribs, not the lung's dome.
+pub fn thorax(params: &VertebraParams, vertebra_to_lps: &Pose) -> Option<SyntheticThorax> {
+    if !params.is_thoracic() {
+        return None;
+    }
+    let shape = Shape::new(params);
+    let r = rib_layout(params);
+    let res = params.mesh_resolution_mm.clamp(0.2, 5.0);
+    let pad = Vector::repeat(2.0 * res + 3.0);
+    let rib_mesh = |side: Side| {
+        let (h, t, e) = (
+            side_vector(side, r.head),
+            side_vector(side, r.tubercle),
+            side_vector(side, r.shaft_end),
+        );
+        let rr = Vector::repeat(RIB_HEAD_RADIUS_MM);
+        let lo = h.inf(&t).inf(&e) - rr - pad;
+        let hi = h.sup(&t).sup(&e) + rr + pad;
+        marching_tetrahedra(|p| rib_sd(&shape, &r, side, p), lo, hi, res)
+            .transformed(vertebra_to_lps)
+    };
+    let ribs = PerSide::from_fn(rib_mesh);
+    let half_height_mm = 0.5 * params.body_height_mm + 3.5;
+    let pleura = PerSide::from_fn(|side| {
+        let path = pleura_path(params, &r, side);
+        let mut lo = Vector::repeat(Real::INFINITY);
+        let mut hi = Vector::repeat(Real::NEG_INFINITY);
+        for q in &path {
+            lo = lo.inf(q);
+            hi = hi.sup(q);
+        }
+        lo.z = -half_height_mm;
+        hi.z = half_height_mm;
+        marching_tetrahedra(
+            |p| pleura_sd(&shape, &r, &path, half_height_mm, p),
+            lo - pad,
+            hi + pad,
+            res,
+        )
+        .transformed(vertebra_to_lps)
+    });
+    let rib_truth = PerSide::from_fn(|side| RibTruth {
+        side,
+        head_center: vertebra_to_lps * Point::from(side_vector(side, r.head)),
+        tubercle_center: vertebra_to_lps * Point::from(side_vector(side, r.tubercle)),
+        shaft_end: vertebra_to_lps * Point::from(side_vector(side, r.shaft_end)),
+    });
+    Some(SyntheticThorax {
+        level: params.level,
+        ribs,
+        rib_truth,
+        pleura,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Public API
 // ---------------------------------------------------------------------------------------------
 
@@ -630,6 +943,35 @@ pub fn spine(
     patient_pose: &Pose,
     with_soft_tissue: bool,
 ) -> (AnatomyInput, Vec<SyntheticVertebra>) {
+    spine_with(
+        levels,
+        patient_pose,
+        &SpineOptions {
+            with_soft_tissue,
+            with_ribs_and_pleura: false,
+        },
+    )
+}
+
+/// What [`spine_with`] adds to the bone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpineOptions {
+    /// One spinal canal through all levels and the exiting nerve roots (as [`spine`]'s
+    /// `with_soft_tissue`).
+    pub with_soft_tissue: bool,
+    /// At every thoracic level the left and right rib (role `rib`, "T5_rib_left") and pleura
+    /// (role `pleura`, "T5_pleura_left"), from [`thorax`].
+    pub with_ribs_and_pleura: bool,
+}
+
+/// [`spine`] with [`SpineOptions`]; the structures come in the order vertebrae, canal, nerve
+/// roots, then per thoracic level its left and right rib and left and right pleura.
+pub fn spine_with(
+    levels: &[Level],
+    patient_pose: &Pose,
+    options: &SpineOptions,
+) -> (AnatomyInput, Vec<SyntheticVertebra>) {
+    let with_soft_tissue = options.with_soft_tissue;
     let mut sorted: Vec<Level> = levels.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -694,6 +1036,30 @@ pub fn spine(
                         side,
                     },
                     mesh: root.clone(),
+                });
+            }
+        }
+    }
+    if options.with_ribs_and_pleura {
+        for v in &out {
+            let Some(t) = thorax(&v.params, &v.vertebra_to_lps) else {
+                continue;
+            };
+            for (side, rib) in t.ribs.with_sides() {
+                structures.push(Structure {
+                    name: format!("{}_rib_{}", v.level.name(), side.name()),
+                    role: Role::Rib {
+                        level: v.level,
+                        side,
+                    },
+                    mesh: rib.clone(),
+                });
+            }
+            for (side, pleura) in t.pleura.with_sides() {
+                structures.push(Structure {
+                    name: format!("{}_pleura_{}", v.level.name(), side.name()),
+                    role: Role::Pleura,
+                    mesh: pleura.clone(),
                 });
             }
         }

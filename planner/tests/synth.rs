@@ -8,7 +8,7 @@ use kyphoplan_planner::math::{Point, Pose, Real, Vector};
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::synth::{self, SyntheticVertebra, VertebraParams};
 
-const LEVELS: [Level; 8] = synth::MEAN_LEVELS;
+const LEVELS: [Level; 17] = synth::ALL_MEAN_LEVELS;
 
 /// Every undirected edge in exactly two triangles, each directed edge exactly once.
 fn check_closed_manifold(mesh: &TriMesh) -> Result<usize, String> {
@@ -151,8 +151,9 @@ fn every_level_is_a_closed_outward_genus_one_solid() {
             (40.0..=120.0).contains(&largest),
             "{level}: extent {largest}"
         );
+        // T1, the smallest body (27 x 16.5 x 15.5 mm), has about 14,000 at 1 mm.
         assert!(
-            (15_000..=80_000).contains(&m.triangles.len()),
+            (10_000..=80_000).contains(&m.triangles.len()),
             "{level}: {} triangles",
             m.triangles.len()
         );

@@ -354,6 +354,8 @@ pub fn descriptor_to_pb(name: &str, role: &Role) -> pb::StructureDescriptor {
         Role::NerveRoot { level, side } => (pb::Role::NerveRoot, Some(level), Some(side)),
         Role::Skin => (pb::Role::Skin, None, None),
         Role::Forbidden => (pb::Role::Forbidden, None, None),
+        Role::Rib { level, side } => (pb::Role::Rib, Some(level), Some(side)),
+        Role::Pleura => (pb::Role::Pleura, None, None),
     };
     pb::StructureDescriptor {
         role: role as i32,
@@ -438,6 +440,16 @@ pub fn descriptor_from_pb(d: pb::StructureDescriptor, field: &str) -> Result<(St
             no_level("forbidden structure")?;
             no_side("forbidden structure")?;
             Role::Forbidden
+        }
+        pb::Role::Rib => Role::Rib {
+            level: need_level()?,
+            side: side
+                .ok_or_else(|| InputError::invalid(f("side"), "SIDE_UNSPECIFIED", "required"))?,
+        },
+        pb::Role::Pleura => {
+            no_level("pleura")?;
+            no_side("pleura")?;
+            Role::Pleura
         }
     };
     Ok((name, role))

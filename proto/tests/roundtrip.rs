@@ -1,7 +1,7 @@
 //! Planner -> proto -> wire -> proto -> planner is lossless: identical values and identical plan
 //! JSON, for real plans and for edge-case floats.
 
-use kyphoplan_planner::anatomy::{Level, PatientFrame, Side};
+use kyphoplan_planner::anatomy::{Level, PatientFrame, Role, Side};
 use kyphoplan_planner::error::MeshFix;
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::plan::*;
@@ -298,6 +298,57 @@ fn every_reason_code_maps_to_a_distinct_wire_value() {
     assert!(convert::level_from_pb(0, "levels[0]").is_err());
     assert!(convert::frame_from_pb(0, "frame").is_err());
     assert!(convert::side_from_pb(99, "side").is_err());
+}
+
+/// Issue 15's roles `rib` (level and side) and `pleura` survive the wire and JSON; a rib
+/// without its side, or a pleura with a level, is refused naming the field.
+#[test]
+fn rib_and_pleura_roles_round_trip_through_proto_and_json() {
+    let options = synth::SpineOptions {
+        with_soft_tissue: false,
+        with_ribs_and_pleura: true,
+    };
+    let (anatomy, _) = synth::spine_with(&[Level::T7], &Pose::identity(), &options);
+    let roles: Vec<Role> = anatomy.structures.iter().map(|s| s.role).collect();
+    assert!(roles.contains(&Role::Pleura));
+    assert!(roles.contains(&Role::Rib {
+        level: Level::T7,
+        side: Side::Right
+    }));
+    let data = convert::anatomy_to_pb(&anatomy);
+    let decoded = pb::AnatomyData::decode(data.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(convert::anatomy_from_pb(decoded).unwrap(), anatomy);
+    for role in roles {
+        let json = serde_json::to_string(&role).unwrap();
+        assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), role, "{json}");
+        let d = convert::descriptor_to_pb("x", &role);
+        assert_eq!(
+            convert::descriptor_from_pb(d, "structures[0]").unwrap(),
+            ("x".to_string(), role)
+        );
+    }
+    assert_eq!(
+        serde_json::to_string(&Role::Rib {
+            level: Level::T7,
+            side: Side::Left
+        })
+        .unwrap(),
+        r#"{"role":"rib","level":"T7","side":"left"}"#
+    );
+    let mut rib = convert::descriptor_to_pb(
+        "rib",
+        &Role::Rib {
+            level: Level::T7,
+            side: Side::Left,
+        },
+    );
+    rib.side = pb::Side::Unspecified as i32;
+    let e = convert::descriptor_from_pb(rib, "structures[3]").unwrap_err();
+    assert!(format!("{e}").contains("structures[3].side"), "{e}");
+    let mut pleura = convert::descriptor_to_pb("pleura", &Role::Pleura);
+    pleura.level = pb::Level::T7 as i32;
+    let e = convert::descriptor_from_pb(pleura, "structures[4]").unwrap_err();
+    assert!(format!("{e}").contains("structures[4].level"), "{e}");
 }
 
 #[test]
