@@ -52,25 +52,9 @@ pub const THORACIC_LEVELS: [Level; 12] = [
 ];
 
 /// Every level with its own mean morphometry in [`VertebraParams::mean`]: T1..L5.
-pub const ALL_MEAN_LEVELS: [Level; 17] = [
-    Level::T1,
-    Level::T2,
-    Level::T3,
-    Level::T4,
-    Level::T5,
-    Level::T6,
-    Level::T7,
-    Level::T8,
-    Level::T9,
-    Level::T10,
-    Level::T11,
-    Level::T12,
-    Level::L1,
-    Level::L2,
-    Level::L3,
-    Level::L4,
-    Level::L5,
-];
+pub const ALL_MEAN_LEVELS: [Level; 17] = *Level::ALL
+    .first_chunk::<17>()
+    .expect("Level::ALL runs T1..L5, then S1");
 
 /// The published sources of the thoracic rows of [`VertebraParams::mean`] (see there for which
 /// number comes from where).

@@ -93,6 +93,24 @@ async fn connect(url: &str) -> Result<Client, Failure> {
         .map_err(|e| Failure::Server(e.to_string()))
 }
 
+/// What `plan` and `upload` read: a case directory, or a NIfTI label map.
+#[derive(clap::Args)]
+struct Source {
+    #[arg(required_unless_present = "labelmap", conflicts_with = "labelmap")]
+    case_dir: Option<PathBuf>,
+    /// A NIfTI label map (.nii / .nii.gz) instead of a case directory.
+    #[arg(long, value_name = "FILE")]
+    labelmap: Option<PathBuf>,
+    /// The label map's ids: totalsegmentator (v2 "total" task) or verse.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "totalsegmentator",
+        requires = "labelmap"
+    )]
+    convention: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Plan every level of the built-in anatomy and write the results (a case directory with
@@ -101,22 +119,11 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "kyphoplan-demo")]
         out: PathBuf,
     },
-    /// Plan a case directory, or a NIfTI label map (--labelmap).
+    /// Plan a case directory, or a NIfTI label map (--labelmap; planned in frame LPS with the
+    /// contract's instrument and safety).
     Plan {
-        #[arg(required_unless_present = "labelmap", conflicts_with = "labelmap")]
-        case_dir: Option<PathBuf>,
-        /// Plan a NIfTI label map (.nii / .nii.gz) instead of a case directory (frame LPS, the
-        /// contract's instrument and safety).
-        #[arg(long, value_name = "FILE")]
-        labelmap: Option<PathBuf>,
-        /// The label map's ids: totalsegmentator (v2 "total" task) or verse.
-        #[arg(
-            long,
-            value_name = "NAME",
-            default_value = "totalsegmentator",
-            requires = "labelmap"
-        )]
-        convention: String,
+        #[command(flatten)]
+        source: Source,
         /// Levels to plan from the label map (comma separated, e.g. L1,L2); default: every
         /// complete vertebra.
         #[arg(long, value_name = "LEVELS", value_delimiter = ',', value_parser = parse_level, requires = "labelmap")]
@@ -199,19 +206,8 @@ enum Command {
     /// to the server; print the anatomy id and the structures the server found (for a label
     /// map: label ids, voxels, pieces left out, vertebrae refused as cut by the scan).
     Upload {
-        #[arg(required_unless_present = "labelmap", conflicts_with = "labelmap")]
-        case_dir: Option<PathBuf>,
-        /// Upload this NIfTI label map (.nii / .nii.gz) instead of a case directory.
-        #[arg(long, value_name = "FILE")]
-        labelmap: Option<PathBuf>,
-        /// The label map's ids: totalsegmentator (v2 "total" task) or verse.
-        #[arg(
-            long,
-            value_name = "NAME",
-            default_value = "totalsegmentator",
-            requires = "labelmap"
-        )]
-        convention: String,
+        #[command(flatten)]
+        source: Source,
         #[arg(long, value_name = "URL")]
         server: String,
     },
@@ -333,9 +329,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Demo { out } => demo(&out),
         Command::Plan {
-            case_dir,
-            labelmap,
-            convention,
+            source:
+                Source {
+                    case_dir,
+                    labelmap,
+                    convention,
+                },
             levels,
             export_meshes,
             server,
@@ -394,9 +393,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cascade,
         } => delete(&server, plan.as_deref(), anatomy.as_deref(), cascade),
         Command::Upload {
-            case_dir,
-            labelmap,
-            convention,
+            source:
+                Source {
+                    case_dir,
+                    labelmap,
+                    convention,
+                },
             server,
         } => upload(
             &server,
