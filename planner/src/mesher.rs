@@ -333,8 +333,9 @@ fn find(parent: &mut [u32], mut x: u32) -> u32 {
     x
 }
 
-/// The connected component (through shared vertices) with the most triangles, compacted.
-fn largest_component(mesh: &TriMesh) -> TriMesh {
+/// The connected component (through shared vertices) of each triangle, named by its smallest
+/// vertex index.
+fn triangle_roots(mesh: &TriMesh) -> Vec<u32> {
     let nv = mesh.vertices_mm.len();
     let mut parent: Vec<u32> = (0..nv as u32).collect();
     for t in &mesh.triangles {
@@ -347,12 +348,17 @@ fn largest_component(mesh: &TriMesh) -> TriMesh {
             }
         }
     }
-    let mut count: HashMap<u32, usize> = HashMap::new();
-    let roots: Vec<u32> = mesh
-        .triangles
+    mesh.triangles
         .iter()
         .map(|t| find(&mut parent, t[0]))
-        .collect();
+        .collect()
+}
+
+/// The connected component (through shared vertices) with the most triangles, compacted.
+fn largest_component(mesh: &TriMesh) -> TriMesh {
+    let nv = mesh.vertices_mm.len();
+    let mut count: HashMap<u32, usize> = HashMap::new();
+    let roots = triangle_roots(mesh);
     for r in &roots {
         *count.entry(*r).or_insert(0) += 1;
     }
@@ -388,23 +394,12 @@ fn largest_component(mesh: &TriMesh) -> TriMesh {
 /// triangles first (ties: the one whose first triangle comes first). Deterministic.
 pub fn connected_components(mesh: &TriMesh) -> Vec<TriMesh> {
     let nv = mesh.vertices_mm.len();
-    let mut parent: Vec<u32> = (0..nv as u32).collect();
-    for t in &mesh.triangles {
-        for e in 1..3 {
-            let a = find(&mut parent, t[0]);
-            let b = find(&mut parent, t[e]);
-            if a != b {
-                let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-                parent[hi as usize] = lo;
-            }
-        }
-    }
+    let roots = triangle_roots(mesh);
     let mut order: Vec<u32> = Vec::new();
     let mut slot: HashMap<u32, usize> = HashMap::new();
     let mut parts: Vec<(Vec<Point>, Vec<[u32; 3]>)> = Vec::new();
     let mut remap = vec![u32::MAX; nv];
-    for t in &mesh.triangles {
-        let root = find(&mut parent, t[0]);
+    for (t, &root) in mesh.triangles.iter().zip(&roots) {
         let s = *slot.entry(root).or_insert_with(|| {
             order.push(root);
             parts.push((Vec::new(), Vec::new()));

@@ -1,6 +1,8 @@
 //! Facts about the synthetic vertebrae: topology, orientation, pedicle placement, posing, wedge
 //! fractures and determinism.
 
+mod common;
+
 use std::collections::HashMap;
 
 use kyphoplan_planner::anatomy::{Level, Role, Side};
@@ -397,27 +399,7 @@ fn soft_tissue_does_not_enter_the_bone_and_triangles_are_not_degenerate() {
 
 /// Pairs of triangles without a shared vertex where an edge of one crosses the other.
 fn self_intersections(mesh: &TriMesh) -> usize {
-    let cell = 2.0;
-    let key = |p: &Point| {
-        (
-            (p.x / cell).floor() as i64,
-            (p.y / cell).floor() as i64,
-            (p.z / cell).floor() as i64,
-        )
-    };
-    let mut grid: HashMap<(i64, i64, i64), Vec<usize>> = HashMap::new();
-    for i in 0..mesh.triangles.len() {
-        let t = mesh.triangle(i);
-        let lo = key(&t[0].inf(&t[1]).inf(&t[2]));
-        let hi = key(&t[0].sup(&t[1]).sup(&t[2]));
-        for x in lo.0..=hi.0 {
-            for y in lo.1..=hi.1 {
-                for z in lo.2..=hi.2 {
-                    grid.entry((x, y, z)).or_default().push(i);
-                }
-            }
-        }
-    }
+    let grid = common::triangle_grid(mesh, 2.0);
     let mut pairs = std::collections::HashSet::new();
     for list in grid.values() {
         for (n, &i) in list.iter().enumerate() {

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use kyphoplan_planner::clearance::{segment_crosses_triangle, ClearanceMesh};
 use kyphoplan_planner::math::{Point, Pose, Real, Vector};
 use kyphoplan_planner::plan::{AlternativeCode, ReasonCode, Route};
@@ -19,43 +17,18 @@ use kyphoplan_planner::*;
 /// pair whose bounding boxes share a 2 mm cell (pairs that share none cannot touch).
 fn crossings(a: &TriMesh, b: &TriMesh) -> usize {
     let cell = 2.0;
-    let key = |p: &Point| {
-        (
-            (p.x / cell).floor() as i64,
-            (p.y / cell).floor() as i64,
-            (p.z / cell).floor() as i64,
-        )
-    };
-    let mut grid: HashMap<(i64, i64, i64), Vec<usize>> = HashMap::new();
-    for j in 0..b.triangles.len() {
-        let t = b.triangle(j);
-        let lo = key(&t[0].inf(&t[1]).inf(&t[2]));
-        let hi = key(&t[0].sup(&t[1]).sup(&t[2]));
-        for x in lo.0..=hi.0 {
-            for y in lo.1..=hi.1 {
-                for z in lo.2..=hi.2 {
-                    grid.entry((x, y, z)).or_default().push(j);
-                }
-            }
-        }
-    }
+    let grid = common::triangle_grid(b, cell);
     let edge_crosses = |s: &[Point; 3], t: &[Point; 3]| {
         (0..3).any(|e| segment_crosses_triangle(&s[e], &s[(e + 1) % 3], t))
     };
     let mut pairs = std::collections::BTreeSet::new();
     for i in 0..a.triangles.len() {
         let t = a.triangle(i);
-        let lo = key(&t[0].inf(&t[1]).inf(&t[2]));
-        let hi = key(&t[0].sup(&t[1]).sup(&t[2]));
-        for x in lo.0..=hi.0 {
-            for y in lo.1..=hi.1 {
-                for z in lo.2..=hi.2 {
-                    for &j in grid.get(&(x, y, z)).into_iter().flatten() {
-                        let u = b.triangle(j);
-                        if edge_crosses(&t, &u) || edge_crosses(&u, &t) {
-                            pairs.insert((i, j));
-                        }
-                    }
+        for c in common::triangle_cells(&t, cell) {
+            for &j in grid.get(&c).into_iter().flatten() {
+                let u = b.triangle(j);
+                if edge_crosses(&t, &u) || edge_crosses(&u, &t) {
+                    pairs.insert((i, j));
                 }
             }
         }

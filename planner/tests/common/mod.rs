@@ -165,3 +165,39 @@ pub fn brute_docking(
     let zone = (radius_mm + margin_mm + drop) / cos_incidence;
     (cos_incidence.acos().to_degrees(), (-len + zone).min(0.0))
 }
+
+/// Key of the cube of side `cell_mm` holding `p`.
+fn cell_of(p: &Point, cell_mm: Real) -> (i64, i64, i64) {
+    (
+        (p.x / cell_mm).floor() as i64,
+        (p.y / cell_mm).floor() as i64,
+        (p.z / cell_mm).floor() as i64,
+    )
+}
+
+/// The cubes of side `cell_mm` the bounding box of triangle `t` meets.
+pub fn triangle_cells(t: &[Point; 3], cell_mm: Real) -> Vec<(i64, i64, i64)> {
+    let lo = cell_of(&t[0].inf(&t[1]).inf(&t[2]), cell_mm);
+    let hi = cell_of(&t[0].sup(&t[1]).sup(&t[2]), cell_mm);
+    let mut cells = Vec::new();
+    for x in lo.0..=hi.0 {
+        for y in lo.1..=hi.1 {
+            for z in lo.2..=hi.2 {
+                cells.push((x, y, z));
+            }
+        }
+    }
+    cells
+}
+
+/// The triangles of `mesh` by the cubes of side `cell_mm` their bounding boxes meet: triangles
+/// that share no cube cannot touch (a broad phase for brute-force crossing checks).
+pub fn triangle_grid(mesh: &TriMesh, cell_mm: Real) -> HashMap<(i64, i64, i64), Vec<usize>> {
+    let mut grid: HashMap<(i64, i64, i64), Vec<usize>> = HashMap::new();
+    for i in 0..mesh.triangles.len() {
+        for c in triangle_cells(&mesh.triangle(i), cell_mm) {
+            grid.entry(c).or_default().push(i);
+        }
+    }
+    grid
+}
