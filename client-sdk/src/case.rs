@@ -82,7 +82,7 @@ pub struct LabelMapToml {
     /// `[labelmap.labels]` is given, else required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convention: Option<String>,
-    /// Label id -> `"vertebra:L3"`, `"spinal_canal"`, `"forbidden"`, `"rib"`, `"lung"` or
+    /// Label id -> `"vertebra:L3"`, `"spinal_canal"`, `"forbidden"`, `"rib:T5:left"`, `"rib"`, `"lung"`, `"pleura"` or
     /// `"ignore"`; overrides the convention for those ids.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

@@ -319,7 +319,7 @@ pub struct LabelMapUpload {
     /// How to read the label ids.
     pub convention: pb::LabelConvention,
     /// Per-id meanings over the convention's ("vertebra:L3", "spinal_canal", "forbidden",
-    /// "rib", "lung", "ignore"); for `Table` the only ones.
+    /// "rib:T5:left", "rib", "lung", "pleura", "ignore"); for `Table` the only ones.
     pub labels: BTreeMap<u16, String>,
 }
 

@@ -11,7 +11,10 @@
 //! meshed by [`mesher::tetrahedra_surface`]. Every vertex is the midpoint between an inside
 //! and an outside voxel centre, which lies on the label's voxel boundary (the shared face, edge or
 //! corner of the two voxels), so the surface is a closed 2-manifold even where voxels touch only
-//! at an edge or a corner, and no smoothing moves it off the label boundary.
+//! at an edge or a corner, and no smoothing moves it off the label boundary. The surface is
+//! made in index space (half-integer vertices) and simplified there by
+//! [`mesher::simplify_flat`], whose exact collapses keep it the same set of points with about a
+//! seventh of the triangles (fewer triangles make preparation cheaper), then placed in LPS.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +24,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Structure};
+use crate::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
 use crate::math::{Matrix3, Point, Real, Vector};
 use crate::mesh::TriMesh;
 use crate::mesher;
@@ -506,9 +509,11 @@ pub enum LabelMeaning {
     SpinalCanal,
     /// Any structure to avoid (meshed as `forbidden`).
     Forbidden,
-    /// Ribs: ignored until the thoracic work has a `rib` role.
-    Rib,
-    /// Lungs: ignored until the thoracic work uses them as `forbidden`.
+    /// A rib, meshed with role `rib` when its level (the thoracic vertebra it articulates
+    /// with: rib N with TN) and side are known; a bare `"rib"` table entry (`None`) is ignored,
+    /// and the plan says so.
+    Rib(Option<(Level, Side)>),
+    /// A lung (or lobe): its surface is the visceral pleura, meshed with role `pleura`.
     Lung,
     /// Known but not used (a vertebra the planner does not plan, an organ); the name says what.
     NotUsed(String),
@@ -567,6 +572,11 @@ impl LabelTable {
     ///   of github.com/wasserth/TotalSegmentator (v2.x): 10-14 lung lobes, 25 sacrum,
     ///   26 vertebrae_S1, 27..31 vertebrae_L5..L1, 32..43 vertebrae_T12..T1, 44..50
     ///   vertebrae_C7..C1, 79 spinal_cord, 92..103 rib_left_1..12, 104..115 rib_right_1..12.
+    ///   Rib N is meshed as `rib` of level TN on its side (the head of rib N articulates with
+    ///   the body of TN, and of T(N-1) above it, and its tubercle with TN's transverse process:
+    ///   Gray's Anatomy, "Ribs"); the lung lobes as `pleura` (a lung's surface is its visceral
+    ///   pleura, within a few millimetres of the parietal pleura a cannula must not reach).
+    ///   VerSe has neither.
     /// - VerSe (Sekuboyina et al., "VerSe: A Vertebrae labelling and segmentation benchmark",
     ///   Medical Image Analysis 2021; github.com/anjany/verse): 1-7 C1-C7, 8-19 T1-T12, 20-25
     ///   L1-L6, 26 sacrum, 28 T13.
@@ -596,8 +606,12 @@ impl LabelTable {
                     m.insert(51 - c, LabelMeaning::NotUsed(format!("vertebrae_C{c}")));
                 }
                 m.insert(79, LabelMeaning::SpinalCanal);
-                for r in 0..24u16 {
-                    m.insert(92 + r, LabelMeaning::Rib);
+                for (q, level) in THORACIC.iter().enumerate() {
+                    m.insert(92 + q as u16, LabelMeaning::Rib(Some((*level, Side::Left))));
+                    m.insert(
+                        104 + q as u16,
+                        LabelMeaning::Rib(Some((*level, Side::Right))),
+                    );
                 }
             }
             Convention::Verse => {
@@ -623,7 +637,8 @@ impl LabelTable {
     }
 
     /// Apply `[labelmap.labels]` entries (id -> "vertebra:L3" | "spinal_canal" | "forbidden" |
-    /// "rib" | "lung" | "ignore"), replacing the convention's meaning of those ids.
+    /// "rib:T5:left" | "rib" | "lung" | "pleura" | "ignore"), replacing the convention's meaning
+    /// of those ids.
     pub fn with_overrides(
         mut self,
         file: &str,
@@ -657,6 +672,20 @@ impl LabelTable {
 
 fn parse_meaning(value: &str) -> Result<LabelMeaning, String> {
     let v = value.trim();
+    if let Some(rest) = v.strip_prefix("rib:") {
+        let bad = || format!("{value:?}: a rib is \"rib:LEVEL:SIDE\", e.g. \"rib:T5:left\"");
+        let (level, side) = rest.split_once(':').ok_or_else(bad)?;
+        let level = level
+            .trim()
+            .parse::<Level>()
+            .map_err(|e| format!("{value:?}: {e}"))?;
+        let side = match side.trim() {
+            "left" => Side::Left,
+            "right" => Side::Right,
+            _ => return Err(bad()),
+        };
+        return Ok(LabelMeaning::Rib(Some((level, side))));
+    }
     if let Some(level) = v.strip_prefix("vertebra:") {
         return level
             .trim()
@@ -667,11 +696,11 @@ fn parse_meaning(value: &str) -> Result<LabelMeaning, String> {
     match v {
         "spinal_canal" | "spinal_cord" => Ok(LabelMeaning::SpinalCanal),
         "forbidden" => Ok(LabelMeaning::Forbidden),
-        "rib" => Ok(LabelMeaning::Rib),
-        "lung" => Ok(LabelMeaning::Lung),
+        "rib" => Ok(LabelMeaning::Rib(None)),
+        "lung" | "pleura" => Ok(LabelMeaning::Lung),
         "ignore" => Ok(LabelMeaning::NotUsed("ignored by the table".into())),
         _ => Err(format!(
-            "{value:?}: expected \"vertebra:LEVEL\", \"spinal_canal\", \"forbidden\", \"rib\", \"lung\" or \"ignore\""
+            "{value:?}: expected \"vertebra:LEVEL\", \"spinal_canal\", \"forbidden\", \"rib:LEVEL:SIDE\", \"rib\", \"lung\", \"pleura\" or \"ignore\""
         )),
     }
 }
@@ -812,13 +841,13 @@ pub fn mesh_labels(volume: &LabelVolume, ids: &[u16], b: &LabelBox) -> LabelSurf
     }
     let t = volume.voxel_to_lps;
     let lo = b.lo.map(|x| x as Real - 1.0);
+    // Meshed and simplified in index space, where every vertex is a half-integer and the
+    // flatness tests of `simplify_flat` are exact; then placed in LPS.
     let surface = mesher::tetrahedra_surface(&values, n, |gi, gj, gk| {
-        t.apply(&Point::new(
-            lo[0] + gi as Real,
-            lo[1] + gj as Real,
-            lo[2] + gk as Real,
-        ))
+        Point::new(lo[0] + gi as Real, lo[1] + gj as Real, lo[2] + gk as Real)
     });
+    drop(values);
+    let surface = mesher::simplify_flat(surface).mapped(|p| t.apply(p));
     // Outward in index space; a mirroring transform (e.g. RAS voxels in LPS) turns it inward.
     let surface = if t.linear.determinant() < 0.0 {
         surface.flipped()
@@ -879,18 +908,20 @@ pub struct LabelSource {
 /// A label map turned into anatomy (LPS), with what was refused and what was ignored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LabelMapAnatomy {
-    /// Frame LPS; one structure per complete vertebra, the canal and forbidden labels.
+    /// Frame LPS; one structure per complete vertebra, the canal, forbidden labels, ribs
+    /// (by level and side) and lungs (as `pleura`).
     pub anatomy: AnatomyInput,
     /// Structure name -> where it came from (label ids, voxels, pieces).
     pub sources: BTreeMap<String, LabelSource>,
     /// Vertebrae touching the volume boundary, not planned.
     pub refused: Vec<RefusedLevel>,
-    /// What the plan should say: ignored labels (ribs, lungs, unknown ids), extra pieces.
+    /// What the plan should say: ignored labels (ribs without a level, unknown ids), extra
+    /// pieces, refused vertebrae.
     pub notices: Vec<String>,
 }
 
 /// Build the anatomy of a label map: every complete vertebra (or only `levels`), the spinal
-/// canal and forbidden labels, meshed in parallel (results in a fixed order).
+/// canal, forbidden labels, ribs and lungs, meshed in parallel (results in a fixed order).
 ///
 /// A requested level without a label is an error; a vertebra touching the volume boundary is
 /// refused (listed in [`LabelMapAnatomy::refused`]); no complete vertebra left is an error.
@@ -910,30 +941,28 @@ pub fn anatomy_from_labels(
     let mut vertebrae: BTreeMap<Level, Vec<u16>> = BTreeMap::new();
     let mut canal: Vec<u16> = Vec::new();
     let mut forbidden: Vec<u16> = Vec::new();
-    let (mut ribs, mut lungs, mut not_used, mut unknown) =
+    let mut ribs: BTreeMap<(Level, Side), Vec<u16>> = BTreeMap::new();
+    let (mut bare_ribs, mut lungs, mut not_used, mut unknown) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &id in boxes.keys() {
         match meaning(id) {
             Some(LabelMeaning::Vertebra(l)) => vertebrae.entry(*l).or_default().push(id),
             Some(LabelMeaning::SpinalCanal) => canal.push(id),
             Some(LabelMeaning::Forbidden) => forbidden.push(id),
-            Some(LabelMeaning::Rib) => ribs.push(id),
+            Some(LabelMeaning::Rib(Some(level_side))) => {
+                ribs.entry(*level_side).or_default().push(id)
+            }
+            Some(LabelMeaning::Rib(None)) => bare_ribs.push(id),
             Some(LabelMeaning::Lung) => lungs.push(id),
             Some(LabelMeaning::NotUsed(what)) => not_used.push(format!("{id} ({what})")),
             None => unknown.push(id.to_string()),
         }
     }
     let ids = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-    if !ribs.is_empty() {
+    if !bare_ribs.is_empty() {
         notices.push(format!(
-            "rib labels {} ignored: ribs are not used by the planner yet",
-            ids(&ribs)
-        ));
-    }
-    if !lungs.is_empty() {
-        notices.push(format!(
-            "lung labels {} ignored: lungs are not used as keep-outs yet",
-            ids(&lungs)
+            "rib labels {} ignored: their level and side are unknown (write \"rib:T5:left\" in [labelmap.labels])",
+            ids(&bare_ribs)
         ));
     }
     if !not_used.is_empty() {
@@ -1042,6 +1071,18 @@ pub fn anatomy_from_labels(
     }
     for id in forbidden {
         jobs.push((format!("forbidden_{id}"), Role::Forbidden, vec![id]));
+    }
+    for ((level, side), ids_r) in ribs {
+        jobs.push((
+            format!("rib_{}_{level}", side.name()),
+            Role::Rib { level, side },
+            ids_r,
+        ));
+    }
+    // Each lung label on its own: the two lungs are separate pieces, and only the largest
+    // piece of a structure is kept.
+    for id in lungs {
+        jobs.push((format!("pleura_{id}"), Role::Pleura, vec![id]));
     }
 
     let surfaces: Vec<LabelSurface> = jobs

@@ -307,10 +307,15 @@ pub fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
             break;
         }
     }
+    compact(&pos, &tris, &alive)
+}
+
+/// The live triangles (`alive`) over the vertices they use, renumbered in order of first use.
+fn compact(pos: &[Point], tris: &[[u32; 3]], alive: &[bool]) -> TriMesh {
     let mut remap = vec![u32::MAX; pos.len()];
     let mut vertices = Vec::new();
     let mut triangles = Vec::new();
-    for (t, _) in tris.iter().zip(&alive).filter(|(_, &al)| al) {
+    for (t, _) in tris.iter().zip(alive).filter(|(_, &al)| al) {
         let mut nt = [0u32; 3];
         for (q, &v) in t.iter().enumerate() {
             if remap[v as usize] == u32::MAX {
@@ -322,6 +327,160 @@ pub fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
         triangles.push(nt);
     }
     TriMesh::new(vertices, triangles)
+}
+
+/// Whether two exact normals point the same way (parallel, same sense, neither zero).
+fn same_direction(n0: &Vector, n1: &Vector) -> bool {
+    n0.cross(n1) == Vector::zeros() && n0.dot(n1) > 0.0
+}
+
+/// Remove the vertices that lie inside a flat region or on a straight crease between two flat
+/// regions, each by a half-edge collapse into a neighbour (flat: any neighbour; crease: a
+/// neighbour along the crease), leaving the surface **the same set of points**: every
+/// remaining vertex is an original one, and a collapse is made only when every triangle it
+/// changes stays in its plane with its orientation and a non-zero area (then the new fan covers
+/// the old star exactly once: its coverage is the winding number of the unchanged link, 0 or 1)
+/// and when `u` and `v` share exactly the two neighbours of their edge (the link condition:
+/// the mesh stays a closed 2-manifold of the same genus). Passes over the vertices in index
+/// order until nothing changes: deterministic.
+///
+/// The tests of planarity and collinearity are exact, so the coordinates must make the cross
+/// products exact (e.g. the half-integer index coordinates of a label map's marching
+/// tetrahedra, below 2^20); with inexact coordinates fewer vertices are removed, never wrong
+/// ones.
+pub fn simplify_flat(mesh: TriMesh) -> TriMesh {
+    let pos = mesh.vertices_mm;
+    let mut tris = mesh.triangles;
+    let mut alive = vec![true; tris.len()];
+    let mut vert_tris: Vec<Vec<u32>> = vec![Vec::new(); pos.len()];
+    for (i, t) in tris.iter().enumerate() {
+        for &v in t {
+            vert_tris[v as usize].push(i as u32);
+        }
+    }
+    let normal = |t: &[u32; 3]| {
+        let [a, b, c] = t.map(|v| pos[v as usize]);
+        (b - a).cross(&(c - a))
+    };
+    let neighbours = |vert_tris: &[Vec<u32>], tris: &[[u32; 3]], v: u32| -> Vec<u32> {
+        let mut r: Vec<u32> = vert_tris[v as usize]
+            .iter()
+            .flat_map(|&t| tris[t as usize])
+            .filter(|&w| w != v)
+            .collect();
+        r.sort_unstable();
+        r.dedup();
+        r
+    };
+    for _pass in 0..64 {
+        let mut collapsed = 0usize;
+        for v in 0..pos.len() as u32 {
+            let vu = v as usize;
+            vert_tris[vu].retain(|&t| alive[t as usize]);
+            if vert_tris[vu].len() < 3 {
+                continue;
+            }
+            // The planes around v (at most two) and each triangle's plane.
+            let mut planes: Vec<Vector> = Vec::new();
+            let mut plane_of: Vec<usize> = Vec::with_capacity(vert_tris[vu].len());
+            for &t in &vert_tris[vu] {
+                let n = normal(&tris[t as usize]);
+                let k = match planes.iter().position(|p| same_direction(p, &n)) {
+                    Some(k) => k,
+                    None => {
+                        planes.push(n);
+                        planes.len() - 1
+                    }
+                };
+                plane_of.push(k);
+            }
+            if planes.len() > 2 {
+                continue;
+            }
+            let ring = neighbours(&vert_tris, &tris, v);
+            let candidates: Vec<u32> = if planes.len() == 1 {
+                ring.clone()
+            } else {
+                // The crease edges: their two triangles lie in different planes.
+                let crease: Vec<u32> = ring
+                    .iter()
+                    .copied()
+                    .filter(|&w| {
+                        let mut ks = vert_tris[vu]
+                            .iter()
+                            .zip(&plane_of)
+                            .filter(|(&t, _)| tris[t as usize].contains(&w))
+                            .map(|(_, &k)| k);
+                        let first = ks.next();
+                        ks.any(|k| Some(k) != first)
+                    })
+                    .collect();
+                if crease.len() != 2 {
+                    continue;
+                }
+                let (d1, d2) = (
+                    pos[crease[0] as usize] - pos[vu],
+                    pos[crease[1] as usize] - pos[vu],
+                );
+                if d1.cross(&d2) != Vector::zeros() || d1.dot(&d2) >= 0.0 {
+                    continue;
+                }
+                crease
+            };
+            for u in candidates {
+                let uu = u as usize;
+                vert_tris[uu].retain(|&t| alive[t as usize]);
+                let shared: Vec<u32> = vert_tris[vu]
+                    .iter()
+                    .copied()
+                    .filter(|&t| tris[t as usize].contains(&u))
+                    .collect();
+                if shared.len() != 2 {
+                    continue;
+                }
+                let ring_u = neighbours(&vert_tris, &tris, u);
+                let common = ring
+                    .iter()
+                    .filter(|&&w| w != u && ring_u.binary_search(&w).is_ok())
+                    .count();
+                if common != 2 {
+                    continue;
+                }
+                let keeps_plane = vert_tris[vu]
+                    .iter()
+                    .filter(|t| !shared.contains(t))
+                    .all(|&t| {
+                        let old = tris[t as usize];
+                        let new = old.map(|w| if w == v { u } else { w });
+                        same_direction(&normal(&old), &normal(&new))
+                    });
+                if !keeps_plane {
+                    continue;
+                }
+                for &t in &shared {
+                    alive[t as usize] = false;
+                }
+                let moved = std::mem::take(&mut vert_tris[vu]);
+                for t in moved {
+                    if !alive[t as usize] {
+                        continue;
+                    }
+                    for w in tris[t as usize].iter_mut() {
+                        if *w == v {
+                            *w = u;
+                        }
+                    }
+                    vert_tris[uu].push(t);
+                }
+                collapsed += 1;
+                break;
+            }
+        }
+        if collapsed == 0 {
+            break;
+        }
+    }
+    compact(&pos, &tris, &alive)
 }
 
 fn find(parent: &mut [u32], mut x: u32) -> u32 {

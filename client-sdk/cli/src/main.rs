@@ -132,7 +132,8 @@ enum Command {
         /// DIR, e.g. to check label-map meshes in 3D Slicer.
         #[arg(long, value_name = "DIR")]
         export_meshes: Option<PathBuf>,
-        /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051).
+        /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051); a label map is
+        /// uploaded as it is and meshed on the server.
         #[arg(long, value_name = "URL")]
         server: Option<String>,
         /// Write the plan JSON to FILE.
@@ -344,6 +345,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             scene,
             report,
         } => {
+            let exports = Exports {
+                slicer,
+                pictures,
+                scene,
+                report,
+            };
+            if let (Some(file), Some(url)) = (&labelmap, &server) {
+                return plan_labelmap_via_server(
+                    url,
+                    file,
+                    &convention,
+                    levels,
+                    json.as_deref(),
+                    export_meshes.as_deref(),
+                    &exports,
+                );
+            }
             let case = match (&case_dir, &labelmap) {
                 (_, Some(file)) => case::labelmap_case(file, &convention, levels)
                     .map_err(|e| Failure::Input(e.to_string()))?,
@@ -355,12 +373,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 server.as_deref(),
                 json.as_deref(),
                 export_meshes.as_deref(),
-                &Exports {
-                    slicer,
-                    pictures,
-                    scene,
-                    report,
-                },
+                &exports,
             )
         }
         Command::Evaluate {
@@ -490,17 +503,28 @@ fn plan_in_process(
     }
 }
 
-fn plan_via_server(
-    url: &str,
-    anatomy: AnatomyInput,
-    request: &PlanRequest,
-) -> Result<Plan, Failure> {
+/// What `plan --server` uploads: meshes, or a label map's bytes (meshed by the server).
+enum Upload {
+    Meshes(AnatomyInput),
+    LabelMap(kyphoplan_client::LabelMapUpload),
+}
+
+fn plan_via_server(url: &str, upload: Upload, request: &PlanRequest) -> Result<Plan, Failure> {
     runtime()?.block_on(async {
         let mut client = connect(url).await?;
-        let stored = client
-            .upload_anatomy_shared(std::sync::Arc::new(anatomy))
-            .await
-            .map_err(|e| from_client(e, "upload refused"))?;
+        let stored = match upload {
+            Upload::Meshes(anatomy) => {
+                client
+                    .upload_anatomy_shared(std::sync::Arc::new(anatomy))
+                    .await
+            }
+            Upload::LabelMap(labels) => client.upload_labelmap(std::sync::Arc::new(labels)).await,
+        }
+        .map_err(|e| from_client(e, "upload refused"))?;
+        // The server's notices on the label map (refused vertebrae, pieces left out, ...).
+        for n in stored.labelmap.iter().flat_map(|l| &l.notices) {
+            eprintln!("notice: {n}");
+        }
         let bar = progress();
         let plan = client
             .stream_plan(&stored.anatomy_id, request, |l, done, total| {
@@ -568,7 +592,7 @@ fn plan_case(
     let for_exports = exports.need_anatomy().then(|| anatomy.clone());
     let plan = match server {
         None => plan_in_process(anatomy, &request, &dir)?,
-        Some(url) => plan_via_server(url, anatomy, &request)?,
+        Some(url) => plan_via_server(url, Upload::Meshes(anatomy), &request)?,
     };
     print!("{}", report::plan_table(&plan));
     if let Some(path) = json {
@@ -576,6 +600,59 @@ fn plan_case(
         eprintln!("wrote {}", path.display());
     }
     write_exports(&plan, for_exports, &dir, exports)
+}
+
+/// `plan --labelmap FILE --server URL`: the file's bytes go to the server as they are, which
+/// meshes them and plans by the anatomy id (the client meshes nothing, unless --export-meshes
+/// or the pictures, scene or report need the meshes here).
+fn plan_labelmap_via_server(
+    url: &str,
+    file: &Path,
+    convention: &str,
+    levels: Option<Vec<Level>>,
+    json: Option<&Path>,
+    export_meshes: Option<&Path>,
+    exports: &Exports,
+) -> Result<(), Failure> {
+    let named = kyphoplan_client::LabelMapUpload::convention_named(convention)
+        .map_err(|e| Failure::Usage(format!("--convention: {e}")))?;
+    let upload = kyphoplan_client::LabelMapUpload::read(file, named).map_err(Failure::Input)?;
+    let request = PlanRequest::new(
+        levels.clone(),
+        Instrument::contract_default(),
+        Safety::contract_default(),
+    )
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let local = if export_meshes.is_some() || exports.need_anatomy() {
+        let case = case::labelmap_case(file, convention, levels)
+            .map_err(|e| Failure::Input(e.to_string()))?;
+        if let Some(out) = export_meshes {
+            case::write_case(out, &case.anatomy, case.request.levels())
+                .map_err(|e| Failure::Input(e.to_string()))?;
+            eprintln!(
+                "wrote {} meshes (STL, frame {}) into {}",
+                case.anatomy.structures.len(),
+                case.anatomy.frame.name(),
+                out.display()
+            );
+        }
+        Some(case.anatomy)
+    } else {
+        None
+    };
+    let plan = plan_via_server(url, Upload::LabelMap(upload), &request)?;
+    print!("{}", report::plan_table(&plan));
+    if let Some(path) = json {
+        write_file(path, &plan_json(&plan))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+    write_exports(
+        &plan,
+        local.filter(|_| exports.need_anatomy()),
+        &dir,
+        exports,
+    )
 }
 
 fn export_failure(e: kyphoplan_cli::export::ExportError) -> Failure {

@@ -234,3 +234,96 @@ fn upload_sends_a_label_map_to_the_server_and_prints_what_it_found() {
     assert!(err.contains("bad.nii"), "{err}");
     let _ = runtime.block_on(server.shutdown());
 }
+
+/// `kyphoplan plan --labelmap FILE --server URL`: the label volume goes to the server as it is
+/// (the anatomy id is the label map's content address, the one `upload --labelmap` prints), the
+/// server meshes and plans it by that id, and the plan JSON is the in-process plan's.
+#[test]
+fn plan_with_a_label_map_and_a_server_uploads_the_volume_and_plans_by_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = write_label_map(dir.path());
+    let seg_s = seg.to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(kyphoplan_server::InProcessServer::start(
+            kyphoplan_server::Config::with_data_dir(data.path()),
+        ))
+        .unwrap();
+    let url = server.url();
+    let (local, remote) = (
+        dir.path().join("local.json"),
+        dir.path().join("remote.json"),
+    );
+    let o = kyphoplan(&[
+        "plan",
+        "--labelmap",
+        seg_s,
+        "--json",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = kyphoplan(&[
+        "plan",
+        "--labelmap",
+        seg_s,
+        "--server",
+        &url,
+        "--json",
+        remote.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // The server's notice on the cut vertebra reaches the user.
+    assert!(
+        err.contains("notice: label 28 (L4) touches the volume boundary at the inferior face"),
+        "{err}"
+    );
+    let stored_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("anatomy "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no stored anatomy: {err}"))
+        .to_string();
+    // The id of the label volume itself, as `upload --labelmap` stores it.
+    let o = kyphoplan(&["upload", "--server", &url, "--labelmap", seg_s]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.starts_with(&format!("anatomy {stored_id} ")),
+        "plan stored {stored_id}; upload says {out}"
+    );
+    let json = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert_eq!(
+        json(&local),
+        json(&remote),
+        "server plan differs from in-process plan"
+    );
+
+    // A level the map does not hold: the server refuses the plan, exit 1, the level named.
+    let o = kyphoplan(&[
+        "plan",
+        "--labelmap",
+        seg_s,
+        "--server",
+        &url,
+        "--levels",
+        "L1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("L1"), "{err}");
+    let _ = runtime.block_on(server.shutdown());
+}
