@@ -247,8 +247,10 @@ pub fn check_voxels(
 }
 
 /// [`parse_nifti_labels`] with at most `max_voxels` voxels (never more than [`MAX_VOXELS`]): a
-/// gzipped map is checked against the limit from its header before it is decompressed, and
-/// decompressed at most to [`max_file_bytes`] of its own voxel count.
+/// gzipped map is checked against the limit from its header before its voxels are
+/// decompressed, and is decompressed as a stream straight into the labels (never more than the
+/// header, its extensions and its own voxels, [`max_file_bytes`] at most; the decompressed file
+/// is never held whole: memory is the labels, 2 bytes a voxel).
 pub fn parse_nifti_labels_within(
     file: &str,
     bytes: &[u8],
@@ -256,42 +258,39 @@ pub fn parse_nifti_labels_within(
 ) -> Result<LabelVolume, LabelMapError> {
     use LabelMapErrorKind as K;
     let max_voxels = max_voxels.min(MAX_VOXELS);
-    let decoded;
-    let data: &[u8] = if is_gzip(bytes) {
-        // The header's voxel count bounds what is decompressed (a short or broken stream is
-        // said below, by the decoder or the header's length).
-        let voxels = match header_dims(file, bytes)? {
-            Some(dims) => check_voxels(file, dims, max_voxels)?,
-            None => 0,
-        };
-        let limit = max_file_bytes(voxels);
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(bytes)
-            .take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| err(K::Unreadable, file, "gzip", e.to_string()))?;
-        if out.len() as u64 > limit {
-            return Err(err(
-                K::TooLarge,
-                file,
-                "gzip",
-                format!("decompresses to more than {limit} bytes"),
-            ));
-        }
-        decoded = out;
-        &decoded
+    let gzip = is_gzip(bytes);
+    let (mut gz, mut plain);
+    let reader: &mut dyn Read = if gzip {
+        gz = flate2::read::MultiGzDecoder::new(bytes);
+        &mut gz
     } else {
-        bytes
+        plain = bytes;
+        &mut plain
     };
-    if data.len() < 348 {
+    // Read up to `buf.len()` bytes; the count read (short only at the end of the data).
+    let fill = |reader: &mut dyn Read, buf: &mut [u8]| -> Result<usize, LabelMapError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match reader.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(K::Unreadable, file, "gzip", e.to_string())),
+            }
+        }
+        Ok(got)
+    };
+    let mut header = [0u8; 348];
+    let got = fill(&mut *reader, &mut header)?;
+    if got < 348 {
         return Err(err(
             K::Unreadable,
             file,
             "header",
-            format!("{} bytes: shorter than a NIfTI-1 header (348)", data.len()),
+            format!("{got} bytes: shorter than a NIfTI-1 header (348)"),
         ));
     }
-    let h = nifti::NiftiHeader::from_reader(data)
+    let h = nifti::NiftiHeader::from_reader(&header[..])
         .map_err(|e| err(K::Unreadable, file, "header", e.to_string()))?;
     let dims = dims_of(file, &h)?;
     let n = check_voxels(file, dims, max_voxels)?;
@@ -316,29 +315,37 @@ pub fn parse_nifti_labels_within(
         }
     };
     let off = h.vox_offset;
-    if !(off.is_finite() && off >= 348.0 && off.fract() == 0.0) {
+    // The header, its extensions and the voxels: at most max_file_bytes of the voxel count.
+    let limit = max_file_bytes(n);
+    if !(off.is_finite() && off >= 348.0 && off.fract() == 0.0 && f64::from(off) < limit as f64) {
         return Err(err(K::Header, file, "vox_offset", format!("{off}")));
     }
     let off = off as usize;
-    let end = off.checked_add(n * size).filter(|&e| e <= data.len());
-    let Some(end) = end else {
-        return Err(err(
+    let past_end = |read: usize| {
+        err(
             K::Header,
             file,
             "vox_offset",
             format!(
-                "the data ({n} voxels x {size} bytes from byte {off}) run past the end of the file ({} bytes)",
-                data.len()
+                "the data ({n} voxels x {size} bytes from byte {off}) run past the end of the file ({read} bytes{})",
+                if gzip { " decompressed" } else { "" }
             ),
-        ));
+        )
     };
-    let raw = &data[off..end];
+    // Skip the extensions.
+    let skip = std::io::copy(
+        &mut (&mut *reader).take((off - 348) as u64),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| err(K::Unreadable, file, "gzip", e.to_string()))? as usize;
+    if skip < off - 348 {
+        return Err(past_end(348 + skip));
+    }
     let little = matches!(h.endianness, nifti::Endianness::Little);
     let (slope, inter) = (h.scl_slope as f64, h.scl_inter as f64);
     let scaled =
         slope.is_finite() && inter.is_finite() && slope != 0.0 && (slope, inter) != (1.0, 0.0);
-    let value = |v: usize| -> f64 {
-        let b = &raw[v * size..(v + 1) * size];
+    let value = |b: &[u8]| -> f64 {
         let mut a = [0u8; 8];
         a[..size].copy_from_slice(b);
         if !little {
@@ -358,49 +365,62 @@ pub fn parse_nifti_labels_within(
         }
     };
     // The usual label maps (uint8, uint16, unscaled) are copied as they are; everything else
-    // goes through the checked conversion below.
-    let direct: Option<Vec<u16>> = match (kind, size, scaled) {
-        ('u', 1, false) => Some(raw.iter().map(|&b| u16::from(b)).collect()),
-        ('u', 2, false) => Some(
-            raw.chunks_exact(2)
-                .map(|c| {
+    // goes through the checked conversion.
+    let direct = matches!((kind, size, scaled), ('u', 1 | 2, false));
+    let mut labels: Vec<u16> = Vec::with_capacity(n);
+    let mut any = false;
+    const CHUNK_VOXELS: usize = 1 << 18;
+    let mut chunk = vec![0u8; CHUNK_VOXELS.min(n) * size];
+    while labels.len() < n {
+        let want = (n - labels.len()).min(CHUNK_VOXELS) * size;
+        let raw = &mut chunk[..want];
+        let got = fill(&mut *reader, raw)?;
+        if got < want {
+            return Err(past_end(off + labels.len() * size + got));
+        }
+        if direct {
+            let before = labels.len();
+            if size == 1 {
+                labels.extend(raw.iter().map(|&b| u16::from(b)));
+            } else {
+                labels.extend(raw.chunks_exact(2).map(|c| {
                     let b = [c[0], c[1]];
                     if little {
                         u16::from_le_bytes(b)
                     } else {
                         u16::from_be_bytes(b)
                     }
-                })
-                .collect(),
-        ),
-        _ => None,
-    };
-    let converted = direct.is_none();
-    let mut labels = direct.unwrap_or_else(|| Vec::with_capacity(n));
-    let mut any = !converted && labels.iter().any(|&l| l != 0);
-    for v in (0..n).filter(|_| converted) {
-        let mut x = value(v);
-        if scaled {
-            x = x * slope + inter;
+                }));
+            }
+            any = any || labels[before..].iter().any(|&l| l != 0);
+            continue;
         }
-        if !(x.is_finite() && x.fract() == 0.0 && (0.0..=65535.0).contains(&x)) {
-            let (i, j, k) = (
-                v % dims[0],
-                (v / dims[0]) % dims[1],
-                v / (dims[0] * dims[1]),
-            );
-            return Err(err(
-                K::NotInteger,
-                file,
-                "voxel data",
-                format!(
-                    "voxel ({i}, {j}, {k}) holds {x}: labels must be integers 0..=65535 (is this an image rather than a segmentation?)"
-                ),
-            ));
+        for b in raw.chunks_exact(size) {
+            let mut x = value(b);
+            if scaled {
+                x = x * slope + inter;
+            }
+            if !(x.is_finite() && x.fract() == 0.0 && (0.0..=65535.0).contains(&x)) {
+                let v = labels.len();
+                let (i, j, k) = (
+                    v % dims[0],
+                    (v / dims[0]) % dims[1],
+                    v / (dims[0] * dims[1]),
+                );
+                return Err(err(
+                    K::NotInteger,
+                    file,
+                    "voxel data",
+                    format!(
+                        "voxel ({i}, {j}, {k}) holds {x}: labels must be integers 0..=65535 (is this an image rather than a segmentation?)"
+                    ),
+                ));
+            }
+            any |= x != 0.0;
+            labels.push(x as u16);
         }
-        any |= x != 0.0;
-        labels.push(x as u16);
     }
+    drop(chunk);
     if !any {
         return Err(err(
             K::Empty,

@@ -44,6 +44,8 @@ pub struct BenchOptions {
     /// The `shared/anatomy` directory with `vhm-male-lumbar/` and `mean-lumbar-l2-l5/`, or
     /// `None` to benchmark the built-in anatomy only.
     pub shared_anatomy: Option<PathBuf>,
+    /// Only the label-map figures.
+    pub labelmap_only: bool,
 }
 
 /// One measured figure.
@@ -648,6 +650,19 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let date = utc_now();
     let mut figures = Vec::new();
     let mut notes = Vec::new();
+    if options.labelmap_only {
+        eprintln!("bench: label map (generated lumbar L1-L5) only");
+        labelmap_figures(&budget, options.quick, &mut figures, &mut notes)?;
+        notes.push("--labelmap-only: only the label-map figures".into());
+        return Ok(BenchReport {
+            date,
+            machine,
+            quick: options.quick,
+            shared_anatomy: None,
+            notes,
+            figures,
+        });
+    }
 
     eprintln!("bench: built-in anatomy (synthetic L1-L5)");
     let demo = synth::demo_anatomy();

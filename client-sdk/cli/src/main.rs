@@ -222,6 +222,9 @@ enum Command {
         /// tests; the figures are noisy).
         #[arg(long)]
         quick: bool,
+        /// Only the label-map figures (read, mesh, prepare, plan of a generated lumbar map).
+        #[arg(long)]
+        labelmap_only: bool,
     },
 }
 
@@ -419,11 +422,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             labelmap.as_deref(),
             &convention,
         ),
-        Command::Bench { json, quick } => {
+        Command::Bench {
+            json,
+            quick,
+            labelmap_only,
+        } => {
             use kyphoplan_cli::bench;
             let options = bench::BenchOptions {
                 quick,
                 shared_anatomy: bench::default_shared_anatomy(),
+                labelmap_only,
             };
             let report =
                 bench::run(&options).map_err(|e| Failure::Server(format!("bench: {e}")))?;
