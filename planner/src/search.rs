@@ -294,6 +294,8 @@ struct Screen<'a> {
     /// The largest balloon the instrument makes (longest length, largest diameter), ml: the
     /// balloon term's bound before a line's room is measured.
     balloon_max_ml: Real,
+    /// Whether the score's balloon term counts (off in `search_side_with`'s fallback).
+    balloon_term: bool,
 }
 
 impl<'a> Screen<'a> {
@@ -318,6 +320,7 @@ impl<'a> Screen<'a> {
                     .fold(0.0, Real::max),
                 ctx.instrument.balloon_max_diameter_mm,
             ),
+            balloon_term: true,
         }
     }
 }
@@ -381,7 +384,12 @@ impl Screen<'_> {
         // instrument makes.
         let bound = |worst_at_most: Real, balloon_at_most: Real, centring_at_most: Real| {
             worst_at_most.min(SLACK_RESERVE_MM)
-                + BALLOON_WEIGHT_PER_ML * balloon_at_most
+                + BALLOON_WEIGHT_PER_ML
+                    * if self.balloon_term {
+                        balloon_at_most
+                    } else {
+                        0.0
+                    }
                 + CENTRING_WEIGHT * centring_at_most
                 + fixed_terms
                 + SCORE_BOUND_TOLERANCE
@@ -527,7 +535,7 @@ impl Screen<'_> {
         }
         let score = criteria::score(
             worst,
-            balloon,
+            if self.balloon_term { balloon } else { 0.0 },
             centring,
             criteria::axis_offset_mm(&v.pedicle_centroids[self.ctx.side], &q, &dir),
             medial,
@@ -778,30 +786,61 @@ fn search_side_with(
 ) -> Result<SideOutcome, PlanError> {
     let screen = Screen::new(ctx, mode);
     let grid = LineGrid::new(&screen);
-    let mut screening = Screening::new();
-    let coarse = screen_coarse(&screen, &grid, screens, &mut screening, cancelled)?;
-    screen_fine(&screen, &grid, &coarse, &mut screening, cancelled)?;
-    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    if screened.is_empty() {
+    let Some(verified) = screen_and_verify(&screen, &grid, screens, cancelled)? else {
         return Ok(midline_reason(
             &screen,
             infeasible_no_corridor(ctx, grid.qs.is_empty()),
         ));
-    }
-    let refined = refine_best(&screen, &screened);
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    match verify(ctx, screen.mode, &refined, &screened, cancelled)? {
+    };
+    // The fallback: where the lines with the largest balloons all fail the exact measurement
+    // (a pedicle just wide enough, whose best-scoring lines graze its walls), the screening's
+    // threshold may have dropped every safe line. The search runs again with the balloon term
+    // off (slack and centring first, as before issue 13), so a side is never called infeasible
+    // for the objective's sake.
+    let verified = match verified {
+        Verified::Unsafe(_) => {
+            let plain = Screen {
+                balloon_term: false,
+                ..screen.clone()
+            };
+            match screen_and_verify(&plain, &grid, screens, cancelled)? {
+                Some(Verified::Safe(m)) => Verified::Safe(m),
+                _ => verified,
+            }
+        }
+        safe => safe,
+    };
+    match verified {
         Verified::Safe(m) => Ok(SideOutcome::Feasible(Box::new(m))),
         Verified::Unsafe(best) => Ok(midline_reason(
             &screen,
             diagnose_infeasible(&screen, &grid, &best),
         )),
     }
+}
+
+/// Steps 2-5 on `screen`: `None` when no line of the grid is usable.
+fn screen_and_verify(
+    screen: &Screen<'_>,
+    grid: &LineGrid,
+    screens: Screens,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Verified>, PlanError> {
+    let mut screening = Screening::new();
+    let coarse = screen_coarse(screen, grid, screens, &mut screening, cancelled)?;
+    screen_fine(screen, grid, &coarse, &mut screening, cancelled)?;
+    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    if screened.is_empty() {
+        return Ok(None);
+    }
+    let refined = refine_best(screen, &screened);
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    verify(screen.ctx, screen.mode, &refined, &screened, cancelled).map(Some)
 }
 
 /// The slow oracle of the procedure's objective (tests and benchmarks): every line of the
