@@ -403,6 +403,42 @@ pub fn balloon_room_ml(
     best
 }
 
+/// An upper bound of [`balloon_room_ml`] from one sample of the bone's grid: when the shortest
+/// length spans the distal offsets, every capsule the measure tries contains the axis point as
+/// far behind the tip as the farthest offset lies beyond it, one of its samples; the room is at
+/// most that sample less the margin, and the volume at most the longest balloon's at that
+/// room. Otherwise the largest balloon the instrument makes.
+pub fn balloon_room_bound_ml(
+    lengths_mm: &[Real],
+    max_diameter_mm: Real,
+    margin_mm: Real,
+    bone_behind_tip: impl Fn(Real) -> Real,
+) -> Real {
+    let longest = lengths_mm.iter().copied().fold(0.0, Real::max);
+    let shortest = lengths_mm.iter().copied().fold(Real::INFINITY, Real::min);
+    let far = BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .copied()
+        .fold(0.0, Real::max);
+    let near = BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .copied()
+        .fold(0.0, Real::min);
+    // The sample index of `far` in [`balloon_room_ml`]'s lattice (`s_lo = -far`), and its `s`
+    // computed as there, so it is the same sample.
+    let k = (2.0 * far / GRID_SAMPLE_STEP_MM).round();
+    let s = -far + k * GRID_SAMPLE_STEP_MM;
+    if shortest < far - near || s != far {
+        return capsule_volume_ml(longest, max_diameter_mm);
+    }
+    let d = floor_diameter_step((2.0 * (bone_behind_tip(s) - margin_mm)).min(max_diameter_mm));
+    if d >= MIN_BALLOON_DIAMETER_MM {
+        capsule_volume_ml(longest, d)
+    } else {
+        0.0
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Balloons
 // ---------------------------------------------------------------------------------------------

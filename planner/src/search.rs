@@ -503,8 +503,19 @@ impl Screen<'_> {
         {
             return None;
         }
-        // The balloon term: the grid's room behind the tip.
+        // The balloon term: the grid's room behind the tip, bounded first from one sample.
         let tip = q + dir * t_tip;
+        if self.balloon_term {
+            let at_most = criteria::balloon_room_bound_ml(
+                &self.ctx.instrument.balloon_lengths_mm,
+                self.ctx.instrument.balloon_max_diameter_mm,
+                safety.cortex_margin_mm,
+                |s| self.bone_grid.at(&(tip - dir * s)),
+            );
+            if bound(cortex - safety.cortex_margin_mm, at_most, centring) < threshold {
+                return None;
+            }
+        }
         let balloon = criteria::balloon_room_ml(
             &self.ctx.instrument.balloon_lengths_mm,
             self.ctx.instrument.balloon_max_diameter_mm,
