@@ -4,19 +4,15 @@
 //! posterior wall and the endplates above all) and clear of every keep-out; then the left and
 //! right balloons are kept apart.
 
+use crate::criteria::floor_diameter_step;
+pub use crate::criteria::{
+    capsule_volume_ml, BALLOON_GAP_MM, DIAMETER_STEP_MM, MIN_BALLOON_DIAMETER_MM,
+};
 use crate::evaluate::{Measurement, SideContext};
 use crate::math::{segment_segment_distance, Point, Real, Vector};
 
-/// Smallest inflated diameter worth planning (the uninflated profile is ~3.2 mm), mm.
-pub const MIN_BALLOON_DIAMETER_MM: Real = 5.0;
-/// Diameters are planned in steps of this size, mm.
-pub const DIAMETER_STEP_MM: Real = 0.5;
-/// Where the balloon's distal end may sit relative to the cannula tip, along the axis, mm
-/// (positive: beyond the tip, in the channel drilled ahead of the cannula). Tried in this order;
-/// a later one wins only with a strictly larger volume.
-pub const DISTAL_OFFSETS_MM: [Real; 5] = [0.0, 2.5, -2.5, 5.0, -5.0];
-/// Gap kept between the left and right inflated balloons, mm.
-pub const BALLOON_GAP_MM: Real = 1.0;
+/// Where the balloon's distal end may sit ([`crate::criteria::BALLOON_DISTAL_OFFSETS_MM`]).
+pub const DISTAL_OFFSETS_MM: [Real; 5] = crate::criteria::BALLOON_DISTAL_OFFSETS_MM;
 
 /// A fitted balloon, LPS.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,13 +40,6 @@ impl BalloonFit {
         self.diameter_mm = d;
         self.volume_ml = capsule_volume_ml(self.length_mm, d);
     }
-}
-
-/// Volume of a capsule: cylinder of `length_mm` plus a sphere, in millilitres.
-pub fn capsule_volume_ml(length_mm: Real, diameter_mm: Real) -> Real {
-    let r = diameter_mm * 0.5;
-    (std::f64::consts::PI * r * r * length_mm + 4.0 / 3.0 * std::f64::consts::PI * r * r * r)
-        / 1000.0
 }
 
 /// Every placement of a balloon on a verified trajectory (each length of the request at each
@@ -97,7 +86,7 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
             };
             room = room.min(2.0 * (k.distance_to_segment(&proximal, &distal) - margin - extra));
         }
-        let d = floor_step(room.min(ctx.instrument.balloon_max_diameter_mm));
+        let d = floor_diameter_step(room.min(ctx.instrument.balloon_max_diameter_mm));
         if d < MIN_BALLOON_DIAMETER_MM {
             continue;
         }
@@ -116,8 +105,29 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
     out
 }
 
-fn floor_step(d: Real) -> Real {
-    (d / DIAMETER_STEP_MM + 1e-9).floor() * DIAMETER_STEP_MM
+/// The options of a bilateral side kept to the side's own half of the body: each balloon's
+/// diameter reduced so that the inflated capsule keeps half of [`BALLOON_GAP_MM`] from the
+/// mid-sagittal plane (x = 0 in the vertebra frame), those that still reach
+/// [`MIN_BALLOON_DIAMETER_MM`]. Bilateral balloons converge towards the midline without
+/// crossing it (the procedure's objective, [`crate::criteria::balloon_room_ml`]); any two
+/// balloons so kept, one per side, keep the gap between them.
+pub fn keep_to_own_half(ctx: &SideContext<'_>, options: Vec<BalloonFit>) -> Vec<BalloonFit> {
+    let f = &ctx.vertebra.frame;
+    let sign = ctx.side.sign();
+    options
+        .into_iter()
+        .filter_map(|mut b| {
+            let x = (sign * (f.lps_to_vertebra * b.proximal).x)
+                .min(sign * (f.lps_to_vertebra * b.distal).x);
+            let d = floor_diameter_step(b.room_diameter_mm.min(2.0 * (x - 0.5 * BALLOON_GAP_MM)));
+            if d < MIN_BALLOON_DIAMETER_MM {
+                return None;
+            }
+            b.set_diameter(d);
+            b.room_diameter_mm = d;
+            Some(b)
+        })
+        .collect()
 }
 
 /// The largest-volume option (the first of equals).
@@ -145,7 +155,7 @@ pub fn best_pair(left: &[BalloonFit], right: &[BalloonFit]) -> Option<(BalloonFi
             let budget = 2.0 * (s - BALLOON_GAP_MM);
             let mut dl = l.room_diameter_mm;
             while dl >= MIN_BALLOON_DIAMETER_MM - 1e-9 {
-                let dr = floor_step(r.room_diameter_mm.min(budget - dl));
+                let dr = floor_diameter_step(r.room_diameter_mm.min(budget - dl));
                 if dr >= MIN_BALLOON_DIAMETER_MM {
                     let (vl, vr) = (
                         capsule_volume_ml(l.length_mm, dl),

@@ -124,6 +124,16 @@ pub const CONVERGENCE_WEIGHT_PER_DEG: Real = 0.005;
 pub const CONVERGENCE_CAP_DEG: Real = 30.0;
 /// Penalty per unit of tip depth fraction short of the anterior third.
 pub const SHALLOW_TIP_WEIGHT: Real = 2.0;
+/// Weight of the balloon term ([`balloon_room_ml`]: the largest balloon the line leaves room
+/// for), per ml. The procedure's objective is the cavity: the cement a level takes follows the
+/// balloons (planning::CEMENT_INTERDIGITATION_FRACTION), and volumes under 4.5 ml relieved pain
+/// less often (SWISSspine, `../shared/reference/clinical.md`). At 2 per ml, a millilitre of
+/// balloon is worth twice the whole slack reserve ([`SLACK_RESERVE_MM`], 1 mm) and 1.5 ml
+/// outweighs the pedicle's centring (at most [`CENTRING_WEIGHT`] x [`CENTRING_CAP_MM`] = 3): among safe lines
+/// the one whose balloon is largest wins, and a line that hugs a wall of the pedicle while its
+/// balloon has room beats a central line whose balloon cannot inflate. A required navigation
+/// error makes tolerance a hard rule instead ([`crate::tolerance`]).
+pub const BALLOON_WEIGHT_PER_ML: Real = 2.0;
 
 /// Smallest slack over the margins, mm (negative when a margin is violated): cortex, canal and
 /// root clearances less their margins, and a forbidden structure's less the canal margin.
@@ -143,13 +153,24 @@ pub fn worst_slack_mm(
     w
 }
 
-/// The score of the search and of evaluation (one formula for both), higher is better: the
-/// worst slack over the margins dominates up to [`SLACK_RESERVE_MM`]; then the centring term
-/// (mean slack to the bone inside the pedicle, [`centring_mm`]) and the alignment with the
-/// pedicle's centres ([`axis_offset_mm`]); convergence and a tip in the anterior third add a
-/// little.
+/// The score of the search and of evaluation (one formula for both), higher is better. Its
+/// named terms:
+/// - **safety reserve**: the worst slack over the margins, up to [`SLACK_RESERVE_MM`];
+/// - **balloon**: the largest balloon the line leaves room for ([`balloon_room_ml`], weight
+///   [`BALLOON_WEIGHT_PER_ML`]); it rewards lines whose balloon sits centred between the
+///   endplates and clear of the posterior wall, since the room is the distance to them;
+/// - **centring**: mean slack to the bone inside the pedicle ([`centring_mm`],
+///   [`CENTRING_WEIGHT`]);
+/// - **alignment**: distance from the pedicle's centres ([`axis_offset_mm`],
+///   [`ALIGNMENT_WEIGHT_PER_MM`]);
+/// - **convergence** towards the midline ([`CONVERGENCE_WEIGHT_PER_DEG`]) and a tip in the
+///   anterior third ([`SHALLOW_TIP_WEIGHT`]).
+///
+/// Left and right balance is the pair's ([`crate::balloon::best_pair`]: the smaller balloon
+/// first, then the total).
 pub fn score(
     worst_slack_mm: Real,
+    balloon_room_ml: Real,
     centring_mm: Real,
     axis_offset_mm: Real,
     medial_angle_deg: Real,
@@ -161,7 +182,9 @@ pub fn score(
     } else {
         -SHALLOW_TIP_WEIGHT * (ANTERIOR_THIRD_FRACTION - tip_depth_fraction)
     };
-    worst_slack_mm.min(SLACK_RESERVE_MM) + CENTRING_WEIGHT * centring_mm
+    worst_slack_mm.min(SLACK_RESERVE_MM)
+        + BALLOON_WEIGHT_PER_ML * balloon_room_ml
+        + CENTRING_WEIGHT * centring_mm
         - ALIGNMENT_WEIGHT_PER_MM * axis_offset_mm
         + convergence
         + tip
@@ -311,4 +334,135 @@ pub fn centring_mm(
         sum += (d - radius_mm - margin_mm).min(CENTRING_CAP_MM);
     }
     sum / (n + 1) as Real
+}
+
+/// The balloon measure of a line: the volume (ml) of the largest capsule of the request's
+/// lengths whose axis ends at one of [`BALLOON_DISTAL_OFFSETS_MM`] from the tip and runs back
+/// along the line, inflated (in
+/// [`DIAMETER_STEP_MM`] steps, at most `max_diameter_mm`) as far as the bone's
+/// distance grid and the posterior wall allow by `margin_mm` (0 when no length inflates to
+/// [`MIN_BALLOON_DIAMETER_MM`]). An estimate on the approximate grid that
+/// both the screening and the exact measurement take, like [`centring_mm`]: the balloon
+/// planned is fitted exactly afterwards ([`crate::balloon::options`]).
+///
+/// `bone_behind_tip(s)` is the bone's grid distance `s` mm behind the tip,
+/// `wall_behind_tip(s)` the distance from that point to the posterior wall plane (positive in
+/// front of it) and `midline_behind_tip(s)` its distance from the mid-sagittal plane on the
+/// side's own half (negative across it), mm. The balloon keeps half of
+/// [`BALLOON_GAP_MM`] from the mid-sagittal plane (`s` negative: beyond the tip): bilateral balloons converge towards the
+/// midline without crossing it, and any left balloon kept so and any right one keep the gap
+/// between them, so each side's term is its share of the pair. (A unipedicular line, whose
+/// balloon is centred on the midline, scores 0 here: its target rule decides it.) The samples are taken every [`GRID_SAMPLE_STEP_MM`] from the tip back to
+/// the longest length behind the nearest offset, the farthest offset ahead of it.
+pub fn balloon_room_ml(
+    lengths_mm: &[Real],
+    max_diameter_mm: Real,
+    margin_mm: Real,
+    bone_behind_tip: impl Fn(Real) -> Real,
+    wall_behind_tip: impl Fn(Real) -> Real,
+    midline_behind_tip: impl Fn(Real) -> Real,
+) -> Real {
+    // Samples every GRID_SAMPLE_STEP_MM from the farthest distal offset back to the longest
+    // balloon behind the nearest one: `s` = `s_lo + k * step`.
+    let step = GRID_SAMPLE_STEP_MM;
+    let longest = lengths_mm.iter().copied().fold(0.0, Real::max);
+    let s_lo = -BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .copied()
+        .fold(0.0, Real::max);
+    let s_hi = longest
+        - BALLOON_DISTAL_OFFSETS_MM
+            .iter()
+            .copied()
+            .fold(0.0, Real::min);
+    let n = ((s_hi - s_lo) / step).ceil() as usize;
+    let bone: Vec<Real> = (0..=n)
+        .map(|k| bone_behind_tip(s_lo + k as Real * step))
+        .collect();
+    let mut best: Real = 0.0;
+    for &offset in &BALLOON_DISTAL_OFFSETS_MM {
+        for &len in lengths_mm {
+            // The capsule's axis from `-offset` (distal) to `len - offset` behind the tip: the
+            // samples within it, and its ends.
+            let (a, b) = (-offset, len - offset);
+            let k0 = ((a - s_lo) / step).floor().max(0.0) as usize;
+            let k1 = (((b - s_lo) / step).ceil() as usize).min(n);
+            let near = bone[k0..=k1]
+                .iter()
+                .copied()
+                .fold(Real::INFINITY, Real::min);
+            let r = (near - margin_mm)
+                .min(wall_behind_tip(b) - margin_mm)
+                .min(midline_behind_tip(a).min(midline_behind_tip(b)) - 0.5 * BALLOON_GAP_MM);
+            let d = floor_diameter_step((2.0 * r).min(max_diameter_mm));
+            if d >= MIN_BALLOON_DIAMETER_MM {
+                best = best.max(capsule_volume_ml(len, d));
+            }
+        }
+    }
+    best
+}
+
+/// An upper bound of [`balloon_room_ml`] from one sample of the bone's grid: when the shortest
+/// length spans the distal offsets, every capsule the measure tries contains the axis point as
+/// far behind the tip as the farthest offset lies beyond it, one of its samples; the room is at
+/// most that sample less the margin, and the volume at most the longest balloon's at that
+/// room. Otherwise the largest balloon the instrument makes.
+pub fn balloon_room_bound_ml(
+    lengths_mm: &[Real],
+    max_diameter_mm: Real,
+    margin_mm: Real,
+    bone_behind_tip: impl Fn(Real) -> Real,
+) -> Real {
+    let longest = lengths_mm.iter().copied().fold(0.0, Real::max);
+    let shortest = lengths_mm.iter().copied().fold(Real::INFINITY, Real::min);
+    let far = BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .copied()
+        .fold(0.0, Real::max);
+    let near = BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .copied()
+        .fold(0.0, Real::min);
+    // The sample index of `far` in [`balloon_room_ml`]'s lattice (`s_lo = -far`), and its `s`
+    // computed as there, so it is the same sample.
+    let k = (2.0 * far / GRID_SAMPLE_STEP_MM).round();
+    let s = -far + k * GRID_SAMPLE_STEP_MM;
+    if shortest < far - near || s != far {
+        return capsule_volume_ml(longest, max_diameter_mm);
+    }
+    let d = floor_diameter_step((2.0 * (bone_behind_tip(s) - margin_mm)).min(max_diameter_mm));
+    if d >= MIN_BALLOON_DIAMETER_MM {
+        capsule_volume_ml(longest, d)
+    } else {
+        0.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Balloons
+// ---------------------------------------------------------------------------------------------
+
+/// Smallest inflated diameter worth planning (the uninflated profile is ~3.2 mm), mm.
+pub const MIN_BALLOON_DIAMETER_MM: Real = 5.0;
+/// Diameters are planned in steps of this size, mm.
+pub const DIAMETER_STEP_MM: Real = 0.5;
+
+/// Gap kept between the left and right inflated balloons, mm.
+pub const BALLOON_GAP_MM: Real = 1.0;
+/// Where the balloon's distal end may sit relative to the cannula tip, along the axis, mm
+/// (positive: beyond the tip, in the channel drilled ahead of the cannula). Tried in this order;
+/// a later one wins only with a strictly larger volume.
+pub const BALLOON_DISTAL_OFFSETS_MM: [Real; 5] = [0.0, 2.5, -2.5, 5.0, -5.0];
+
+/// `d` rounded down to a multiple of [`DIAMETER_STEP_MM`], mm.
+pub fn floor_diameter_step(d: Real) -> Real {
+    (d / DIAMETER_STEP_MM + 1e-9).floor() * DIAMETER_STEP_MM
+}
+
+/// Volume of a capsule: cylinder of `length_mm` plus a sphere, in millilitres.
+pub fn capsule_volume_ml(length_mm: Real, diameter_mm: Real) -> Real {
+    let r = diameter_mm * 0.5;
+    (std::f64::consts::PI * r * r * length_mm + 4.0 / 3.0 * std::f64::consts::PI * r * r * r)
+        / 1000.0
 }

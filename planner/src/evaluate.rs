@@ -4,7 +4,7 @@
 
 use crate::anatomy::Side;
 use crate::criteria::{
-    self, angles_deg, axis_offset_mm, breach_grade, centring_mm, cortex_start,
+    self, angles_deg, axis_offset_mm, balloon_room_ml, breach_grade, centring_mm, cortex_start,
     docking_footprint_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridSampler,
     ANTERIOR_THIRD_FRACTION, MIN_ENTRY_BEHIND_WALL_MM,
 };
@@ -45,6 +45,9 @@ pub struct Measurement {
     pub centring_mm: Real,
     /// Mean distance of the axis from the pedicle's cross-section centres.
     pub axis_offset_mm: Real,
+    /// The largest balloon the line leaves room for, on the bone's distance grid
+    /// ([`criteria::balloon_room_ml`]), ml.
+    pub balloon_room_ml: Real,
     /// Hard constraints violated (empty: safe).
     pub violations: Vec<Reason>,
     /// Soft goals missed.
@@ -67,6 +70,7 @@ impl Measurement {
     pub fn score(&self, safety: &Safety) -> Real {
         criteria::score(
             self.worst_slack_mm(safety),
+            self.balloon_room_ml,
             self.centring_mm,
             self.axis_offset_mm,
             self.medial_angle_deg,
@@ -563,6 +567,14 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         }
         None => 0.0,
     };
+    let balloon_room = balloon_room_ml(
+        &instrument.balloon_lengths_mm,
+        instrument.balloon_max_diameter_mm,
+        safety.cortex_margin_mm,
+        |s| bone_grid.at(&(tip_vertebra - dir_vertebra * s)),
+        |s| frame.posterior_wall_y_mm - (tip_vertebra - dir_vertebra * s).y,
+        |s| side.sign() * (tip_vertebra - dir_vertebra * s).x,
+    );
     Measurement {
         bone_entry_lps,
         tip_lps: *tip_lps,
@@ -586,6 +598,7 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
             &tip_vertebra,
             &dir_vertebra,
         ),
+        balloon_room_ml: balloon_room,
         violations,
         soft,
     }

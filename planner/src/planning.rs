@@ -298,7 +298,7 @@ fn plan_bilateral(
     let outcomes = PerSide::new(left?, right?);
     let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
         SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
-            balloon::options(&ctx[side], m)
+            balloon::keep_to_own_half(&ctx[side], balloon::options(&ctx[side], m))
         }
         _ => Vec::new(),
     });

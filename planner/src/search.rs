@@ -25,8 +25,8 @@ use rayon::prelude::*;
 use crate::anatomy::Level;
 use crate::criteria::{
     self, centring_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine, GridSampler,
-    ANTERIOR_THIRD_FRACTION, CENTRING_CAP_MM, CENTRING_WEIGHT, GRID_SAMPLE_STEP_MM,
-    MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
+    ANTERIOR_THIRD_FRACTION, BALLOON_WEIGHT_PER_ML, CENTRING_CAP_MM, CENTRING_WEIGHT,
+    GRID_SAMPLE_STEP_MM, MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
 use crate::evaluate::{measure, Measurement, SideContext};
@@ -291,6 +291,11 @@ struct Screen<'a> {
     radius: Real,
     canal_half_width: Real,
     mode: SearchMode,
+    /// The largest balloon the instrument makes (longest length, largest diameter), ml: the
+    /// balloon term's bound before a line's room is measured.
+    balloon_max_ml: Real,
+    /// Whether the score's balloon term counts (off in `search_side_with`'s fallback).
+    balloon_term: bool,
 }
 
 impl<'a> Screen<'a> {
@@ -307,6 +312,15 @@ impl<'a> Screen<'a> {
             radius: ctx.instrument.cannula_radius_mm(),
             canal_half_width: f.canal_half_width_mm[ctx.side],
             mode,
+            balloon_max_ml: criteria::capsule_volume_ml(
+                ctx.instrument
+                    .balloon_lengths_mm
+                    .iter()
+                    .copied()
+                    .fold(0.0, Real::max),
+                ctx.instrument.balloon_max_diameter_mm,
+            ),
+            balloon_term: true,
         }
     }
 }
@@ -341,6 +355,7 @@ impl Screen<'_> {
         criteria::score(
             0.0,
             0.0,
+            0.0,
             criteria::axis_offset_mm(
                 &self.ctx.vertebra.pedicle_centroids[self.ctx.side],
                 q_vertebra,
@@ -365,13 +380,21 @@ impl Screen<'_> {
         // Score terms that need no grid: the score is at most the slack reserve plus the
         // largest centring term plus these.
         let fixed_terms = self.fixed_terms(&q, &dir, medial);
-        let bound = |worst_at_most: Real, centring_at_most: Real| {
+        // Until the line's balloon is measured, its term is at most the largest balloon the
+        // instrument makes.
+        let bound = |worst_at_most: Real, balloon_at_most: Real, centring_at_most: Real| {
             worst_at_most.min(SLACK_RESERVE_MM)
+                + BALLOON_WEIGHT_PER_ML
+                    * if self.balloon_term {
+                        balloon_at_most
+                    } else {
+                        0.0
+                    }
                 + CENTRING_WEIGHT * centring_at_most
                 + fixed_terms
                 + SCORE_BOUND_TOLERANCE
         };
-        if bound(Real::INFINITY, CENTRING_CAP_MM) < threshold {
+        if bound(Real::INFINITY, self.balloon_max_ml, CENTRING_CAP_MM) < threshold {
             return None;
         }
         // The line in the grid frame: samples at `t` mm from q.
@@ -417,7 +440,12 @@ impl Screen<'_> {
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
         let mut cortex_min = RunningMin::from(t_start);
         let pedicle_cortex = cortex_min.to(&bone, t_wall, Real::INFINITY) - self.radius;
-        if bound(pedicle_cortex - safety.cortex_margin_mm, CENTRING_CAP_MM) < threshold {
+        if bound(
+            pedicle_cortex - safety.cortex_margin_mm,
+            self.balloon_max_ml,
+            CENTRING_CAP_MM,
+        ) < threshold
+        {
             return None;
         }
         // The centring term ends at the posterior wall, before the tip of any line that
@@ -428,7 +456,12 @@ impl Screen<'_> {
             }),
             None => 0.0,
         };
-        if bound(pedicle_cortex - safety.cortex_margin_mm, centring) < threshold {
+        if bound(
+            pedicle_cortex - safety.cortex_margin_mm,
+            self.balloon_max_ml,
+            centring,
+        ) < threshold
+        {
             return None;
         }
         let t_exit = first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM)?;
@@ -462,7 +495,36 @@ impl Screen<'_> {
         }
         .min(bone.at(t_tip))
             - self.radius;
-        if bound(cortex - safety.cortex_margin_mm, centring) < threshold {
+        if bound(
+            cortex - safety.cortex_margin_mm,
+            self.balloon_max_ml,
+            centring,
+        ) < threshold
+        {
+            return None;
+        }
+        // The balloon term: the grid's room behind the tip, bounded first from one sample.
+        let tip = q + dir * t_tip;
+        if self.balloon_term {
+            let at_most = criteria::balloon_room_bound_ml(
+                &self.ctx.instrument.balloon_lengths_mm,
+                self.ctx.instrument.balloon_max_diameter_mm,
+                safety.cortex_margin_mm,
+                |s| self.bone_grid.at(&(tip - dir * s)),
+            );
+            if bound(cortex - safety.cortex_margin_mm, at_most, centring) < threshold {
+                return None;
+            }
+        }
+        let balloon = criteria::balloon_room_ml(
+            &self.ctx.instrument.balloon_lengths_mm,
+            self.ctx.instrument.balloon_max_diameter_mm,
+            safety.cortex_margin_mm,
+            |s| self.bone_grid.at(&(tip - dir * s)),
+            |s| f.posterior_wall_y_mm - (tip - dir * s).y,
+            |s| self.sign * (tip - dir * s).x,
+        );
+        if bound(cortex - safety.cortex_margin_mm, balloon, centring) < threshold {
             return None;
         }
         // Keep-outs along the cannula near the vertebra. Their distance counts in the score
@@ -479,11 +541,12 @@ impl Screen<'_> {
             .as_ref()
             .map(|g| keep(g, safety.canal_margin_mm));
         let worst = criteria::worst_slack_mm(safety, cortex, canal, root, forbidden);
-        if bound(worst, centring) < threshold {
+        if bound(worst, balloon, centring) < threshold {
             return None;
         }
         let score = criteria::score(
             worst,
+            if self.balloon_term { balloon } else { 0.0 },
             centring,
             criteria::axis_offset_mm(&v.pedicle_centroids[self.ctx.side], &q, &dir),
             medial,
@@ -734,30 +797,82 @@ fn search_side_with(
 ) -> Result<SideOutcome, PlanError> {
     let screen = Screen::new(ctx, mode);
     let grid = LineGrid::new(&screen);
-    let mut screening = Screening::new();
-    let coarse = screen_coarse(&screen, &grid, screens, &mut screening, cancelled)?;
-    screen_fine(&screen, &grid, &coarse, &mut screening, cancelled)?;
-    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    if screened.is_empty() {
+    let Some(verified) = screen_and_verify(&screen, &grid, screens, cancelled)? else {
         return Ok(midline_reason(
             &screen,
             infeasible_no_corridor(ctx, grid.qs.is_empty()),
         ));
-    }
-    let refined = refine_best(&screen, &screened);
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    match verify(ctx, screen.mode, &refined, &screened, cancelled)? {
+    };
+    // The fallback: where the lines with the largest balloons all fail the exact measurement
+    // (a pedicle just wide enough, whose best-scoring lines graze its walls), the screening's
+    // threshold may have dropped every safe line. The search runs again with the balloon term
+    // off (slack and centring first, as before issue 13), so a side is never called infeasible
+    // for the objective's sake.
+    let verified = match verified {
+        Verified::Unsafe(_) => {
+            let plain = Screen {
+                balloon_term: false,
+                ..screen.clone()
+            };
+            match screen_and_verify(&plain, &grid, screens, cancelled)? {
+                Some(Verified::Safe(m)) => Verified::Safe(m),
+                _ => verified,
+            }
+        }
+        safe => safe,
+    };
+    match verified {
         Verified::Safe(m) => Ok(SideOutcome::Feasible(Box::new(m))),
         Verified::Unsafe(best) => Ok(midline_reason(
             &screen,
             diagnose_infeasible(&screen, &grid, &best),
         )),
     }
+}
+
+/// Steps 2-5 on `screen`: `None` when no line of the grid is usable.
+fn screen_and_verify(
+    screen: &Screen<'_>,
+    grid: &LineGrid,
+    screens: Screens,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Verified>, PlanError> {
+    let mut screening = Screening::new();
+    let coarse = screen_coarse(screen, grid, screens, &mut screening, cancelled)?;
+    screen_fine(screen, grid, &coarse, &mut screening, cancelled)?;
+    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    if screened.is_empty() {
+        return Ok(None);
+    }
+    let refined = refine_best(screen, &screened);
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    verify(screen.ctx, screen.mode, &refined, &screened, cancelled).map(Some)
+}
+
+/// The slow oracle of the procedure's objective (tests and benchmarks): every line of the
+/// search's full grid ([`GRID_STEP_MM`], [`GRID_STEP_DEG`]) that the screening finds usable
+/// (bone entry behind the body and lateral of the canal, within the incidence limit, reaching
+/// the body), measured exactly; the safe ones that meet the mode's target, in grid order. No
+/// score decides which lines are measured, so each can be given its best balloon.
+pub fn exhaustive_safe_lines(ctx: &SideContext<'_>, mode: SearchMode) -> Vec<Measurement> {
+    let screen = Screen::new(ctx, mode);
+    let grid = LineGrid::new(&screen);
+    let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
+    grid.all()
+        .par_iter()
+        .filter_map(|&i| screen.candidate(grid.line(i), Real::NEG_INFINITY))
+        .filter(|c| c.entry_ok)
+        .filter_map(|c| {
+            let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
+            let m = measure(ctx, &from_lps, &tip_lps);
+            (m.violations.is_empty() && mode.accepts(ctx, &m)).then_some(m)
+        })
+        .collect()
 }
 
 /// The grid of lines: `q` in the reference plane every [`GRID_STEP_MM`] where the bone is deep

@@ -336,7 +336,8 @@ pub fn is_margin_violation(code: ReasonCode) -> bool {
 }
 
 /// The first hard margin the trajectory `m` (and its balloon), moved by `motion_lps`, violates
-/// by exact re-measurement: the cannula by [`measure`] (its margin codes,
+/// by exact re-measurement: the cannula's cortex margin from the end of the planned docking
+/// zone (moved) to the tip, its other margins by [`measure`] (its margin codes,
 /// [`is_margin_violation`]), the balloon by the margins of `balloon::options` (both ends in the
 /// bone, capsule to bone surface and posterior wall by the cortex margin, to each keep-out by
 /// its margin). `None`: every margin holds.
@@ -354,11 +355,29 @@ pub fn margin_violation(
     }
     let tip = motion_lps * m.tip_lps;
     let from = motion_lps * (m.tip_lps - m.direction_lps.into_inner() * 100.0);
+    // The cannula's cortex margin is judged where the certificate speaks of it: from the end
+    // of the planned docking zone, moved with the cannula, to the tip. `measure` re-decides
+    // the docking zone on the moved line (incidence and surface drop under the new footprint,
+    // which jump between the mesh's facets): a route rule the certificate does not cover
+    // (module documentation), so its own cortex verdict is not counted.
+    let u = m.direction_lps.into_inner();
+    let t_tip = (m.tip_lps - m.bone_entry_lps).dot(&u);
+    let start = motion_lps * (m.bone_entry_lps + u * m.docking_zone_mm.min(t_tip));
+    let bone = &ctx.vertebra.bone;
+    let r = ctx.instrument.cannula_radius_mm();
+    let cortex = if bone.contains_point(&tip) {
+        bone.distance_to_segment(&start, &tip) - r
+    } else {
+        -bone.distance_to_point(&tip) - r
+    };
+    if cortex < ctx.safety.cortex_margin_mm {
+        return Some((ReasonCode::CortexMarginViolated, "cannula"));
+    }
     let moved = measure(ctx, &from, &tip);
     moved
         .violations
         .iter()
-        .find(|v| is_margin_violation(v.code))
+        .find(|v| is_margin_violation(v.code) && v.code != ReasonCode::CortexMarginViolated)
         .map(|v| (v.code, "cannula"))
 }
 

@@ -1154,25 +1154,11 @@ fn tptbox_l3_plans_and_l2_l4_are_refused_as_cut_by_the_crop() {
     let p = plan(&anatomy, &common::default_request()).unwrap();
     assert_eq!(p.levels.len(), 1);
     assert_eq!(p.levels[0].level, Level::L3);
-    // Every side with a cannula passes the exact checks, and at least one has one. A side
-    // without one may only lack room for its balloon: under the route rules the left line of
-    // this staircase mesh is safe but its balloon does not reach 5 mm (the balloon is fitted
-    // after the line is chosen; choosing them together is issue 13).
-    assert!(p.levels[0].sides.iter().any(|s| s.feasible));
+    // Both sides plan, and pass the exact checks: the line and its balloon are chosen together
+    // (issue 13), so a safe line whose balloon would not reach 5 mm loses to one with room.
     for s in &p.levels[0].sides {
-        if !s.feasible {
-            assert!(
-                s.reasons
-                    .iter()
-                    .all(|r| r.code == plan::ReasonCode::BalloonDoesNotFit
-                        || r.code == plan::ReasonCode::OtherSideChosen),
-                "tptbox L3 {}: {:?}",
-                s.side,
-                s.reasons
-            );
-            println!("L3 {}: no cannula: {:?}", s.side, s.reasons);
-            continue;
-        }
+        assert!(s.feasible, "tptbox L3 {}: {:?}", s.side, s.reasons);
+        assert!(s.balloon.is_some(), "tptbox L3 {}: no balloon", s.side);
         check_side_exactly(&anatomy, Level::L3, s, "tptbox");
         let t = s.trajectory.as_ref().unwrap();
         println!(

@@ -7,14 +7,18 @@ use kyphoplan_planner::plan::ReasonCode;
 use kyphoplan_planner::synth::{self, VertebraParams};
 use kyphoplan_planner::*;
 
-/// A planned cannula passes within this distance of the isthmus centre of its pedicle.
-const ISTHMUS_TOLERANCE_MM: f64 = 0.75;
+/// A planned cannula passes within this distance of the isthmus centre of its pedicle. Since
+/// the line is chosen for its balloon too (issue 13: the score's balloon term), it moves within
+/// the isthmus towards where the balloon has room: at most 1.95 mm (mean T11 left) measured;
+/// the cortex margin holds all along (asserted below).
+const ISTHMUS_TOLERANCE_MM: f64 = 2.0;
 /// A planned cannula's direction is within this angle of the pedicle axis (where the axis
-/// itself stays in the body; see `t12_...`). The search maximises slack, not alignment; since
-/// the cortex margin holds from the end of the docking zone (not from the back of the canal),
-/// the roomiest line through the T11, T12 and L1 pedicles tilts up to 8.4 degrees from their
-/// axes to dock deeper in the posterior elements.
-const AXIS_TOLERANCE_DEG: f64 = 9.0;
+/// itself stays in the body; see `t12_...`). The search does not maximise alignment: the
+/// cortex margin holds from the end of the docking zone, and among safe lines the one whose
+/// balloon is largest wins (issue 13), so the line turns inside the pedicle's corridor towards
+/// the body's roomiest part: up to 16.3 degrees (mean T12 right) measured, 1.3-12.8 degrees at
+/// L1-L5.
+const AXIS_TOLERANCE_DEG: f64 = 17.0;
 
 fn request() -> PlanRequest {
     common::default_request()
@@ -59,6 +63,7 @@ fn planned_trajectories_follow_the_pedicle_axis() {
                 "{level} {}: {angle:.1} deg off the pedicle axis",
                 axis.side
             );
+            println!("{level} {}: {angle:.1} deg, {dist:.2} mm", axis.side);
             // The clearances reported are real: at least the margins.
             assert!(t.clearance_mm.cortex >= 1.0 && t.clearance_mm.canal >= 2.0);
             assert!(t.tip_depth_fraction >= 2.0 / 3.0);
