@@ -86,7 +86,8 @@ fn connect_options() -> &'static kyphoplan_client::ConnectOptions {
     CONNECT_OPTIONS.get_or_init(Default::default)
 }
 
-/// Connect to a `--server` URL with the command line's TLS and token options.
+/// Connect to a `--server` URL (or `URL,URL,...`: replicas, see `Client::connect_with`) with
+/// the command line's TLS and token options.
 async fn connect(url: &str) -> Result<Client, Failure> {
     Client::connect_with(url, connect_options())
         .await
@@ -132,7 +133,9 @@ enum Command {
         /// DIR, e.g. to check label-map meshes in 3D Slicer.
         #[arg(long, value_name = "DIR")]
         export_meshes: Option<PathBuf>,
-        /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051).
+        /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051). Several
+        /// replicas of one service: URL,URL,... (calls spread over them, retried on another
+        /// when one is down); so for every --server.
         #[arg(long, value_name = "URL")]
         server: Option<String>,
         /// Write the plan JSON to FILE.
