@@ -245,10 +245,23 @@ impl ConnectOptions {
     }
 }
 
+/// Whether a call failed because its replica could not be reached or went away (so another
+/// replica may answer it): UNAVAILABLE, or a connection broken mid-call, which tonic reports as
+/// UNKNOWN with the transport's error as its source (a status the server sent has none).
+fn replica_lost(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => status.source().is_some(),
+        _ => false,
+    }
+}
+
 /// A client of one server, or of several replicas of one service (on one shared store): then
 /// calls go to the replicas in turn (round-robin, one HTTP/2 connection each, so that calls
 /// spread however many a connection carries), and a call refused as UNAVAILABLE (the replica
-/// is down, unreachable or shutting down, or its store is) is tried once on each other replica
+/// is down, unreachable or shutting down, or its store is; or the connection broke mid-call) is
+/// tried once on each other replica
 /// before the error is returned. Every call is retried so but a plan's stream
 /// ([`Client::stream_plan`] retries only the call that opens it). A plan whose answer was lost
 /// with its replica may have been stored there as well as on the replica that answered.
@@ -540,7 +553,7 @@ impl Client {
         for _ in 0..n {
             let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
             match f(self.replicas[i].clone()).await {
-                Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
+                Err(status) if replica_lost(&status) => last = Some(status),
                 r => return r.map(tonic::Response::into_inner),
             }
         }
