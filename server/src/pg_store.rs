@@ -103,7 +103,7 @@ impl Drop for PgStore {
 fn db_error(e: tokio_postgres::Error) -> ServiceError {
     if let Some(db) = e.as_db_error() {
         let code = db.code();
-        if *code == SqlState::DISK_FULL || *code == SqlState::PROGRAM_LIMIT_EXCEEDED {
+        if *code == SqlState::DISK_FULL {
             return ServiceError::StorageFull(format!("PostgreSQL: {db}"));
         }
         let class = &code.code()[..2];
