@@ -52,7 +52,10 @@ fn store_figures(name: &str, store: &dyn Store, plan: &[u8], anatomy: &[u8]) {
     row(
         "plan",
         time(n, |i| {
-            store.plan(&format!("p{i:05}"), Some("bench")).unwrap().unwrap();
+            store
+                .plan(&format!("p{i:05}"), Some("bench"))
+                .unwrap()
+                .unwrap();
         }),
         n,
     );
@@ -78,7 +81,10 @@ fn store_figures(name: &str, store: &dyn Store, plan: &[u8], anatomy: &[u8]) {
     row(
         "anatomy (the same)",
         time(m, |i| {
-            store.anatomy(&format!("a{i}"), Some("bench")).unwrap().unwrap();
+            store
+                .anatomy(&format!("a{i}"), Some("bench"))
+                .unwrap()
+                .unwrap();
         }),
         m,
     );
@@ -87,7 +93,11 @@ fn store_figures(name: &str, store: &dyn Store, plan: &[u8], anatomy: &[u8]) {
 async fn throughput(urls: &str, clients: usize, seconds: f64) -> (f64, f64, f64, usize) {
     let mut client = Client::connect(urls).await.unwrap();
     let anatomy = Arc::new(synth::demo_anatomy());
-    let id = client.upload_anatomy_shared(anatomy).await.unwrap().anatomy_id;
+    let id = client
+        .upload_anatomy_shared(anatomy)
+        .await
+        .unwrap()
+        .anatomy_id;
     let request = Arc::new(kyphoplan_tests::default_request(Some(vec![Level::L3])));
     // Warm every replica's prepared-anatomy cache.
     for _ in 0..client.replicas() {
@@ -145,7 +155,11 @@ fn main() {
         .unwrap();
         convert::plan_to_pb(&plan).encode_to_vec()
     };
-    println!("plan {} bytes, anatomy {} bytes", plan_bytes.len(), anatomy.len());
+    println!(
+        "plan {} bytes, anatomy {} bytes",
+        plan_bytes.len(),
+        anatomy.len()
+    );
     println!("| store | call | median ms | p99 ms | runs |");
     println!("| --- | --- | ---: | ---: | ---: |");
     let dir = tempfile::tempdir().unwrap();

@@ -125,14 +125,16 @@ async fn a_database_restarted_under_load_answers_unavailable_then_serves_again()
         let got = client.get_plan(&plan.plan_id).await.unwrap();
         assert_eq!(got.plan, plan.plan, "plan {} changed", plan.plan_id);
     }
-    let failures = failures.lock().unwrap();
-    eprintln!(
-        "{} plans acknowledged, {} calls UNAVAILABLE during the restart (first: {:?}, last: {:?})",
-        acked.len(),
-        failures.len(),
-        failures.first().map(ToString::to_string),
-        failures.last().map(ToString::to_string),
-    );
-    drop(failures);
+    {
+        let failures = failures.lock().unwrap();
+        eprintln!(
+            "{} plans acknowledged, {} calls UNAVAILABLE during the restart \
+             (first: {:?}, last: {:?})",
+            acked.len(),
+            failures.len(),
+            failures.first().map(ToString::to_string),
+            failures.last().map(ToString::to_string),
+        );
+    }
     server.shutdown().await;
 }
