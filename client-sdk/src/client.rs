@@ -245,9 +245,34 @@ impl ConnectOptions {
     }
 }
 
+/// Whether a call failed because its replica could not be reached or went away (so another
+/// replica may answer it): UNAVAILABLE, or a connection broken mid-call, which tonic reports as
+/// UNKNOWN with the transport's error as its source (a status the server sent has none).
+fn replica_lost(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => status.source().is_some(),
+        _ => false,
+    }
+}
+
+/// A client of one server, or of several replicas of one service (on one shared store): then
+/// calls go to the replicas in turn (round-robin, one HTTP/2 connection each, so that calls
+/// spread however many a connection carries), and a call refused as UNAVAILABLE (the replica
+/// is down, unreachable or shutting down, or its store is; or the connection broke mid-call) is
+/// tried once on each other replica
+/// before the error is returned. Every call is retried so but a plan's stream
+/// ([`Client::stream_plan`] retries only the call that opens it). A plan whose answer was lost
+/// with its replica may have been stored there as well as on the replica that answered.
 #[derive(Clone)]
 pub struct Client {
+    /// The first replica's client ([`Client::raw`]).
     inner: PlanningServiceClient<Channel>,
+    /// One client per replica, in the order given.
+    replicas: Arc<[PlanningServiceClient<Channel>]>,
+    /// The replica of the next call (modulo their number), shared by the clones.
+    next: Arc<std::sync::atomic::AtomicUsize>,
     /// `Bearer TOKEN`, marked sensitive (hyper/h2 never print it).
     authorization: Option<MetadataValue<Ascii>>,
 }
@@ -405,8 +430,53 @@ impl Client {
         Self::connect_with(url, &ConnectOptions::default()).await
     }
 
-    /// Connect to `url` with TLS and/or a bearer token.
+    /// Connect to `url` with TLS and/or a bearer token. `url` may list several replicas of one
+    /// service, separated by commas (`http://a:50051,http://b:50051`): calls are spread over
+    /// them and retried on another when one is down (see [`Client`]). A replica down at
+    /// connect time is connected to later; the connect fails only when none answers.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.len() <= 1 {
+            let (channel, authorization) = Self::channel(url.trim(), options, true).await?;
+            return Ok(Self::with_channels(vec![channel], authorization));
+        }
+        let mut channels = Vec::with_capacity(urls.len());
+        let mut authorization = None;
+        let mut first_error = None;
+        let mut down = 0;
+        for u in &urls {
+            match Self::channel(u, options, true).await {
+                Ok((channel, auth)) => {
+                    channels.push(channel);
+                    authorization = auth;
+                }
+                Err(e @ ClientError::Connect { .. }) => {
+                    down += 1;
+                    first_error.get_or_insert(e);
+                    let (channel, auth) = Self::channel(u, options, false).await?;
+                    channels.push(channel);
+                    authorization = auth;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_error {
+            Some(e) if down == urls.len() => Err(e),
+            _ => Ok(Self::with_channels(channels, authorization)),
+        }
+    }
+
+    /// The channel to one replica (connected now, or lazily when `eager` is false) and the
+    /// authorization header of `options`.
+    async fn channel(
+        url: &str,
+        options: &ConnectOptions,
+        eager: bool,
+    ) -> Result<(Channel, Option<MetadataValue<Ascii>>), ClientError> {
         let connect_err = |source: tonic::transport::Error| ClientError::Connect {
             url: url.to_owned(),
             message: source.to_string(),
@@ -442,19 +512,52 @@ impl Client {
                 Some(v)
             }
         };
-        let channel = endpoint.connect().await.map_err(connect_err)?;
-        let mut client = Self::with_channel(channel);
-        client.authorization = authorization;
-        Ok(client)
+        let channel = if eager {
+            endpoint.connect().await.map_err(connect_err)?
+        } else {
+            endpoint.connect_lazy()
+        };
+        Ok((channel, authorization))
     }
 
-    fn with_channel(channel: Channel) -> Self {
+    fn with_channels(channels: Vec<Channel>, authorization: Option<MetadataValue<Ascii>>) -> Self {
+        let replicas: Arc<[PlanningServiceClient<Channel>]> = channels
+            .into_iter()
+            .map(|channel| {
+                PlanningServiceClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })
+            .collect();
         Client {
-            inner: PlanningServiceClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            authorization: None,
+            inner: replicas[0].clone(),
+            replicas,
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            authorization,
         }
+    }
+
+    /// How many replicas this client spreads its calls over.
+    pub fn replicas(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Make a call on the next replica; on UNAVAILABLE, on each other replica in turn.
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(PlanningServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = self.replicas.len();
+        let mut last = None;
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+            match f(self.replicas[i].clone()).await {
+                Err(status) if replica_lost(&status) => last = Some(status),
+                r => return r.map(tonic::Response::into_inner),
+            }
+        }
+        Err(last.unwrap_or_else(|| tonic::Status::unavailable("no replica")))
     }
 
     /// A request carrying this client's bearer token, if it has one.
@@ -469,7 +572,7 @@ impl Client {
     /// A client on a channel made elsewhere (feature `grpc-raw`).
     #[cfg(feature = "grpc-raw")]
     pub fn from_channel(channel: Channel) -> Self {
-        Self::with_channel(channel)
+        Self::with_channels(vec![channel], None)
     }
 
     /// The generated client, for calls this wrapper does not cover (wrap their messages in
@@ -500,12 +603,13 @@ impl Client {
         &mut self,
         anatomy: Arc<AnatomyInput>,
     ) -> Result<pb::Anatomy, ClientError> {
-        Ok(self
-            .inner
-            .upload_anatomy(self.authorized(upload_chunks(anatomy)))
-            .await
-            .map_err(status_error)?
-            .into_inner())
+        // Content-addressed: uploading again (on another replica) stores nothing twice.
+        self.call(|mut c| {
+            let r = self.authorized(upload_chunks(anatomy.clone()));
+            async move { c.upload_anatomy(r).await }
+        })
+        .await
+        .map_err(status_error)
     }
 
     /// Upload a NIfTI label map, meshed on the server; returns the anatomy's metadata: its
@@ -515,23 +619,24 @@ impl Client {
         &mut self,
         upload: Arc<LabelMapUpload>,
     ) -> Result<pb::Anatomy, ClientError> {
-        Ok(self
-            .inner
-            .upload_anatomy(self.authorized(label_upload_chunks(upload)))
-            .await
-            .map_err(status_error)?
-            .into_inner())
+        self.call(|mut c| {
+            let r = self.authorized(label_upload_chunks(upload.clone()));
+            async move { c.upload_anatomy(r).await }
+        })
+        .await
+        .map_err(status_error)
     }
 
     pub async fn get_anatomy(&mut self, anatomy_id: &str) -> Result<pb::Anatomy, ClientError> {
-        Ok(self
-            .inner
-            .get_anatomy(self.authorized(pb::GetAnatomyRequest {
-                anatomy_id: anatomy_id.to_owned(),
-            }))
-            .await
-            .map_err(status_error)?
-            .into_inner())
+        let message = pb::GetAnatomyRequest {
+            anatomy_id: anatomy_id.to_owned(),
+        };
+        self.call(|mut c| {
+            let r = self.authorized(message.clone());
+            async move { c.get_anatomy(r).await }
+        })
+        .await
+        .map_err(status_error)
     }
 
     /// Plan a stored anatomy.
@@ -545,11 +650,12 @@ impl Client {
             request,
         );
         StoredPlan::from_pb(
-            self.inner
-                .create_plan(self.authorized(message))
-                .await
-                .map_err(status_error)?
-                .into_inner(),
+            self.call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.create_plan(r).await }
+            })
+            .await
+            .map_err(status_error)?,
         )
     }
 
@@ -564,11 +670,12 @@ impl Client {
             request,
         );
         StoredPlan::from_pb(
-            self.inner
-                .create_plan(self.authorized(message))
-                .await
-                .map_err(status_error)?
-                .into_inner(),
+            self.call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.create_plan(r).await }
+            })
+            .await
+            .map_err(status_error)?,
         )
     }
 
@@ -584,11 +691,12 @@ impl Client {
             request,
         );
         let mut stream = self
-            .inner
-            .stream_plan(self.authorized(message))
+            .call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.stream_plan(r).await }
+            })
             .await
-            .map_err(status_error)?
-            .into_inner();
+            .map_err(status_error)?;
         while let Some(progress) = stream.next().await {
             let pb::PlanProgress {
                 levels_done,
@@ -630,11 +738,12 @@ impl Client {
             safety: Some(convert::safety_options_to_pb(safety)),
         };
         let e = self
-            .inner
-            .evaluate_trajectory(self.authorized(message))
+            .call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.evaluate_trajectory(r).await }
+            })
             .await
-            .map_err(status_error)?
-            .into_inner();
+            .map_err(status_error)?;
         Ok(convert::evaluation_from_pb(e)?)
     }
 
@@ -643,11 +752,12 @@ impl Client {
             plan_id: plan_id.to_owned(),
         };
         StoredPlan::from_pb(
-            self.inner
-                .get_plan(self.authorized(message))
-                .await
-                .map_err(status_error)?
-                .into_inner(),
+            self.call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.get_plan(r).await }
+            })
+            .await
+            .map_err(status_error)?,
         )
     }
 
@@ -658,7 +768,13 @@ impl Client {
         let message = pb::DeletePlanRequest {
             plan_id: plan_id.to_owned(),
         };
-        match self.inner.delete_plan(self.authorized(message)).await {
+        let answer = self
+            .call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.delete_plan(r).await }
+            })
+            .await;
+        match answer {
             Ok(_) => Ok(true),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
             Err(status) => Err(status_error(status)),
@@ -677,8 +793,14 @@ impl Client {
             anatomy_id: anatomy_id.to_owned(),
             cascade,
         };
-        match self.inner.delete_anatomy(self.authorized(message)).await {
-            Ok(response) => Ok(Some(response.into_inner())),
+        let answer = self
+            .call(|mut c| {
+                let r = self.authorized(message.clone());
+                async move { c.delete_anatomy(r).await }
+            })
+            .await;
+        match answer {
+            Ok(response) => Ok(Some(response)),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(status_error(status)),
         }
@@ -694,11 +816,11 @@ impl Client {
             page_size,
             page_token: page_token.to_owned(),
         };
-        Ok(self
-            .inner
-            .list_plans(self.authorized(message))
-            .await
-            .map_err(status_error)?
-            .into_inner())
+        self.call(|mut c| {
+            let r = self.authorized(message.clone());
+            async move { c.list_plans(r).await }
+        })
+        .await
+        .map_err(status_error)
     }
 }

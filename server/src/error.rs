@@ -88,7 +88,7 @@ impl From<ServiceError> for Status {
             ServiceError::StorageFull(_) => Status::with_error_details(
                 Code::ResourceExhausted,
                 message,
-                ErrorDetails::with_quota_failure_violation("storage", "the data directory is full"),
+                ErrorDetails::with_quota_failure_violation("storage", "the store is full"),
             ),
             ServiceError::Unavailable(_) => Status::unavailable(message),
             ServiceError::Internal(_) => Status::internal(message),

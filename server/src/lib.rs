@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod in_process;
 pub mod labelmap;
+pub mod pg_store;
 pub mod service;
 pub mod store;
 pub mod upload;

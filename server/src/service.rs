@@ -98,7 +98,7 @@ impl PreparedCache {
 
 struct Inner {
     config: Config,
-    store: Store,
+    store: Box<dyn Store>,
     pool: rayon::ThreadPool,
     plan_slots: Arc<Semaphore>,
     /// Plans running on the pool at once: one per pool thread, granted first come, first
@@ -109,6 +109,9 @@ struct Inner {
     cache: Mutex<PreparedCache>,
     metrics: Arc<Metrics>,
     plan_counter: AtomicU64,
+    /// Random per server process (the OS-seeded keys of std's hasher): with the time, counter
+    /// and process id, it keeps plan ids unique across replicas writing one store.
+    id_nonce: u64,
     /// Planning slots per principal (`--max-plans-per-client`), made on first use.
     client_slots: Mutex<HashMap<Principal, Arc<Semaphore>>>,
     clock: Arc<dyn Clock>,
@@ -325,7 +328,7 @@ impl Planning {
                 })?,
             )),
         };
-        let store = Store::open(&config.data_dir)?;
+        let store = crate::store::open(&config)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.planner_threads)
             .thread_name(|i| format!("planner-{i}"))
@@ -346,6 +349,7 @@ impl Planning {
                 pool,
                 metrics,
                 plan_counter: AtomicU64::new(0),
+                id_nonce: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8),
                 client_slots: Mutex::new(HashMap::new()),
                 clock,
                 audit,
@@ -525,10 +529,10 @@ impl Planning {
     /// Run a blocking store call off the async workers.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, ServiceError> + Send + 'static,
+        f: impl FnOnce(&dyn Store) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner.store))
+        tokio::task::spawn_blocking(move || f(inner.store.as_ref()))
             .await
             .map_err(|e| ServiceError::Internal(format!("store task failed: {e}")))?
     }
@@ -538,7 +542,7 @@ impl Planning {
         &self,
         kind: &'static str,
         id: String,
-        lookup: impl FnOnce(&Store, &str) -> Result<Option<Vec<u8>>, ServiceError> + Send + 'static,
+        lookup: impl FnOnce(&dyn Store, &str) -> Result<Option<Vec<u8>>, ServiceError> + Send + 'static,
     ) -> Result<M, ServiceError> {
         let key = id.clone();
         let bytes = self
@@ -813,6 +817,7 @@ impl Planning {
         h.update(nanos.to_le_bytes());
         h.update(n.to_le_bytes());
         h.update(std::process::id().to_le_bytes());
+        h.update(self.inner.id_nonce.to_le_bytes());
         let digest = h.finalize();
         // Time first: ids sort by creation time.
         format!("{:012x}{}", self.now_unix_ms(), hex::encode(&digest[..8]))

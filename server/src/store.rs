@@ -1,18 +1,24 @@
-//! The embedded store (redb) in the data directory: anatomies by id (canonical prost-encoded
-//! `AnatomyData`), their metadata (prost-encoded `Anatomy`), and plans by id (prost-encoded
-//! `Plan`). Calls are blocking: the service runs them on tokio's blocking threads.
+//! The store: anatomies by id (canonical prost-encoded `AnatomyData`), their metadata
+//! (prost-encoded `Anatomy`), and plans by id (prost-encoded `Plan`), behind one trait,
+//! [`Store`], with two implementations: the embedded [`RedbStore`] in the data directory (the
+//! default, one server) and [`crate::pg_store::PgStore`] on a PostgreSQL database that several
+//! replicas share (`--store postgres://...`). Calls are blocking: the service runs them on
+//! tokio's blocking threads.
 //!
-//! With authentication on, every record has owners (principal names): `plan_owner` maps a plan
-//! to its one owner, `anatomy_owners` holds (owner, anatomy) pairs (anatomies are
-//! content-addressed, so several principals may upload the same one). A record and its owner are
-//! written in one transaction. Look-ups take `owner: Option<&str>`: `None` (no authentication)
-//! sees everything, `Some(name)` only what that name owns; anything else reads as absent.
+//! With authentication on, every record has owners (principal names): a plan has one owner, an
+//! anatomy a set of (owner, anatomy) pairs (anatomies are content-addressed, so several
+//! principals may upload the same one). A record and its owner are written in one transaction.
+//! Look-ups take `owner: Option<&str>`: `None` (no authentication) sees everything,
+//! `Some(name)` only what that name owns; anything else reads as absent.
 //!
-//! Lifecycle: `plan_info` holds each plan's creation time and anatomy, `anatomy_plans` the
-//! (anatomy, plan) pairs and `anatomy_time` when each anatomy was last uploaded: the indexes
-//! that delete and purge use. A delete or purge is one write transaction (the record, its
-//! owners and its index entries go together or not at all); [`Store::compact`] then rewrites
-//! the file so that the deleted bytes leave the data directory.
+//! Lifecycle: each plan's creation time and anatomy, and when each anatomy was last uploaded,
+//! are indexed for delete and purge. A delete or purge is one write transaction (the record,
+//! its owners and its index entries go together or not at all); [`Store::compact`] then lets
+//! the deleted bytes leave the disk (redb rewrites its file).
+//!
+//! The redb tables: `plan_owner` maps a plan to its one owner, `anatomy_owners` holds (owner,
+//! anatomy) pairs, `plan_info` each plan's creation time and anatomy, `anatomy_plans` the
+//! (anatomy, plan) pairs and `anatomy_time` when each anatomy was last uploaded.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -64,9 +70,102 @@ impl Purged {
     }
 }
 
-/// The store. Every call takes the database's read lock (redb orders the transactions itself);
+/// What every store guarantees (tested against both by `tests/tests/store_suite.rs`): a write
+/// is durable when it returns `Ok`; the same anatomy put twice, even at the same moment from two
+/// servers, is stored once; a full store answers [`ServiceError::StorageFull`], an unreachable
+/// one [`ServiceError::Unavailable`]; ids are ordered bytewise.
+pub trait Store: Send + Sync {
+    /// Let the bytes of deleted records leave the disk (redb: rewrite the file; PostgreSQL:
+    /// `VACUUM` of the tables). Waits for the calls in flight.
+    fn compact(&self) -> Result<(), ServiceError>;
+
+    /// Delete plan `id` if `owner` may see it, in one transaction; whether it was deleted.
+    fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError>;
+
+    /// Delete anatomy `id` for `owner`, in one transaction: `None` if `owner` may not see it.
+    /// The owner's plans made for it refuse the delete unless `cascade` (then they go too).
+    /// With other owners left only `owner`'s ownership goes; the data goes with the last owner
+    /// (or at once without authentication).
+    fn delete_anatomy(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        cascade: bool,
+    ) -> Result<Option<AnatomyDeletion>, ServiceError>;
+
+    /// Remove every plan created and every anatomy last uploaded before `cutoff_unix_ms`, with
+    /// their owners, in one transaction (ids in order). A purged anatomy's younger plans stay
+    /// (a plan holds all it needs); they are purged when they are old enough themselves.
+    fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError>;
+
+    /// Every stored plan id and anatomy id (for consistency checks).
+    fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError>;
+
+    /// Whether `owner` may see anatomy `id` (stored, and owned by it when `owner` is given).
+    fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError>;
+
+    /// Store an anatomy and its metadata once (a second put of the same id only adds `owner`).
+    /// `now_unix_ms` becomes its upload time (retention counts from the last upload).
+    fn put_anatomy(
+        &self,
+        id: &str,
+        data: &[u8],
+        meta: &[u8],
+        owner: Option<&str>,
+        now_unix_ms: u64,
+    ) -> Result<(), ServiceError>;
+
+    /// An anatomy already stored was uploaded again (by `owner`, if given): add the owner and
+    /// make `now_unix_ms` its upload time. False if it is no longer stored (deleted meanwhile).
+    fn reupload_anatomy(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        now_unix_ms: u64,
+    ) -> Result<bool, ServiceError>;
+
+    /// The encoded anatomy, if `owner` may see it.
+    fn anatomy(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError>;
+
+    /// The anatomy's metadata, if `owner` may see it.
+    fn anatomy_meta(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError>;
+
+    /// Store a plan (its owner, creation time and anatomy) in one transaction; durable when
+    /// this returns.
+    fn put_plan(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+    ) -> Result<(), ServiceError>;
+
+    /// The encoded plan, if `owner` may see it.
+    fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError>;
+
+    /// Up to `limit` plans with ids after `after` (exclusive; empty: from the start), in id
+    /// order, and whether more follow. Only plans `owner` may see are counted and returned.
+    fn plans_after(
+        &self,
+        after: &str,
+        limit: usize,
+        owner: Option<&str>,
+    ) -> Result<PlanPage, ServiceError>;
+}
+
+/// The store `config` names: the PostgreSQL database of `--store`, else the embedded store in
+/// `--data-dir`.
+pub fn open(config: &crate::config::Config) -> Result<Box<dyn Store>, ServiceError> {
+    match &config.store {
+        Some(url) => Ok(Box::new(crate::pg_store::PgStore::connect(url)?)),
+        None => Ok(Box::new(RedbStore::open(&config.data_dir)?)),
+    }
+}
+
+/// The embedded store. Every call takes the database's read lock (redb orders the transactions itself);
 /// only [`Store::compact`] takes the write lock, as redb's compaction needs the database alone.
-pub struct Store {
+pub struct RedbStore {
     db: RwLock<Database>,
 }
 
@@ -132,7 +231,7 @@ fn storage(e: impl Into<redb::Error>) -> ServiceError {
     ServiceError::from(e.into())
 }
 
-impl Store {
+impl RedbStore {
     /// Open (or create) the store in `data_dir`, creating the directory and tables.
     pub fn open(data_dir: &Path) -> Result<Self, ServiceError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -181,7 +280,7 @@ impl Store {
             }
         }
         txn.commit().map_err(storage)?;
-        Ok(Store {
+        Ok(RedbStore {
             db: RwLock::new(db),
         })
     }
@@ -191,16 +290,29 @@ impl Store {
         self.db.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn get(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, ServiceError> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(table).map_err(storage)?;
+        Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+}
+
+impl Store for RedbStore {
     /// Rewrite the database file without free space, so that the bytes of deleted records leave
     /// the data directory. Waits for the store calls in flight; blocks the others meanwhile.
-    pub fn compact(&self) -> Result<(), ServiceError> {
+    fn compact(&self) -> Result<(), ServiceError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         db.compact().map_err(storage)?;
         Ok(())
     }
 
     /// Delete plan `id` if `owner` may see it, in one transaction; whether it was deleted.
-    pub fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
+    fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
         let db = self.db();
         let txn = db.begin_write().map_err(storage)?;
         if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
@@ -215,7 +327,7 @@ impl Store {
     /// The owner's plans made for it refuse the delete unless `cascade` (then they go too).
     /// With other owners left only `owner`'s ownership goes; the data goes with the last owner
     /// (or at once without authentication).
-    pub fn delete_anatomy(
+    fn delete_anatomy(
         &self,
         id: &str,
         owner: Option<&str>,
@@ -291,7 +403,7 @@ impl Store {
     /// Remove every plan created and every anatomy last uploaded before `cutoff_unix_ms`, with
     /// their owners, in one transaction. A purged anatomy's younger plans stay (a plan holds
     /// all it needs); they are purged when they are old enough themselves.
-    pub fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
+    fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
         let db = self.db();
         let txn = db.begin_write().map_err(storage)?;
         let mut purged = Purged::default();
@@ -322,7 +434,7 @@ impl Store {
     }
 
     /// Every stored plan id and anatomy id (for consistency checks).
-    pub fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
+    fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         let mut plans = BTreeSet::new();
@@ -346,19 +458,8 @@ impl Store {
         Ok((plans, anatomies))
     }
 
-    fn get(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        id: &str,
-    ) -> Result<Option<Vec<u8>>, ServiceError> {
-        let db = self.db();
-        let txn = db.begin_read().map_err(storage)?;
-        let table = txn.open_table(table).map_err(storage)?;
-        Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
-    }
-
     /// Whether `owner` may see anatomy `id` (stored, and owned by it when `owner` is given).
-    pub fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
+    fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         match owner {
@@ -375,7 +476,7 @@ impl Store {
 
     /// Store an anatomy and its metadata once (a second put of the same id only adds `owner`).
     /// `now_unix_ms` becomes its upload time (retention counts from the last upload).
-    pub fn put_anatomy(
+    fn put_anatomy(
         &self,
         id: &str,
         data: &[u8],
@@ -404,7 +505,7 @@ impl Store {
 
     /// An anatomy already stored was uploaded again (by `owner`, if given): add the owner and
     /// make `now_unix_ms` its upload time. False if it is no longer stored (deleted meanwhile).
-    pub fn reupload_anatomy(
+    fn reupload_anatomy(
         &self,
         id: &str,
         owner: Option<&str>,
@@ -429,7 +530,7 @@ impl Store {
     }
 
     /// The encoded anatomy, if `owner` may see it.
-    pub fn anatomy(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
+    fn anatomy(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.owns_anatomy(id, owner)? {
             return Ok(None);
         }
@@ -437,11 +538,7 @@ impl Store {
     }
 
     /// The anatomy's metadata, if `owner` may see it.
-    pub fn anatomy_meta(
-        &self,
-        id: &str,
-        owner: Option<&str>,
-    ) -> Result<Option<Vec<u8>>, ServiceError> {
+    fn anatomy_meta(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.owns_anatomy(id, owner)? {
             return Ok(None);
         }
@@ -450,7 +547,7 @@ impl Store {
 
     /// Store a plan (its owner, creation time and anatomy) in one transaction; durable when
     /// this returns.
-    pub fn put_plan(
+    fn put_plan(
         &self,
         id: &str,
         plan: &[u8],
@@ -477,7 +574,7 @@ impl Store {
     }
 
     /// The encoded plan, if `owner` may see it.
-    pub fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
+    fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
         if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
@@ -490,7 +587,7 @@ impl Store {
     /// Up to `limit` plans with ids after `after` (exclusive; empty: from the start), in id
     /// order, and whether more follow.
     /// Only plans `owner` may see are counted and returned.
-    pub fn plans_after(
+    fn plans_after(
         &self,
         after: &str,
         limit: usize,
@@ -572,7 +669,7 @@ mod tests {
     #[test]
     fn deleted_bytes_leave_the_data_directory_after_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
         let marker = b"MARKER-patient-4711-MARKER";
         let mut mesh = Vec::new();
         for _ in 0..2000 {
@@ -614,7 +711,7 @@ mod tests {
     #[test]
     fn a_delete_removes_every_index_entry_and_a_purge_goes_by_age() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
         store.put_anatomy("a", b"m", b"meta", None, 100).unwrap();
         store
             .put_plan("p-old", &plan_bytes("a", "x"), None, 100, "a")

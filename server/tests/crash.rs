@@ -14,6 +14,7 @@ use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_planner::synth;
 use kyphoplan_proto::convert;
 use kyphoplan_proto::pb;
+use kyphoplan_server::store::Store as _;
 use tonic::Code;
 
 type Raw = pb::planning_service_client::PlanningServiceClient<tonic::transport::Channel>;
@@ -329,7 +330,7 @@ async fn sigkill_during_deletes_leaves_each_record_whole_or_gone() {
         task.await.unwrap();
 
         // The store as the kill left it, opened directly (the server is gone).
-        let store = kyphoplan_server::store::Store::open(data.path()).unwrap();
+        let store = kyphoplan_server::store::RedbStore::open(data.path()).unwrap();
         let (plans, anatomies) = store.record_ids().unwrap();
         for (id, plan_ids) in &records {
             let present: Vec<bool> = plan_ids.iter().map(|p| plans.contains(p)).collect();

@@ -27,3 +27,4 @@ pub fn code_of<T>(r: Result<T, kyphoplan_client::ClientError>) -> kyphoplan_clie
         Ok(_) => panic!("expected a status, got an answer"),
     }
 }
+pub mod postgres;

@@ -36,7 +36,8 @@ struct Args {
     /// Stop after this many seconds even if calls remain.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
-    /// Use the server at URL instead of one started in-process.
+    /// Use the server at URL instead of one started in-process (or the replicas URL,URL,...:
+    /// each client spreads its calls over them).
     #[arg(long)]
     server: Option<String>,
     /// PID of the `--server` process, to read its RSS.

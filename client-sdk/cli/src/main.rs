@@ -86,7 +86,8 @@ fn connect_options() -> &'static kyphoplan_client::ConnectOptions {
     CONNECT_OPTIONS.get_or_init(Default::default)
 }
 
-/// Connect to a `--server` URL with the command line's TLS and token options.
+/// Connect to a `--server` URL (or `URL,URL,...`: replicas, see `Client::connect_with`) with
+/// the command line's TLS and token options.
 async fn connect(url: &str) -> Result<Client, Failure> {
     Client::connect_with(url, connect_options())
         .await
@@ -133,7 +134,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         export_meshes: Option<PathBuf>,
         /// Plan through the gRPC server at URL (e.g. http://127.0.0.1:50051); a label map is
-        /// uploaded as it is and meshed on the server.
+        /// uploaded as it is and meshed on the server. Several replicas of one service:
+        /// URL,URL,... (calls spread over them, retried on another when one is down).
         #[arg(long, value_name = "URL")]
         server: Option<String>,
         /// Write the plan JSON to FILE.
