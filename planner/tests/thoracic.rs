@@ -338,3 +338,41 @@ fn bone_only_thoracic_cases_never_return_an_extrapedicular_route() {
         );
     }
 }
+
+/// The request of the extrapedicular tests: the contract's defaults, every approach with
+/// extrapedicular before unipedicular.
+fn extrapedicular_request() -> PlanRequest {
+    common::default_request()
+        .with_procedure(
+            Procedure::Kyphoplasty,
+            vec![
+                Approach::BilateralTranspedicular,
+                Approach::Extrapedicular,
+                Approach::Unipedicular,
+            ],
+        )
+        .unwrap()
+}
+
+#[test]
+fn probe_extrapedicular_levels() {
+    let options = SpineOptions {
+        with_soft_tissue: false,
+        with_ribs_and_pleura: true,
+    };
+    for (level, proc) in [(Level::T4, Procedure::Kyphoplasty), (Level::T5, Procedure::Kyphoplasty), (Level::T5, Procedure::Vertebroplasty), (Level::T7, Procedure::Kyphoplasty), (Level::T8, Procedure::Kyphoplasty)] {
+        let (input, _) = synth::spine_with(&[level], &Pose::identity(), &options);
+        let prepared = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+        let t0 = std::time::Instant::now();
+        let req = PlanRequest::new(None, Instrument::default_for(proc), Safety::contract_default()).unwrap().with_procedure(proc, vec![Approach::BilateralTranspedicular, Approach::Extrapedicular]).unwrap();
+        let plan = plan(&prepared, &req).unwrap();
+        let lp = &plan.levels[0];
+        println!("{level}: {:?} {:?} {:?}", lp.approach, t0.elapsed(), lp.approach_reasons.iter().map(|r| &r.message).collect::<Vec<_>>());
+        for sp in &lp.sides {
+            println!("  {} feasible {} {:?} route {:?} reasons {:?}", sp.side, sp.feasible, sp.approach, sp.trajectory.as_ref().map(|t| (t.route, t.medial_angle_deg, t.cranial_angle_deg, t.clearance_mm, t.tip_depth_fraction, t.entry_incidence_deg)), sp.reasons.iter().map(|r| &r.message).collect::<Vec<_>>());
+            for a in &sp.attempts {
+                println!("    attempt {:?} {} {} {:?}", a.route, a.cannula_outer_diameter_mm, a.feasible, a.reasons.iter().map(|r| &r.message).collect::<Vec<_>>());
+            }
+        }
+    }
+}
