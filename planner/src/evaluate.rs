@@ -670,7 +670,10 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         let body_entry_lps = tip_lps + dir_lps.into_inner() * t_body;
         let (n_body, cos_body) = incidence(bone, &body_entry_lps);
         let body_deg = cos_body.acos().to_degrees();
-        for (what, deg) in [("docks on the bone", incidence_deg), ("enters the vertebral body", body_deg)] {
+        for (what, deg) in [
+            ("docks on the bone", incidence_deg),
+            ("enters the vertebral body", body_deg),
+        ] {
             if e.t_dock.is_some() && deg > max_incidence_deg {
                 violations.push(Reason {
                     code: ReasonCode::EntryIncidenceTooSteep,
@@ -906,7 +909,11 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         axis_offset_mm: if extrapedicular {
             0.0
         } else {
-            axis_offset_mm(&vertebra.pedicle_centroids[side], &tip_vertebra, &dir_vertebra)
+            axis_offset_mm(
+                &vertebra.pedicle_centroids[side],
+                &tip_vertebra,
+                &dir_vertebra,
+            )
         },
         violations,
         soft,

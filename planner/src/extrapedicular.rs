@@ -249,7 +249,9 @@ fn through_rib(ctx: &SideContext<'_>, rib: &ClearanceMesh, l: &Line) -> bool {
     let r = ctx.instrument.cannula_radius_mm();
     let dock_lps = body_lps + dir_lps.into_inner() * dock;
     rib.footprint_normal(&dock_lps, dir_lps.as_ref(), r)
-        .is_some_and(|n| -n.dot(dir_lps.as_ref()) >= ctx.safety.max_entry_incidence_deg.to_radians().cos())
+        .is_some_and(|n| {
+            -n.dot(dir_lps.as_ref()) >= ctx.safety.max_entry_incidence_deg.to_radians().cos()
+        })
 }
 
 /// Search the best safe extrapedicular trajectory of one side. `ctx` must be an extrapedicular
@@ -275,11 +277,17 @@ pub fn search_side(
         |(a, b, c), q| (a.max(q[0]), b.min(q[1]), c.max(q[1])),
     );
     let us = steps(
-        (u_lat + r + LATERAL_RANGE_MM.0, u_lat + r + LATERAL_RANGE_MM.1),
+        (
+            u_lat + r + LATERAL_RANGE_MM.0,
+            u_lat + r + LATERAL_RANGE_MM.1,
+        ),
         STEP_MM,
     );
     let ws = steps(
-        (v_lo - HEIGHT_BEYOND_OUTLINE_MM, v_hi + HEIGHT_BEYOND_OUTLINE_MM),
+        (
+            v_lo - HEIGHT_BEYOND_OUTLINE_MM,
+            v_hi + HEIGHT_BEYOND_OUTLINE_MM,
+        ),
         STEP_MM,
     );
     let medials = steps(MEDIAL_RANGE_DEG, STEP_DEG);
@@ -316,7 +324,11 @@ pub fn search_side(
     screened.sort_by(order);
     let mut seen: std::collections::BTreeSet<[usize; 4]> = coarse.iter().copied().collect();
     let fine: Vec<[usize; 4]> = if screened.is_empty() {
-        every.iter().copied().filter(|i| !seen.contains(i)).collect()
+        every
+            .iter()
+            .copied()
+            .filter(|i| !seen.contains(i))
+            .collect()
     } else {
         let mut fine = Vec::new();
         for (_, best) in screened.iter().take(FINE_AROUND) {

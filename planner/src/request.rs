@@ -388,7 +388,11 @@ impl PlanRequest {
         for (i, &d) in diameters_mm.iter().enumerate() {
             let field = format!("cannula_alternatives_mm[{i}]");
             if !d.is_finite() || d <= 0.0 {
-                return Err(InputError::invalid(field, d, "must be a positive outer diameter in mm"));
+                return Err(InputError::invalid(
+                    field,
+                    d,
+                    "must be a positive outer diameter in mm",
+                ));
             }
             if d >= requested {
                 return Err(InputError::invalid(
