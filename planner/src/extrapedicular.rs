@@ -243,7 +243,7 @@ fn through_rib(ctx: &SideContext<'_>, rib: &ClearanceMesh, l: &Line) -> bool {
     let (Some(&dock), Some(&exit)) = (crossings.first(), crossings.last()) else {
         return false;
     };
-    if crossings.len() % 2 != 0 || -exit > MAX_RIB_PEDICLE_GAP_MM {
+    if !crossings.len().is_multiple_of(2) || -exit > MAX_RIB_PEDICLE_GAP_MM {
         return false;
     }
     let r = ctx.instrument.cannula_radius_mm();

@@ -432,7 +432,7 @@ fn plan_bilateral(
     let outcomes: PerSide<SideOutcome> = PerSide::from_fn(|s| tried[s][taken[s]].clone());
     let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
         SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
-            balloon::options(&ctx[side], m)
+            balloon::options(ctx[side], m)
         }
         _ => Vec::new(),
     });
