@@ -59,6 +59,11 @@ pub struct CaseToml {
     /// `["bilateral_transpedicular", "unipedicular"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approaches: Option<Vec<String>>,
+    /// Extension: smaller cannulas (outer diameters, mm) a side may fall back to when the
+    /// requested one does not fit through its pedicle, e.g. `[2.4]` for 13 G (tried largest
+    /// first; each smaller than the requested cannula).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cannula_alternatives_mm: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instrument: Option<InstrumentToml>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -611,6 +616,7 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
         structures,
         procedure,
         approaches,
+        cannula_alternatives_mm,
         instrument,
         safety,
         replay: _,
@@ -668,6 +674,7 @@ pub fn resolve_case_toml(toml: CaseToml) -> Result<CaseSpec, String> {
     let safety = safety.unwrap_or_default().resolve();
     let request = PlanRequest::new(levels, instrument, safety)
         .and_then(|r| r.with_procedure(procedure, approaches))
+        .and_then(|r| r.with_cannula_alternatives(cannula_alternatives_mm.unwrap_or_default()))
         .map_err(|e| e.to_string())?;
     Ok(CaseSpec {
         name,
@@ -755,6 +762,7 @@ pub fn write_case(
         structures: tables,
         procedure: None,
         approaches: None,
+        cannula_alternatives_mm: None,
         instrument: None,
         safety: None,
         replay: None,

@@ -233,8 +233,11 @@ fn create_plan(r: pb::CreatePlanRequest) {
         safety,
         procedure,
         approaches,
+        cannula_alternatives_mm,
     } = r;
-    match convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches) {
+    match convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)
+        .and_then(|r| convert::with_cannula_alternatives(r, &cannula_alternatives_mm))
+    {
         Err(e) => assert!(!e.field().is_empty()),
         Ok(request) => {
             // Planner -> proto -> planner gives the same request.
@@ -249,6 +252,7 @@ fn create_plan(r: pb::CreatePlanRequest) {
                 again.procedure,
                 &again.approaches,
             )
+            .and_then(|r| convert::with_cannula_alternatives(r, &again.cannula_alternatives_mm))
             .expect("a request's own encoding is valid");
             assert_eq!(back, request);
         }

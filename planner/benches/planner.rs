@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use kyphoplan_planner::clearance::parry_builtin::{comparison_segments, ParryMesh};
-use kyphoplan_planner::evaluate::{measure, SideContext};
+use kyphoplan_planner::evaluate::{measure, RouteRule, SideContext};
 use kyphoplan_planner::math::{point, Pose};
 use kyphoplan_planner::*;
 
@@ -169,6 +169,7 @@ fn benches(c: &mut Criterion) {
             side: s.side,
             instrument: req.instrument(),
             safety: req.safety(),
+            route_rule: RouteRule::Transpedicular,
         })
         .collect();
     let measured: Vec<_> = ctx

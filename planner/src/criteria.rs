@@ -91,6 +91,28 @@ pub fn angles_deg(side: Side, dir_vertebra: &Vector) -> (Real, Real) {
     (medial, cranial)
 }
 
+/// The extrapedicular route (mid and upper thoracic levels; clinical.md, "The procedure": the
+/// path runs lateral to the pedicle, between rib head and pedicle, into the body). Its rule in
+/// [`crate::evaluate::measure`]: the cannula docks on the rib (head-neck), or on the vertebra
+/// within this distance of the rib (the costotransverse junction), mm. The synthetic joint
+/// space is 1.5 mm (`synth::RIB_JOINT_GAP_MM`); 3 mm takes a docking point on the transverse
+/// process right beside the rib as the junction, and no farther.
+pub const COSTOTRANSVERSE_JUNCTION_MM: Real = 3.0;
+
+/// The extrapedicular rule: the one stretch of the path outside bone between docking and tip
+/// that is allowed, where the cannula leaves the rib and enters the vertebra (the costovertebral
+/// joint and the soft tissue between rib head and pedicle), is at most this long along the
+/// axis, mm. Model value: a 1-2 mm joint space crossed obliquely at up to about 70 degrees
+/// (1.5 / cos 70 = 4.4 mm) plus the paravertebral soft tissue in the angle between rib head and
+/// pedicle; a longer gap means the cannula runs unguided through soft tissue beside the pleura.
+pub const MAX_RIB_PEDICLE_GAP_MM: Real = 8.0;
+
+/// The extrapedicular rule: at the isthmus plane the cannula's surface stays at least this far
+/// outside the isthmus's bony outline on its lateral side, mm (0: the cylinder may touch the
+/// lateral wall but not cut into it; a cannula that cuts into the pedicle is neither through it
+/// nor beside it).
+pub const EXTRAPEDICULAR_ISTHMUS_CLEARANCE_MM: Real = 0.0;
+
 /// Gertzbein-Robbins grade of a breach depth: A none, B < 2 mm, C < 4, D < 6, E >= 6.
 pub fn breach_grade(breach_mm: Real) -> char {
     match breach_mm {

@@ -6,7 +6,8 @@ use crate::anatomy::Side;
 use crate::criteria::{
     self, angles_deg, axis_offset_mm, balloon_room_ml, breach_grade, centring_mm, cortex_start,
     docking_footprint_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridSampler,
-    ANTERIOR_THIRD_FRACTION, MIN_ENTRY_BEHIND_WALL_MM,
+    ANTERIOR_THIRD_FRACTION, COSTOTRANSVERSE_JUNCTION_MM, EXTRAPEDICULAR_ISTHMUS_CLEARANCE_MM,
+    MAX_RIB_PEDICLE_GAP_MM, MIN_ENTRY_BEHIND_WALL_MM,
 };
 use crate::keepout::{KeepOut, KeepOutKind};
 use crate::math::{Point, Real, UnitVector};
@@ -180,6 +181,256 @@ fn route_through_isthmus(
     }
 }
 
+/// The extrapedicular route rule, against the measured pedicle: the axis crosses the isthmus
+/// plane outside the isthmus's bony outline, on its lateral side, with the cannula's surface
+/// at least [`EXTRAPEDICULAR_ISTHMUS_CLEARANCE_MM`] outside it. `far_back_vertebra` is a point
+/// of the axis well behind the docking point (the docking point itself may lie in front of the
+/// isthmus plane, on the rib head).
+fn route_past_isthmus(
+    pedicle: &Result<Pedicle, PedicleFault>,
+    side: Side,
+    far_back_vertebra: &Point,
+    tip_vertebra: &Point,
+    radius_mm: Real,
+    violations: &mut Vec<Reason>,
+) -> Route {
+    let p = match pedicle {
+        Ok(p) => p,
+        Err(fault) => {
+            violations.push(reason(
+                ReasonCode::PedicleNotFound,
+                format!("the pedicle's isthmus could not be measured ({fault}): a route past it cannot be verified"),
+                None,
+                None,
+            ));
+            return Route::Unrecognised;
+        }
+    };
+    let Some(c) = p.crossing(far_back_vertebra, tip_vertebra, radius_mm) else {
+        violations.push(reason(
+            ReasonCode::NotLateralOfPedicle,
+            "the cannula axis never crosses the plane of the pedicle's isthmus".into(),
+            None,
+            None,
+        ));
+        return Route::Unrecognised;
+    };
+    if c.inside {
+        violations.push(reason(
+            ReasonCode::NotLateralOfPedicle,
+            format!(
+                "the cannula axis passes through the pedicle's isthmus ({:.1} mm wide): that is a transpedicular line, not one lateral of the pedicle",
+                p.width_mm
+            ),
+            Some(c.clearance_mm),
+            Some(EXTRAPEDICULAR_ISTHMUS_CLEARANCE_MM),
+        ));
+        return Route::Unrecognised;
+    }
+    let [u, v] = c.crossing_uv_mm;
+    let crossing_vertebra = p.isthmus_center_vertebra_mm
+        + p.width_dir_vertebra.into_inner() * u
+        + p.height_dir_vertebra.into_inner() * v;
+    if (crossing_vertebra.x - p.isthmus_center_vertebra_mm.x) * side.sign() <= 0.0 {
+        violations.push(reason(
+            ReasonCode::NotLateralOfPedicle,
+            "the cannula axis passes medial of the pedicle's isthmus, towards the canal".into(),
+            None,
+            None,
+        ));
+        return Route::Unrecognised;
+    }
+    // Outside: `clearance_mm` is -(axis distance to the outline + radius).
+    let outside_mm = -c.clearance_mm - 2.0 * radius_mm;
+    if outside_mm < EXTRAPEDICULAR_ISTHMUS_CLEARANCE_MM {
+        violations.push(reason(
+            ReasonCode::NotLateralOfPedicle,
+            format!(
+                "the cannula cuts {:.2} mm into the lateral wall of the pedicle's isthmus ({:.1} mm wide): it must pass beside it",
+                -outside_mm, p.width_mm
+            ),
+            Some(outside_mm),
+            Some(EXTRAPEDICULAR_ISTHMUS_CLEARANCE_MM),
+        ));
+    }
+    Route::Extrapedicular
+}
+
+/// Where a line is inside a closed surface, from its sorted crossings: the intervals of `t`
+/// (distance along the line from the tip) up to the tip, `t <= 0`.
+fn inside_behind(crossings: &[Real]) -> Vec<(Real, Real)> {
+    crossings
+        .chunks(2)
+        .filter_map(|w| {
+            let a = w[0];
+            let b = w.get(1).copied().unwrap_or(Real::INFINITY);
+            (a < 0.0).then_some((a, b.min(0.0)))
+        })
+        .collect()
+}
+
+/// A stretch of the line inside the rib or the vertebra (their union), and which of the two
+/// it starts and ends in.
+#[derive(Clone, Copy, Debug)]
+struct BoneRun {
+    from: Real,
+    to: Real,
+    starts_in_rib: bool,
+    ends_in_rib: bool,
+}
+
+/// The union of the vertebra's and the rib's inside intervals, in order along the line.
+fn bone_runs(vertebra: &[(Real, Real)], rib: &[(Real, Real)]) -> Vec<BoneRun> {
+    let mut all: Vec<(Real, Real, bool)> = vertebra
+        .iter()
+        .map(|&(a, b)| (a, b, false))
+        .chain(rib.iter().map(|&(a, b)| (a, b, true)))
+        .collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.2.cmp(&y.2)));
+    let mut runs: Vec<BoneRun> = Vec::new();
+    for (a, b, is_rib) in all {
+        match runs.last_mut() {
+            Some(r) if a <= r.to => {
+                if b > r.to {
+                    r.to = b;
+                    r.ends_in_rib = is_rib;
+                }
+            }
+            _ => runs.push(BoneRun {
+                from: a,
+                to: b,
+                starts_in_rib: is_rib,
+                ends_in_rib: is_rib,
+            }),
+        }
+    }
+    runs
+}
+
+/// What the extrapedicular rule found along the line (distances from the tip).
+struct ExtrapedicularPath {
+    /// Where the cannula docks: the first bone (rib or vertebra) within the working length.
+    t_dock: Option<Real>,
+    /// Whether it docks on the rib (else on the vertebra).
+    dock_on_rib: bool,
+    /// Where the axis enters the vertebra for the last time before the tip (the body entry).
+    t_body: Option<Real>,
+}
+
+/// The extrapedicular rule along the line: docking on the rib head-neck or at the
+/// costotransverse junction ([`COSTOTRANSVERSE_JUNCTION_MM`]), then in bone (rib or vertebra)
+/// to the tip but for one gap from the rib into the vertebra of at most
+/// [`MAX_RIB_PEDICLE_GAP_MM`]; no bone behind the docking point within the working length.
+fn extrapedicular_path(
+    ctx: &SideContext<'_>,
+    vertebra_crossings: &[Real],
+    tip_lps: &Point,
+    dir_lps: &UnitVector,
+    violations: &mut Vec<Reason>,
+) -> ExtrapedicularPath {
+    let level = ctx.vertebra.level;
+    let wl = ctx.instrument.cannula_working_length_mm;
+    let rib = ctx.anatomy.rib(level, ctx.side);
+    let vert = inside_behind(vertebra_crossings);
+    let rib_iv = match rib {
+        Some(k) => inside_behind(&k.clearance.line_crossings(tip_lps, dir_lps)),
+        None => {
+            violations.push(reason(
+                ReasonCode::ExtrapedicularMeshesMissing,
+                format!(
+                    "an extrapedicular route docks on the rib: the case has no {level} {} `rib` mesh",
+                    ctx.side
+                ),
+                None,
+                None,
+            ));
+            Vec::new()
+        }
+    };
+    let runs: Vec<BoneRun> = bone_runs(&vert, &rib_iv)
+        .into_iter()
+        .filter(|r| r.to > -wl)
+        .collect();
+    let t_body = vert.last().filter(|iv| iv.1 >= 0.0).map(|iv| iv.0);
+    let Some(first) = runs.first().copied() else {
+        violations.push(reason(
+            ReasonCode::NotThroughPedicle,
+            "the cannula axis never enters the bone behind the tip".into(),
+            None,
+            None,
+        ));
+        return ExtrapedicularPath {
+            t_dock: None,
+            dock_on_rib: false,
+            t_body,
+        };
+    };
+    if first.from <= -wl {
+        violations.push(reason(
+            ReasonCode::NotThroughPedicle,
+            format!(
+                "the approach passes through bone {:.1} mm behind the tip, beyond the working length {wl} mm",
+                -first.from
+            ),
+            Some(-first.from),
+            Some(wl),
+        ));
+    }
+    let t_dock = first.from.max(-wl);
+    let dock_lps = tip_lps + dir_lps.into_inner() * t_dock;
+    let dock_on_rib = first.starts_in_rib;
+    if !dock_on_rib {
+        let to_rib = rib.map_or(Real::INFINITY, |k| k.clearance.distance_to_point(&dock_lps));
+        if to_rib > COSTOTRANSVERSE_JUNCTION_MM {
+            violations.push(reason(
+                ReasonCode::EntryNotOnRib,
+                format!(
+                    "the cannula docks on the vertebra {to_rib:.1} mm from the rib: an extrapedicular path docks on the rib head-neck or at the costotransverse junction (within {COSTOTRANSVERSE_JUNCTION_MM} mm of the rib)"
+                ),
+                Some(to_rib),
+                Some(COSTOTRANSVERSE_JUNCTION_MM),
+            ));
+        }
+    }
+    // Gaps between the runs from the docking point to the tip: one, from the rib into the
+    // vertebra and short enough, is the rib-pedicle gap the route is named for.
+    let gaps: Vec<(Real, Real, bool)> = runs
+        .windows(2)
+        .map(|w| (w[0].to, w[1].from, w[0].ends_in_rib && !w[1].starts_in_rib))
+        .collect();
+    let named = gaps.len() == 1 && gaps[0].2 && gaps[0].1 - gaps[0].0 <= MAX_RIB_PEDICLE_GAP_MM;
+    if !gaps.is_empty() && !named {
+        let outside_mm: Real = gaps.iter().map(|g| g.1 - g.0).sum();
+        violations.push(reason(
+            ReasonCode::LeavesBone,
+            format!(
+                "between the docking point ({:.1} mm before the tip) and the tip {outside_mm:.1} mm of the path is outside the bone in {} stretches: an extrapedicular path may leave bone only once, from the rib into the vertebra, for at most {MAX_RIB_PEDICLE_GAP_MM} mm",
+                -t_dock,
+                gaps.len()
+            ),
+            Some(outside_mm),
+            Some(MAX_RIB_PEDICLE_GAP_MM),
+        ));
+    }
+    ExtrapedicularPath {
+        t_dock: Some(t_dock),
+        dock_on_rib,
+        t_body,
+    }
+}
+
+/// Which route rule a side's trajectories are held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteRule {
+    /// Through the isthmus of the pedicle (every approach but the extrapedicular one).
+    Transpedicular,
+    /// Past the pedicle on its lateral side: docking on the rib head-neck or at the
+    /// costotransverse junction, through the rib-pedicle gap into the posterolateral body
+    /// (`criteria`'s extrapedicular rules). The level's rib of the side is then bone, not a
+    /// keep-out ([`PreparedAnatomy::keep_outs_extrapedicular`]).
+    Extrapedicular,
+}
+
 /// One side of one vertebra, with what applies to it.
 pub struct SideContext<'a> {
     pub anatomy: &'a PreparedAnatomy,
@@ -189,6 +440,8 @@ pub struct SideContext<'a> {
     pub side: Side,
     pub instrument: &'a Instrument,
     pub safety: &'a Safety,
+    /// The route rule [`measure`] holds the trajectory to.
+    pub route_rule: RouteRule,
 }
 
 /// Measure the straight cannula whose axis runs from `from_lps` (any point on the approach behind
@@ -201,8 +454,10 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         side,
         instrument,
         safety,
+        route_rule,
     } = ctx;
     let side = *side;
+    let extrapedicular = *route_rule == RouteRule::Extrapedicular;
     let r = instrument.cannula_radius_mm();
     let wl = instrument.cannula_working_length_mm;
     let dir_lps = UnitVector::new_normalize(tip_lps - from_lps);
@@ -218,7 +473,11 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     let tip_inside = bone.contains_point(tip_lps);
     let behind: Vec<Real> = crossings.iter().copied().filter(|&t| t < 0.0).collect();
     let t_last_entry = behind.last().copied();
-    let t_entry = t_last_entry.map(|last| {
+    // The extrapedicular rule finds its own docking point (on the rib, or at the
+    // costotransverse junction) and body entry.
+    let ep = extrapedicular
+        .then(|| extrapedicular_path(ctx, &crossings, tip_lps, &dir_lps, &mut violations));
+    let t_entry_pedicle = t_last_entry.map(|last| {
         // Entries alternate with exits backwards from the last entry.
         behind
             .iter()
@@ -229,8 +488,12 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
             .last()
             .unwrap_or(last)
     });
+    let t_entry = match &ep {
+        Some(e) => e.t_dock,
+        None => t_entry_pedicle,
+    };
     let bone_entry_lps = tip_lps + dir_lps.into_inner() * t_entry.unwrap_or(0.0);
-    if t_entry.is_none() {
+    if t_entry.is_none() && !extrapedicular {
         violations.push(reason(
             ReasonCode::NotThroughPedicle,
             "the cannula axis never enters the bone behind the tip".into(),
@@ -291,8 +554,9 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         ));
     }
 
-    // Behind the bone entry, within the cannula's reach, no bone: the cannula would start in it.
-    if let Some(te) = t_entry {
+    // Behind the bone entry, within the cannula's reach, no bone: the cannula would start in it
+    // (the extrapedicular rule checks the rib's and the vertebra's bone together).
+    if let Some(te) = t_entry.filter(|_| !extrapedicular) {
         if let Some(&t_other) = behind.iter().rev().find(|&&t| t < te) {
             if t_other > -wl {
                 violations.push(reason(
@@ -310,7 +574,7 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     }
     // From the bone entry to the tip the axis stays in the bone: no leave-and-re-enter.
     if let (Some(te), Some(last)) = (t_entry, t_last_entry) {
-        if te < last {
+        if te < last && !extrapedicular {
             let gaps: Vec<(Real, Real)> = behind
                 .iter()
                 .copied()
@@ -368,7 +632,7 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     .clamp(-1.0, 1.0);
     let incidence_deg = cos_incidence.acos().to_degrees();
     let max_incidence_deg = safety.max_entry_incidence_deg;
-    if t_entry.is_some() && incidence_deg > max_incidence_deg {
+    if t_entry.is_some() && incidence_deg > max_incidence_deg && !extrapedicular {
         violations.push(Reason {
             code: ReasonCode::EntryIncidenceTooSteep,
             message: format!(
@@ -385,7 +649,55 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         bone.surface_drop_mm(&bone_entry_lps, &n, dir_lps.as_ref(), footprint)
     });
     let zone = docking_zone_mm(instrument, safety, cos_incidence, drop_mm);
-    let t_start = cortex_start(t_entry.unwrap_or(0.0), zone);
+    let mut t_start = cortex_start(t_entry.unwrap_or(0.0), zone);
+    let mut incidence_deg = incidence_deg;
+    let mut zone = zone;
+    if let Some(e) = &ep {
+        // Extrapedicular: the incidence limit holds where the cannula docks (on the rib, or
+        // at the costotransverse junction on the vertebra) and again where it meets the body's
+        // cortex after the rib-pedicle gap; the cortex margin applies from the end of the body
+        // entry's docking zone to the tip.
+        let incidence = |mesh: &crate::clearance::ClearanceMesh, at: &Point| {
+            let n = mesh.footprint_normal(at, dir_lps.as_ref(), r);
+            // No face under the footprint: taken as grazing (90 degrees), refused.
+            let cos = n.map_or(0.0, |n| -n.dot(dir_lps.as_ref())).clamp(-1.0, 1.0);
+            (n, cos)
+        };
+        let rib = anatomy.rib(vertebra.level, side);
+        let dock_mesh = match rib {
+            Some(k) if e.dock_on_rib => &k.clearance,
+            _ => bone,
+        };
+        let (_, cos_dock) = incidence(dock_mesh, &bone_entry_lps);
+        incidence_deg = cos_dock.acos().to_degrees();
+        let t_body = e.t_body.unwrap_or(0.0);
+        let body_entry_lps = tip_lps + dir_lps.into_inner() * t_body;
+        let (n_body, cos_body) = incidence(bone, &body_entry_lps);
+        let body_deg = cos_body.acos().to_degrees();
+        for (what, deg) in [
+            ("docks on the bone", incidence_deg),
+            ("enters the vertebral body", body_deg),
+        ] {
+            if e.t_dock.is_some() && deg > max_incidence_deg {
+                violations.push(Reason {
+                    code: ReasonCode::EntryIncidenceTooSteep,
+                    message: format!(
+                        "the cannula {what} {deg:.0} degrees from its surface normal (at most {max_incidence_deg} degrees): the trocar would skive off the sloped cortex"
+                    ),
+                    value_mm: None,
+                    limit_mm: None,
+                    value_deg: Some(deg),
+                    limit_deg: Some(max_incidence_deg),
+                });
+            }
+        }
+        let drop_body = n_body.map_or(0.0, |n| {
+            let footprint = docking_footprint_mm(instrument, safety, cos_body);
+            bone.surface_drop_mm(&body_entry_lps, &n, dir_lps.as_ref(), footprint)
+        });
+        zone = docking_zone_mm(instrument, safety, cos_body, drop_body);
+        t_start = cortex_start(t_body, zone);
+    }
     let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
     let cortex = if !tip_inside {
         -bone.distance_to_point(tip_lps) - r
@@ -416,7 +728,16 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     // The transpedicular route: through the isthmus, inside its bony outline by the cortex
     // margin, from a bone entry behind it. The cortex clearance above starts only after the
     // docking zone, which for a large cannula or an entry close to the isthmus can reach past it.
-    let route = if t_entry.is_some() {
+    let route = if extrapedicular {
+        route_past_isthmus(
+            &vertebra.pedicles[side],
+            side,
+            &(tip_vertebra - dir_vertebra * (wl + 100.0)),
+            &tip_vertebra,
+            r,
+            &mut violations,
+        )
+    } else if t_entry.is_some() {
         route_through_isthmus(
             &vertebra.pedicles[side],
             side,
@@ -481,7 +802,9 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     }
 
     // Frame checks: entry behind the body and lateral of the canal; tip in the body.
-    if entry_vertebra.y < frame.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM {
+    // (An extrapedicular cannula docks on the rib head-neck, which may lie in front of that
+    // line: its rule above replaces this one.)
+    if entry_vertebra.y < frame.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM && !extrapedicular {
         violations.push(reason(
             ReasonCode::EntryNotPosterior,
             format!(
@@ -555,6 +878,8 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         0.0,
         -t_entry.unwrap_or(0.0),
     );
+    // Centring in, and alignment with, the pedicle do not apply to a path beside it.
+    let in_pedicle = in_pedicle.filter(|_| !extrapedicular);
     let centring = match in_pedicle {
         Some((a, b)) => {
             let (a, b) = (
@@ -593,11 +918,15 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         cranial_angle_deg: cranial,
         tip_depth_fraction: depth_fraction,
         centring_mm: centring,
-        axis_offset_mm: axis_offset_mm(
-            &vertebra.pedicle_centroids[side],
-            &tip_vertebra,
-            &dir_vertebra,
-        ),
+        axis_offset_mm: if extrapedicular {
+            0.0
+        } else {
+            axis_offset_mm(
+                &vertebra.pedicle_centroids[side],
+                &tip_vertebra,
+                &dir_vertebra,
+            )
+        },
         balloon_room_ml: balloon_room,
         violations,
         soft,

@@ -3,7 +3,7 @@
 //! derived conservatively from the bone: the vertebral foramen for the canal, and the zone just
 //! below each pedicle where the exiting nerve root runs.
 
-use crate::anatomy::Side;
+use crate::anatomy::{Level, Side};
 use crate::clearance::ClearanceMesh;
 use crate::frame::VertebraFrame;
 use crate::math::{Point, Real};
@@ -46,6 +46,9 @@ pub struct KeepOut {
     pub from: String,
     pub mesh: TriMesh,
     pub clearance: ClearanceMesh,
+    /// The level and side of the `rib` this keep-out was given as: the one bone an
+    /// extrapedicular cannula of that side may pass through (`None` for every other keep-out).
+    pub rib: Option<(Level, Side)>,
 }
 
 impl KeepOut {
@@ -57,6 +60,7 @@ impl KeepOut {
             from,
             mesh,
             clearance,
+            rib: None,
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! The data's journey: [`math`] -> [`mesh`] -> [`validate`] -> [`clearance`], [`voxel`],
 //! [`polygon`], [`frame`] -> [`pedicle`], [`prepare`] (anatomy, keep-outs) -> [`criteria`]
-//! (rules, score, grid measures) -> [`evaluate`](mod@evaluate), [`search`], [`balloon`] ->
+//! (rules, score, grid measures) -> [`evaluate`](mod@evaluate), [`search`], [`extrapedicular`],
+//! [`balloon`] ->
 //! [`tolerance`] -> [`planning`] -> [`plan`](mod@plan). [`synth`] (meshed by [`mesher`]) makes test and demo
 //! anatomy. The imports between these modules form
 //! no cycle. This crate knows nothing of gRPC, protobuf or async runtimes.
@@ -22,6 +23,7 @@ pub mod clearance;
 pub mod criteria;
 pub mod error;
 pub mod evaluate;
+pub mod extrapedicular;
 pub mod frame;
 pub mod keepout;
 #[cfg(feature = "labelmap")]

@@ -67,6 +67,19 @@ pub enum ReasonCode {
     /// than any safe line's certified tolerance covers ([`NavigationTolerance`]): the reason
     /// carries the best tolerance found (`value_mm` translation, `value_deg` rotation).
     ErrorToleranceTooLow,
+    // The extrapedicular route (proto numbers 30 and up).
+    /// An extrapedicular path does not dock on the rib head-neck or at the costotransverse
+    /// junction (`criteria::COSTOTRANSVERSE_JUNCTION_MM`).
+    EntryNotOnRib,
+    /// An extrapedicular path does not pass the pedicle's isthmus outside its lateral wall
+    /// (through it, medial of it, or cutting into it).
+    NotLateralOfPedicle,
+    /// An extrapedicular route needs the level's `rib` mesh of the side and a `pleura` mesh;
+    /// the case lacks them (the message names them; the pleura is never guessed from bone).
+    ExtrapedicularMeshesMissing,
+    /// No extrapedicular line of the side is safe (the best one's violations follow), or, as a
+    /// level's approach reason, extrapedicular was not possible on a side.
+    ExtrapedicularNotPossible,
 }
 
 /// The route a trajectory takes past the pedicle, as recognised from the measured isthmus.
@@ -230,6 +243,26 @@ pub struct SidePlan {
     /// infeasible sides and in plans written before it was measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub navigation_tolerance: Option<NavigationTolerance>,
+    /// What was tried on this side, in order, when more than the requested cannula through the
+    /// pedicle was (the request's `cannula_alternatives_mm`, an extrapedicular route): each
+    /// candidate with its route and cannula, whether it was safe, and the measured reasons it
+    /// failed. The side's trajectory is the first safe one. Empty when only the requested
+    /// cannula through the pedicle was tried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<SideAttempt>,
+}
+
+/// One candidate a side tried ([`SidePlan::attempts`]): actually planned and verified.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SideAttempt {
+    /// The route planned: transpedicular or extrapedicular.
+    pub route: Route,
+    /// The cannula's outer diameter, mm.
+    pub cannula_outer_diameter_mm: f64,
+    /// A safe trajectory was found (and, for kyphoplasty, a balloon fitted).
+    pub feasible: bool,
+    /// Why not, with the measured numbers (empty when feasible).
+    pub reasons: Vec<Reason>,
 }
 
 fn default_side_approach() -> Approach {
@@ -331,6 +364,10 @@ pub struct Plan {
     /// The approaches allowed, in order of preference.
     #[serde(default = "default_approaches")]
     pub approaches: Vec<Approach>,
+    /// Smaller cannulas a side could fall back to, outer diameters in mm (the request's
+    /// `cannula_alternatives_mm`; absent when none were given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cannula_alternatives_mm: Vec<f64>,
     /// Fixes applied to input meshes (e.g. inward winding flipped).
     #[serde(default)]
     pub mesh_fixes: Vec<StructureNotice>,

@@ -10,12 +10,12 @@ use rayon::prelude::*;
 use crate::anatomy::{Level, PatientFrame, PerSide, Side};
 use crate::balloon::{self, BalloonFit};
 use crate::error::InputError;
-use crate::evaluate::{measure, Measurement, SideContext};
+use crate::evaluate::{measure, Measurement, RouteRule, SideContext};
 use crate::math::{array, point, vec_array, Point, Vector};
 use crate::pedicle::Pedicle;
 use crate::plan::{
     Alternative, AlternativeCode, Balloon, Clearances, Evaluation, LevelPlan, PedicleSummary, Plan,
-    Reason, ReasonCode, SidePlan, Trajectory, VertebraFrameSummary,
+    Reason, ReasonCode, Route, SideAttempt, SidePlan, Trajectory, VertebraFrameSummary,
 };
 use crate::prepare::{PreparedAnatomy, PreparedVertebra};
 use crate::request::{Approach, Instrument, PlanRequest, Procedure, Safety};
@@ -101,6 +101,7 @@ pub fn plan_with(
         safety: request.safety().clone(),
         procedure: request.procedure(),
         approaches: request.approaches().to_vec(),
+        cannula_alternatives_mm: request.cannula_alternatives_mm().to_vec(),
         mesh_fixes: anatomy.mesh_fixes().to_vec(),
         planner_version: crate::PLANNER_VERSION.to_string(),
     })
@@ -120,6 +121,7 @@ fn context<'a>(
         side,
         instrument,
         safety,
+        route_rule: RouteRule::Transpedicular,
     }
 }
 
@@ -140,15 +142,58 @@ fn plan_level(
             .map(|p| pedicle_summary(vertebra, p, frame))
     });
     let procedure = request.procedure();
+    // The smaller cannulas a side may fall back to, largest first, and their contexts.
+    let mut diameters: Vec<f64> = request.cannula_alternatives_mm().to_vec();
+    diameters.sort_by(|a, b| b.total_cmp(a));
+    let smaller: Vec<Instrument> = diameters
+        .iter()
+        .map(|&d| Instrument {
+            cannula_outer_diameter_mm: d,
+            ..instrument.clone()
+        })
+        .collect();
+    let smaller_ctx: Vec<PerSide<SideContext<'_>>> = smaller
+        .iter()
+        .map(|i| PerSide::from_fn(|s| context(anatomy, vertebra, s, i, safety)))
+        .collect();
+    let extra_ctx: Vec<PerSide<SideContext<'_>>> = std::iter::once(&ctx)
+        .chain(smaller_ctx.iter())
+        .map(|c| PerSide::from_fn(|s| crate::extrapedicular::context(&c[s])))
+        .collect();
+    // Each side's candidates in order: the requested cannula through the pedicle, then each
+    // smaller one; for the extrapedicular approach then the same cannulas beside the pedicle.
+    let transpedicular_chain: PerSide<Vec<&SideContext<'_>>> = PerSide::from_fn(|s| {
+        std::iter::once(&ctx[s])
+            .chain(smaller_ctx.iter().map(|c| &c[s]))
+            .collect()
+    });
+    let extrapedicular_chain: PerSide<Vec<&SideContext<'_>>> = PerSide::from_fn(|s| {
+        transpedicular_chain[s]
+            .iter()
+            .copied()
+            .chain(extra_ctx.iter().map(|c| &c[s]))
+            .collect()
+    });
     // The approaches in order of preference: the first possible one is the level's.
     let mut approach_reasons = Vec::new();
     let mut chosen: Option<(Approach, PerSide<SidePlan>)> = None;
     let mut bilateral_sides: Option<PerSide<SidePlan>> = None;
     let mut unipedicular_sides: Option<PerSide<SidePlan>> = None;
+    let mut extrapedicular_sides: Option<PerSide<SidePlan>> = None;
+    // The transpedicular candidates' outcomes, once searched, for the extrapedicular approach.
+    let mut transpedicular_tried: Option<PerSide<Vec<SideOutcome>>> = None;
     for &approach in request.approaches() {
         match approach {
             Approach::BilateralTranspedicular => {
-                let sides = plan_bilateral(&ctx, procedure, &pedicles, frame, cancelled)?;
+                let (sides, tried) = plan_bilateral(
+                    &transpedicular_chain,
+                    None,
+                    procedure,
+                    &pedicles,
+                    frame,
+                    cancelled,
+                )?;
+                transpedicular_tried = Some(tried);
                 if sides.left.feasible && sides.right.feasible {
                     chosen = Some((approach, sides));
                     break;
@@ -159,6 +204,26 @@ fn plan_level(
                     &sides,
                 ));
                 bilateral_sides = Some(sides);
+            }
+            Approach::Extrapedicular => {
+                let (sides, _) = plan_bilateral(
+                    &extrapedicular_chain,
+                    transpedicular_tried.as_ref(),
+                    procedure,
+                    &pedicles,
+                    frame,
+                    cancelled,
+                )?;
+                if sides.left.feasible && sides.right.feasible {
+                    chosen = Some((approach, sides));
+                    break;
+                }
+                approach_reasons.push(not_possible(
+                    ReasonCode::ExtrapedicularNotPossible,
+                    "extrapedicular (each side through its pedicle or beside it)",
+                    &sides,
+                ));
+                extrapedicular_sides = Some(sides);
             }
             Approach::Unipedicular => {
                 let (sides, pick) =
@@ -194,7 +259,8 @@ fn plan_level(
         Some((a, s)) => (Some(a), s),
         None => (
             None,
-            bilateral_sides
+            extrapedicular_sides
+                .or(bilateral_sides)
                 .or(unipedicular_sides)
                 .expect("a request allows at least one approach"),
         ),
@@ -282,23 +348,91 @@ pub fn vertebroplasty_cement_ml(vertebra: &PreparedVertebra) -> f64 {
     VERTEBROPLASTY_FILL_FRACTION * body_volume_ml(vertebra)
 }
 
-/// Both sides searched for bilateral transpedicular, with their balloons (kyphoplasty: the
-/// best pair that keeps apart; if none, the larger single balloon).
+/// One side's candidates searched in order until one is safe: each context of `chain` (its
+/// cannula, its route rule) planned and verified; `prior` holds outcomes of the chain's first
+/// candidates already searched. Returns the index of the one taken (the last when none is
+/// safe) and every outcome, in order.
+fn search_chain(
+    chain: &[&SideContext<'_>],
+    prior: Option<&Vec<SideOutcome>>,
+    procedure: Procedure,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(usize, Vec<SideOutcome>), PlanError> {
+    let mut outcomes = Vec::with_capacity(chain.len());
+    for (i, c) in chain.iter().enumerate() {
+        // Kyphoplasty needs room for a balloon on the line beside the pedicle, whose tip comes
+        // into the body at a steeper angle than through it.
+        let balloon_room = |m: &Measurement| {
+            procedure == Procedure::Vertebroplasty || !balloon::options(c, m).is_empty()
+        };
+        let outcome = match prior.and_then(|p| p.get(i)) {
+            Some(o) => o.clone(),
+            None => match c.route_rule {
+                RouteRule::Extrapedicular => {
+                    crate::extrapedicular::search_side(c, &balloon_room, cancelled)?
+                }
+                RouteRule::Transpedicular => {
+                    search_side_required(c, SearchMode::Bilateral, cancelled)?
+                }
+            },
+        };
+        let safe = matches!(outcome, SideOutcome::Feasible(_));
+        outcomes.push(outcome);
+        if safe {
+            return Ok((i, outcomes));
+        }
+    }
+    Ok((chain.len() - 1, outcomes))
+}
+
+/// What a side tried ([`SidePlan::attempts`]), when it had more than one candidate.
+fn attempts(chain: &[&SideContext<'_>], outcomes: &[SideOutcome]) -> Vec<SideAttempt> {
+    if chain.len() < 2 {
+        return Vec::new();
+    }
+    chain
+        .iter()
+        .zip(outcomes)
+        .map(|(c, o)| SideAttempt {
+            route: match c.route_rule {
+                RouteRule::Transpedicular => Route::Transpedicular,
+                RouteRule::Extrapedicular => Route::Extrapedicular,
+            },
+            cannula_outer_diameter_mm: c.instrument.cannula_outer_diameter_mm,
+            feasible: matches!(o, SideOutcome::Feasible(_)),
+            reasons: match o {
+                SideOutcome::Feasible(_) => Vec::new(),
+                SideOutcome::Infeasible { reasons, .. } => reasons.clone(),
+            },
+        })
+        .collect()
+}
+
+/// Both sides searched with one cannula each, with their balloons (kyphoplasty: the best pair
+/// that keeps apart; if none, the larger single balloon). Each side takes the first safe
+/// candidate of its chain ([`search_chain`]): the requested cannula through the pedicle, the
+/// smaller ones, then (extrapedicular approach) beside the pedicle. Returns the sides and the
+/// outcomes each side's chain gave.
 fn plan_bilateral(
-    ctx: &PerSide<SideContext<'_>>,
+    chain: &PerSide<Vec<&SideContext<'_>>>,
+    prior: Option<&PerSide<Vec<SideOutcome>>>,
     procedure: Procedure,
     pedicles: &PerSide<Option<PedicleSummary>>,
     frame: PatientFrame,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<PerSide<SidePlan>, PlanError> {
+) -> Result<(PerSide<SidePlan>, PerSide<Vec<SideOutcome>>), PlanError> {
     let (left, right) = rayon::join(
-        || search_side_required(&ctx.left, SearchMode::Bilateral, cancelled),
-        || search_side_required(&ctx.right, SearchMode::Bilateral, cancelled),
+        || search_chain(&chain.left, prior.map(|p| &p.left), procedure, cancelled),
+        || search_chain(&chain.right, prior.map(|p| &p.right), procedure, cancelled),
     );
-    let outcomes = PerSide::new(left?, right?);
+    let ((il, tried_left), (ir, tried_right)) = (left?, right?);
+    let taken = PerSide::new(il, ir);
+    let tried = PerSide::new(tried_left, tried_right);
+    let ctx: PerSide<&SideContext<'_>> = PerSide::from_fn(|s| chain[s][taken[s]]);
+    let outcomes: PerSide<SideOutcome> = PerSide::from_fn(|s| tried[s][taken[s]].clone());
     let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
         SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
-            balloon::keep_to_own_half(&ctx[side], balloon::options(&ctx[side], m))
+            balloon::keep_to_own_half(ctx[side], balloon::options(ctx[side], m))
         }
         _ => Vec::new(),
     });
@@ -321,8 +455,8 @@ fn plan_bilateral(
         },
         _ => fits = opts.as_ref().map(|o| balloon::best_single(o)),
     }
-    Ok(PerSide::from_fn(|side| {
-        side_plan(
+    let sides = PerSide::from_fn(|side| {
+        let mut plan = side_plan(
             side,
             &outcomes[side],
             fits[side].as_ref(),
@@ -331,11 +465,17 @@ fn plan_bilateral(
                 frame,
                 pedicle: pedicles[side].clone(),
                 procedure,
-                approach: Approach::BilateralTranspedicular,
+                approach: match ctx[side].route_rule {
+                    RouteRule::Transpedicular => Approach::BilateralTranspedicular,
+                    RouteRule::Extrapedicular => Approach::Extrapedicular,
+                },
             },
-            &ctx[side],
-        )
-    }))
+            ctx[side],
+        );
+        plan.attempts = attempts(&chain[side], &tried[side]);
+        plan
+    });
+    Ok((sides, tried))
 }
 
 /// Both sides searched for a unipedicular plan ([`SearchMode::Unipedicular`]); for
@@ -461,6 +601,7 @@ fn not_used(side: Side, chosen: Side, pedicle: Option<PedicleSummary>) -> SidePl
         pedicle,
         approach: Approach::Unipedicular,
         navigation_tolerance: None,
+        attempts: vec![],
     }
 }
 
@@ -511,6 +652,7 @@ fn side_plan(
                     pedicle: pedicle.clone(),
                     approach,
                     navigation_tolerance: None,
+                    attempts: vec![],
                 };
             }
         }
@@ -524,6 +666,7 @@ fn side_plan(
             pedicle: pedicle.clone(),
             approach,
             navigation_tolerance: Some(tolerance::navigation_tolerance(ctx, m, b)),
+            attempts: vec![],
         }
     };
     match outcome {
@@ -567,6 +710,7 @@ fn side_plan(
                 pedicle,
                 approach,
                 navigation_tolerance: None,
+                attempts: vec![],
             },
         },
         SideOutcome::Infeasible {
@@ -582,6 +726,7 @@ fn side_plan(
             pedicle,
             approach,
             navigation_tolerance: None,
+            attempts: vec![],
         },
     }
 }

@@ -303,10 +303,17 @@ impl PreparedAnatomy {
                     name,
                     mesh,
                 )),
-                // A rib is bone an extrapedicular route may cross, but no planned route is
-                // extrapedicular yet: a cannula keeps clear of it like of the pleura and any
-                // forbidden structure (the keep-out is named by the structure).
-                Role::Forbidden | Role::Rib { .. } | Role::Pleura => given.push(KeepOut::new(
+                // A rib is bone an extrapedicular cannula of its level and side passes through
+                // (that context leaves it out, `keep_outs_extrapedicular`); every other cannula
+                // keeps clear of it like of the pleura and any forbidden structure (the
+                // keep-out is named by the structure).
+                Role::Rib { level, side } => {
+                    let mut k =
+                        KeepOut::new(KeepOutKind::Forbidden, KeepOutSource::Given, name, mesh);
+                    k.rib = Some((level, side));
+                    given.push(k);
+                }
+                Role::Forbidden | Role::Pleura => given.push(KeepOut::new(
                     KeepOutKind::Forbidden,
                     KeepOutSource::Given,
                     name,
@@ -345,6 +352,21 @@ impl PreparedAnatomy {
     /// Whether the anatomy has a `rib` mesh for `level` on `side`.
     pub fn has_rib(&self, level: Level, side: Side) -> bool {
         self.ribs.contains(&(level, side))
+    }
+
+    /// The `rib` mesh of `level` on `side` (the first given), as its keep-out.
+    pub fn rib(&self, level: Level, side: Side) -> Option<&KeepOut> {
+        self.given.iter().find(|k| k.rib == Some((level, side)))
+    }
+
+    /// The keep-outs of an extrapedicular cannula on `side` of `level`: every one of
+    /// [`PreparedAnatomy::keep_outs`] but that level's rib of that side, which the cannula
+    /// docks on and passes through.
+    pub fn keep_outs_extrapedicular(&self, level: Level, side: Side) -> Vec<&KeepOut> {
+        self.keep_outs(level)
+            .into_iter()
+            .filter(|k| k.rib != Some((level, side)))
+            .collect()
     }
 
     /// Whether the anatomy has a `pleura` mesh.

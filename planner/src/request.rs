@@ -191,6 +191,7 @@ pub struct PlanRequest {
     safety: Safety,
     procedure: Procedure,
     approaches: Vec<Approach>,
+    cannula_alternatives_mm: Vec<f64>,
 }
 
 impl PlanRequest {
@@ -218,6 +219,7 @@ impl PlanRequest {
             safety,
             procedure: DEFAULT_PROCEDURE,
             approaches: DEFAULT_APPROACHES.to_vec(),
+            cannula_alternatives_mm: Vec::new(),
         })
     }
     pub fn levels(&self) -> Option<&[Level]> {
@@ -278,6 +280,11 @@ pub enum Approach {
     /// One cannula through one pedicle, aimed across so that the balloon (kyphoplasty) or the
     /// tip (vertebroplasty) is centred on the mid-sagittal plane.
     Unipedicular,
+    /// Thoracic levels: one cannula per side, each through the pedicle if it can take one,
+    /// else past it on its lateral side (docking on the rib head-neck, between rib head and
+    /// pedicle, into the body; `search`'s `extrapedicular` module). Needs the level's `rib`
+    /// meshes and a `pleura` mesh.
+    Extrapedicular,
 }
 
 impl Approach {
@@ -285,6 +292,7 @@ impl Approach {
         match self {
             Approach::BilateralTranspedicular => "bilateral_transpedicular",
             Approach::Unipedicular => "unipedicular",
+            Approach::Extrapedicular => "extrapedicular",
         }
     }
 }
@@ -301,8 +309,9 @@ impl std::str::FromStr for Approach {
         match s {
             "bilateral_transpedicular" => Ok(Approach::BilateralTranspedicular),
             "unipedicular" => Ok(Approach::Unipedicular),
+            "extrapedicular" => Ok(Approach::Extrapedicular),
             _ => Err(format!(
-                "unknown approach {s:?}: bilateral_transpedicular or unipedicular"
+                "unknown approach {s:?}: bilateral_transpedicular, unipedicular or extrapedicular"
             )),
         }
     }
@@ -345,7 +354,7 @@ impl PlanRequest {
             return Err(InputError::invalid(
                 "approaches",
                 "[]",
-                "allow at least one approach: bilateral_transpedicular or unipedicular",
+                "allow at least one approach: bilateral_transpedicular, unipedicular or extrapedicular",
             ));
         }
         for (i, a) in approaches.iter().enumerate() {
@@ -367,5 +376,41 @@ impl PlanRequest {
     /// The allowed approaches, in order of preference.
     pub fn approaches(&self) -> &[Approach] {
         &self.approaches
+    }
+
+    /// The same request with smaller cannulas a side may fall back to when the requested one
+    /// does not fit through its pedicle (e.g. 13 G, 2.4 mm, for thoracic levels; clinical.md
+    /// "Needle and cannula gauges"), outer diameters in mm. Validated: each finite, positive and
+    /// smaller than the requested cannula, none twice (the error names
+    /// `cannula_alternatives_mm[i]`). Tried largest first.
+    pub fn with_cannula_alternatives(mut self, diameters_mm: Vec<f64>) -> Result<Self, InputError> {
+        let requested = self.instrument.cannula_outer_diameter_mm;
+        for (i, &d) in diameters_mm.iter().enumerate() {
+            let field = format!("cannula_alternatives_mm[{i}]");
+            if !d.is_finite() || d <= 0.0 {
+                return Err(InputError::invalid(
+                    field,
+                    d,
+                    "must be a positive outer diameter in mm",
+                ));
+            }
+            if d >= requested {
+                return Err(InputError::invalid(
+                    field,
+                    d,
+                    format!("must be smaller than the requested cannula ({requested} mm)"),
+                ));
+            }
+            if diameters_mm[..i].contains(&d) {
+                return Err(InputError::invalid(field, d, "listed more than once"));
+            }
+        }
+        self.cannula_alternatives_mm = diameters_mm;
+        Ok(self)
+    }
+
+    /// The cannula alternatives as given ([`PlanRequest::with_cannula_alternatives`]).
+    pub fn cannula_alternatives_mm(&self) -> &[f64] {
+        &self.cannula_alternatives_mm
     }
 }

@@ -1388,6 +1388,7 @@ mod tests {
                     side,
                     instrument: &instrument,
                     safety: &safety,
+                    route_rule: crate::evaluate::RouteRule::Transpedicular,
                 };
                 let fast = search_side_with(&ctx, mode, &never, Screens::CoarseToFine).unwrap();
                 let slow = search_side_with(&ctx, mode, &never, Screens::Exhaustive).unwrap();

@@ -569,6 +569,7 @@ pub fn search_side_required(
             side: ctx.side,
             instrument: ctx.instrument,
             safety: &safety,
+            route_rule: ctx.route_rule,
         };
         let SideOutcome::Feasible(found) = search_side_mode(&wide, mode, cancelled)? else {
             break;

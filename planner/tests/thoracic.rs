@@ -338,3 +338,300 @@ fn bone_only_thoracic_cases_never_return_an_extrapedicular_route() {
         );
     }
 }
+
+/// A request for `procedure` at the contract's defaults (its default cannula) with every
+/// approach allowed, extrapedicular before unipedicular.
+fn extrapedicular_request(procedure: Procedure) -> PlanRequest {
+    PlanRequest::new(
+        None,
+        Instrument::default_for(procedure),
+        Safety::contract_default(),
+    )
+    .unwrap()
+    .with_procedure(
+        procedure,
+        vec![
+            Approach::BilateralTranspedicular,
+            Approach::Extrapedicular,
+            Approach::Unipedicular,
+        ],
+    )
+    .unwrap()
+}
+
+fn with_ribs_and_pleura(levels: &[Level], pose: &Pose) -> AnatomyInput {
+    let options = SpineOptions {
+        with_soft_tissue: false,
+        with_ribs_and_pleura: true,
+    };
+    synth::spine_with(levels, pose, &options).0
+}
+
+/// The mean T5 (isthmus 4.8 mm) with its ribs and pleura, vertebroplasty with the default 11 G
+/// needle (3.05 mm + 2 x 1 mm margins > 4.8 mm): the cannula through the pedicle is infeasible
+/// with the measured width; beside it, each side gets a verified extrapedicular plan. Its
+/// clearances to the pleura (and every other forbidden mesh), the canal and the roots are
+/// checked by brute force over every triangle of those meshes, the docking point lies on the
+/// rib, the axis passes lateral of the isthmus, and the tip is in the body.
+#[test]
+fn a_narrow_t5_with_ribs_and_pleura_gets_a_verified_extrapedicular_plan() {
+    let level = Level::T5;
+    let params = VertebraParams::mean(level);
+    let procedure = Procedure::Vertebroplasty;
+    let request = extrapedicular_request(procedure);
+    let d = request.instrument().cannula_outer_diameter_mm;
+    assert!(params.pedicle_width_mm < d + 2.0 * 1.0);
+    let prepared = PreparedAnatomy::prepare(
+        with_ribs_and_pleura(&[level], &Pose::identity()),
+        &PrepareOptions::standard(),
+    )
+    .unwrap();
+    let plan = plan(&prepared, &request).unwrap();
+    let lp = &plan.levels[0];
+    assert_eq!(lp.approach, Some(Approach::Extrapedicular));
+    let bilateral = &lp.approach_reasons[0];
+    assert_eq!(bilateral.code, ReasonCode::BilateralNotPossible);
+    let safety = &plan.safety;
+    let r = 0.5 * d;
+    let vertebra = prepared.vertebra(level).unwrap();
+    for sp in &lp.sides {
+        let side = sp.side;
+        assert!(sp.feasible, "{side}: {:?}", sp.reasons);
+        assert_eq!(sp.approach, Approach::Extrapedicular);
+        // What was tried: through the pedicle (refused with the measured width), then beside.
+        assert_eq!(sp.attempts.len(), 2, "{side}");
+        let through = &sp.attempts[0];
+        assert_eq!(through.route, Route::Transpedicular);
+        assert!(!through.feasible);
+        let width = sp.pedicle.as_ref().unwrap().width_mm;
+        assert!((width - params.pedicle_width_mm).abs() <= 0.25, "{width}");
+        let narrow = through
+            .reasons
+            .iter()
+            .find(|r| r.code == ReasonCode::PedicleCorridorTooNarrow)
+            .expect("the corridor");
+        assert!(
+            narrow.message.contains(&format!("{width:.1} mm wide")),
+            "{}",
+            narrow.message
+        );
+        assert!(sp.attempts[1].feasible && sp.attempts[1].route == Route::Extrapedicular);
+        let t = sp.trajectory.as_ref().unwrap();
+        assert_eq!(t.route, Some(Route::Extrapedicular));
+        assert_eq!(t.cannula_outer_diameter_mm, d);
+        // The whole cannula (no skin: the working length behind the tip) by brute force.
+        let tip = Point::from(t.target_mm);
+        let dir = Vector::from(t.direction);
+        let tail = tip - dir * plan.instrument.cannula_working_length_mm;
+        let brute = |m: &TriMesh| {
+            if kyphoplan_planner::clearance::brute::contains_point(m, &tail)
+                || kyphoplan_planner::clearance::brute::contains_point(m, &tip)
+            {
+                0.0
+            } else {
+                kyphoplan_planner::clearance::brute::distance_to_segment(m, &tail, &tip)
+            }
+            .max(0.0)
+                - r
+        };
+        let (mut canal, mut root, mut forbidden, mut pleura) = (
+            Real::INFINITY,
+            Real::INFINITY,
+            Real::INFINITY,
+            Real::INFINITY,
+        );
+        for k in prepared.keep_outs_extrapedicular(level, side) {
+            let c = brute(&k.mesh);
+            match k.kind {
+                keepout::KeepOutKind::Canal => canal = canal.min(c),
+                keepout::KeepOutKind::NerveRoot(_) => root = root.min(c),
+                keepout::KeepOutKind::Forbidden => {
+                    forbidden = forbidden.min(c);
+                    if k.from.contains("pleura") {
+                        pleura = pleura.min(c);
+                    }
+                }
+            }
+        }
+        println!(
+            "{side}: medial {:.1} cranial {:.1} deg, pleura {pleura:.2} canal {canal:.2} root {root:.2} mm (margins {} / {}), tip depth {:.2}",
+            t.medial_angle_deg, t.cranial_angle_deg, safety.canal_margin_mm, safety.nerve_root_margin_mm, t.tip_depth_fraction
+        );
+        assert!(pleura >= safety.canal_margin_mm, "{side}: pleura {pleura}");
+        assert!(canal >= safety.canal_margin_mm, "{side}: canal {canal}");
+        assert!(root >= safety.nerve_root_margin_mm, "{side}: root {root}");
+        let c = &t.clearance_mm;
+        assert!((c.canal - canal).abs() < 1e-6, "{} {canal}", c.canal);
+        assert!(
+            (c.nerve_root - root).abs() < 1e-6,
+            "{} {root}",
+            c.nerve_root
+        );
+        assert!((c.forbidden.unwrap() - forbidden).abs() < 1e-6);
+        // Docking on the rib of this side, which is not a keep-out of this cannula.
+        let rib = prepared.rib(level, side).unwrap();
+        let entry = Point::from(t.bone_entry_mm);
+        let to_rib = kyphoplan_planner::clearance::brute::distance_to_point(&rib.mesh, &entry);
+        assert!(to_rib < 1e-6, "{side}: docking {to_rib} mm from the rib");
+        // Lateral of the isthmus, tip inside the body.
+        let p = vertebra.pedicles[side].as_ref().unwrap();
+        let to_v = vertebra.frame.lps_to_vertebra;
+        let c = p
+            .crossing(&(to_v * (tip - dir * 200.0)), &(to_v * tip), r)
+            .unwrap();
+        assert!(!c.inside);
+        assert!(kyphoplan_planner::clearance::brute::contains_point(
+            &vertebra.mesh,
+            &tip
+        ));
+        assert!(t.tip_depth_fraction >= 2.0 / 3.0);
+    }
+}
+
+/// The same T5 posed as in a CT (rotated, translated) gives the same plan: the same approach,
+/// sides and routes, the trajectories moved with the anatomy within one step of the
+/// extrapedicular search's grid (`extrapedicular::STEP_DEG`, 5 degrees, and 3 mm; the mesh is
+/// sampled anew in the posed grid, and a near tie between neighbouring lines may go the other
+/// way: measured 0.8 mm left, 2.0 mm right); and the
+/// posed anatomy in RAS gives exactly the posed plan (RAS is a rotation taken at the edge).
+#[test]
+fn a_posed_and_ras_thoracic_anatomy_gives_the_same_plan() {
+    let level = Level::T5;
+    let request = extrapedicular_request(Procedure::Vertebroplasty);
+    let prepare = |input| PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+    let reference = plan(
+        &prepare(with_ribs_and_pleura(&[level], &Pose::identity())),
+        &request,
+    )
+    .unwrap();
+    let pose = Pose::from_parts(
+        nalgebra::Translation3::new(12.0, -230.0, 1210.0),
+        nalgebra::UnitQuaternion::from_euler_angles(0.12, -0.2, 0.35),
+    );
+    let posed_input = with_ribs_and_pleura(&[level], &pose);
+    let mut ras_input = posed_input.clone();
+    ras_input.frame = PatientFrame::Ras;
+    for s in &mut ras_input.structures {
+        s.mesh = s.mesh.mapped(kyphoplan_planner::anatomy::ras_to_lps);
+    }
+    let posed = plan(&prepare(posed_input), &request).unwrap();
+    let ras = plan(&prepare(ras_input), &request).unwrap();
+    let (a, b, c) = (&reference.levels[0], &posed.levels[0], &ras.levels[0]);
+    assert_eq!(a.approach, Some(Approach::Extrapedicular));
+    assert_eq!(a.approach, b.approach);
+    assert_eq!(b.approach, c.approach);
+    for ((sa, sb), sc) in a.sides.iter().zip(&b.sides).zip(&c.sides) {
+        let side = sa.side;
+        assert_eq!(sa.feasible, sb.feasible, "{side}");
+        assert_eq!(
+            (sa.approach, sb.approach),
+            (sb.approach, sc.approach),
+            "{side}"
+        );
+        let (ta, tb, tc) = (
+            sa.trajectory.as_ref().unwrap(),
+            sb.trajectory.as_ref().unwrap(),
+            sc.trajectory.as_ref().unwrap(),
+        );
+        assert_eq!((ta.route, tb.route), (tb.route, tc.route), "{side}");
+        for (pa, pb) in [
+            (ta.target_mm, tb.target_mm),
+            (ta.bone_entry_mm, tb.bone_entry_mm),
+        ] {
+            let d = (pose * Point::from(pa) - Point::from(pb)).norm();
+            println!("{side}: moved by {d:.2} mm more than the anatomy");
+            assert!(d < 3.0, "{side}: moved by {d:.2} mm more than the anatomy");
+        }
+        let step = kyphoplan_planner::extrapedicular::STEP_DEG + 0.5;
+        assert!(
+            (ta.medial_angle_deg - tb.medial_angle_deg).abs() < step,
+            "{side}"
+        );
+        assert!(
+            (ta.cranial_angle_deg - tb.cranial_angle_deg).abs() < step,
+            "{side}"
+        );
+        let back = kyphoplan_planner::anatomy::ras_to_lps(&Point::from(tc.target_mm));
+        assert!((back - Point::from(tb.target_mm)).norm() < 1e-6, "{side}");
+        assert_eq!(tb.medial_angle_deg, tc.medial_angle_deg, "{side}");
+    }
+}
+
+/// With the 13 G (2.4 mm) needle as an alternative, the narrow T5 bone only is planned through
+/// its pedicles with it (2.4 + 2 x 1 mm < 4.8 mm): each side says it tried the requested
+/// cannula (refused with the measured width) and took the smaller one; the trajectory reports
+/// the cannula used.
+#[test]
+fn a_smaller_cannula_from_the_request_is_taken_where_the_requested_one_does_not_fit() {
+    let level = Level::T5;
+    let (input, _) = synth::spine(&[level], &Pose::identity(), false);
+    let prepared = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+    let request = PlanRequest::new(
+        None,
+        Instrument::default_for(Procedure::Vertebroplasty),
+        Safety::contract_default(),
+    )
+    .unwrap()
+    .with_procedure(
+        Procedure::Vertebroplasty,
+        vec![Approach::BilateralTranspedicular],
+    )
+    .unwrap()
+    .with_cannula_alternatives(vec![2.1, 2.4])
+    .unwrap();
+    let plan = plan(&prepared, &request).unwrap();
+    assert_eq!(plan.cannula_alternatives_mm, vec![2.1, 2.4]);
+    let lp = &plan.levels[0];
+    for sp in &lp.sides {
+        println!("{}: {:?}", sp.side, sp.attempts);
+        assert!(sp.feasible, "{}: {:?}", sp.side, sp.reasons);
+        let t = sp.trajectory.as_ref().unwrap();
+        assert_eq!(t.cannula_outer_diameter_mm, 2.4, "the largest that fits");
+        assert_eq!(t.route, Some(Route::Transpedicular));
+        assert_eq!(sp.attempts.len(), 2);
+        assert!(!sp.attempts[0].feasible && sp.attempts[0].cannula_outer_diameter_mm == 3.05);
+        assert!(sp.attempts[0]
+            .reasons
+            .iter()
+            .any(|r| r.code == ReasonCode::PedicleCorridorTooNarrow));
+        assert!(sp.attempts[1].feasible && sp.attempts[1].cannula_outer_diameter_mm == 2.4);
+    }
+    // Bad alternatives are refused naming the field.
+    let bad = common::default_request().with_cannula_alternatives(vec![2.4, 3.4]);
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("cannula_alternatives_mm[1]"));
+}
+
+/// Bone only with the extrapedicular approach allowed: no side is ever extrapedicular; the
+/// extrapedicular attempt is refused naming the meshes it needs.
+#[test]
+fn bone_only_thoracic_cases_refuse_the_extrapedicular_approach_naming_the_meshes() {
+    let request = extrapedicular_request(Procedure::Kyphoplasty);
+    for level in [Level::T4, Level::T5, Level::T7, Level::T8] {
+        let (input, _) = synth::spine(&[level], &Pose::identity(), false);
+        let prepared = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+        let plan = plan(&prepared, &request).unwrap();
+        for sp in &plan.levels[0].sides {
+            if let Some(t) = &sp.trajectory {
+                assert_eq!(t.route, Some(Route::Transpedicular), "{level} {}", sp.side);
+            }
+            for a in sp
+                .attempts
+                .iter()
+                .filter(|a| a.route == Route::Extrapedicular)
+            {
+                assert!(!a.feasible);
+                let r = &a.reasons[0];
+                assert_eq!(r.code, ReasonCode::ExtrapedicularMeshesMissing);
+                assert!(
+                    r.message.contains(&format!("{level} {} `rib`", sp.side))
+                        && r.message.contains("`pleura`"),
+                    "{}",
+                    r.message
+                );
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 
 use kyphoplan_planner::balloon::BalloonFit;
 use kyphoplan_planner::clearance::brute;
-use kyphoplan_planner::evaluate::{measure, Measurement, SideContext};
+use kyphoplan_planner::evaluate::{measure, Measurement, RouteRule, SideContext};
 use kyphoplan_planner::keepout::KeepOutKind;
 use kyphoplan_planner::math::{point, Pose, Vector};
 use kyphoplan_planner::plan::{ReasonCode, SidePlan};
@@ -79,6 +79,7 @@ fn check_plan(anatomy: &PreparedAnatomy, plan: &Plan, label: &str, tally: &mut T
                 side: s.side,
                 instrument,
                 safety,
+                route_rule: RouteRule::Transpedicular,
             };
             let Some((m, b)) = side_geometry(&ctx, s) else {
                 continue;
@@ -281,6 +282,7 @@ fn check_required_error(anatomy: &PreparedAnatomy, label: &str, need_mm: f64) ->
                 side: s.side,
                 instrument: request.instrument(),
                 safety: &safety,
+                route_rule: RouteRule::Transpedicular,
             };
             let (m, b) = side_geometry(&ctx, s).unwrap();
             let u = m.direction_lps.into_inner();

@@ -12,8 +12,8 @@ use kyphoplan_planner::math::Point;
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{
     Alternative, AlternativeCode, Balloon, Clearances, Evaluation, KeepOutSource, KeepOutSummary,
-    LevelPlan, NavigationTolerance, PedicleSummary, Plan, Reason, ReasonCode, Route, SidePlan,
-    StructureNotice, Trajectory, VertebraFrameSummary,
+    LevelPlan, NavigationTolerance, PedicleSummary, Plan, Reason, ReasonCode, Route, SideAttempt,
+    SidePlan, StructureNotice, Trajectory, VertebraFrameSummary,
 };
 use kyphoplan_planner::request::{
     Approach, Instrument, PlanRequest, Procedure, Safety, DEFAULT_APPROACHES, DEFAULT_PROCEDURE,
@@ -166,6 +166,10 @@ pub fn reason_code_to_pb(code: ReasonCode) -> pb::ReasonCode {
         ReasonCode::MidlineNotReached => pb::ReasonCode::MidlineNotReached,
         ReasonCode::OtherSideChosen => pb::ReasonCode::OtherSideChosen,
         ReasonCode::ErrorToleranceTooLow => pb::ReasonCode::ErrorToleranceTooLow,
+        ReasonCode::EntryNotOnRib => pb::ReasonCode::EntryNotOnRib,
+        ReasonCode::NotLateralOfPedicle => pb::ReasonCode::NotLateralOfPedicle,
+        ReasonCode::ExtrapedicularMeshesMissing => pb::ReasonCode::ExtrapedicularMeshesMissing,
+        ReasonCode::ExtrapedicularNotPossible => pb::ReasonCode::ExtrapedicularNotPossible,
     }
 }
 
@@ -204,6 +208,10 @@ pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
         pb::ReasonCode::MidlineNotReached => ReasonCode::MidlineNotReached,
         pb::ReasonCode::OtherSideChosen => ReasonCode::OtherSideChosen,
         pb::ReasonCode::ErrorToleranceTooLow => ReasonCode::ErrorToleranceTooLow,
+        pb::ReasonCode::EntryNotOnRib => ReasonCode::EntryNotOnRib,
+        pb::ReasonCode::NotLateralOfPedicle => ReasonCode::NotLateralOfPedicle,
+        pb::ReasonCode::ExtrapedicularMeshesMissing => ReasonCode::ExtrapedicularMeshesMissing,
+        pb::ReasonCode::ExtrapedicularNotPossible => ReasonCode::ExtrapedicularNotPossible,
     })
 }
 
@@ -742,6 +750,7 @@ pub fn approach_to_pb(a: Approach) -> pb::Approach {
     match a {
         Approach::BilateralTranspedicular => pb::Approach::BilateralTranspedicular,
         Approach::Unipedicular => pb::Approach::Unipedicular,
+        Approach::Extrapedicular => pb::Approach::Extrapedicular,
     }
 }
 
@@ -753,6 +762,7 @@ pub fn approach_from_pb_opt(v: i32, field: &str) -> Result<Option<Approach>> {
         pb::Approach::Unspecified => None,
         pb::Approach::BilateralTranspedicular => Some(Approach::BilateralTranspedicular),
         pb::Approach::Unipedicular => Some(Approach::Unipedicular),
+        pb::Approach::Extrapedicular => Some(Approach::Extrapedicular),
     })
 }
 
@@ -842,7 +852,17 @@ pub fn create_plan_request_to_pb(
             .iter()
             .map(|a| approach_to_pb(*a) as i32)
             .collect(),
+        cannula_alternatives_mm: request.cannula_alternatives_mm().to_vec(),
     }
+}
+
+/// [`plan_request_from_pb`]'s request with a CreatePlanRequest's `cannula_alternatives_mm`
+/// (validated; the error names `cannula_alternatives_mm[i]`).
+pub fn with_cannula_alternatives(
+    request: PlanRequest,
+    diameters_mm: &[f64],
+) -> Result<PlanRequest> {
+    request.with_cannula_alternatives(diameters_mm.to_vec())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1185,6 +1205,46 @@ pub fn navigation_tolerance_from_pb(
     })
 }
 
+pub fn side_attempt_to_pb(a: &SideAttempt) -> pb::SideAttempt {
+    let SideAttempt {
+        route,
+        cannula_outer_diameter_mm,
+        feasible,
+        reasons,
+    } = a;
+    pb::SideAttempt {
+        route: route_to_pb(*route) as i32,
+        cannula_outer_diameter_mm: Some(*cannula_outer_diameter_mm),
+        feasible: *feasible,
+        reasons: reasons.iter().map(reason_to_pb).collect(),
+    }
+}
+
+pub fn side_attempt_from_pb(a: pb::SideAttempt, field: &str) -> Result<SideAttempt> {
+    let pb::SideAttempt {
+        route,
+        cannula_outer_diameter_mm,
+        feasible,
+        reasons,
+    } = a;
+    Ok(SideAttempt {
+        route: route_from_pb(route, &format!("{field}.route"))?.ok_or_else(|| {
+            InputError::invalid(
+                format!("{field}.route"),
+                "ROUTE_UNSPECIFIED",
+                "a route is required",
+            )
+        })?,
+        cannula_outer_diameter_mm: num(
+            cannula_outer_diameter_mm,
+            field,
+            "cannula_outer_diameter_mm",
+        )?,
+        feasible,
+        reasons: reasons_from_pb(reasons, &format!("{field}.reasons"))?,
+    })
+}
+
 pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
     let SidePlan {
         side,
@@ -1196,8 +1256,10 @@ pub fn side_plan_to_pb(s: &SidePlan) -> pb::SidePlan {
         pedicle,
         approach,
         navigation_tolerance,
+        attempts,
     } = s;
     pb::SidePlan {
+        attempts: attempts.iter().map(side_attempt_to_pb).collect(),
         navigation_tolerance: navigation_tolerance
             .as_ref()
             .map(navigation_tolerance_to_pb),
@@ -1232,9 +1294,15 @@ pub fn side_plan_from_pb(s: pb::SidePlan, field: &str) -> Result<SidePlan> {
         pedicle,
         approach,
         navigation_tolerance,
+        attempts,
     } = s;
     let f = |s: &str| format!("{field}.{s}");
     Ok(SidePlan {
+        attempts: attempts
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| side_attempt_from_pb(a, &f(&format!("attempts[{i}]"))))
+            .collect::<Result<Vec<_>>>()?,
         navigation_tolerance: navigation_tolerance
             .map(|t| navigation_tolerance_from_pb(t, &f("navigation_tolerance")))
             .transpose()?,
@@ -1466,8 +1534,10 @@ pub fn plan_to_pb(plan: &Plan) -> pb::Plan {
         planner_version,
         procedure,
         approaches,
+        cannula_alternatives_mm,
     } = plan;
     pb::Plan {
+        cannula_alternatives_mm: cannula_alternatives_mm.clone(),
         procedure: procedure_to_pb(*procedure) as i32,
         approaches: approaches
             .iter()
@@ -1504,8 +1574,10 @@ pub fn plan_from_pb(plan: pb::Plan) -> Result<Plan> {
         planner_version,
         procedure,
         approaches,
+        cannula_alternatives_mm,
     } = plan;
     Ok(Plan {
+        cannula_alternatives_mm,
         procedure: procedure_from_pb(procedure, "procedure")?,
         approaches: approaches
             .iter()

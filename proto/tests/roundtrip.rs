@@ -16,7 +16,7 @@ fn through_the_wire(plan: &Plan) -> Plan {
     convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
 }
 
-const ALL_REASONS: [ReasonCode; 24] = [
+const ALL_REASONS: [ReasonCode; 28] = [
     ReasonCode::PedicleCorridorTooNarrow,
     ReasonCode::PedicleNotFound,
     ReasonCode::CanalTooClose,
@@ -41,6 +41,10 @@ const ALL_REASONS: [ReasonCode; 24] = [
     ReasonCode::MidlineNotReached,
     ReasonCode::OtherSideChosen,
     ReasonCode::ErrorToleranceTooLow,
+    ReasonCode::EntryNotOnRib,
+    ReasonCode::NotLateralOfPedicle,
+    ReasonCode::ExtrapedicularMeshesMissing,
+    ReasonCode::ExtrapedicularNotPossible,
 ];
 
 fn trajectory(x: f64) -> Trajectory {
@@ -69,6 +73,31 @@ fn trajectory(x: f64) -> Trajectory {
 
 fn edge_plan() -> Plan {
     let side = |side, feasible: bool| SidePlan {
+        attempts: if feasible {
+            vec![
+                SideAttempt {
+                    route: Route::Transpedicular,
+                    cannula_outer_diameter_mm: 3.4,
+                    feasible: false,
+                    reasons: vec![Reason {
+                        code: ReasonCode::PedicleCorridorTooNarrow,
+                        message: "narrow".into(),
+                        value_mm: Some(4.8),
+                        limit_mm: Some(5.4),
+                        value_deg: None,
+                        limit_deg: None,
+                    }],
+                },
+                SideAttempt {
+                    route: Route::Extrapedicular,
+                    cannula_outer_diameter_mm: 3.4,
+                    feasible: true,
+                    reasons: vec![],
+                },
+            ]
+        } else {
+            vec![]
+        },
         side,
         feasible,
         trajectory: feasible.then(|| trajectory(176.1)),
@@ -146,6 +175,7 @@ fn edge_plan() -> Plan {
         }),
     };
     Plan {
+        cannula_alternatives_mm: vec![2.4, 2.1],
         case: "edge-case".into(),
         frame: PatientFrame::Ras,
         levels: vec![

@@ -1042,12 +1042,16 @@ impl PlanningService for Planning {
             safety,
             procedure,
             approaches,
+            cannula_alternatives_mm,
         } = request.into_inner();
         let requested = requested_anatomy(&anatomy);
         let (stop, _guard) = Stop::for_call(deadline);
         let work = async {
             let plan_request =
-                convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)?;
+                convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)
+                    .and_then(|r| {
+                        convert::with_cannula_alternatives(r, &cannula_alternatives_mm)
+                    })?;
             let resolved = self
                 .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
                 .await?;
@@ -1082,13 +1086,17 @@ impl PlanningService for Planning {
             safety,
             procedure,
             approaches,
+            cannula_alternatives_mm,
         } = request.into_inner();
         let requested = requested_anatomy(&anatomy);
         // Set up (and maybe prepare) under the guard: a client gone during setup stops it too.
         let (stop, guard) = Stop::for_call(deadline);
         let setup = async {
             let plan_request =
-                convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)?;
+                convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)
+                    .and_then(|r| {
+                        convert::with_cannula_alternatives(r, &cannula_alternatives_mm)
+                    })?;
             let resolved = self
                 .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
                 .await?;

@@ -583,6 +583,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             }),
             procedure: 0,
             approaches: vec![],
+            cannula_alternatives_mm: vec![],
         })
         .await
         .unwrap_err()
@@ -601,6 +602,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             safety: None,
             procedure: 0,
             approaches: vec![],
+            cannula_alternatives_mm: vec![],
         })
         .await
         .unwrap_err()
@@ -619,6 +621,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             safety: None,
             procedure: 0,
             approaches: vec![],
+            cannula_alternatives_mm: vec![],
         })
         .await
         .unwrap_err()
@@ -637,6 +640,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             safety: None,
             procedure: pb::Procedure::Vertebroplasty as i32,
             approaches: vec![pb::Approach::Unipedicular as i32; 2],
+            cannula_alternatives_mm: vec![],
         })
         .await
         .unwrap_err()

@@ -119,6 +119,11 @@ enum Command {
     Demo {
         #[arg(long, value_name = "DIR", default_value = "kyphoplan-demo")]
         out: PathBuf,
+        /// Levels of the built-in mean spine to plan, `FROM-TO` (e.g. `T5-L5`) or one level
+        /// (default: L1-L5). Thoracic levels come with their ribs and pleura, and the
+        /// extrapedicular approach is allowed after the bilateral one.
+        #[arg(long, value_name = "FROM-TO")]
+        levels: Option<String>,
     },
     /// Plan a case directory, or a NIfTI label map (--labelmap; planned in frame LPS with the
     /// contract's instrument and safety).
@@ -333,7 +338,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     let _ = CONNECT_OPTIONS.set(cli.security.options()?);
     match cli.command {
-        Command::Demo { out } => demo(&out),
+        Command::Demo { out, levels } => demo(&out, levels.as_deref()),
         Command::Plan {
             source:
                 Source {
@@ -786,14 +791,66 @@ fn evaluate_case(
     Ok(())
 }
 
-fn demo(out: &Path) -> Result<(), Failure> {
-    let anatomy = synth::demo_anatomy();
-    let request = PlanRequest::new(
+/// The levels of `--levels`: `FROM-TO` (inclusive, cranial to caudal) or one level.
+fn demo_levels(text: &str) -> Result<Vec<Level>, Failure> {
+    let bad = |e: String| Failure::Usage(format!("--levels {text:?}: {e}"));
+    let (from, to) = match text.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (text.trim(), text.trim()),
+    };
+    let from = Level::from_str(from).map_err(|e| bad(e.to_string()))?;
+    let to = Level::from_str(to).map_err(|e| bad(e.to_string()))?;
+    let levels: Vec<Level> = synth::ALL_MEAN_LEVELS
+        .iter()
+        .copied()
+        .filter(|l| *l >= from && *l <= to)
+        .collect();
+    if levels.is_empty() {
+        return Err(bad(
+            "no built-in level in that range (T1-L5, cranial first)".into(),
+        ));
+    }
+    Ok(levels)
+}
+
+fn demo(out: &Path, levels: Option<&str>) -> Result<(), Failure> {
+    let mut request = PlanRequest::new(
         None,
         Instrument::contract_default(),
         Safety::contract_default(),
     )
     .map_err(|e| Failure::Input(e.to_string()))?;
+    let anatomy = match levels {
+        None => synth::demo_anatomy(),
+        Some(text) => {
+            let levels = demo_levels(text)?;
+            let options = synth::SpineOptions {
+                with_soft_tissue: false,
+                with_ribs_and_pleura: true,
+            };
+            let mut anatomy = synth::spine_with(
+                &levels,
+                &kyphoplan_planner::math::Pose::identity(),
+                &options,
+            )
+            .0;
+            anatomy.name = "built-in-demo".to_string();
+            if levels.iter().any(|l| *l <= Level::T12) {
+                use kyphoplan_planner::request::{Approach, Procedure};
+                request = request
+                    .with_procedure(
+                        Procedure::Kyphoplasty,
+                        vec![
+                            Approach::BilateralTranspedicular,
+                            Approach::Extrapedicular,
+                            Approach::Unipedicular,
+                        ],
+                    )
+                    .map_err(|e| Failure::Input(e.to_string()))?;
+            }
+            anatomy
+        }
+    };
     // The output directory is itself a case directory: `kyphoplan plan DIR` re-plans it.
     case::write_case(out, &anatomy, None).map_err(|e| Failure::Input(e.to_string()))?;
     let plan = plan_in_process(anatomy, &request, Path::new("demo anatomy"))?;
