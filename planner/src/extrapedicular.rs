@@ -218,7 +218,9 @@ fn screen(ctx: &SideContext<'_>, params: [Real; 4]) -> Option<Line> {
     let canal = keep(&v.canal_distance);
     let root = keep(&v.root_distance);
     let worst = criteria::worst_slack_mm(safety, cortex, canal, root, None);
-    let score = criteria::score(worst, 0.0, 0.0, medial, TIP_DEPTH_FRACTION);
+    // The balloon's room is not screened here (lines beside the pedicle are few and each
+    // verified one is scored by `measure`, which measures it).
+    let score = criteria::score(worst, 0.0, 0.0, 0.0, medial, TIP_DEPTH_FRACTION);
     Some(Line {
         g,
         dir,

@@ -6,7 +6,7 @@
 mod common;
 
 use kyphoplan_planner::balloon::{self, BalloonFit};
-use kyphoplan_planner::evaluate::SideContext;
+use kyphoplan_planner::evaluate::{RouteRule, SideContext};
 use kyphoplan_planner::math::{Point, UnitVector, Vector};
 use kyphoplan_planner::prepare::PreparedVertebra;
 use kyphoplan_planner::search::{exhaustive_safe_lines, SearchMode};
@@ -106,6 +106,7 @@ fn planned_balloons_are_near_the_exhaustive_oracle_on_real_vertebrae() {
                     side,
                     instrument: &instrument,
                     safety: &safety,
+                    route_rule: RouteRule::Transpedicular,
                 };
                 best.push(oracle_best(&ctx));
             }
