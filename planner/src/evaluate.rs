@@ -96,6 +96,21 @@ fn reason(
     }
 }
 
+/// `ENTRY_INCIDENCE_TOO_STEEP`: the cannula `meets` (where it docks or enters) the bone
+/// `incidence_deg` from the surface normal, over `max_incidence_deg`.
+fn incidence_too_steep(meets: &str, incidence_deg: Real, max_incidence_deg: Real) -> Reason {
+    Reason {
+        code: ReasonCode::EntryIncidenceTooSteep,
+        message: format!(
+            "the cannula {meets} {incidence_deg:.0} degrees from its surface normal (at most {max_incidence_deg} degrees): the trocar would skive off the sloped cortex"
+        ),
+        value_mm: None,
+        limit_mm: None,
+        value_deg: Some(incidence_deg),
+        limit_deg: Some(max_incidence_deg),
+    }
+}
+
 /// The transpedicular route rule, against the measured pedicle ([`crate::pedicle`]): the bone
 /// entry lies behind the isthmus, and the cannula crosses the isthmus inside its bony outline by
 /// `margin_mm`. A pedicle that could not be measured cannot vouch for the route. Returns the
@@ -633,16 +648,11 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     let incidence_deg = cos_incidence.acos().to_degrees();
     let max_incidence_deg = safety.max_entry_incidence_deg;
     if t_entry.is_some() && incidence_deg > max_incidence_deg && !extrapedicular {
-        violations.push(Reason {
-            code: ReasonCode::EntryIncidenceTooSteep,
-            message: format!(
-                "the cannula meets the bone {incidence_deg:.0} degrees from its surface normal (at most {max_incidence_deg} degrees): the trocar would skive off the sloped cortex"
-            ),
-            value_mm: None,
-            limit_mm: None,
-            value_deg: Some(incidence_deg),
-            limit_deg: Some(max_incidence_deg),
-        });
+        violations.push(incidence_too_steep(
+            "meets the bone",
+            incidence_deg,
+            max_incidence_deg,
+        ));
     }
     let drop_mm = normal_lps.map_or(0.0, |n| {
         let footprint = docking_footprint_mm(instrument, safety, cos_incidence);
@@ -679,16 +689,7 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
             ("enters the vertebral body", body_deg),
         ] {
             if e.t_dock.is_some() && deg > max_incidence_deg {
-                violations.push(Reason {
-                    code: ReasonCode::EntryIncidenceTooSteep,
-                    message: format!(
-                        "the cannula {what} {deg:.0} degrees from its surface normal (at most {max_incidence_deg} degrees): the trocar would skive off the sloped cortex"
-                    ),
-                    value_mm: None,
-                    limit_mm: None,
-                    value_deg: Some(deg),
-                    limit_deg: Some(max_incidence_deg),
-                });
+                violations.push(incidence_too_steep(what, deg, max_incidence_deg));
             }
         }
         let drop_body = n_body.map_or(0.0, |n| {

@@ -284,22 +284,7 @@ pub fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
             if !ok {
                 continue;
             }
-            for &t in &shared {
-                alive[t as usize] = false;
-            }
-            let moved: Vec<u32> = vert_tris[bu].clone();
-            for t in moved {
-                if !alive[t as usize] {
-                    continue;
-                }
-                for v in tris[t as usize].iter_mut() {
-                    if *v == b {
-                        *v = a;
-                    }
-                }
-                vert_tris[au].push(t);
-            }
-            vert_tris[bu].clear();
+            collapse_edge(&mut tris, &mut vert_tris, &mut alive, &shared, b, a);
             pos[au] = m;
             collapsed += 1;
         }
@@ -308,6 +293,32 @@ pub fn collapse_short_edges(mesh: TriMesh, min_len_mm: Real) -> TriMesh {
         }
     }
     compact(&pos, &tris, &alive)
+}
+
+/// Collapses the edge `from` -> `into`: the two triangles on the edge (`shared`) die, and every
+/// other live triangle of `from` takes `into` in its place and joins `into`'s fan.
+fn collapse_edge(
+    tris: &mut [[u32; 3]],
+    vert_tris: &mut [Vec<u32>],
+    alive: &mut [bool],
+    shared: &[u32],
+    from: u32,
+    into: u32,
+) {
+    for &t in shared {
+        alive[t as usize] = false;
+    }
+    for t in std::mem::take(&mut vert_tris[from as usize]) {
+        if !alive[t as usize] {
+            continue;
+        }
+        for w in tris[t as usize].iter_mut() {
+            if *w == from {
+                *w = into;
+            }
+        }
+        vert_tris[into as usize].push(t);
+    }
 }
 
 /// The live triangles (`alive`) over the vertices they use, renumbered in order of first use.
@@ -457,21 +468,7 @@ pub fn simplify_flat(mesh: TriMesh) -> TriMesh {
                 if !keeps_plane {
                     continue;
                 }
-                for &t in &shared {
-                    alive[t as usize] = false;
-                }
-                let moved = std::mem::take(&mut vert_tris[vu]);
-                for t in moved {
-                    if !alive[t as usize] {
-                        continue;
-                    }
-                    for w in tris[t as usize].iter_mut() {
-                        if *w == v {
-                            *w = u;
-                        }
-                    }
-                    vert_tris[uu].push(t);
-                }
+                collapse_edge(&mut tris, &mut vert_tris, &mut alive, &shared, v, u);
                 collapsed += 1;
                 break;
             }
