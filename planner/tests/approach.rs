@@ -255,6 +255,10 @@ fn approaches_are_validated_by_name() {
         )
         .unwrap_err();
     assert_eq!(e.field(), "approaches[1]");
-    assert!("extrapedicular".parse::<Approach>().is_err());
+    assert_eq!(
+        "extrapedicular".parse::<Approach>().unwrap(),
+        Approach::Extrapedicular
+    );
+    assert!("transforaminal".parse::<Approach>().is_err());
     assert!("vertebroplasty".parse::<Procedure>().unwrap() == Procedure::Vertebroplasty);
 }
