@@ -36,20 +36,9 @@ pub const MEAN_LEVELS: [Level; 8] = [
 ];
 
 /// The thoracic levels T1..T12, cranial to caudal.
-pub const THORACIC_LEVELS: [Level; 12] = [
-    Level::T1,
-    Level::T2,
-    Level::T3,
-    Level::T4,
-    Level::T5,
-    Level::T6,
-    Level::T7,
-    Level::T8,
-    Level::T9,
-    Level::T10,
-    Level::T11,
-    Level::T12,
-];
+pub const THORACIC_LEVELS: [Level; 12] = *Level::ALL
+    .first_chunk::<12>()
+    .expect("Level::ALL starts with T1..T12");
 
 /// Every level with its own mean morphometry in [`VertebraParams::mean`]: T1..L5.
 pub const ALL_MEAN_LEVELS: [Level; 17] = *Level::ALL
