@@ -5,12 +5,23 @@
 //! need those meshes carry `#[cfg_attr(not(shared_anatomy), ignore = "...")]`, so a clone
 //! without the data reports them as *ignored*, never as passed. Under `CI=true` a missing
 //! directory fails the build with a message saying where it was looked for.
+//!
+//! It sets `cfg(test_postgres)` when `KYPHOPLAN_TEST_POSTGRES` names the tests' PostgreSQL
+//! cluster (`.ci/run` starts one) or when `CI=true` (where those tests must run, and fail with a
+//! clear message without a cluster). Tests that need the cluster carry
+//! `#[cfg_attr(not(test_postgres), ignore = "...")]`: without one they are ignored, not passed.
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(shared_anatomy)");
+    println!("cargo::rustc-check-cfg=cfg(test_postgres)");
     println!("cargo::rerun-if-env-changed=CI");
+    println!("cargo::rerun-if-env-changed=KYPHOPLAN_TEST_POSTGRES");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if ci || std::env::var("KYPHOPLAN_TEST_POSTGRES").is_ok_and(|v| !v.is_empty()) {
+        println!("cargo::rustc-cfg=test_postgres");
+    }
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     // Every package using this script sits one level below the workspace root.
     let anatomy = manifest.join("../../shared/anatomy");
@@ -22,7 +33,7 @@ fn main() {
     }
     // Without the data there is no path to watch: cargo then re-runs this script whenever a
     // file of the package changes, which is enough to notice the data once it is laid beside.
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if ci {
         eprintln!(
             "error: the outside test data {} is missing; under CI=true the tests that read it \
              must run (lay ../shared beside the repository, or unset CI to have them ignored)",

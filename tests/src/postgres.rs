@@ -1,7 +1,8 @@
 //! The PostgreSQL of the tests: `KYPHOPLAN_TEST_POSTGRES` names a throw-away cluster
 //! (`postgres://USER@HOST:PORT`, no database: `.ci/run` starts one and sets it), in which each
-//! test makes a database of its own. Without it a test says it was skipped, and fails under
-//! `CI=true`, where the PostgreSQL tests must run.
+//! test makes a database of its own. Without it (and without `CI=true`) the tests that need it
+//! are ignored (`cfg(test_postgres)`, set by the build script); if one is run anyway it says it
+//! was skipped. Under `CI=true` they run and fail without a cluster.
 
 use std::str::FromStr;
 

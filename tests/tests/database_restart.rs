@@ -43,6 +43,10 @@ fn restart_database() -> bool {
     true
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restarted_under_load_answers_unavailable_then_serves_again() {
     let Some(url) = fresh_database("a_database_restarted_under_load") else {

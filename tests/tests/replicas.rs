@@ -42,6 +42,10 @@ fn records(url: &str) -> (BTreeSet<String>, BTreeSet<String>) {
         .unwrap()
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_made_on_one_replica_is_read_on_the_other() {
     let Some(url) = fresh_database("a_plan_made_on_one_replica_is_read_on_the_other") else {
@@ -74,6 +78,10 @@ async fn a_plan_made_on_one_replica_is_read_on_the_other() {
     b.shutdown().await;
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_upload_on_two_replicas_at_once_is_one_anatomy() {
     let Some(url) = fresh_database("the_same_upload_on_two_replicas_at_once_is_one_anatomy") else {
@@ -102,6 +110,10 @@ async fn the_same_upload_on_two_replicas_at_once_is_one_anatomy() {
 
 /// A client of both replicas spreads its calls over them (each replica's metrics count its
 /// own), and when one stops, every call still succeeds on the other.
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_of_two_replicas_spreads_and_survives_one_stopping() {
     let Some(url) = fresh_database("a_client_of_two_replicas_spreads_and_survives_one") else {
@@ -197,6 +209,10 @@ async fn wait_up(addr: SocketAddr) {
 /// Two replica processes on one database; clients of both fire plans; one replica is
 /// SIGKILLed mid-plan. The calls it held are retried on the other (no client sees an error),
 /// and every acknowledged plan reads back equal from the replica left.
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_plan_loses_no_acknowledged_plan() {
     let Some(url) = fresh_database("a_replica_killed_mid_plan_loses_no_acknowledged_plan") else {

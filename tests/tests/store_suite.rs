@@ -289,6 +289,10 @@ macro_rules! both {
             }
 
             #[test]
+            #[cfg_attr(
+                not(test_postgres),
+                ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES"
+            )]
             fn postgres() {
                 if let Some((_url, store)) = super::postgres(stringify!($case)) {
                     super::$case(store.as_ref());
@@ -314,6 +318,10 @@ mod acknowledged_writes_survive_a_reopen {
     }
 
     #[test]
+    #[cfg_attr(
+        not(test_postgres),
+        ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES"
+    )]
     fn postgres() {
         if let Some((url, store)) = super::postgres("acknowledged_writes_survive_a_reopen") {
             let reopen = || -> Box<dyn Store> { Box::new(PgStore::connect(&url).unwrap()) };
@@ -324,6 +332,10 @@ mod acknowledged_writes_survive_a_reopen {
 
 /// Two replicas on one database: a plan written by one is read by the other at once, and the
 /// same upload on both at the same moment is one anatomy.
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[test]
 fn two_replicas_share_one_database() {
     let Some(url) = fresh_database("two_replicas_share_one_database") else {
@@ -383,6 +395,10 @@ fn an_unreachable_database_is_unavailable() {
 
 /// The database drops every connection of a replica (as a restart does): the calls that meet a
 /// dead connection answer UNAVAILABLE, and the replica recovers with new connections.
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
 #[test]
 fn a_replica_recovers_when_its_connections_are_dropped() {
     let Some((url, store)) = postgres("a_replica_recovers_when_its_connections_are_dropped") else {
