@@ -261,7 +261,17 @@ async fn a_passed_deadline_stops_the_plan_with_deadline_exceeded() {
     request.set_timeout((full * 3 / 10).max(Duration::from_millis(5)));
     let status = server.raw().await.create_plan(request).await.unwrap_err();
     let status = ClientError::from(status);
-    assert_eq!(status.code(), Some(Code::DeadlineExceeded), "{status:?}");
+    // The server answers DEADLINE_EXCEEDED just before the deadline (`service::DEADLINE_LEAD`,
+    // counted from the call's arrival). The tonic client runs its own timer on the same
+    // `grpc-timeout`, started when it sent the call, and reports it as CANCELLED "Timeout
+    // expired"; under CI's load the answer can reach it after that timer (seen in a fresh-clone
+    // CI run). Either way the server's run must stop, which is what follows.
+    let client_timer = status.code() == Some(Code::Cancelled)
+        && matches!(&status, ClientError::Status { message, .. } if message == "Timeout expired");
+    assert!(
+        status.code() == Some(Code::DeadlineExceeded) || client_timer,
+        "{status:?}"
+    );
     tokio::time::timeout(Duration::from_secs(20), async {
         while m.plans_running.load(Ordering::SeqCst) != 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
