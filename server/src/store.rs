@@ -41,6 +41,10 @@ const PLAN_INFO: TableDefinition<&str, (u64, &str)> = TableDefinition::new("plan
 const ANATOMY_PLANS: TableDefinition<(&str, &str), ()> = TableDefinition::new("anatomy_plans");
 /// anatomy id -> when it was last uploaded (ms since the Unix epoch).
 const ANATOMY_TIME: TableDefinition<&str, u64> = TableDefinition::new("anatomy_time");
+/// (owner, CreatePlan request id) -> the plan stored for it (owner "" without authentication).
+const REQUEST_PLAN: TableDefinition<(&str, &str), &str> = TableDefinition::new("request_plan");
+/// plan id -> (owner, request id): the key that goes with the plan.
+const PLAN_REQUEST: TableDefinition<&str, (&str, &str)> = TableDefinition::new("plan_request");
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "kyphoplan.redb";
@@ -75,6 +79,11 @@ impl Purged {
 /// servers, is stored once; a full store answers [`ServiceError::StorageFull`], an unreachable
 /// one [`ServiceError::Unavailable`]; ids are ordered bytewise.
 pub trait Store: Send + Sync {
+    /// Whether the store answers now (cheap: the health service asks every
+    /// `--health-check-ms`). redb: a read transaction; PostgreSQL: `SELECT 1` on a pooled
+    /// connection.
+    fn check(&self) -> Result<(), ServiceError>;
+
     /// Let the bytes of deleted records leave the disk (redb: rewrite the file; PostgreSQL:
     /// `VACUUM` of the tables). Waits for the calls in flight.
     fn compact(&self) -> Result<(), ServiceError>;
@@ -141,6 +150,28 @@ pub trait Store: Send + Sync {
         anatomy_id: &str,
     ) -> Result<(), ServiceError>;
 
+    /// The id of the plan stored for `owner`'s CreatePlan request `request_id`, if any.
+    fn plan_for_request(
+        &self,
+        owner: Option<&str>,
+        request_id: &str,
+    ) -> Result<Option<String>, ServiceError>;
+
+    /// [`Store::put_plan`] once per `owner`'s request `request_id` (a client's idempotency
+    /// key), in one transaction: the id of the plan stored for it. That is `id` unless a plan
+    /// was stored for the key before (a retry, or the same request on another replica at the
+    /// same moment): then nothing is written and that plan's id is returned. The key goes
+    /// with its plan (delete, purge).
+    fn put_plan_for_request(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+        request_id: &str,
+    ) -> Result<String, ServiceError>;
+
     /// The encoded plan, if `owner` may see it.
     fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError>;
 
@@ -186,7 +217,41 @@ fn remove_plan(txn: &WriteTxn, id: &str) -> Result<bool, ServiceError> {
         let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
         by_anatomy.remove((anatomy.as_str(), id)).map_err(storage)?;
     }
+    let mut plan_request = txn.open_table(PLAN_REQUEST).map_err(storage)?;
+    let key = plan_request.remove(id).map_err(storage)?.map(|v| {
+        let (owner, request) = v.value();
+        (owner.to_owned(), request.to_owned())
+    });
+    if let Some((owner, request)) = key {
+        let mut request_plan = txn.open_table(REQUEST_PLAN).map_err(storage)?;
+        request_plan
+            .remove((owner.as_str(), request.as_str()))
+            .map_err(storage)?;
+    }
     Ok(existed)
+}
+
+/// Store a plan with its owner and index entries inside `txn`.
+fn insert_plan(
+    txn: &WriteTxn,
+    id: &str,
+    plan: &[u8],
+    owner: Option<&str>,
+    create_time_unix_ms: u64,
+    anatomy_id: &str,
+) -> Result<(), ServiceError> {
+    let mut plans = txn.open_table(PLANS).map_err(storage)?;
+    plans.insert(id, plan).map_err(storage)?;
+    let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
+    info.insert(id, (create_time_unix_ms, anatomy_id))
+        .map_err(storage)?;
+    let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
+    by_anatomy.insert((anatomy_id, id), ()).map_err(storage)?;
+    if let Some(o) = owner {
+        let mut owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
+        owners.insert(id, o).map_err(storage)?;
+    }
+    Ok(())
 }
 
 /// Remove an anatomy's data, metadata, time and every owner inside `txn` (its plans stay).
@@ -248,6 +313,8 @@ impl RedbStore {
             let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
             let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
             let mut times = txn.open_table(ANATOMY_TIME).map_err(storage)?;
+            txn.open_table(REQUEST_PLAN).map_err(storage)?;
+            txn.open_table(PLAN_REQUEST).map_err(storage)?;
             // A store written before the lifecycle indexes existed: index its plans (from the
             // plans themselves) and date its anatomies from now.
             if info.len().map_err(storage)? == 0 && plans.len().map_err(storage)? > 0 {
@@ -303,6 +370,13 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn check(&self) -> Result<(), ServiceError> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
+        txn.open_table(PLANS).map_err(storage)?;
+        Ok(())
+    }
+
     /// Rewrite the database file without free space, so that the bytes of deleted records leave
     /// the data directory. Waits for the store calls in flight; blocks the others meanwhile.
     fn compact(&self) -> Result<(), ServiceError> {
@@ -311,7 +385,6 @@ impl Store for RedbStore {
         Ok(())
     }
 
-    /// Delete plan `id` if `owner` may see it, in one transaction; whether it was deleted.
     fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
         let db = self.db();
         let txn = db.begin_write().map_err(storage)?;
@@ -323,10 +396,6 @@ impl Store for RedbStore {
         Ok(existed)
     }
 
-    /// Delete anatomy `id` for `owner`, in one transaction: `None` if `owner` may not see it.
-    /// The owner's plans made for it refuse the delete unless `cascade` (then they go too).
-    /// With other owners left only `owner`'s ownership goes; the data goes with the last owner
-    /// (or at once without authentication).
     fn delete_anatomy(
         &self,
         id: &str,
@@ -400,9 +469,6 @@ impl Store for RedbStore {
         }))
     }
 
-    /// Remove every plan created and every anatomy last uploaded before `cutoff_unix_ms`, with
-    /// their owners, in one transaction. A purged anatomy's younger plans stay (a plan holds
-    /// all it needs); they are purged when they are old enough themselves.
     fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
         let db = self.db();
         let txn = db.begin_write().map_err(storage)?;
@@ -433,7 +499,6 @@ impl Store for RedbStore {
         Ok(purged)
     }
 
-    /// Every stored plan id and anatomy id (for consistency checks).
     fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
@@ -458,7 +523,6 @@ impl Store for RedbStore {
         Ok((plans, anatomies))
     }
 
-    /// Whether `owner` may see anatomy `id` (stored, and owned by it when `owner` is given).
     fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
@@ -474,8 +538,6 @@ impl Store for RedbStore {
         }
     }
 
-    /// Store an anatomy and its metadata once (a second put of the same id only adds `owner`).
-    /// `now_unix_ms` becomes its upload time (retention counts from the last upload).
     fn put_anatomy(
         &self,
         id: &str,
@@ -503,8 +565,6 @@ impl Store for RedbStore {
         txn.commit().map_err(storage)
     }
 
-    /// An anatomy already stored was uploaded again (by `owner`, if given): add the owner and
-    /// make `now_unix_ms` its upload time. False if it is no longer stored (deleted meanwhile).
     fn reupload_anatomy(
         &self,
         id: &str,
@@ -529,7 +589,6 @@ impl Store for RedbStore {
         Ok(true)
     }
 
-    /// The encoded anatomy, if `owner` may see it.
     fn anatomy(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.owns_anatomy(id, owner)? {
             return Ok(None);
@@ -537,7 +596,6 @@ impl Store for RedbStore {
         self.get(ANATOMIES, id)
     }
 
-    /// The anatomy's metadata, if `owner` may see it.
     fn anatomy_meta(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.owns_anatomy(id, owner)? {
             return Ok(None);
@@ -545,8 +603,6 @@ impl Store for RedbStore {
         self.get(ANATOMY_META, id)
     }
 
-    /// Store a plan (its owner, creation time and anatomy) in one transaction; durable when
-    /// this returns.
     fn put_plan(
         &self,
         id: &str,
@@ -557,23 +613,52 @@ impl Store for RedbStore {
     ) -> Result<(), ServiceError> {
         let db = self.db();
         let txn = db.begin_write().map_err(storage)?;
-        {
-            let mut plans = txn.open_table(PLANS).map_err(storage)?;
-            plans.insert(id, plan).map_err(storage)?;
-            let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
-            info.insert(id, (create_time_unix_ms, anatomy_id))
-                .map_err(storage)?;
-            let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
-            by_anatomy.insert((anatomy_id, id), ()).map_err(storage)?;
-            if let Some(o) = owner {
-                let mut owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
-                owners.insert(id, o).map_err(storage)?;
-            }
-        }
+        insert_plan(&txn, id, plan, owner, create_time_unix_ms, anatomy_id)?;
         txn.commit().map_err(storage)
     }
 
-    /// The encoded plan, if `owner` may see it.
+    fn plan_for_request(
+        &self,
+        owner: Option<&str>,
+        request_id: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(REQUEST_PLAN).map_err(storage)?;
+        Ok(table
+            .get((owner.unwrap_or(""), request_id))
+            .map_err(storage)?
+            .map(|v| v.value().to_owned()))
+    }
+
+    fn put_plan_for_request(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+        request_id: &str,
+    ) -> Result<String, ServiceError> {
+        let key = (owner.unwrap_or(""), request_id);
+        let db = self.db();
+        // redb's write transactions take turns: the first of two at once stores, the second
+        // finds its key.
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut request_plan = txn.open_table(REQUEST_PLAN).map_err(storage)?;
+            if let Some(stored) = request_plan.get(key).map_err(storage)? {
+                return Ok(stored.value().to_owned());
+            }
+            request_plan.insert(key, id).map_err(storage)?;
+            let mut plan_request = txn.open_table(PLAN_REQUEST).map_err(storage)?;
+            plan_request.insert(id, key).map_err(storage)?;
+        }
+        insert_plan(&txn, id, plan, owner, create_time_unix_ms, anatomy_id)?;
+        txn.commit().map_err(storage)?;
+        Ok(id.to_owned())
+    }
+
     fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         let db = self.db();
         let txn = db.begin_read().map_err(storage)?;
@@ -584,9 +669,6 @@ impl Store for RedbStore {
         Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
     }
 
-    /// Up to `limit` plans with ids after `after` (exclusive; empty: from the start), in id
-    /// order, and whether more follow.
-    /// Only plans `owner` may see are counted and returned.
     fn plans_after(
         &self,
         after: &str,
