@@ -21,7 +21,7 @@
 //! (anatomy, plan) pairs and `anatomy_time` when each anatomy was last uploaded.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use kyphoplan_proto::pb;
@@ -195,9 +195,31 @@ pub fn open(config: &crate::config::Config) -> Result<Box<dyn Store>, ServiceErr
 }
 
 /// The embedded store. Every call takes the database's read lock (redb orders the transactions itself);
-/// only [`Store::compact`] takes the write lock, as redb's compaction needs the database alone.
+/// only [`Store::compact`] takes the write lock, as redb's compaction needs the database alone,
+/// and so does opening the database again after a failed write ([`Store::check`]).
 pub struct RedbStore {
-    db: RwLock<Database>,
+    /// `None` while it could not be opened again after a failed write.
+    db: RwLock<Option<Database>>,
+    data_dir: PathBuf,
+}
+
+/// The read-locked database of a [`RedbStore`].
+struct OpenDb<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for OpenDb<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // Only made when it is open (`RedbStore::db`).
+        self.0.as_ref().expect("an open database")
+    }
+}
+
+fn not_open() -> ServiceError {
+    ServiceError::Unavailable(
+        "the embedded store failed a write (is its disk full?) and cannot be opened again yet"
+            .into(),
+    )
 }
 
 type WriteTxn = redb::WriteTransaction;
@@ -299,6 +321,14 @@ fn storage(e: impl Into<redb::Error>) -> ServiceError {
 impl RedbStore {
     /// Open (or create) the store in `data_dir`, creating the directory and tables.
     pub fn open(data_dir: &Path) -> Result<Self, ServiceError> {
+        Ok(RedbStore {
+            db: RwLock::new(Some(Self::open_database(data_dir)?)),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// [`RedbStore::open`]'s database.
+    fn open_database(data_dir: &Path) -> Result<Database, ServiceError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             ServiceError::Storage(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -347,14 +377,27 @@ impl RedbStore {
             }
         }
         txn.commit().map_err(storage)?;
-        Ok(RedbStore {
-            db: RwLock::new(db),
-        })
+        Ok(db)
     }
 
-    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+    fn db(&self) -> Result<OpenDb<'_>, ServiceError> {
         // A poisoned lock only means a panic elsewhere while holding it; redb's state is its own.
-        self.db.read().unwrap_or_else(|e| e.into_inner())
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(not_open());
+        }
+        Ok(OpenDb(guard))
+    }
+
+    /// Close the database and open it again: after a failed write (a full disk) redb refuses
+    /// every call until then. Opening recovers the last commit.
+    fn reopen(&self) -> Result<(), ServiceError> {
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Closed first: the file is locked while it is open.
+        *guard = None;
+        *guard = Some(Self::open_database(&self.data_dir)?);
+        tracing::info!(data_dir = %self.data_dir.display(), "embedded store opened again after a failed write");
+        Ok(())
     }
 
     fn get(
@@ -362,7 +405,7 @@ impl RedbStore {
         table: TableDefinition<&str, &[u8]>,
         id: &str,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(table).map_err(storage)?;
         Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
@@ -370,23 +413,39 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    /// Whether a write could begin now (without waiting for one in progress; nothing is
+    /// written). After a failed write redb refuses every call: the database is opened again
+    /// here (the health task calls this every `--health-check-ms`), which fails, NOT_SERVING,
+    /// until there is room to recover.
     fn check(&self) -> Result<(), ServiceError> {
-        let db = self.db();
-        let txn = db.begin_read().map_err(storage)?;
-        txn.open_table(PLANS).map_err(storage)?;
-        Ok(())
+        if let Ok(db) = self.db() {
+            match db.try_begin_write() {
+                Ok(txn) => {
+                    txn.abort().map_err(storage)?;
+                    return Ok(());
+                }
+                Err(redb::TransactionError::WouldBlock) => return Ok(()),
+                Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {}
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        self.reopen()
     }
 
     /// Rewrite the database file without free space, so that the bytes of deleted records leave
     /// the data directory. Waits for the store calls in flight; blocks the others meanwhile.
     fn compact(&self) -> Result<(), ServiceError> {
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        db.compact().map_err(storage)?;
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_mut()
+            .ok_or_else(not_open)?
+            .compact()
+            .map_err(storage)?;
         Ok(())
     }
 
     fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
             return Ok(false);
@@ -402,7 +461,7 @@ impl Store for RedbStore {
         owner: Option<&str>,
         cascade: bool,
     ) -> Result<Option<AnatomyDeletion>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         let owned = match owner {
             None => {
@@ -470,7 +529,7 @@ impl Store for RedbStore {
     }
 
     fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         let mut purged = Purged::default();
         {
@@ -500,7 +559,7 @@ impl Store for RedbStore {
     }
 
     fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let mut plans = BTreeSet::new();
         for item in txn
@@ -524,7 +583,7 @@ impl Store for RedbStore {
     }
 
     fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         match owner {
             None => {
@@ -546,7 +605,7 @@ impl Store for RedbStore {
         owner: Option<&str>,
         now_unix_ms: u64,
     ) -> Result<(), ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         {
             let mut anatomies = txn.open_table(ANATOMIES).map_err(storage)?;
@@ -571,7 +630,7 @@ impl Store for RedbStore {
         owner: Option<&str>,
         now_unix_ms: u64,
     ) -> Result<bool, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         {
             let metas = txn.open_table(ANATOMY_META).map_err(storage)?;
@@ -611,7 +670,7 @@ impl Store for RedbStore {
         create_time_unix_ms: u64,
         anatomy_id: &str,
     ) -> Result<(), ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         insert_plan(&txn, id, plan, owner, create_time_unix_ms, anatomy_id)?;
         txn.commit().map_err(storage)
@@ -622,7 +681,7 @@ impl Store for RedbStore {
         owner: Option<&str>,
         request_id: &str,
     ) -> Result<Option<String>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(REQUEST_PLAN).map_err(storage)?;
         Ok(table
@@ -641,7 +700,7 @@ impl Store for RedbStore {
         request_id: &str,
     ) -> Result<String, ServiceError> {
         let key = (owner.unwrap_or(""), request_id);
-        let db = self.db();
+        let db = self.db()?;
         // redb's write transactions take turns: the first of two at once stores, the second
         // finds its key.
         let txn = db.begin_write().map_err(storage)?;
@@ -660,7 +719,7 @@ impl Store for RedbStore {
     }
 
     fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
             return Ok(None);
@@ -675,7 +734,7 @@ impl Store for RedbStore {
         limit: usize,
         owner: Option<&str>,
     ) -> Result<PlanPage, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(PLANS).map_err(storage)?;
         let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;

@@ -176,15 +176,17 @@ fn small_dir(test: &str) -> Option<tempfile::TempDir> {
     }
 }
 
+/// The embedded store: after the failed write redb refuses every call until it is opened
+/// again, which the health check does once there is room (no restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_redb_disk_answers_resource_exhausted_and_loses_nothing() {
+async fn a_full_redb_disk_answers_resource_exhausted_then_stores_again() {
     let Some(dir) = small_dir("a_full_redb_disk") else {
         return;
     };
     let data_dir = dir.path().join("data");
     let filler = dir.path().join("filler");
     std::fs::write(&filler, vec![0x5a; 4 << 20]).unwrap();
-    let server = TestServer::start_in(&data_dir, |_| {}).await;
+    let server = TestServer::start_in(&data_dir, |c| c.health_check_ms = 20).await;
     let mut client = server.client().await;
     let (acked, refusal) = fill(&mut client).await;
     assert_full(&refusal);
@@ -193,20 +195,35 @@ async fn a_full_redb_disk_answers_resource_exhausted_and_loses_nothing() {
         "nothing was stored before the disk filled"
     );
     eprintln!("{} uploads acknowledged, then: {refusal}", acked.len());
-    // redb stops after a failed write (until it is opened again: a restart).
-    server.shutdown().await;
+
+    // Space comes back: the same server stores again (the refused upload), answering only
+    // RESOURCE_EXHAUSTED or UNAVAILABLE until then.
     std::fs::remove_file(&filler).unwrap();
-    {
-        let store = RedbStore::open(&data_dir).unwrap();
-        assert_kept(&store, &acked);
-    }
-    let server = TestServer::start_in(&data_dir, |_| {}).await;
-    let mut client = server.client().await;
     let refused = anatomy(acked.len());
-    let stored = client.upload_anatomy(&refused).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stored = loop {
+        match client.upload_anatomy(&refused).await {
+            Ok(stored) => break stored,
+            Err(e) => {
+                assert!(
+                    matches!(e.code(), Some(Code::ResourceExhausted | Code::Unavailable)),
+                    "{e}"
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not stored in 60 s: {e}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert_eq!(stored.anatomy_id, encoded(&refused).1);
     for id in &acked {
         client.get_anatomy(id).await.unwrap();
     }
     server.shutdown().await;
+    // Nothing acknowledged is lost: every upload, byte for byte, the last one included.
+    let mut all = acked;
+    all.push(stored.anatomy_id);
+    assert_kept(&RedbStore::open(&data_dir).unwrap(), &all);
 }
