@@ -18,7 +18,8 @@
 //!
 //! The redb tables: `plan_owner` maps a plan to its one owner, `anatomy_owners` holds (owner,
 //! anatomy) pairs, `plan_info` each plan's creation time and anatomy, `anatomy_plans` the
-//! (anatomy, plan) pairs and `anatomy_time` when each anatomy was last uploaded.
+//! (anatomy, plan) pairs, `anatomy_time` when each anatomy was last uploaded, and
+//! `request_plan` / `plan_request` a CreatePlan's request key and its plan, both ways.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,8 +77,9 @@ impl Purged {
 
 /// What every store guarantees (tested against both by `tests/tests/store_suite.rs`): a write
 /// is durable when it returns `Ok`; the same anatomy put twice, even at the same moment from two
-/// servers, is stored once; a full store answers [`ServiceError::StorageFull`], an unreachable
-/// one [`ServiceError::Unavailable`]; ids are ordered bytewise.
+/// servers, is stored once, and so is a plan put twice under one request key; a full store
+/// answers [`ServiceError::StorageFull`], an unreachable one [`ServiceError::Unavailable`];
+/// ids are ordered bytewise.
 pub trait Store: Send + Sync {
     /// Whether the store answers now (cheap: the health service asks every
     /// `--health-check-ms`). redb: a read transaction; PostgreSQL: `SELECT 1` on a pooled

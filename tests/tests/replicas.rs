@@ -149,6 +149,23 @@ async fn the_same_request_id_on_a_redb_server_is_one_plan() {
         .unwrap()
         .anatomy_id;
     let plan_ids = same_request_id_is_one_plan(&[&server; 4], &anatomy_id).await;
+    // A key that is not visible ASCII, or too long: refused, naming the field.
+    for bad in ["has space".to_owned(), "k".repeat(129)] {
+        let status = server
+            .raw()
+            .await
+            .create_plan(pb::CreatePlanRequest {
+                request_id: bad,
+                ..convert::create_plan_request_to_pb(
+                    pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.clone()),
+                    &default_request(None),
+                )
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("request_id"), "{status:?}");
+    }
     let listed = server.client().await.list_plans(100, "").await.unwrap();
     let stored: BTreeSet<String> = listed.plans.into_iter().map(|p| p.plan_id).collect();
     assert_eq!(stored, plan_ids, "the plans stored");
