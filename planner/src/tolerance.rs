@@ -47,7 +47,7 @@ use rayon::prelude::*;
 
 use crate::balloon::BalloonFit;
 use crate::error::PlanError;
-use crate::evaluate::{measure, Measurement, SideContext};
+use crate::evaluate::{margin_codes, measure, Measurement, SideContext};
 use crate::keepout::{KeepOut, KeepOutKind};
 use crate::math::{Point, Pose, Real, Rotation3, Translation3, Vector};
 use crate::plan::{NavigationTolerance, Reason, ReasonCode};
@@ -365,20 +365,23 @@ pub fn margin_violation(
     let start = motion_lps * (m.bone_entry_lps + u * m.docking_zone_mm.min(t_tip));
     let bone = &ctx.vertebra.bone;
     let r = ctx.instrument.cannula_radius_mm();
-    let cortex = if bone.contains_point(&tip) {
-        bone.distance_to_segment(&start, &tip) - r
+    let margin = ctx.safety.cortex_margin_mm;
+    // `cortex < margin` with `cortex` the clearance less the radius, as `measure` has it; the
+    // segment's verdict by a walk that stops at it (`ClearanceMesh::segment_within`).
+    let breached = if bone.contains_point(&tip) {
+        bone.segment_within(&start, &tip, |d| d - r < margin)
     } else {
-        -bone.distance_to_point(&tip) - r
+        -bone.distance_to_point(&tip) - r < margin
     };
-    if cortex < ctx.safety.cortex_margin_mm {
+    if breached {
         return Some((ReasonCode::CortexMarginViolated, "cannula"));
     }
-    let moved = measure(ctx, &from, &tip);
-    moved
-        .violations
-        .iter()
-        .find(|v| is_margin_violation(v.code) && v.code != ReasonCode::CortexMarginViolated)
-        .map(|v| (v.code, "cannula"))
+    // `measure`'s other margin codes, in its order, without what it decides under the docking
+    // zone and the incidence (`evaluate::margin_codes`).
+    margin_codes(ctx, &from, &tip)
+        .into_iter()
+        .find(|&code| is_margin_violation(code) && code != ReasonCode::CortexMarginViolated)
+        .map(|code| (code, "cannula"))
 }
 
 /// The balloon's margins (`balloon::options`) after `motion_lps`, the first one violated.
@@ -393,7 +396,8 @@ fn balloon_violation(
     let radius = b.diameter_mm * 0.5;
     if !v.bone.contains_point(&p)
         || !v.bone.contains_point(&d)
-        || v.bone.distance_to_segment(&p, &d) - radius < safety.cortex_margin_mm
+        || v.bone
+            .segment_within(&p, &d, |x| x - radius < safety.cortex_margin_mm)
     {
         return Some((ReasonCode::CortexMarginViolated, "balloon"));
     }
@@ -406,7 +410,8 @@ fn balloon_violation(
         ));
     }
     for k in &ctx.keep_outs {
-        if k.distance_to_segment(&p, &d) - radius < keep_out_margin(safety, k) {
+        let margin = keep_out_margin(safety, k);
+        if k.segment_within(&p, &d, |x| x - radius < margin) {
             let code = match k.kind {
                 KeepOutKind::Canal => ReasonCode::CanalMarginViolated,
                 KeepOutKind::NerveRoot(_) => ReasonCode::NerveRootMarginViolated,
