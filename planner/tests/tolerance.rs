@@ -568,7 +568,7 @@ fn the_fast_margin_recheck_finds_what_the_full_measurement_finds() {
                         checked += 1;
                         violated += fast.is_some() as usize;
                         let u = m.direction_lps.into_inner();
-                        let (from, tip) = (&p * (m.tip_lps - u * 100.0), &p * m.tip_lps);
+                        let (from, tip) = (p * (m.tip_lps - u * 100.0), p * m.tip_lps);
                         assert_eq!(
                             codes_but_docking(margin_codes(&ctx, &from, &tip).into_iter()),
                             codes_but_docking(
