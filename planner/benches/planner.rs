@@ -1,5 +1,6 @@
 //! Planner benchmarks (criterion): exact clearance query, trajectory evaluation, balloon fit,
-//! preparation, bilateral plans, parry's built-in capsule-vs-mesh distance on the same
+//! preparation, bilateral plans (the mean L3; a synthetic T8 with ribs and pleura, with and
+//! without the extrapedicular fallback), parry's built-in capsule-vs-mesh distance on the same
 //! candidates, and the preparation of a ~1M-triangle vertebra.
 //!
 //! `cargo bench -p kyphoplan-planner --bench planner`. Real meshes come from `../shared/anatomy`
@@ -14,6 +15,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use kyphoplan_planner::clearance::parry_builtin::{comparison_segments, ParryMesh};
 use kyphoplan_planner::evaluate::{measure, RouteRule, SideContext};
 use kyphoplan_planner::math::{point, Pose};
+use kyphoplan_planner::request::{Approach, Procedure};
 use kyphoplan_planner::*;
 
 #[path = "support/mod.rs"]
@@ -222,6 +224,35 @@ fn benches(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // A thoracic level (issue 15): the mean T8 with its ribs and pleura, prepared, planned
+    // with the default approach and with the extrapedicular one as the fallback.
+    let t8 = PreparedAnatomy::prepare(
+        synth::spine_with(
+            &[Level::T8],
+            &Pose::identity(),
+            &synth::SpineOptions {
+                with_soft_tissue: false,
+                with_ribs_and_pleura: true,
+            },
+        )
+        .0,
+        &options,
+    )
+    .expect("prepare T8");
+    let t8_fallbacks = req
+        .clone()
+        .with_procedure(
+            Procedure::Kyphoplasty,
+            vec![Approach::BilateralTranspedicular, Approach::Extrapedicular],
+        )
+        .unwrap();
+    g.bench_function("thoracic_prepared/synthetic-T8-ribs-pleura", |bch| {
+        bch.iter(|| black_box(kyphoplan_planner::plan(&t8, &req).unwrap()))
+    });
+    g.bench_function(
+        "thoracic_prepared_with_extrapedicular/synthetic-T8-ribs-pleura",
+        |bch| bch.iter(|| black_box(kyphoplan_planner::plan(&t8, &t8_fallbacks).unwrap())),
+    );
     let five = five_levels_input();
     g.sample_size(10);
     g.bench_function("five_levels_from_raw", |bch| {

@@ -1,6 +1,7 @@
 //! Plan the mean L3 of ../shared/anatomy REPS times (a development aid for profiling, e.g.
 //! `perf stat -e instructions:u`, with RAYON_NUM_THREADS=1 for a count that does not depend on
-//! the machine's load).
+//! the machine's load). With `EVALUATE` set: plan once, then evaluate (with the tolerance) the
+//! planned sides REPS times each.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -29,6 +30,34 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    if std::env::var_os("EVALUATE").is_some() {
+        // The console's evaluate (measurement and tolerance) of the planned trajectories,
+        // REPS times each.
+        let p = plan(&a, &req).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            for s in &p.levels[0].sides {
+                if let Some(tr) = &s.trajectory {
+                    let e = evaluate(
+                        &a,
+                        Level::L3,
+                        s.side,
+                        tr.bone_entry_mm,
+                        tr.target_mm,
+                        req.instrument(),
+                        req.safety(),
+                    )
+                    .unwrap();
+                    std::hint::black_box(e);
+                }
+            }
+        }
+        eprintln!(
+            "{reps} x evaluate of the planned sides in {:?}",
+            t.elapsed()
+        );
+        return;
+    }
     let t = std::time::Instant::now();
     let mut last = None;
     for _ in 0..reps {

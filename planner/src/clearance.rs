@@ -464,6 +464,46 @@ impl ClearanceMesh {
             .map_or(f64::INFINITY, |(_, d)| d)
     }
 
+    /// Whether some triangle's [`segment_triangle_distance`] to the segment `a-b` satisfies
+    /// `within`, which must be monotone (true for a distance, true for every smaller one; e.g.
+    /// `|d| d - radius < margin`). The same answer as `within(self.distance_to_segment(a, b))`,
+    /// since the minimum satisfies a monotone test exactly when some triangle does; but the walk
+    /// stops at the first triangle that satisfies it and prunes every box whose lower bound
+    /// does not, which is much less work than the exact minimum when only a margin's verdict is
+    /// needed (the tolerance's re-checks).
+    pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(f64) -> bool) -> bool {
+        let aa = arr(a);
+        let d = varr(&(b - a));
+        let seg_lo = arr(&a.inf(b));
+        let seg_hi = arr(&a.sup(b));
+        let mut found = false;
+        self.bvh.traverse(|node| {
+            let (lo, hi) = node_box(node);
+            let mut g2 = 0.0;
+            for i in 0..3 {
+                let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
+                g2 += g * g;
+            }
+            if !within(conservative(g2.sqrt()))
+                || !within(conservative(segment_aabb_distance(&aa, &d, &lo, &hi)))
+            {
+                return TraversalAction::Prune;
+            }
+            if let Some(leaf) = node.leaf_data() {
+                if within(segment_triangle_distance(
+                    a,
+                    b,
+                    &self.corners[leaf as usize],
+                )) {
+                    found = true;
+                    return TraversalAction::EarlyExit;
+                }
+            }
+            TraversalAction::Continue
+        });
+        found
+    }
+
     /// Is `p` inside the closed solid? (false for open meshes)
     ///
     /// Counts crossings of a ray along a fixed oblique direction; if a crossing is within

@@ -398,28 +398,84 @@ pub fn balloon_room_ml(
             .copied()
             .fold(0.0, Real::min);
     let n = ((s_hi - s_lo) / step).ceil() as usize;
-    let bone: Vec<Real> = (0..=n)
-        .map(|k| bone_behind_tip(s_lo + k as Real * step))
-        .collect();
-    let mut best: Real = 0.0;
-    for &offset in &BALLOON_DISTAL_OFFSETS_MM {
-        for &len in lengths_mm {
-            // The capsule's axis from `-offset` (distal) to `len - offset` behind the tip: the
-            // samples within it, and its ends.
-            let (a, b) = (-offset, len - offset);
-            let k0 = ((a - s_lo) / step).floor().max(0.0) as usize;
-            let k1 = (((b - s_lo) / step).ceil() as usize).min(n);
-            let near = bone[k0..=k1]
-                .iter()
-                .copied()
-                .fold(Real::INFINITY, Real::min);
-            let r = (near - margin_mm)
-                .min(wall_behind_tip(b) - margin_mm)
-                .min(midline_behind_tip(a).min(midline_behind_tip(b)) - 0.5 * BALLOON_GAP_MM);
-            let d = floor_diameter_step((2.0 * r).min(max_diameter_mm));
-            if d >= MIN_BALLOON_DIAMETER_MM {
-                best = best.max(capsule_volume_ml(len, d));
+    // The samples, taken only when a capsule needs them (NaN: not yet), on the stack for the
+    // usual lengths. Each capsule's volume is the same function of the same samples as over
+    // every sample; what is skipped below cannot change the largest.
+    let mut on_stack = [Real::NAN; 128];
+    let mut on_heap = Vec::new();
+    let bone: &mut [Real] = if n < on_stack.len() {
+        &mut on_stack[..=n]
+    } else {
+        on_heap.resize(n + 1, Real::NAN);
+        &mut on_heap
+    };
+    // A capsule's axis from `-offset` (distal) to `len - offset` behind the tip; its room by the
+    // posterior wall and the midline (no grid), of which its room is at most.
+    let ends = |offset: Real, len: Real| (-offset, len - offset);
+    let room_without_bone = |a: Real, b: Real| {
+        (wall_behind_tip(b) - margin_mm)
+            .min(midline_behind_tip(a).min(midline_behind_tip(b)) - 0.5 * BALLOON_GAP_MM)
+    };
+    // The volume of a capsule of `len` whose radius is at most `r`: an upper bound of its
+    // volume (the diameter step, the cap and the volume all grow with `r`).
+    let volume_at_most = |len: Real, r: Real| {
+        let d = floor_diameter_step((2.0 * r).min(max_diameter_mm));
+        if d >= MIN_BALLOON_DIAMETER_MM {
+            capsule_volume_ml(len, d)
+        } else {
+            0.0
+        }
+    };
+    let capsules = BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .flat_map(|&offset| lengths_mm.iter().map(move |&len| (offset, len)));
+    let bound_ml = |(offset, len): (Real, Real)| {
+        let (a, b) = ends(offset, len);
+        volume_at_most(len, room_without_bone(a, b))
+    };
+    // The capsule with the largest bound first, so that the bound of most others is at most
+    // the best volume found and they are skipped (the largest volume is the same in any order).
+    let first = capsules
+        .clone()
+        .fold(None, |acc: Option<((Real, Real), Real)>, c| {
+            let v = bound_ml(c);
+            match acc {
+                Some((_, best)) if best >= v => acc,
+                _ => Some((c, v)),
             }
+        })
+        .map(|(c, _)| c);
+    let mut best: Real = 0.0;
+    for (offset, len) in first.into_iter().chain(capsules) {
+        if bound_ml((offset, len)) <= best {
+            continue;
+        }
+        // The samples within the capsule's axis, and its ends.
+        let (a, b) = ends(offset, len);
+        let k0 = ((a - s_lo) / step).floor().max(0.0) as usize;
+        let k1 = (((b - s_lo) / step).ceil() as usize).min(n);
+        let mut near = Real::INFINITY;
+        let mut beaten = false;
+        for (k, sample) in bone.iter_mut().enumerate().take(k1 + 1).skip(k0) {
+            if sample.is_nan() {
+                *sample = bone_behind_tip(s_lo + k as Real * step);
+            }
+            near = near.min(*sample);
+            // The capsule's radius is at most `near - margin` from here on.
+            if volume_at_most(len, near - margin_mm) <= best {
+                beaten = true;
+                break;
+            }
+        }
+        if beaten {
+            continue;
+        }
+        let r = (near - margin_mm)
+            .min(wall_behind_tip(b) - margin_mm)
+            .min(midline_behind_tip(a).min(midline_behind_tip(b)) - 0.5 * BALLOON_GAP_MM);
+        let d = floor_diameter_step((2.0 * r).min(max_diameter_mm));
+        if d >= MIN_BALLOON_DIAMETER_MM {
+            best = best.max(capsule_volume_ml(len, d));
         }
     }
     best

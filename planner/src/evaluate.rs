@@ -462,6 +462,45 @@ pub struct SideContext<'a> {
 /// Measure the straight cannula whose axis runs from `from_lps` (any point on the approach behind
 /// the tip) to `tip_lps`, on `side` of `vertebra`. The two must differ.
 pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Measurement {
+    measure_scoped(ctx, from_lps, tip_lps, Scope::Full)
+}
+
+/// The codes of the violations [`measure`] reports on the line from `from_lps` to `tip_lps`,
+/// in its order, but for the ones it decides under the docking zone and the entry incidence:
+/// the cortex clearance from the end of the docking zone to the tip and
+/// `ENTRY_INCIDENCE_TOO_STEEP` are not judged (the route rules the tolerance's re-check leaves
+/// out, `tolerance::margin_violation`). The same decisions by the same exact queries, without
+/// the docking surface, the cortex distance and the score's grid terms, and with the
+/// keep-outs' margins decided by [`KeepOut::segment_within`] (a walk that stops at the
+/// verdict) instead of their exact distances; `planner/tests/tolerance.rs` checks the codes
+/// against [`measure`]'s on many perturbed lines.
+pub fn margin_codes(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Vec<ReasonCode> {
+    measure_scoped(ctx, from_lps, tip_lps, Scope::Margins)
+        .violations
+        .iter()
+        .map(|v| v.code)
+        .collect()
+}
+
+/// How much of a [`Measurement`] [`measure_scoped`] computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Everything.
+    Full,
+    /// Only the violations [`margin_codes`] returns; the other fields are placeholders (the
+    /// keep-out clearances are -inf where the margin is violated, +inf elsewhere), never
+    /// returned.
+    Margins,
+}
+
+/// [`measure`], or with [`Scope::Margins`] the part [`margin_codes`] needs.
+fn measure_scoped(
+    ctx: &SideContext<'_>,
+    from_lps: &Point,
+    tip_lps: &Point,
+    scope: Scope,
+) -> Measurement {
+    let full = scope == Scope::Full;
     let SideContext {
         anatomy,
         vertebra,
@@ -620,7 +659,11 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
             {
                 continue;
             }
-            if other.bone.distance_to_segment(&tail_lps, &outside_end_lps) <= 0.0 {
+            // `distance_to_segment(..) <= 0.0`, walked only as far as the verdict needs.
+            if other
+                .bone
+                .segment_within(&tail_lps, &outside_end_lps, |d| d <= 0.0)
+            {
                 violations.push(reason(
                     ReasonCode::NotThroughPedicle,
                     format!("the approach passes through the bone of {}", other.level),
@@ -637,94 +680,101 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     let dir_vertebra = lps_to_vertebra.rotation * dir_lps.into_inner();
     let entry_vertebra = lps_to_vertebra * bone_entry_lps;
     let bone_grid = GridSampler::bone(&vertebra.bone_sdf, frame.vertebra_to_grid());
-    // Incidence on the exact surface under the cannula's footprint (the distance grid's
-    // gradient only if no triangle faces the axis there, which an entry on the mesh rules out).
-    let normal_lps = bone.footprint_normal(&bone_entry_lps, dir_lps.as_ref(), r);
-    let cos_incidence = match normal_lps {
-        Some(n) => -n.dot(dir_lps.as_ref()),
-        None => entry_incidence_cos(&bone_grid, &entry_vertebra, &dir_vertebra),
-    }
-    .clamp(-1.0, 1.0);
-    let incidence_deg = cos_incidence.acos().to_degrees();
-    let max_incidence_deg = safety.max_entry_incidence_deg;
-    if t_entry.is_some() && incidence_deg > max_incidence_deg && !extrapedicular {
-        violations.push(incidence_too_steep(
-            "meets the bone",
-            incidence_deg,
-            max_incidence_deg,
-        ));
-    }
-    let drop_mm = normal_lps.map_or(0.0, |n| {
-        let footprint = docking_footprint_mm(instrument, safety, cos_incidence);
-        bone.surface_drop_mm(&bone_entry_lps, &n, dir_lps.as_ref(), footprint)
-    });
-    let zone = docking_zone_mm(instrument, safety, cos_incidence, drop_mm);
-    let mut t_start = cortex_start(t_entry.unwrap_or(0.0), zone);
-    let mut incidence_deg = incidence_deg;
-    let mut zone = zone;
-    if let Some(e) = &ep {
-        // Extrapedicular: the incidence limit holds where the cannula docks (on the rib, or
-        // at the costotransverse junction on the vertebra) and again where it meets the body's
-        // cortex after the rib-pedicle gap; the cortex margin applies from the end of the body
-        // entry's docking zone to the tip.
-        let incidence = |mesh: &crate::clearance::ClearanceMesh, at: &Point| {
-            let n = mesh.footprint_normal(at, dir_lps.as_ref(), r);
-            // No face under the footprint: taken as grazing (90 degrees), refused.
-            let cos = n.map_or(0.0, |n| -n.dot(dir_lps.as_ref())).clamp(-1.0, 1.0);
-            (n, cos)
-        };
-        let rib = anatomy.rib(vertebra.level, side);
-        let dock_mesh = match rib {
-            Some(k) if e.dock_on_rib => &k.clearance,
-            _ => bone,
-        };
-        let (_, cos_dock) = incidence(dock_mesh, &bone_entry_lps);
-        incidence_deg = cos_dock.acos().to_degrees();
-        let t_body = e.t_body.unwrap_or(0.0);
-        let body_entry_lps = tip_lps + dir_lps.into_inner() * t_body;
-        let (n_body, cos_body) = incidence(bone, &body_entry_lps);
-        let body_deg = cos_body.acos().to_degrees();
-        for (what, deg) in [
-            ("docks on the bone", incidence_deg),
-            ("enters the vertebral body", body_deg),
-        ] {
-            if e.t_dock.is_some() && deg > max_incidence_deg {
-                violations.push(incidence_too_steep(what, deg, max_incidence_deg));
-            }
+    // The docking surface, the incidence and the cortex clearance (not for the margin codes:
+    // `Scope::Margins`).
+    let (incidence_deg, zone, cortex) = if full {
+        // Incidence on the exact surface under the cannula's footprint (the distance grid's
+        // gradient only if no triangle faces the axis there, which an entry on the mesh rules out).
+        let normal_lps = bone.footprint_normal(&bone_entry_lps, dir_lps.as_ref(), r);
+        let cos_incidence = match normal_lps {
+            Some(n) => -n.dot(dir_lps.as_ref()),
+            None => entry_incidence_cos(&bone_grid, &entry_vertebra, &dir_vertebra),
         }
-        let drop_body = n_body.map_or(0.0, |n| {
-            let footprint = docking_footprint_mm(instrument, safety, cos_body);
-            bone.surface_drop_mm(&body_entry_lps, &n, dir_lps.as_ref(), footprint)
+        .clamp(-1.0, 1.0);
+        let incidence_deg = cos_incidence.acos().to_degrees();
+        let max_incidence_deg = safety.max_entry_incidence_deg;
+        if t_entry.is_some() && incidence_deg > max_incidence_deg && !extrapedicular {
+            violations.push(incidence_too_steep(
+                "meets the bone",
+                incidence_deg,
+                max_incidence_deg,
+            ));
+        }
+        let drop_mm = normal_lps.map_or(0.0, |n| {
+            let footprint = docking_footprint_mm(instrument, safety, cos_incidence);
+            bone.surface_drop_mm(&bone_entry_lps, &n, dir_lps.as_ref(), footprint)
         });
-        zone = docking_zone_mm(instrument, safety, cos_body, drop_body);
-        t_start = cortex_start(t_body, zone);
-    }
-    let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
-    let cortex = if !tip_inside {
-        -bone.distance_to_point(tip_lps) - r
-    } else {
-        bone.distance_to_segment(&cortex_from_lps, tip_lps) - r
-    };
-    if cortex < safety.cortex_margin_mm {
-        let msg = if cortex < 0.0 {
-            format!(
-                "the cannula breaches the cortex by {:.1} mm (Gertzbein-Robbins grade {})",
-                -cortex,
-                breach_grade(-cortex)
-            )
+        let zone = docking_zone_mm(instrument, safety, cos_incidence, drop_mm);
+        let mut t_start = cortex_start(t_entry.unwrap_or(0.0), zone);
+        let mut incidence_deg = incidence_deg;
+        let mut zone = zone;
+        if let Some(e) = &ep {
+            // Extrapedicular: the incidence limit holds where the cannula docks (on the rib, or
+            // at the costotransverse junction on the vertebra) and again where it meets the body's
+            // cortex after the rib-pedicle gap; the cortex margin applies from the end of the body
+            // entry's docking zone to the tip.
+            let incidence = |mesh: &crate::clearance::ClearanceMesh, at: &Point| {
+                let n = mesh.footprint_normal(at, dir_lps.as_ref(), r);
+                // No face under the footprint: taken as grazing (90 degrees), refused.
+                let cos = n.map_or(0.0, |n| -n.dot(dir_lps.as_ref())).clamp(-1.0, 1.0);
+                (n, cos)
+            };
+            let rib = anatomy.rib(vertebra.level, side);
+            let dock_mesh = match rib {
+                Some(k) if e.dock_on_rib => &k.clearance,
+                _ => bone,
+            };
+            let (_, cos_dock) = incidence(dock_mesh, &bone_entry_lps);
+            incidence_deg = cos_dock.acos().to_degrees();
+            let t_body = e.t_body.unwrap_or(0.0);
+            let body_entry_lps = tip_lps + dir_lps.into_inner() * t_body;
+            let (n_body, cos_body) = incidence(bone, &body_entry_lps);
+            let body_deg = cos_body.acos().to_degrees();
+            for (what, deg) in [
+                ("docks on the bone", incidence_deg),
+                ("enters the vertebral body", body_deg),
+            ] {
+                if e.t_dock.is_some() && deg > max_incidence_deg {
+                    violations.push(incidence_too_steep(what, deg, max_incidence_deg));
+                }
+            }
+            let drop_body = n_body.map_or(0.0, |n| {
+                let footprint = docking_footprint_mm(instrument, safety, cos_body);
+                bone.surface_drop_mm(&body_entry_lps, &n, dir_lps.as_ref(), footprint)
+            });
+            zone = docking_zone_mm(instrument, safety, cos_body, drop_body);
+            t_start = cortex_start(t_body, zone);
+        }
+        let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
+        let cortex = if !tip_inside {
+            -bone.distance_to_point(tip_lps) - r
         } else {
-            format!(
-                "the cannula comes within {cortex:.2} mm of the bone surface (cortex margin {} mm)",
-                safety.cortex_margin_mm
-            )
+            bone.distance_to_segment(&cortex_from_lps, tip_lps) - r
         };
-        violations.push(reason(
-            ReasonCode::CortexMarginViolated,
-            msg,
-            Some(cortex),
-            Some(safety.cortex_margin_mm),
-        ));
-    }
+        if cortex < safety.cortex_margin_mm {
+            let msg = if cortex < 0.0 {
+                format!(
+                    "the cannula breaches the cortex by {:.1} mm (Gertzbein-Robbins grade {})",
+                    -cortex,
+                    breach_grade(-cortex)
+                )
+            } else {
+                format!(
+                    "the cannula comes within {cortex:.2} mm of the bone surface (cortex margin {} mm)",
+                    safety.cortex_margin_mm
+                )
+            };
+            violations.push(reason(
+                ReasonCode::CortexMarginViolated,
+                msg,
+                Some(cortex),
+                Some(safety.cortex_margin_mm),
+            ));
+        }
+        (incidence_deg, zone, cortex)
+    } else {
+        (Real::NAN, Real::NAN, Real::NAN)
+    };
 
     // The transpedicular route: through the isthmus, inside its bony outline by the cortex
     // margin, from a bone entry behind it. The cortex clearance above starts only after the
@@ -761,7 +811,20 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
     let mut root = Real::INFINITY;
     let mut forbidden: Option<Real> = None;
     for k in keep_outs {
-        let d = k.distance_to_segment(&tail_lps, tip_lps) - r;
+        let d = if full {
+            k.distance_to_segment(&tail_lps, tip_lps) - r
+        } else {
+            // Only the verdict `d < margin` below: -inf where it holds, +inf elsewhere.
+            let margin = match k.kind {
+                KeepOutKind::Canal | KeepOutKind::Forbidden => safety.canal_margin_mm,
+                KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+            };
+            if k.segment_within(&tail_lps, tip_lps, |d| d - r < margin) {
+                Real::NEG_INFINITY
+            } else {
+                Real::INFINITY
+            }
+        };
         match k.kind {
             KeepOutKind::Canal => canal = canal.min(d),
             KeepOutKind::NerveRoot(_) => root = root.min(d),
@@ -879,8 +942,9 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         0.0,
         -t_entry.unwrap_or(0.0),
     );
-    // Centring in, and alignment with, the pedicle do not apply to a path beside it.
-    let in_pedicle = in_pedicle.filter(|_| !extrapedicular);
+    // Centring in, and alignment with, the pedicle do not apply to a path beside it (nor
+    // to the margin codes).
+    let in_pedicle = in_pedicle.filter(|_| !extrapedicular && full);
     let centring = match in_pedicle {
         Some((a, b)) => {
             let (a, b) = (
@@ -893,14 +957,18 @@ pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Meas
         }
         None => 0.0,
     };
-    let balloon_room = balloon_room_ml(
-        &instrument.balloon_lengths_mm,
-        instrument.balloon_max_diameter_mm,
-        safety.cortex_margin_mm,
-        |s| bone_grid.at(&(tip_vertebra - dir_vertebra * s)),
-        |s| frame.posterior_wall_y_mm - (tip_vertebra - dir_vertebra * s).y,
-        |s| side.sign() * (tip_vertebra - dir_vertebra * s).x,
-    );
+    let balloon_room = if full {
+        balloon_room_ml(
+            &instrument.balloon_lengths_mm,
+            instrument.balloon_max_diameter_mm,
+            safety.cortex_margin_mm,
+            |s| bone_grid.at(&(tip_vertebra - dir_vertebra * s)),
+            |s| frame.posterior_wall_y_mm - (tip_vertebra - dir_vertebra * s).y,
+            |s| side.sign() * (tip_vertebra - dir_vertebra * s).x,
+        )
+    } else {
+        Real::NAN
+    };
     Measurement {
         bone_entry_lps,
         tip_lps: *tip_lps,

@@ -74,6 +74,17 @@ impl KeepOut {
         self.clearance.distance_to_segment(a, b)
     }
 
+    /// `within(self.distance_to_segment(a, b))` for a monotone `within`, walked only as far
+    /// as the verdict needs ([`crate::clearance::ClearanceMesh::segment_within`]).
+    pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(Real) -> bool) -> bool {
+        if self.clearance.is_closed()
+            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
+        {
+            return within(0.0);
+        }
+        self.clearance.segment_within(a, b, within)
+    }
+
     pub fn summary(&self, margin_mm: Real) -> KeepOutSummary {
         KeepOutSummary {
             kind: self.kind.name().to_string(),

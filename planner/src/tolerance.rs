@@ -47,7 +47,7 @@ use rayon::prelude::*;
 
 use crate::balloon::BalloonFit;
 use crate::error::PlanError;
-use crate::evaluate::{measure, Measurement, SideContext};
+use crate::evaluate::{margin_codes, measure, Measurement, SideContext};
 use crate::keepout::{KeepOut, KeepOutKind};
 use crate::math::{Point, Pose, Real, Rotation3, Translation3, Vector};
 use crate::plan::{NavigationTolerance, Reason, ReasonCode};
@@ -107,7 +107,13 @@ pub struct Profile<'a> {
     entry_lps: Point,
     dir_lps: Vector,
     pub spans: Vec<Span<'a>>,
+    /// How many of `spans` (the first ones) are the cannula's; the balloon's follow.
+    cannula_spans: usize,
 }
+
+/// Exact slacks of the pieces measured so far, by (span index, bits of `a`, bits of `b`): a
+/// piece is measured once however often the certificates of one profile ask for it.
+type Measured = std::collections::HashMap<(usize, u64, u64), Real>;
 
 fn keep_out_margin(safety: &Safety, k: &KeepOut) -> Real {
     match k.kind {
@@ -158,6 +164,7 @@ impl<'a> Profile<'a> {
                 what: keep_out_what(k, false),
             });
         }
+        let cannula_spans = spans.len();
         if let Some(b) = balloon {
             let (t0, t1) = (along(&b.proximal), along(&b.distal));
             let radius_mm = b.diameter_mm * 0.5;
@@ -190,6 +197,7 @@ impl<'a> Profile<'a> {
             entry_lps: e,
             dir_lps: u,
             spans,
+            cannula_spans,
         }
     }
 
@@ -222,16 +230,32 @@ impl<'a> Profile<'a> {
     /// increase when a piece's slack decreases or its lever grows, so each piece's value is a
     /// lower bound over its points. Returns the bound and the span that limits it.
     fn refine(&self, bound: impl Fn(Real, Real) -> Real) -> (Real, &'static str) {
-        let value = |s: &Span<'_>, a: Real, b: Real| {
+        self.refine_spans(self.spans.len(), &mut Measured::new(), bound)
+    }
+
+    /// [`Profile::slack_mm`] of the piece `[a, b]` of span `i`, measured once per `memo`.
+    fn slack_memo(&self, memo: &mut Measured, i: usize, a: Real, b: Real) -> Real {
+        *memo
+            .entry((i, a.to_bits(), b.to_bits()))
+            .or_insert_with(|| self.slack_mm(&self.spans[i], a, b))
+    }
+
+    /// [`Profile::refine`] over the first `n` spans, the pieces' slacks through `memo`.
+    fn refine_spans(
+        &self,
+        n: usize,
+        memo: &mut Measured,
+        bound: impl Fn(Real, Real) -> Real,
+    ) -> (Real, &'static str) {
+        let mut value = |i: usize, a: Real, b: Real| {
             let lever = a.abs().max(b.abs());
-            bound(self.slack_mm(s, a, b), lever)
+            bound(self.slack_memo(memo, i, a, b), lever)
         };
         // (value, span index, a, b)
-        let mut pieces: Vec<(Real, usize, Real, Real)> = self
-            .spans
+        let mut pieces: Vec<(Real, usize, Real, Real)> = self.spans[..n]
             .iter()
             .enumerate()
-            .map(|(i, s)| (value(s, s.t0, s.t1), i, s.t0, s.t1))
+            .map(|(i, s)| (value(i, s.t0, s.t1), i, s.t0, s.t1))
             .collect();
         let mut measured = pieces.len();
         loop {
@@ -246,19 +270,37 @@ impl<'a> Profile<'a> {
                 return (v, self.spans[i].what);
             }
             let m = 0.5 * (a + b);
-            let s = &self.spans[i];
-            pieces[k] = (value(s, a, m), i, a, m);
-            pieces.push((value(s, m, b), i, m, b));
+            pieces[k] = (value(i, a, m), i, a, m);
+            pieces.push((value(i, m, b), i, m, b));
             measured += 2;
         }
     }
 
     /// The certified tolerances: pure translation and pure rotation about the bone entry.
     pub fn certificate(&self) -> Certificate {
-        let (translation, t_what) = self
-            .spans
+        self.certificate_of(self.spans.len(), &mut Measured::new())
+    }
+
+    /// The certificates of the whole profile (cannula and balloon) and of the cannula alone
+    /// (its spans are the profile's first ones): the same as [`Profile::certificate`] of a
+    /// profile with the balloon and of one without, but each piece measured once.
+    pub fn certificates(&self) -> (Certificate, Certificate) {
+        let mut memo = Measured::new();
+        let all = self.certificate_of(self.spans.len(), &mut memo);
+        let cannula = if self.cannula_spans == self.spans.len() {
+            all
+        } else {
+            self.certificate_of(self.cannula_spans, &mut memo)
+        };
+        (all, cannula)
+    }
+
+    /// The certificate of the first `n` spans.
+    fn certificate_of(&self, n: usize, memo: &mut Measured) -> Certificate {
+        let (translation, t_what) = self.spans[..n]
             .iter()
-            .map(|s| (self.slack_mm(s, s.t0, s.t1), s.what))
+            .enumerate()
+            .map(|(i, s)| (self.slack_memo(memo, i, s.t0, s.t1), s.what))
             .fold((Real::INFINITY, "nothing"), |best, x| {
                 if x.0 < best.0 {
                     x
@@ -269,7 +311,7 @@ impl<'a> Profile<'a> {
         let (rotation_rad, r_what) = if translation < 0.0 {
             (0.0, t_what)
         } else {
-            self.refine(|slack, lever| {
+            self.refine_spans(n, memo, |slack, lever| {
                 if lever <= 1e-9 {
                     if slack >= 0.0 {
                         Real::INFINITY
@@ -365,20 +407,23 @@ pub fn margin_violation(
     let start = motion_lps * (m.bone_entry_lps + u * m.docking_zone_mm.min(t_tip));
     let bone = &ctx.vertebra.bone;
     let r = ctx.instrument.cannula_radius_mm();
-    let cortex = if bone.contains_point(&tip) {
-        bone.distance_to_segment(&start, &tip) - r
+    let margin = ctx.safety.cortex_margin_mm;
+    // `cortex < margin` with `cortex` the clearance less the radius, as `measure` has it; the
+    // segment's verdict by a walk that stops at it (`ClearanceMesh::segment_within`).
+    let breached = if bone.contains_point(&tip) {
+        bone.segment_within(&start, &tip, |d| d - r < margin)
     } else {
-        -bone.distance_to_point(&tip) - r
+        -bone.distance_to_point(&tip) - r < margin
     };
-    if cortex < ctx.safety.cortex_margin_mm {
+    if breached {
         return Some((ReasonCode::CortexMarginViolated, "cannula"));
     }
-    let moved = measure(ctx, &from, &tip);
-    moved
-        .violations
-        .iter()
-        .find(|v| is_margin_violation(v.code) && v.code != ReasonCode::CortexMarginViolated)
-        .map(|v| (v.code, "cannula"))
+    // `measure`'s other margin codes, in its order, without what it decides under the docking
+    // zone and the incidence (`evaluate::margin_codes`).
+    margin_codes(ctx, &from, &tip)
+        .into_iter()
+        .find(|&code| is_margin_violation(code) && code != ReasonCode::CortexMarginViolated)
+        .map(|code| (code, "cannula"))
 }
 
 /// The balloon's margins (`balloon::options`) after `motion_lps`, the first one violated.
@@ -393,7 +438,8 @@ fn balloon_violation(
     let radius = b.diameter_mm * 0.5;
     if !v.bone.contains_point(&p)
         || !v.bone.contains_point(&d)
-        || v.bone.distance_to_segment(&p, &d) - radius < safety.cortex_margin_mm
+        || v.bone
+            .segment_within(&p, &d, |x| x - radius < safety.cortex_margin_mm)
     {
         return Some((ReasonCode::CortexMarginViolated, "balloon"));
     }
@@ -406,7 +452,8 @@ fn balloon_violation(
         ));
     }
     for k in &ctx.keep_outs {
-        if k.distance_to_segment(&p, &d) - radius < keep_out_margin(safety, k) {
+        let margin = keep_out_margin(safety, k);
+        if k.segment_within(&p, &d, |x| x - radius < margin) {
             let code = match k.kind {
                 KeepOutKind::Canal => ReasonCode::CanalMarginViolated,
                 KeepOutKind::NerveRoot(_) => ReasonCode::NerveRootMarginViolated,
@@ -489,11 +536,9 @@ pub fn navigation_tolerance(
     balloon: Option<&BalloonFit>,
 ) -> NavigationTolerance {
     let profile = Profile::new(ctx, m, balloon);
-    let cert = profile.certificate();
-    let cannula = match balloon {
-        Some(_) => Profile::new(ctx, m, None).certificate(),
-        None => cert,
-    };
+    // The cannula's spans are the profile's first ones: the same as
+    // `Profile::new(ctx, m, None).certificate()`, its pieces measured once for both.
+    let (cert, cannula) = profile.certificates();
     let probability = if !m.violations.iter().any(|v| is_margin_violation(v.code)) {
         violation_probability(
             &profile,

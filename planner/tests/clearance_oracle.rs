@@ -156,6 +156,21 @@ proptest! {
         prop_assert!((fast - slow).abs() <= 1e-9, "bvh {fast} brute {slow}");
     }
 
+    /// `segment_within` (the walk that stops at a margin's verdict) says what the brute-force
+    /// distance says, for thresholds around it (above, below, and at it exactly).
+    #[test]
+    fn segment_within_matches_brute((a, b) in near_segment(), delta in -0.5f64..0.5) {
+        let f = fixture();
+        let slow = brute::distance_to_segment(&f.mesh, &a, &b);
+        for limit in [slow + delta, slow, slow + 1e-12, slow - 1e-12] {
+            let r = 1.5;
+            let fast = f.cm.segment_within(&a, &b, |d| d - r < limit - r);
+            prop_assert_eq!(fast, slow - r < limit - r, "limit {} brute {}", limit, slow);
+            let fast_le = f.cm.segment_within(&a, &b, |d| d <= limit);
+            prop_assert_eq!(fast_le, slow <= limit, "limit {} brute {}", limit, slow);
+        }
+    }
+
     #[test]
     fn point_distance_matches_brute(p in box_point()) {
         let f = fixture();

@@ -205,3 +205,99 @@ fn balloon_room_is_the_largest_capsule_the_walls_allow() {
     assert!((v - capsule_volume_ml(10.0, 8.0)).abs() < 1e-12, "{v}");
     let _ = Point::origin();
 }
+
+/// [`balloon_room_ml`] as it was before issue 13's speed work, the slow obvious oracle: every
+/// sample taken, every capsule measured.
+fn balloon_room_every_sample(
+    lengths_mm: &[f64],
+    max_diameter_mm: f64,
+    margin_mm: f64,
+    bone: impl Fn(f64) -> f64,
+    wall: impl Fn(f64) -> f64,
+    midline: impl Fn(f64) -> f64,
+) -> f64 {
+    use kyphoplan_planner::criteria::{
+        capsule_volume_ml, floor_diameter_step, BALLOON_DISTAL_OFFSETS_MM, BALLOON_GAP_MM,
+        GRID_SAMPLE_STEP_MM, MIN_BALLOON_DIAMETER_MM,
+    };
+    let step = GRID_SAMPLE_STEP_MM;
+    let longest = lengths_mm.iter().copied().fold(0.0, f64::max);
+    let s_lo = -BALLOON_DISTAL_OFFSETS_MM
+        .iter()
+        .copied()
+        .fold(0.0, f64::max);
+    let s_hi = longest
+        - BALLOON_DISTAL_OFFSETS_MM
+            .iter()
+            .copied()
+            .fold(0.0, f64::min);
+    let n = ((s_hi - s_lo) / step).ceil() as usize;
+    let samples: Vec<f64> = (0..=n).map(|k| bone(s_lo + k as f64 * step)).collect();
+    let mut best: f64 = 0.0;
+    for &offset in &BALLOON_DISTAL_OFFSETS_MM {
+        for &len in lengths_mm {
+            let (a, b) = (-offset, len - offset);
+            let k0 = ((a - s_lo) / step).floor().max(0.0) as usize;
+            let k1 = (((b - s_lo) / step).ceil() as usize).min(n);
+            let near = samples[k0..=k1]
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            let r = (near - margin_mm)
+                .min(wall(b) - margin_mm)
+                .min(midline(a).min(midline(b)) - 0.5 * BALLOON_GAP_MM);
+            let d = floor_diameter_step((2.0 * r).min(max_diameter_mm));
+            if d >= MIN_BALLOON_DIAMETER_MM {
+                best = best.max(capsule_volume_ml(len, d));
+            }
+        }
+    }
+    best
+}
+
+/// Issue 13 (speed): `balloon_room_ml` takes the grid samples only where a capsule could still
+/// beat the best one; on random smooth profiles of the bone, the wall and the midline (and
+/// lengths longer than its stack buffer) it gives exactly, bit for bit, what measuring every
+/// capsule over every sample gives.
+#[test]
+fn balloon_room_skips_only_what_cannot_change_it() {
+    use kyphoplan_planner::criteria::balloon_room_ml;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut nonzero = 0;
+    for case in 0..3000 {
+        let lengths: Vec<f64> = match case % 4 {
+            0 => vec![10.0, 15.0, 20.0],
+            1 => vec![20.0, 10.0],
+            2 => vec![12.5],
+            _ => vec![10.0, 80.0],
+        };
+        let (b0, b1, b2, b3) = (
+            2.0 + 8.0 * next(),
+            0.6 * (next() - 0.5),
+            10.0 * next(),
+            2.0 + 10.0 * next(),
+        );
+        let bone = move |s: f64| b0 + b1 * s + 1.5 * ((s - b2) / b3).sin();
+        let (w0, w1) = (5.0 + 30.0 * next(), 0.5 + 0.6 * next());
+        let wall = move |s: f64| w0 - w1 * s;
+        let (m0, m1) = (1.0 + 12.0 * next(), 0.4 * next());
+        let midline = move |s: f64| m0 + m1 * s;
+        let max_d = 10.0 + 8.0 * next();
+        let margin = 0.5 + next();
+        let fast = balloon_room_ml(&lengths, max_d, margin, bone, wall, midline);
+        let slow = balloon_room_every_sample(&lengths, max_d, margin, bone, wall, midline);
+        assert_eq!(
+            fast.to_bits(),
+            slow.to_bits(),
+            "case {case}: {fast} vs {slow}"
+        );
+        nonzero += (fast > 0.0) as usize;
+    }
+    assert!(nonzero > 1000, "{nonzero}");
+}

@@ -8,11 +8,13 @@ mod common;
 
 use kyphoplan_planner::balloon::BalloonFit;
 use kyphoplan_planner::clearance::brute;
-use kyphoplan_planner::evaluate::{measure, Measurement, RouteRule, SideContext};
+use kyphoplan_planner::evaluate::{margin_codes, measure, Measurement, RouteRule, SideContext};
 use kyphoplan_planner::keepout::KeepOutKind;
 use kyphoplan_planner::math::{point, Pose, Vector};
 use kyphoplan_planner::plan::{ReasonCode, SidePlan};
-use kyphoplan_planner::tolerance::{margin_violation, perturbation, Profile};
+use kyphoplan_planner::tolerance::{
+    is_margin_violation, margin_violation, model_sample, perturbation, Profile,
+};
 use kyphoplan_planner::*;
 
 fn prepare(input: AnatomyInput) -> PreparedAnatomy {
@@ -90,6 +92,12 @@ fn check_plan(anatomy: &PreparedAnatomy, plan: &Plan, label: &str, tally: &mut T
             assert!((reported.translation_mm - cert.translation_mm).abs() < 1e-6);
             assert!((reported.rotation_deg - cert.rotation_deg).abs() < 1e-6);
             assert!((0.0..=1.0).contains(&reported.violation_probability));
+            // The cannula's certificate, which the plan takes from the same pieces as the
+            // whole one (`Profile::certificates`), is the one of a profile without the balloon.
+            assert_eq!(
+                profile.certificates(),
+                (cert, Profile::new(&ctx, &m, None).certificate())
+            );
             // The search's worst-slack term is the cannula's certified translation tolerance.
             assert!(
                 (reported.cannula_translation_mm - m.worst_slack_mm(safety).max(0.0)).abs() < 1e-9
@@ -416,4 +424,210 @@ fn bad_navigation_error_is_refused_naming_the_field() {
     safety.navigation_error_mm = Some(-1.0);
     let e = PlanRequest::new(None, Instrument::contract_default(), safety).unwrap_err();
     assert!(e.to_string().contains("safety.navigation_error_mm"), "{e}");
+}
+
+/// The keep-out margin of `k` (canal and forbidden: the canal margin; roots: theirs).
+fn keep_out_margin(safety: &Safety, k: &kyphoplan_planner::keepout::KeepOut) -> f64 {
+    match k.kind {
+        KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+        _ => safety.canal_margin_mm,
+    }
+}
+
+/// The slow, obvious re-check of a perturbed trajectory (what `margin_violation` did before
+/// issue 13's speed work): exact distances for the balloon's and the cannula's margins, then the
+/// full `measure` of the moved line and its first margin code other than the cortex's.
+fn margin_violation_oracle(
+    ctx: &SideContext<'_>,
+    m: &Measurement,
+    balloon: Option<&BalloonFit>,
+    motion: &Pose,
+) -> Option<(ReasonCode, &'static str)> {
+    let v = ctx.vertebra;
+    let safety = ctx.safety;
+    if let Some(b) = balloon {
+        let (p, d) = (motion * b.proximal, motion * b.distal);
+        let radius = b.diameter_mm * 0.5;
+        if !v.bone.contains_point(&p)
+            || !v.bone.contains_point(&d)
+            || v.bone.distance_to_segment(&p, &d) - radius < safety.cortex_margin_mm
+        {
+            return Some((ReasonCode::CortexMarginViolated, "balloon"));
+        }
+        let f = &v.frame;
+        let y = (f.lps_to_vertebra * p).y.max((f.lps_to_vertebra * d).y);
+        if f.posterior_wall_y_mm - y - radius < safety.cortex_margin_mm {
+            return Some((
+                ReasonCode::CortexMarginViolated,
+                "balloon at the posterior wall",
+            ));
+        }
+        for k in &ctx.keep_outs {
+            if k.distance_to_segment(&p, &d) - radius < keep_out_margin(safety, k) {
+                let code = match k.kind {
+                    KeepOutKind::Canal => ReasonCode::CanalMarginViolated,
+                    KeepOutKind::NerveRoot(_) => ReasonCode::NerveRootMarginViolated,
+                    KeepOutKind::Forbidden => ReasonCode::ForbiddenMarginViolated,
+                };
+                return Some((code, "balloon"));
+            }
+        }
+    }
+    let u = m.direction_lps.into_inner();
+    let tip = motion * m.tip_lps;
+    let from = motion * (m.tip_lps - u * 100.0);
+    let t_tip = (m.tip_lps - m.bone_entry_lps).dot(&u);
+    let start = motion * (m.bone_entry_lps + u * m.docking_zone_mm.min(t_tip));
+    let r = ctx.instrument.cannula_radius_mm();
+    let cortex = if v.bone.contains_point(&tip) {
+        v.bone.distance_to_segment(&start, &tip) - r
+    } else {
+        -v.bone.distance_to_point(&tip) - r
+    };
+    if cortex < safety.cortex_margin_mm {
+        return Some((ReasonCode::CortexMarginViolated, "cannula"));
+    }
+    measure(ctx, &from, &tip)
+        .violations
+        .iter()
+        .find(|v| is_margin_violation(v.code) && v.code != ReasonCode::CortexMarginViolated)
+        .map(|v| (v.code, "cannula"))
+}
+
+/// `measure`'s violation codes but the cortex's and the incidence's (which `margin_codes`
+/// does not judge).
+fn codes_but_docking(codes: impl Iterator<Item = ReasonCode>) -> Vec<ReasonCode> {
+    codes
+        .filter(|&c| {
+            c != ReasonCode::CortexMarginViolated && c != ReasonCode::EntryIncidenceTooSteep
+        })
+        .collect()
+}
+
+/// Perturbations of `m`: the error model's Halton samples at 1, 2 and 4 times its sigmas.
+fn perturbations(m: &Measurement, n: usize) -> Vec<Pose> {
+    [1.0, 2.0, 4.0]
+        .iter()
+        .flat_map(|&scale| {
+            (0..n).map(move |i| {
+                let (t, w) = model_sample(i, scale, scale);
+                perturbation(&m.bone_entry_lps, &t, &w)
+            })
+        })
+        .collect()
+}
+
+/// Issue 13 (speed): the tolerance's re-check of a perturbed trajectory stops walking the BVH
+/// at a margin's verdict and skips what `measure` decides under the docking zone; it must find
+/// the same violation (code and part) as the slow re-check with exact distances and the full
+/// `measure`, on every planned side (real and synthetic, balloon and cannula alone) under many
+/// perturbations, and `margin_codes` must list `measure`'s codes.
+#[test]
+fn the_fast_margin_recheck_finds_what_the_full_measurement_finds() {
+    let mut anatomies = vec![];
+    for (levels, soft) in [
+        (vec![Level::L1, Level::L3, Level::L5], false),
+        (vec![Level::L2, Level::L4], true),
+    ] {
+        anatomies.push((
+            format!("synthetic soft={soft}"),
+            prepare(synth::spine(&levels, &Pose::identity(), soft).0),
+        ));
+    }
+    if let Some(dir) = common::shared_anatomy() {
+        for set in ["vhm-male-lumbar", "mean-lumbar-l2-l5"] {
+            anatomies.push((set.to_string(), prepare(common::load_set(&dir, set))));
+        }
+    } else {
+        eprintln!("SKIPPED the real vertebrae: ../shared/anatomy not found");
+        assert!(std::env::var("CI").is_err(), "CI needs ../shared/anatomy");
+    }
+    let (mut checked, mut violated) = (0usize, 0usize);
+    for (label, anatomy) in &anatomies {
+        let plan = plan(anatomy, &common::default_request()).unwrap();
+        for lp in &plan.levels {
+            let v = anatomy.vertebra(lp.level).unwrap();
+            for s in &lp.sides {
+                let ctx = SideContext {
+                    anatomy,
+                    vertebra: v,
+                    keep_outs: anatomy.keep_outs(lp.level),
+                    side: s.side,
+                    instrument: &plan.instrument,
+                    safety: &plan.safety,
+                    route_rule: RouteRule::Transpedicular,
+                };
+                let Some((m, b)) = side_geometry(&ctx, s) else {
+                    continue;
+                };
+                for balloon in [b.as_ref(), None] {
+                    for p in perturbations(&m, 64) {
+                        let fast = margin_violation(&ctx, &m, balloon, &p);
+                        let slow = margin_violation_oracle(&ctx, &m, balloon, &p);
+                        assert_eq!(fast, slow, "{label} {} {}", lp.level, s.side);
+                        checked += 1;
+                        violated += fast.is_some() as usize;
+                        let u = m.direction_lps.into_inner();
+                        let (from, tip) = (p * (m.tip_lps - u * 100.0), p * m.tip_lps);
+                        assert_eq!(
+                            codes_but_docking(margin_codes(&ctx, &from, &tip).into_iter()),
+                            codes_but_docking(
+                                measure(&ctx, &from, &tip).violations.iter().map(|v| v.code)
+                            ),
+                            "{label} {} {}",
+                            lp.level,
+                            s.side
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{checked} perturbed trajectories, {violated} violate a margin");
+    // Both verdicts occur, so the comparison means something.
+    assert!(violated > checked / 10 && violated < checked * 9 / 10);
+}
+
+/// The same comparison of `margin_codes` with `measure` on the extrapedicular route rule (rib
+/// as bone, its own path rules), on lines through a synthetic T8 with ribs and pleura, aimed
+/// from lateral points behind the rib at points of the body.
+#[test]
+fn margin_codes_match_measure_on_the_extrapedicular_route() {
+    let options = synth::SpineOptions {
+        with_soft_tissue: false,
+        with_ribs_and_pleura: true,
+    };
+    let anatomy = prepare(synth::spine_with(&[Level::T8], &Pose::identity(), &options).0);
+    let request = common::default_request();
+    let v = anatomy.vertebra(Level::T8).unwrap();
+    let mut codes_seen = std::collections::BTreeSet::new();
+    for side in [Side::Left, Side::Right] {
+        let base = SideContext {
+            anatomy: &anatomy,
+            vertebra: v,
+            keep_outs: anatomy.keep_outs(Level::T8),
+            side,
+            instrument: request.instrument(),
+            safety: request.safety(),
+            route_rule: RouteRule::Transpedicular,
+        };
+        for ctx in [extrapedicular::context(&base), base] {
+            let to_lps = v.frame.vertebra_to_lps();
+            for i in 0..150 {
+                let (a, b) = model_sample(i, 12.0, 0.0);
+                let tip = to_lps * point([side.sign() * 6.0 + a.x, -4.0 + a.y, a.z * 0.5]);
+                let from = to_lps * point([side.sign() * (40.0 + b.x), 55.0 + b.y, b.z]);
+                let fast = margin_codes(&ctx, &from, &tip);
+                codes_seen.extend(fast.iter().map(|c| format!("{c:?}")));
+                assert_eq!(
+                    codes_but_docking(fast.into_iter()),
+                    codes_but_docking(measure(&ctx, &from, &tip).violations.iter().map(|v| v.code)),
+                    "{side} {:?} line {i}",
+                    ctx.route_rule
+                );
+            }
+        }
+    }
+    eprintln!("codes seen: {codes_seen:?}");
+    assert!(codes_seen.len() >= 3);
 }
