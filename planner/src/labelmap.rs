@@ -379,20 +379,24 @@ pub fn parse_nifti_labels_within(
             return Err(past_end(off + labels.len() * size + got));
         }
         if direct {
+            // Into place, element by element over equal-length slices (vectorised).
             let before = labels.len();
+            labels.resize(before + want / size, 0);
+            let out = &mut labels[before..];
             if size == 1 {
-                labels.extend(raw.iter().map(|&b| u16::from(b)));
+                for (l, &b) in out.iter_mut().zip(raw.iter()) {
+                    *l = u16::from(b);
+                }
+            } else if little {
+                for (l, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *l = u16::from_le_bytes([c[0], c[1]]);
+                }
             } else {
-                labels.extend(raw.chunks_exact(2).map(|c| {
-                    let b = [c[0], c[1]];
-                    if little {
-                        u16::from_le_bytes(b)
-                    } else {
-                        u16::from_be_bytes(b)
-                    }
-                }));
+                for (l, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *l = u16::from_be_bytes([c[0], c[1]]);
+                }
             }
-            any = any || labels[before..].iter().any(|&l| l != 0);
+            any = any || out.iter().any(|&l| l != 0);
             continue;
         }
         for b in raw.chunks_exact(size) {
