@@ -379,20 +379,24 @@ pub fn parse_nifti_labels_within(
             return Err(past_end(off + labels.len() * size + got));
         }
         if direct {
+            // Into place, element by element over equal-length slices (vectorised).
             let before = labels.len();
+            labels.resize(before + want / size, 0);
+            let out = &mut labels[before..];
             if size == 1 {
-                labels.extend(raw.iter().map(|&b| u16::from(b)));
+                for (l, &b) in out.iter_mut().zip(raw.iter()) {
+                    *l = u16::from(b);
+                }
+            } else if little {
+                for (l, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *l = u16::from_le_bytes([c[0], c[1]]);
+                }
             } else {
-                labels.extend(raw.chunks_exact(2).map(|c| {
-                    let b = [c[0], c[1]];
-                    if little {
-                        u16::from_le_bytes(b)
-                    } else {
-                        u16::from_be_bytes(b)
-                    }
-                }));
+                for (l, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *l = u16::from_be_bytes([c[0], c[1]]);
+                }
             }
-            any = any || labels[before..].iter().any(|&l| l != 0);
+            any = any || out.iter().any(|&l| l != 0);
             continue;
         }
         for b in raw.chunks_exact(size) {
@@ -737,37 +741,65 @@ pub struct LabelBox {
     pub voxels: usize,
 }
 
-/// The bounding box of every label present, in one pass.
+/// The bounding box of every label present: slabs of slices in parallel (rows of background
+/// skipped whole), merged in slab order (min, max and counts: the same whatever the split).
 pub fn label_boxes(volume: &LabelVolume) -> BTreeMap<u16, LabelBox> {
-    let mut boxes: Vec<Option<LabelBox>> = vec![None; 1 << 16];
     let [nx, ny, nz] = volume.dims;
-    let mut v = 0usize;
-    for k in 0..nz {
-        for j in 0..ny {
-            for i in 0..nx {
-                let l = volume.labels[v];
-                v += 1;
-                if l == 0 {
+    let slice = nx * ny;
+    if slice == 0 || nz == 0 {
+        return BTreeMap::new();
+    }
+    const SLAB_SLICES: usize = 8;
+    let slabs: Vec<BTreeMap<u16, LabelBox>> = volume
+        .labels
+        .par_chunks(slice * SLAB_SLICES)
+        .enumerate()
+        .map(|(s, slab)| {
+            let mut boxes: BTreeMap<u16, LabelBox> = BTreeMap::new();
+            for (r, row) in slab.chunks_exact(nx).enumerate() {
+                if row.iter().all(|&l| l == 0) {
                     continue;
                 }
-                let b = boxes[l as usize].get_or_insert(LabelBox {
-                    lo: [i, j, k],
-                    hi: [i, j, k],
-                    voxels: 0,
-                });
-                for (a, x) in [i, j, k].into_iter().enumerate() {
-                    b.lo[a] = b.lo[a].min(x);
-                    b.hi[a] = b.hi[a].max(x);
+                let (j, k) = (r % ny, s * SLAB_SLICES + r / ny);
+                // Runs of one label along the row: voxels i0..i.
+                let mut i0 = 0;
+                while i0 < nx {
+                    let l = row[i0];
+                    let i = i0 + row[i0..].iter().take_while(|&&x| x == l).count();
+                    if l != 0 {
+                        let b = boxes.entry(l).or_insert(LabelBox {
+                            lo: [i0, j, k],
+                            hi: [i0, j, k],
+                            voxels: 0,
+                        });
+                        for (a, (x0, x1)) in [(i0, i - 1), (j, j), (k, k)].into_iter().enumerate() {
+                            b.lo[a] = b.lo[a].min(x0);
+                            b.hi[a] = b.hi[a].max(x1);
+                        }
+                        b.voxels += i - i0;
+                    }
+                    i0 = i;
                 }
-                b.voxels += 1;
+            }
+            boxes
+        })
+        .collect();
+    let mut out: BTreeMap<u16, LabelBox> = BTreeMap::new();
+    for (l, b) in slabs.into_iter().flatten() {
+        match out.get_mut(&l) {
+            None => {
+                out.insert(l, b);
+            }
+            Some(a) => {
+                for q in 0..3 {
+                    a.lo[q] = a.lo[q].min(b.lo[q]);
+                    a.hi[q] = a.hi[q].max(b.hi[q]);
+                }
+                a.voxels += b.voxels;
             }
         }
     }
-    boxes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(l, b)| b.map(|b| (l as u16, b)))
-        .collect()
+    out
 }
 
 /// A face of the voxel volume, by voxel axis and end, with the patient direction it faces.

@@ -1178,3 +1178,68 @@ fn tptbox_l3_plans_and_l2_l4_are_refused_as_cut_by_the_crop() {
         "{e}"
     );
 }
+
+/// `label_boxes` (slabs of slices in parallel, runs of one label along a row) against the
+/// obvious per-voxel loop, on random volumes of a few labels in runs and single voxels, with
+/// more than one slab of slices and labels spanning slabs.
+#[test]
+fn label_boxes_equal_the_per_voxel_loop() {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    for case in 0..6 {
+        let dims = [
+            5 + (next() % 20) as usize,
+            3 + (next() % 9) as usize,
+            1 + (next() % 40) as usize,
+        ];
+        let mut labels = vec![0u16; dims.iter().product()];
+        for _ in 0..(next() % 60) {
+            let at = (next() % labels.len() as u64) as usize;
+            let run = 1 + (next() % 7) as usize;
+            let label = [1u16, 7, 300, 65535][(next() % 4) as usize];
+            let end = (at + run).min(labels.len());
+            labels[at..end].fill(label);
+        }
+        let volume = LabelVolume {
+            file: "random".into(),
+            dims,
+            labels,
+            voxel_to_lps: Affine {
+                linear: Matrix3::identity(),
+                offset_mm: Vector::zeros(),
+            },
+            xform: labelmap::XformSource::Sform,
+        };
+        let mut expected: BTreeMap<u16, labelmap::LabelBox> = BTreeMap::new();
+        for k in 0..dims[2] {
+            for j in 0..dims[1] {
+                for i in 0..dims[0] {
+                    let l = volume.at(i, j, k);
+                    if l == 0 {
+                        continue;
+                    }
+                    let b = expected.entry(l).or_insert(labelmap::LabelBox {
+                        lo: [i, j, k],
+                        hi: [i, j, k],
+                        voxels: 0,
+                    });
+                    for (a, x) in [i, j, k].into_iter().enumerate() {
+                        b.lo[a] = b.lo[a].min(x);
+                        b.hi[a] = b.hi[a].max(x);
+                    }
+                    b.voxels += 1;
+                }
+            }
+        }
+        assert_eq!(
+            labelmap::label_boxes(&volume),
+            expected,
+            "case {case} {dims:?}"
+        );
+    }
+}
