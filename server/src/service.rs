@@ -1171,6 +1171,7 @@ impl PlanningService for Planning {
                     target_mm,
                     instrument,
                     safety,
+                    route_rule,
                 },
             ) = convert::evaluate_request_from_pb(request)?;
             let anatomy = anatomy.map(|a| match a {
@@ -1185,7 +1186,7 @@ impl PlanningService for Planning {
             let prepared = resolved.prepared.clone();
             let evaluation = self
                 .interactive(move || {
-                    planning::evaluate(
+                    planning::evaluate_with_route(
                         &prepared,
                         level,
                         side,
@@ -1193,6 +1194,7 @@ impl PlanningService for Planning {
                         target_mm,
                         &instrument,
                         &safety,
+                        route_rule,
                     )
                 })
                 .await??;
