@@ -916,10 +916,11 @@ pub fn evaluate_with_route(
     };
     let mut m = measure(&ctx, &entry_lps, &target_lps);
     if route_rule == RouteRule::Extrapedicular {
+        // The refusal a plan would give (it names every mesh missing) replaces `measure`'s
+        // verdict of the same code.
         if let Some(refused) = crate::extrapedicular::refusal(&ctx) {
-            if !m.violations.iter().any(|v| v.code == refused.code) {
-                m.violations.insert(0, refused);
-            }
+            m.violations.retain(|v| v.code != refused.code);
+            m.violations.insert(0, refused);
         }
     }
     let mut violations = m.violations.clone();
