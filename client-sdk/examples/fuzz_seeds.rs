@@ -379,6 +379,7 @@ fn requests(out: &Path) {
         target_mm: Some(convert::point_to_pb([15.0, 5.0, 15.0])),
         instrument: Some(convert::instrument_options_to_pb(request.instrument())),
         safety: Some(convert::safety_options_to_pb(request.safety())),
+        route: pb::Route::Unspecified as i32,
     };
     write(&dir, "evaluate-inline.pb", evaluate.encode_to_vec());
     let evaluate_nan = pb::EvaluateTrajectoryRequest {

@@ -693,6 +693,18 @@ pub fn write_case(
     anatomy: &AnatomyInput,
     levels: Option<&[Level]>,
 ) -> Result<(), CaseError> {
+    write_case_for(dir, anatomy, levels, None)
+}
+
+/// [`write_case`], and with `request` its procedure, approaches and cannula alternatives in the
+/// case.toml (so that planning the directory asks what `request` asked; its instrument and
+/// safety are not written: the case then takes the defaults of its procedure).
+pub fn write_case_for(
+    dir: &Path,
+    anatomy: &AnatomyInput,
+    levels: Option<&[Level]>,
+    request: Option<&PlanRequest>,
+) -> Result<(), CaseError> {
     std::fs::create_dir_all(dir).map_err(|e| CaseError {
         file: dir.to_owned(),
         reason: format!("cannot create: {e}"),
@@ -760,9 +772,16 @@ pub fn write_case(
         levels: levels.map(|ls| ls.iter().map(|l| l.to_string()).collect()),
         mesh_root: None,
         structures: tables,
-        procedure: None,
-        approaches: None,
-        cannula_alternatives_mm: None,
+        procedure: request.map(|r| r.procedure().as_str().to_owned()),
+        approaches: request.map(|r| {
+            r.approaches()
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect()
+        }),
+        cannula_alternatives_mm: request
+            .map(|r| r.cannula_alternatives_mm().to_vec())
+            .filter(|a| !a.is_empty()),
         instrument: None,
         safety: None,
         replay: None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Side};
 use kyphoplan_planner::error::InputError;
+use kyphoplan_planner::evaluate::RouteRule;
 use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::request::{Instrument, PlanRequest, Safety};
 use kyphoplan_proto::convert;
@@ -755,6 +756,34 @@ impl Client {
         instrument: &Instrument,
         safety: &Safety,
     ) -> Result<Evaluation, ClientError> {
+        self.evaluate_with_route(
+            anatomy_id,
+            level,
+            side,
+            entry_mm,
+            target_mm,
+            instrument,
+            safety,
+            RouteRule::Transpedicular,
+        )
+        .await
+    }
+
+    /// [`Client::evaluate`] under the route rule the trajectory claims (the request's `route`):
+    /// [`RouteRule::Extrapedicular`] holds it to the extrapedicular rule (docking on the rib
+    /// head-neck, beside the pedicle), as `planning::evaluate_with_route` does.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn evaluate_with_route(
+        &mut self,
+        anatomy_id: &str,
+        level: Level,
+        side: Side,
+        entry_mm: [f64; 3],
+        target_mm: [f64; 3],
+        instrument: &Instrument,
+        safety: &Safety,
+        route_rule: RouteRule,
+    ) -> Result<Evaluation, ClientError> {
         let message = pb::EvaluateTrajectoryRequest {
             anatomy: Some(pb::evaluate_trajectory_request::Anatomy::AnatomyId(
                 anatomy_id.to_owned(),
@@ -765,6 +794,7 @@ impl Client {
             target_mm: Some(convert::point_to_pb(target_mm)),
             instrument: Some(convert::instrument_options_to_pb(instrument)),
             safety: Some(convert::safety_options_to_pb(safety)),
+            route: convert::route_rule_to_pb(route_rule) as i32,
         };
         let e = self
             .call(|mut c| {

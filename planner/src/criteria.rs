@@ -525,6 +525,13 @@ pub fn balloon_room_bound_ml(
 pub const MIN_BALLOON_DIAMETER_MM: Real = 5.0;
 /// Diameters are planned in steps of this size, mm.
 pub const DIAMETER_STEP_MM: Real = 0.5;
+/// Smallest cannula outer diameter that carries a balloon catheter, mm: kyphoplasty is done
+/// through 10- to 11-gauge working cannulas, outer diameter roughly 2.9-3.4 mm, and the
+/// uninflated balloon's profile is about 3.2 mm (`../shared/reference/clinical.md`,
+/// "Instruments" and "Targets"); a 13 G needle (2.41 mm) is a vertebroplasty needle. A smaller
+/// cannula from the request's alternatives is therefore not taken for a balloon
+/// (`ReasonCode::CannulaTooSmallForBalloon`).
+pub const MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM: Real = 2.9;
 
 /// Gap kept between the left and right inflated balloons, mm.
 pub const BALLOON_GAP_MM: Real = 1.0;

@@ -34,6 +34,11 @@ pub struct Measurement {
     /// Length of axis behind the bone entry over which the cortex margin is waived while the
     /// cannula docks ([`criteria::docking_zone_mm`]), mm.
     pub docking_zone_mm: Real,
+    /// Where the cortex margin starts, mm along the axis from the bone entry towards the tip:
+    /// the end of the docking zone for a transpedicular path; for an extrapedicular one the end
+    /// of the docking zone where the cannula enters the body after the rib-pedicle gap (on the
+    /// rib and in the gap no cortex margin applies: its route rule does).
+    pub cortex_from_mm: Real,
     /// The route the path takes past the pedicle, as recognised from the measured isthmus.
     pub route: Route,
     pub canal_clearance_mm: Real,
@@ -111,6 +116,19 @@ fn incidence_too_steep(meets: &str, incidence_deg: Real, max_incidence_deg: Real
     }
 }
 
+/// `PEDICLE_NOT_FOUND`: the isthmus could not be measured (`fault`), so `route` (the route
+/// through it, or past it) cannot be verified.
+fn pedicle_not_found(fault: &PedicleFault, route: &str) -> Reason {
+    reason(
+        ReasonCode::PedicleNotFound,
+        format!(
+            "the pedicle's isthmus could not be measured ({fault}): {route} cannot be verified"
+        ),
+        None,
+        None,
+    )
+}
+
 /// The transpedicular route rule, against the measured pedicle ([`crate::pedicle`]): the bone
 /// entry lies behind the isthmus, and the cannula crosses the isthmus inside its bony outline by
 /// `margin_mm`. A pedicle that could not be measured cannot vouch for the route. Returns the
@@ -128,12 +146,7 @@ fn route_through_isthmus(
     let p = match pedicle {
         Ok(p) => p,
         Err(fault) => {
-            violations.push(reason(
-                ReasonCode::PedicleNotFound,
-                format!("the pedicle's isthmus could not be measured ({fault}): the route through it cannot be verified"),
-                None,
-                None,
-            ));
+            violations.push(pedicle_not_found(fault, "the route through it"));
             return Route::Unrecognised;
         }
     };
@@ -212,12 +225,7 @@ fn route_past_isthmus(
     let p = match pedicle {
         Ok(p) => p,
         Err(fault) => {
-            violations.push(reason(
-                ReasonCode::PedicleNotFound,
-                format!("the pedicle's isthmus could not be measured ({fault}): a route past it cannot be verified"),
-                None,
-                None,
-            ));
+            violations.push(pedicle_not_found(fault, "a route past it"));
             return Route::Unrecognised;
         }
     };
@@ -682,7 +690,7 @@ fn measure_scoped(
     let bone_grid = GridSampler::bone(&vertebra.bone_sdf, frame.vertebra_to_grid());
     // The docking surface, the incidence and the cortex clearance (not for the margin codes:
     // `Scope::Margins`).
-    let (incidence_deg, zone, cortex) = if full {
+    let (incidence_deg, zone, cortex_from, cortex) = if full {
         // Incidence on the exact surface under the cannula's footprint (the distance grid's
         // gradient only if no triangle faces the axis there, which an entry on the mesh rules out).
         let normal_lps = bone.footprint_normal(&bone_entry_lps, dir_lps.as_ref(), r);
@@ -708,6 +716,7 @@ fn measure_scoped(
         let mut t_start = cortex_start(t_entry.unwrap_or(0.0), zone);
         let mut incidence_deg = incidence_deg;
         let mut zone = zone;
+        let mut cortex_from = zone;
         if let Some(e) = &ep {
             // Extrapedicular: the incidence limit holds where the cannula docks (on the rib, or
             // at the costotransverse junction on the vertebra) and again where it meets the body's
@@ -744,6 +753,7 @@ fn measure_scoped(
             });
             zone = docking_zone_mm(instrument, safety, cos_body, drop_body);
             t_start = cortex_start(t_body, zone);
+            cortex_from = t_body - t_entry.unwrap_or(0.0) + zone;
         }
         let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
         let cortex = if !tip_inside {
@@ -771,9 +781,9 @@ fn measure_scoped(
                 Some(safety.cortex_margin_mm),
             ));
         }
-        (incidence_deg, zone, cortex)
+        (incidence_deg, zone, cortex_from, cortex)
     } else {
-        (Real::NAN, Real::NAN, Real::NAN)
+        (Real::NAN, Real::NAN, Real::NAN, Real::NAN)
     };
 
     // The transpedicular route: through the isthmus, inside its bony outline by the cortex
@@ -979,6 +989,7 @@ fn measure_scoped(
         cortex_clearance_mm: cortex,
         entry_incidence_deg: incidence_deg,
         docking_zone_mm: zone,
+        cortex_from_mm: cortex_from,
         route,
         canal_clearance_mm: canal,
         root_clearance_mm: root,

@@ -53,5 +53,5 @@ pub const PLANNER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod planning;
 pub mod prepare;
 
-pub use planning::{evaluate, plan, plan_with, PlanControl};
+pub use planning::{evaluate, evaluate_with_route, plan, plan_with, PlanControl};
 pub use prepare::{validate_anatomy, PrepareOptions, PreparedAnatomy, ValidatedAnatomy};

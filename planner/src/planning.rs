@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::anatomy::{Level, PatientFrame, PerSide, Side};
 use crate::balloon::{self, BalloonFit};
+use crate::criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM;
 use crate::error::InputError;
 use crate::evaluate::{measure, Measurement, RouteRule, SideContext};
 use crate::math::{array, point, vec_array, Point, Vector};
@@ -350,8 +351,9 @@ pub fn vertebroplasty_cement_ml(vertebra: &PreparedVertebra) -> f64 {
 
 /// One side's candidates searched in order until one is safe: each context of `chain` (its
 /// cannula, its route rule) planned and verified; `prior` holds outcomes of the chain's first
-/// candidates already searched. Returns the index of the one taken (the last when none is
-/// safe) and every outcome, in order.
+/// candidates already searched. For kyphoplasty an alternative cannula too small for a balloon
+/// is not searched ([`too_small_for_balloon`]). Returns the index of the one taken (when none
+/// is safe, the last one searched) and every outcome, in order.
 fn search_chain(
     chain: &[&SideContext<'_>],
     prior: Option<&Vec<SideOutcome>>,
@@ -359,7 +361,19 @@ fn search_chain(
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(usize, Vec<SideOutcome>), PlanError> {
     let mut outcomes = Vec::with_capacity(chain.len());
+    // The first candidate is the request's own cannula; the others are its alternatives.
+    let requested_mm = chain[0].instrument.cannula_outer_diameter_mm;
+    let mut last_searched = 0;
     for (i, c) in chain.iter().enumerate() {
+        let cannula_mm = c.instrument.cannula_outer_diameter_mm;
+        if procedure == Procedure::Kyphoplasty
+            && cannula_mm < requested_mm
+            && cannula_mm < MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM
+        {
+            outcomes.push(too_small_for_balloon(cannula_mm));
+            continue;
+        }
+        last_searched = i;
         // Kyphoplasty needs room for a balloon on the line beside the pedicle, whose tip comes
         // into the body at a steeper angle than through it.
         let balloon_room = |m: &Measurement| {
@@ -382,7 +396,25 @@ fn search_chain(
             return Ok((i, outcomes));
         }
     }
-    Ok((chain.len() - 1, outcomes))
+    Ok((last_searched, outcomes))
+}
+
+/// A kyphoplasty side's outcome for an alternative cannula too small for a balloon catheter
+/// ([`MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`]): not planned.
+fn too_small_for_balloon(cannula_mm: f64) -> SideOutcome {
+    SideOutcome::Infeasible {
+        reasons: vec![Reason {
+            code: ReasonCode::CannulaTooSmallForBalloon,
+            message: format!(
+                "the {cannula_mm} mm cannula is too small for a balloon catheter (at least {MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM} mm outer diameter): not tried for kyphoplasty; vertebroplasty could use it"
+            ),
+            value_mm: Some(cannula_mm),
+            limit_mm: Some(MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM),
+            value_deg: None,
+            limit_deg: None,
+        }],
+        alternatives: vec![],
+    }
 }
 
 /// What a side tried ([`SidePlan::attempts`]), when it had more than one candidate.
@@ -815,6 +847,7 @@ fn balloon_out(b: &BalloonFit, frame: PatientFrame) -> Balloon {
 
 /// Measure a given trajectory (e.g. dragged by the surgeon): `entry_mm` is any point on the
 /// approach behind the tip (skin or bone entry), `target_mm` the tip, both in the case frame.
+/// Held to the transpedicular route rule ([`evaluate_with_route`] for the extrapedicular one).
 pub fn evaluate(
     anatomy: &PreparedAnatomy,
     level: Level,
@@ -823,6 +856,34 @@ pub fn evaluate(
     target_mm: [f64; 3],
     instrument: &Instrument,
     safety: &Safety,
+) -> Result<Evaluation, InputError> {
+    evaluate_with_route(
+        anatomy,
+        level,
+        side,
+        entry_mm,
+        target_mm,
+        instrument,
+        safety,
+        RouteRule::Transpedicular,
+    )
+}
+
+/// [`evaluate`] under the route rule the trajectory claims: [`RouteRule::Extrapedicular`]
+/// measures it as a plan's extrapedicular side is measured (docking on the rib head-neck, past
+/// the isthmus on its lateral side, the side's rib bone rather than a keep-out), and refuses
+/// it as a plan would when the case lacks the level's rib of the side or a pleura mesh, or the
+/// level has no rib ([`crate::extrapedicular::refusal`]).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with_route(
+    anatomy: &PreparedAnatomy,
+    level: Level,
+    side: Side,
+    entry_mm: [f64; 3],
+    target_mm: [f64; 3],
+    instrument: &Instrument,
+    safety: &Safety,
+    route_rule: RouteRule,
 ) -> Result<Evaluation, InputError> {
     instrument.validate()?;
     safety.validate()?;
@@ -848,8 +909,20 @@ pub fn evaluate(
             "entry and target coincide: a trajectory needs two distinct points",
         ));
     }
-    let ctx = context(anatomy, vertebra, side, instrument, safety);
-    let m = measure(&ctx, &entry_lps, &target_lps);
+    let base = context(anatomy, vertebra, side, instrument, safety);
+    let ctx = match route_rule {
+        RouteRule::Transpedicular => base,
+        RouteRule::Extrapedicular => crate::extrapedicular::context(&base),
+    };
+    let mut m = measure(&ctx, &entry_lps, &target_lps);
+    if route_rule == RouteRule::Extrapedicular {
+        // The refusal a plan would give (it names every mesh missing) replaces `measure`'s
+        // verdict of the same code.
+        if let Some(refused) = crate::extrapedicular::refusal(&ctx) {
+            m.violations.retain(|v| v.code != refused.code);
+            m.violations.insert(0, refused);
+        }
+    }
     let mut violations = m.violations.clone();
     violations.extend(m.soft.iter().cloned());
     Ok(Evaluation {

@@ -36,6 +36,14 @@
 //! the breaches `measure` reports on the perturbed line ([`is_margin_violation`]), the route
 //! rules apart.
 //!
+//! **The extrapedicular route** ([`RouteRule::Extrapedicular`]): the bone entry is where the
+//! cannula docks on the rib (or at the costotransverse junction), and the cortex span starts
+//! at the end of the docking zone where it enters the body after the rib-pedicle gap
+//! (`Measurement::cortex_from_mm`); on the rib and in the gap the route's own rule applies
+//! (docking, one gap of bounded length, the cannula outside the isthmus's lateral wall), a
+//! route rule like the transpedicular docking zone. The keep-out spans (canal, roots, pleura,
+//! other ribs) run along the whole cannula as for any route.
+//!
 //! **Certified numbers.** [`Certificate::translation_mm`]: the exact smallest slack over every
 //! span (pure translation, no rotation). [`Certificate::rotation_deg`]: the largest rotation
 //! about the bone entry with no translation, `min over pieces of s / max(|a|, |b|)`, refined
@@ -47,7 +55,7 @@ use rayon::prelude::*;
 
 use crate::balloon::BalloonFit;
 use crate::error::PlanError;
-use crate::evaluate::{margin_codes, measure, Measurement, SideContext};
+use crate::evaluate::{margin_codes, measure, Measurement, RouteRule, SideContext};
 use crate::keepout::{KeepOut, KeepOutKind};
 use crate::math::{Point, Pose, Real, Rotation3, Translation3, Vector};
 use crate::plan::{NavigationTolerance, Reason, ReasonCode};
@@ -148,7 +156,7 @@ impl<'a> Profile<'a> {
         };
         let mut spans = vec![Span {
             target: Target::Bone,
-            t0: m.docking_zone_mm.min(t_tip),
+            t0: m.cortex_from_mm.min(t_tip),
             t1: t_tip,
             radius_mm: r,
             margin_mm: safety.cortex_margin_mm,
@@ -404,7 +412,7 @@ pub fn margin_violation(
     // (module documentation), so its own cortex verdict is not counted.
     let u = m.direction_lps.into_inner();
     let t_tip = (m.tip_lps - m.bone_entry_lps).dot(&u);
-    let start = motion_lps * (m.bone_entry_lps + u * m.docking_zone_mm.min(t_tip));
+    let start = motion_lps * (m.bone_entry_lps + u * m.cortex_from_mm.min(t_tip));
     let bone = &ctx.vertebra.bone;
     let r = ctx.instrument.cannula_radius_mm();
     let margin = ctx.safety.cortex_margin_mm;
@@ -419,11 +427,27 @@ pub fn margin_violation(
         return Some((ReasonCode::CortexMarginViolated, "cannula"));
     }
     // `measure`'s other margin codes, in its order, without what it decides under the docking
-    // zone and the incidence (`evaluate::margin_codes`).
+    // zone and the incidence (`evaluate::margin_codes`), nor an extrapedicular path's own rule.
     margin_codes(ctx, &from, &tip)
         .into_iter()
-        .find(|&code| is_margin_violation(code) && code != ReasonCode::CortexMarginViolated)
+        .find(|&code| {
+            is_margin_violation(code)
+                && code != ReasonCode::CortexMarginViolated
+                && !(ctx.route_rule == RouteRule::Extrapedicular
+                    && is_extrapedicular_path_rule(code))
+        })
         .map(|code| (code, "cannula"))
+}
+
+/// Whether `code`, on a line measured under [`RouteRule::Extrapedicular`], is a verdict of its
+/// path rule rather than a margin: where the cannula docks (on the rib, or the vertebra at the
+/// costotransverse junction, within the working length; `NOT_THROUGH_PEDICLE`) and the one gap
+/// from the rib into the vertebra it may cross (`LEAVES_BONE`). Like the transpedicular docking
+/// zone these are route rules the certificate does not cover (module documentation); the
+/// margins of the route (the body's cortex after the gap, the tip in the body, every keep-out
+/// with the pleura) it does.
+fn is_extrapedicular_path_rule(code: ReasonCode) -> bool {
+    matches!(code, ReasonCode::LeavesBone | ReasonCode::NotThroughPedicle)
 }
 
 /// The balloon's margins (`balloon::options`) after `motion_lps`, the first one violated.

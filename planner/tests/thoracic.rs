@@ -7,6 +7,7 @@
 mod common;
 
 use kyphoplan_planner::clearance::{segment_crosses_triangle, ClearanceMesh};
+use kyphoplan_planner::evaluate::RouteRule;
 use kyphoplan_planner::math::{Point, Pose, Real, Vector};
 use kyphoplan_planner::plan::{AlternativeCode, ReasonCode, Route};
 use kyphoplan_planner::synth::{self, SpineOptions, SyntheticThorax, VertebraParams};
@@ -633,5 +634,176 @@ fn bone_only_thoracic_cases_refuse_the_extrapedicular_approach_naming_the_meshes
                 );
             }
         }
+    }
+}
+
+/// `evaluate` can be told the trajectory is extrapedicular (issue 15 leftover): a planned
+/// extrapedicular side of the mean T5, evaluated as such, is safe with the same clearances as
+/// the plan reports; evaluated under the transpedicular rule (the default) the same line is
+/// refused as not through the pedicle (and its own rib is a keep-out it passes through); and
+/// on the bone alone the extrapedicular evaluation is refused naming the meshes it needs.
+#[test]
+fn evaluate_holds_a_trajectory_to_the_extrapedicular_rule_when_told() {
+    let level = Level::T5;
+    let request = extrapedicular_request(Procedure::Vertebroplasty);
+    let prepared = PreparedAnatomy::prepare(
+        with_ribs_and_pleura(&[level], &Pose::identity()),
+        &PrepareOptions::standard(),
+    )
+    .unwrap();
+    let plan = plan(&prepared, &request).unwrap();
+    let sp = plan.levels[0]
+        .sides
+        .iter()
+        .find(|s| s.feasible && s.approach == Approach::Extrapedicular)
+        .expect("an extrapedicular side");
+    let t = sp.trajectory.as_ref().unwrap();
+    assert_eq!(t.route, Some(Route::Extrapedicular));
+    let instrument = Instrument {
+        cannula_outer_diameter_mm: t.cannula_outer_diameter_mm,
+        ..request.instrument().clone()
+    };
+    let eval = |anatomy: &PreparedAnatomy, rule: RouteRule| {
+        planning::evaluate_with_route(
+            anatomy,
+            level,
+            sp.side,
+            t.bone_entry_mm,
+            t.target_mm,
+            &instrument,
+            request.safety(),
+            rule,
+        )
+        .unwrap()
+    };
+    let as_extrapedicular = eval(&prepared, RouteRule::Extrapedicular);
+    assert!(as_extrapedicular.safe, "{:?}", as_extrapedicular.violations);
+    assert_eq!(
+        as_extrapedicular.trajectory.route,
+        Some(Route::Extrapedicular)
+    );
+    let (a, b) = (&as_extrapedicular.trajectory.clearance_mm, &t.clearance_mm);
+    for (what, x, y) in [
+        ("cortex", a.cortex, b.cortex),
+        ("canal", a.canal, b.canal),
+        ("root", a.nerve_root, b.nerve_root),
+    ] {
+        assert!((x - y).abs() < 1e-6, "{what}: {x} vs {y}");
+    }
+    let tol = as_extrapedicular.navigation_tolerance.as_ref().unwrap();
+    let planned = sp.navigation_tolerance.as_ref().unwrap();
+    assert!(tol.translation_mm > 0.0, "{tol:?}");
+    assert!((tol.cannula_translation_mm - planned.cannula_translation_mm).abs() < 1e-6);
+    // The default (transpedicular) rule refuses the same line.
+    let as_transpedicular = eval(&prepared, RouteRule::Transpedicular);
+    assert!(!as_transpedicular.safe);
+    assert!(as_transpedicular
+        .violations
+        .iter()
+        .any(|v| v.code == ReasonCode::NotThroughPedicle
+            || v.code == ReasonCode::ForbiddenMarginViolated));
+    let default = planning::evaluate(
+        &prepared,
+        level,
+        sp.side,
+        t.bone_entry_mm,
+        t.target_mm,
+        &instrument,
+        request.safety(),
+    )
+    .unwrap();
+    assert_eq!(default, as_transpedicular);
+    // Bone only: refused, naming the meshes.
+    let (bone, _) = synth::spine(&[level], &Pose::identity(), false);
+    let bone = PreparedAnatomy::prepare(bone, &PrepareOptions::standard()).unwrap();
+    let refused = eval(&bone, RouteRule::Extrapedicular);
+    assert!(!refused.safe);
+    let r = refused
+        .violations
+        .iter()
+        .find(|v| v.code == ReasonCode::ExtrapedicularMeshesMissing)
+        .expect("the meshes are named");
+    assert!(
+        r.message.contains("`rib`") && r.message.contains("`pleura`"),
+        "{}",
+        r.message
+    );
+}
+
+/// A balloon catheter needs a cannula of at least
+/// `criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM` (clinical.md: kyphoplasty cannulas are 10-11
+/// G, 2.9-3.4 mm; the uninflated balloon is ~3.2 mm). The mean T5 bone only, kyphoplasty with
+/// the 13 G (2.4 mm) alternative that would fit its 4.8 mm pedicle: that attempt is refused with
+/// `CANNULA_TOO_SMALL_FOR_BALLOON` (its value the cannula, its limit the smallest that carries a
+/// balloon), never planned, and no side takes it; the same anatomy planned for vertebroplasty
+/// takes the 2.4 mm needle through the pedicle (as the smaller-cannula test shows).
+#[test]
+fn a_cannula_alternative_too_small_for_the_balloon_is_refused_for_kyphoplasty() {
+    let level = Level::T5;
+    let (input, _) = synth::spine(&[level], &Pose::identity(), false);
+    let prepared = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+    let small = 2.4;
+    assert!(small < criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM);
+    let request = common::default_request()
+        .with_cannula_alternatives(vec![small])
+        .unwrap();
+    assert_eq!(request.procedure(), Procedure::Kyphoplasty);
+    let kp = plan(&prepared, &request).unwrap();
+    for sp in &kp.levels[0].sides {
+        if let Some(t) = &sp.trajectory {
+            assert!(t.cannula_outer_diameter_mm >= criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM);
+        }
+        assert!(!sp.feasible, "{}: the 3.4 mm cannula does not fit", sp.side);
+        let tried: Vec<_> = sp
+            .attempts
+            .iter()
+            .map(|a| (a.cannula_outer_diameter_mm, a.feasible))
+            .collect();
+        println!("{}: {tried:?}", sp.side);
+        let a = sp
+            .attempts
+            .iter()
+            .find(|a| a.cannula_outer_diameter_mm == small)
+            .expect("the small cannula is listed as tried");
+        assert!(!a.feasible);
+        assert_eq!(a.reasons.len(), 1);
+        let r = &a.reasons[0];
+        assert_eq!(r.code, ReasonCode::CannulaTooSmallForBalloon);
+        assert_eq!(r.value_mm, Some(small));
+        assert_eq!(
+            r.limit_mm,
+            Some(criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM)
+        );
+        // The side's own reasons are those of the cannula it searched, not the refusal.
+        assert!(sp
+            .reasons
+            .iter()
+            .all(|r| r.code != ReasonCode::CannulaTooSmallForBalloon));
+        assert!(sp
+            .reasons
+            .iter()
+            .any(|r| r.code == ReasonCode::PedicleCorridorTooNarrow));
+    }
+    // Vertebroplasty: the same alternative is taken (no balloon to carry).
+    let vp = PlanRequest::new(
+        None,
+        Instrument::default_for(Procedure::Vertebroplasty),
+        Safety::contract_default(),
+    )
+    .unwrap()
+    .with_procedure(
+        Procedure::Vertebroplasty,
+        vec![Approach::BilateralTranspedicular],
+    )
+    .unwrap()
+    .with_cannula_alternatives(vec![small])
+    .unwrap();
+    let vp_plan = plan(&prepared, &vp).unwrap();
+    for sp in &vp_plan.levels[0].sides {
+        assert!(sp.feasible, "{}: {:?}", sp.side, sp.reasons);
+        assert_eq!(
+            sp.trajectory.as_ref().unwrap().cannula_outer_diameter_mm,
+            small
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Side, Structure};
 use kyphoplan_planner::error::{InputError, MeshFix};
+use kyphoplan_planner::evaluate::RouteRule;
 use kyphoplan_planner::math::Point;
 use kyphoplan_planner::mesh::TriMesh;
 use kyphoplan_planner::plan::{
@@ -170,6 +171,7 @@ pub fn reason_code_to_pb(code: ReasonCode) -> pb::ReasonCode {
         ReasonCode::NotLateralOfPedicle => pb::ReasonCode::NotLateralOfPedicle,
         ReasonCode::ExtrapedicularMeshesMissing => pb::ReasonCode::ExtrapedicularMeshesMissing,
         ReasonCode::ExtrapedicularNotPossible => pb::ReasonCode::ExtrapedicularNotPossible,
+        ReasonCode::CannulaTooSmallForBalloon => pb::ReasonCode::CannulaTooSmallForBalloon,
     }
 }
 
@@ -212,6 +214,7 @@ pub fn reason_code_from_pb(v: i32, field: &str) -> Result<ReasonCode> {
         pb::ReasonCode::NotLateralOfPedicle => ReasonCode::NotLateralOfPedicle,
         pb::ReasonCode::ExtrapedicularMeshesMissing => ReasonCode::ExtrapedicularMeshesMissing,
         pb::ReasonCode::ExtrapedicularNotPossible => ReasonCode::ExtrapedicularNotPossible,
+        pb::ReasonCode::CannulaTooSmallForBalloon => ReasonCode::CannulaTooSmallForBalloon,
     })
 }
 
@@ -781,6 +784,31 @@ pub struct EvaluateParams {
     pub target_mm: [f64; 3],
     pub instrument: Instrument,
     pub safety: Safety,
+    /// The route rule of the request's `route` (unspecified: transpedicular).
+    pub route_rule: RouteRule,
+}
+
+/// The route rule of an EvaluateTrajectoryRequest's `route` (`field`): unspecified or
+/// transpedicular -> [`RouteRule::Transpedicular`], extrapedicular ->
+/// [`RouteRule::Extrapedicular`]; unrecognised or unknown values are refused.
+pub fn route_rule_from_pb(v: i32, field: &str) -> Result<RouteRule> {
+    match route_from_pb(v, field)? {
+        None | Some(Route::Transpedicular) => Ok(RouteRule::Transpedicular),
+        Some(Route::Extrapedicular) => Ok(RouteRule::Extrapedicular),
+        Some(Route::Unrecognised) => Err(InputError::invalid(
+            field,
+            "ROUTE_UNRECOGNISED",
+            "a trajectory is evaluated as transpedicular or extrapedicular",
+        )),
+    }
+}
+
+/// The `route` of an EvaluateTrajectoryRequest for `rule`.
+pub fn route_rule_to_pb(rule: RouteRule) -> pb::Route {
+    match rule {
+        RouteRule::Transpedicular => pb::Route::Transpedicular,
+        RouteRule::Extrapedicular => pb::Route::Extrapedicular,
+    }
 }
 
 /// An EvaluateTrajectoryRequest split into its anatomy (not resolved here) and its
@@ -800,9 +828,11 @@ pub fn evaluate_request_from_pb(
         target_mm,
         instrument,
         safety,
+        route,
     } = request;
     let level = level_from_pb(level, "level")?;
     let side = side_from_pb(side, "side")?;
+    let route_rule = route_rule_from_pb(route, "route")?;
     let entry_mm = required_point(entry_mm, "entry_mm")?;
     let target_mm = required_point(target_mm, "target_mm")?;
     for (field, p) in [("entry_mm", entry_mm), ("target_mm", target_mm)] {
@@ -827,6 +857,7 @@ pub fn evaluate_request_from_pb(
             target_mm,
             instrument,
             safety,
+            route_rule,
         },
     ))
 }

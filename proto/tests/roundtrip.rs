@@ -16,7 +16,7 @@ fn through_the_wire(plan: &Plan) -> Plan {
     convert::plan_from_pb(pb::Plan::decode(bytes.as_slice()).unwrap()).unwrap()
 }
 
-const ALL_REASONS: [ReasonCode; 28] = [
+const ALL_REASONS: [ReasonCode; 29] = [
     ReasonCode::PedicleCorridorTooNarrow,
     ReasonCode::PedicleNotFound,
     ReasonCode::CanalTooClose,
@@ -45,6 +45,7 @@ const ALL_REASONS: [ReasonCode; 28] = [
     ReasonCode::NotLateralOfPedicle,
     ReasonCode::ExtrapedicularMeshesMissing,
     ReasonCode::ExtrapedicularNotPossible,
+    ReasonCode::CannulaTooSmallForBalloon,
 ];
 
 fn trajectory(x: f64) -> Trajectory {

@@ -1297,6 +1297,7 @@ impl PlanningService for Planning {
                     target_mm,
                     instrument,
                     safety,
+                    route_rule,
                 },
             ) = convert::evaluate_request_from_pb(request)?;
             let anatomy = anatomy.map(|a| match a {
@@ -1311,7 +1312,7 @@ impl PlanningService for Planning {
             let prepared = resolved.prepared.clone();
             let evaluation = self
                 .interactive(move || {
-                    planning::evaluate(
+                    planning::evaluate_with_route(
                         &prepared,
                         level,
                         side,
@@ -1319,6 +1320,7 @@ impl PlanningService for Planning {
                         target_mm,
                         &instrument,
                         &safety,
+                        route_rule,
                     )
                 })
                 .await??;

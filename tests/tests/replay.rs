@@ -113,13 +113,13 @@ fn replay_through_the_server(part: &str) -> usize {
 #[test]
 fn synthetic_library_replays_in_process_without_regression() {
     let cases = replay_in_process("synthetic");
-    assert!(cases >= 25, "{cases} cases");
+    assert!(cases >= 41, "{cases} cases");
 }
 
 #[test]
 fn synthetic_library_replays_through_the_server_without_regression() {
     let cases = replay_through_the_server("synthetic");
-    assert!(cases >= 25, "{cases} cases");
+    assert!(cases >= 41, "{cases} cases");
 }
 
 /// The real-anatomy cases read their meshes from `../shared/anatomy`: without it these tests are

@@ -8,6 +8,9 @@
 //!   (anatomy already prepared) and cold (a one-vertebra anatomy prepared, then planned), the
 //!   five-level plan from raw meshes, the exact evaluation of one planned trajectory, the
 //!   prepared memory and the process's peak resident memory;
+//! - thoracic levels of the built-in mean spine with ribs and pleura (issue 15), prepared:
+//!   T8 with the default approach, T8 and T5 with the extrapedicular fallback chain
+//!   (`--thoracic-only`: these alone);
 //! - the same on the real meshes of `../shared/anatomy` when present (VHM L1-L5 for the
 //!   five levels, the mean L3 for the per-vertebra figures);
 //! - the server, in-process on 127.0.0.1:0: warm CreatePlan calls for one level from 1, 4 and
@@ -46,6 +49,8 @@ pub struct BenchOptions {
     pub shared_anatomy: Option<PathBuf>,
     /// Only the label-map figures.
     pub labelmap_only: bool,
+    /// Only the thoracic figures ([`thoracic_figures`]).
+    pub thoracic_only: bool,
 }
 
 /// One measured figure.
@@ -421,6 +426,35 @@ fn anatomy_figures(
     Ok(())
 }
 
+/// The thoracic figures (issue 15): one prepared level of the built-in mean spine with its ribs
+/// and pleura, planned warm. `demo/plan_warm/T8`: the default request (bilateral
+/// transpedicular, then unipedicular; a 3.4 mm cannula). `demo/plan_warm/T8_fallbacks` and
+/// `demo/plan_warm/T5_fallbacks`: the demo's thoracic request ([`crate::demo::request`]:
+/// bilateral transpedicular, extrapedicular, unipedicular, with the 3.05 mm and 2.4 mm
+/// alternatives), every side's chain searched until a candidate is safe (at T5 the pedicles
+/// take no cannula: both sides end extrapedicular).
+fn thoracic_figures(budget: &Budget, out: &mut Vec<Figure>) -> Result<(), String> {
+    let fallbacks = crate::demo::request(true)?;
+    for (level, name, req) in [
+        (Level::T8, "T8", request(None)),
+        (Level::T8, "T8_fallbacks", fallbacks.clone()),
+        (Level::T5, "T5_fallbacks", fallbacks.clone()),
+    ] {
+        let prepared = prepare(crate::demo::anatomy(&[level], true))?;
+        let mut failed = None;
+        let warm = repeat(budget.warm_reps, budget.per_figure, || {
+            if let Err(e) = plan(&prepared, &req) {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed.take() {
+            return Err(format!("demo {name}: {e}"));
+        }
+        out.push(figure(format!("demo/plan_warm/{name}"), warm, 1e3, "ms"));
+    }
+    Ok(())
+}
+
 /// The exact clearance query against parry's capsule-vs-TriMesh distance on `count` segments:
 /// the planned cannula axes of the vertebra (10 mm behind the bone entry to the tip), both
 /// ends moved by up to 4 mm (seeded).
@@ -664,9 +698,25 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         });
     }
 
+    if options.thoracic_only {
+        eprintln!("bench: built-in thoracic levels (T5, T8 with ribs and pleura) only");
+        thoracic_figures(&budget, &mut figures)?;
+        notes.push("--thoracic-only: only the thoracic figures".into());
+        return Ok(BenchReport {
+            date,
+            machine,
+            quick: options.quick,
+            shared_anatomy: None,
+            notes,
+            figures,
+        });
+    }
+
     eprintln!("bench: built-in anatomy (synthetic L1-L5)");
     let demo = synth::demo_anatomy();
     anatomy_figures("demo", &demo, &demo, &budget, &mut figures)?;
+    eprintln!("bench: built-in thoracic levels (T5, T8 with ribs and pleura)");
+    thoracic_figures(&budget, &mut figures)?;
     clearance_figures("demo", &demo, Level::L3, &budget, &mut figures, &mut notes)?;
 
     let shared = if options.quick {

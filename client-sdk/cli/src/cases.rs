@@ -16,6 +16,7 @@ use kyphoplan_planner::anatomy::{AnatomyInput, Level, PatientFrame, Role, Struct
 use kyphoplan_planner::keepout;
 use kyphoplan_planner::labelmap;
 use kyphoplan_planner::math::{Point, Pose, Vector};
+use kyphoplan_planner::request::{Approach, Procedure};
 use kyphoplan_planner::synth::{self, VertebraParams};
 use rayon::prelude::*;
 
@@ -33,6 +34,12 @@ pub struct SyntheticCase {
     pub description: String,
     pub levels: Option<Vec<Level>>,
     pub instrument: Option<InstrumentToml>,
+    /// case.toml `procedure` (default kyphoplasty).
+    pub procedure: Option<Procedure>,
+    /// case.toml `approaches`, in order (default bilateral transpedicular, unipedicular).
+    pub approaches: Option<Vec<Approach>>,
+    /// case.toml `cannula_alternatives_mm`.
+    pub cannula_alternatives_mm: Option<Vec<f64>>,
     make: Box<dyn Fn() -> AnatomyInput + Send + Sync>,
 }
 
@@ -47,6 +54,9 @@ impl SyntheticCase {
             description: description.into(),
             levels: None,
             instrument: None,
+            procedure: None,
+            approaches: None,
+            cannula_alternatives_mm: None,
             make: Box::new(make),
         }
     }
@@ -76,6 +86,127 @@ fn single(params: &VertebraParams, pose: &Pose, name: &str) -> AnatomyInput {
             mesh: v.mesh,
         }],
     }
+}
+
+/// One vertebra of `params` at `pose` with its ribs (role `rib`) and pleura (role `pleura`)
+/// from [`synth::thorax`], named as [`synth::spine_with`] names them; LPS. `params` must be
+/// thoracic.
+fn single_with_thorax(params: &VertebraParams, pose: &Pose, name: &str) -> AnatomyInput {
+    let mut anatomy = single(params, pose, name);
+    let level = params.level;
+    let t = synth::thorax(params, pose).expect("a thoracic level");
+    for (side, rib) in t.ribs.with_sides() {
+        anatomy.structures.push(Structure {
+            name: format!("{}_rib_{}", level.name(), side.name()),
+            role: Role::Rib { level, side },
+            mesh: rib.clone(),
+        });
+    }
+    for (side, pleura) in t.pleura.with_sides() {
+        anatomy.structures.push(Structure {
+            name: format!("{}_pleura_{}", level.name(), side.name()),
+            role: Role::Pleura,
+            mesh: pleura.clone(),
+        });
+    }
+    anatomy
+}
+
+/// The approaches of the thoracic cases with ribs and pleura: through both pedicles, else each
+/// side beside its pedicle.
+fn thoracic_approaches() -> Vec<Approach> {
+    vec![Approach::BilateralTranspedicular, Approach::Extrapedicular]
+}
+
+/// The cannula alternatives of the thoracic kyphoplasty cases, mm: 11 G (3.05 mm, still
+/// carries a balloon) and 13 G (2.41 mm, too small for one: refused for kyphoplasty with
+/// `CANNULA_TOO_SMALL_FOR_BALLOON`), clinical.md "Needle and cannula gauges".
+pub const THORACIC_CANNULA_ALTERNATIVES_MM: [f64; 2] = [3.05, 2.4];
+
+/// Pedicle width of the narrow T5 cases, mm: under the 13 G needle (2.4 mm) plus two 1 mm
+/// margins, so no cannula of the request fits through the pedicle.
+pub const NARROW_T5_PEDICLE_WIDTH_MM: f64 = 4.0;
+
+/// Tilt of the kyphotic T8 case about the patient's left-right axis, degrees: the vertebra
+/// sits in a mid-thoracic kyphosis on top of its own wedge.
+pub const KYPHOTIC_T8_TILT_DEG: f64 = 12.0;
+
+/// The thoracic part of the library (issue 15): T5-T9 bone only (T10-T12 are in the mean
+/// loop), T5-T12 with ribs and pleura, a narrow T5 bone only and with ribs and pleura
+/// (vertebroplasty, 13 G allowed), and a kyphotic T8 wedge fracture with ribs and pleura.
+fn thoracic_cases() -> Vec<SyntheticCase> {
+    let mut out = Vec::new();
+    for level in [Level::T5, Level::T6, Level::T7, Level::T8, Level::T9] {
+        out.push(SyntheticCase::new(
+            format!("mean-bone-only/{level}"),
+            format!("{level} at mean morphometry, bone only: canal and nerve roots derived from the bone"),
+            move || named(synth::spine(&[level], &Pose::identity(), false).0, &format!("mean-{level}-bone")),
+        ));
+    }
+    for level in [
+        Level::T5,
+        Level::T6,
+        Level::T7,
+        Level::T8,
+        Level::T9,
+        Level::T10,
+        Level::T11,
+        Level::T12,
+    ] {
+        let mut c = SyntheticCase::new(
+            format!("thoracic-ribs-pleura/{level}"),
+            format!("{level} at mean morphometry with its ribs and pleura; kyphoplasty, approaches bilateral transpedicular then extrapedicular, cannula alternatives 3.05 mm and 2.4 mm (too small for a balloon)"),
+            move || {
+                let options = synth::SpineOptions {
+                    with_soft_tissue: false,
+                    with_ribs_and_pleura: true,
+                };
+                named(
+                    synth::spine_with(&[level], &Pose::identity(), &options).0,
+                    &format!("mean-{level}-ribs-pleura"),
+                )
+            },
+        );
+        c.approaches = Some(thoracic_approaches());
+        c.cannula_alternatives_mm = Some(THORACIC_CANNULA_ALTERNATIVES_MM.to_vec());
+        out.push(c);
+    }
+    let narrow = || {
+        let mut p = VertebraParams::mean(Level::T5);
+        p.pedicle_width_mm = NARROW_T5_PEDICLE_WIDTH_MM;
+        p
+    };
+    out.push(SyntheticCase::new(
+        "narrow-pedicles/T5-4.0mm-bone-only",
+        "T5 with 4.0 mm pedicles, bone only, default approaches: both sides infeasible, PEDICLE_CORRIDOR_TOO_NARROW with the measured width",
+        move || single(&narrow(), &Pose::identity(), "narrow-T5-bone"),
+    ));
+    let mut c = SyntheticCase::new(
+        "narrow-pedicles/T5-4.0mm-ribs-pleura-vertebroplasty",
+        "T5 with 4.0 mm pedicles, ribs and pleura; vertebroplasty, 13 G (2.4 mm) allowed: no cannula fits the pedicle, each side extrapedicular",
+        move || single_with_thorax(&narrow(), &Pose::identity(), "narrow-T5-ribs-pleura"),
+    );
+    c.procedure = Some(Procedure::Vertebroplasty);
+    c.approaches = Some(thoracic_approaches());
+    c.cannula_alternatives_mm = Some(vec![2.4]);
+    out.push(c);
+    let mut c = SyntheticCase::new(
+        "fracture/T8-wedge-40pct-kyphotic",
+        "T8 compression fracture, 40 % anterior height loss, tilted 12 deg into kyphosis, with ribs and pleura; kyphoplasty, bilateral transpedicular then extrapedicular, alternatives 3.05 and 2.4 mm",
+        || {
+            let mut p = VertebraParams::mean(Level::T8);
+            p.anterior_height_loss_fraction = 0.4;
+            let pose = Pose::new(
+                Vector::zeros(),
+                Vector::x() * KYPHOTIC_T8_TILT_DEG.to_radians(),
+            );
+            single_with_thorax(&p, &pose, "fracture-T8-wedge-kyphotic")
+        },
+    );
+    c.approaches = Some(thoracic_approaches());
+    c.cannula_alternatives_mm = Some(THORACIC_CANNULA_ALTERNATIVES_MM.to_vec());
+    out.push(c);
+    out
 }
 
 /// The same anatomy in RAS: x and y negated (exactly, no rotation matrix rounding).
@@ -227,6 +358,7 @@ pub fn synthetic_cases() -> Vec<SyntheticCase> {
     );
     multi.levels = Some(vec![Level::L2, Level::L3, Level::L4]);
     out.push(multi);
+    out.extend(thoracic_cases());
     out
 }
 
@@ -235,6 +367,12 @@ fn case_toml_text(c: &SyntheticCase, written: CaseToml) -> String {
     let toml = CaseToml {
         description: Some(c.description.clone()),
         instrument: c.instrument.clone(),
+        procedure: c.procedure.map(|p| p.as_str().to_owned()),
+        approaches: c
+            .approaches
+            .as_ref()
+            .map(|a| a.iter().map(|a| a.as_str().to_owned()).collect()),
+        cannula_alternatives_mm: c.cannula_alternatives_mm.clone(),
         ..written
     };
     let body = toml::to_string(&toml).expect("a case.toml encodes");

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod cases;
+pub mod demo;
 pub mod export;
 pub mod replay;
 pub mod report;

@@ -9,10 +9,11 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
-use kyphoplan_cli::report;
+use kyphoplan_cli::{demo, report};
 use kyphoplan_client::case::{self, Case};
 use kyphoplan_client::{plan_json, Client, ClientError, Code};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level, Side};
+use kyphoplan_planner::evaluate::RouteRule;
 use kyphoplan_planner::plan::{Evaluation, LevelPlan, Plan};
 use kyphoplan_planner::planning;
 use kyphoplan_planner::prepare::{PrepareOptions, PreparedAnatomy};
@@ -121,9 +122,18 @@ enum Command {
         out: PathBuf,
         /// Levels of the built-in mean spine to plan, `FROM-TO` (e.g. `T5-L5`) or one level
         /// (default: L1-L5). Thoracic levels come with their ribs and pleura, and the
-        /// extrapedicular approach is allowed after the bilateral one.
+        /// extrapedicular approach is allowed after the bilateral one, with the cannula
+        /// alternatives 3.05 mm (11 G) and 2.4 mm (13 G, too small for a balloon).
         #[arg(long, value_name = "FROM-TO")]
         levels: Option<String>,
+        /// With --levels: bone only (no ribs or pleura) and the default approaches.
+        #[arg(long, requires = "levels")]
+        bone_only: bool,
+        /// With --levels: print only the README's approach table (each level planned bone
+        /// only at default settings, and with ribs and pleura and the extrapedicular approach);
+        /// nothing is written.
+        #[arg(long, requires = "levels", conflicts_with = "bone_only")]
+        approach_table: bool,
     },
     /// Plan a case directory, or a NIfTI label map (--labelmap; planned in frame LPS with the
     /// contract's instrument and safety).
@@ -179,6 +189,11 @@ enum Command {
         /// Write the evaluation JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// The route rule the trajectory is held to: `transpedicular` (through the pedicle) or
+        /// `extrapedicular` (beside it, docking on the rib head-neck; needs the level's rib and
+        /// a pleura mesh).
+        #[arg(long, value_name = "ROUTE", default_value = "transpedicular", value_parser = parse_route)]
+        route: RouteRule,
     },
     /// Re-plan every case under CASES_ROOT (any directory with case.toml) and compare with its
     /// expected.json; exit 3 on a regression.
@@ -232,11 +247,25 @@ enum Command {
         /// Only the label-map figures (read, mesh, prepare, plan of a generated lumbar map).
         #[arg(long)]
         labelmap_only: bool,
+        /// Only the thoracic figures (T8 with the default approach, T8 and T5 with the
+        /// extrapedicular fallbacks; built-in levels with ribs and pleura, prepared).
+        #[arg(long, conflicts_with = "labelmap_only")]
+        thoracic_only: bool,
     },
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
     Level::from_str(s)
+}
+
+fn parse_route(s: &str) -> Result<RouteRule, String> {
+    match s {
+        "transpedicular" => Ok(RouteRule::Transpedicular),
+        "extrapedicular" => Ok(RouteRule::Extrapedicular),
+        _ => Err(format!(
+            "unknown route {s:?} (transpedicular or extrapedicular)"
+        )),
+    }
 }
 
 fn parse_side(s: &str) -> Result<Side, String> {
@@ -338,7 +367,19 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     let _ = CONNECT_OPTIONS.set(cli.security.options()?);
     match cli.command {
-        Command::Demo { out, levels } => demo(&out, levels.as_deref()),
+        Command::Demo {
+            out,
+            levels,
+            bone_only,
+            approach_table,
+        } => match levels.as_deref() {
+            Some(text) if approach_table => {
+                let levels = demo_levels(text)?;
+                print!("{}", demo::approach_table(&levels).map_err(Failure::Input)?);
+                Ok(())
+            }
+            levels => demo(&out, levels, bone_only),
+        },
         Command::Plan {
             source:
                 Source {
@@ -394,12 +435,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             target,
             server,
             json,
+            route,
         } => evaluate_case(
             &case_dir,
             level,
             side,
-            entry,
-            target,
+            (entry, target, route),
             server.as_deref(),
             json.as_deref(),
         ),
@@ -433,12 +474,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
             quick,
             labelmap_only,
+            thoracic_only,
         } => {
             use kyphoplan_cli::bench;
             let options = bench::BenchOptions {
                 quick,
                 shared_anatomy: bench::default_shared_anatomy(),
                 labelmap_only,
+                thoracic_only,
             };
             let report =
                 bench::run(&options).map_err(|e| Failure::Server(format!("bench: {e}")))?;
@@ -743,8 +786,7 @@ fn evaluate_case(
     dir: &Path,
     level: Level,
     side: Side,
-    entry: [f64; 3],
-    target: [f64; 3],
+    (entry, target, route): ([f64; 3], [f64; 3], RouteRule),
     server: Option<&str>,
     json: Option<&Path>,
 ) -> Result<(), Failure> {
@@ -759,8 +801,17 @@ fn evaluate_case(
     let evaluation: Evaluation = match server {
         None => {
             let prepared = prepare(anatomy, &dir)?;
-            planning::evaluate(&prepared, level, side, entry, target, &instrument, &safety)
-                .map_err(|e| Failure::Input(format!("{}: {e}", dir.display())))?
+            planning::evaluate_with_route(
+                &prepared,
+                level,
+                side,
+                entry,
+                target,
+                &instrument,
+                &safety,
+                route,
+            )
+            .map_err(|e| Failure::Input(format!("{}: {e}", dir.display())))?
         }
         Some(url) => runtime()?.block_on(async {
             let mut client = connect(url).await?;
@@ -769,7 +820,7 @@ fn evaluate_case(
                 .await
                 .map_err(|e| from_client(e, "upload refused"))?;
             client
-                .evaluate(
+                .evaluate_with_route(
                     &stored.anatomy_id,
                     level,
                     side,
@@ -777,6 +828,7 @@ fn evaluate_case(
                     target,
                     &instrument,
                     &safety,
+                    route,
                 )
                 .await
                 .map_err(|e| from_client(e, "evaluation refused"))
@@ -813,46 +865,20 @@ fn demo_levels(text: &str) -> Result<Vec<Level>, Failure> {
     Ok(levels)
 }
 
-fn demo(out: &Path, levels: Option<&str>) -> Result<(), Failure> {
-    let mut request = PlanRequest::new(
-        None,
-        Instrument::contract_default(),
-        Safety::contract_default(),
-    )
-    .map_err(|e| Failure::Input(e.to_string()))?;
-    let anatomy = match levels {
-        None => synth::demo_anatomy(),
+fn demo(out: &Path, levels: Option<&str>, bone_only: bool) -> Result<(), Failure> {
+    let (anatomy, request) = match levels {
+        None => (synth::demo_anatomy(), demo::request(false)),
         Some(text) => {
             let levels = demo_levels(text)?;
-            let options = synth::SpineOptions {
-                with_soft_tissue: false,
-                with_ribs_and_pleura: true,
-            };
-            let mut anatomy = synth::spine_with(
-                &levels,
-                &kyphoplan_planner::math::Pose::identity(),
-                &options,
-            )
-            .0;
-            anatomy.name = "built-in-demo".to_string();
-            if levels.iter().any(|l| *l <= Level::T12) {
-                use kyphoplan_planner::request::{Approach, Procedure};
-                request = request
-                    .with_procedure(
-                        Procedure::Kyphoplasty,
-                        vec![
-                            Approach::BilateralTranspedicular,
-                            Approach::Extrapedicular,
-                            Approach::Unipedicular,
-                        ],
-                    )
-                    .map_err(|e| Failure::Input(e.to_string()))?;
-            }
-            anatomy
+            let thoracic = levels.iter().any(|l| *l <= Level::T12) && !bone_only;
+            (demo::anatomy(&levels, !bone_only), demo::request(thoracic))
         }
     };
-    // The output directory is itself a case directory: `kyphoplan plan DIR` re-plans it.
-    case::write_case(out, &anatomy, None).map_err(|e| Failure::Input(e.to_string()))?;
+    let request = request.map_err(Failure::Input)?;
+    // The output directory is itself a case directory: `kyphoplan plan DIR` re-plans it, with
+    // the same procedure, approaches and cannula alternatives.
+    case::write_case_for(out, &anatomy, None, Some(&request))
+        .map_err(|e| Failure::Input(e.to_string()))?;
     let plan = plan_in_process(anatomy, &request, Path::new("demo anatomy"))?;
     print!("{}", report::plan_table(&plan));
     let json_path = out.join("plan.json");

@@ -285,6 +285,7 @@ fn compare_trajectory(d: &mut Differ, e: &Trajectory, a: &Trajectory) {
         e.cannula_outer_diameter_mm,
         a.cannula_outer_diameter_mm,
     );
+    d.exact("route", &e.route, &a.route);
     d.angle("medial angle", e.medial_angle_deg, a.medial_angle_deg);
     d.angle("cranial angle", e.cranial_angle_deg, a.cranial_angle_deg);
     let (ce, ca) = (&e.clearance_mm, &a.clearance_mm);
@@ -316,6 +317,24 @@ fn compare_side(d: &mut Differ, e: &SidePlan, a: &SidePlan) {
     d.exact("feasible", &e.feasible, &a.feasible);
     d.exact("approach", &e.approach, &a.approach);
     d.exact("reasons", &reason_codes(e), &reason_codes(a));
+    // What the side tried (issue 15): each candidate's route, cannula, verdict and reasons.
+    let tried = |s: &SidePlan| -> Vec<String> {
+        s.attempts
+            .iter()
+            .map(|t| {
+                let codes: Vec<String> =
+                    t.reasons.iter().map(|r| format!("{:?}", r.code)).collect();
+                format!(
+                    "{:?} {} mm {} [{}]",
+                    t.route,
+                    t.cannula_outer_diameter_mm,
+                    if t.feasible { "feasible" } else { "infeasible" },
+                    codes.join(",")
+                )
+            })
+            .collect()
+    };
+    d.exact("attempts", &tried(e), &tried(a));
     match (&e.trajectory, &a.trajectory) {
         (Some(te), Some(ta)) => compare_trajectory(d, te, ta),
         (None, None) => {}
@@ -363,6 +382,11 @@ pub fn compare(expected: &Plan, actual: &Plan, tol: &Tolerances) -> Vec<Differen
     d.exact("safety", &expected.safety, &actual.safety);
     d.exact("procedure", &expected.procedure, &actual.procedure);
     d.exact("approaches", &expected.approaches, &actual.approaches);
+    d.exact(
+        "cannula alternatives",
+        &expected.cannula_alternatives_mm,
+        &actual.cannula_alternatives_mm,
+    );
     let mut levels: Vec<Level> = expected
         .levels
         .iter()

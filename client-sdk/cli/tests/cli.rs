@@ -379,6 +379,9 @@ fn bench_quick_prints_the_table_and_writes_the_json_report() {
         positive.push(format!("demo/plan_warm/{level}"));
         positive.push(format!("demo/plan_cold/{level}"));
     }
+    for thoracic in ["T8", "T8_fallbacks", "T5_fallbacks"] {
+        positive.push(format!("demo/plan_warm/{thoracic}"));
+    }
     for clients in [1, 4, 16] {
         positive.push(format!("server/clients_{clients}/throughput"));
         positive.push(format!("server/clients_{clients}/latency_p50"));
