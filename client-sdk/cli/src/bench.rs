@@ -49,7 +49,8 @@ pub struct BenchOptions {
     pub shared_anatomy: Option<PathBuf>,
     /// Only the label-map figures.
     pub labelmap_only: bool,
-    /// Only the thoracic figures ([`thoracic_figures`]).
+    /// Only the thoracic figures (T8 default approach, T8 and T5 with the extrapedicular
+    /// fallbacks).
     pub thoracic_only: bool,
 }
 
