@@ -78,7 +78,7 @@ pub fn marching_tetrahedra<F: Fn(&Vector) -> Real + Sync>(
 ///
 /// Vertices are numbered in order of first use, cube by cube (x fastest), tetrahedron by
 /// tetrahedron. Each grid edge of the tetrahedralisation runs from a lower grid point along a
-/// non-zero 0/1 offset (the corner bits of [`TETS`]' edges), so its vertex is found in a table
+/// non-zero 0/1 offset (the corner bits of `TETS`' edges), so its vertex is found in a table
 /// of two grid slices (the cube layer's lower slice and its upper one) instead of a hash map.
 pub fn tetrahedra_surface(
     values: &[Real],

@@ -620,7 +620,7 @@ mod tests {
             values.push(((x >> 20) % 1000) as f64 * 0.5 - 250.0);
             values.push(
                 f64::from_bits(0x3FE0_0000_0000_0000 + (x % 8))
-                    * if x % 2 == 0 { 1.0 } else { -1.0 },
+                    * if x.is_multiple_of(2) { 1.0 } else { -1.0 },
             );
         }
         for v in values {
