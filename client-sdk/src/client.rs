@@ -258,14 +258,34 @@ fn replica_lost(status: &tonic::Status) -> bool {
     }
 }
 
+/// A fresh idempotency key for one logical CreatePlan/StreamPlan call (sent again, the same,
+/// on each retry of it): 128 bits from std's OS-seeded hasher keys over the time, a counter
+/// and the process id, as 32 hex digits.
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = (
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::process::id(),
+    );
+    let (a, b) = (RandomState::new(), RandomState::new());
+    format!("{:016x}{:016x}", a.hash_one(seed), b.hash_one(seed))
+}
+
 /// A client of one server, or of several replicas of one service (on one shared store): then
 /// calls go to the replicas in turn (round-robin, one HTTP/2 connection each, so that calls
 /// spread however many a connection carries), and a call refused as UNAVAILABLE (the replica
 /// is down, unreachable or shutting down, or its store is; or the connection broke mid-call) is
 /// tried once on each other replica
 /// before the error is returned. Every call is retried so but a plan's stream
-/// ([`Client::stream_plan`] retries only the call that opens it). A plan whose answer was lost
-/// with its replica may have been stored there as well as on the replica that answered.
+/// ([`Client::stream_plan`] retries only the call that opens it). A plan call carries an
+/// idempotency key (`request_id`), one per call and the same on each retry: a plan stored by a
+/// replica whose answer was lost is the answer of the retry, not stored twice.
 #[derive(Clone)]
 pub struct Client {
     /// The first replica's client ([`Client::raw`]).
@@ -646,10 +666,13 @@ impl Client {
         anatomy_id: &str,
         request: &PlanRequest,
     ) -> Result<StoredPlan, ClientError> {
-        let message = convert::create_plan_request_to_pb(
-            pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
-            request,
-        );
+        let message = pb::CreatePlanRequest {
+            request_id: new_request_id(),
+            ..convert::create_plan_request_to_pb(
+                pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
+                request,
+            )
+        };
         StoredPlan::from_pb(
             self.call(|mut c| {
                 let r = self.authorized(message.clone());
@@ -666,10 +689,13 @@ impl Client {
         anatomy: &AnatomyInput,
         request: &PlanRequest,
     ) -> Result<StoredPlan, ClientError> {
-        let message = convert::create_plan_request_to_pb(
-            pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(anatomy)),
-            request,
-        );
+        let message = pb::CreatePlanRequest {
+            request_id: new_request_id(),
+            ..convert::create_plan_request_to_pb(
+                pb::create_plan_request::Anatomy::InlineAnatomy(convert::anatomy_to_pb(anatomy)),
+                request,
+            )
+        };
         StoredPlan::from_pb(
             self.call(|mut c| {
                 let r = self.authorized(message.clone());
@@ -687,10 +713,13 @@ impl Client {
         request: &PlanRequest,
         mut on_level: impl FnMut(&LevelPlan, usize, usize),
     ) -> Result<StoredPlan, ClientError> {
-        let message = convert::create_plan_request_to_pb(
-            pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
-            request,
-        );
+        let message = pb::CreatePlanRequest {
+            request_id: new_request_id(),
+            ..convert::create_plan_request_to_pb(
+                pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
+                request,
+            )
+        };
         let mut stream = self
             .call(|mut c| {
                 let r = self.authorized(message.clone());

@@ -234,6 +234,7 @@ fn create_plan(r: pb::CreatePlanRequest) {
         procedure,
         approaches,
         cannula_alternatives_mm,
+        request_id: _,
     } = r;
     match convert::plan_request_from_pb(&levels, instrument, safety, procedure, &approaches)
         .and_then(|r| convert::with_cannula_alternatives(r, &cannula_alternatives_mm))

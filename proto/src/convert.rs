@@ -884,6 +884,7 @@ pub fn create_plan_request_to_pb(
             .map(|a| approach_to_pb(*a) as i32)
             .collect(),
         cannula_alternatives_mm: request.cannula_alternatives_mm().to_vec(),
+        request_id: String::new(),
     }
 }
 

@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_PLANS_PER_CLIENT: usize = 2;
 pub const DEFAULT_PREPARED_CACHE_ENTRIES: usize = 8;
 /// Seconds between two runs of the retention purge.
 pub const DEFAULT_RETENTION_CHECK_SECS: u64 = 3600;
+/// Milliseconds between two checks of the store by the health service.
+pub const DEFAULT_HEALTH_CHECK_MS: u64 = 1000;
 /// Size at which the audit log is rotated, bytes.
 pub const DEFAULT_AUDIT_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -120,6 +122,11 @@ pub struct Config {
     /// FILE.1 FILE.2 ... up to FILE.5 (0: never rotate).
     #[arg(long, env = "KYPHOPLAN_AUDIT_LOG_MAX_BYTES", default_value_t = DEFAULT_AUDIT_LOG_MAX_BYTES)]
     pub audit_log_max_bytes: u64,
+    /// Milliseconds between two checks that the store answers: while it does not (a
+    /// PostgreSQL store unreachable), gRPC health reports NOT_SERVING, so that a load balancer
+    /// sends the calls to other replicas; SERVING again once it answers.
+    #[arg(long, env = "KYPHOPLAN_HEALTH_CHECK_MS", default_value_t = DEFAULT_HEALTH_CHECK_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_check_ms: u64,
 }
 
 impl Config {
@@ -146,6 +153,7 @@ impl Config {
             retention_check_secs: DEFAULT_RETENTION_CHECK_SECS,
             audit_log: None,
             audit_log_max_bytes: DEFAULT_AUDIT_LOG_MAX_BYTES,
+            health_check_ms: DEFAULT_HEALTH_CHECK_MS,
         }
     }
 }

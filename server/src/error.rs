@@ -25,8 +25,9 @@ pub enum ServiceError {
     /// The store failed.
     #[error("storage: {0}")]
     Storage(String),
-    /// The data directory's file system is full: nothing was stored. Free space; until the
-    /// server is restarted the store may refuse further writes (redb stops after an I/O error).
+    /// The store's disk is full: nothing was stored. Free space. (The embedded store stops
+    /// after a failed write, [`ServiceError::Unavailable`], until the health check has opened
+    /// it again.)
     #[error("the server's storage is full, nothing was stored: {0}")]
     StorageFull(String),
     /// The server cannot do the work now (e.g. shutting down).
@@ -41,6 +42,12 @@ impl From<redb::Error> for ServiceError {
     fn from(e: redb::Error) -> Self {
         match &e {
             redb::Error::Io(io) if is_storage_full(io) => ServiceError::StorageFull(e.to_string()),
+            // redb refuses every call after a failed write until it is opened again (see
+            // `RedbStore`'s `check`): the store is not available yet, nothing is wrong with
+            // the call.
+            redb::Error::PreviousIo => ServiceError::Unavailable(format!(
+                "the embedded store failed a write and is being opened again: {e}"
+            )),
             _ => ServiceError::Storage(e.to_string()),
         }
     }

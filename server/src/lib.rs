@@ -111,6 +111,12 @@ async fn serve_until(
     auth = auth.with_audit(planning.auditor());
     // Dropped (aborted) when serving ends.
     let retention = planning.spawn_retention().map(AbortOnDrop);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PlanningServiceServer<Planning>>()
+        .await;
+    // SERVING while the store answers (also dropped when serving ends).
+    let health_checks = AbortOnDrop(planning.spawn_health_checks(health_reporter));
     // Tagged with the method outside the authenticator, so that refused calls are audited.
     let service = audit::TagMethod::new(InterceptedService::new(
         PlanningServiceServer::new(planning)
@@ -118,11 +124,6 @@ async fn serve_until(
             .max_encoding_message_size(max_message),
         auth.clone(),
     ));
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<PlanningServiceServer<Planning>>()
-        .await;
 
     let reflection_v1 = InterceptedService::new(
         tonic_reflection::server::Builder::configure()
@@ -169,6 +170,7 @@ async fn serve_until(
         )
         .await?;
     drop(retention);
+    drop(health_checks);
     tracing::info!("kyphoplan-server stopped");
     Ok(())
 }

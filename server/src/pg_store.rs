@@ -29,7 +29,7 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -47,9 +47,10 @@ const MIGRATION_LOCK: i64 = 0x6b79_7068;
 
 /// The schema, one migration per entry, applied in order; never edit one that has shipped,
 /// add another.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE anatomies (
     id text COLLATE "C" PRIMARY KEY,
     meta bytea NOT NULL,
@@ -80,7 +81,20 @@ CREATE INDEX plans_owner_id ON plans (owner, id);
 CREATE INDEX plans_anatomy ON plans (anatomy_id, id);
 CREATE INDEX plans_create_time ON plans (create_time_ms);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE plan_requests (
+    owner text COLLATE "C" NOT NULL,
+    request_id text COLLATE "C" NOT NULL,
+    plan_id text COLLATE "C" NOT NULL REFERENCES plans (id) ON DELETE CASCADE,
+    PRIMARY KEY (owner, request_id)
+);
+CREATE INDEX plan_requests_plan ON plan_requests (plan_id);
+"#,
+    ),
+];
 
 /// The PostgreSQL store. Dropping it closes its connections.
 pub struct PgStore {
@@ -123,6 +137,12 @@ fn db_error(e: tokio_postgres::Error) -> ServiceError {
     }
     // No answer from the database: the connection failed, closed or timed out.
     ServiceError::Unavailable(format!("the store (PostgreSQL) is unreachable: {e}"))
+}
+
+impl From<tokio_postgres::Error> for ServiceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        db_error(e)
+    }
 }
 
 fn pool_error(e: PoolError) -> ServiceError {
@@ -196,26 +216,36 @@ impl PgStore {
         self.pool.get().await.map_err(pool_error)
     }
 
+    /// Run `query` with a pooled connection on the store's runtime and wait for it: the one
+    /// way the store's calls reach the database. `?` turns a database error into the
+    /// service's ([`db_error`]).
+    fn with_client<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        self.run(async {
+            let mut client = self.client().await?;
+            query(&mut client).await
+        })
+    }
+
     /// Apply the missing [`MIGRATIONS`] in one transaction under an advisory lock: a second
     /// replica starting at once waits, then finds them applied.
     async fn migrate(&self) -> Result<(), ServiceError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(db_error)?;
+        let txn = client.transaction().await?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db_error)?;
+            .await?;
         txn.batch_execute(
             "CREATE TABLE IF NOT EXISTS kyphoplan_schema (
                  version integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now()
              )",
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let applied: BTreeSet<i32> = txn
             .query("SELECT version FROM kyphoplan_schema", &[])
-            .await
-            .map_err(db_error)?
+            .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -230,61 +260,69 @@ impl PgStore {
             if applied.contains(version) {
                 continue;
             }
-            txn.batch_execute(sql).await.map_err(db_error)?;
+            txn.batch_execute(sql).await?;
             txn.execute(
                 "INSERT INTO kyphoplan_schema (version) VALUES ($1)",
                 &[version],
             )
-            .await
-            .map_err(db_error)?;
+            .await?;
             tracing::info!(version, "store schema migrated");
         }
-        txn.commit().await.map_err(db_error)
+        Ok(txn.commit().await?)
     }
 
     async fn owns_anatomy_in(
-        client: &impl deadpool_postgres::GenericClient,
+        client: &impl GenericClient,
         id: &str,
         owner: Option<&str>,
     ) -> Result<bool, ServiceError> {
         let row = match owner {
-            None => client
-                .query_opt("SELECT 1 FROM anatomies WHERE id = $1", &[&id])
-                .await
-                .map_err(db_error)?,
-            Some(o) => client
-                .query_opt(
-                    "SELECT 1 FROM anatomy_owners WHERE owner = $1 AND anatomy_id = $2",
-                    &[&o, &id],
-                )
-                .await
-                .map_err(db_error)?,
+            None => {
+                client
+                    .query_opt("SELECT 1 FROM anatomies WHERE id = $1", &[&id])
+                    .await?
+            }
+            Some(o) => {
+                client
+                    .query_opt(
+                        "SELECT 1 FROM anatomy_owners WHERE owner = $1 AND anatomy_id = $2",
+                        &[&o, &id],
+                    )
+                    .await?
+            }
         };
         Ok(row.is_some())
     }
 }
 
 impl Store for PgStore {
+    fn check(&self) -> Result<(), ServiceError> {
+        self.with_client(async |client| {
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+    }
+
     fn compact(&self) -> Result<(), ServiceError> {
-        self.run(async {
-            let client = self.client().await?;
+        self.with_client(async |client| {
             client
-                .batch_execute("VACUUM plans, anatomies, anatomy_chunks, anatomy_owners")
-                .await
-                .map_err(db_error)
+                .batch_execute(
+                    "VACUUM plans, plan_requests, anatomies, anatomy_chunks, anatomy_owners",
+                )
+                .await?;
+            Ok(())
         })
     }
 
     fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        self.run(async {
-            let client = self.client().await?;
+        self.with_client(async |client| {
+            // Its request key goes with it (ON DELETE CASCADE).
             let n = client
                 .execute(
                     "DELETE FROM plans WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
                     &[&id, &owner],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             Ok(n > 0)
         })
     }
@@ -295,14 +333,12 @@ impl Store for PgStore {
         owner: Option<&str>,
         cascade: bool,
     ) -> Result<Option<AnatomyDeletion>, ServiceError> {
-        self.run(async {
-            let mut client = self.client().await?;
-            let txn = client.transaction().await.map_err(db_error)?;
+        self.with_client(async |client| {
+            let txn = client.transaction().await?;
             // Lock the anatomy's row: a concurrent upload or delete of it waits for us.
             let exists = txn
                 .query_opt("SELECT 1 FROM anatomies WHERE id = $1 FOR UPDATE", &[&id])
-                .await
-                .map_err(db_error)?
+                .await?
                 .is_some();
             if !exists || !Self::owns_anatomy_in(&txn, id, owner).await? {
                 return Ok(None);
@@ -313,8 +349,7 @@ impl Store for PgStore {
                      ORDER BY id",
                     &[&id, &owner],
                 )
-                .await
-                .map_err(db_error)?
+                .await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -325,8 +360,7 @@ impl Store for PgStore {
                 });
             }
             txn.execute("DELETE FROM plans WHERE id = ANY($1)", &[&plan_ids])
-                .await
-                .map_err(db_error)?;
+                .await?;
             let data_removed = match owner {
                 None => true,
                 Some(o) => {
@@ -334,24 +368,21 @@ impl Store for PgStore {
                         "DELETE FROM anatomy_owners WHERE owner = $1 AND anatomy_id = $2",
                         &[&o, &id],
                     )
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
                     txn.query_opt(
                         "SELECT 1 FROM anatomy_owners WHERE anatomy_id = $1 LIMIT 1",
                         &[&id],
                     )
-                    .await
-                    .map_err(db_error)?
+                    .await?
                     .is_none()
                 }
             };
             if data_removed {
                 // Chunks and owners go with it (ON DELETE CASCADE).
                 txn.execute("DELETE FROM anatomies WHERE id = $1", &[&id])
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
             }
-            txn.commit().await.map_err(db_error)?;
+            txn.commit().await?;
             Ok(Some(AnatomyDeletion {
                 plan_ids,
                 data_removed,
@@ -361,9 +392,8 @@ impl Store for PgStore {
 
     fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
         let cutoff = ms(cutoff_unix_ms);
-        self.run(async {
-            let mut client = self.client().await?;
-            let txn = client.transaction().await.map_err(db_error)?;
+        self.with_client(async |client| {
+            let txn = client.transaction().await?;
             let ids = |rows: Vec<tokio_postgres::Row>| {
                 let mut ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
                 ids.sort();
@@ -374,16 +404,14 @@ impl Store for PgStore {
                     "DELETE FROM plans WHERE create_time_ms < $1 RETURNING id",
                     &[&cutoff],
                 )
-                .await
-                .map_err(db_error)?);
+                .await?);
             let anatomy_ids = ids(txn
                 .query(
                     "DELETE FROM anatomies WHERE upload_time_ms < $1 RETURNING id",
                     &[&cutoff],
                 )
-                .await
-                .map_err(db_error)?);
-            txn.commit().await.map_err(db_error)?;
+                .await?);
+            txn.commit().await?;
             Ok(Purged {
                 plan_ids,
                 anatomy_ids,
@@ -392,39 +420,25 @@ impl Store for PgStore {
     }
 
     fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
-        self.run(async {
-            let mut client = self.client().await?;
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(db_error)?;
-            let plans = txn
-                .query("SELECT id FROM plans", &[])
-                .await
-                .map_err(db_error)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let anatomies = txn
-                .query("SELECT id FROM anatomies", &[])
-                .await
-                .map_err(db_error)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            txn.commit().await.map_err(db_error)?;
+        self.with_client(async |client| {
+            let txn = snapshot(client).await?;
+            let ids = async |sql: &str| -> Result<BTreeSet<String>, ServiceError> {
+                Ok(txn
+                    .query(sql, &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect())
+            };
+            let plans = ids("SELECT id FROM plans").await?;
+            let anatomies = ids("SELECT id FROM anatomies").await?;
+            txn.commit().await?;
             Ok((plans, anatomies))
         })
     }
 
     fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        self.run(async {
-            let client = self.client().await?;
-            Self::owns_anatomy_in(&client, id, owner).await
-        })
+        self.with_client(async |client| Self::owns_anatomy_in(&*client, id, owner).await)
     }
 
     fn put_anatomy(
@@ -437,9 +451,8 @@ impl Store for PgStore {
     ) -> Result<(), ServiceError> {
         let now = ms(now_unix_ms);
         let size = i64::try_from(data.len()).unwrap_or(i64::MAX);
-        self.run(async {
-            let mut client = self.client().await?;
-            let txn = client.transaction().await.map_err(db_error)?;
+        self.with_client(async |client| {
+            let txn = client.transaction().await?;
             // A concurrent put of the same id waits here for the other's commit, then finds
             // the row: only the first writes the data.
             let inserted: bool = txn
@@ -451,35 +464,26 @@ impl Store for PgStore {
                      RETURNING (xmax = 0)",
                     &[&id, &meta, &size, &now],
                 )
-                .await
-                .map_err(db_error)?
+                .await?
                 .get(0);
             if inserted {
                 let insert = txn
                     .prepare(
                         "INSERT INTO anatomy_chunks (anatomy_id, seq, data) VALUES ($1, $2, $3)",
                     )
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
                 for (seq, chunk) in data.chunks(CHUNK_BYTES).enumerate() {
                     let seq = i32::try_from(seq).map_err(|_| {
                         ServiceError::Internal("anatomy too large for its chunk index".into())
                     })?;
-                    txn.execute(&insert, &[&id, &seq, &chunk])
-                        .await
-                        .map_err(db_error)?;
+                    txn.execute(&insert, &[&id, &seq, &chunk]).await?;
                 }
             }
             if let Some(o) = owner {
-                txn.execute(
-                    "INSERT INTO anatomy_owners (owner, anatomy_id) VALUES ($1, $2) \
-                     ON CONFLICT DO NOTHING",
-                    &[&o, &id],
-                )
-                .await
-                .map_err(db_error)?;
+                add_anatomy_owner(&txn, o, id).await?;
             }
-            txn.commit().await.map_err(db_error)
+            txn.commit().await?;
+            Ok(())
         })
     }
 
@@ -490,51 +494,35 @@ impl Store for PgStore {
         now_unix_ms: u64,
     ) -> Result<bool, ServiceError> {
         let now = ms(now_unix_ms);
-        self.run(async {
-            let mut client = self.client().await?;
-            let txn = client.transaction().await.map_err(db_error)?;
+        self.with_client(async |client| {
+            let txn = client.transaction().await?;
             let n = txn
                 .execute(
                     "UPDATE anatomies SET upload_time_ms = $2 WHERE id = $1",
                     &[&id, &now],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             if n == 0 {
                 return Ok(false);
             }
             if let Some(o) = owner {
-                txn.execute(
-                    "INSERT INTO anatomy_owners (owner, anatomy_id) VALUES ($1, $2) \
-                     ON CONFLICT DO NOTHING",
-                    &[&o, &id],
-                )
-                .await
-                .map_err(db_error)?;
+                add_anatomy_owner(&txn, o, id).await?;
             }
-            txn.commit().await.map_err(db_error)?;
+            txn.commit().await?;
             Ok(true)
         })
     }
 
     fn anatomy(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
-        self.run(async {
-            let mut client = self.client().await?;
+        self.with_client(async |client| {
             // One snapshot: the ownership and every chunk as of the same moment.
-            let txn = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(db_error)?;
+            let txn = snapshot(client).await?;
             if !Self::owns_anatomy_in(&txn, id, owner).await? {
                 return Ok(None);
             }
             let size: i64 = match txn
                 .query_opt("SELECT size_bytes FROM anatomies WHERE id = $1", &[&id])
-                .await
-                .map_err(db_error)?
+                .await?
             {
                 Some(row) => row.get(0),
                 None => return Ok(None),
@@ -545,12 +533,11 @@ impl Store for PgStore {
                     "SELECT data FROM anatomy_chunks WHERE anatomy_id = $1 ORDER BY seq",
                     &[&id],
                 )
-                .await
-                .map_err(db_error)?
+                .await?
             {
                 data.extend_from_slice(row.get::<_, &[u8]>(0));
             }
-            txn.commit().await.map_err(db_error)?;
+            txn.commit().await?;
             if data.len() as i64 != size {
                 return Err(ServiceError::Internal(format!(
                     "anatomy '{id}' has {} of its {size} bytes in the store",
@@ -562,21 +549,22 @@ impl Store for PgStore {
     }
 
     fn anatomy_meta(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
-        self.run(async {
-            let client = self.client().await?;
+        self.with_client(async |client| {
             let row = match owner {
-                None => client
-                    .query_opt("SELECT meta FROM anatomies WHERE id = $1", &[&id])
-                    .await
-                    .map_err(db_error)?,
-                Some(o) => client
-                    .query_opt(
-                        "SELECT a.meta FROM anatomies a JOIN anatomy_owners o \
-                         ON o.anatomy_id = a.id WHERE a.id = $1 AND o.owner = $2",
-                        &[&id, &o],
-                    )
-                    .await
-                    .map_err(db_error)?,
+                None => {
+                    client
+                        .query_opt("SELECT meta FROM anatomies WHERE id = $1", &[&id])
+                        .await?
+                }
+                Some(o) => {
+                    client
+                        .query_opt(
+                            "SELECT a.meta FROM anatomies a JOIN anatomy_owners o \
+                             ON o.anatomy_id = a.id WHERE a.id = $1 AND o.owner = $2",
+                            &[&id, &o],
+                        )
+                        .await?
+                }
             };
             Ok(row.map(|r| r.get(0)))
         })
@@ -591,33 +579,83 @@ impl Store for PgStore {
         anatomy_id: &str,
     ) -> Result<(), ServiceError> {
         let created = ms(create_time_unix_ms);
-        self.run(async {
-            let client = self.client().await?;
-            // A plain INSERT: an id taken already (which unique ids make impossible) fails
-            // rather than replace another replica's plan. One statement, one transaction:
-            // durable when it returns.
-            client
-                .execute(
-                    "INSERT INTO plans (id, owner, anatomy_id, create_time_ms, plan) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                    &[&id, &owner, &anatomy_id, &created, &plan],
+        self.with_client(async |client| {
+            // One statement, one transaction: durable when it returns.
+            insert_plan(&*client, id, plan, owner, created, anatomy_id).await
+        })
+    }
+
+    fn plan_for_request(
+        &self,
+        owner: Option<&str>,
+        request_id: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        self.with_client(async |client| {
+            let row = client
+                .query_opt(
+                    "SELECT plan_id FROM plan_requests WHERE owner = $1 AND request_id = $2",
+                    &[&owner.unwrap_or(""), &request_id],
                 )
-                .await
-                .map_err(db_error)?;
-            Ok(())
+                .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put_plan_for_request(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+        request_id: &str,
+    ) -> Result<String, ServiceError> {
+        let created = ms(create_time_unix_ms);
+        let key_owner = owner.unwrap_or("");
+        self.with_client(async |client| {
+            // The winner's plan may be deleted between our conflict and our look-up: then the
+            // key is free again and we try once more.
+            for _ in 0..3 {
+                let txn = client.transaction().await?;
+                insert_plan(&txn, id, plan, owner, created, anatomy_id).await?;
+                // A second replica inserting the same key waits here for the first's commit,
+                // then inserts nothing.
+                let claimed = txn
+                    .execute(
+                        "INSERT INTO plan_requests (owner, request_id, plan_id) \
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        &[&key_owner, &request_id, &id],
+                    )
+                    .await?;
+                if claimed == 1 {
+                    txn.commit().await?;
+                    return Ok(id.to_owned());
+                }
+                txn.rollback().await?;
+                if let Some(row) = client
+                    .query_opt(
+                        "SELECT plan_id FROM plan_requests WHERE owner = $1 AND request_id = $2",
+                        &[&key_owner, &request_id],
+                    )
+                    .await?
+                {
+                    return Ok(row.get(0));
+                }
+            }
+            Err(ServiceError::Unavailable(format!(
+                "request '{request_id}': its plan was stored and deleted three times meanwhile"
+            )))
         })
     }
 
     fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
-        self.run(async {
-            let client = self.client().await?;
+        self.with_client(async |client| {
             let row = client
                 .query_opt(
                     "SELECT plan FROM plans WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
                     &[&id, &owner],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             Ok(row.map(|r| r.get(0)))
         })
     }
@@ -630,8 +668,7 @@ impl Store for PgStore {
     ) -> Result<PlanPage, ServiceError> {
         // One more than asked: whether more follow.
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
-        self.run(async {
-            let client = self.client().await?;
+        self.with_client(async |client| {
             let rows = client
                 .query(
                     "SELECT id, plan FROM plans \
@@ -639,8 +676,7 @@ impl Store for PgStore {
                      ORDER BY id LIMIT $3",
                     &[&after, &owner, &fetch],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             let more = rows.len() > limit;
             let page = rows
                 .iter()
@@ -650,4 +686,52 @@ impl Store for PgStore {
             Ok((page, more))
         })
     }
+}
+
+/// A read-only transaction on one snapshot (repeatable read).
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, ServiceError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// Add `owner` to anatomy `id`'s owners (once).
+async fn add_anatomy_owner(
+    client: &impl GenericClient,
+    owner: &str,
+    id: &str,
+) -> Result<(), ServiceError> {
+    client
+        .execute(
+            "INSERT INTO anatomy_owners (owner, anatomy_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+            &[&owner, &id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Insert a plan row. A plain INSERT: an id taken already (which unique ids make impossible)
+/// fails rather than replace another replica's plan.
+async fn insert_plan(
+    client: &impl GenericClient,
+    id: &str,
+    plan: &[u8],
+    owner: Option<&str>,
+    created_ms: i64,
+    anatomy_id: &str,
+) -> Result<(), ServiceError> {
+    client
+        .execute(
+            "INSERT INTO plans (id, owner, anatomy_id, create_time_ms, plan) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &owner, &anatomy_id, &created_ms, &plan],
+        )
+        .await?;
+    Ok(())
 }

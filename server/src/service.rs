@@ -482,6 +482,48 @@ impl Planning {
         }))
     }
 
+    /// Keep gRPC health true to the store: every `--health-check-ms` ask it whether it answers
+    /// ([`Store::check`]); while it does not, the server ("") and the planning service are
+    /// NOT_SERVING (a load balancer then sends calls to the other replicas), SERVING again once
+    /// it does. Changes are logged.
+    pub fn spawn_health_checks(
+        &self,
+        reporter: tonic_health::server::HealthReporter,
+    ) -> tokio::task::JoinHandle<()> {
+        use tonic::server::NamedService;
+        use tonic_health::ServingStatus;
+        const PLANNING: &str =
+            <pb::planning_service_server::PlanningServiceServer<Planning> as NamedService>::NAME;
+        let service = self.clone();
+        let every = Duration::from_millis(self.inner.config.health_check_ms.max(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut serving = true;
+            loop {
+                ticks.tick().await;
+                let checked = service.blocking(|s| s.check()).await;
+                if checked.is_ok() == serving {
+                    continue;
+                }
+                serving = checked.is_ok();
+                let status = match checked {
+                    Ok(()) => {
+                        info!("the store answers again: SERVING");
+                        ServingStatus::Serving
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the store does not answer: NOT_SERVING");
+                        ServingStatus::NotServing
+                    }
+                };
+                for name in ["", PLANNING] {
+                    reporter.set_service_status(name, status).await;
+                }
+            }
+        })
+    }
+
     /// Run CPU work on the planner pool and await it. A panic becomes an internal error (rayon
     /// would otherwise abort the process).
     async fn on_pool<T: Send + 'static>(
@@ -869,13 +911,16 @@ impl Planning {
         })
     }
 
-    /// Run a plan on the pool. `on_level` is called from pool threads.
+    /// Run a plan on the pool and store it (under the client's `request_id`, if any: when a
+    /// plan is stored for that key already, that plan is the answer). `on_level` is called
+    /// from pool threads.
     async fn run_plan(
         &self,
         resolved: &Resolved,
         request: kyphoplan_planner::PlanRequest,
         stop: &Stop,
         permit: PlanPermit,
+        request_id: Option<String>,
         on_level: impl Fn(&LevelPlan, usize, usize) + Send + Sync + 'static,
     ) -> Result<pb::Plan, ServiceError> {
         let owner = permit.owner.clone();
@@ -929,10 +974,54 @@ impl Planning {
         );
         // The answer goes out only after the commit (durable): an acknowledged plan survives a
         // crash.
-        self.blocking(move |s| s.put_plan(&key, &bytes, owner_name(&owner), created, &anatomy))
+        let Some(request_id) = request_id else {
+            self.blocking(move |s| s.put_plan(&key, &bytes, owner_name(&owner), created, &anatomy))
+                .await?;
+            info!(plan_id = %message.plan_id, anatomy_id = %resolved.id, levels = message.levels.len(), "plan stored");
+            return Ok(message);
+        };
+        let o = owner.clone();
+        let stored_id = self
+            .blocking(move |s| {
+                s.put_plan_for_request(&key, &bytes, owner_name(&o), created, &anatomy, &request_id)
+            })
             .await?;
-        info!(plan_id = %message.plan_id, anatomy_id = %resolved.id, levels = message.levels.len(), "plan stored");
-        Ok(message)
+        if stored_id == message.plan_id {
+            info!(plan_id = %message.plan_id, anatomy_id = %resolved.id, levels = message.levels.len(), "plan stored");
+            return Ok(message);
+        }
+        // The same request was stored first elsewhere (a retry, another replica): its plan.
+        info!(plan_id = %stored_id, "plan of the same request stored before; this run's dropped");
+        self.stored_plan(stored_id, owner).await
+    }
+
+    /// A stored plan as GetPlan answers it.
+    async fn stored_plan(&self, plan_id: String, owner: Owner) -> Result<pb::Plan, ServiceError> {
+        let mut plan: pb::Plan = self
+            .fetch("plan", plan_id, move |s, id| s.plan(id, owner_name(&owner)))
+            .await?;
+        plan.purge_time_unix_ms = self.purge_time(plan.create_time_unix_ms);
+        Ok(plan)
+    }
+
+    /// The plan stored before for the caller's `request_id`, if any (a CreatePlan retried).
+    async fn plan_of_request(
+        &self,
+        owner: &Owner,
+        request_id: &Option<String>,
+    ) -> Result<Option<pb::Plan>, ServiceError> {
+        let Some(key) = request_id.clone() else {
+            return Ok(None);
+        };
+        let o = owner.clone();
+        let Some(plan_id) = self
+            .blocking(move |s| s.plan_for_request(owner_name(&o), &key))
+            .await?
+        else {
+            return Ok(None);
+        };
+        info!(%plan_id, "plan of the same request stored before: answered again");
+        self.stored_plan(plan_id, owner.clone()).await.map(Some)
     }
 
     async fn upload(
@@ -948,6 +1037,28 @@ impl Planning {
         let data = assembly.finish()?;
         self.admit_anatomy(data, owner, stop).await
     }
+}
+
+/// Longest `request_id` of a CreatePlanRequest, characters.
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// A CreatePlanRequest's `request_id`: `None` when empty; refused (naming the field) when over
+/// [`MAX_REQUEST_ID_CHARS`] or not visible ASCII.
+fn checked_request_id(request_id: String) -> Result<Option<String>, ServiceError> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    if request_id.len() > MAX_REQUEST_ID_CHARS || !request_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        let shown: String = request_id.chars().take(40).collect();
+        return Err(InputError::invalid(
+            "request_id",
+            format!("{shown:?}"),
+            format!("at most {MAX_REQUEST_ID_CHARS} visible ASCII characters"),
+        )
+        .into());
+    }
+    Ok(Some(request_id))
 }
 
 /// Logs a refused or failed call.
@@ -1043,6 +1154,7 @@ impl PlanningService for Planning {
             procedure,
             approaches,
             cannula_alternatives_mm,
+            request_id,
         } = request.into_inner();
         let requested = requested_anatomy(&anatomy);
         let (stop, _guard) = Stop::for_call(deadline);
@@ -1052,12 +1164,24 @@ impl PlanningService for Planning {
                     .and_then(|r| {
                         convert::with_cannula_alternatives(r, &cannula_alternatives_mm)
                     })?;
+            let request_id = checked_request_id(request_id)?;
+            // A retry of a call whose plan was stored: that plan, without planning again.
+            if let Some(plan) = self.plan_of_request(&owner, &request_id).await? {
+                return Ok(plan);
+            }
             let resolved = self
                 .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
                 .await?;
             let permit = self.acquire_plan_slot(&owner)?;
-            self.run_plan(&resolved, plan_request, &stop, permit, |_, _, _| {})
-                .await
+            self.run_plan(
+                &resolved,
+                plan_request,
+                &stop,
+                permit,
+                request_id,
+                |_, _, _| {},
+            )
+            .await
         };
         let r = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), work).await {
@@ -1087,6 +1211,7 @@ impl PlanningService for Planning {
             procedure,
             approaches,
             cannula_alternatives_mm,
+            request_id,
         } = request.into_inner();
         let requested = requested_anatomy(&anatomy);
         // Set up (and maybe prepare) under the guard: a client gone during setup stops it too.
@@ -1097,13 +1222,14 @@ impl PlanningService for Planning {
                     .and_then(|r| {
                         convert::with_cannula_alternatives(r, &cannula_alternatives_mm)
                     })?;
+            let request_id = checked_request_id(request_id)?;
             let resolved = self
                 .resolve_plan_anatomy(anatomy, owner.clone(), &stop)
                 .await?;
             let permit = self.acquire_plan_slot(&owner)?;
-            Ok::<_, ServiceError>((plan_request, resolved, permit))
+            Ok::<_, ServiceError>((plan_request, request_id, resolved, permit))
         };
-        let (plan_request, resolved, permit) = match setup.await {
+        let (plan_request, request_id, resolved, permit) = match setup.await {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -1125,7 +1251,7 @@ impl PlanningService for Planning {
                 }));
             };
             let r = service
-                .run_plan(&resolved, plan_request, &stop, permit, on_level)
+                .run_plan(&resolved, plan_request, &stop, permit, request_id, on_level)
                 .await;
             let ids = r.as_ref().map_or(requested, plan_ids);
             let message = service.finish(call, ids, r).map(|plan| {
@@ -1216,11 +1342,7 @@ impl PlanningService for Planning {
             if plan_id.is_empty() {
                 return Err(InputError::invalid("plan_id", "\"\"", "a plan id is required").into());
             }
-            let mut plan: pb::Plan = self
-                .fetch("plan", plan_id, move |s, id| s.plan(id, owner_name(&owner)))
-                .await?;
-            plan.purge_time_unix_ms = self.purge_time(plan.create_time_unix_ms);
-            Ok(plan)
+            self.stored_plan(plan_id, owner).await
         }
         .await;
         self.finish(call, ids, r)

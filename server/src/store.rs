@@ -18,10 +18,11 @@
 //!
 //! The redb tables: `plan_owner` maps a plan to its one owner, `anatomy_owners` holds (owner,
 //! anatomy) pairs, `plan_info` each plan's creation time and anatomy, `anatomy_plans` the
-//! (anatomy, plan) pairs and `anatomy_time` when each anatomy was last uploaded.
+//! (anatomy, plan) pairs, `anatomy_time` when each anatomy was last uploaded, and
+//! `request_plan` / `plan_request` a CreatePlan's request key and its plan, both ways.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use kyphoplan_proto::pb;
@@ -41,6 +42,10 @@ const PLAN_INFO: TableDefinition<&str, (u64, &str)> = TableDefinition::new("plan
 const ANATOMY_PLANS: TableDefinition<(&str, &str), ()> = TableDefinition::new("anatomy_plans");
 /// anatomy id -> when it was last uploaded (ms since the Unix epoch).
 const ANATOMY_TIME: TableDefinition<&str, u64> = TableDefinition::new("anatomy_time");
+/// (owner, CreatePlan request id) -> the plan stored for it (owner "" without authentication).
+const REQUEST_PLAN: TableDefinition<(&str, &str), &str> = TableDefinition::new("request_plan");
+/// plan id -> (owner, request id): the key that goes with the plan.
+const PLAN_REQUEST: TableDefinition<&str, (&str, &str)> = TableDefinition::new("plan_request");
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "kyphoplan.redb";
@@ -72,9 +77,15 @@ impl Purged {
 
 /// What every store guarantees (tested against both by `tests/tests/store_suite.rs`): a write
 /// is durable when it returns `Ok`; the same anatomy put twice, even at the same moment from two
-/// servers, is stored once; a full store answers [`ServiceError::StorageFull`], an unreachable
-/// one [`ServiceError::Unavailable`]; ids are ordered bytewise.
+/// servers, is stored once, and so is a plan put twice under one request key; a full store
+/// answers [`ServiceError::StorageFull`], an unreachable one [`ServiceError::Unavailable`];
+/// ids are ordered bytewise.
 pub trait Store: Send + Sync {
+    /// Whether the store answers now (cheap: the health service asks every
+    /// `--health-check-ms`). redb: a read transaction; PostgreSQL: `SELECT 1` on a pooled
+    /// connection.
+    fn check(&self) -> Result<(), ServiceError>;
+
     /// Let the bytes of deleted records leave the disk (redb: rewrite the file; PostgreSQL:
     /// `VACUUM` of the tables). Waits for the calls in flight.
     fn compact(&self) -> Result<(), ServiceError>;
@@ -141,6 +152,28 @@ pub trait Store: Send + Sync {
         anatomy_id: &str,
     ) -> Result<(), ServiceError>;
 
+    /// The id of the plan stored for `owner`'s CreatePlan request `request_id`, if any.
+    fn plan_for_request(
+        &self,
+        owner: Option<&str>,
+        request_id: &str,
+    ) -> Result<Option<String>, ServiceError>;
+
+    /// [`Store::put_plan`] once per `owner`'s request `request_id` (a client's idempotency
+    /// key), in one transaction: the id of the plan stored for it. That is `id` unless a plan
+    /// was stored for the key before (a retry, or the same request on another replica at the
+    /// same moment): then nothing is written and that plan's id is returned. The key goes
+    /// with its plan (delete, purge).
+    fn put_plan_for_request(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+        request_id: &str,
+    ) -> Result<String, ServiceError>;
+
     /// The encoded plan, if `owner` may see it.
     fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError>;
 
@@ -164,9 +197,31 @@ pub fn open(config: &crate::config::Config) -> Result<Box<dyn Store>, ServiceErr
 }
 
 /// The embedded store. Every call takes the database's read lock (redb orders the transactions itself);
-/// only [`Store::compact`] takes the write lock, as redb's compaction needs the database alone.
+/// only [`Store::compact`] takes the write lock, as redb's compaction needs the database alone,
+/// and so does opening the database again after a failed write ([`Store::check`]).
 pub struct RedbStore {
-    db: RwLock<Database>,
+    /// `None` while it could not be opened again after a failed write.
+    db: RwLock<Option<Database>>,
+    data_dir: PathBuf,
+}
+
+/// The read-locked database of a [`RedbStore`].
+struct OpenDb<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for OpenDb<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // Only made when it is open (`RedbStore::db`).
+        self.0.as_ref().expect("an open database")
+    }
+}
+
+fn not_open() -> ServiceError {
+    ServiceError::Unavailable(
+        "the embedded store failed a write (is its disk full?) and cannot be opened again yet"
+            .into(),
+    )
 }
 
 type WriteTxn = redb::WriteTransaction;
@@ -186,7 +241,41 @@ fn remove_plan(txn: &WriteTxn, id: &str) -> Result<bool, ServiceError> {
         let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
         by_anatomy.remove((anatomy.as_str(), id)).map_err(storage)?;
     }
+    let mut plan_request = txn.open_table(PLAN_REQUEST).map_err(storage)?;
+    let key = plan_request.remove(id).map_err(storage)?.map(|v| {
+        let (owner, request) = v.value();
+        (owner.to_owned(), request.to_owned())
+    });
+    if let Some((owner, request)) = key {
+        let mut request_plan = txn.open_table(REQUEST_PLAN).map_err(storage)?;
+        request_plan
+            .remove((owner.as_str(), request.as_str()))
+            .map_err(storage)?;
+    }
     Ok(existed)
+}
+
+/// Store a plan with its owner and index entries inside `txn`.
+fn insert_plan(
+    txn: &WriteTxn,
+    id: &str,
+    plan: &[u8],
+    owner: Option<&str>,
+    create_time_unix_ms: u64,
+    anatomy_id: &str,
+) -> Result<(), ServiceError> {
+    let mut plans = txn.open_table(PLANS).map_err(storage)?;
+    plans.insert(id, plan).map_err(storage)?;
+    let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
+    info.insert(id, (create_time_unix_ms, anatomy_id))
+        .map_err(storage)?;
+    let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
+    by_anatomy.insert((anatomy_id, id), ()).map_err(storage)?;
+    if let Some(o) = owner {
+        let mut owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
+        owners.insert(id, o).map_err(storage)?;
+    }
+    Ok(())
 }
 
 /// Remove an anatomy's data, metadata, time and every owner inside `txn` (its plans stay).
@@ -234,6 +323,14 @@ fn storage(e: impl Into<redb::Error>) -> ServiceError {
 impl RedbStore {
     /// Open (or create) the store in `data_dir`, creating the directory and tables.
     pub fn open(data_dir: &Path) -> Result<Self, ServiceError> {
+        Ok(RedbStore {
+            db: RwLock::new(Some(Self::open_database(data_dir)?)),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// [`RedbStore::open`]'s database.
+    fn open_database(data_dir: &Path) -> Result<Database, ServiceError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             ServiceError::Storage(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -248,6 +345,8 @@ impl RedbStore {
             let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
             let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
             let mut times = txn.open_table(ANATOMY_TIME).map_err(storage)?;
+            txn.open_table(REQUEST_PLAN).map_err(storage)?;
+            txn.open_table(PLAN_REQUEST).map_err(storage)?;
             // A store written before the lifecycle indexes existed: index its plans (from the
             // plans themselves) and date its anatomies from now.
             if info.len().map_err(storage)? == 0 && plans.len().map_err(storage)? > 0 {
@@ -280,14 +379,27 @@ impl RedbStore {
             }
         }
         txn.commit().map_err(storage)?;
-        Ok(RedbStore {
-            db: RwLock::new(db),
-        })
+        Ok(db)
     }
 
-    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+    fn db(&self) -> Result<OpenDb<'_>, ServiceError> {
         // A poisoned lock only means a panic elsewhere while holding it; redb's state is its own.
-        self.db.read().unwrap_or_else(|e| e.into_inner())
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(not_open());
+        }
+        Ok(OpenDb(guard))
+    }
+
+    /// Close the database and open it again: after a failed write (a full disk) redb refuses
+    /// every call until then. Opening recovers the last commit.
+    fn reopen(&self) -> Result<(), ServiceError> {
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Closed first: the file is locked while it is open.
+        *guard = None;
+        *guard = Some(Self::open_database(&self.data_dir)?);
+        tracing::info!(data_dir = %self.data_dir.display(), "embedded store opened again after a failed write");
+        Ok(())
     }
 
     fn get(
@@ -295,7 +407,7 @@ impl RedbStore {
         table: TableDefinition<&str, &[u8]>,
         id: &str,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(table).map_err(storage)?;
         Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
@@ -303,17 +415,39 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    /// Whether a write could begin now (without waiting for one in progress; nothing is
+    /// written). After a failed write redb refuses every call: the database is opened again
+    /// here (the health task calls this every `--health-check-ms`), which fails, NOT_SERVING,
+    /// until there is room to recover.
+    fn check(&self) -> Result<(), ServiceError> {
+        if let Ok(db) = self.db() {
+            match db.try_begin_write() {
+                Ok(txn) => {
+                    txn.abort().map_err(storage)?;
+                    return Ok(());
+                }
+                Err(redb::TransactionError::WouldBlock) => return Ok(()),
+                Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {}
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        self.reopen()
+    }
+
     /// Rewrite the database file without free space, so that the bytes of deleted records leave
     /// the data directory. Waits for the store calls in flight; blocks the others meanwhile.
     fn compact(&self) -> Result<(), ServiceError> {
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        db.compact().map_err(storage)?;
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_mut()
+            .ok_or_else(not_open)?
+            .compact()
+            .map_err(storage)?;
         Ok(())
     }
 
-    /// Delete plan `id` if `owner` may see it, in one transaction; whether it was deleted.
     fn delete_plan(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
             return Ok(false);
@@ -323,17 +457,13 @@ impl Store for RedbStore {
         Ok(existed)
     }
 
-    /// Delete anatomy `id` for `owner`, in one transaction: `None` if `owner` may not see it.
-    /// The owner's plans made for it refuse the delete unless `cascade` (then they go too).
-    /// With other owners left only `owner`'s ownership goes; the data goes with the last owner
-    /// (or at once without authentication).
     fn delete_anatomy(
         &self,
         id: &str,
         owner: Option<&str>,
         cascade: bool,
     ) -> Result<Option<AnatomyDeletion>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         let owned = match owner {
             None => {
@@ -400,11 +530,8 @@ impl Store for RedbStore {
         }))
     }
 
-    /// Remove every plan created and every anatomy last uploaded before `cutoff_unix_ms`, with
-    /// their owners, in one transaction. A purged anatomy's younger plans stay (a plan holds
-    /// all it needs); they are purged when they are old enough themselves.
     fn purge_before(&self, cutoff_unix_ms: u64) -> Result<Purged, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         let mut purged = Purged::default();
         {
@@ -433,9 +560,8 @@ impl Store for RedbStore {
         Ok(purged)
     }
 
-    /// Every stored plan id and anatomy id (for consistency checks).
     fn record_ids(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let mut plans = BTreeSet::new();
         for item in txn
@@ -458,9 +584,8 @@ impl Store for RedbStore {
         Ok((plans, anatomies))
     }
 
-    /// Whether `owner` may see anatomy `id` (stored, and owned by it when `owner` is given).
     fn owns_anatomy(&self, id: &str, owner: Option<&str>) -> Result<bool, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         match owner {
             None => {
@@ -474,8 +599,6 @@ impl Store for RedbStore {
         }
     }
 
-    /// Store an anatomy and its metadata once (a second put of the same id only adds `owner`).
-    /// `now_unix_ms` becomes its upload time (retention counts from the last upload).
     fn put_anatomy(
         &self,
         id: &str,
@@ -484,7 +607,7 @@ impl Store for RedbStore {
         owner: Option<&str>,
         now_unix_ms: u64,
     ) -> Result<(), ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         {
             let mut anatomies = txn.open_table(ANATOMIES).map_err(storage)?;
@@ -503,15 +626,13 @@ impl Store for RedbStore {
         txn.commit().map_err(storage)
     }
 
-    /// An anatomy already stored was uploaded again (by `owner`, if given): add the owner and
-    /// make `now_unix_ms` its upload time. False if it is no longer stored (deleted meanwhile).
     fn reupload_anatomy(
         &self,
         id: &str,
         owner: Option<&str>,
         now_unix_ms: u64,
     ) -> Result<bool, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
         {
             let metas = txn.open_table(ANATOMY_META).map_err(storage)?;
@@ -529,7 +650,6 @@ impl Store for RedbStore {
         Ok(true)
     }
 
-    /// The encoded anatomy, if `owner` may see it.
     fn anatomy(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.owns_anatomy(id, owner)? {
             return Ok(None);
@@ -537,7 +657,6 @@ impl Store for RedbStore {
         self.get(ANATOMIES, id)
     }
 
-    /// The anatomy's metadata, if `owner` may see it.
     fn anatomy_meta(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.owns_anatomy(id, owner)? {
             return Ok(None);
@@ -545,8 +664,6 @@ impl Store for RedbStore {
         self.get(ANATOMY_META, id)
     }
 
-    /// Store a plan (its owner, creation time and anatomy) in one transaction; durable when
-    /// this returns.
     fn put_plan(
         &self,
         id: &str,
@@ -555,27 +672,56 @@ impl Store for RedbStore {
         create_time_unix_ms: u64,
         anatomy_id: &str,
     ) -> Result<(), ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_write().map_err(storage)?;
-        {
-            let mut plans = txn.open_table(PLANS).map_err(storage)?;
-            plans.insert(id, plan).map_err(storage)?;
-            let mut info = txn.open_table(PLAN_INFO).map_err(storage)?;
-            info.insert(id, (create_time_unix_ms, anatomy_id))
-                .map_err(storage)?;
-            let mut by_anatomy = txn.open_table(ANATOMY_PLANS).map_err(storage)?;
-            by_anatomy.insert((anatomy_id, id), ()).map_err(storage)?;
-            if let Some(o) = owner {
-                let mut owners = txn.open_table(PLAN_OWNER).map_err(storage)?;
-                owners.insert(id, o).map_err(storage)?;
-            }
-        }
+        insert_plan(&txn, id, plan, owner, create_time_unix_ms, anatomy_id)?;
         txn.commit().map_err(storage)
     }
 
-    /// The encoded plan, if `owner` may see it.
+    fn plan_for_request(
+        &self,
+        owner: Option<&str>,
+        request_id: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(storage)?;
+        let table = txn.open_table(REQUEST_PLAN).map_err(storage)?;
+        Ok(table
+            .get((owner.unwrap_or(""), request_id))
+            .map_err(storage)?
+            .map(|v| v.value().to_owned()))
+    }
+
+    fn put_plan_for_request(
+        &self,
+        id: &str,
+        plan: &[u8],
+        owner: Option<&str>,
+        create_time_unix_ms: u64,
+        anatomy_id: &str,
+        request_id: &str,
+    ) -> Result<String, ServiceError> {
+        let key = (owner.unwrap_or(""), request_id);
+        let db = self.db()?;
+        // redb's write transactions take turns: the first of two at once stores, the second
+        // finds its key.
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut request_plan = txn.open_table(REQUEST_PLAN).map_err(storage)?;
+            if let Some(stored) = request_plan.get(key).map_err(storage)? {
+                return Ok(stored.value().to_owned());
+            }
+            request_plan.insert(key, id).map_err(storage)?;
+            let mut plan_request = txn.open_table(PLAN_REQUEST).map_err(storage)?;
+            plan_request.insert(id, key).map_err(storage)?;
+        }
+        insert_plan(&txn, id, plan, owner, create_time_unix_ms, anatomy_id)?;
+        txn.commit().map_err(storage)?;
+        Ok(id.to_owned())
+    }
+
     fn plan(&self, id: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         if !may_see_plan(&txn.open_table(PLAN_OWNER).map_err(storage)?, id, owner)? {
             return Ok(None);
@@ -584,16 +730,13 @@ impl Store for RedbStore {
         Ok(table.get(id).map_err(storage)?.map(|v| v.value().to_vec()))
     }
 
-    /// Up to `limit` plans with ids after `after` (exclusive; empty: from the start), in id
-    /// order, and whether more follow.
-    /// Only plans `owner` may see are counted and returned.
     fn plans_after(
         &self,
         after: &str,
         limit: usize,
         owner: Option<&str>,
     ) -> Result<PlanPage, ServiceError> {
-        let db = self.db();
+        let db = self.db()?;
         let txn = db.begin_read().map_err(storage)?;
         let table = txn.open_table(PLANS).map_err(storage)?;
         let owners = txn.open_table(PLAN_OWNER).map_err(storage)?;

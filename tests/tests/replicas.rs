@@ -1,5 +1,6 @@
 //! Stateless replicas on one PostgreSQL store (issue 16): a plan made on one replica is read
-//! on another, the same upload on two replicas at once is one anatomy, a client given several
+//! on another, the same upload on two replicas at once is one anatomy, the same CreatePlan
+//! request id on both at once is one plan (and on one redb server too), a client given several
 //! replicas spreads its calls and goes on when one is down, a replica SIGKILLed mid-plan loses
 //! no acknowledged plan (the client's retry lands on the other), and a database restarted
 //! under load answers UNAVAILABLE meanwhile and serves again after. Skipped without PostgreSQL
@@ -16,6 +17,7 @@ use kyphoplan_client::{Client, Code};
 use kyphoplan_planner::anatomy::{AnatomyInput, Level};
 use kyphoplan_planner::math::Pose;
 use kyphoplan_planner::synth;
+use kyphoplan_proto::{convert, pb};
 use kyphoplan_server::pg_store::PgStore;
 use kyphoplan_server::store::Store;
 use kyphoplan_tests::default_request;
@@ -106,6 +108,121 @@ async fn the_same_upload_on_two_replicas_at_once_is_one_anatomy() {
     assert_eq!(anatomies, ids, "one anatomy in the database");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// CreatePlan with the same `request_id` four times at once, twice on each replica, then once
+/// more (a retry): one plan id, one plan stored, the same plan answered each time. Another id
+/// makes another plan.
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_on_two_replicas_at_once_is_one_plan() {
+    let Some(url) = fresh_database("the_same_request_id_on_two_replicas") else {
+        return;
+    };
+    let (a, b) = two_replicas(&url).await;
+    let anatomy_id = a
+        .client()
+        .await
+        .upload_anatomy(&one_level(Level::L3))
+        .await
+        .unwrap()
+        .anatomy_id;
+    let plan_ids = same_request_id_is_one_plan(&[&a, &b, &a, &b], &anatomy_id).await;
+    let (plans, _) = records(&url);
+    assert_eq!(plans, plan_ids, "the plans in the database");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The same on one server with the embedded (redb) store: four calls at once, one plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_on_a_redb_server_is_one_plan() {
+    let server = TestServer::start(|_| {}).await;
+    let anatomy_id = server
+        .client()
+        .await
+        .upload_anatomy(&one_level(Level::L3))
+        .await
+        .unwrap()
+        .anatomy_id;
+    let plan_ids = same_request_id_is_one_plan(&[&server; 4], &anatomy_id).await;
+    // A key that is not visible ASCII, or too long: refused, naming the field.
+    for bad in ["has space".to_owned(), "k".repeat(129)] {
+        let status = server
+            .raw()
+            .await
+            .create_plan(pb::CreatePlanRequest {
+                request_id: bad,
+                ..convert::create_plan_request_to_pb(
+                    pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.clone()),
+                    &default_request(None),
+                )
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("request_id"), "{status:?}");
+    }
+    let listed = server.client().await.list_plans(100, "").await.unwrap();
+    let stored: BTreeSet<String> = listed.plans.into_iter().map(|p| p.plan_id).collect();
+    assert_eq!(stored, plan_ids, "the plans stored");
+    server.shutdown().await;
+}
+
+/// CreatePlan calls with one `request_id` at once on `servers`, then a retry on the first:
+/// one plan; then another id: another plan. The two plan ids.
+async fn same_request_id_is_one_plan(
+    servers: &[&TestServer],
+    anatomy_id: &str,
+) -> BTreeSet<String> {
+    let message = |request_id: &str| pb::CreatePlanRequest {
+        request_id: request_id.to_owned(),
+        ..convert::create_plan_request_to_pb(
+            pb::create_plan_request::Anatomy::AnatomyId(anatomy_id.to_owned()),
+            &default_request(None),
+        )
+    };
+    let mut calls = Vec::new();
+    for server in servers {
+        let mut raw = server.raw().await;
+        let request = message("retried-7f3a");
+        calls.push(tokio::spawn(async move {
+            raw.create_plan(request).await.unwrap().into_inner()
+        }));
+    }
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    let first = answers[0].clone();
+    for answer in &answers {
+        assert_eq!(answer.plan_id, first.plan_id, "one plan for one request id");
+        assert_eq!(answer, &first, "the same plan answered");
+    }
+    let retry = servers[0]
+        .raw()
+        .await
+        .create_plan(message("retried-7f3a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry, first, "a later retry answers the stored plan");
+    let other = servers[0]
+        .raw()
+        .await
+        .create_plan(message("another-request"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(other.plan_id, first.plan_id);
+    assert_eq!(
+        other.levels, first.levels,
+        "the same request plans the same"
+    );
+    BTreeSet::from([first.plan_id, other.plan_id])
 }
 
 /// A client of both replicas spreads its calls over them (each replica's metrics count its

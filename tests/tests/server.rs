@@ -594,6 +594,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             procedure: 0,
             approaches: vec![],
             cannula_alternatives_mm: vec![],
+            request_id: String::new(),
         })
         .await
         .unwrap_err()
@@ -613,6 +614,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             procedure: 0,
             approaches: vec![],
             cannula_alternatives_mm: vec![],
+            request_id: String::new(),
         })
         .await
         .unwrap_err()
@@ -632,6 +634,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             procedure: 0,
             approaches: vec![],
             cannula_alternatives_mm: vec![],
+            request_id: String::new(),
         })
         .await
         .unwrap_err()
@@ -651,6 +654,7 @@ async fn refusals_carry_their_status_codes_and_fields() {
             procedure: pb::Procedure::Vertebroplasty as i32,
             approaches: vec![pb::Approach::Unipedicular as i32; 2],
             cannula_alternatives_mm: vec![],
+            request_id: String::new(),
         })
         .await
         .unwrap_err()

@@ -244,6 +244,87 @@ fn concurrent_puts(stores: &[&dyn Store]) {
     }
 }
 
+/// A plan put for a request key is stored once per (owner, key): a second put answers the
+/// first plan's id and writes nothing; other owners and keys are apart; the key goes with its
+/// plan (delete, purge), after which it stores anew.
+fn a_request_key_stores_one_plan(store: &dyn Store) {
+    let put = |id: &str, owner: Option<&str>, key: &str, time: u64| {
+        store
+            .put_plan_for_request(id, &plan_bytes(id), owner, time, "x", key)
+            .unwrap()
+    };
+    assert_eq!(store.plan_for_request(Some("alice"), "k1").unwrap(), None);
+    assert_eq!(put("p1", Some("alice"), "k1", 10), "p1");
+    assert_eq!(put("p2", Some("alice"), "k1", 11), "p1", "the retry");
+    assert_eq!(
+        store.plan("p2", None).unwrap(),
+        None,
+        "the retry wrote nothing"
+    );
+    assert_eq!(
+        store
+            .plan_for_request(Some("alice"), "k1")
+            .unwrap()
+            .as_deref(),
+        Some("p1")
+    );
+    // The key is per owner; no authentication is an owner of its own.
+    assert_eq!(put("p3", Some("bob"), "k1", 12), "p3");
+    assert_eq!(put("p4", None, "k1", 13), "p4");
+    assert_eq!(put("p5", None, "k1", 14), "p4");
+    assert_eq!(put("p6", Some("alice"), "k2", 15), "p6");
+    let (plans, _) = store.record_ids().unwrap();
+    assert_eq!(
+        plans.into_iter().collect::<Vec<_>>(),
+        ["p1", "p3", "p4", "p6"].map(String::from)
+    );
+    // Deleted or purged, the plan takes its key along: the same key stores a new plan.
+    assert!(store.delete_plan("p1", Some("alice")).unwrap());
+    assert_eq!(store.plan_for_request(Some("alice"), "k1").unwrap(), None);
+    assert_eq!(put("p7", Some("alice"), "k1", 16), "p7");
+    assert_eq!(
+        store.purge_before(13).unwrap().plan_ids,
+        ["p3"].map(String::from)
+    );
+    assert_eq!(store.plan_for_request(Some("bob"), "k1").unwrap(), None);
+    assert_eq!(
+        store.plan_for_request(None, "k1").unwrap().as_deref(),
+        Some("p4")
+    );
+}
+
+/// `stores[i]` puts plan `c{i}` for the same owner and key at the same moment (several
+/// handles on one database are several replicas): every one answers the same plan, the only
+/// one stored.
+fn concurrent_puts_for_one_request(stores: &[&dyn Store]) {
+    let barrier = Barrier::new(stores.len());
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let id = format!("c{i}");
+                    barrier.wait();
+                    store
+                        .put_plan_for_request(&id, &plan_bytes(&id), Some("carol"), 20, "x", "same")
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    let (plans, _) = stores[0].record_ids().unwrap();
+    let made: BTreeSet<_> = plans.into_iter().filter(|p| p.starts_with('c')).collect();
+    assert_eq!(made, BTreeSet::from([answers[0].clone()]));
+}
+
+fn concurrent_puts_for_one_request_store_one_plan(store: &dyn Store) {
+    concurrent_puts_for_one_request(&[store; 8]);
+}
+
 /// What a store acknowledged is there when it is opened again (the first handle closed).
 fn acknowledged_writes_survive_a_reopen(
     first: Box<dyn Store>,
@@ -306,6 +387,8 @@ both!(anatomies_round_trip_with_their_owners);
 both!(plan_pages_are_in_byte_order_and_filtered_by_owner);
 both!(deletes_and_purges_keep_the_records_consistent);
 both!(concurrent_puts_of_one_anatomy_store_it_once);
+both!(a_request_key_stores_one_plan);
+both!(concurrent_puts_for_one_request_store_one_plan);
 
 mod acknowledged_writes_survive_a_reopen {
     use super::*;
@@ -366,6 +449,8 @@ fn two_replicas_share_one_database() {
     assert!(b.put_plan("p1", b"other", Some("bob"), 6, "x").is_err());
     assert_eq!(a.plan("p1", None).unwrap(), Some(plan_bytes("p1")));
     concurrent_puts(&[a, b, a, b]);
+    // The same request on both replicas at once: one plan.
+    concurrent_puts_for_one_request(&[a, b, a, b]);
 }
 
 /// An unreachable database is UNAVAILABLE, at start and on a call, never a panic.
