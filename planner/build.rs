@@ -10,6 +10,9 @@
 //! cluster (`.ci/run` starts one) or when `CI=true` (where those tests must run, and fail with a
 //! clear message without a cluster). Tests that need the cluster carry
 //! `#[cfg_attr(not(test_postgres), ignore = "...")]`: without one they are ignored, not passed.
+//!
+//! It sets `cfg(test_small_fs)` when `KYPHOPLAN_TEST_SMALL_FS` names the small file system the
+//! full-store tests fill (`.ci/run` mounts one as root) or when `CI=true`, likewise.
 
 use std::path::PathBuf;
 
@@ -17,10 +20,15 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(shared_anatomy)");
     println!("cargo::rustc-check-cfg=cfg(test_postgres)");
     println!("cargo::rerun-if-env-changed=CI");
+    println!("cargo::rustc-check-cfg=cfg(test_small_fs)");
     println!("cargo::rerun-if-env-changed=KYPHOPLAN_TEST_POSTGRES");
+    println!("cargo::rerun-if-env-changed=KYPHOPLAN_TEST_SMALL_FS");
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if ci || std::env::var("KYPHOPLAN_TEST_POSTGRES").is_ok_and(|v| !v.is_empty()) {
         println!("cargo::rustc-cfg=test_postgres");
+    }
+    if ci || std::env::var("KYPHOPLAN_TEST_SMALL_FS").is_ok_and(|v| !v.is_empty()) {
+        println!("cargo::rustc-cfg=test_small_fs");
     }
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     // Every package using this script sits one level below the workspace root.

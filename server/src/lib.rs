@@ -115,8 +115,10 @@ async fn serve_until(
     health_reporter
         .set_serving::<PlanningServiceServer<Planning>>()
         .await;
-    // SERVING while the store answers (also dropped when serving ends).
-    let health_checks = AbortOnDrop(planning.spawn_health_checks(health_reporter));
+    // SERVING while the store answers; stopped and awaited when serving ends (dropping the
+    // sender on an early return stops it too).
+    let (stop_health_checks, stop) = tokio::sync::watch::channel(());
+    let health_checks = planning.spawn_health_checks(health_reporter, stop);
     // Tagged with the method outside the authenticator, so that refused calls are audited.
     let service = audit::TagMethod::new(InterceptedService::new(
         PlanningServiceServer::new(planning)
@@ -170,7 +172,9 @@ async fn serve_until(
         )
         .await?;
     drop(retention);
-    drop(health_checks);
+    drop(stop_health_checks);
+    // The check in flight finishes first: afterwards nothing of this server holds the store.
+    let _ = health_checks.await;
     tracing::info!("kyphoplan-server stopped");
     Ok(())
 }

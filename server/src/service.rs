@@ -486,9 +486,14 @@ impl Planning {
     /// ([`Store::check`]); while it does not, the server ("") and the planning service are
     /// NOT_SERVING (a load balancer then sends calls to the other replicas), SERVING again once
     /// it does. Changes are logged.
+    ///
+    /// The loop ends, after the check in flight, when `stop` changes or its sender is dropped;
+    /// awaiting the handle then means the store is no longer held by it (a restart on the same
+    /// data directory can open it again).
     pub fn spawn_health_checks(
         &self,
         reporter: tonic_health::server::HealthReporter,
+        mut stop: tokio::sync::watch::Receiver<()>,
     ) -> tokio::task::JoinHandle<()> {
         use tonic::server::NamedService;
         use tonic_health::ServingStatus;
@@ -501,7 +506,10 @@ impl Planning {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut serving = true;
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.changed() => return,
+                }
                 let checked = service.blocking(|s| s.check()).await;
                 if checked.is_ok() == serving {
                     continue;

@@ -320,6 +320,21 @@ fn storage(e: impl Into<redb::Error>) -> ServiceError {
     ServiceError::from(e.into())
 }
 
+/// Every record of table `def` in `from`, inserted into `to` (compaction by copy).
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<(), ServiceError> {
+    let source = from.open_table(def).map_err(storage)?;
+    let mut target = to.open_table(def).map_err(storage)?;
+    for entry in source.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        target.insert(k.value(), v.value()).map_err(storage)?;
+    }
+    Ok(())
+}
+
 impl RedbStore {
     /// Open (or create) the store in `data_dir`, creating the directory and tables.
     pub fn open(data_dir: &Path) -> Result<Self, ServiceError> {
@@ -434,15 +449,57 @@ impl Store for RedbStore {
         self.reopen()
     }
 
-    /// Rewrite the database file without free space, so that the bytes of deleted records leave
-    /// the data directory. Waits for the store calls in flight; blocks the others meanwhile.
+    /// Rewrite the database file with only the live records, so that the bytes of deleted
+    /// records leave the data directory: every table copied into a fresh file beside it, which
+    /// then replaces the old one by an atomic rename (a crash before the rename leaves the old
+    /// file whole). redb's own `compact` is not enough: it moves pages towards the start of the
+    /// file but does not overwrite the freed ones it cannot truncate, so deleted bytes could stay
+    /// (seen with the request-key tables). Costs a copy of the live data per delete; deletes are
+    /// rare. Waits for the store calls in flight; blocks the others meanwhile.
     fn compact(&self) -> Result<(), ServiceError> {
         let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_mut()
-            .ok_or_else(not_open)?
-            .compact()
-            .map_err(storage)?;
+        let db = guard.as_ref().ok_or_else(not_open)?;
+        let path = self.data_dir.join(DB_FILE);
+        let fresh_path = self.data_dir.join(format!("{DB_FILE}.compacting"));
+        let io = |what: &str, e: std::io::Error| {
+            ServiceError::Storage(format!("compaction: cannot {what}: {e}"))
+        };
+        match std::fs::remove_file(&fresh_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&format!("remove {}", fresh_path.display()), e)),
+        }
+        let copy = || -> Result<(), ServiceError> {
+            let fresh = Database::create(&fresh_path).map_err(storage)?;
+            let from = db.begin_read().map_err(storage)?;
+            let to = fresh.begin_write().map_err(storage)?;
+            copy_table(&from, &to, ANATOMIES)?;
+            copy_table(&from, &to, ANATOMY_META)?;
+            copy_table(&from, &to, PLANS)?;
+            copy_table(&from, &to, PLAN_OWNER)?;
+            copy_table(&from, &to, ANATOMY_OWNERS)?;
+            copy_table(&from, &to, PLAN_INFO)?;
+            copy_table(&from, &to, ANATOMY_PLANS)?;
+            copy_table(&from, &to, ANATOMY_TIME)?;
+            copy_table(&from, &to, REQUEST_PLAN)?;
+            copy_table(&from, &to, PLAN_REQUEST)?;
+            to.commit().map_err(storage)?;
+            Ok(())
+        };
+        if let Err(e) = copy() {
+            // E.g. no room for the copy on a full disk: the old file stays in use, whole.
+            let _ = std::fs::remove_file(&fresh_path);
+            return Err(e);
+        }
+        // Closed before the rename (the file is locked while open), opened again after it.
+        *guard = None;
+        std::fs::rename(&fresh_path, &path).map_err(|e| io("replace the database file", e))?;
+        if let Ok(dir) = std::fs::File::open(&self.data_dir) {
+            // The rename made durable; where a directory cannot be synced it is at worst undone
+            // by a crash, which leaves the old, complete file.
+            let _ = dir.sync_all();
+        }
+        *guard = Some(Self::open_database(&self.data_dir)?);
         Ok(())
     }
 

@@ -4,10 +4,11 @@
 //!
 //! The file systems are real: `.ci/run` (as root) mounts an 8 MiB tmpfs holding a tablespace
 //! of the tests' PostgreSQL (`KYPHOPLAN_TEST_PG_SMALL_TABLESPACE`) and a 16 MiB tmpfs for redb
-//! data directories (`KYPHOPLAN_TEST_SMALL_FS`). Without them the tests say they were skipped
-//! (and fail under `CI=true`). Space is freed by dropping a filler the test wrote before the
-//! uploads: a table in the same tablespace (PostgreSQL truncates a dropped table's files at
-//! once), a file beside the data directory (redb).
+//! data directories (`KYPHOPLAN_TEST_SMALL_FS`). Without them the tests are ignored
+//! (`cfg(test_small_fs)`; under `CI=true` they run and fail saying what is missing). Space
+//! is freed by dropping a filler the test wrote before the uploads: a table in the same
+//! tablespace (PostgreSQL truncates a dropped table's files at once), a file beside the data
+//! directory (redb).
 
 use std::path::PathBuf;
 
@@ -75,8 +76,9 @@ fn assert_kept(store: &dyn Store, acked: &[String]) {
 }
 
 #[cfg_attr(
-    not(test_postgres),
-    ignore = "needs PostgreSQL: KYPHOPLAN_TEST_POSTGRES (.ci/run starts a throw-away cluster)"
+    not(all(test_postgres, test_small_fs)),
+    ignore = "needs PostgreSQL (KYPHOPLAN_TEST_POSTGRES) and a small file system \
+              (KYPHOPLAN_TEST_SMALL_FS): .ci/run, as root, starts and mounts both"
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_postgresql_tablespace_answers_resource_exhausted_then_stores_again() {
@@ -178,6 +180,10 @@ fn small_dir(test: &str) -> Option<tempfile::TempDir> {
 
 /// The embedded store: after the failed write redb refuses every call until it is opened
 /// again, which the health check does once there is room (no restart).
+#[cfg_attr(
+    not(test_small_fs),
+    ignore = "needs a small file system: KYPHOPLAN_TEST_SMALL_FS (.ci/run, as root, mounts one)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redb_disk_answers_resource_exhausted_then_stores_again() {
     let Some(dir) = small_dir("a_full_redb_disk") else {
