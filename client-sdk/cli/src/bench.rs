@@ -317,6 +317,22 @@ fn plan(anatomy: &PreparedAnatomy, req: &PlanRequest) -> Result<Plan, String> {
     planning::plan(anatomy, req).map_err(|e| e.to_string())
 }
 
+/// The seconds of each warm plan of `req` on `prepared` (the budget's repetitions), or the
+/// planner's error.
+fn plan_warm(
+    prepared: &PreparedAnatomy,
+    req: &PlanRequest,
+    budget: &Budget,
+) -> Result<Vec<f64>, String> {
+    let mut failed = None;
+    let warm = repeat(budget.warm_reps, budget.per_figure, || {
+        if let Err(e) = plan(prepared, req) {
+            failed = Some(e);
+        }
+    });
+    failed.map_or(Ok(warm), Err)
+}
+
 /// The per-vertebra, five-level, evaluation and memory figures of one anatomy.
 ///
 /// `five`: the anatomy planned whole from raw meshes; `per_vertebra`: the anatomy whose levels
@@ -338,15 +354,8 @@ fn anatomy_figures(
     ));
     for &level in &levels {
         let req = request(Some(vec![level]));
-        let mut failed = None;
-        let warm = repeat(budget.warm_reps, budget.per_figure, || {
-            if let Err(e) = plan(&prepared, &req) {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed.take() {
-            return Err(format!("{prefix} {level}: {e}"));
-        }
+        let warm =
+            plan_warm(&prepared, &req, budget).map_err(|e| format!("{prefix} {level}: {e}"))?;
         out.push(figure(
             format!("{prefix}/plan_warm/{level}"),
             warm,
@@ -354,6 +363,7 @@ fn anatomy_figures(
             "ms",
         ));
         let single_input = one_vertebra(per_vertebra, level);
+        let mut failed = None;
         let cold = repeat(budget.cold_reps, budget.per_figure, || {
             let r = prepare(single_input.clone()).and_then(|a| plan(&a, &req));
             if let Err(e) = r {
@@ -442,15 +452,7 @@ fn thoracic_figures(budget: &Budget, out: &mut Vec<Figure>) -> Result<(), String
         (Level::T5, "T5_fallbacks", fallbacks.clone()),
     ] {
         let prepared = prepare(crate::demo::anatomy(&[level], true))?;
-        let mut failed = None;
-        let warm = repeat(budget.warm_reps, budget.per_figure, || {
-            if let Err(e) = plan(&prepared, &req) {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed.take() {
-            return Err(format!("demo {name}: {e}"));
-        }
+        let warm = plan_warm(&prepared, &req, budget).map_err(|e| format!("demo {name}: {e}"))?;
         out.push(figure(format!("demo/plan_warm/{name}"), warm, 1e3, "ms"));
     }
     Ok(())
