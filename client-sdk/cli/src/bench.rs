@@ -687,24 +687,20 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let date = utc_now();
     let mut figures = Vec::new();
     let mut notes = Vec::new();
-    if options.labelmap_only {
+    // A single section, on request: its figures only.
+    let only = if options.labelmap_only {
         eprintln!("bench: label map (generated lumbar L1-L5) only");
         labelmap_figures(&budget, options.quick, &mut figures, &mut notes)?;
-        notes.push("--labelmap-only: only the label-map figures".into());
-        return Ok(BenchReport {
-            date,
-            machine,
-            quick: options.quick,
-            shared_anatomy: None,
-            notes,
-            figures,
-        });
-    }
-
-    if options.thoracic_only {
+        Some("--labelmap-only: only the label-map figures")
+    } else if options.thoracic_only {
         eprintln!("bench: built-in thoracic levels (T5, T8 with ribs and pleura) only");
         thoracic_figures(&budget, &mut figures)?;
-        notes.push("--thoracic-only: only the thoracic figures".into());
+        Some("--thoracic-only: only the thoracic figures")
+    } else {
+        None
+    };
+    if let Some(note) = only {
+        notes.push(note.into());
         return Ok(BenchReport {
             date,
             machine,
