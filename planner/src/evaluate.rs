@@ -490,6 +490,21 @@ pub fn margin_codes(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) ->
         .collect()
 }
 
+/// Whether the line from `from_lps` to `tip_lps` is safe: `measure(..).violations.is_empty()`,
+/// decided by the same exact queries, but with the cortex and keep-out margins decided by
+/// [`crate::clearance::ClearanceMesh::segment_within`] / [`KeepOut::segment_within`] (walks that stop at the
+/// verdict) instead of exact distances, and without the score's grid terms. Returns the
+/// verdict and the measurement's frame fields (`tip_lps`, `direction_lps`,
+/// `tip_depth_fraction`, what [`crate::search::SearchMode::accepts`] reads); its clearances
+/// are placeholders (-inf where a margin is violated, +inf elsewhere) and its score means
+/// nothing. The search and the extrapedicular search decide with it which of their candidates
+/// to measure in full (`planner/tests/route.rs` and `search::tests` check it against
+/// [`measure`]).
+pub fn verdict(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> (bool, Measurement) {
+    let m = measure_scoped(ctx, from_lps, tip_lps, Scope::Verdict);
+    (m.violations.is_empty(), m)
+}
+
 /// How much of a [`Measurement`] [`measure_scoped`] computes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {
@@ -499,6 +514,10 @@ enum Scope {
     /// keep-out clearances are -inf where the margin is violated, +inf elsewhere), never
     /// returned.
     Margins,
+    /// Every violation [`measure`] reports (by code; the values in their messages are
+    /// placeholders where a margin decides), the cortex and keep-out margins decided without
+    /// their exact distances ([`verdict`]); no centring or balloon term.
+    Verdict,
 }
 
 /// [`measure`], or with [`Scope::Margins`] the part [`margin_codes`] needs.
@@ -509,6 +528,9 @@ fn measure_scoped(
     scope: Scope,
 ) -> Measurement {
     let full = scope == Scope::Full;
+    // The docking surface, the entry incidence and the cortex margin are judged in full and
+    // for the verdict, not for the margin codes.
+    let docking = scope != Scope::Margins;
     let SideContext {
         anatomy,
         vertebra,
@@ -690,7 +712,7 @@ fn measure_scoped(
     let bone_grid = GridSampler::bone(&vertebra.bone_sdf, frame.vertebra_to_grid());
     // The docking surface, the incidence and the cortex clearance (not for the margin codes:
     // `Scope::Margins`).
-    let (incidence_deg, zone, cortex_from, cortex) = if full {
+    let (incidence_deg, zone, cortex_from, cortex) = if docking {
         // Incidence on the exact surface under the cannula's footprint (the distance grid's
         // gradient only if no triangle faces the axis there, which an entry on the mesh rules out).
         let normal_lps = bone.footprint_normal(&bone_entry_lps, dir_lps.as_ref(), r);
@@ -758,8 +780,16 @@ fn measure_scoped(
         let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
         let cortex = if !tip_inside {
             -bone.distance_to_point(tip_lps) - r
-        } else {
+        } else if full {
             bone.distance_to_segment(&cortex_from_lps, tip_lps) - r
+        } else {
+            // Only the verdict `cortex < margin` below: -inf where it holds, +inf elsewhere.
+            let margin = safety.cortex_margin_mm;
+            if bone.segment_within(&cortex_from_lps, tip_lps, |d| d - r < margin) {
+                Real::NEG_INFINITY
+            } else {
+                Real::INFINITY
+            }
         };
         if cortex < safety.cortex_margin_mm {
             let msg = if cortex < 0.0 {

@@ -23,7 +23,7 @@ use crate::criteria::{
     MAX_RIB_PEDICLE_GAP_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
-use crate::evaluate::{measure, Measurement, RouteRule, SideContext};
+use crate::evaluate::{self, measure, Measurement, RouteRule, SideContext};
 use crate::math::{Point, Real, UnitVector, Vector};
 use crate::plan::{Reason, ReasonCode};
 use crate::search::SideOutcome;
@@ -400,38 +400,72 @@ pub fn search_side(
             alternatives: vec![],
         });
     }
-    let mut best_any: Option<Measurement> = None;
+    // Each line is judged first by `evaluate::verdict` (the same violations as `measure`,
+    // decided by walks that stop at the margins' verdicts); only safe lines are measured in
+    // full before `accepts`, and the unsafe ones only if no line is taken (for the best one's
+    // reasons): the result is the one measuring every line would give.
+    let endpoints = |l: &Line| {
+        (
+            to_lps * (l.g - l.dir * BEHIND_G_MM),
+            to_lps * (l.g + l.dir * l.t_tip),
+        )
+    };
+    let mut not_taken: Vec<Result<Measurement, Line>> = Vec::new();
     let mut measured = 0;
     let mut refused = 0;
     for batch in queue.chunks(BATCH) {
         if cancelled() {
             return Err(PlanError::Cancelled);
         }
-        let ms: Vec<Measurement> = batch
+        let judged: Vec<Option<Measurement>> = batch
             .par_iter()
             .map(|l| {
-                let from = to_lps * (l.g - l.dir * BEHIND_G_MM);
-                let tip = to_lps * (l.g + l.dir * l.t_tip);
-                measure(ctx, &from, &tip)
+                let (from, tip) = endpoints(l);
+                evaluate::verdict(ctx, &from, &tip)
+                    .0
+                    .then(|| measure(ctx, &from, &tip))
             })
             .collect();
-        measured += ms.len();
+        measured += judged.len();
         let mut best_safe: Option<Measurement> = None;
-        for m in ms {
-            let sc = m.score(ctx.safety);
-            if m.violations.is_empty() && accepts(&m) {
-                if best_safe.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
-                    best_safe = Some(m);
+        for (l, j) in batch.iter().zip(judged) {
+            match j {
+                Some(m) if accepts(&m) => {
+                    debug_assert!(m.violations.is_empty());
+                    let sc = m.score(ctx.safety);
+                    if best_safe.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
+                        best_safe = Some(m);
+                    }
                 }
-            } else if best_any.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
-                refused += usize::from(m.violations.is_empty());
-                best_any = Some(m);
-            } else {
-                refused += usize::from(m.violations.is_empty());
+                Some(m) => {
+                    refused += 1;
+                    not_taken.push(Ok(m));
+                }
+                None => not_taken.push(Err(*l)),
             }
         }
         if let Some(m) = best_safe {
             return Ok(SideOutcome::Feasible(Box::new(m)));
+        }
+    }
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    // The best-scoring line not taken (the first of the highest score in order).
+    let not_taken: Vec<Measurement> = not_taken
+        .into_par_iter()
+        .map(|j| {
+            j.unwrap_or_else(|l| {
+                let (from, tip) = endpoints(&l);
+                measure(ctx, &from, &tip)
+            })
+        })
+        .collect();
+    let mut best_any: Option<Measurement> = None;
+    for m in not_taken {
+        let sc = m.score(ctx.safety);
+        if best_any.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
+            best_any = Some(m);
         }
     }
     let best = best_any.expect("at least one line was measured");

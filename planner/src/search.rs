@@ -29,7 +29,7 @@ use crate::criteria::{
     GRID_SAMPLE_STEP_MM, MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
-use crate::evaluate::{measure, Measurement, SideContext};
+use crate::evaluate::{self, measure, Measurement, SideContext};
 use crate::math::{Point, Pose, Real, Vector};
 use crate::plan::{Alternative, AlternativeCode, Reason, ReasonCode};
 
@@ -823,10 +823,16 @@ fn search_side_with(
     };
     match verified {
         Verified::Safe(m) => Ok(SideOutcome::Feasible(Box::new(m))),
-        Verified::Unsafe(best) => Ok(midline_reason(
-            &screen,
-            diagnose_infeasible(&screen, &grid, &best),
-        )),
+        Verified::Unsafe(lines) => {
+            if cancelled() {
+                return Err(PlanError::Cancelled);
+            }
+            let best = best_unsafe(ctx, &lines);
+            Ok(midline_reason(
+                &screen,
+                diagnose_infeasible(&screen, &grid, &best),
+            ))
+        }
     }
 }
 
@@ -1086,12 +1092,17 @@ fn refine_best(screen: &Screen<'_>, screened: &[Candidate]) -> Vec<Candidate> {
 enum Verified {
     /// The best-scoring safe measurement of the first batch that had one.
     Safe(Measurement),
-    /// No line measured was safe: the best-scoring one.
-    Unsafe(Measurement),
+    /// No line measured was safe: the lines, in the order they were judged; the best-scoring
+    /// one ([`best_unsafe`]) is measured only when it is needed (the diagnosis).
+    Unsafe(Vec<Candidate>),
 }
 
-/// Step 5: measure the refined lines, then the screened ones in order (at most [`MAX_EXACT`]),
-/// exactly, in batches of [`SEEDS`], until a batch has a safe one.
+/// Step 5: judge the refined lines, then the screened ones in order (at most [`MAX_EXACT`]),
+/// exactly, in batches of [`SEEDS`], until a batch has a safe one; that batch's safe lines are
+/// measured in full and the best-scoring one is taken. Each line is first judged by
+/// [`evaluate::verdict`] (the same violations as [`measure`], decided by walks that stop at
+/// the margins' verdicts): only safe lines are measured in full here, so the result is the one
+/// measuring every line would give.
 fn verify(
     ctx: &SideContext<'_>,
     mode: SearchMode,
@@ -1106,40 +1117,55 @@ fn verify(
         .copied()
         .collect();
     let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
-    let mut best_feasible: Option<Measurement> = None;
-    let mut best_any: Option<Measurement> = None;
     for batch in queue.chunks(SEEDS) {
-        let measured: Vec<Measurement> = batch
+        let safe: Vec<Measurement> = batch
             .par_iter()
-            .map(|c| {
+            .filter_map(|c| {
                 let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
-                measure(ctx, &from_lps, &tip_lps)
+                let (ok, v) = evaluate::verdict(ctx, &from_lps, &tip_lps);
+                (ok && mode.accepts(ctx, &v)).then(|| measure(ctx, &from_lps, &tip_lps))
             })
             .collect();
-        for m in measured {
+        let mut best_feasible: Option<Measurement> = None;
+        for m in safe {
+            debug_assert!(m.violations.is_empty() && mode.accepts(ctx, &m));
             let sc = m.score(ctx.safety);
-            if m.violations.is_empty() && mode.accepts(ctx, &m) {
-                if best_feasible
-                    .as_ref()
-                    .is_none_or(|b| sc > b.score(ctx.safety))
-                {
-                    best_feasible = Some(m);
-                }
-            } else if best_any.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
-                best_any = Some(m);
+            if best_feasible
+                .as_ref()
+                .is_none_or(|b| sc > b.score(ctx.safety))
+            {
+                best_feasible = Some(m);
             }
         }
-        if best_feasible.is_some() {
-            break;
+        if let Some(m) = best_feasible {
+            return Ok(Verified::Safe(m));
         }
         if cancelled() {
             return Err(PlanError::Cancelled);
         }
     }
-    Ok(match best_feasible {
-        Some(m) => Verified::Safe(m),
-        None => Verified::Unsafe(best_any.expect("at least one candidate was measured")),
-    })
+    Ok(Verified::Unsafe(queue))
+}
+
+/// The best-scoring of lines that all failed the verification, measured in full: the first of
+/// the highest score in their order.
+fn best_unsafe(ctx: &SideContext<'_>, lines: &[Candidate]) -> Measurement {
+    let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
+    let measured: Vec<Measurement> = lines
+        .par_iter()
+        .map(|c| {
+            let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
+            measure(ctx, &from_lps, &tip_lps)
+        })
+        .collect();
+    let mut best_any: Option<Measurement> = None;
+    for m in measured {
+        let sc = m.score(ctx.safety);
+        if best_any.as_ref().is_none_or(|b| sc > b.score(ctx.safety)) {
+            best_any = Some(m);
+        }
+    }
+    best_any.expect("at least one candidate was measured")
 }
 
 /// Step 6: the side is infeasible. Report the best measured line's violations, and the widest

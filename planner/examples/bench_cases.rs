@@ -1,0 +1,110 @@
+//! The planning work of `kyphoplan bench`'s warm-plan figures, one case at a time, for
+//! instruction counts (`valgrind --tool=callgrind` with RAYON_NUM_THREADS=1, `REPS=1` less
+//! `REPS=0`) or `perf stat`: `CASE` is one of `T8` (demo/plan_warm/T8: the built-in mean T8
+//! with ribs and pleura, the default request), `T8_fallbacks`, `T5_fallbacks` (the demo's
+//! thoracic request: bilateral transpedicular, extrapedicular, unipedicular, with the 3.05 and
+//! 2.4 mm alternatives), or `L1`..`L5` (demo/plan_warm/Ln: the built-in L1-L5, one level, the
+//! default request). Prepares once, then plans REPS times (default 5) and prints the median
+//! time and every side's trajectory (so two builds can be compared bit for bit).
+//! `cargo run --release -p kyphoplan-planner --example bench_cases`.
+
+use std::time::Instant;
+
+use kyphoplan_planner::math::Pose;
+use kyphoplan_planner::request::{Approach, Procedure};
+use kyphoplan_planner::synth::{self, SpineOptions};
+use kyphoplan_planner::*;
+
+fn main() {
+    let case = std::env::var("CASE").unwrap_or_else(|_| "T8".into());
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let default = |levels: Option<Vec<Level>>| {
+        PlanRequest::new(
+            levels,
+            Instrument::contract_default(),
+            Safety::contract_default(),
+        )
+        .unwrap()
+    };
+    // The demo's thoracic request (`kyphoplan_cli::demo::request(true)`).
+    let fallbacks = default(None)
+        .with_procedure(
+            Procedure::Kyphoplasty,
+            vec![
+                Approach::BilateralTranspedicular,
+                Approach::Extrapedicular,
+                Approach::Unipedicular,
+            ],
+        )
+        .and_then(|r| r.with_cannula_alternatives(vec![3.05, 2.4]))
+        .unwrap();
+    let level = |name: &str| {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.to_string() == name)
+            .unwrap_or_else(|| panic!("unknown level {name}"))
+    };
+    let (input, request) = match case.as_str() {
+        "T8" | "T8_fallbacks" | "T5_fallbacks" => {
+            let options = SpineOptions {
+                with_soft_tissue: false,
+                with_ribs_and_pleura: true,
+            };
+            let l = level(&case[..2]);
+            let input = synth::spine_with(&[l], &Pose::identity(), &options).0;
+            let req = if case == "T8" {
+                default(None)
+            } else {
+                fallbacks.clone()
+            };
+            (input, req)
+        }
+        name => (synth::demo_anatomy(), default(Some(vec![level(name)]))),
+    };
+    let anatomy = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+    if std::env::var_os("KEEPOUTS").is_some() {
+        for l in anatomy.levels() {
+            for k in anatomy.keep_outs(l) {
+                println!(
+                    "keep-out {l} {:?} {} {} triangles",
+                    k.kind,
+                    k.from,
+                    k.mesh.triangles.len()
+                );
+            }
+            let v = anatomy.vertebra(l).unwrap();
+            println!("vertebra {l} {} triangles", v.mesh.triangles.len());
+        }
+    }
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps {
+        let start = Instant::now();
+        last = Some(plan(&anatomy, &request).unwrap());
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    if let (Some(p), Some(path)) = (&last, std::env::var_os("JSON")) {
+        std::fs::write(path, serde_json::to_string_pretty(p).unwrap()).unwrap();
+    }
+    if let Some(p) = last {
+        println!("{case}: median {:.1} ms of {reps}", times[reps / 2]);
+        for l in &p.levels {
+            println!("  {} approach {:?}", l.level, l.approach);
+            for s in &l.sides {
+                println!(
+                    "  {} feasible {} {:?} {:?}",
+                    s.side,
+                    s.feasible,
+                    s.trajectory
+                        .as_ref()
+                        .map(|t| (t.bone_entry_mm, t.target_mm, t.score)),
+                    s.balloon.as_ref().map(|b| (b.center_mm, b.volume_ml))
+                );
+            }
+        }
+    }
+}
