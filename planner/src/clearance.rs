@@ -429,13 +429,21 @@ impl ClearanceMesh {
 
     /// Exact distance from the segment `a-b` to the surface (0 if it touches or crosses it).
     pub fn distance_to_segment(&self, a: &Point, b: &Point) -> f64 {
+        self.distance_to_segment_below(a, b, f64::INFINITY)
+    }
+
+    /// [`ClearanceMesh::distance_to_segment`] where it is below `cap`, the same value; else
+    /// infinity (the distance is at least `cap`). The walk prunes every box whose lower bound
+    /// reaches `cap`: a minimum over several meshes takes each next mesh below the smallest
+    /// distance so far, the same minimum for less work.
+    pub fn distance_to_segment_below(&self, a: &Point, b: &Point, cap: f64) -> f64 {
         let aa = arr(a);
         let d = varr(&(b - a));
         let seg_lo = arr(&a.inf(b));
         let seg_hi = arr(&a.sup(b));
         self.bvh
             .find_best(
-                f64::INFINITY,
+                cap,
                 |node, best| {
                     if best <= 0.0 {
                         return f64::INFINITY;

@@ -850,9 +850,19 @@ fn measure_scoped(
     let mut canal = Real::INFINITY;
     let mut root = Real::INFINITY;
     let mut forbidden: Option<Real> = None;
+    // The smallest exact distance so far of each kind (canal, root, forbidden): a keep-out at
+    // least that far cannot lower its kind's minimum, so its walk stops there.
+    let mut nearest = [Real::INFINITY; 3];
     for k in keep_outs {
+        let kind = match k.kind {
+            KeepOutKind::Canal => 0,
+            KeepOutKind::NerveRoot(_) => 1,
+            KeepOutKind::Forbidden => 2,
+        };
         let d = if full {
-            k.distance_to_segment(&tail_lps, tip_lps) - r
+            let raw = k.distance_to_segment_below(&tail_lps, tip_lps, nearest[kind]);
+            nearest[kind] = nearest[kind].min(raw);
+            raw - r
         } else {
             // Only the verdict `d < margin` below: -inf where it holds, +inf elsewhere.
             let margin = match k.kind {

@@ -74,6 +74,17 @@ impl KeepOut {
         self.clearance.distance_to_segment(a, b)
     }
 
+    /// [`KeepOut::distance_to_segment`] where it is below `cap`, the same value; else infinity
+    /// ([`ClearanceMesh::distance_to_segment_below`]).
+    pub fn distance_to_segment_below(&self, a: &Point, b: &Point, cap: Real) -> Real {
+        if self.clearance.is_closed()
+            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
+        {
+            return 0.0;
+        }
+        self.clearance.distance_to_segment_below(a, b, cap)
+    }
+
     /// `within(self.distance_to_segment(a, b))` for a monotone `within`, walked only as far
     /// as the verdict needs ([`crate::clearance::ClearanceMesh::segment_within`]).
     pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(Real) -> bool) -> bool {

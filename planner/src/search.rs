@@ -143,17 +143,12 @@ fn first_outside(line: &GridLine<'_>, step: Real, limit: Real) -> Option<Real> {
     None
 }
 
-/// `min(cap, smallest sample of line)` from `t0` in steps of [`GRID_SAMPLE_STEP_MM`] up to
-/// `t1`. Samples that the grid's Lipschitz bound keeps at or above the running minimum (or the
-/// cap) cannot change the result and are not taken.
-fn min_along(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
-    RunningMin::from(t0).to(line, t1, cap)
-}
-
-/// [`min_along`] taken in pieces: the minimum so far of the samples every
-/// [`GRID_SAMPLE_STEP_MM`] from a start, carried on to a further end with the same samples as
-/// one call would take (the screening bounds a line's score with the pedicle's part of its
-/// cortex clearance before it marches to the far cortex).
+/// `min(cap, smallest sample of line)` from a start `t0` in steps of [`GRID_SAMPLE_STEP_MM`]
+/// up to an end `t1`, taken in pieces: the minimum so far carried on to a further end with the
+/// same samples as one call would take (the screening bounds a line's score with the pedicle's
+/// part of its cortex clearance before it marches to the far cortex). Samples that the grid's
+/// Lipschitz bound keeps at or above the running minimum (or the cap) cannot change the result
+/// and are not taken.
 struct RunningMin {
     m: Real,
     skip: usize,
@@ -171,6 +166,20 @@ impl RunningMin {
 
     /// Take the samples up to `t1`; `min(cap, smallest sample so far)`.
     fn to(&mut self, line: &GridLine<'_>, t1: Real, cap: Real) -> Real {
+        self.to_while(line, t1, cap, |_| true)
+            .expect("never stopped")
+    }
+
+    /// [`RunningMin::to`], but `None` as soon as the smallest sample so far fails `ok` (which
+    /// must hold of a larger value whenever it holds of a smaller one: the minimum only falls,
+    /// so a line it fails for is sure to fail at the end too).
+    fn to_while(
+        &mut self,
+        line: &GridLine<'_>,
+        t1: Real,
+        cap: Real,
+        ok: impl Fn(Real) -> bool,
+    ) -> Option<Real> {
         while self.t <= t1 {
             if self.skip > 0 {
                 self.skip -= 1;
@@ -178,11 +187,15 @@ impl RunningMin {
                 continue;
             }
             let s = line.at(self.t);
+            let before = self.m;
             self.m = self.m.min(s);
+            if self.m < before && !ok(self.m) {
+                return None;
+            }
             self.skip = samples_above(s, self.m.min(cap));
             self.t += GRID_SAMPLE_STEP_MM;
         }
-        self.m.min(cap)
+        Some(self.m.min(cap))
     }
 }
 
@@ -296,6 +309,10 @@ struct Screen<'a> {
     balloon_max_ml: Real,
     /// Whether the score's balloon term counts (off in `search_side_with`'s fallback).
     balloon_term: bool,
+    /// Whether a line is screened only as far as its cortex clearance (the infeasible
+    /// diagnosis's widest corridor, `diagnose_infeasible`, with no threshold: what follows
+    /// can then no longer drop the line); its `score` is then NaN.
+    cortex_only: bool,
 }
 
 impl<'a> Screen<'a> {
@@ -321,6 +338,7 @@ impl<'a> Screen<'a> {
                 ctx.instrument.balloon_max_diameter_mm,
             ),
             balloon_term: true,
+            cortex_only: false,
         }
     }
 }
@@ -495,6 +513,20 @@ impl Screen<'_> {
         }
         .min(bone.at(t_tip))
             - self.radius;
+        if self.cortex_only {
+            debug_assert_eq!(threshold, Real::NEG_INFINITY);
+            return Some(Candidate {
+                params,
+                q_vertebra: q,
+                dir_vertebra: dir,
+                t_entry,
+                t_tip,
+                cortex,
+                entry_ok,
+                cos_incidence,
+                score: Real::NAN,
+            });
+        }
         if bound(
             cortex - safety.cortex_margin_mm,
             self.balloon_max_ml,
@@ -529,17 +561,32 @@ impl Screen<'_> {
         }
         // Keep-outs along the cannula near the vertebra. Their distance counts in the score
         // only below its cap (the slack reserve): samples that cannot go below it are skipped.
+        // Nor can samples above the cortex's slack (the worst slack is at most that), with a
+        // micrometre to spare for round-off: a keep-out whose samples stay above it leaves the
+        // worst slack, and so the score, as its exact minimum would. And the march stops as
+        // soon as the keep-out's minimum so far takes the score's bound below the threshold
+        // (its minimum only falls: the line could not be kept).
+        let cortex_slack = cortex - safety.cortex_margin_mm;
         let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
-            let cap = self.radius + margin + SLACK_RESERVE_MM + 1.0;
+            let cap = (self.radius + margin + SLACK_RESERVE_MM + 1.0)
+                .min(cortex_slack + margin + self.radius + 1e-6);
             let line = GridSampler::keep_out(grid, self.vertebra_to_grid).line(&q, &dir);
-            min_along(&line, t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM, t_tip, cap) - self.radius
+            RunningMin::from(t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM)
+                .to_while(&line, t_tip, cap, |m| {
+                    bound(
+                        cortex_slack.min(m - self.radius - margin),
+                        balloon,
+                        centring,
+                    ) >= threshold
+                })
+                .map(|m| m - self.radius)
         };
-        let canal = keep(&v.canal_distance, safety.canal_margin_mm);
-        let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
-        let forbidden = v
-            .forbidden_distance
-            .as_ref()
-            .map(|g| keep(g, safety.canal_margin_mm));
+        let canal = keep(&v.canal_distance, safety.canal_margin_mm)?;
+        let root = keep(&v.root_distance, safety.nerve_root_margin_mm)?;
+        let forbidden = match &v.forbidden_distance {
+            Some(g) => Some(keep(g, safety.canal_margin_mm)?),
+            None => None,
+        };
         let worst = criteria::worst_slack_mm(safety, cortex, canal, root, forbidden);
         if bound(worst, balloon, centring) < threshold {
             return None;
@@ -1172,6 +1219,12 @@ fn best_unsafe(ctx: &SideContext<'_>, lines: &[Candidate]) -> Measurement {
 /// bony corridor over every line of the grid (the screening dropped low scores).
 fn diagnose_infeasible(screen: &Screen<'_>, grid: &LineGrid, best: &Measurement) -> SideOutcome {
     let ctx = screen.ctx;
+    // Only the cortex clearance is compared: with no threshold, nothing after it in
+    // `Screen::candidate` drops a line, so the same lines come out with the same clearance.
+    let screen = &Screen {
+        cortex_only: true,
+        ..screen.clone()
+    };
     let all: Vec<Candidate> = grid
         .all()
         .par_iter()
