@@ -143,8 +143,56 @@ fn min_along(line: &GridLine<'_>, t0: Real, t1: Real) -> Real {
         .fold(Real::INFINITY, Real::min)
 }
 
+/// `min(cap, min_along(line, t0, t1))` from the same samples, but for samples that the grid's
+/// Lipschitz bound keeps at or above the running minimum or the cap
+/// ([`crate::search::samples_above`], as the transpedicular screening skips them).
+fn min_along_below(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
+    let n = ((t1 - t0) / GRID_SAMPLE_STEP_MM).ceil().max(0.0) as usize;
+    let mut m = Real::INFINITY;
+    let mut i = 0;
+    while i <= n {
+        let s = line.at((t0 + i as Real * GRID_SAMPLE_STEP_MM).min(t1));
+        m = m.min(s);
+        i += 1 + crate::search::samples_above(s, m.min(cap));
+    }
+    m.min(cap)
+}
+
+/// The first `i` in `i0..n` whose sample at `i` x [`GRID_SAMPLE_STEP_MM`] is inside the bone
+/// (above 0; `inside`) or outside it (below 0), as `(i0..n).find(..)` over every sample gives;
+/// with `skip`, samples that the grid's Lipschitz bound keeps on the other side are not taken.
+fn first_sample(
+    line: &GridLine<'_>,
+    i0: usize,
+    n: usize,
+    inside: bool,
+    skip: bool,
+) -> Option<usize> {
+    let mut i = i0;
+    while i < n {
+        let s = line.at(i as Real * GRID_SAMPLE_STEP_MM);
+        if (inside && s > 0.0) || (!inside && s < 0.0) {
+            return Some(i);
+        }
+        i += 1;
+        if skip {
+            i += crate::search::samples_above(if inside { -s } else { s }, 0.0);
+        }
+    }
+    None
+}
+
 /// Screen one line on the approximate grids; `None` when it is no usable extrapedicular line.
 fn screen(ctx: &SideContext<'_>, params: [Real; 4]) -> Option<Line> {
+    screen_with(ctx, params, true)
+}
+
+/// [`screen`]; with `prune`, samples that cannot change the line's score are skipped: along
+/// the grids the Lipschitz bound keeps them on the same side of zero or above the running
+/// minimum; the cortex above [`crate::criteria::SLACK_RESERVE_MM`] past its margin, and the
+/// keep-outs above that or above the cortex's slack, cannot change the worst slack the score
+/// counts (`prune = false`: every sample, the slow path the tests compare with).
+fn screen_with(ctx: &SideContext<'_>, params: [Real; 4], prune: bool) -> Option<Line> {
     let v = ctx.vertebra;
     let f = &v.frame;
     let p = v.pedicles[ctx.side].as_ref().ok()?;
@@ -167,8 +215,8 @@ fn screen(ctx: &SideContext<'_>, params: [Real; 4]) -> Option<Line> {
     // The body entry: the first sample in the bone in front of g; then its exit.
     let n_forward = (FORWARD_MM / GRID_SAMPLE_STEP_MM) as usize;
     let ts = |i: usize| i as Real * GRID_SAMPLE_STEP_MM;
-    let i_in = (0..n_forward).find(|&i| bone.at(ts(i)) > 0.0)?;
-    let i_out = (i_in..n_forward).find(|&i| bone.at(ts(i)) < 0.0)?;
+    let i_in = first_sample(&bone, 0, n_forward, true, prune)?;
+    let i_out = first_sample(&bone, i_in, n_forward, false, prune)?;
     // The zero crossing between two samples of opposite sign.
     let interpolate = |a: Real, b: Real| {
         let (sa, sb) = (bone.at(a), bone.at(b));
@@ -204,19 +252,39 @@ fn screen(ctx: &SideContext<'_>, params: [Real; 4]) -> Option<Line> {
     if t_tip <= t_body + zone {
         return None;
     }
-    let cortex = min_along(&bone, t_body + zone, t_tip) - r;
+    // The score counts the worst slack up to the reserve: samples of the cortex past it (with
+    // a millimetre to spare), and of the keep-outs past it or past the cortex's slack (with a
+    // micrometre), cannot change it.
+    let reserve = crate::criteria::SLACK_RESERVE_MM;
+    let cortex = if prune {
+        min_along_below(
+            &bone,
+            t_body + zone,
+            t_tip,
+            r + safety.cortex_margin_mm + reserve + 1.0,
+        )
+    } else {
+        min_along(&bone, t_body + zone, t_tip)
+    } - r;
     // No bone of the vertebra behind g (a second run of vertebra bone, e.g. the transverse
     // process, would leave and re-enter it).
     let back = bone_grid.line(&g, &(-dir));
-    if (1..=(BEHIND_G_MM / GRID_SAMPLE_STEP_MM) as usize).any(|i| back.at(ts(i)) > 0.0) {
+    let n_back = (BEHIND_G_MM / GRID_SAMPLE_STEP_MM) as usize;
+    if first_sample(&back, 1, n_back + 1, true, prune).is_some() {
         return None;
     }
-    let keep = |grid: &crate::voxel::Grid<f32>| {
+    let cortex_slack = cortex - safety.cortex_margin_mm;
+    let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
         let line = GridSampler::keep_out(grid, to_grid).line(&g, &dir);
-        min_along(&line, -KEEP_OUT_BEHIND_MM, t_tip) - r
+        if prune {
+            let cap = (r + margin + reserve + 1.0).min(cortex_slack + margin + r + 1e-6);
+            min_along_below(&line, -KEEP_OUT_BEHIND_MM, t_tip, cap) - r
+        } else {
+            min_along(&line, -KEEP_OUT_BEHIND_MM, t_tip) - r
+        }
     };
-    let canal = keep(&v.canal_distance);
-    let root = keep(&v.root_distance);
+    let canal = keep(&v.canal_distance, safety.canal_margin_mm);
+    let root = keep(&v.root_distance, safety.nerve_root_margin_mm);
     let worst = criteria::worst_slack_mm(safety, cortex, canal, root, None);
     // The balloon's room is not screened here (lines beside the pedicle are few and each
     // verified one is scored by `measure`, which measures it).

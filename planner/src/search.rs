@@ -112,7 +112,7 @@ const SAMPLE_TOLERANCE_MM: Real = 1e-3;
 /// How many of the next samples along a line (every [`GRID_SAMPLE_STEP_MM`]) are sure to stay
 /// above `floor` after a sample of value `s` (none for non-finite values).
 #[inline]
-fn samples_above(s: Real, floor: Real) -> usize {
+pub(crate) fn samples_above(s: Real, floor: Real) -> usize {
     let room = s - floor - SAMPLE_TOLERANCE_MM;
     if room.is_finite() && room > 0.0 {
         (room / (GRID_LIPSCHITZ * GRID_SAMPLE_STEP_MM)) as usize
