@@ -324,21 +324,11 @@ fn through_rib(ctx: &SideContext<'_>, rib: &ClearanceMesh, l: &Line) -> bool {
         })
 }
 
-/// Search the best safe extrapedicular trajectory of one side. `ctx` must be an extrapedicular
-/// context ([`context`]). `accepts` is what the caller further needs of a safe trajectory
-/// (kyphoplasty: room for a balloon); a safe line it refuses is passed over for the next.
-pub fn search_side(
-    ctx: &SideContext<'_>,
-    accepts: &(dyn Fn(&Measurement) -> bool + Sync),
-    cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<SideOutcome, PlanError> {
-    debug_assert_eq!(ctx.route_rule, RouteRule::Extrapedicular);
-    if let Some(reason) = refusal(ctx) {
-        return Ok(SideOutcome::Infeasible {
-            reasons: vec![reason],
-            alternatives: vec![],
-        });
-    }
+/// The values of the grid's four parameters: `g`'s offsets along the isthmus's width (from its
+/// lateral-most point plus the cannula radius, [`LATERAL_RANGE_MM`]) and height (past the
+/// outline, [`HEIGHT_BEYOND_OUTLINE_MM`]), every [`STEP_MM`]; the medial and cranial angles every
+/// [`STEP_DEG`]. The side's pedicle must be measured ([`refusal`]).
+fn grid_values(ctx: &SideContext<'_>) -> [Vec<Real>; 4] {
     let v = ctx.vertebra;
     let p = v.pedicles[ctx.side].as_ref().expect("checked by refusal");
     let r = ctx.instrument.cannula_radius_mm();
@@ -362,6 +352,26 @@ pub fn search_side(
     );
     let medials = steps(MEDIAL_RANGE_DEG, STEP_DEG);
     let cranials = steps(CRANIAL_RANGE_DEG, STEP_DEG);
+    [us, ws, medials, cranials]
+}
+
+/// Search the best safe extrapedicular trajectory of one side. `ctx` must be an extrapedicular
+/// context ([`context`]). `accepts` is what the caller further needs of a safe trajectory
+/// (kyphoplasty: room for a balloon); a safe line it refuses is passed over for the next.
+pub fn search_side(
+    ctx: &SideContext<'_>,
+    accepts: &(dyn Fn(&Measurement) -> bool + Sync),
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<SideOutcome, PlanError> {
+    debug_assert_eq!(ctx.route_rule, RouteRule::Extrapedicular);
+    if let Some(reason) = refusal(ctx) {
+        return Ok(SideOutcome::Infeasible {
+            reasons: vec![reason],
+            alternatives: vec![],
+        });
+    }
+    let v = ctx.vertebra;
+    let [us, ws, medials, cranials] = grid_values(ctx);
     let dims = [us.len(), ws.len(), medials.len(), cranials.len()];
     let params = |i: [usize; 4]| [us[i[0]], ws[i[1]], medials[i[2]], cranials[i[3]]];
     let mut every = Vec::with_capacity(dims.iter().product());
@@ -559,4 +569,76 @@ pub fn search_side(
         reasons,
         alternatives: vec![],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anatomy::Side;
+    use crate::prepare::{PrepareOptions, PreparedAnatomy};
+    use crate::request::{Instrument, Safety};
+
+    /// The pruned screening (samples skipped by the grids' Lipschitz bound, the reserve and
+    /// the cortex's slack) keeps and drops the same lines with the same figures, bit for bit,
+    /// as every sample, on every line of the grid of each side of the built-in mean T5 and T8
+    /// with their ribs and pleura.
+    #[test]
+    fn pruned_screening_matches_every_sample() {
+        let options = crate::synth::SpineOptions {
+            with_soft_tissue: false,
+            with_ribs_and_pleura: true,
+        };
+        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        for level in [Level::T5, Level::T8] {
+            let input =
+                crate::synth::spine_with(&[level], &crate::math::Pose::identity(), &options).0;
+            let anatomy = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+            let vertebra = anatomy.vertebra(level).unwrap();
+            for side in [Side::Left, Side::Right] {
+                let base = SideContext {
+                    anatomy: &anatomy,
+                    vertebra,
+                    keep_outs: anatomy.keep_outs(level),
+                    side,
+                    instrument: &instrument,
+                    safety: &safety,
+                    route_rule: RouteRule::Transpedicular,
+                };
+                let ctx = context(&base);
+                assert!(refusal(&ctx).is_none());
+                let [us, ws, medials, cranials] = grid_values(&ctx);
+                for &u in &us {
+                    for &w in &ws {
+                        for &m in &medials {
+                            for &c in &cranials {
+                                let p = [u, w, m, c];
+                                let bits = |l: Option<Line>| {
+                                    l.map(|l| {
+                                        [l.g.x, l.g.z, l.dir.x, l.t_body, l.t_tip, l.score]
+                                            .map(Real::to_bits)
+                                    })
+                                };
+                                let slow = screen_with(&ctx, p, false);
+                                if slow.is_some() {
+                                    kept += 1;
+                                } else {
+                                    dropped += 1;
+                                }
+                                assert_eq!(
+                                    bits(screen(&ctx, p)),
+                                    bits(slow),
+                                    "{level} {side} {p:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            kept > 1000 && dropped > 1000,
+            "{kept} kept, {dropped} dropped"
+        );
+    }
 }

@@ -313,6 +313,9 @@ struct Screen<'a> {
     /// diagnosis's widest corridor, `diagnose_infeasible`, with no threshold: what follows
     /// can then no longer drop the line); its `score` is then NaN.
     cortex_only: bool,
+    /// Whether the keep-out marches stop early (capped at the cortex's slack, stopped at the
+    /// threshold); off only in the tests, as the slow path they compare with.
+    prune: bool,
 }
 
 impl<'a> Screen<'a> {
@@ -339,6 +342,7 @@ impl<'a> Screen<'a> {
             ),
             balloon_term: true,
             cortex_only: false,
+            prune: true,
         }
     }
 }
@@ -568,18 +572,21 @@ impl Screen<'_> {
         // (its minimum only falls: the line could not be kept).
         let cortex_slack = cortex - safety.cortex_margin_mm;
         let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
-            let cap = (self.radius + margin + SLACK_RESERVE_MM + 1.0)
-                .min(cortex_slack + margin + self.radius + 1e-6);
+            let cap = self.radius + margin + SLACK_RESERVE_MM + 1.0;
             let line = GridSampler::keep_out(grid, self.vertebra_to_grid).line(&q, &dir);
-            RunningMin::from(t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM)
-                .to_while(&line, t_tip, cap, |m| {
-                    bound(
-                        cortex_slack.min(m - self.radius - margin),
-                        balloon,
-                        centring,
-                    ) >= threshold
-                })
-                .map(|m| m - self.radius)
+            let mut from = RunningMin::from(t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM);
+            if !self.prune {
+                return Some(from.to_while(&line, t_tip, cap, |_| true)? - self.radius);
+            }
+            let cap = cap.min(cortex_slack + margin + self.radius + 1e-6);
+            from.to_while(&line, t_tip, cap, |m| {
+                bound(
+                    cortex_slack.min(m - self.radius - margin),
+                    balloon,
+                    centring,
+                ) >= threshold
+            })
+            .map(|m| m - self.radius)
         };
         let canal = keep(&v.canal_distance, safety.canal_margin_mm)?;
         let root = keep(&v.root_distance, safety.nerve_root_margin_mm)?;
@@ -1494,6 +1501,204 @@ mod tests {
             }
         }
         feasible
+    }
+
+    /// The thoracic T8 of the built-in mean spine with its ribs and pleura (four large
+    /// forbidden meshes, a narrow pedicle on one side) and the built-in L4, prepared.
+    fn pruning_anatomies() -> Vec<PreparedAnatomy> {
+        let options = crate::synth::SpineOptions {
+            with_soft_tissue: false,
+            with_ribs_and_pleura: true,
+        };
+        let t8 = crate::synth::spine_with(&[Level::T8], &crate::math::Pose::identity(), &options).0;
+        let l4 = common::single_vertebra(
+            "mean",
+            Level::L4,
+            crate::synth::vertebra(
+                &crate::synth::VertebraParams::mean(Level::L4),
+                &crate::math::Pose::identity(),
+            )
+            .mesh,
+        );
+        [t8, l4]
+            .into_iter()
+            .map(|i| PreparedAnatomy::prepare(i, &PrepareOptions::standard()).unwrap())
+            .collect()
+    }
+
+    /// A screened line as bits (`None`: dropped).
+    fn bits(c: Option<Candidate>) -> Option<Vec<u64>> {
+        c.map(|c| {
+            let mut v: Vec<u64> = c.params.iter().map(|x| x.to_bits()).collect();
+            v.extend(
+                [
+                    c.t_entry,
+                    c.t_tip,
+                    c.cortex,
+                    c.cos_incidence,
+                    c.score,
+                    c.q_vertebra.x,
+                    c.dir_vertebra.y,
+                ]
+                .map(Real::to_bits),
+            );
+            v.push(u64::from(c.entry_ok));
+            v
+        })
+    }
+
+    /// The screening's early stops (keep-out marches capped at the cortex's slack and stopped
+    /// at the threshold; the diagnosis screening only to the cortex) skip only what cannot
+    /// change a line: on every line of the grid, both modes, with and without the balloon
+    /// term, at no threshold and at thresholds among the lines' scores, the pruned screening
+    /// keeps and drops the same lines with the same figures, bit for bit, as every sample.
+    #[test]
+    fn pruned_screening_matches_every_sample() {
+        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
+        let (mut compared, mut kept, mut dropped) = (0usize, 0usize, 0usize);
+        for anatomy in pruning_anatomies() {
+            let level = anatomy.levels()[0];
+            let vertebra = anatomy.vertebra(level).unwrap();
+            for side in [Side::Left, Side::Right] {
+                let ctx = SideContext {
+                    anatomy: &anatomy,
+                    vertebra,
+                    keep_outs: anatomy.keep_outs(level),
+                    side,
+                    instrument: &instrument,
+                    safety: &safety,
+                    route_rule: crate::evaluate::RouteRule::Transpedicular,
+                };
+                for mode in [
+                    SearchMode::Bilateral,
+                    SearchMode::Unipedicular {
+                        midline_behind_tip_mm: 5.0,
+                    },
+                ] {
+                    for balloon_term in [true, false] {
+                        let fast = Screen {
+                            balloon_term,
+                            ..Screen::new(&ctx, mode)
+                        };
+                        let slow = Screen {
+                            prune: false,
+                            ..fast.clone()
+                        };
+                        let cortex_only = Screen {
+                            cortex_only: true,
+                            ..fast.clone()
+                        };
+                        let grid = LineGrid::new(&fast);
+                        let lines = grid.all();
+                        let mut scores: Vec<Real> = lines
+                            .iter()
+                            .filter_map(|&i| slow.candidate(grid.line(i), Real::NEG_INFINITY))
+                            .map(|c| c.score)
+                            .collect();
+                        scores.sort_by(|a, b| b.total_cmp(a));
+                        let mut thresholds = vec![Real::NEG_INFINITY];
+                        for k in [0, 3, 15, 63, 255] {
+                            if let Some(&s) = scores.get(k) {
+                                thresholds.extend([s, s + 1e-9, s - 0.3]);
+                            }
+                        }
+                        for &i in &lines {
+                            let p = grid.line(i);
+                            let plain = slow.candidate(p, Real::NEG_INFINITY);
+                            let c = cortex_only.candidate(p, Real::NEG_INFINITY);
+                            assert_eq!(plain.is_some(), c.is_some(), "{level} {side} {p:?}");
+                            if let (Some(a), Some(b)) = (plain, c) {
+                                assert_eq!(
+                                    (a.cortex.to_bits(), a.t_entry.to_bits(), a.t_tip.to_bits()),
+                                    (b.cortex.to_bits(), b.t_entry.to_bits(), b.t_tip.to_bits()),
+                                    "{level} {side} {p:?}"
+                                );
+                            }
+                            for &th in &thresholds {
+                                let (a, b) = (fast.candidate(p, th), slow.candidate(p, th));
+                                compared += 1;
+                                if b.is_some() {
+                                    kept += 1;
+                                } else {
+                                    dropped += 1;
+                                }
+                                assert_eq!(bits(a), bits(b), "{level} {side} {mode:?} {p:?} {th}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            kept > 1000 && dropped > 1000,
+            "{compared}: {kept} kept, {dropped} dropped"
+        );
+    }
+
+    /// `evaluate::verdict` (margins decided by walks that stop at the verdict) finds the
+    /// violations `measure` finds, code for code, on the screened lines of both routes (each
+    /// side of the T8 with ribs and pleura and of the L4, transpedicular and, at T8,
+    /// extrapedicular; lines moved sideways so that many of them are unsafe).
+    #[test]
+    fn the_verdict_finds_what_the_measurement_finds() {
+        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
+        let (mut safe, mut unsafe_) = (0usize, 0usize);
+        for anatomy in pruning_anatomies() {
+            let level = anatomy.levels()[0];
+            let vertebra = anatomy.vertebra(level).unwrap();
+            for side in [Side::Left, Side::Right] {
+                let base = SideContext {
+                    anatomy: &anatomy,
+                    vertebra,
+                    keep_outs: anatomy.keep_outs(level),
+                    side,
+                    instrument: &instrument,
+                    safety: &safety,
+                    route_rule: crate::evaluate::RouteRule::Transpedicular,
+                };
+                let extra = crate::extrapedicular::context(&base);
+                let screen = Screen::new(&base, SearchMode::Bilateral);
+                let grid = LineGrid::new(&screen);
+                let to_lps = vertebra.frame.vertebra_to_lps();
+                let lines: Vec<Candidate> = grid
+                    .all()
+                    .iter()
+                    .step_by(5)
+                    .filter_map(|&i| screen.candidate(grid.line(i), Real::NEG_INFINITY))
+                    .collect();
+                for (k, c) in lines.iter().enumerate() {
+                    let (from, tip) = c.endpoints_lps(&to_lps);
+                    let shift =
+                        to_lps.rotation * Vector::new(0.7 * ((k % 7) as Real - 3.0), 0.0, 0.0);
+                    for ctx in [&base, &extra] {
+                        if ctx.route_rule == crate::evaluate::RouteRule::Extrapedicular
+                            && level > Level::T12
+                        {
+                            continue;
+                        }
+                        for (a, b) in [(from, tip), (from + shift, tip + shift)] {
+                            let m = measure(ctx, &a, &b);
+                            let (ok, v) = evaluate::verdict(ctx, &a, &b);
+                            let codes = |m: &Measurement| {
+                                m.violations.iter().map(|r| r.code).collect::<Vec<_>>()
+                            };
+                            assert_eq!(codes(&v), codes(&m), "{level} {side} {a:?} {b:?}");
+                            assert_eq!(ok, m.violations.is_empty());
+                            assert_eq!(
+                                (v.tip_depth_fraction.to_bits(), v.tip_lps, v.direction_lps),
+                                (m.tip_depth_fraction.to_bits(), m.tip_lps, m.direction_lps)
+                            );
+                            if ok {
+                                safe += 1;
+                            } else {
+                                unsafe_ += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(safe > 50 && unsafe_ > 500, "{safe} safe, {unsafe_} unsafe");
     }
 
     /// The coarse-to-fine screening against the slow, obvious search (every line of the grid)

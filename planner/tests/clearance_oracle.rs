@@ -171,6 +171,24 @@ proptest! {
         }
     }
 
+    /// `distance_to_segment_below` (the walk that prunes at a cap, for a minimum over several
+    /// meshes) gives the exact distance, bit for bit, below the cap and infinity at or above
+    /// it, for caps around the brute-force distance.
+    #[test]
+    fn distance_below_a_cap_matches_brute((a, b) in near_segment(), delta in -0.5f64..0.5) {
+        let f = fixture();
+        let slow = brute::distance_to_segment(&f.mesh, &a, &b);
+        let exact = f.cm.distance_to_segment(&a, &b);
+        for cap in [slow + delta, slow, slow + 1e-9, slow - 1e-9, f64::INFINITY] {
+            let fast = f.cm.distance_to_segment_below(&a, &b, cap);
+            if exact < cap {
+                prop_assert_eq!(fast.to_bits(), exact.to_bits(), "cap {} exact {}", cap, exact);
+            } else {
+                prop_assert_eq!(fast, f64::INFINITY, "cap {} exact {}", cap, exact);
+            }
+        }
+    }
+
     #[test]
     fn point_distance_matches_brute(p in box_point()) {
         let f = fixture();
