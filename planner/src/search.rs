@@ -166,14 +166,14 @@ impl RunningMin {
 
     /// Take the samples up to `t1`; `min(cap, smallest sample so far)`.
     fn to(&mut self, line: &GridLine<'_>, t1: Real, cap: Real) -> Real {
-        self.to_while(line, t1, cap, |_| true)
+        self.up_to_while(line, t1, cap, |_| true)
             .expect("never stopped")
     }
 
     /// [`RunningMin::to`], but `None` as soon as the smallest sample so far fails `ok` (which
     /// must hold of a larger value whenever it holds of a smaller one: the minimum only falls,
     /// so a line it fails for is sure to fail at the end too).
-    fn to_while(
+    fn up_to_while(
         &mut self,
         line: &GridLine<'_>,
         t1: Real,
@@ -576,10 +576,10 @@ impl Screen<'_> {
             let line = GridSampler::keep_out(grid, self.vertebra_to_grid).line(&q, &dir);
             let mut from = RunningMin::from(t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM);
             if !self.prune {
-                return Some(from.to_while(&line, t_tip, cap, |_| true)? - self.radius);
+                return Some(from.up_to_while(&line, t_tip, cap, |_| true)? - self.radius);
             }
             let cap = cap.min(cortex_slack + margin + self.radius + 1e-6);
-            from.to_while(&line, t_tip, cap, |m| {
+            from.up_to_while(&line, t_tip, cap, |m| {
                 bound(
                     cortex_slack.min(m - self.radius - margin),
                     balloon,
@@ -876,7 +876,7 @@ fn search_side_with(
         safe => safe,
     };
     match verified {
-        Verified::Safe(m) => Ok(SideOutcome::Feasible(Box::new(m))),
+        Verified::Safe(m) => Ok(SideOutcome::Feasible(m)),
         Verified::Unsafe(lines) => {
             if cancelled() {
                 return Err(PlanError::Cancelled);
@@ -1145,7 +1145,7 @@ fn refine_best(screen: &Screen<'_>, screened: &[Candidate]) -> Vec<Candidate> {
 /// What the exact verification found.
 enum Verified {
     /// The best-scoring safe measurement of the first batch that had one.
-    Safe(Measurement),
+    Safe(Box<Measurement>),
     /// No line measured was safe: the lines, in the order they were judged; the best-scoring
     /// one ([`best_unsafe`]) is measured only when it is needed (the diagnosis).
     Unsafe(Vec<Candidate>),
@@ -1192,7 +1192,7 @@ fn verify(
             }
         }
         if let Some(m) = best_feasible {
-            return Ok(Verified::Safe(m));
+            return Ok(Verified::Safe(Box::new(m)));
         }
         if cancelled() {
             return Err(PlanError::Cancelled);
