@@ -416,9 +416,13 @@ fn search_chain(
         }
         last_searched = i;
         // Kyphoplasty needs room for a balloon on the line beside the pedicle, whose tip comes
-        // into the body at a steeper angle than through it.
+        // into the body at a steeper angle than through it: room by the rule the plan then
+        // applies to a bilateral side's balloon, kept to its own half of the body (issue 15:
+        // without it, lines whose only balloons crossed the midline were taken and then
+        // refused with BALLOON_DOES_NOT_FIT at T4-T5 of the mean spine).
         let balloon_room = |m: &Measurement| {
-            procedure == Procedure::Vertebroplasty || !balloon::options(c, m).is_empty()
+            procedure == Procedure::Vertebroplasty
+                || !balloon::keep_to_own_half(c, balloon::options(c, m)).is_empty()
         };
         let outcome = match prior.and_then(|p| p.get(i)) {
             Some(o) => o.clone(),
