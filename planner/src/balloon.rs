@@ -139,10 +139,11 @@ fn midline_room_mm(ctx: &SideContext<'_>, proximal: &Point, distal: &Point) -> R
 /// `b` with its diameter reduced to keep to the side's own half ([`keep_to_own_half`]),
 /// however small.
 fn in_own_half(ctx: &SideContext<'_>, mut b: BalloonFit) -> BalloonFit {
-    let d = floor_diameter_step(
-        b.room_diameter_mm
-            .min(midline_room_mm(ctx, &b.proximal, &b.distal)),
-    );
+    let d = floor_diameter_step(b.room_diameter_mm.min(midline_room_mm(
+        ctx,
+        &b.proximal,
+        &b.distal,
+    )));
     b.set_diameter(d);
     b.room_diameter_mm = d;
     b
@@ -286,7 +287,10 @@ impl BalloonLimit {
                 self.margin_mm, self.room_diameter_mm
             );
         }
-        out + &format!("body height through its centre {:.1} mm", self.body_height_mm)
+        out + &format!(
+            "body height through its centre {:.1} mm",
+            self.body_height_mm
+        )
     }
 }
 
@@ -363,12 +367,13 @@ pub fn limit(
     }
     let (mut bound, room, mut distance_mm, mut margin_mm) = rooms
         .into_iter()
-        .fold(None, |best: Option<(BalloonBound, Real, Option<Real>, Real)>, r| {
-            match best {
+        .fold(
+            None,
+            |best: Option<(BalloonBound, Real, Option<Real>, Real)>, r| match best {
                 Some(b) if b.1 <= r.1 => Some(b),
                 _ => Some(r),
-            }
-        })
+            },
+        )
         .expect("the instrument's maximum is always a room");
     let mut room_diameter_mm = room;
     if b.diameter_mm + DIAMETER_STEP_MM <= floor_diameter_step(room) + 1e-9 {
@@ -391,7 +396,11 @@ pub fn limit(
 
 /// The distance from the segment `p-q` to the bone surface (over every triangle) and the wall
 /// its nearest point lies on ([`BoneWall`]).
-fn nearest_bone_wall(v: &crate::prepare::PreparedVertebra, p: &Point, q: &Point) -> (Real, BoneWall) {
+fn nearest_bone_wall(
+    v: &crate::prepare::PreparedVertebra,
+    p: &Point,
+    q: &Point,
+) -> (Real, BoneWall) {
     use crate::clearance::{closest_point_on_triangle, segment_triangle_distance};
     let mesh = &v.mesh;
     let (mut best, mut best_i) = (Real::INFINITY, 0);

@@ -80,7 +80,11 @@ fn kyphoplasty_refuses_its_own_cannula_too_small_for_a_balloon() {
     // Both approaches tried say why, with the cannula measured.
     assert_eq!(lp.approach_reasons.len(), 2, "{:?}", lp.approach_reasons);
     for r in &lp.approach_reasons {
-        assert!(r.message.contains("CannulaTooSmallForBalloon"), "{}", r.message);
+        assert!(
+            r.message.contains("CannulaTooSmallForBalloon"),
+            "{}",
+            r.message
+        );
         assert_eq!(r.value_mm, Some(NEEDLE_13G_MM));
     }
     // Unipedicular alone: refused the same way on both sides.

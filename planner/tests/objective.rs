@@ -6,8 +6,8 @@
 mod common;
 
 use kyphoplan_planner::balloon::{self, BalloonFit};
-use kyphoplan_planner::evaluate::{RouteRule, SideContext};
 use kyphoplan_planner::criteria;
+use kyphoplan_planner::evaluate::{RouteRule, SideContext};
 use kyphoplan_planner::math::{Point, Vector};
 use kyphoplan_planner::search::{exhaustive_safe_lines, SearchMode};
 use kyphoplan_planner::*;
@@ -307,7 +307,10 @@ fn a_level_under_the_low_cement_volume_is_explained_by_its_endplates() {
     let lp = &plan.levels[0];
     let cement = lp.cement_volume_estimate_ml.expect("a balloon is planned");
     println!("crushed L3 ({height_mm} mm): cement {cement:.2} ml");
-    assert!(cement < LOW_CEMENT_ML, "{cement} ml: the case must be under the line");
+    assert!(
+        cement < LOW_CEMENT_ML,
+        "{cement} ml: the case must be under the line"
+    );
     let limits = planning::balloon_limits(&anatomy, &plan, lp);
     assert_eq!(
         limits.len(),
@@ -336,8 +339,7 @@ fn a_level_under_the_low_cement_volume_is_explained_by_its_endplates() {
         // Independent: the balloon's axis against the construction's endplate planes.
         let (c, a) = (point(b.center_mm), Vector::from(b.axis));
         let (p, q) = (c - a * (0.5 * b.length_mm), c + a * (0.5 * b.length_mm));
-        let to_plane =
-            (0.5 * height_mm - p.z.max(q.z)).min(0.5 * height_mm + p.z.min(q.z));
+        let to_plane = (0.5 * height_mm - p.z.max(q.z)).min(0.5 * height_mm + p.z.min(q.z));
         let distance_mm = l.distance_mm.expect("a bone limit is a distance");
         assert!(
             (distance_mm - to_plane).abs() < 0.05,

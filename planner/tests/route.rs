@@ -45,7 +45,11 @@ fn every_cannula_size_on_every_real_vertebra_passes_the_brute_force_route_check(
                 let kp = plan(&anatomy, &request).unwrap();
                 for lp in &kp.levels {
                     for s in &lp.sides {
-                        assert!(!s.feasible, "{set} {} {} {diameter:.1} mm", lp.level, s.side);
+                        assert!(
+                            !s.feasible,
+                            "{set} {} {} {diameter:.1} mm",
+                            lp.level, s.side
+                        );
                         assert_eq!(s.reasons[0].code, ReasonCode::CannulaTooSmallForBalloon);
                         assert_eq!(s.reasons[0].value_mm, Some(diameter));
                     }
