@@ -327,15 +327,15 @@ pub fn limit(
     let extra = safety.navigation_error().map_or(0.0, |(mm, deg)| {
         mm + (q - bone_entry_lps).dot(&b.axis).abs() * deg.to_radians()
     });
-    let mut rooms: Vec<(BalloonBound, Real, Option<Real>, Real)> = Vec::new();
-    rooms.push((
+    // (bound, room as a diameter, distance, margin), mm.
+    let (bone_mm, wall) = nearest_bone_wall(v, &p, &q);
+    let margin = safety.cortex_margin_mm + extra;
+    let mut rooms: Vec<(BalloonBound, Real, Option<Real>, Real)> = vec![(
         BalloonBound::InstrumentMaximum,
         ctx.instrument.balloon_max_diameter_mm,
         None,
         0.0,
-    ));
-    let (bone_mm, wall) = nearest_bone_wall(v, &p, &q);
-    let margin = safety.cortex_margin_mm + extra;
+    )];
     rooms.push((
         BalloonBound::Bone(wall),
         2.0 * (bone_mm - margin),
