@@ -49,7 +49,7 @@ fn assert_too_small(r: &kyphoplan_planner::plan::Reason, cannula_mm: f64) {
 /// same request for vertebroplasty plans both sides with the 13 G needle.
 #[test]
 fn kyphoplasty_refuses_its_own_cannula_too_small_for_a_balloon() {
-    assert!(NEEDLE_13G_MM < MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM);
+    const { assert!(NEEDLE_13G_MM < MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM) };
     let anatomy = l3();
     // The requested 3.4 mm cannula plans this level: the refusal below is the cannula's.
     let kp_default = plan(&anatomy, &common::default_request()).unwrap();
@@ -125,7 +125,7 @@ fn kyphoplasty_refuses_its_own_cannula_too_small_for_a_balloon() {
 /// G cannula, a balloon in place; the trajectory re-evaluated with that cannula is safe.
 #[test]
 fn kyphoplasty_with_a_too_small_cannula_plans_with_an_alternative_that_carries_a_balloon() {
-    assert!(CANNULA_11G_MM >= MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM);
+    const { assert!(CANNULA_11G_MM >= MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM) };
     let anatomy = l3();
     let req = request(
         Procedure::Kyphoplasty,
