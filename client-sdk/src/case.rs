@@ -59,9 +59,10 @@ pub struct CaseToml {
     /// `["bilateral_transpedicular", "unipedicular"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approaches: Option<Vec<String>>,
-    /// Extension: smaller cannulas (outer diameters, mm) a side may fall back to when the
-    /// requested one does not fit through its pedicle, e.g. `[2.4]` for 13 G (tried largest
-    /// first; each smaller than the requested cannula).
+    /// Extension: other cannulas (outer diameters, mm) a side may fall back to when the
+    /// requested one does not fit through its pedicle, e.g. `[2.4]` for 13 G, or (kyphoplasty)
+    /// when it is too small for a balloon (tried after the requested one, largest first; each
+    /// different from the requested cannula).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cannula_alternatives_mm: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -46,6 +46,17 @@ impl BalloonFit {
 /// distal offset) that inflates to at least [`MIN_BALLOON_DIAMETER_MM`], at the largest diameter
 /// the anatomy allows.
 pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
+    placements(ctx, m)
+        .into_iter()
+        .filter(|b| b.diameter_mm >= MIN_BALLOON_DIAMETER_MM)
+        .collect()
+}
+
+/// Every placement of a balloon on a verified trajectory whose ends lie in the bone (each
+/// length of the request at each distal offset), at the largest diameter the anatomy allows in
+/// [`DIAMETER_STEP_MM`] steps, however small (zero or negative: no room at all); [`options`]
+/// keeps those that inflate to [`MIN_BALLOON_DIAMETER_MM`].
+fn placements(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
     let safety = ctx.safety;
     let v = ctx.vertebra;
     let f = &v.frame;
@@ -87,9 +98,6 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
             room = room.min(2.0 * (k.distance_to_segment(&proximal, &distal) - margin - extra));
         }
         let d = floor_diameter_step(room.min(ctx.instrument.balloon_max_diameter_mm));
-        if d < MIN_BALLOON_DIAMETER_MM {
-            continue;
-        }
         out.push(BalloonFit {
             proximal,
             distal,
@@ -112,22 +120,33 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
 /// crossing it (the procedure's objective, [`crate::criteria::balloon_room_ml`]); any two
 /// balloons so kept, one per side, keep the gap between them.
 pub fn keep_to_own_half(ctx: &SideContext<'_>, options: Vec<BalloonFit>) -> Vec<BalloonFit> {
-    let f = &ctx.vertebra.frame;
-    let sign = ctx.side.sign();
     options
         .into_iter()
-        .filter_map(|mut b| {
-            let x = (sign * (f.lps_to_vertebra * b.proximal).x)
-                .min(sign * (f.lps_to_vertebra * b.distal).x);
-            let d = floor_diameter_step(b.room_diameter_mm.min(2.0 * (x - 0.5 * BALLOON_GAP_MM)));
-            if d < MIN_BALLOON_DIAMETER_MM {
-                return None;
-            }
-            b.set_diameter(d);
-            b.room_diameter_mm = d;
-            Some(b)
-        })
+        .map(|b| in_own_half(ctx, b))
+        .filter(|b| b.diameter_mm >= MIN_BALLOON_DIAMETER_MM)
         .collect()
+}
+
+/// The room, as a diameter (mm), that the mid-sagittal plane leaves a bilateral side's balloon
+/// axis `proximal-distal`: twice its distance to the plane less half of [`BALLOON_GAP_MM`].
+fn midline_room_mm(ctx: &SideContext<'_>, proximal: &Point, distal: &Point) -> Real {
+    let f = &ctx.vertebra.frame;
+    let sign = ctx.side.sign();
+    let x = (sign * (f.lps_to_vertebra * proximal).x).min(sign * (f.lps_to_vertebra * distal).x);
+    2.0 * (x - 0.5 * BALLOON_GAP_MM)
+}
+
+/// `b` with its diameter reduced to keep to the side's own half ([`keep_to_own_half`]),
+/// however small.
+fn in_own_half(ctx: &SideContext<'_>, mut b: BalloonFit) -> BalloonFit {
+    let d = floor_diameter_step(b.room_diameter_mm.min(midline_room_mm(
+        ctx,
+        &b.proximal,
+        &b.distal,
+    )));
+    b.set_diameter(d);
+    b.room_diameter_mm = d;
+    b
 }
 
 /// The largest-volume option (the first of equals).
@@ -184,4 +203,279 @@ pub fn best_pair(left: &[BalloonFit], right: &[BalloonFit]) -> Option<(BalloonFi
 pub fn gap_mm(a: &BalloonFit, b: &BalloonFit) -> Real {
     segment_segment_distance(&a.proximal, &a.distal, &b.proximal, &b.distal)
         - 0.5 * (a.diameter_mm + b.diameter_mm)
+}
+
+/// Which wall of the vertebral body is nearest a balloon's axis, by the direction from the
+/// axis to the nearest point of the bone surface in the vertebra frame (its largest component:
+/// z endplates, x lateral walls, y anterior or posterior cortex).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoneWall {
+    UpperEndplate,
+    LowerEndplate,
+    LateralWall,
+    AnteriorCortex,
+    PosteriorCortex,
+}
+
+/// What bounds a balloon's diameter: the smallest of the rooms [`options`],
+/// [`keep_to_own_half`] and [`best_pair`] take it from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalloonBound {
+    /// The instrument's largest inflated diameter (`balloon_max_diameter_mm`).
+    InstrumentMaximum,
+    /// The bone surface nearest the balloon's axis, by the cortex margin.
+    Bone(BoneWall),
+    /// The posterior wall plane of the body (the vertebra frame's), by the cortex margin.
+    PosteriorWall,
+    /// A keep-out (canal, nerve root, forbidden structure), by its margin.
+    KeepOut,
+    /// The mid-sagittal plane: a bilateral side's balloon keeps half of [`BALLOON_GAP_MM`]
+    /// from it.
+    Midline,
+    /// The other side's balloon: the pair's diameters were shared out below this one's room
+    /// ([`best_pair`]).
+    OtherBalloon,
+}
+
+/// A balloon's diameter explained by a measured limit ([`limit`]). Lengths in mm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalloonLimit {
+    pub length_mm: Real,
+    pub diameter_mm: Real,
+    pub volume_ml: Real,
+    /// What bounds the diameter.
+    pub bound: BalloonBound,
+    /// The room the bound leaves, as a diameter before the [`DIAMETER_STEP_MM`] steps:
+    /// `2 x (distance_mm - margin_mm)` for bone, wall, keep-out and midline bounds.
+    pub room_diameter_mm: Real,
+    /// Distance from the balloon's axis segment to what bounds it (for the bone, the nearest
+    /// surface point; for the midline, the plane less nothing); `None` for the instrument's
+    /// maximum and the other balloon.
+    pub distance_mm: Option<Real>,
+    /// The margin kept from it (cortex, canal or root margin, half the balloons' gap, plus a
+    /// required navigation error's share), mm.
+    pub margin_mm: Real,
+    /// Height of the body through the balloon's centre: the distance between the endplates
+    /// along the vertebra frame's z axis, measured on the bone surface.
+    pub body_height_mm: Real,
+}
+
+impl BalloonLimit {
+    /// What bounds the diameter, in words.
+    pub fn what(&self) -> &'static str {
+        match self.bound {
+            BalloonBound::InstrumentMaximum => "the instrument's largest diameter",
+            BalloonBound::Bone(BoneWall::UpperEndplate) => "the upper endplate",
+            BalloonBound::Bone(BoneWall::LowerEndplate) => "the lower endplate",
+            BalloonBound::Bone(BoneWall::LateralWall) => "the lateral wall",
+            BalloonBound::Bone(BoneWall::AnteriorCortex) => "the anterior cortex",
+            BalloonBound::Bone(BoneWall::PosteriorCortex) => "the posterior cortex",
+            BalloonBound::PosteriorWall => "the posterior wall plane",
+            BalloonBound::KeepOut => "a keep-out",
+            BalloonBound::Midline => "the midline (each side's balloon keeps to its own half)",
+            BalloonBound::OtherBalloon => "the other side's balloon",
+        }
+    }
+
+    /// The measurement behind [`BalloonLimit::what`]: the distance and margin, and the body
+    /// height through the balloon's centre.
+    pub fn measured(&self) -> String {
+        let mut out = String::new();
+        if let Some(d) = self.distance_mm {
+            out += &format!(
+                "{d:.1} mm from its axis less {:.1} mm margin leaves {:.1} mm of diameter; ",
+                self.margin_mm, self.room_diameter_mm
+            );
+        }
+        out + &format!(
+            "body height through its centre {:.1} mm",
+            self.body_height_mm
+        )
+    }
+}
+
+impl std::fmt::Display for BalloonLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} mm x {} mm balloon ({:.2} ml) limited by {} ({})",
+            self.length_mm,
+            self.diameter_mm,
+            self.volume_ml,
+            self.what(),
+            self.measured()
+        )
+    }
+}
+
+/// What limits the balloon `b` fitted on side `ctx` to the trajectory entering the bone at
+/// `bone_entry_lps` (`bilateral`: kept to its own half of the body, as a bilateral side's is): the room each rule of [`options`] and
+/// [`keep_to_own_half`] leaves, measured again, the smallest named; the other balloon when
+/// the diameter lies a step or more below all of them. The nearest bone point is found over
+/// every triangle of the mesh (an explanation, not a hot path).
+pub fn limit(
+    ctx: &SideContext<'_>,
+    bone_entry_lps: &Point,
+    b: &BalloonFit,
+    bilateral: bool,
+) -> BalloonLimit {
+    let safety = ctx.safety;
+    let v = ctx.vertebra;
+    let f = &v.frame;
+    let (p, q) = (b.proximal, b.distal);
+    // A required navigation error's share of every margin, as in [`options`].
+    let extra = safety.navigation_error().map_or(0.0, |(mm, deg)| {
+        mm + (q - bone_entry_lps).dot(&b.axis).abs() * deg.to_radians()
+    });
+    // (bound, room as a diameter, distance, margin), mm.
+    let (bone_mm, wall) = nearest_bone_wall(v, &p, &q);
+    let margin = safety.cortex_margin_mm + extra;
+    let mut rooms: Vec<(BalloonBound, Real, Option<Real>, Real)> = vec![(
+        BalloonBound::InstrumentMaximum,
+        ctx.instrument.balloon_max_diameter_mm,
+        None,
+        0.0,
+    )];
+    rooms.push((
+        BalloonBound::Bone(wall),
+        2.0 * (bone_mm - margin),
+        Some(bone_mm),
+        margin,
+    ));
+    let py = (f.lps_to_vertebra * p).y.max((f.lps_to_vertebra * q).y);
+    let wall_mm = f.posterior_wall_y_mm - py;
+    rooms.push((
+        BalloonBound::PosteriorWall,
+        2.0 * (wall_mm - margin),
+        Some(wall_mm),
+        margin,
+    ));
+    for k in &ctx.keep_outs {
+        let m = match k.kind {
+            crate::keepout::KeepOutKind::Canal | crate::keepout::KeepOutKind::Forbidden => {
+                safety.canal_margin_mm
+            }
+            crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+        } + extra;
+        let d = k.distance_to_segment(&p, &q);
+        rooms.push((BalloonBound::KeepOut, 2.0 * (d - m), Some(d), m));
+    }
+    if bilateral {
+        let room = midline_room_mm(ctx, &p, &q);
+        let gap = 0.5 * BALLOON_GAP_MM;
+        rooms.push((BalloonBound::Midline, room, Some(0.5 * room + gap), gap));
+    }
+    let (mut bound, room, mut distance_mm, mut margin_mm) = rooms
+        .into_iter()
+        .fold(
+            None,
+            |best: Option<(BalloonBound, Real, Option<Real>, Real)>, r| match best {
+                Some(b) if b.1 <= r.1 => Some(b),
+                _ => Some(r),
+            },
+        )
+        .expect("the instrument's maximum is always a room");
+    let mut room_diameter_mm = room;
+    if b.diameter_mm + DIAMETER_STEP_MM <= floor_diameter_step(room) + 1e-9 {
+        bound = BalloonBound::OtherBalloon;
+        room_diameter_mm = b.diameter_mm;
+        distance_mm = None;
+        margin_mm = 0.5 * BALLOON_GAP_MM;
+    }
+    BalloonLimit {
+        length_mm: b.length_mm,
+        diameter_mm: b.diameter_mm,
+        volume_ml: b.volume_ml,
+        bound,
+        room_diameter_mm,
+        distance_mm,
+        margin_mm,
+        body_height_mm: body_height_through_mm(v, &b.center()),
+    }
+}
+
+/// The distance from the segment `p-q` to the bone surface (over every triangle) and the wall
+/// its nearest point lies on ([`BoneWall`]).
+fn nearest_bone_wall(
+    v: &crate::prepare::PreparedVertebra,
+    p: &Point,
+    q: &Point,
+) -> (Real, BoneWall) {
+    use crate::clearance::{closest_point_on_triangle, segment_triangle_distance};
+    let mesh = &v.mesh;
+    let (mut best, mut best_i) = (Real::INFINITY, 0);
+    for i in 0..mesh.triangles.len() {
+        let d = segment_triangle_distance(p, q, &mesh.triangle(i));
+        if d < best {
+            (best, best_i) = (d, i);
+        }
+    }
+    let tri = mesh.triangle(best_i);
+    // The distance from a point moving along the segment to the (convex) triangle is convex in
+    // the segment's parameter: a golden-section search finds the nearest pair.
+    let at = |t: Real| {
+        let s = p + (q - p) * t;
+        let c = closest_point_on_triangle(&s, &tri);
+        ((s - c).norm(), s, c)
+    };
+    let (mut lo, mut hi) = (0.0, 1.0);
+    for _ in 0..60 {
+        let a = lo + (hi - lo) * 0.382;
+        let b = lo + (hi - lo) * 0.618;
+        if at(a).0 <= at(b).0 {
+            hi = b;
+        } else {
+            lo = a;
+        }
+    }
+    let (_, s, c) = at(0.5 * (lo + hi));
+    let d = v.frame.lps_to_vertebra.rotation * (c - s);
+    let wall = if d.z.abs() >= d.x.abs() && d.z.abs() >= d.y.abs() {
+        if d.z > 0.0 {
+            BoneWall::UpperEndplate
+        } else {
+            BoneWall::LowerEndplate
+        }
+    } else if d.x.abs() >= d.y.abs() {
+        BoneWall::LateralWall
+    } else if d.y < 0.0 {
+        BoneWall::AnteriorCortex
+    } else {
+        BoneWall::PosteriorCortex
+    };
+    (best, wall)
+}
+
+/// The height of the body through `c` (LPS): the distance between the first bone surface
+/// crossings above and below it along the vertebra frame's z axis, mm (infinite when a ray
+/// leaves no crossing).
+pub fn body_height_through_mm(v: &crate::prepare::PreparedVertebra, c: &Point) -> Real {
+    let to_lps = v.frame.vertebra_to_lps();
+    let ray = |z: Real| -> Real {
+        let d = crate::math::UnitVector::new_normalize(to_lps.rotation * Vector::new(0.0, 0.0, z));
+        v.bone
+            .line_crossings(c, &d)
+            .into_iter()
+            .find(|&t| t > 0.0)
+            .unwrap_or(Real::INFINITY)
+    };
+    ray(1.0) + ray(-1.0)
+}
+
+/// The balloon with the most room on a verified trajectory (`bilateral`: kept to the side's
+/// own half), whatever its diameter, and its limit: why no balloon of [`options`] inflates to
+/// [`MIN_BALLOON_DIAMETER_MM`] there. `None` when no balloon of the request's lengths has
+/// both ends in the bone along the line.
+pub fn widest(ctx: &SideContext<'_>, m: &Measurement, bilateral: bool) -> Option<BalloonLimit> {
+    let mut all = placements(ctx, m);
+    if bilateral {
+        all = all.into_iter().map(|b| in_own_half(ctx, b)).collect();
+    }
+    let mut best: Option<&BalloonFit> = None;
+    for b in &all {
+        if best.is_none_or(|x| b.room_diameter_mm > x.room_diameter_mm) {
+            best = Some(b);
+        }
+    }
+    best.map(|b| limit(ctx, &m.bone_entry_lps, b, bilateral))
 }

@@ -529,9 +529,14 @@ pub const DIAMETER_STEP_MM: Real = 0.5;
 /// through 10- to 11-gauge working cannulas, outer diameter roughly 2.9-3.4 mm, and the
 /// uninflated balloon's profile is about 3.2 mm (`../shared/reference/clinical.md`,
 /// "Instruments" and "Targets"); a 13 G needle (2.41 mm) is a vertebroplasty needle. A smaller
-/// cannula from the request's alternatives is therefore not taken for a balloon
+/// cannula, the request's own or one of its alternatives, is therefore not taken for a balloon
 /// (`ReasonCode::CannulaTooSmallForBalloon`).
 pub const MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM: Real = 2.9;
+
+/// Cement per level under which pain was relieved less often, ml (SWISSspine registry,
+/// PMC3804705, `../shared/reference/clinical.md`): a kyphoplasty level planned under it is explained by what
+/// limits its balloons (`planning::balloon_limits`).
+pub const LOW_CEMENT_ML: Real = 4.5;
 
 /// Gap kept between the left and right inflated balloons, mm.
 pub const BALLOON_GAP_MM: Real = 1.0;

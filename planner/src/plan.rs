@@ -80,8 +80,8 @@ pub enum ReasonCode {
     /// No extrapedicular line of the side is safe (the best one's violations follow), or, as a
     /// level's approach reason, extrapedicular was not possible on a side.
     ExtrapedicularNotPossible,
-    /// A smaller cannula from the request's `cannula_alternatives_mm` is too small for a
-    /// balloon catheter (`criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`; value_mm: the
+    /// A cannula of the request (its own or one of `cannula_alternatives_mm`) is too small for
+    /// a balloon catheter (`criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`; value_mm: the
     /// cannula, limit_mm: the smallest that carries a balloon): a kyphoplasty side does not take
     /// it (vertebroplasty could).
     CannulaTooSmallForBalloon,

@@ -143,7 +143,9 @@ fn plan_level(
             .map(|p| pedicle_summary(vertebra, p, frame))
     });
     let procedure = request.procedure();
-    // The smaller cannulas a side may fall back to, largest first, and their contexts.
+    // The other cannulas a side may fall back to (smaller ones; for kyphoplasty possibly a
+    // larger one when the requested cannula carries no balloon), largest first, and their
+    // contexts.
     let mut diameters: Vec<f64> = request.cannula_alternatives_mm().to_vec();
     diameters.sort_by(|a, b| b.total_cmp(a));
     let smaller: Vec<Instrument> = diameters
@@ -162,7 +164,7 @@ fn plan_level(
         .map(|c| PerSide::from_fn(|s| crate::extrapedicular::context(&c[s])))
         .collect();
     // Each side's candidates in order: the requested cannula through the pedicle, then each
-    // smaller one; for the extrapedicular approach then the same cannulas beside the pedicle.
+    // alternative; for the extrapedicular approach then the same cannulas beside the pedicle.
     let transpedicular_chain: PerSide<Vec<&SideContext<'_>>> = PerSide::from_fn(|s| {
         std::iter::once(&ctx[s])
             .chain(smaller_ctx.iter().map(|c| &c[s]))
@@ -336,6 +338,49 @@ fn plan_level(
     })
 }
 
+/// Why each balloon of a planned level is the size it is ([`balloon::limit`], measured again on
+/// `anatomy`): per side with a balloon, what bounds its diameter, the distance and margin, and
+/// the body height through its centre. The explanation of a level whose cement estimate is
+/// under [`crate::criteria::LOW_CEMENT_ML`]. `plan` must have been planned on `anatomy`.
+pub fn balloon_limits(
+    anatomy: &PreparedAnatomy,
+    plan: &Plan,
+    level: &LevelPlan,
+) -> Vec<(Side, balloon::BalloonLimit)> {
+    let Some(vertebra) = anatomy.vertebra(level.level) else {
+        return Vec::new();
+    };
+    let frame = plan.frame;
+    let bilateral = level.approach != Some(Approach::Unipedicular);
+    let mut out = Vec::new();
+    for s in &level.sides {
+        let (Some(t), Some(b)) = (&s.trajectory, &s.balloon) else {
+            continue;
+        };
+        let instrument = Instrument {
+            cannula_outer_diameter_mm: t.cannula_outer_diameter_mm,
+            ..plan.instrument.clone()
+        };
+        let ctx = context(anatomy, vertebra, s.side, &instrument, &plan.safety);
+        let center = frame.to_lps(&point(b.center_mm));
+        let axis = frame.dir_to_lps(&Vector::from(b.axis)).normalize();
+        let fit = BalloonFit {
+            proximal: center - axis * (0.5 * b.length_mm),
+            distal: center + axis * (0.5 * b.length_mm),
+            axis,
+            length_mm: b.length_mm,
+            diameter_mm: b.diameter_mm,
+            volume_ml: b.volume_ml,
+            room_diameter_mm: b.diameter_mm,
+            cortex_clearance_mm: b.cortex_clearance_mm,
+            posterior_wall_clearance_mm: b.posterior_wall_clearance_mm,
+        };
+        let entry = frame.to_lps(&point(t.bone_entry_mm));
+        out.push((s.side, balloon::limit(&ctx, &entry, &fit, bilateral)));
+    }
+    out
+}
+
 /// The vertebral body's volume, ml, as the elliptic cylinder of its measured width, depth and
 /// height (the frame's body extents): pi / 4 x width x depth x height.
 pub fn body_volume_ml(vertebra: &PreparedVertebra) -> f64 {
@@ -351,9 +396,10 @@ pub fn vertebroplasty_cement_ml(vertebra: &PreparedVertebra) -> f64 {
 
 /// One side's candidates searched in order until one is safe: each context of `chain` (its
 /// cannula, its route rule) planned and verified; `prior` holds outcomes of the chain's first
-/// candidates already searched. For kyphoplasty an alternative cannula too small for a balloon
-/// is not searched ([`too_small_for_balloon`]). Returns the index of the one taken (when none
-/// is safe, the last one searched) and every outcome, in order.
+/// candidates already searched. For kyphoplasty a cannula too small for a balloon (the
+/// requested one or an alternative) is not searched ([`too_small_for_balloon`]). Returns the
+/// index of the one taken (when none is safe, the last one searched, or the first when none
+/// was searched) and every outcome, in order.
 fn search_chain(
     chain: &[&SideContext<'_>],
     prior: Option<&Vec<SideOutcome>>,
@@ -361,23 +407,22 @@ fn search_chain(
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(usize, Vec<SideOutcome>), PlanError> {
     let mut outcomes = Vec::with_capacity(chain.len());
-    // The first candidate is the request's own cannula; the others are its alternatives.
-    let requested_mm = chain[0].instrument.cannula_outer_diameter_mm;
     let mut last_searched = 0;
     for (i, c) in chain.iter().enumerate() {
         let cannula_mm = c.instrument.cannula_outer_diameter_mm;
-        if procedure == Procedure::Kyphoplasty
-            && cannula_mm < requested_mm
-            && cannula_mm < MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM
-        {
+        if carries_no_balloon(procedure, cannula_mm) {
             outcomes.push(too_small_for_balloon(cannula_mm));
             continue;
         }
         last_searched = i;
         // Kyphoplasty needs room for a balloon on the line beside the pedicle, whose tip comes
-        // into the body at a steeper angle than through it.
+        // into the body at a steeper angle than through it: room by the rule the plan then
+        // applies to a bilateral side's balloon, kept to its own half of the body (issue 15:
+        // without it, lines whose only balloons crossed the midline were taken and then
+        // refused with BALLOON_DOES_NOT_FIT at T4-T5 of the mean spine).
         let balloon_room = |m: &Measurement| {
-            procedure == Procedure::Vertebroplasty || !balloon::options(c, m).is_empty()
+            procedure == Procedure::Vertebroplasty
+                || !balloon::keep_to_own_half(c, balloon::options(c, m)).is_empty()
         };
         let outcome = match prior.and_then(|p| p.get(i)) {
             Some(o) => o.clone(),
@@ -399,27 +444,48 @@ fn search_chain(
     Ok((last_searched, outcomes))
 }
 
-/// A kyphoplasty side's outcome for an alternative cannula too small for a balloon catheter
-/// ([`MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`]): not planned.
+/// Whether `procedure` cannot use a cannula of `cannula_mm` outer diameter at all: kyphoplasty
+/// with a cannula under [`MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`] (no balloon catheter passes
+/// it), whether it is the request's own cannula or one of its alternatives.
+fn carries_no_balloon(procedure: Procedure, cannula_mm: f64) -> bool {
+    procedure == Procedure::Kyphoplasty && cannula_mm < MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM
+}
+
+/// Why a kyphoplasty side does not use a cannula too small for a balloon catheter
+/// ([`carries_no_balloon`]): the measured refusal, value the cannula, limit
+/// [`MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`].
+fn too_small_for_balloon_reason(cannula_mm: f64) -> Reason {
+    Reason {
+        code: ReasonCode::CannulaTooSmallForBalloon,
+        message: format!(
+            "cannula {cannula_mm} mm < {MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM} mm, the smallest outer diameter that carries a balloon catheter: not searched for kyphoplasty; vertebroplasty could use it"
+        ),
+        value_mm: Some(cannula_mm),
+        limit_mm: Some(MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM),
+        value_deg: None,
+        limit_deg: None,
+    }
+}
+
+/// A kyphoplasty side's outcome for a cannula too small for a balloon catheter
+/// ([`too_small_for_balloon_reason`]): not planned.
 fn too_small_for_balloon(cannula_mm: f64) -> SideOutcome {
     SideOutcome::Infeasible {
-        reasons: vec![Reason {
-            code: ReasonCode::CannulaTooSmallForBalloon,
-            message: format!(
-                "the {cannula_mm} mm cannula is too small for a balloon catheter (at least {MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM} mm outer diameter): not tried for kyphoplasty; vertebroplasty could use it"
-            ),
-            value_mm: Some(cannula_mm),
-            limit_mm: Some(MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM),
-            value_deg: None,
-            limit_deg: None,
-        }],
+        reasons: vec![too_small_for_balloon_reason(cannula_mm)],
         alternatives: vec![],
     }
 }
 
-/// What a side tried ([`SidePlan::attempts`]), when it had more than one candidate.
+/// What a side tried ([`SidePlan::attempts`]), when it had more than one candidate or its only
+/// one was refused without a search ([`too_small_for_balloon`]).
 fn attempts(chain: &[&SideContext<'_>], outcomes: &[SideOutcome]) -> Vec<SideAttempt> {
-    if chain.len() < 2 {
+    let refused_unsearched = |o: &SideOutcome| match o {
+        SideOutcome::Infeasible { reasons, .. } => reasons
+            .iter()
+            .any(|r| r.code == ReasonCode::CannulaTooSmallForBalloon),
+        SideOutcome::Feasible(_) => false,
+    };
+    if chain.len() < 2 && !outcomes.iter().any(refused_unsearched) {
         return Vec::new();
     }
     chain
@@ -510,9 +576,10 @@ fn plan_bilateral(
     Ok((sides, tried))
 }
 
-/// Both sides searched for a unipedicular plan ([`SearchMode::Unipedicular`]); for
-/// kyphoplasty, the largest balloon whose centre lies within [`MIDLINE_TOLERANCE_MM`] of the
-/// mid-sagittal plane. Returns the sides' plans and the side chosen: the feasible one with the
+/// Both sides searched for a unipedicular plan ([`SearchMode::Unipedicular`]) with the
+/// requested cannula; for kyphoplasty, the largest balloon whose centre lies within
+/// [`MIDLINE_TOLERANCE_MM`] of the mid-sagittal plane (a requested cannula too small for a
+/// balloon is refused on both sides, [`too_small_for_balloon`]). Returns the sides' plans and the side chosen: the feasible one with the
 /// higher score (left on a tie).
 fn plan_unipedicular(
     ctx: &PerSide<SideContext<'_>>,
@@ -534,11 +601,15 @@ fn plan_unipedicular(
             Procedure::Vertebroplasty => 0.0,
         },
     };
-    let (left, right) = rayon::join(
-        || search_side_required(&ctx.left, mode, cancelled),
-        || search_side_required(&ctx.right, mode, cancelled),
-    );
-    let outcomes = PerSide::new(left?, right?);
+    let outcomes = if carries_no_balloon(procedure, instrument.cannula_outer_diameter_mm) {
+        PerSide::from_fn(|_| too_small_for_balloon(instrument.cannula_outer_diameter_mm))
+    } else {
+        let (left, right) = rayon::join(
+            || search_side_required(&ctx.left, mode, cancelled),
+            || search_side_required(&ctx.right, mode, cancelled),
+        );
+        PerSide::new(left?, right?)
+    };
     let fits: PerSide<Option<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
         SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
             let to_vertebra = ctx[side].vertebra.frame.lps_to_vertebra;
@@ -705,7 +776,12 @@ fn side_plan(
         SideOutcome::Feasible(m) if procedure == Procedure::Vertebroplasty => feasible(m, None),
         SideOutcome::Feasible(m) => match fit {
             Some(b) => feasible(m, Some(b)),
-            None => SidePlan {
+            None => {
+                // A bilateral side's widest balloon on the path, measured, says why none fits.
+                let widest = (approach != Approach::Unipedicular && !crowded)
+                    .then(|| balloon::widest(ctx, m, true))
+                    .flatten();
+                SidePlan {
                 side,
                 feasible: false,
                 trajectory: None,
@@ -724,13 +800,24 @@ fn side_plan(
                             balloon::MIN_BALLOON_DIAMETER_MM
                         )
                     } else {
-                        format!(
-                            "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins",
-                            instrument.balloon_lengths_mm,
-                            balloon::MIN_BALLOON_DIAMETER_MM
-                        )
+                        match &widest {
+                            Some(w) => format!(
+                                "a safe cannula path exists, but no balloon of length {:?} mm inflates to {} mm inside the body with the margins: the widest, {} mm long, has room for {:.1} mm < {} mm, limited by {} ({})",
+                                instrument.balloon_lengths_mm,
+                                balloon::MIN_BALLOON_DIAMETER_MM,
+                                w.length_mm,
+                                w.room_diameter_mm,
+                                balloon::MIN_BALLOON_DIAMETER_MM,
+                                w.what(),
+                                w.measured()
+                            ),
+                            None => format!(
+                                "a safe cannula path exists, but no balloon of length {:?} mm has both ends inside the body along it",
+                                instrument.balloon_lengths_mm
+                            ),
+                        }
                     },
-                    value_mm: None,
+                    value_mm: widest.as_ref().map(|w| round(w.room_diameter_mm, 2)),
                     limit_mm: Some(balloon::MIN_BALLOON_DIAMETER_MM),
                     value_deg: None,
                     limit_deg: None,
@@ -743,7 +830,8 @@ fn side_plan(
                 approach,
                 navigation_tolerance: None,
                 attempts: vec![],
-            },
+            }
+            }
         },
         SideOutcome::Infeasible {
             reasons,

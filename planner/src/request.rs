@@ -378,11 +378,14 @@ impl PlanRequest {
         &self.approaches
     }
 
-    /// The same request with smaller cannulas a side may fall back to when the requested one
-    /// does not fit through its pedicle (e.g. 13 G, 2.4 mm, for thoracic levels; clinical.md
-    /// "Needle and cannula gauges"), outer diameters in mm. Validated: each finite, positive and
-    /// smaller than the requested cannula, none twice (the error names
-    /// `cannula_alternatives_mm[i]`). Tried largest first.
+    /// The same request with other cannulas a side may fall back to when the requested one
+    /// cannot be used: usually smaller ones, when it does not fit through its pedicle (e.g. 13
+    /// G, 2.4 mm, for thoracic levels; clinical.md "Needle and cannula gauges"); for
+    /// kyphoplasty also a larger one when the requested cannula is too small for a balloon
+    /// catheter (`criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`). Outer diameters in mm.
+    /// Validated: each finite, positive and different from the requested cannula, none twice
+    /// (the error names `cannula_alternatives_mm[i]`). Tried after the requested one, largest
+    /// first.
     pub fn with_cannula_alternatives(mut self, diameters_mm: Vec<f64>) -> Result<Self, InputError> {
         let requested = self.instrument.cannula_outer_diameter_mm;
         for (i, &d) in diameters_mm.iter().enumerate() {
@@ -394,11 +397,11 @@ impl PlanRequest {
                     "must be a positive outer diameter in mm",
                 ));
             }
-            if d >= requested {
+            if d == requested {
                 return Err(InputError::invalid(
                     field,
                     d,
-                    format!("must be smaller than the requested cannula ({requested} mm)"),
+                    format!("is the requested cannula ({requested} mm): list only other sizes"),
                 ));
             }
             if diameters_mm[..i].contains(&d) {

@@ -2,13 +2,17 @@
 //! pedicle): every side called feasible, for every cannula from 13 G to 8 mm, passes an
 //! independent brute-force route check (the cylinder's section at the isthmus sampled against the
 //! mesh, the entry behind the isthmus), and a cannula that enters the bone beside the pedicle is
-//! called unsafe.
+//! called unsafe. Cannulas that carry a balloon (`criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM`)
+//! are planned for kyphoplasty, the smaller ones (13 G, 2.8 mm) for vertebroplasty: kyphoplasty
+//! refuses them unsearched (`CANNULA_TOO_SMALL_FOR_BALLOON`, issue 15), which is checked too.
 
 mod common;
 
 use kyphoplan_planner::clearance::brute;
+use kyphoplan_planner::criteria::MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM;
 use kyphoplan_planner::math::{point, Real};
 use kyphoplan_planner::plan::ReasonCode;
+use kyphoplan_planner::request::DEFAULT_APPROACHES;
 use kyphoplan_planner::*;
 
 /// 13 G (2.41 mm) to 8 mm in 0.4 mm steps, as the route issue asks.
@@ -34,6 +38,31 @@ fn every_cannula_size_on_every_real_vertebra_passes_the_brute_force_route_check(
                 ..Instrument::contract_default()
             };
             let request = PlanRequest::new(None, instrument.clone(), safety.clone()).unwrap();
+            let carries_balloon = diameter >= MIN_BALLOON_CANNULA_OUTER_DIAMETER_MM;
+            if !carries_balloon {
+                // Kyphoplasty does not search a cannula no balloon passes: every side is
+                // refused with the measured cannula.
+                let kp = plan(&anatomy, &request).unwrap();
+                for lp in &kp.levels {
+                    for s in &lp.sides {
+                        assert!(
+                            !s.feasible,
+                            "{set} {} {} {diameter:.1} mm",
+                            lp.level, s.side
+                        );
+                        assert_eq!(s.reasons[0].code, ReasonCode::CannulaTooSmallForBalloon);
+                        assert_eq!(s.reasons[0].value_mm, Some(diameter));
+                    }
+                }
+            }
+            let procedure = if carries_balloon {
+                Procedure::Kyphoplasty
+            } else {
+                Procedure::Vertebroplasty
+            };
+            let request = request
+                .with_procedure(procedure, DEFAULT_APPROACHES.to_vec())
+                .unwrap();
             let plan = plan(&anatomy, &request).unwrap();
             let mut feasible = 0;
             for lp in &plan.levels {
@@ -83,7 +112,13 @@ fn every_cannula_size_on_every_real_vertebra_passes_the_brute_force_route_check(
                     );
                 }
             }
-            println!("{set} {diameter:.1} mm: {feasible} sides feasible, each through its isthmus");
+            println!(
+                "{set} {diameter:.1} mm ({procedure}): {feasible} sides feasible, each through its isthmus"
+            );
+            assert!(
+                carries_balloon || feasible > 0,
+                "{set} {diameter:.1} mm: the small needle was checked nowhere"
+            );
         }
     }
 }

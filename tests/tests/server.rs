@@ -862,3 +862,49 @@ async fn an_upload_larger_than_one_message_gets_through_in_chunks() {
     assert!(triangles > 1_000_000);
     server.shutdown().await;
 }
+
+/// Issue 15 leftover through the server: a kyphoplasty request for a 13 G (2.4 mm) cannula of
+/// its own with an 11 G (3.05 mm) alternative, larger than the requested one, is accepted; each
+/// side states the refused 2.4 mm attempt (`CANNULA_TOO_SMALL_FOR_BALLOON`, value 2.4 mm,
+/// limit 2.9 mm) and is planned with 3.05 mm, as in-process, JSON for JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kyphoplasty_cannula_too_small_for_a_balloon_falls_back_through_the_server() {
+    use kyphoplan_planner::plan::ReasonCode;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let mut client = server.client().await;
+    let anatomy = one_level(Level::L3);
+    let request = PlanRequest::new(
+        None,
+        Instrument {
+            cannula_outer_diameter_mm: 2.4,
+            ..Instrument::contract_default()
+        },
+        Safety::contract_default(),
+    )
+    .unwrap()
+    .with_cannula_alternatives(vec![3.05])
+    .unwrap();
+    let expected = in_process_plan(&anatomy, &request);
+    let got = client.create_plan_inline(&anatomy, &request).await.unwrap();
+    assert_eq!(
+        kyphoplan_client::plan_json(&got.plan),
+        kyphoplan_client::plan_json(&expected)
+    );
+    for s in &got.plan.levels[0].sides {
+        assert!(s.feasible, "{}: {:?}", s.side, s.reasons);
+        assert_eq!(
+            s.trajectory.as_ref().unwrap().cannula_outer_diameter_mm,
+            3.05
+        );
+        let first = &s.attempts[0];
+        assert_eq!(
+            (first.cannula_outer_diameter_mm, first.feasible),
+            (2.4, false)
+        );
+        let r = &first.reasons[0];
+        assert_eq!(r.code, ReasonCode::CannulaTooSmallForBalloon);
+        assert_eq!((r.value_mm, r.limit_mm), (Some(2.4), Some(2.9)));
+    }
+    server.shutdown().await;
+}
