@@ -226,14 +226,17 @@ fn report(tally: &Tally, what: &str) {
     );
     assert!(tally.sides > 0);
     // Translation: the certificate is the exact smallest slack, so 20 % beyond it towards the
-    // nearest surface breaches. Rotation: the certificate assumes the limiting point swings
-    // straight at the nearest surface, but a rotation about the entry moves axis points only
-    // across the axis; where the nearest surface lies ahead of the balloon's distal cap, the
-    // true tolerance is larger (up to 1 / cos of the contact's angle to the axis). The fraction
-    // is reported (issue 13), and asserted only for translation.
+    // nearest surface breaches. Rotation: the cone search covers the rotated axis directions by
+    // cells refined where a margin comes near, so it ends within a few % of where a rotation
+    // breaches (stop 23: 18/18 real, 10/10 synthetic); the per-point floor alone was tight on
+    // 7/18 real sides, because it lets every axis point move straight at the nearest surface.
     assert!(
         2 * tally.translation_tight > tally.sides,
         "translation not tight on most sides"
+    );
+    assert!(
+        2 * tally.rotation_tight > tally.sides,
+        "rotation not tight on most sides"
     );
 }
 
