@@ -46,10 +46,47 @@
 //!
 //! **Certified numbers.** [`Certificate::translation_mm`]: the exact smallest slack over every
 //! span (pure translation, no rotation). [`Certificate::rotation_deg`]: the largest rotation
-//! about the bone entry with no translation, `min over pieces of s / max(|a|, |b|)`, refined
-//! best-first down to pieces of [`MIN_PIECE_MM`] (or 1 % of their lever) where it is smallest (each piece's bound is
-//! valid at any size, so the result is a lower bound of the true tolerance and tight within a
-//! piece's length). [`Profile::covers`] certifies a combined translation and rotation the same way.
+//! about the bone entry with no translation, the larger of two certified bounds:
+//! - the per-point floor ([`Certificate::rotation_floor_deg`]) `min over pieces of
+//!   s / max(|a|, |b|)`, refined best-first down to pieces of [`MIN_PIECE_MM`] (or 1 % of their
+//!   lever) where it is smallest (each piece's bound is valid at any size). It assumes every
+//!   axis point may move straight at the nearest surface, which a rotation does not do: the
+//!   point at `t` stays on the sphere of radius `|t|` about the entry, moving across the axis;
+//!   so the floor is loose where the nearest surface lies ahead of the axis (the anterior
+//!   cortex ahead of the tip, a wall the axis meets at a shallow angle).
+//! - the cone search (`Profile::cone_rotation`). A rotation about the entry by at most
+//!   `theta` (any axis) moves the axis to a direction `w` within the cone of half-angle
+//!   `theta` about the planned direction `u` (a twist about `u` itself moves nothing: the
+//!   instruments are round), and the point at `t` to `e + t w`. The cone is cut into cells
+//!   by colatitude `f` (angle to `u`) and azimuth `p`; a cell `[f0, f1] x [p0, p1]` lies within
+//!   the angle `rho = (f1 - f0) / 2 + sin(f1) (p1 - p0) / 2` of its centre direction `c`
+//!   (half the meridian, then half the arc of the circle of colatitude `f <= f1` of radius
+//!   `sin f`; the geodesic is no longer). For `w` in the cell, `|t w - t c| = 2 |t| sin(angle /
+//!   2) <= |t| rho` (chord <= arc), so a piece `[a, b]` keeps its margin for every direction of
+//!   the cell if the piece turned to `c` has slack at least `max(|a|, |b|) rho` (the same
+//!   1-Lipschitz argument). That is one early-stopping test per piece and cell
+//!   (`segment_within`); for the posterior wall plane the test is exact over the cell's cap
+//!   (the largest vertebra-frame y of `e + t w` over directions within `rho` of `c`). Cells are
+//!   taken by increasing `f0` in rings from the floor outwards (8 azimuth sectors, each ring
+//!   1.5 times farther out; the most refined cell first among equal `f0`); a failing cell is split (its piece in
+//!   two where that halves the lever of one half or while the piece is long against its
+//!   displacement bound `max(|a|, |b|) rho`, else the cell in two along its longer side) until
+//!   its radius is [`CONE_CELL_FRACTION`] of `f0`; the first cell that still fails there
+//!   (or the work cap) ends the search at its `f0`: every direction closer to `u` lies in a
+//!   cell that passed (or within the floor), so `theta = f0` is certified. Inside the bone
+//!   (outside a keep-out) is not asked per cell: the certified directions form a connected set
+//!   containing `u`, along which no piece point comes within `radius + margin > 0` of a
+//!   surface, so none crosses one, and on `u` the spans are inside (outside), as the
+//!   translation certificate (`>= 0`) checks.
+//!
+//! The cannula's spans and the balloon's are two groups (the cannula's is also reported alone);
+//! the whole rotation is the smaller group's. The cone search runs for the balloon's group;
+//! the cannula's keeps its per-point floor (its search budget is 0): its search cost `evaluate`
+//! (the cannula alone) twice its instructions, and on a planned kyphoplasty side the balloon
+//! limits the rotation (BENCHMARKS.md, stop 23). The machinery takes any budget. [`Profile::covers`] certifies a
+//! combined translation and rotation with the per-point bound (`s >= |delta| + lever theta` for
+//! every piece), as does the sampled probability's shortcut: the cone search certifies
+//! rotations alone.
 
 use rayon::prelude::*;
 
@@ -85,6 +122,30 @@ pub const MIN_PIECE_LEVER_FRACTION: Real = 0.01;
 /// At most this many pieces are measured per refinement (a cap on the work; the bound is valid
 /// whenever it stops).
 const MAX_PIECES: usize = 200;
+/// The cone search (module documentation) refines a cell that fails until its angular
+/// radius is this fraction of its smallest colatitude; it stops there (the certified rotation
+/// is then within about this fraction of what the cell's test can prove).
+pub const CONE_CELL_FRACTION: Real = 0.05;
+/// The cone search splits a failing piece rather than its cell while the piece is longer than
+/// this many times its points' displacement bound `max(|a|, |b|) rho` (a wall along the
+/// cannula is as near along the whole piece: halving the piece would not help there).
+const CONE_PIECE_PER_DISPLACEMENT: Real = 16.0;
+/// The cone search's largest rotation, degrees (a cap, not a limit of the anatomy: no
+/// navigation error is this large, and the cells' radius bound needs colatitudes under 90).
+pub const MAX_CONE_DEG: Real = 45.0;
+/// The cone search's rings of cells: the first from the per-point floor to this many times
+/// it, each next one this many times farther out.
+const CONE_RING_RATIO: Real = 1.5;
+/// Azimuth sectors of each ring of the cone search before refinement.
+const CONE_SECTORS: usize = 8;
+/// At most this many cell tests for the balloon's spans in the cone search (a cap on the work;
+/// the bound is valid whenever it stops).
+const MAX_CONE_TESTS: usize = 400;
+/// At most this many for the cannula's spans: none, so the cannula's rotation is its
+/// per-point floor. `evaluate` certifies the cannula alone within a 1 ms budget, which 100
+/// tests doubled (20.4 M against 9.8 M instructions, BENCHMARKS.md, stop 23), and on a planned
+/// kyphoplasty side the balloon limits the rotation.
+const MAX_CONE_TESTS_CANNULA: usize = 0;
 
 /// What a span keeps its margin from.
 #[derive(Clone, Copy)]
@@ -287,38 +348,36 @@ impl<'a> Profile<'a> {
     /// The certified tolerances: pure translation and pure rotation about the bone entry.
     pub fn certificate(&self) -> Certificate {
         self.certificate_of(self.spans.len(), &mut Measured::new())
+            .0
     }
 
     /// The certificates of the whole profile (cannula and balloon) and of the cannula alone
     /// (its spans are the profile's first ones): the same as [`Profile::certificate`] of a
     /// profile with the balloon and of one without, but each piece measured once.
     pub fn certificates(&self) -> (Certificate, Certificate) {
-        let mut memo = Measured::new();
-        let all = self.certificate_of(self.spans.len(), &mut memo);
-        let cannula = if self.cannula_spans == self.spans.len() {
-            all
-        } else {
-            self.certificate_of(self.cannula_spans, &mut memo)
-        };
-        (all, cannula)
+        self.certificate_of(self.spans.len(), &mut Measured::new())
     }
 
-    /// The certificate of the first `n` spans.
-    fn certificate_of(&self, n: usize, memo: &mut Measured) -> Certificate {
-        let (translation, t_what) = self.spans[..n]
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (self.slack_memo(memo, i, s.t0, s.t1), s.what))
-            .fold((Real::INFINITY, "nothing"), |best, x| {
-                if x.0 < best.0 {
-                    x
-                } else {
-                    best
-                }
-            });
-        let (rotation_rad, r_what) = if translation < 0.0 {
-            (0.0, t_what)
-        } else {
+    /// The certificates of the first `n` spans and of the cannula's spans among them. The
+    /// rotation of a group of spans (the cannula's, the balloon's) is the larger of its
+    /// per-point floor ([`Profile::refine_spans`]) and its cone search
+    /// ([`Profile::cone_rotation`]); the first `n` spans' is the smaller of the two groups'.
+    fn certificate_of(&self, n: usize, memo: &mut Measured) -> (Certificate, Certificate) {
+        let k = self.cannula_spans.min(n);
+        let translation = |memo: &mut Measured, n: usize| {
+            self.spans[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (self.slack_memo(memo, i, s.t0, s.t1), s.what))
+                .fold((Real::INFINITY, "nothing"), |best, x| {
+                    if x.0 < best.0 {
+                        x
+                    } else {
+                        best
+                    }
+                })
+        };
+        let floor = |memo: &mut Measured, n: usize| {
             self.refine_spans(n, memo, |slack, lever| {
                 if lever <= 1e-9 {
                     if slack >= 0.0 {
@@ -331,11 +390,213 @@ impl<'a> Profile<'a> {
                 }
             })
         };
-        Certificate {
-            translation_mm: translation.max(0.0),
-            rotation_deg: rotation_rad.max(0.0).to_degrees(),
-            translation_limited_by: t_what,
-            rotation_limited_by: r_what,
+        let make = |(t, t_what): (Real, &'static str), (floor, r): (Real, (Real, &'static str))| {
+            let (rotation_rad, r_what) = if t < 0.0 { (0.0, t_what) } else { r };
+            Certificate {
+                translation_mm: t.max(0.0),
+                rotation_deg: rotation_rad.max(0.0).to_degrees(),
+                translation_limited_by: t_what,
+                rotation_limited_by: r_what,
+                rotation_floor_deg: if t < 0.0 {
+                    0.0
+                } else {
+                    floor.max(0.0).to_degrees()
+                },
+            }
+        };
+        // The larger of a floor and a cone search's result, with what limits it.
+        let best = |(f, f_what): (Real, &'static str), (c, c_what): (Real, &'static str)| {
+            if c > f {
+                (c, c_what)
+            } else {
+                (f, f_what)
+            }
+        };
+        let t_can = translation(memo, k);
+        let floor_can = floor(memo, k);
+        let r_can = if t_can.0 < 0.0 || floor_can.0 == Real::INFINITY {
+            floor_can
+        } else {
+            best(
+                floor_can,
+                self.cone_rotation(0..k, floor_can.0, Real::INFINITY),
+            )
+        };
+        let cannula = make(t_can, (floor_can.0, r_can));
+        if n == k {
+            return (cannula, cannula);
+        }
+        let t_all = translation(memo, n);
+        let floor_all = floor(memo, n);
+        let r_all = if t_all.0 < 0.0 || floor_all.0 == Real::INFINITY {
+            floor_all
+        } else {
+            let r_balloon = best(floor_all, self.cone_rotation(k..n, floor_all.0, r_can.0));
+            if r_balloon.0 < r_can.0 {
+                r_balloon
+            } else {
+                r_can
+            }
+        };
+        (make(t_all, (floor_all.0, r_all)), cannula)
+    }
+
+    /// Whether the piece `a..b` of span `i` keeps its margin on the axis turned about the bone
+    /// entry to every direction within the angle `rho = need_mm / max(|a|, |b|)` of the unit
+    /// direction `dir`: for a mesh, the piece turned to `dir` keeps `need_mm` of slack (its
+    /// points are then at most `need_mm` away), by a walk that stops at the verdict
+    /// ([`crate::clearance::ClearanceMesh::segment_within`]); for the posterior wall plane,
+    /// exactly over the cap. Whether the piece is inside the bone (outside a keep-out) is not
+    /// asked: the cone search's cells cover a connected set of directions from the planned
+    /// one, on which it is (module documentation).
+    fn piece_clear(&self, i: usize, a: Real, b: Real, dir: &Vector, need_mm: Real) -> bool {
+        let s = &self.spans[i];
+        let lever = a.abs().max(b.abs());
+        let pa = self.entry_lps + dir * a;
+        let pb = self.entry_lps + dir * b;
+        let (r, m) = (s.radius_mm, s.margin_mm);
+        let v = self.ctx.vertebra;
+        match s.target {
+            Target::Bone => !v.bone.segment_within(&pa, &pb, |d| d - r - m < need_mm),
+            Target::PosteriorWall => {
+                // Exact over the cell's cap of directions (angle `rho` about `dir`): the
+                // vertebra-frame y of `e + t w` is `y(e) + t (g . w)` with `g` the frame's y
+                // axis in LPS, whose extremes over the cap are `cos(max(0, angle(dir, g) -
+                // rho))` (largest) and `cos(min(pi, angle(dir, g) + rho))` (smallest); y is
+                // affine along the piece, so its largest is at an end.
+                let f = &v.frame;
+                let g = f.lps_to_vertebra.rotation.inverse() * Vector::y();
+                let angle = dir.dot(&g).clamp(-1.0, 1.0).acos();
+                let rho = if lever > 0.0 { need_mm / lever } else { 0.0 };
+                let (hi, lo) = (
+                    (angle - rho).max(0.0).cos(),
+                    (angle + rho).min(std::f64::consts::PI).cos(),
+                );
+                let y_e = (f.lps_to_vertebra * self.entry_lps).y;
+                let y_at = |t: Real| y_e + t * if t >= 0.0 { hi } else { lo };
+                f.posterior_wall_y_mm - y_at(a).max(y_at(b)) - r - m >= 0.0
+            }
+            Target::KeepOut(k) => !k
+                .clearance
+                .segment_within(&pa, &pb, |d| d - r - m < need_mm),
+        }
+    }
+
+    /// The cone search (module documentation) over the spans `spans`: the largest colatitude
+    /// `theta` (radians, at most [`MAX_CONE_DEG`]) such that every cell of directions within
+    /// `theta` of the planned one, with every piece of every span, passed its test; cells
+    /// within `floor` (a rotation already certified for these spans) are not tested. Cells are
+    /// taken by increasing colatitude; a failing cell is split (its piece, or the cell along its
+    /// longer side) down to [`CONE_CELL_FRACTION`], where the search stops. It stops too at `stop_at` (a
+    /// rotation beyond which the caller needs nothing) and after `MAX_CONE_TESTS_CANNULA` tests
+    /// of the cannula's spans, `MAX_CONE_TESTS` of the balloon's.
+    /// Returns `theta` and the span whose cell stopped the search.
+    fn cone_rotation(
+        &self,
+        spans: std::ops::Range<usize>,
+        floor: Real,
+        stop_at: Real,
+    ) -> (Real, &'static str) {
+        let cap = MAX_CONE_DEG.to_radians();
+        let u = self.dir_lps;
+        let helper = if u.x.abs() < 0.9 {
+            Vector::x()
+        } else {
+            Vector::y()
+        };
+        let x = u.cross(&helper).normalize();
+        let y = u.cross(&x);
+        let dir = |f: Real, p: Real| u * f.cos() + (x * p.cos() + y * p.sin()) * f.sin();
+        // Rings from the floor outwards (within the floor every direction is certified).
+        if floor <= 0.0 || floor >= cap {
+            return (floor.max(0.0).min(cap), "nothing");
+        }
+        let ring_start = |k: usize| -> Real { (floor * CONE_RING_RATIO.powi(k as i32)).min(cap) };
+        let mut heap = std::collections::BinaryHeap::new();
+        let mut created = 0usize;
+        let mut push = |heap: &mut std::collections::BinaryHeap<Queued>, c: ConeCell| {
+            if c.f1 > floor {
+                heap.push(Queued(
+                    c.f0.to_bits(),
+                    c.radius().to_bits(),
+                    c.span,
+                    created,
+                    c,
+                ));
+                created += 1;
+            }
+        };
+        let mut ring = 0;
+        let mut tests = 0;
+        let budget = if spans.start == 0 {
+            MAX_CONE_TESTS_CANNULA
+        } else {
+            MAX_CONE_TESTS
+        };
+        loop {
+            // Every ring that starts before the front cell (children never start before their
+            // parent), so cells are taken by increasing colatitude.
+            while ring_start(ring) < cap
+                && heap
+                    .peek()
+                    .is_none_or(|q: &Queued| ring_start(ring) <= q.4.f0)
+            {
+                let (f0, f1) = (ring_start(ring), ring_start(ring + 1));
+                for sector in 0..CONE_SECTORS {
+                    let step = std::f64::consts::TAU / CONE_SECTORS as Real;
+                    for span in spans.clone() {
+                        let s = &self.spans[span];
+                        push(
+                            &mut heap,
+                            ConeCell {
+                                f0,
+                                f1,
+                                p0: step * sector as Real,
+                                p1: step * (sector + 1) as Real,
+                                span,
+                                a: s.t0,
+                                b: s.t1,
+                            },
+                        );
+                    }
+                }
+                ring += 1;
+            }
+            let Some(Queued(_, _, _, _, c)) = heap.pop() else {
+                return (cap, "nothing within the searched cone");
+            };
+            let what = self.spans[c.span].what;
+            if c.f0 >= stop_at || tests >= budget {
+                return (c.f0, what);
+            }
+            tests += 1;
+            let rho = c.radius();
+            let lever = c.a.abs().max(c.b.abs());
+            let centre = dir(0.5 * (c.f0 + c.f1), 0.5 * (c.p0 + c.p1));
+            if self.piece_clear(c.span, c.a, c.b, &centre, lever * rho) {
+                continue;
+            }
+            // A piece is split where that lowers the lever of half of it (a piece reaching towards
+            // the entry) or where it is long against its points' displacement; else the cell.
+            let long = c.b - c.a > MIN_PIECE_MM.max(CONE_PIECE_PER_DISPLACEMENT * lever * rho);
+            let towards_entry = c.b - c.a > MIN_PIECE_MM && c.a.abs().min(c.b.abs()) <= 0.5 * lever;
+            if long || towards_entry {
+                let m = 0.5 * (c.a + c.b);
+                push(&mut heap, ConeCell { b: m, ..c });
+                push(&mut heap, ConeCell { a: m, ..c });
+            } else if rho > CONE_CELL_FRACTION * c.f0.max(floor).max(1e-4) {
+                if c.f1.sin() * (c.p1 - c.p0) > c.f1 - c.f0 {
+                    let m = 0.5 * (c.p0 + c.p1);
+                    push(&mut heap, ConeCell { p1: m, ..c });
+                    push(&mut heap, ConeCell { p0: m, ..c });
+                } else {
+                    let m = 0.5 * (c.f0 + c.f1);
+                    push(&mut heap, ConeCell { f1: m, ..c });
+                    push(&mut heap, ConeCell { f0: m, ..c });
+                }
+            } else {
+                return (c.f0, what);
+            }
         }
     }
 
@@ -349,6 +610,53 @@ impl<'a> Profile<'a> {
     }
 }
 
+/// One cell of the cone search ([`Profile::cone_rotation`]): rotated axis directions of
+/// colatitude `f0..f1` about the planned direction and azimuth `p0..p1` (radians), and the
+/// piece `a..b` (mm from the bone entry) of span `span`.
+#[derive(Clone, Copy)]
+struct ConeCell {
+    f0: Real,
+    f1: Real,
+    p0: Real,
+    p1: Real,
+    span: usize,
+    a: Real,
+    b: Real,
+}
+
+impl ConeCell {
+    /// An upper bound of the angle between the cell's centre direction and any of its
+    /// directions, radians: along the meridian at most half the colatitude range, along the
+    /// circle of colatitude `f` (radius `sin f`, `f <= f1 <= 90` degrees) at most
+    /// `sin f1` times half the azimuth range, and the geodesic is no longer than that path.
+    fn radius(&self) -> Real {
+        0.5 * (self.f1 - self.f0) + self.f1.sin() * 0.5 * (self.p1 - self.p0)
+    }
+}
+
+/// The heap order of [`ConeCell`]s: by the cell's smallest colatitude, then its radius (the
+/// most refined first: a cell that cannot pass reaches the smallest size soon), then span, then
+/// the order of creation (deterministic).
+struct Queued(u64, u64, usize, usize, ConeCell);
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` pops the largest, the search wants the smallest colatitude.
+        (other.0, other.1, other.2, other.3).cmp(&(self.0, self.1, self.2, self.3))
+    }
+}
+
 /// The certified tolerances of one trajectory (with its balloon).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Certificate {
@@ -358,6 +666,12 @@ pub struct Certificate {
     pub rotation_deg: Real,
     pub translation_limited_by: &'static str,
     pub rotation_limited_by: &'static str,
+    /// The per-point rotation bound, degrees (`min over pieces of slack / lever`, at most
+    /// `rotation_deg`): every piece of every span has at least `lever x` this much slack, so a
+    /// translation and a rotation whose shares of `translation_mm` and of this sum to at most 1
+    /// keep every margin ([`violation_probability`]). The cone search's `rotation_deg` does not
+    /// combine so.
+    pub rotation_floor_deg: Real,
 }
 
 /// The rigid motion `p' = e + R(rotation) (p - e) + translation`, LPS (`rotation_lps` a
@@ -523,7 +837,7 @@ pub fn model_sample(i: usize, sigma_mm: Real, sigma_deg: Real) -> (Vector, Vecto
 
 /// The fraction of [`VIOLATION_SAMPLES`] perturbations of the error model under which a margin
 /// fails ([`margin_violation`]). A sample whose translation and rotation the certificate covers
-/// (`|t| / translation_mm + |w| / rotation_deg <= 1`) keeps every margin by proof and is not
+/// (`|t| / translation_mm + |w| / rotation_floor_deg <= 1`) keeps every margin by proof and is not
 /// re-measured; every other sample is re-measured exactly. Samples are measured in parallel and
 /// counted in order: the same number on any thread count.
 pub fn violation_probability(
@@ -543,7 +857,7 @@ pub fn violation_probability(
             // is at least the translation tolerance and at least lever x the rotation one, so
             // at least any convex combination of the two.
             let share = |x: Real, tol: Real| if x == 0.0 { 0.0 } else { x / tol };
-            if share(tn, cert.translation_mm) + share(wn, cert.rotation_deg) <= 1.0 {
+            if share(tn, cert.translation_mm) + share(wn, cert.rotation_floor_deg) <= 1.0 {
                 return false;
             }
             let motion = perturbation(&m.bone_entry_lps, &t, &w);
