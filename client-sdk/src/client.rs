@@ -288,7 +288,8 @@ fn new_request_id() -> String {
 /// replica whose answer was lost is the answer of the retry, not stored twice.
 #[derive(Clone)]
 pub struct Client {
-    /// The first replica's client ([`Client::raw`]).
+    /// The first replica's client ([`Client::raw`], feature `grpc-raw`).
+    #[cfg(feature = "grpc-raw")]
     inner: PlanningServiceClient<Channel>,
     /// One client per replica, in the order given.
     replicas: Arc<[PlanningServiceClient<Channel>]>,
@@ -551,6 +552,7 @@ impl Client {
             })
             .collect();
         Client {
+            #[cfg(feature = "grpc-raw")]
             inner: replicas[0].clone(),
             replicas,
             next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),

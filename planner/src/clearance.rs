@@ -437,6 +437,20 @@ impl ClearanceMesh {
     /// reaches `cap`: a minimum over several meshes takes each next mesh below the smallest
     /// distance so far, the same minimum for less work.
     pub fn distance_to_segment_below(&self, a: &Point, b: &Point, cap: f64) -> f64 {
+        self.nearest_to_segment_below(a, b, cap).0
+    }
+
+    /// [`ClearanceMesh::distance_to_segment`] and the corners of a triangle at that distance
+    /// (`None` for an empty mesh): the witness lets a caller that splits the segment know,
+    /// from one triangle distance, which half keeps the same distance (see
+    /// `tolerance::Profile::refine_spans`).
+    pub fn distance_to_segment_witness(&self, a: &Point, b: &Point) -> (f64, Option<[Point; 3]>) {
+        let (d, leaf) = self.nearest_to_segment_below(a, b, f64::INFINITY);
+        (d, leaf.map(|i| self.corners[i as usize]))
+    }
+
+    /// The walk of [`ClearanceMesh::distance_to_segment_below`], with the nearest triangle.
+    fn nearest_to_segment_below(&self, a: &Point, b: &Point, cap: f64) -> (f64, Option<u32>) {
         let aa = arr(a);
         let d = varr(&(b - a));
         let seg_lo = arr(&a.inf(b));
@@ -469,7 +483,7 @@ impl ClearanceMesh {
                     ))
                 },
             )
-            .map_or(f64::INFINITY, |(_, d)| d)
+            .map_or((f64::INFINITY, None), |(leaf, d)| (d, Some(leaf)))
     }
 
     /// Whether some triangle's [`segment_triangle_distance`] to the segment `a-b` satisfies

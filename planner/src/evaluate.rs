@@ -467,6 +467,27 @@ pub struct SideContext<'a> {
     pub route_rule: RouteRule,
 }
 
+impl<'a> SideContext<'a> {
+    /// `side` of `vertebra` under the transpedicular route rule, with the vertebra's keep-outs.
+    pub fn transpedicular(
+        anatomy: &'a PreparedAnatomy,
+        vertebra: &'a PreparedVertebra,
+        side: Side,
+        instrument: &'a Instrument,
+        safety: &'a Safety,
+    ) -> Self {
+        SideContext {
+            anatomy,
+            vertebra,
+            keep_outs: anatomy.keep_outs(vertebra.level),
+            side,
+            instrument,
+            safety,
+            route_rule: RouteRule::Transpedicular,
+        }
+    }
+}
+
 /// Measure the straight cannula whose axis runs from `from_lps` (any point on the approach behind
 /// the tip) to `tip_lps`, on `side` of `vertebra`. The two must differ.
 pub fn measure(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Measurement {

@@ -74,6 +74,17 @@ impl KeepOut {
         self.clearance.distance_to_segment(a, b)
     }
 
+    /// [`KeepOut::distance_to_segment`] with a triangle at that distance when it is positive
+    /// ([`ClearanceMesh::distance_to_segment_witness`]).
+    pub fn distance_to_segment_witness(&self, a: &Point, b: &Point) -> (Real, Option<[Point; 3]>) {
+        if self.clearance.is_closed()
+            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
+        {
+            return (0.0, None);
+        }
+        self.clearance.distance_to_segment_witness(a, b)
+    }
+
     /// [`KeepOut::distance_to_segment`] where it is below `cap`, the same value; else infinity
     /// ([`ClearanceMesh::distance_to_segment_below`]).
     pub fn distance_to_segment_below(&self, a: &Point, b: &Point, cap: Real) -> Real {

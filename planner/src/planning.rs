@@ -108,24 +108,6 @@ pub fn plan_with(
     })
 }
 
-fn context<'a>(
-    anatomy: &'a PreparedAnatomy,
-    vertebra: &'a PreparedVertebra,
-    side: Side,
-    instrument: &'a Instrument,
-    safety: &'a Safety,
-) -> SideContext<'a> {
-    SideContext {
-        anatomy,
-        vertebra,
-        keep_outs: anatomy.keep_outs(vertebra.level),
-        side,
-        instrument,
-        safety,
-        route_rule: RouteRule::Transpedicular,
-    }
-}
-
 fn plan_level(
     anatomy: &PreparedAnatomy,
     level: Level,
@@ -134,7 +116,8 @@ fn plan_level(
 ) -> Result<LevelPlan, PlanError> {
     let vertebra = anatomy.vertebra(level).expect("checked by the caller");
     let (instrument, safety) = (request.instrument(), request.safety());
-    let ctx = PerSide::from_fn(|s| context(anatomy, vertebra, s, instrument, safety));
+    let ctx =
+        PerSide::from_fn(|s| SideContext::transpedicular(anatomy, vertebra, s, instrument, safety));
     let frame = anatomy.frame();
     let pedicles: PerSide<Option<PedicleSummary>> = PerSide::from_fn(|side| {
         vertebra.pedicles[side]
@@ -157,7 +140,7 @@ fn plan_level(
         .collect();
     let smaller_ctx: Vec<PerSide<SideContext<'_>>> = smaller
         .iter()
-        .map(|i| PerSide::from_fn(|s| context(anatomy, vertebra, s, i, safety)))
+        .map(|i| PerSide::from_fn(|s| SideContext::transpedicular(anatomy, vertebra, s, i, safety)))
         .collect();
     let extra_ctx: Vec<PerSide<SideContext<'_>>> = std::iter::once(&ctx)
         .chain(smaller_ctx.iter())
@@ -361,7 +344,7 @@ pub fn balloon_limits(
             cannula_outer_diameter_mm: t.cannula_outer_diameter_mm,
             ..plan.instrument.clone()
         };
-        let ctx = context(anatomy, vertebra, s.side, &instrument, &plan.safety);
+        let ctx = SideContext::transpedicular(anatomy, vertebra, s.side, &instrument, &plan.safety);
         let center = frame.to_lps(&point(b.center_mm));
         let axis = frame.dir_to_lps(&Vector::from(b.axis)).normalize();
         let fit = BalloonFit {
@@ -997,7 +980,7 @@ pub fn evaluate_with_route(
             "entry and target coincide: a trajectory needs two distinct points",
         ));
     }
-    let base = context(anatomy, vertebra, side, instrument, safety);
+    let base = SideContext::transpedicular(anatomy, vertebra, side, instrument, safety);
     let ctx = match route_rule {
         RouteRule::Transpedicular => base,
         RouteRule::Extrapedicular => crate::extrapedicular::context(&base),
