@@ -329,22 +329,24 @@ impl<'a> Profile<'a> {
     /// The slack of the half `[a, b]` of a piece whose slack is `whole`: the whole's when the
     /// half comes as near the whole's nearest triangle (no walk; [`Slack`]), else measured.
     fn half_slack(&self, memo: &mut Measured, i: usize, a: Real, b: Real, whole: Slack) -> Slack {
-        if let Some(known) = memo.get(&(i, a.to_bits(), b.to_bits())) {
-            return *known;
-        }
-        let inherited = whole.witness.and_then(|(tri, d)| {
-            let pa = self.entry_lps + self.dir_lps * a;
-            let pb = self.entry_lps + self.dir_lps * b;
-            (crate::clearance::segment_triangle_distance(&pa, &pb, &tri)
-                <= d + WITNESS_TOLERANCE_MM)
-                .then_some(Slack {
-                    inherited: true,
-                    ..whole
-                })
-        });
-        let slack = inherited.unwrap_or_else(|| self.slack_witness(&self.spans[i], a, b));
-        memo.insert((i, a.to_bits(), b.to_bits()), slack);
-        slack
+        *memo
+            .entry((i, a.to_bits(), b.to_bits()))
+            .or_insert_with(|| {
+                let pa = self.entry_lps + self.dir_lps * a;
+                let pb = self.entry_lps + self.dir_lps * b;
+                match whole.witness {
+                    Some((tri, d))
+                        if crate::clearance::segment_triangle_distance(&pa, &pb, &tri)
+                            <= d + WITNESS_TOLERANCE_MM =>
+                    {
+                        Slack {
+                            inherited: true,
+                            ..whole
+                        }
+                    }
+                    _ => self.slack_witness(&self.spans[i], a, b),
+                }
+            })
     }
 
     /// The smallest of `bound(slack, lever)` over every piece of every span, refined best-first
