@@ -64,11 +64,16 @@ impl KeepOut {
         }
     }
 
+    /// Whether the keep-out is a closed solid holding an end of the segment `a-b` (its
+    /// distance is then 0 whatever the surface's).
+    fn holds_an_end(&self, a: &Point, b: &Point) -> bool {
+        self.clearance.is_closed()
+            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
+    }
+
     /// Distance from the segment to the keep-out, 0 when it touches, crosses or lies inside it.
     pub fn distance_to_segment(&self, a: &Point, b: &Point) -> Real {
-        if self.clearance.is_closed()
-            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
-        {
+        if self.holds_an_end(a, b) {
             return 0.0;
         }
         self.clearance.distance_to_segment(a, b)
@@ -77,9 +82,7 @@ impl KeepOut {
     /// [`KeepOut::distance_to_segment`] with a triangle at that distance when it is positive
     /// ([`ClearanceMesh::distance_to_segment_witness`]).
     pub fn distance_to_segment_witness(&self, a: &Point, b: &Point) -> (Real, Option<[Point; 3]>) {
-        if self.clearance.is_closed()
-            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
-        {
+        if self.holds_an_end(a, b) {
             return (0.0, None);
         }
         self.clearance.distance_to_segment_witness(a, b)
@@ -88,9 +91,7 @@ impl KeepOut {
     /// [`KeepOut::distance_to_segment`] where it is below `cap`, the same value; else infinity
     /// ([`ClearanceMesh::distance_to_segment_below`]).
     pub fn distance_to_segment_below(&self, a: &Point, b: &Point, cap: Real) -> Real {
-        if self.clearance.is_closed()
-            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
-        {
+        if self.holds_an_end(a, b) {
             return 0.0;
         }
         self.clearance.distance_to_segment_below(a, b, cap)
@@ -99,9 +100,7 @@ impl KeepOut {
     /// `within(self.distance_to_segment(a, b))` for a monotone `within`, walked only as far
     /// as the verdict needs ([`crate::clearance::ClearanceMesh::segment_within`]).
     pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(Real) -> bool) -> bool {
-        if self.clearance.is_closed()
-            && (self.clearance.contains_point(a) || self.clearance.contains_point(b))
-        {
+        if self.holds_an_end(a, b) {
             return within(0.0);
         }
         self.clearance.segment_within(a, b, within)

@@ -416,16 +416,13 @@ impl<'a> Profile<'a> {
                 witness: None,
                 ..whole
             };
-            for (j, (a, b)) in [(a, m), (m, b)].into_iter().enumerate() {
+            let mut half = |a: Real, b: Real| {
                 let known = self.half_slack(memo, i, a, b, whole);
                 let slack = known.unwrap_or(waiting);
-                let piece = (value(&slack, a, b), i, a, b, slack, known.is_some());
-                if j == 0 {
-                    pieces[k] = piece;
-                } else {
-                    pieces.push(piece);
-                }
-            }
+                (value(&slack, a, b), i, a, b, slack, known.is_some())
+            };
+            pieces[k] = half(a, m);
+            pieces.push(half(m, b));
             measured += 2;
         }
     }
