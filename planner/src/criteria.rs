@@ -240,6 +240,24 @@ pub fn axis_offset_mm(
 /// grid spacing, so no cell is stepped over).
 pub const GRID_SAMPLE_STEP_MM: Real = 0.5;
 
+/// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
+/// cells differ by at most one spacing, so each component of the gradient is at most 1.
+pub const GRID_LIPSCHITZ: Real = 1.732_050_808;
+/// Round-off allowance of a grid sample, mm.
+pub const SAMPLE_TOLERANCE_MM: Real = 1e-3;
+
+/// How many of the next samples along a line (every [`GRID_SAMPLE_STEP_MM`]) are sure to stay
+/// above `floor` after a sample of value `s` (none for non-finite values).
+#[inline]
+pub(crate) fn samples_above(s: Real, floor: Real) -> usize {
+    let room = s - floor - SAMPLE_TOLERANCE_MM;
+    if room.is_finite() && room > 0.0 {
+        (room / (GRID_LIPSCHITZ * GRID_SAMPLE_STEP_MM)) as usize
+    } else {
+        0
+    }
+}
+
 /// What the bone's signed distance grid reads outside the grid: well outside the bone, mm (the
 /// grid reaches 3 cells past the mesh, so a point beyond it is at least that far out).
 pub const BONE_OUTSIDE_GRID_MM: f32 = -10.0;
@@ -445,6 +463,9 @@ pub fn balloon_room_ml(
             }
         })
         .map(|(c, _)| c);
+    // A sample at or above this leaves the diameter at the instrument's largest, whatever its
+    // exact value: `2 (near - margin) >= max_diameter_mm`.
+    let cap = 0.5 * max_diameter_mm + margin_mm;
     let mut best: Real = 0.0;
     for (offset, len) in first.into_iter().chain(capsules) {
         if bound_ml((offset, len)) <= best {
@@ -456,7 +477,12 @@ pub fn balloon_room_ml(
         let k1 = (((b - s_lo) / step).ceil() as usize).min(n);
         let mut near = Real::INFINITY;
         let mut beaten = false;
+        let mut skip = 0usize;
         for (k, sample) in bone.iter_mut().enumerate().take(k1 + 1).skip(k0) {
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
             if sample.is_nan() {
                 *sample = bone_behind_tip(s_lo + k as Real * step);
             }
@@ -466,6 +492,9 @@ pub fn balloon_room_ml(
                 beaten = true;
                 break;
             }
+            // Samples the grid's Lipschitz bound keeps at or above `near`, or above the room
+            // of the widest balloon (`cap`), cannot change the diameter below: not taken.
+            skip = samples_above(*sample, near.min(cap));
         }
         if beaten {
             continue;

@@ -145,7 +145,7 @@ fn min_along(line: &GridLine<'_>, t0: Real, t1: Real) -> Real {
 
 /// `min(cap, min_along(line, t0, t1))` from the same samples, but for samples that the grid's
 /// Lipschitz bound keeps at or above the running minimum or the cap
-/// ([`crate::search::samples_above`], as the transpedicular screening skips them).
+/// ([`crate::criteria::samples_above`], as the transpedicular screening skips them).
 fn min_along_below(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
     let n = ((t1 - t0) / GRID_SAMPLE_STEP_MM).ceil().max(0.0) as usize;
     let mut m = Real::INFINITY;
@@ -153,7 +153,7 @@ fn min_along_below(line: &GridLine<'_>, t0: Real, t1: Real, cap: Real) -> Real {
     while i <= n {
         let s = line.at((t0 + i as Real * GRID_SAMPLE_STEP_MM).min(t1));
         m = m.min(s);
-        i += 1 + crate::search::samples_above(s, m.min(cap));
+        i += 1 + crate::criteria::samples_above(s, m.min(cap));
     }
     m.min(cap)
 }
@@ -176,7 +176,7 @@ fn first_sample(
         }
         i += 1;
         if skip {
-            i += crate::search::samples_above(if inside { -s } else { s }, 0.0);
+            i += crate::criteria::samples_above(if inside { -s } else { s }, 0.0);
         }
     }
     None

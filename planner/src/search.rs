@@ -15,6 +15,10 @@
 //! 4. `refine_best`: the best are refined locally by pattern search.
 //! 5. `verify`: candidates are measured exactly in f64 ([`crate::evaluate::measure`]) in order
 //!    until one passes. Only a trajectory that passes the exact measurement is ever returned.
+//!    The refined lines are judged first, and where the pedicle is roomy steps 2-3 first keep
+//!    only what they need, screening the lines they dropped again for the rest of the queue
+//!    only when none of the refined lines passes (`screen_and_verify`): the same queue, bit
+//!    for bit.
 //! 6. `diagnose_infeasible`: otherwise the side is infeasible with measured reasons and the
 //!    widest corridor found.
 //!
@@ -24,8 +28,8 @@ use rayon::prelude::*;
 
 use crate::anatomy::Level;
 use crate::criteria::{
-    self, centring_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, GridLine, GridSampler,
-    ANTERIOR_THIRD_FRACTION, BALLOON_WEIGHT_PER_ML, CENTRING_CAP_MM, CENTRING_WEIGHT,
+    self, centring_mm, docking_zone_mm, entry_incidence_cos, pedicle_span, samples_above, GridLine,
+    GridSampler, ANTERIOR_THIRD_FRACTION, BALLOON_WEIGHT_PER_ML, CENTRING_CAP_MM, CENTRING_WEIGHT,
     GRID_SAMPLE_STEP_MM, MIN_ENTRY_BEHIND_WALL_MM, SLACK_RESERVE_MM, TIP_DEPTH_FRACTION,
 };
 use crate::error::PlanError;
@@ -86,8 +90,17 @@ const SEEDS: usize = 8;
 const SCREEN_CHUNK: usize = 64;
 /// Allowance for round-off in the score bounds.
 const SCORE_BOUND_TOLERANCE: Real = 1e-9;
-/// Most lines measured exactly; the screening's threshold keeps this many.
+/// Most lines measured exactly; the screening's threshold keeps this many when the first batch
+/// of the verification has no safe line ([`screen_and_verify`]).
 const MAX_EXACT: usize = 64;
+/// A pedicle whose outer width leaves at least this much beyond the cannula and its two cortex
+/// margins is roomy, mm: its side's screening first keeps only the first batch of the
+/// verification ([`screen_and_verify`]); a tighter one keeps the whole queue at once. A rule of
+/// speed only, the plan is the same either way: on the built-in spine the first batch has a
+/// safe line on every lumbar side (0.38 mm or more to spare: 3.2 mm at L1) and none on T8's
+/// (0.38 mm) or T5's (none), where screening the dropped lines again cost 3-6 % more
+/// instructions than keeping the whole queue at once.
+const ROOMY_PEDICLE_SPARE_MM: Real = 2.0;
 /// The exact measurement is given the line from this far behind the screened bone entry, mm
 /// (any point behind the tip will do; this one is clear of the bone).
 const FROM_BEHIND_ENTRY_MM: Real = 10.0;
@@ -102,24 +115,6 @@ const MARCH_FORWARD_MM: Real = 100.0;
 const KEEP_OUT_SCREEN_BEHIND_ENTRY_MM: Real = 40.0;
 /// `q` must be at least this fraction of (cannula radius + cortex margin) inside the bone.
 const Q_MIN_DEPTH_FRACTION: Real = 0.5;
-
-/// Bound on the slope of a trilinearly interpolated distance grid, mm per mm: neighbouring
-/// cells differ by at most one spacing, so each component of the gradient is at most 1.
-const GRID_LIPSCHITZ: Real = 1.732_050_808;
-/// Round-off allowance of a grid sample, mm.
-const SAMPLE_TOLERANCE_MM: Real = 1e-3;
-
-/// How many of the next samples along a line (every [`GRID_SAMPLE_STEP_MM`]) are sure to stay
-/// above `floor` after a sample of value `s` (none for non-finite values).
-#[inline]
-pub(crate) fn samples_above(s: Real, floor: Real) -> usize {
-    let room = s - floor - SAMPLE_TOLERANCE_MM;
-    if room.is_finite() && room > 0.0 {
-        (room / (GRID_LIPSCHITZ * GRID_SAMPLE_STEP_MM)) as usize
-    } else {
-        0
-    }
-}
 
 /// Where `line` first reads outside the bone (below 0) marching from `t = 0` by `step` (negative
 /// to march backwards) for at most `limit` mm: the sample's `t`, or `None`. Samples that the
@@ -392,6 +387,11 @@ impl Screen<'_> {
     /// below `threshold` (upper bounds of the score are checked as its terms come in, the
     /// cheapest first), so such a line could never be chosen.
     fn candidate(&self, params: [Real; 4], threshold: Real) -> Option<Candidate> {
+        self.screened(params, threshold).ok()
+    }
+
+    /// [`Screen::candidate`], saying why a line gives none.
+    fn screened(&self, params: [Real; 4], threshold: Real) -> Result<Candidate, Dropped> {
         let [x, z, _, _] = params;
         let (medial, cranial) = self.angles_deg(&params);
         let v = self.ctx.vertebra;
@@ -417,17 +417,18 @@ impl Screen<'_> {
                 + SCORE_BOUND_TOLERANCE
         };
         if bound(Real::INFINITY, self.balloon_max_ml, CENTRING_CAP_MM) < threshold {
-            return None;
+            return Err(Dropped::BelowThreshold);
         }
         // The line in the grid frame: samples at `t` mm from q.
         let bone = self.bone_grid.line(&q, &dir);
         if bone.at(0.0) <= 0.0 {
-            return None;
+            return Err(Dropped::Unusable);
         }
         // March back to the entry: the first sample outside the bone, then the zero crossing
         // interpolated between it and the sample before.
         let t_entry = {
-            let t = first_outside(&bone, -GRID_SAMPLE_STEP_MM, MARCH_BACK_MM)?;
+            let t = first_outside(&bone, -GRID_SAMPLE_STEP_MM, MARCH_BACK_MM)
+                .ok_or(Dropped::Unusable)?;
             let (s, sp) = (bone.at(t), bone.at(t + GRID_SAMPLE_STEP_MM));
             let frac = sp / (sp - s).max(1e-9);
             t + GRID_SAMPLE_STEP_MM - frac * GRID_SAMPLE_STEP_MM
@@ -437,13 +438,13 @@ impl Screen<'_> {
         let entry_ok = entry.y >= f.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM
             && entry.x * self.sign >= self.canal_half_width;
         if !entry_ok {
-            return None;
+            return Err(Dropped::Unusable);
         }
         // The incidence at the entry needs nothing further along the line: checked before the
         // rest of the line is sampled.
         let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
         if cos_incidence < self.max_incidence_deg.to_radians().cos() {
-            return None;
+            return Err(Dropped::Unusable);
         }
         // The cortex margin applies from the end of the docking zone (`t_start`) to the tip
         // (`t_tip + cortex_start(t_entry - t_tip, zone)`). The surface's drop under the
@@ -468,7 +469,7 @@ impl Screen<'_> {
             CENTRING_CAP_MM,
         ) < threshold
         {
-            return None;
+            return Err(Dropped::BelowThreshold);
         }
         // The centring term ends at the posterior wall, before the tip of any line that
         // reaches the body, so it is taken (and bounded) before the march to the far cortex.
@@ -484,11 +485,12 @@ impl Screen<'_> {
             centring,
         ) < threshold
         {
-            return None;
+            return Err(Dropped::BelowThreshold);
         }
-        let t_exit = first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM)?;
+        let t_exit =
+            first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM).ok_or(Dropped::Unusable)?;
         if t_wall >= t_exit {
-            return None;
+            return Err(Dropped::Unusable);
         }
         let t_tip = match self.mode {
             SearchMode::Bilateral => t_wall + TIP_DEPTH_FRACTION * (t_exit - t_wall),
@@ -497,13 +499,13 @@ impl Screen<'_> {
             } => {
                 // Aimed across: the axis must reach x = 0 going forward.
                 if dir.x * self.sign >= -1e-9 {
-                    return None;
+                    return Err(Dropped::Unusable);
                 }
                 let t = -q.x / dir.x + midline_behind_tip_mm;
                 let depth = (t - t_wall) / (t_exit - t_wall);
                 if !(ANTERIOR_THIRD_FRACTION..=UNIPEDICULAR_MAX_TIP_DEPTH_FRACTION).contains(&depth)
                 {
-                    return None;
+                    return Err(Dropped::Unusable);
                 }
                 t
             }
@@ -519,7 +521,7 @@ impl Screen<'_> {
             - self.radius;
         if self.cortex_only {
             debug_assert_eq!(threshold, Real::NEG_INFINITY);
-            return Some(Candidate {
+            return Ok(Candidate {
                 params,
                 q_vertebra: q,
                 dir_vertebra: dir,
@@ -537,7 +539,7 @@ impl Screen<'_> {
             centring,
         ) < threshold
         {
-            return None;
+            return Err(Dropped::BelowThreshold);
         }
         // The balloon term: the grid's room behind the tip, bounded first from one sample.
         let tip = q + dir * t_tip;
@@ -549,7 +551,7 @@ impl Screen<'_> {
                 |s| self.bone_grid.at(&(tip - dir * s)),
             );
             if bound(cortex - safety.cortex_margin_mm, at_most, centring) < threshold {
-                return None;
+                return Err(Dropped::BelowThreshold);
             }
         }
         let balloon = criteria::balloon_room_ml(
@@ -561,7 +563,7 @@ impl Screen<'_> {
             |s| self.sign * (tip - dir * s).x,
         );
         if bound(cortex - safety.cortex_margin_mm, balloon, centring) < threshold {
-            return None;
+            return Err(Dropped::BelowThreshold);
         }
         // Keep-outs along the cannula near the vertebra. Their distance counts in the score
         // only below its cap (the slack reserve): samples that cannot go below it are skipped.
@@ -588,15 +590,17 @@ impl Screen<'_> {
             })
             .map(|m| m - self.radius)
         };
-        let canal = keep(&v.canal_distance, safety.canal_margin_mm)?;
-        let root = keep(&v.root_distance, safety.nerve_root_margin_mm)?;
+        let canal =
+            keep(&v.canal_distance, safety.canal_margin_mm).ok_or(Dropped::BelowThreshold)?;
+        let root =
+            keep(&v.root_distance, safety.nerve_root_margin_mm).ok_or(Dropped::BelowThreshold)?;
         let forbidden = match &v.forbidden_distance {
-            Some(g) => Some(keep(g, safety.canal_margin_mm)?),
+            Some(g) => Some(keep(g, safety.canal_margin_mm).ok_or(Dropped::BelowThreshold)?),
             None => None,
         };
         let worst = criteria::worst_slack_mm(safety, cortex, canal, root, forbidden);
         if bound(worst, balloon, centring) < threshold {
-            return None;
+            return Err(Dropped::BelowThreshold);
         }
         let score = criteria::score(
             worst,
@@ -606,7 +610,7 @@ impl Screen<'_> {
             medial,
             TIP_DEPTH_FRACTION,
         );
-        Some(Candidate {
+        Ok(Candidate {
             params,
             q_vertebra: q,
             dir_vertebra: dir,
@@ -682,6 +686,16 @@ fn order(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     })
 }
 
+/// Why a line gave no candidate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dropped {
+    /// Not usable under any threshold (no bone entry behind the body, too steep, not reaching
+    /// the body, ...).
+    Unusable,
+    /// Its score is sure to fall below the threshold.
+    BelowThreshold,
+}
+
 /// Lines screened so far, and the score threshold of the verification queue.
 struct Screening {
     /// Lines within the request's incidence limit.
@@ -689,31 +703,72 @@ struct Screening {
     /// Lines over the request's incidence limit that a relaxed [`Screen`] let through (the
     /// coarse screening's), each scoring at least the threshold of its time.
     steeper: Vec<(Candidate, LineIndex)>,
-    /// The [`MAX_EXACT`]-th best score of `screened`.
+    /// How many of the best lines must come out right: the `keep`-th best score of `screened`
+    /// so far is the threshold.
+    keep: usize,
+    /// The `keep`-th best score of `screened` so far.
     threshold: Real,
+    /// Lines dropped for the threshold: a larger `keep` screens them again
+    /// ([`Screening::keep_more`]).
+    dropped: Vec<LineIndex>,
 }
 
 impl Screening {
-    fn new() -> Self {
+    fn new(keep: usize) -> Self {
         Screening {
             screened: Vec::new(),
             steeper: Vec::new(),
+            keep,
             threshold: Real::NEG_INFINITY,
+            dropped: Vec::new(),
         }
     }
 
-    /// Screen `lines` in fixed chunks: once MAX_EXACT lines are scored, a line whose score
-    /// bound falls below the MAX_EXACT-th best so far cannot reach the verification queue and
-    /// is dropped. The chunks do not depend on the thread count, so neither does the result;
-    /// and the top MAX_EXACT lines are the ones a full screening would give, in whatever order
-    /// the lines come. Lines best aligned with the pedicle come first, so the threshold rises
-    /// early.
+    /// Raise `keep` to `keep` (not smaller than before) after a screening: the lines that may have
+    /// been dropped under the higher threshold are screened again under the new one (with
+    /// `screen`, the request's limit). The `keep` best are then the ones screening every line
+    /// with the new `keep` from the start would give: a line among them scores at least the
+    /// new threshold, so it either was kept or was dropped for the old one.
+    fn keep_more(
+        &mut self,
+        screen: &Screen<'_>,
+        keep: usize,
+        line: &(dyn Fn(LineIndex) -> [Real; 4] + Sync),
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), PlanError> {
+        debug_assert!(keep >= self.keep);
+        if keep == self.keep {
+            return Ok(());
+        }
+        self.keep = keep;
+        self.threshold = Real::NEG_INFINITY;
+        self.update_threshold();
+        let again = std::mem::take(&mut self.dropped);
+        self.screen(screen, &again, line, cancelled)?;
+        self.sort();
+        Ok(())
+    }
+
+    /// The threshold from the lines kept so far.
+    fn update_threshold(&mut self) {
+        if self.screened.len() >= self.keep {
+            let mut scores: Vec<Real> = self.screened.iter().map(|c| c.0.score).collect();
+            let (_, kth, _) = scores.select_nth_unstable_by(self.keep - 1, |a, b| b.total_cmp(a));
+            self.threshold = *kth;
+        }
+    }
+
+    /// Screen `lines` in fixed chunks: once `keep` lines are scored, a line whose score bound
+    /// falls below the `keep`-th best so far cannot be among the `keep` best and is dropped.
+    /// The chunks do not depend on the thread count, so neither does the result; and the top
+    /// `keep` lines are the ones a full screening would give, in whatever order the lines come.
+    /// Lines best aligned with the pedicle come first, so the threshold rises early.
     ///
     /// A `screen` whose incidence limit is relaxed lets steeper lines through; they go to
     /// `steeper` and leave the threshold alone, so `screened` is what the request's limit
     /// gives. The threshold, taken from lines within the limit, is at most the one their
     /// superset would give, so `screened` and `steeper` together hold every line the relaxed
-    /// limit alone would put in its top [`MAX_EXACT`]: one pass gives both screenings.
+    /// limit alone would put in its top `keep`: one pass gives both screenings.
     fn screen(
         &mut self,
         screen: &Screen<'_>,
@@ -745,25 +800,30 @@ impl Screening {
                 return Err(PlanError::Cancelled);
             }
             let threshold = self.threshold;
-            let got: Vec<(Candidate, LineIndex)> = chunk
+            let got: Vec<(Result<Candidate, Dropped>, LineIndex)> = chunk
                 .par_iter()
-                .filter_map(|(_, p, i)| screen.candidate(*p, threshold).map(|c| (c, *i)))
-                .filter(|(c, _)| c.entry_ok)
+                .map(|(_, p, i)| (screen.screened(*p, threshold), *i))
                 .collect();
             let limit_cos = screen.ctx.safety.max_entry_incidence_deg.to_radians().cos();
             for (c, i) in got {
+                let c = match c {
+                    Ok(c) => c,
+                    Err(Dropped::BelowThreshold) => {
+                        self.dropped.push(i);
+                        continue;
+                    }
+                    Err(Dropped::Unusable) => continue,
+                };
+                if !c.entry_ok {
+                    continue;
+                }
                 if c.cos_incidence < limit_cos {
                     self.steeper.push((c, i));
                 } else {
                     self.screened.push((c, i));
                 }
             }
-            if self.screened.len() >= MAX_EXACT {
-                let mut scores: Vec<Real> = self.screened.iter().map(|c| c.0.score).collect();
-                let (_, kth, _) =
-                    scores.select_nth_unstable_by(MAX_EXACT - 1, |a, b| b.total_cmp(a));
-                self.threshold = *kth;
-            }
+            self.update_threshold();
         }
         Ok(())
     }
@@ -891,27 +951,86 @@ fn search_side_with(
 }
 
 /// Steps 2-5 on `screen`: `None` when no line of the grid is usable.
+///
+/// The verification takes the refined lines first, and most sides have a safe one among them:
+/// so the screening first keeps only what that first batch needs (its threshold the
+/// [`SEEDS`]-th best score, which drops more lines than the [`MAX_EXACT`]-th), and screens the
+/// lines it may have dropped again for the whole queue only when the first batch has no safe
+/// line ([`Screening::keep_more`]). The [`SEEDS`] best lines, and so the refined ones, are the
+/// same under either threshold, and so is the queue: the result is the one screening for the
+/// whole queue at once gives, bit for bit.
 fn screen_and_verify(
     screen: &Screen<'_>,
     grid: &LineGrid,
     screens: Screens,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<Verified>, PlanError> {
-    let mut screening = Screening::new();
-    let coarse = screen_coarse(screen, grid, screens, &mut screening, cancelled)?;
-    screen_fine(screen, grid, &coarse, &mut screening, cancelled)?;
-    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
-    if cancelled() {
-        return Err(PlanError::Cancelled);
-    }
-    if screened.is_empty() {
+    // Where the pedicle is tight, the first batch seldom has a safe line: the whole queue is
+    // screened at once there (the same result, without screening the dropped lines twice).
+    let keep = if roomy_pedicle(screen) {
+        SEEDS
+    } else {
+        MAX_EXACT
+    };
+    screen_and_verify_keeping(screen, grid, screens, keep, cancelled)
+}
+
+/// [`screen_and_verify`], the first screening keeping the `keep` best lines.
+fn screen_and_verify_keeping(
+    screen: &Screen<'_>,
+    grid: &LineGrid,
+    screens: Screens,
+    keep: usize,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<Verified>, PlanError> {
+    let mut screening = screen_keeping(screen, grid, screens, keep, cancelled)?;
+    if screening.screened.is_empty() {
         return Ok(None);
     }
-    let refined = refine_best(screen, &screened);
+    let seeds: Vec<Candidate> = screening
+        .screened
+        .iter()
+        .take(SEEDS)
+        .map(|&(c, _)| c)
+        .collect();
+    let refined = refine_best(screen, &seeds);
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
+    if let Some(m) = verify_batch(screen.ctx, screen.mode, &refined) {
+        return Ok(Some(Verified::Safe(Box::new(m))));
+    }
+    screening.keep_more(screen, MAX_EXACT, &|l| grid.line(l), cancelled)?;
+    let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
     verify(screen.ctx, screen.mode, &refined, &screened, cancelled).map(Some)
+}
+
+/// Steps 2-3, keeping the `keep` best lines (at least [`SEEDS`]).
+fn screen_keeping(
+    screen: &Screen<'_>,
+    grid: &LineGrid,
+    screens: Screens,
+    keep: usize,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Screening, PlanError> {
+    // The coarse screening must give its FINE_AROUND best right (step 3 screens around them).
+    let mut screening = Screening::new(keep.max(FINE_AROUND));
+    let coarse = screen_coarse(screen, grid, screens, &mut screening, cancelled)?;
+    screening.keep = keep;
+    screen_fine(screen, grid, &coarse, &mut screening, cancelled)?;
+    if cancelled() {
+        return Err(PlanError::Cancelled);
+    }
+    Ok(screening)
+}
+
+/// Whether the side's pedicle leaves at least [`ROOMY_PEDICLE_SPARE_MM`] of its measured outer
+/// width beyond the cannula and its two cortex margins.
+fn roomy_pedicle(screen: &Screen<'_>) -> bool {
+    let needed = 2.0 * (screen.radius + screen.ctx.safety.cortex_margin_mm);
+    screen.ctx.vertebra.pedicles[screen.ctx.side]
+        .as_ref()
+        .is_ok_and(|p| p.width_mm - needed >= ROOMY_PEDICLE_SPARE_MM)
 }
 
 /// The slow oracle of the procedure's objective (tests and benchmarks): every line of the
@@ -1153,7 +1272,8 @@ enum Verified {
 
 /// Step 5: judge the refined lines, then the screened ones in order (at most [`MAX_EXACT`]),
 /// exactly, in batches of [`SEEDS`], until a batch has a safe one; that batch's safe lines are
-/// measured in full and the best-scoring one is taken. Each line is first judged by
+/// measured in full and the best-scoring one is taken. The first batch, the refined lines, has
+/// been judged already ([`screen_and_verify`]) and had none. Each line is first judged by
 /// [`evaluate::verdict`] (the same violations as [`measure`], decided by walks that stop at
 /// the margins' verdicts): only safe lines are measured in full here, so the result is the one
 /// measuring every line would give.
@@ -1170,35 +1290,48 @@ fn verify(
         .take(MAX_EXACT)
         .copied()
         .collect();
-    let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
-    for batch in queue.chunks(SEEDS) {
-        let safe: Vec<Measurement> = batch
-            .par_iter()
-            .filter_map(|c| {
-                let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
-                let (ok, v) = evaluate::verdict(ctx, &from_lps, &tip_lps);
-                (ok && mode.accepts(ctx, &v)).then(|| measure(ctx, &from_lps, &tip_lps))
-            })
-            .collect();
-        let mut best_feasible: Option<Measurement> = None;
-        for m in safe {
-            debug_assert!(m.violations.is_empty() && mode.accepts(ctx, &m));
-            let sc = m.score(ctx.safety);
-            if best_feasible
-                .as_ref()
-                .is_none_or(|b| sc > b.score(ctx.safety))
-            {
-                best_feasible = Some(m);
-            }
-        }
-        if let Some(m) = best_feasible {
-            return Ok(Verified::Safe(Box::new(m)));
-        }
+    for batch in queue.chunks(SEEDS).skip(1) {
         if cancelled() {
             return Err(PlanError::Cancelled);
         }
+        if let Some(m) = verify_batch(ctx, mode, batch) {
+            return Ok(Verified::Safe(Box::new(m)));
+        }
+    }
+    if cancelled() {
+        return Err(PlanError::Cancelled);
     }
     Ok(Verified::Unsafe(queue))
+}
+
+/// One batch of the verification: its safe lines measured in full, the best-scoring one (the
+/// first of the highest score in the batch's order), or `None`.
+fn verify_batch(
+    ctx: &SideContext<'_>,
+    mode: SearchMode,
+    batch: &[Candidate],
+) -> Option<Measurement> {
+    let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
+    let safe: Vec<Measurement> = batch
+        .par_iter()
+        .filter_map(|c| {
+            let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
+            let (ok, v) = evaluate::verdict(ctx, &from_lps, &tip_lps);
+            (ok && mode.accepts(ctx, &v)).then(|| measure(ctx, &from_lps, &tip_lps))
+        })
+        .collect();
+    let mut best_feasible: Option<Measurement> = None;
+    for m in safe {
+        debug_assert!(m.violations.is_empty() && mode.accepts(ctx, &m));
+        let sc = m.score(ctx.safety);
+        if best_feasible
+            .as_ref()
+            .is_none_or(|b| sc > b.score(ctx.safety))
+        {
+            best_feasible = Some(m);
+        }
+    }
+    best_feasible
 }
 
 /// The best-scoring of lines that all failed the verification, measured in full: the first of
@@ -1615,6 +1748,10 @@ mod tests {
                                 );
                             }
                             for &th in &thresholds {
+                                // A line dropped as unusable gives none under no threshold.
+                                if matches!(fast.screened(p, th), Err(Dropped::Unusable)) {
+                                    assert!(plain.is_none(), "{level} {side} {mode:?} {p:?} {th}");
+                                }
                                 let (a, b) = (fast.candidate(p, th), slow.candidate(p, th));
                                 compared += 1;
                                 if b.is_some() {
@@ -1632,6 +1769,87 @@ mod tests {
         assert!(
             kept > 1000 && dropped > 1000,
             "{compared}: {kept} kept, {dropped} dropped"
+        );
+    }
+
+    /// The lazy verification queue ([`screen_and_verify`]): screening for the first batch,
+    /// then again for the whole queue ([`Screening::keep_more`]), keeps the same best lines,
+    /// bit for bit, as screening for the whole queue at once, and the search's outcome is the
+    /// same. On every side of the tight T8 (whose first batch has no safe line, so the second
+    /// screening is taken) and the roomy L4, both modes, with and without the balloon term.
+    #[test]
+    fn screening_for_the_first_batch_then_the_queue_equals_screening_for_the_queue() {
+        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
+        let never = || false;
+        // Sides where the second screening changed the queue: the lines it screened again
+        // mattered.
+        let mut mattered = 0usize;
+        let outcome = |v: Option<Verified>| match v {
+            None => "none".to_string(),
+            Some(Verified::Safe(m)) => format!("safe {m:?}"),
+            Some(Verified::Unsafe(lines)) => format!(
+                "unsafe {:?}",
+                lines.into_iter().map(|c| bits(Some(c))).collect::<Vec<_>>()
+            ),
+        };
+        for anatomy in pruning_anatomies() {
+            let level = anatomy.levels()[0];
+            let vertebra = anatomy.vertebra(level).unwrap();
+            for side in [Side::Left, Side::Right] {
+                let ctx =
+                    SideContext::transpedicular(&anatomy, vertebra, side, &instrument, &safety);
+                for mode in [
+                    SearchMode::Bilateral,
+                    SearchMode::Unipedicular {
+                        midline_behind_tip_mm: 5.0,
+                    },
+                ] {
+                    for balloon_term in [true, false] {
+                        let screen = Screen {
+                            balloon_term,
+                            ..Screen::new(&ctx, mode)
+                        };
+                        let grid = LineGrid::new(&screen);
+                        let keeping = |keep| {
+                            screen_keeping(&screen, &grid, Screens::CoarseToFine, keep, &never)
+                                .unwrap()
+                        };
+                        let top = |s: &Screening, n: usize| -> Vec<_> {
+                            s.screened
+                                .iter()
+                                .take(n)
+                                .map(|&(c, i)| (bits(Some(c)), i))
+                                .collect()
+                        };
+                        let whole = keeping(MAX_EXACT);
+                        let mut lazy = keeping(SEEDS);
+                        let what = format!("{level} {side} {mode:?} balloon {balloon_term}");
+                        assert_eq!(top(&lazy, SEEDS), top(&whole, SEEDS), "{what}");
+                        if top(&lazy, MAX_EXACT) != top(&whole, MAX_EXACT) {
+                            mattered += 1;
+                        }
+                        lazy.keep_more(&screen, MAX_EXACT, &|l| grid.line(l), &never)
+                            .unwrap();
+                        assert_eq!(top(&lazy, MAX_EXACT), top(&whole, MAX_EXACT), "{what}");
+                        let verified = |keep| {
+                            screen_and_verify_keeping(
+                                &screen,
+                                &grid,
+                                Screens::CoarseToFine,
+                                keep,
+                                &never,
+                            )
+                            .unwrap()
+                        };
+                        let (a, b) = (verified(SEEDS), verified(MAX_EXACT));
+                        assert_eq!(outcome(a), outcome(b), "{what}");
+                    }
+                }
+            }
+        }
+        assert!(
+            mattered >= 8,
+            "the second screening changed {mattered} queues"
         );
     }
 
