@@ -94,12 +94,13 @@ const SCORE_BOUND_TOLERANCE: Real = 1e-9;
 /// of the verification has no safe line ([`screen_and_verify`]).
 const MAX_EXACT: usize = 64;
 /// A pedicle whose outer width leaves at least this much beyond the cannula and its two cortex
-/// margins is roomy, mm: its side's screening first keeps only the first batch of the
-/// verification ([`screen_and_verify`]); a tighter one keeps the whole queue at once. A rule of
-/// speed only, the plan is the same either way: on the built-in spine the first batch has a
-/// safe line on every lumbar side (0.38 mm or more to spare: 3.2 mm at L1) and none on T8's
-/// (0.38 mm) or T5's (none), where screening the dropped lines again cost 3-6 % more
-/// instructions than keeping the whole queue at once.
+/// margins is roomy, mm. Rules of speed only, the plan is the same either way: a roomy side's
+/// screening first keeps only the first batch of the verification ([`screen_and_verify`]) and
+/// takes the balloon term before the centring term ([`Screen::roomy`]); a tighter one keeps the
+/// whole queue at once and takes the centring first. On the built-in spine the first batch
+/// has a safe line on every lumbar side (3.2 mm or more to spare) and none on T8's (0.38 mm)
+/// or T5's (none), where screening the dropped lines again cost 3-6 % more instructions than
+/// keeping the whole queue at once, and the balloon first 4 % more.
 const ROOMY_PEDICLE_SPARE_MM: Real = 2.0;
 /// The exact measurement is given the line from this far behind the screened bone entry, mm
 /// (any point behind the tip will do; this one is clear of the bone).
@@ -311,6 +312,11 @@ struct Screen<'a> {
     /// Whether the keep-out marches stop early (capped at the cortex's slack, stopped at the
     /// threshold); off only in the tests, as the slow path they compare with.
     prune: bool,
+    /// Whether the side's pedicle is roomy ([`roomy_pedicle`]). A rule of speed only, the
+    /// lines and their figures are the same either way: where it is, the balloon term is taken
+    /// before the centring term (the centring is near its cap and drops few lines, the balloon
+    /// many); in a tight pedicle the centring first (it drops many lines before their balloon).
+    roomy: bool,
 }
 
 impl<'a> Screen<'a> {
@@ -338,6 +344,7 @@ impl<'a> Screen<'a> {
             balloon_term: true,
             cortex_only: false,
             prune: true,
+            roomy: roomy_pedicle(ctx),
         }
     }
 }
@@ -471,22 +478,29 @@ impl Screen<'_> {
         {
             return Err(Dropped::BelowThreshold);
         }
-        // The centring term ends at the posterior wall, before the tip of any line that
-        // reaches the body, so it is taken (and bounded) before the march to the far cortex.
-        let centring = match pedicle_span(f, &q, &dir, t_entry, t_wall) {
+        // The centring term: the pedicle's part of the line, up to the posterior wall (before
+        // the march to the far cortex, where the pedicle is tight: [`Screen::roomy`]).
+        let centring = || match pedicle_span(f, &q, &dir, t_entry, t_wall) {
             Some((a, b)) => centring_mm(b - a, self.radius, safety.cortex_margin_mm, |s| {
                 bone.at(a + (b - a) * s)
             }),
             None => 0.0,
         };
-        if bound(
-            pedicle_cortex - safety.cortex_margin_mm,
-            self.balloon_max_ml,
-            centring,
-        ) < threshold
-        {
-            return Err(Dropped::BelowThreshold);
-        }
+        let early_centring = if self.roomy {
+            None
+        } else {
+            let c = centring();
+            if bound(
+                pedicle_cortex - safety.cortex_margin_mm,
+                self.balloon_max_ml,
+                c,
+            ) < threshold
+            {
+                return Err(Dropped::BelowThreshold);
+            }
+            Some(c)
+        };
+        let centring_at_most = early_centring.unwrap_or(CENTRING_CAP_MM);
         let t_exit =
             first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM).ok_or(Dropped::Unusable)?;
         if t_wall >= t_exit {
@@ -536,7 +550,7 @@ impl Screen<'_> {
         if bound(
             cortex - safety.cortex_margin_mm,
             self.balloon_max_ml,
-            centring,
+            centring_at_most,
         ) < threshold
         {
             return Err(Dropped::BelowThreshold);
@@ -550,7 +564,7 @@ impl Screen<'_> {
                 safety.cortex_margin_mm,
                 |s| self.bone_grid.at(&(tip - dir * s)),
             );
-            if bound(cortex - safety.cortex_margin_mm, at_most, centring) < threshold {
+            if bound(cortex - safety.cortex_margin_mm, at_most, centring_at_most) < threshold {
                 return Err(Dropped::BelowThreshold);
             }
         }
@@ -562,9 +576,19 @@ impl Screen<'_> {
             |s| f.posterior_wall_y_mm - (tip - dir * s).y,
             |s| self.sign * (tip - dir * s).x,
         );
-        if bound(cortex - safety.cortex_margin_mm, balloon, centring) < threshold {
+        if bound(cortex - safety.cortex_margin_mm, balloon, centring_at_most) < threshold {
             return Err(Dropped::BelowThreshold);
         }
+        let centring = match early_centring {
+            Some(c) => c,
+            None => {
+                let c = centring();
+                if bound(cortex - safety.cortex_margin_mm, balloon, c) < threshold {
+                    return Err(Dropped::BelowThreshold);
+                }
+                c
+            }
+        };
         // Keep-outs along the cannula near the vertebra. Their distance counts in the score
         // only below its cap (the slack reserve): samples that cannot go below it are skipped.
         // Nor can samples above the cortex's slack (the worst slack is at most that), with a
@@ -967,11 +991,7 @@ fn screen_and_verify(
 ) -> Result<Option<Verified>, PlanError> {
     // Where the pedicle is tight, the first batch seldom has a safe line: the whole queue is
     // screened at once there (the same result, without screening the dropped lines twice).
-    let keep = if roomy_pedicle(screen) {
-        SEEDS
-    } else {
-        MAX_EXACT
-    };
+    let keep = if screen.roomy { SEEDS } else { MAX_EXACT };
     screen_and_verify_keeping(screen, grid, screens, keep, cancelled)
 }
 
@@ -1026,9 +1046,9 @@ fn screen_keeping(
 
 /// Whether the side's pedicle leaves at least [`ROOMY_PEDICLE_SPARE_MM`] of its measured outer
 /// width beyond the cannula and its two cortex margins.
-fn roomy_pedicle(screen: &Screen<'_>) -> bool {
-    let needed = 2.0 * (screen.radius + screen.ctx.safety.cortex_margin_mm);
-    screen.ctx.vertebra.pedicles[screen.ctx.side]
+fn roomy_pedicle(ctx: &SideContext<'_>) -> bool {
+    let needed = 2.0 * (ctx.instrument.cannula_radius_mm() + ctx.safety.cortex_margin_mm);
+    ctx.vertebra.pedicles[ctx.side]
         .as_ref()
         .is_ok_and(|p| p.width_mm - needed >= ROOMY_PEDICLE_SPARE_MM)
 }
@@ -1684,7 +1704,8 @@ mod tests {
     /// at the threshold; the diagnosis screening only to the cortex) skip only what cannot
     /// change a line: on every line of the grid, both modes, with and without the balloon
     /// term, at no threshold and at thresholds among the lines' scores, the pruned screening
-    /// keeps and drops the same lines with the same figures, bit for bit, as every sample.
+    /// keeps and drops the same lines with the same figures, bit for bit, as every sample; and
+    /// so does the other order of the centring and balloon terms (`Screen::roomy`).
     #[test]
     fn pruned_screening_matches_every_sample() {
         let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
@@ -1721,6 +1742,10 @@ mod tests {
                             cortex_only: true,
                             ..fast.clone()
                         };
+                        let other_order = Screen {
+                            roomy: !fast.roomy,
+                            ..fast.clone()
+                        };
                         let grid = LineGrid::new(&fast);
                         let lines = grid.all();
                         let mut scores: Vec<Real> = lines
@@ -1753,6 +1778,13 @@ mod tests {
                                     assert!(plain.is_none(), "{level} {side} {mode:?} {p:?} {th}");
                                 }
                                 let (a, b) = (fast.candidate(p, th), slow.candidate(p, th));
+                                // The order of the terms (`Screen::roomy`) changes nothing.
+                                assert_eq!(
+                                    bits(other_order.candidate(p, th)),
+                                    bits(b),
+                                    "{level} {side} {mode:?} {p:?} {th} roomy {}",
+                                    other_order.roomy
+                                );
                                 compared += 1;
                                 if b.is_some() {
                                     kept += 1;
