@@ -5,8 +5,14 @@
 //! thoracic request: bilateral transpedicular, extrapedicular, unipedicular, with the 3.05 and
 //! 2.4 mm alternatives), or `L1`..`L5` (demo/plan_warm/Ln: the built-in L1-L5, one level, the
 //! default request). Prepares once, then plans REPS times (default 5) and prints the median
-//! time and every side's trajectory (so two builds can be compared bit for bit).
+//! time and every side's trajectory (so two builds can be compared bit for bit). `CASE=realL3`:
+//! the real mean L3 of `../shared/anatomy` (real/plan_warm/L3). With `EVAL=1`, the timed work
+//! is instead `evaluate` of the plan's first feasible side (the `*/evaluate` figures), printed
+//! with its tolerance.
 //! `cargo run --release -p kyphoplan-planner --example bench_cases`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::time::Instant;
 
@@ -62,6 +68,19 @@ fn main() {
             };
             (input, req)
         }
+        "realL3" => {
+            let dir = common::shared_anatomy().expect("../shared/anatomy");
+            let input = AnatomyInput {
+                name: "mean-lumbar".into(),
+                frame: PatientFrame::Lps,
+                structures: vec![Structure {
+                    name: "L3.stl".into(),
+                    role: Role::Vertebra { level: Level::L3 },
+                    mesh: common::load_stl(&dir.join("mean-lumbar-l2-l5/L3.stl")),
+                }],
+            };
+            (input, default(None))
+        }
         name => (synth::demo_anatomy(), default(Some(vec![level(name)]))),
     };
     let anatomy = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
@@ -78,6 +97,48 @@ fn main() {
             let v = anatomy.vertebra(l).unwrap();
             println!("vertebra {l} {} triangles", v.mesh.triangles.len());
         }
+    }
+    if std::env::var_os("EVAL").is_some() {
+        let p = plan(&anatomy, &request).unwrap();
+        let (level, side, t) = p
+            .levels
+            .iter()
+            .find_map(|l| {
+                l.sides
+                    .iter()
+                    .find_map(|s| s.trajectory.as_ref().map(|t| (l.level, s.side, t.clone())))
+            })
+            .expect("a feasible side");
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..reps {
+            let start = Instant::now();
+            last = Some(
+                planning::evaluate(
+                    &anatomy,
+                    level,
+                    side,
+                    t.bone_entry_mm,
+                    t.target_mm,
+                    request.instrument(),
+                    request.safety(),
+                )
+                .unwrap(),
+            );
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        if let Some(e) = last {
+            println!(
+                "{case} evaluate: median {:.0} us of {reps}",
+                times[reps / 2]
+            );
+            println!(
+                "  {level} {side} safe {} {:?}",
+                e.safe, e.navigation_tolerance
+            );
+        }
+        return;
     }
     let mut times = Vec::new();
     let mut last = None;

@@ -154,6 +154,16 @@ impl<T> PerSide<T> {
         PerSide { left, right }
     }
 
+    /// `f(Side::Left)` and `f(Side::Right)`, run in parallel ([`rayon::join`]): the same values
+    /// as [`PerSide::from_fn`] where `f` has no side effects.
+    pub fn par_from_fn(f: impl Fn(Side) -> T + Sync) -> Self
+    where
+        T: Send,
+    {
+        let (left, right) = rayon::join(|| f(Side::Left), || f(Side::Right));
+        PerSide { left, right }
+    }
+
     /// The value of each side mapped by `f` (left first).
     pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> PerSide<U> {
         let left = f(self.left);

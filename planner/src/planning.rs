@@ -511,7 +511,7 @@ fn plan_bilateral(
     let tried = PerSide::new(tried_left, tried_right);
     let ctx: PerSide<&SideContext<'_>> = PerSide::from_fn(|s| chain[s][taken[s]]);
     let outcomes: PerSide<SideOutcome> = PerSide::from_fn(|s| tried[s][taken[s]].clone());
-    let opts: PerSide<Vec<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
+    let opts: PerSide<Vec<BalloonFit>> = PerSide::par_from_fn(|side| match &outcomes[side] {
         SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
             balloon::keep_to_own_half(ctx[side], balloon::options(ctx[side], m))
         }
@@ -536,7 +536,7 @@ fn plan_bilateral(
         },
         _ => fits = opts.as_ref().map(|o| balloon::best_single(o)),
     }
-    let sides = PerSide::from_fn(|side| {
+    let sides = PerSide::par_from_fn(|side| {
         let mut plan = side_plan(
             side,
             &outcomes[side],
@@ -593,7 +593,7 @@ fn plan_unipedicular(
         );
         PerSide::new(left?, right?)
     };
-    let fits: PerSide<Option<BalloonFit>> = PerSide::from_fn(|side| match &outcomes[side] {
+    let fits: PerSide<Option<BalloonFit>> = PerSide::par_from_fn(|side| match &outcomes[side] {
         SideOutcome::Feasible(m) if procedure == Procedure::Kyphoplasty => {
             let to_vertebra = ctx[side].vertebra.frame.lps_to_vertebra;
             let centred: Vec<BalloonFit> = balloon::options(&ctx[side], m)
@@ -604,7 +604,7 @@ fn plan_unipedicular(
         }
         _ => None,
     });
-    let sides = PerSide::from_fn(|side| {
+    let sides = PerSide::par_from_fn(|side| {
         side_plan(
             side,
             &outcomes[side],
