@@ -220,8 +220,26 @@ pub fn point_aabb_distance(p: &[f64; 3], lo: &[f64; 3], hi: &[f64; 3]) -> f64 {
 /// Exact distance from the segment `a + t d`, `t` in `[0, 1]`, to the box `[lo, hi]`.
 ///
 /// The squared distance is convex and piecewise quadratic in `t`, with breakpoints where the
-/// segment crosses a slab plane: minimise each piece in closed form.
+/// segment crosses a slab plane: minimise each piece in closed form, in order along the
+/// segment, until a piece's minimum lies before its end (convexity: the distance only grows
+/// after it). A segment that meets the box (its parameter interval within every slab is not
+/// empty) is at distance 0 without the pieces. The slow, obvious version is the tests' oracle
+/// (`segment_aabb_distance_every_piece` in `planner/tests/clearance_oracle.rs`).
 pub fn segment_aabb_distance(a: &[f64; 3], d: &[f64; 3], lo: &[f64; 3], hi: &[f64; 3]) -> f64 {
+    // The segment's parameters inside the box: the intersection of [0, 1] with each slab's.
+    let (mut t_in, mut t_out) = (0.0f64, 1.0f64);
+    for i in 0..3 {
+        if d[i] != 0.0 {
+            let (u, v) = ((lo[i] - a[i]) / d[i], (hi[i] - a[i]) / d[i]);
+            t_in = t_in.max(u.min(v));
+            t_out = t_out.min(u.max(v));
+        } else if a[i] < lo[i] || a[i] > hi[i] {
+            t_out = -1.0;
+        }
+    }
+    if t_in <= t_out {
+        return 0.0;
+    }
     let mut ts = [0.0f64; 8];
     let mut n = 0;
     ts[n] = 0.0;
@@ -271,7 +289,7 @@ pub fn segment_aabb_distance(a: &[f64; 3], d: &[f64; 3], lo: &[f64; 3], hi: &[f6
             t0
         };
         best = best.min(point_aabb_distance(&at(t), lo, hi));
-        if best == 0.0 {
+        if best == 0.0 || t < t1 {
             break;
         }
     }
@@ -492,38 +510,50 @@ impl ClearanceMesh {
     /// since the minimum satisfies a monotone test exactly when some triangle does; but the walk
     /// stops at the first triangle that satisfies it and prunes every box whose lower bound
     /// does not, which is much less work than the exact minimum when only a margin's verdict is
-    /// needed (the tolerance's re-checks).
+    /// needed (the tolerance's re-checks). Of two boxes it enters the nearer first (by the
+    /// segment-box distance), so a walk that finds a triangle finds one early; a walk that
+    /// finds none visits every box that passes, in any order.
     pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(f64) -> bool) -> bool {
         let aa = arr(a);
         let d = varr(&(b - a));
         let seg_lo = arr(&a.inf(b));
         let seg_hi = arr(&a.sup(b));
-        let mut found = false;
-        self.bvh.traverse(|node| {
-            let (lo, hi) = node_box(node);
-            let mut g2 = 0.0;
-            for i in 0..3 {
-                let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
-                g2 += g * g;
-            }
-            if !within(conservative(g2.sqrt()))
-                || !within(conservative(segment_aabb_distance(&aa, &d, &lo, &hi)))
-            {
-                return TraversalAction::Prune;
-            }
-            if let Some(leaf) = node.leaf_data() {
-                if within(segment_triangle_distance(
-                    a,
-                    b,
-                    &self.corners[leaf as usize],
-                )) {
-                    found = true;
-                    return TraversalAction::EarlyExit;
-                }
-            }
-            TraversalAction::Continue
-        });
-        found
+        // `find_best` as an ordered walk: a box's cost is its segment-box distance, or
+        // `f64::MAX` (pruned) where that fails `within`; a triangle that satisfies `within`
+        // costs -1, below every box's cost, which ends the walk.
+        self.bvh
+            .find_best(
+                f64::INFINITY,
+                |node, best| {
+                    if best < 0.0 {
+                        return f64::MAX;
+                    }
+                    let (lo, hi) = node_box(node);
+                    let mut g2 = 0.0;
+                    for i in 0..3 {
+                        let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
+                        g2 += g * g;
+                    }
+                    if !within(conservative(g2.sqrt())) {
+                        return f64::MAX;
+                    }
+                    let box_distance = conservative(segment_aabb_distance(&aa, &d, &lo, &hi));
+                    if within(box_distance) {
+                        box_distance
+                    } else {
+                        f64::MAX
+                    }
+                },
+                |leaf, _| {
+                    within(segment_triangle_distance(
+                        a,
+                        b,
+                        &self.corners[leaf as usize],
+                    ))
+                    .then_some(-1.0)
+                },
+            )
+            .is_some()
     }
 
     /// Is `p` inside the closed solid? (false for open meshes)
