@@ -348,6 +348,17 @@ fn pvec(p: &Point) -> PVec {
     PVec::new(p.x, p.y, p.z)
 }
 
+/// The distance between two boxes (0 where they overlap): a lower bound of the distance
+/// between anything in one and anything in the other (a segment and its bounding box).
+fn box_box_gap(lo: &[f64; 3], hi: &[f64; 3], other_lo: &[f64; 3], other_hi: &[f64; 3]) -> f64 {
+    let mut g2 = 0.0;
+    for i in 0..3 {
+        let g = (lo[i] - other_hi[i]).max(other_lo[i] - hi[i]).max(0.0);
+        g2 += g * g;
+    }
+    g2.sqrt()
+}
+
 fn node_box(node: &BvhNode) -> ([f64; 3], [f64; 3]) {
     let (lo, hi) = (node.mins(), node.maxs());
     ([lo.x, lo.y, lo.z], [hi.x, hi.y, hi.z])
@@ -482,12 +493,7 @@ impl ClearanceMesh {
                     }
                     let (lo, hi) = node_box(node);
                     // Cheap box-box bound first; exact segment-box distance only if it passes.
-                    let mut g2 = 0.0;
-                    for i in 0..3 {
-                        let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
-                        g2 += g * g;
-                    }
-                    let gap = g2.sqrt();
+                    let gap = box_box_gap(&lo, &hi, &seg_lo, &seg_hi);
                     if conservative(gap) >= best {
                         return gap;
                     }
@@ -529,12 +535,7 @@ impl ClearanceMesh {
                         return f64::MAX;
                     }
                     let (lo, hi) = node_box(node);
-                    let mut g2 = 0.0;
-                    for i in 0..3 {
-                        let g = (lo[i] - seg_hi[i]).max(seg_lo[i] - hi[i]).max(0.0);
-                        g2 += g * g;
-                    }
-                    if !within(conservative(g2.sqrt())) {
+                    if !within(conservative(box_box_gap(&lo, &hi, &seg_lo, &seg_hi))) {
                         return f64::MAX;
                     }
                     let box_distance = conservative(segment_aabb_distance(&aa, &d, &lo, &hi));
