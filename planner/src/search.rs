@@ -732,8 +732,9 @@ struct Screening {
     keep: usize,
     /// The `keep`-th best score of `screened` so far.
     threshold: Real,
-    /// Lines dropped for the threshold: a larger `keep` screens them again
-    /// ([`Screening::keep_more`]).
+    /// Lines dropped for the threshold while `keep` is under the whole queue ([`MAX_EXACT`]):
+    /// a larger `keep` screens them again ([`Screening::keep_more`]). None are recorded once
+    /// `keep` is the whole queue (no larger one is ever asked for).
     dropped: Vec<LineIndex>,
 }
 
@@ -760,7 +761,7 @@ impl Screening {
         line: &(dyn Fn(LineIndex) -> [Real; 4] + Sync),
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<(), PlanError> {
-        debug_assert!(keep >= self.keep);
+        debug_assert!(keep >= self.keep && keep <= MAX_EXACT);
         if keep == self.keep {
             return Ok(());
         }
@@ -833,7 +834,9 @@ impl Screening {
                 let c = match c {
                     Ok(c) => c,
                     Err(Dropped::BelowThreshold) => {
-                        self.dropped.push(i);
+                        if self.keep < MAX_EXACT {
+                            self.dropped.push(i);
+                        }
                         continue;
                     }
                     Err(Dropped::Unusable) => continue,
@@ -1679,6 +1682,38 @@ mod tests {
             .collect()
     }
 
+    /// `body(what, screen)` for every side of [`pruning_anatomies`], both modes (bilateral,
+    /// unipedicular), with and without the balloon term, under the contract's instrument and
+    /// safety; `what` names the case for the assertions.
+    fn each_screen(mut body: impl FnMut(&str, &Screen<'_>)) {
+        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
+        for anatomy in pruning_anatomies() {
+            let level = anatomy.levels()[0];
+            let vertebra = anatomy.vertebra(level).unwrap();
+            for side in [Side::Left, Side::Right] {
+                let ctx =
+                    SideContext::transpedicular(&anatomy, vertebra, side, &instrument, &safety);
+                for mode in [
+                    SearchMode::Bilateral,
+                    SearchMode::Unipedicular {
+                        midline_behind_tip_mm: 5.0,
+                    },
+                ] {
+                    for balloon_term in [true, false] {
+                        let screen = Screen {
+                            balloon_term,
+                            ..Screen::new(&ctx, mode)
+                        };
+                        body(
+                            &format!("{level} {side} {mode:?} balloon {balloon_term}"),
+                            &screen,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A screened line as bits (`None`: dropped).
     fn bits(c: Option<Candidate>) -> Option<Vec<u64>> {
         c.map(|c| {
@@ -1708,96 +1743,69 @@ mod tests {
     /// so does the other order of the centring and balloon terms (`Screen::roomy`).
     #[test]
     fn pruned_screening_matches_every_sample() {
-        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
         let (mut compared, mut kept, mut dropped) = (0usize, 0usize, 0usize);
-        for anatomy in pruning_anatomies() {
-            let level = anatomy.levels()[0];
-            let vertebra = anatomy.vertebra(level).unwrap();
-            for side in [Side::Left, Side::Right] {
-                let ctx = SideContext {
-                    anatomy: &anatomy,
-                    vertebra,
-                    keep_outs: anatomy.keep_outs(level),
-                    side,
-                    instrument: &instrument,
-                    safety: &safety,
-                    route_rule: crate::evaluate::RouteRule::Transpedicular,
-                };
-                for mode in [
-                    SearchMode::Bilateral,
-                    SearchMode::Unipedicular {
-                        midline_behind_tip_mm: 5.0,
-                    },
-                ] {
-                    for balloon_term in [true, false] {
-                        let fast = Screen {
-                            balloon_term,
-                            ..Screen::new(&ctx, mode)
-                        };
-                        let slow = Screen {
-                            prune: false,
-                            ..fast.clone()
-                        };
-                        let cortex_only = Screen {
-                            cortex_only: true,
-                            ..fast.clone()
-                        };
-                        let other_order = Screen {
-                            roomy: !fast.roomy,
-                            ..fast.clone()
-                        };
-                        let grid = LineGrid::new(&fast);
-                        let lines = grid.all();
-                        let mut scores: Vec<Real> = lines
-                            .iter()
-                            .filter_map(|&i| slow.candidate(grid.line(i), Real::NEG_INFINITY))
-                            .map(|c| c.score)
-                            .collect();
-                        scores.sort_by(|a, b| b.total_cmp(a));
-                        let mut thresholds = vec![Real::NEG_INFINITY];
-                        for k in [0, 3, 15, 63, 255] {
-                            if let Some(&s) = scores.get(k) {
-                                thresholds.extend([s, s + 1e-9, s - 0.3]);
-                            }
-                        }
-                        for &i in &lines {
-                            let p = grid.line(i);
-                            let plain = slow.candidate(p, Real::NEG_INFINITY);
-                            let c = cortex_only.candidate(p, Real::NEG_INFINITY);
-                            assert_eq!(plain.is_some(), c.is_some(), "{level} {side} {p:?}");
-                            if let (Some(a), Some(b)) = (plain, c) {
-                                assert_eq!(
-                                    (a.cortex.to_bits(), a.t_entry.to_bits(), a.t_tip.to_bits()),
-                                    (b.cortex.to_bits(), b.t_entry.to_bits(), b.t_tip.to_bits()),
-                                    "{level} {side} {p:?}"
-                                );
-                            }
-                            for &th in &thresholds {
-                                // A line dropped as unusable gives none under no threshold.
-                                if matches!(fast.screened(p, th), Err(Dropped::Unusable)) {
-                                    assert!(plain.is_none(), "{level} {side} {mode:?} {p:?} {th}");
-                                }
-                                let (a, b) = (fast.candidate(p, th), slow.candidate(p, th));
-                                // The order of the terms (`Screen::roomy`) changes nothing.
-                                assert_eq!(
-                                    bits(other_order.candidate(p, th)),
-                                    bits(b),
-                                    "{level} {side} {mode:?} {p:?} {th} roomy {}",
-                                    other_order.roomy
-                                );
-                                compared += 1;
-                                if b.is_some() {
-                                    kept += 1;
-                                } else {
-                                    dropped += 1;
-                                }
-                                assert_eq!(bits(a), bits(b), "{level} {side} {mode:?} {p:?} {th}");
-                            }
-                        }
-                    }
+        each_screen(|what, fast| {
+            let slow = Screen {
+                prune: false,
+                ..fast.clone()
+            };
+            let cortex_only = Screen {
+                cortex_only: true,
+                ..fast.clone()
+            };
+            let other_order = Screen {
+                roomy: !fast.roomy,
+                ..fast.clone()
+            };
+            let grid = LineGrid::new(fast);
+            let lines = grid.all();
+            let mut scores: Vec<Real> = lines
+                .iter()
+                .filter_map(|&i| slow.candidate(grid.line(i), Real::NEG_INFINITY))
+                .map(|c| c.score)
+                .collect();
+            scores.sort_by(|a, b| b.total_cmp(a));
+            let mut thresholds = vec![Real::NEG_INFINITY];
+            for k in [0, 3, 15, 63, 255] {
+                if let Some(&s) = scores.get(k) {
+                    thresholds.extend([s, s + 1e-9, s - 0.3]);
                 }
             }
-        }
+            for &i in &lines {
+                let p = grid.line(i);
+                let plain = slow.candidate(p, Real::NEG_INFINITY);
+                let c = cortex_only.candidate(p, Real::NEG_INFINITY);
+                assert_eq!(plain.is_some(), c.is_some(), "{what} {p:?}");
+                if let (Some(a), Some(b)) = (plain, c) {
+                    assert_eq!(
+                        (a.cortex.to_bits(), a.t_entry.to_bits(), a.t_tip.to_bits()),
+                        (b.cortex.to_bits(), b.t_entry.to_bits(), b.t_tip.to_bits()),
+                        "{what} {p:?}"
+                    );
+                }
+                for &th in &thresholds {
+                    // A line dropped as unusable gives none under no threshold.
+                    if matches!(fast.screened(p, th), Err(Dropped::Unusable)) {
+                        assert!(plain.is_none(), "{what} {p:?} {th}");
+                    }
+                    let (a, b) = (fast.candidate(p, th), slow.candidate(p, th));
+                    // The order of the terms (`Screen::roomy`) changes nothing.
+                    assert_eq!(
+                        bits(other_order.candidate(p, th)),
+                        bits(b),
+                        "{what} {p:?} {th} roomy {}",
+                        other_order.roomy
+                    );
+                    compared += 1;
+                    if b.is_some() {
+                        kept += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                    assert_eq!(bits(a), bits(b), "{what} {p:?} {th}");
+                }
+            }
+        });
         assert!(
             kept > 1000 && dropped > 1000,
             "{compared}: {kept} kept, {dropped} dropped"
@@ -1811,7 +1819,6 @@ mod tests {
     /// screening is taken) and the roomy L4, both modes, with and without the balloon term.
     #[test]
     fn screening_for_the_first_batch_then_the_queue_equals_screening_for_the_queue() {
-        let (instrument, safety) = (Instrument::contract_default(), Safety::contract_default());
         let never = || false;
         // Sides where the second screening changed the queue: the lines it screened again
         // mattered.
@@ -1824,61 +1831,33 @@ mod tests {
                 lines.into_iter().map(|c| bits(Some(c))).collect::<Vec<_>>()
             ),
         };
-        for anatomy in pruning_anatomies() {
-            let level = anatomy.levels()[0];
-            let vertebra = anatomy.vertebra(level).unwrap();
-            for side in [Side::Left, Side::Right] {
-                let ctx =
-                    SideContext::transpedicular(&anatomy, vertebra, side, &instrument, &safety);
-                for mode in [
-                    SearchMode::Bilateral,
-                    SearchMode::Unipedicular {
-                        midline_behind_tip_mm: 5.0,
-                    },
-                ] {
-                    for balloon_term in [true, false] {
-                        let screen = Screen {
-                            balloon_term,
-                            ..Screen::new(&ctx, mode)
-                        };
-                        let grid = LineGrid::new(&screen);
-                        let keeping = |keep| {
-                            screen_keeping(&screen, &grid, Screens::CoarseToFine, keep, &never)
-                                .unwrap()
-                        };
-                        let top = |s: &Screening, n: usize| -> Vec<_> {
-                            s.screened
-                                .iter()
-                                .take(n)
-                                .map(|&(c, i)| (bits(Some(c)), i))
-                                .collect()
-                        };
-                        let whole = keeping(MAX_EXACT);
-                        let mut lazy = keeping(SEEDS);
-                        let what = format!("{level} {side} {mode:?} balloon {balloon_term}");
-                        assert_eq!(top(&lazy, SEEDS), top(&whole, SEEDS), "{what}");
-                        if top(&lazy, MAX_EXACT) != top(&whole, MAX_EXACT) {
-                            mattered += 1;
-                        }
-                        lazy.keep_more(&screen, MAX_EXACT, &|l| grid.line(l), &never)
-                            .unwrap();
-                        assert_eq!(top(&lazy, MAX_EXACT), top(&whole, MAX_EXACT), "{what}");
-                        let verified = |keep| {
-                            screen_and_verify_keeping(
-                                &screen,
-                                &grid,
-                                Screens::CoarseToFine,
-                                keep,
-                                &never,
-                            )
-                            .unwrap()
-                        };
-                        let (a, b) = (verified(SEEDS), verified(MAX_EXACT));
-                        assert_eq!(outcome(a), outcome(b), "{what}");
-                    }
-                }
+        each_screen(|what, screen| {
+            let grid = LineGrid::new(screen);
+            let keeping =
+                |keep| screen_keeping(screen, &grid, Screens::CoarseToFine, keep, &never).unwrap();
+            let top = |s: &Screening, n: usize| -> Vec<_> {
+                s.screened
+                    .iter()
+                    .take(n)
+                    .map(|&(c, i)| (bits(Some(c)), i))
+                    .collect()
+            };
+            let whole = keeping(MAX_EXACT);
+            let mut lazy = keeping(SEEDS);
+            assert_eq!(top(&lazy, SEEDS), top(&whole, SEEDS), "{what}");
+            if top(&lazy, MAX_EXACT) != top(&whole, MAX_EXACT) {
+                mattered += 1;
             }
-        }
+            lazy.keep_more(screen, MAX_EXACT, &|l| grid.line(l), &never)
+                .unwrap();
+            assert_eq!(top(&lazy, MAX_EXACT), top(&whole, MAX_EXACT), "{what}");
+            let verified = |keep| {
+                screen_and_verify_keeping(screen, &grid, Screens::CoarseToFine, keep, &never)
+                    .unwrap()
+            };
+            let (a, b) = (verified(SEEDS), verified(MAX_EXACT));
+            assert_eq!(outcome(a), outcome(b), "{what}");
+        });
         assert!(
             mattered >= 8,
             "the second screening changed {mattered} queues"
