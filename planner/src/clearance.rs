@@ -227,33 +227,27 @@ pub fn point_aabb_distance(p: &[f64; 3], lo: &[f64; 3], hi: &[f64; 3]) -> f64 {
 /// (`segment_aabb_distance_every_piece` in `planner/tests/clearance_oracle.rs`).
 pub fn segment_aabb_distance(a: &[f64; 3], d: &[f64; 3], lo: &[f64; 3], hi: &[f64; 3]) -> f64 {
     // The segment's parameters inside the box: the intersection of [0, 1] with each slab's.
+    // The slab planes' crossings are also the pieces' breakpoints.
     let (mut t_in, mut t_out) = (0.0f64, 1.0f64);
+    let mut ts = [0.0f64; 8];
+    let mut n = 1;
     for i in 0..3 {
         if d[i] != 0.0 {
             let (u, v) = ((lo[i] - a[i]) / d[i], (hi[i] - a[i]) / d[i]);
             t_in = t_in.max(u.min(v));
             t_out = t_out.min(u.max(v));
+            for t in [u, v] {
+                if t > 0.0 && t < 1.0 {
+                    ts[n] = t;
+                    n += 1;
+                }
+            }
         } else if a[i] < lo[i] || a[i] > hi[i] {
             t_out = -1.0;
         }
     }
     if t_in <= t_out {
         return 0.0;
-    }
-    let mut ts = [0.0f64; 8];
-    let mut n = 0;
-    ts[n] = 0.0;
-    n += 1;
-    for i in 0..3 {
-        if d[i] != 0.0 {
-            for c in [lo[i], hi[i]] {
-                let t = (c - a[i]) / d[i];
-                if t > 0.0 && t < 1.0 {
-                    ts[n] = t;
-                    n += 1;
-                }
-            }
-        }
     }
     ts[n] = 1.0;
     n += 1;
