@@ -70,16 +70,11 @@ fn main() {
         }
         "realL3" => {
             let dir = common::shared_anatomy().expect("../shared/anatomy");
-            let input = AnatomyInput {
-                name: "mean-lumbar".into(),
-                frame: PatientFrame::Lps,
-                structures: vec![Structure {
-                    name: "L3.stl".into(),
-                    role: Role::Vertebra { level: Level::L3 },
-                    mesh: common::load_stl(&dir.join("mean-lumbar-l2-l5/L3.stl")),
-                }],
-            };
-            (input, default(None))
+            let mesh = common::load_stl(&dir.join("mean-lumbar-l2-l5/L3.stl"));
+            (
+                common::single_vertebra("mean-lumbar", Level::L3, mesh),
+                default(None),
+            )
         }
         name => (synth::demo_anatomy(), default(Some(vec![level(name)]))),
     };
