@@ -71,15 +71,23 @@ impl Grid<f32> {
         let ny = self.dims[0];
         let nz = self.dims[0] * self.dims[1];
         let b = self.index(i, j, k);
-        // The eight corners as four x-pairs: one bounds check per pair.
-        let pair = |o: usize| -> [f32; 2] {
-            let s = &self.data[b + o..b + o + 2];
-            [s[0], s[1]]
+        // The eight corners as four x-pairs, from one slice of the data (in range whenever the
+        // data hold `dims`): the rows at y = j and j + 1 of the planes z = k and k + 1.
+        let Some((near_z, far_z)) = self
+            .data
+            .get(b..b + nz + ny + 2)
+            .and_then(|cell| cell.split_at_checked(nz))
+        else {
+            return outside;
         };
-        let [d000, d100] = pair(0);
-        let [d010, d110] = pair(ny);
-        let [d001, d101] = pair(nz);
-        let [d011, d111] = pair(nz + ny);
+        let (Some(&[d000, d100]), Some(&[d010, d110]), Some(&[d001, d101]), Some(&[d011, d111])) = (
+            near_z.get(..2),
+            near_z.get(ny..ny + 2),
+            far_z.get(..2),
+            far_z.get(ny..ny + 2),
+        ) else {
+            return outside;
+        };
         let c00 = d000 * (1.0 - tx) + d100 * tx;
         let c10 = d010 * (1.0 - tx) + d110 * tx;
         let c01 = d001 * (1.0 - tx) + d101 * tx;
@@ -560,6 +568,90 @@ mod tests {
             }
         }
         (seeds, any)
+    }
+
+    /// Trilinear interpolation as written first: the eight corners indexed one by one, the
+    /// cell found by `floor`, `outside` where the cell leaves the grid.
+    fn reference_sample(g: &Grid<f32>, p: &Point, outside: f32) -> f32 {
+        let u = (p - g.origin) / g.spacing_mm;
+        let (fx, fy, fz) = (u.x.floor(), u.y.floor(), u.z.floor());
+        if u.x.is_nan() || u.y.is_nan() || u.z.is_nan() {
+            return f32::NAN;
+        }
+        if fx < 0.0 || fy < 0.0 || fz < 0.0 {
+            return outside;
+        }
+        let last = |axis: usize| (g.dims[axis] - 1) as Real;
+        if fx >= last(0) || fy >= last(1) || fz >= last(2) {
+            return outside;
+        }
+        let (i, j, k) = (fx as usize, fy as usize, fz as usize);
+        let (tx, ty, tz) = ((u.x - fx) as f32, (u.y - fy) as f32, (u.z - fz) as f32);
+        let d = |a: usize, b: usize, c: usize| g.data[g.index(i + a, j + b, k + c)];
+        let c00 = d(0, 0, 0) * (1.0 - tx) + d(1, 0, 0) * tx;
+        let c10 = d(0, 1, 0) * (1.0 - tx) + d(1, 1, 0) * tx;
+        let c01 = d(0, 0, 1) * (1.0 - tx) + d(1, 0, 1) * tx;
+        let c11 = d(0, 1, 1) * (1.0 - tx) + d(1, 1, 1) * tx;
+        let c0 = c00 * (1.0 - ty) + c10 * ty;
+        let c1 = c01 * (1.0 - ty) + c11 * ty;
+        c0 * (1.0 - tz) + c1 * tz
+    }
+
+    /// [`Grid::sample`] (its cell from one slice of the data) reads, bit for bit, what the
+    /// corner-by-corner interpolation reads: inside, on cell faces and grid faces, beyond every
+    /// face, at huge and NaN coordinates; and a grid point reads its own value.
+    #[test]
+    fn sample_matches_the_corner_by_corner_interpolation() {
+        let dims = [7, 5, 4];
+        let mut g = Grid::filled(Point::new(-3.0, 2.0, 10.5), 0.75, dims, 0.0f32);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as Real / (1u64 << 53) as Real
+        };
+        for v in g.data.iter_mut() {
+            *v = (next() * 20.0 - 10.0) as f32;
+        }
+        let outside = -10.0f32;
+        let extent = [6.0 * 0.75, 4.0 * 0.75, 3.0 * 0.75];
+        let mut points = Vec::new();
+        for _ in 0..20_000 {
+            // From a cell beyond the low faces to one beyond the high faces.
+            let f = |e: Real, r: Real| -1.5 + r * (e + 3.0);
+            points.push(
+                g.origin
+                    + Vector::new(
+                        f(extent[0], next()),
+                        f(extent[1], next()),
+                        f(extent[2], next()),
+                    ),
+            );
+        }
+        for (i, j, k) in [(0, 0, 0), (6, 4, 3), (3, 2, 1), (5, 4, 2)] {
+            let p = g.origin + Vector::new(i as Real, j as Real, k as Real) * 0.75;
+            points.push(p);
+            if i + 1 < dims[0] && j + 1 < dims[1] && k + 1 < dims[2] {
+                assert_eq!(g.sample(&p, outside), g.data[g.index(i, j, k)]);
+            }
+        }
+        points.push(Point::new(Real::NAN, 3.0, 11.0));
+        points.push(Point::new(1e300, 3.0, 11.0));
+        points.push(Point::new(-1e300, 3.0, 11.0));
+        let mut inside = 0;
+        for p in &points {
+            let (fast, slow) = (g.sample(p, outside), reference_sample(&g, p, outside));
+            assert!(
+                fast.to_bits() == slow.to_bits() || (fast.is_nan() && slow.is_nan()),
+                "at {p:?}: {fast} vs {slow}"
+            );
+            inside += usize::from(fast != outside);
+        }
+        assert!(
+            inside > 2_000 && inside < points.len() - 2_000,
+            "{inside} inside"
+        );
     }
 
     #[test]
