@@ -6,7 +6,7 @@
 
 use crate::anatomy::Side;
 use crate::frame::VertebraFrame;
-use crate::math::{Point, Pose, Real, Vector};
+use crate::math::{self, Point, Pose, Real, Vector};
 use crate::request::{Instrument, Safety};
 use crate::voxel::Grid;
 
@@ -250,9 +250,13 @@ pub const SAMPLE_TOLERANCE_MM: Real = 1e-3;
 /// above `floor` after a sample of value `s` (none for non-finite values).
 #[inline]
 pub(crate) fn samples_above(s: Real, floor: Real) -> usize {
+    // A product with the constant reciprocal: no division in the chain from one sample to the
+    // next (a count one larger where the quotient rounds across an integer is still sound: the
+    // skipped sample stays above `floor` by the tolerance, less an ulp).
+    const SAMPLES_PER_MM_OF_ROOM: Real = 1.0 / (GRID_LIPSCHITZ * GRID_SAMPLE_STEP_MM);
     let room = s - floor - SAMPLE_TOLERANCE_MM;
     if room.is_finite() && room > 0.0 {
-        (room / (GRID_LIPSCHITZ * GRID_SAMPLE_STEP_MM)) as usize
+        (room * SAMPLES_PER_MM_OF_ROOM) as usize
     } else {
         0
     }
@@ -473,7 +477,7 @@ pub fn balloon_room_ml(
         }
         // The samples within the capsule's axis, and its ends.
         let (a, b) = ends(offset, len);
-        let k0 = ((a - s_lo) / step).floor().max(0.0) as usize;
+        let k0 = math::floor((a - s_lo) / step).max(0.0) as usize;
         let k1 = (((b - s_lo) / step).ceil() as usize).min(n);
         let mut near = Real::INFINITY;
         let mut beaten = false;
@@ -576,7 +580,7 @@ pub const BALLOON_DISTAL_OFFSETS_MM: [Real; 5] = [0.0, 2.5, -2.5, 5.0, -5.0];
 
 /// `d` rounded down to a multiple of [`DIAMETER_STEP_MM`], mm.
 pub fn floor_diameter_step(d: Real) -> Real {
-    (d / DIAMETER_STEP_MM + 1e-9).floor() * DIAMETER_STEP_MM
+    math::floor(d / DIAMETER_STEP_MM + 1e-9) * DIAMETER_STEP_MM
 }
 
 /// Volume of a capsule: cylinder of `length_mm` plus a sphere, in millilitres.

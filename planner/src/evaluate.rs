@@ -1029,11 +1029,12 @@ fn measure_scoped(
         None => 0.0,
     };
     let balloon_room = if full {
+        let behind_tip = bone_grid.line(&tip_vertebra, &-dir_vertebra);
         balloon_room_ml(
             &instrument.balloon_lengths_mm,
             instrument.balloon_max_diameter_mm,
             safety.cortex_margin_mm,
-            |s| bone_grid.at(&(tip_vertebra - dir_vertebra * s)),
+            |s| behind_tip.at(s),
             |s| frame.posterior_wall_y_mm - (tip_vertebra - dir_vertebra * s).y,
             |s| side.sign() * (tip_vertebra - dir_vertebra * s).x,
         )

@@ -33,6 +33,19 @@ pub fn vec_array(v: &Vector) -> [Real; 3] {
     [v.x, v.y, v.z]
 }
 
+/// `x.floor()`, bit for bit (NaN, infinities and signed zeros included), without the libm call
+/// that the baseline x86-64 target makes of `f64::floor` (no SSE4.1 `roundsd`): a positive value
+/// below 2^52 truncates through an integer, exactly (the integer below it is representable).
+/// The screening's balloon term rounds a diameter down on every grid sample it takes.
+#[inline]
+pub fn floor(x: Real) -> Real {
+    if x > 0.0 && x < 4_503_599_627_370_496.0 {
+        (x as i64) as Real
+    } else {
+        x.floor()
+    }
+}
+
 /// Closest point parameter `t` in `[0, 1]` on segment `a-b` to point `p`.
 pub fn segment_param(a: &Point, b: &Point, p: &Point) -> Real {
     let ab = b - a;
@@ -86,4 +99,43 @@ pub fn segment_segment_params(p0: &Point, p1: &Point, q0: &Point, q1: &Point) ->
         s = ((b - c) / a).clamp(0.0, 1.0);
     }
     (s, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`floor`] is `f64::floor` bit for bit: signed zeros, values just below and above
+    /// integers, the 2^52 edge, huge, infinite and NaN values, and a sweep of fractions.
+    #[test]
+    fn floor_is_f64_floor_bit_for_bit() {
+        let two52 = 4_503_599_627_370_496.0;
+        let mut xs = vec![
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            0.5,
+            -0.5,
+            1.0,
+            1.0 - f64::EPSILON / 2.0,
+            1.0 + f64::EPSILON,
+            two52 - 0.5,
+            two52,
+            two52 + 1.0,
+            1e300,
+            -1e300,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+        ];
+        for i in -4000..4000 {
+            let x = i as Real * 0.0137;
+            xs.extend([x, x.next_up(), x.next_down(), (i as Real).next_down()]);
+        }
+        for x in xs {
+            assert_eq!(floor(x).to_bits(), x.floor().to_bits(), "floor({x:e})");
+        }
+        assert!(floor(Real::NAN).is_nan());
+    }
 }

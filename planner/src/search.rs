@@ -557,12 +557,15 @@ impl Screen<'_> {
         }
         // The balloon term: the grid's room behind the tip, bounded first from one sample.
         let tip = q + dir * t_tip;
+        // The bone's grid along the axis backwards from the tip, taken into the grid's frame
+        // once.
+        let behind_tip = self.bone_grid.line(&tip, &-dir);
         if self.balloon_term {
             let at_most = criteria::balloon_room_bound_ml(
                 &self.ctx.instrument.balloon_lengths_mm,
                 self.ctx.instrument.balloon_max_diameter_mm,
                 safety.cortex_margin_mm,
-                |s| self.bone_grid.at(&(tip - dir * s)),
+                |s| behind_tip.at(s),
             );
             if bound(cortex - safety.cortex_margin_mm, at_most, centring_at_most) < threshold {
                 return Err(Dropped::BelowThreshold);
@@ -572,7 +575,7 @@ impl Screen<'_> {
             &self.ctx.instrument.balloon_lengths_mm,
             self.ctx.instrument.balloon_max_diameter_mm,
             safety.cortex_margin_mm,
-            |s| self.bone_grid.at(&(tip - dir * s)),
+            |s| behind_tip.at(s),
             |s| f.posterior_wall_y_mm - (tip - dir * s).y,
             |s| self.sign * (tip - dir * s).x,
         );
