@@ -104,30 +104,20 @@ fn main() {
                     .find_map(|s| s.trajectory.as_ref().map(|t| (l.level, s.side, t.clone())))
             })
             .expect("a feasible side");
-        let mut times = Vec::new();
-        let mut last = None;
-        for _ in 0..reps {
-            let start = Instant::now();
-            last = Some(
-                planning::evaluate(
-                    &anatomy,
-                    level,
-                    side,
-                    t.bone_entry_mm,
-                    t.target_mm,
-                    request.instrument(),
-                    request.safety(),
-                )
-                .unwrap(),
-            );
-            times.push(start.elapsed().as_secs_f64() * 1e6);
-        }
-        times.sort_by(f64::total_cmp);
+        let (median_s, last) = timed(reps, || {
+            planning::evaluate(
+                &anatomy,
+                level,
+                side,
+                t.bone_entry_mm,
+                t.target_mm,
+                request.instrument(),
+                request.safety(),
+            )
+            .unwrap()
+        });
         if let Some(e) = last {
-            println!(
-                "{case} evaluate: median {:.0} us of {reps}",
-                times[reps / 2]
-            );
+            println!("{case} evaluate: median {:.0} us of {reps}", median_s * 1e6);
             println!(
                 "  {level} {side} safe {} {:?}",
                 e.safe, e.navigation_tolerance
@@ -135,19 +125,12 @@ fn main() {
         }
         return;
     }
-    let mut times = Vec::new();
-    let mut last = None;
-    for _ in 0..reps {
-        let start = Instant::now();
-        last = Some(plan(&anatomy, &request).unwrap());
-        times.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
-    times.sort_by(f64::total_cmp);
+    let (median_s, last) = timed(reps, || plan(&anatomy, &request).unwrap());
     if let (Some(p), Some(path)) = (&last, std::env::var_os("JSON")) {
         std::fs::write(path, serde_json::to_string_pretty(p).unwrap()).unwrap();
     }
     if let Some(p) = last {
-        println!("{case}: median {:.1} ms of {reps}", times[reps / 2]);
+        println!("{case}: median {:.1} ms of {reps}", median_s * 1e3);
         for l in &p.levels {
             println!("  {} approach {:?}", l.level, l.approach);
             for s in &l.sides {
@@ -163,4 +146,17 @@ fn main() {
             }
         }
     }
+}
+
+/// `f` run `reps` times: the median of its times (seconds; NaN for none) and its last result.
+fn timed<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, Option<T>) {
+    let mut times = Vec::with_capacity(reps);
+    let mut last = None;
+    for _ in 0..reps {
+        let start = Instant::now();
+        last = Some(f());
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    (times.get(reps / 2).copied().unwrap_or(f64::NAN), last)
 }

@@ -259,35 +259,50 @@ pub fn segment_aabb_distance(a: &[f64; 3], d: &[f64; 3], lo: &[f64; 3], hi: &[f6
             j -= 1;
         }
     }
-    let at = |t: f64| [a[0] + t * d[0], a[1] + t * d[1], a[2] + t * d[2]];
     let mut best = f64::INFINITY;
-    for k in 0..n - 1 {
-        let (t0, t1) = (ts[k], ts[k + 1]);
-        let tm = 0.5 * (t0 + t1);
-        let pm = at(tm);
-        let (mut num, mut den) = (0.0, 0.0);
-        for i in 0..3 {
-            let c = if pm[i] < lo[i] {
-                lo[i]
-            } else if pm[i] > hi[i] {
-                hi[i]
-            } else {
-                continue;
-            };
-            num += (c - a[i]) * d[i];
-            den += d[i] * d[i];
-        }
-        let t = if den > 0.0 {
-            (num / den).clamp(t0, t1)
-        } else {
-            t0
-        };
-        best = best.min(point_aabb_distance(&at(t), lo, hi));
-        if best == 0.0 || t < t1 {
+    for w in ts[..n].windows(2) {
+        let (t, distance) = segment_aabb_piece_min(a, d, lo, hi, w[0], w[1]);
+        best = best.min(distance);
+        if best == 0.0 || t < w[1] {
             break;
         }
     }
     best
+}
+
+/// The closest point to the box `[lo, hi]` of the piece `t` in `[t0, t1]` of the segment
+/// `a + t d`, where no slab plane is crossed inside the piece: `(t, distance)`. Within such a
+/// piece each axis is below, inside or above its slab throughout (read at the midpoint), so the
+/// squared distance is one quadratic in `t`, minimised in closed form and clamped to the piece.
+#[inline]
+pub fn segment_aabb_piece_min(
+    a: &[f64; 3],
+    d: &[f64; 3],
+    lo: &[f64; 3],
+    hi: &[f64; 3],
+    t0: f64,
+    t1: f64,
+) -> (f64, f64) {
+    let at = |t: f64| [a[0] + t * d[0], a[1] + t * d[1], a[2] + t * d[2]];
+    let pm = at(0.5 * (t0 + t1));
+    let (mut num, mut den) = (0.0, 0.0);
+    for i in 0..3 {
+        let c = if pm[i] < lo[i] {
+            lo[i]
+        } else if pm[i] > hi[i] {
+            hi[i]
+        } else {
+            continue;
+        };
+        num += (c - a[i]) * d[i];
+        den += d[i] * d[i];
+    }
+    let t = if den > 0.0 {
+        (num / den).clamp(t0, t1)
+    } else {
+        t0
+    };
+    (t, point_aabb_distance(&at(t), lo, hi))
 }
 
 /// Does the line `o + t d` meet the box `[lo, hi]` (padded by `pad`) for some `t` in

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use kyphoplan_planner::clearance::{
     brute, line_triangle_crossing, merge_crossings, point_aabb_distance, point_triangle_distance,
-    segment_aabb_distance, segment_triangle_distance, ClearanceMesh,
+    segment_aabb_distance, segment_aabb_piece_min, segment_triangle_distance, ClearanceMesh,
 };
 use kyphoplan_planner::math::{Point, UnitVector, Vector};
 use kyphoplan_planner::validate::{
@@ -138,7 +138,8 @@ fn brute_crossings(mesh: &TriMesh, origin: &Point, dir: &Vector) -> Vec<f64> {
 }
 
 /// The segment-box distance as first written, the slow, obvious oracle of the fast one: every
-/// piece between the slab crossings minimised in closed form, the smallest taken.
+/// piece between the slab crossings minimised (the shared `segment_aabb_piece_min`, itself
+/// checked against sampling below), the smallest taken.
 fn segment_aabb_distance_every_piece(
     a: &[f64; 3],
     d: &[f64; 3],
@@ -157,29 +158,8 @@ fn segment_aabb_distance_every_piece(
         }
     }
     ts.sort_by(f64::total_cmp);
-    let at = |t: f64| [a[0] + t * d[0], a[1] + t * d[1], a[2] + t * d[2]];
     ts.windows(2)
-        .map(|w| {
-            let pm = at(0.5 * (w[0] + w[1]));
-            let (mut num, mut den) = (0.0, 0.0);
-            for i in 0..3 {
-                let c = if pm[i] < lo[i] {
-                    lo[i]
-                } else if pm[i] > hi[i] {
-                    hi[i]
-                } else {
-                    continue;
-                };
-                num += (c - a[i]) * d[i];
-                den += d[i] * d[i];
-            }
-            let t = if den > 0.0 {
-                (num / den).clamp(w[0], w[1])
-            } else {
-                w[0]
-            };
-            point_aabb_distance(&at(t), lo, hi)
-        })
+        .map(|w| segment_aabb_piece_min(a, d, lo, hi, w[0], w[1]).1)
         .fold(f64::INFINITY, f64::min)
 }
 
