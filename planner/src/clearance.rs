@@ -519,6 +519,46 @@ impl ClearanceMesh {
             .map_or((f64::INFINITY, None), |(leaf, d)| (d, Some(leaf)))
     }
 
+    /// An upper bound on [`ClearanceMesh::distance_to_segment`] below `cap`, or infinity
+    /// where the distance is at least `cap`: the distance of the first triangle the walk finds
+    /// nearer than `cap` (the exact distance is at most that). The walk of
+    /// [`ClearanceMesh::segment_within`] with `|d| d < cap`, nearer boxes first, stopped at
+    /// that triangle: a bound that only has to fall below `cap` costs much less than the
+    /// minimum.
+    pub fn distance_to_segment_at_most(&self, a: &Point, b: &Point, cap: f64) -> f64 {
+        let aa = arr(a);
+        let d = varr(&(b - a));
+        let seg_lo = arr(&a.inf(b));
+        let seg_hi = arr(&a.sup(b));
+        let found = std::cell::Cell::new(f64::INFINITY);
+        self.bvh.find_best(
+            f64::INFINITY,
+            |node, best| {
+                if best < 0.0 {
+                    return f64::MAX;
+                }
+                let (lo, hi) = node_box(node);
+                if conservative(box_box_gap(&lo, &hi, &seg_lo, &seg_hi)) >= cap {
+                    return f64::MAX;
+                }
+                let box_distance = conservative(segment_aabb_distance(&aa, &d, &lo, &hi));
+                if box_distance < cap {
+                    box_distance
+                } else {
+                    f64::MAX
+                }
+            },
+            |leaf, _| {
+                let t = segment_triangle_distance(a, b, &self.corners[leaf as usize]);
+                (t < cap).then(|| {
+                    found.set(t);
+                    -1.0
+                })
+            },
+        );
+        found.get()
+    }
+
     /// Whether some triangle's [`segment_triangle_distance`] to the segment `a-b` satisfies
     /// `within`, which must be monotone (true for a distance, true for every smaller one; e.g.
     /// `|d| d - radius < margin`). The same answer as `within(self.distance_to_segment(a, b))`,

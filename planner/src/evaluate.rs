@@ -526,11 +526,45 @@ pub fn verdict(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> (boo
     (m.violations.is_empty(), m)
 }
 
+/// An upper bound on [`measure`]'s score of the line from `from_lps` to `tip_lps`
+/// (`measure(..).score(safety)`, never below it): the score with the worst slack at its cap
+/// ([`criteria::SLACK_RESERVE_MM`]), from the terms that need no exact distance (the balloon
+/// room, the centring, the alignment, the convergence and the tip's depth, by the same code as
+/// [`measure`]'s). [`score_below`] tightens it for one line; the search's diagnosis of an
+/// infeasible side orders and prunes its lines with the two.
+pub fn score_ceiling(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> Real {
+    measure_scoped(ctx, from_lps, tip_lps, Scope::Terms).score(ctx.safety)
+}
+
+/// An upper bound on [`measure`]'s score of the line from `from_lps` to `tip_lps`, below
+/// [`score_ceiling`] where a clearance's slack is below `slack_below_mm`: [`measure`] with each
+/// clearance taken as the distance of the first triangle its walk finds with a slack below
+/// `slack_below_mm`, or infinity where there is none
+/// ([`crate::clearance::ClearanceMesh::distance_to_segment_at_most`]). Each is at least the
+/// exact clearance, and the score never falls as a slack grows, so the bound holds; and a walk
+/// that only has to find one near triangle stops early. A line whose bound falls below a
+/// score already measured cannot beat it.
+pub fn score_below(
+    ctx: &SideContext<'_>,
+    from_lps: &Point,
+    tip_lps: &Point,
+    slack_below_mm: Real,
+) -> Real {
+    measure_scoped(ctx, from_lps, tip_lps, Scope::Below(slack_below_mm)).score(ctx.safety)
+}
+
 /// How much of a [`Measurement`] [`measure_scoped`] computes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq)]
 enum Scope {
     /// Everything.
     Full,
+    /// Everything, but each clearance only bounded from above: by the distance of some
+    /// triangle whose slack over its margin is below the given one, or infinity where there is
+    /// none ([`score_below`]).
+    Below(Real),
+    /// Only the score's terms that need no exact distance; every clearance infinite, no
+    /// docking surface, route or keep-out ([`score_ceiling`]). Its violations mean nothing.
+    Terms,
     /// Only the violations [`margin_codes`] returns; the other fields are placeholders (the
     /// keep-out clearances are -inf where the margin is violated, +inf elsewhere), never
     /// returned.
@@ -548,10 +582,12 @@ fn measure_scoped(
     tip_lps: &Point,
     scope: Scope,
 ) -> Measurement {
-    let full = scope == Scope::Full;
+    let full = matches!(scope, Scope::Full | Scope::Below(_));
+    // The score's terms are computed in full and for the ceiling.
+    let terms = full || scope == Scope::Terms;
     // The docking surface, the entry incidence and the cortex margin are judged in full and
-    // for the verdict, not for the margin codes.
-    let docking = scope != Scope::Margins;
+    // for the verdict, not for the margin codes or the ceiling.
+    let docking = !matches!(scope, Scope::Margins | Scope::Terms);
     let SideContext {
         anatomy,
         vertebra,
@@ -707,6 +743,7 @@ fn measure_scoped(
         for other in anatomy.vertebrae() {
             if other.level == vertebra.level
                 || other.level.index().abs_diff(vertebra.level.index()) > 1
+                || scope == Scope::Terms
             {
                 continue;
             }
@@ -801,6 +838,9 @@ fn measure_scoped(
         let cortex_from_lps = tip_lps + dir_lps.into_inner() * t_start;
         let cortex = if !tip_inside {
             -bone.distance_to_point(tip_lps) - r
+        } else if let Scope::Below(slack_mm) = scope {
+            let cap = slack_mm + r + safety.cortex_margin_mm;
+            bone.distance_to_segment_at_most(&cortex_from_lps, tip_lps, cap) - r
         } else if full {
             bone.distance_to_segment(&cortex_from_lps, tip_lps) - r
         } else {
@@ -834,7 +874,8 @@ fn measure_scoped(
         }
         (incidence_deg, zone, cortex_from, cortex)
     } else {
-        (Real::NAN, Real::NAN, Real::NAN, Real::NAN)
+        // No cortex clearance measured: infinite, an upper bound (`Scope::Terms`).
+        (Real::NAN, Real::NAN, Real::NAN, Real::INFINITY)
     };
 
     // The transpedicular route: through the isthmus, inside its bony outline by the cortex
@@ -849,7 +890,7 @@ fn measure_scoped(
             r,
             &mut violations,
         )
-    } else if t_entry.is_some() {
+    } else if t_entry.is_some() && scope != Scope::Terms {
         route_through_isthmus(
             &vertebra.pedicles[side],
             side,
@@ -874,22 +915,30 @@ fn measure_scoped(
     // The smallest exact distance so far of each kind (canal, root, forbidden): a keep-out at
     // least that far cannot lower its kind's minimum, so its walk stops there.
     let mut nearest = [Real::INFINITY; 3];
+    // No keep-out is measured for the score's terms alone: every clearance stays infinite.
+    let keep_outs = if scope == Scope::Terms {
+        &[][..]
+    } else {
+        &keep_outs[..]
+    };
     for k in keep_outs {
         let kind = match k.kind {
             KeepOutKind::Canal => 0,
             KeepOutKind::NerveRoot(_) => 1,
             KeepOutKind::Forbidden => 2,
         };
-        let d = if full {
+        let margin = match k.kind {
+            KeepOutKind::Canal | KeepOutKind::Forbidden => safety.canal_margin_mm,
+            KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
+        };
+        let d = if let Scope::Below(slack_mm) = scope {
+            k.distance_to_segment_at_most(&tail_lps, tip_lps, slack_mm + r + margin) - r
+        } else if full {
             let raw = k.distance_to_segment_below(&tail_lps, tip_lps, nearest[kind]);
             nearest[kind] = nearest[kind].min(raw);
             raw - r
         } else {
             // Only the verdict `d < margin` below: -inf where it holds, +inf elsewhere.
-            let margin = match k.kind {
-                KeepOutKind::Canal | KeepOutKind::Forbidden => safety.canal_margin_mm,
-                KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
-            };
             if k.segment_within(&tail_lps, tip_lps, |d| d - r < margin) {
                 Real::NEG_INFINITY
             } else {
@@ -1015,7 +1064,7 @@ fn measure_scoped(
     );
     // Centring in, and alignment with, the pedicle do not apply to a path beside it (nor
     // to the margin codes).
-    let in_pedicle = in_pedicle.filter(|_| !extrapedicular && full);
+    let in_pedicle = in_pedicle.filter(|_| !extrapedicular && terms);
     let centring = match in_pedicle {
         Some((a, b)) => {
             let (a, b) = (
@@ -1028,7 +1077,7 @@ fn measure_scoped(
         }
         None => 0.0,
     };
-    let balloon_room = if full {
+    let balloon_room = if terms {
         let behind_tip = bone_grid.line(&tip_vertebra, &-dir_vertebra);
         balloon_room_ml(
             &instrument.balloon_lengths_mm,

@@ -97,6 +97,15 @@ impl KeepOut {
         self.clearance.distance_to_segment_below(a, b, cap)
     }
 
+    /// An upper bound on [`KeepOut::distance_to_segment`] below `cap`, or infinity where the
+    /// distance is at least `cap` ([`ClearanceMesh::distance_to_segment_at_most`]).
+    pub fn distance_to_segment_at_most(&self, a: &Point, b: &Point, cap: Real) -> Real {
+        if self.holds_an_end(a, b) {
+            return 0.0;
+        }
+        self.clearance.distance_to_segment_at_most(a, b, cap)
+    }
+
     /// `within(self.distance_to_segment(a, b))` for a monotone `within`, walked only as far
     /// as the verdict needs ([`crate::clearance::ClearanceMesh::segment_within`]).
     pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(Real) -> bool) -> bool {

@@ -306,8 +306,9 @@ struct Screen<'a> {
     /// Whether the score's balloon term counts (off in `search_side_with`'s fallback).
     balloon_term: bool,
     /// Whether a line is screened only as far as its cortex clearance (the infeasible
-    /// diagnosis's widest corridor, `diagnose_infeasible`, with no threshold: what follows
-    /// can then no longer drop the line); its `score` is then NaN.
+    /// diagnosis's widest corridor, `diagnose_infeasible`); its `score` is then NaN, and the
+    /// threshold of [`Screen::screened`] is one on the cortex clearance: a line whose clearance
+    /// is sure to fall below it is dropped, its march stopped there.
     cortex_only: bool,
     /// Whether the keep-out marches stop early (capped at the cortex's slack, stopped at the
     /// threshold); off only in the tests, as the slow path they compare with.
@@ -399,6 +400,24 @@ impl Screen<'_> {
 
     /// [`Screen::candidate`], saying why a line gives none.
     fn screened(&self, params: [Real; 4], threshold: Real) -> Result<Candidate, Dropped> {
+        // With `cortex_only` the threshold is the cortex clearance's and no score bound applies.
+        let (threshold, cortex_floor) = if self.cortex_only {
+            (Real::NEG_INFINITY, threshold)
+        } else {
+            (threshold, Real::NEG_INFINITY)
+        };
+        // The cortex marches, stopped for `cortex_only` where the clearance falls below its floor.
+        let march = |cortex_min: &mut RunningMin, bone: &GridLine<'_>, t1: Real| {
+            if self.cortex_only {
+                cortex_min
+                    .up_to_while(bone, t1, Real::INFINITY, |m| {
+                        m - self.radius >= cortex_floor
+                    })
+                    .ok_or(Dropped::BelowThreshold)
+            } else {
+                Ok(cortex_min.to(bone, t1, Real::INFINITY))
+            }
+        };
         let [x, z, _, _] = params;
         let (medial, cranial) = self.angles_deg(&params);
         let v = self.ctx.vertebra;
@@ -469,7 +488,7 @@ impl Screen<'_> {
         // centring term and the march to the far cortex are taken.
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
         let mut cortex_min = RunningMin::from(t_start);
-        let pedicle_cortex = cortex_min.to(&bone, t_wall, Real::INFINITY) - self.radius;
+        let pedicle_cortex = march(&mut cortex_min, &bone, t_wall)? - self.radius;
         if bound(
             pedicle_cortex - safety.cortex_margin_mm,
             self.balloon_max_ml,
@@ -486,7 +505,7 @@ impl Screen<'_> {
             }),
             None => 0.0,
         };
-        let early_centring = if self.roomy {
+        let early_centring = if self.roomy || self.cortex_only {
             None
         } else {
             let c = centring();
@@ -527,14 +546,16 @@ impl Screen<'_> {
         // The rest of the cortex clearance, to the tip (all of it at the tip when the docking
         // zone reaches past it, as `cortex_start` has it).
         let cortex = if t_start < t_tip {
-            cortex_min.to(&bone, t_tip, Real::INFINITY)
+            march(&mut cortex_min, &bone, t_tip)?
         } else {
             bone.at(t_tip)
         }
         .min(bone.at(t_tip))
             - self.radius;
         if self.cortex_only {
-            debug_assert_eq!(threshold, Real::NEG_INFINITY);
+            if cortex < cortex_floor {
+                return Err(Dropped::BelowThreshold);
+            }
             return Ok(Candidate {
                 params,
                 q_vertebra: q,
@@ -941,7 +962,8 @@ fn search_side_with(
 ) -> Result<SideOutcome, PlanError> {
     let screen = Screen::new(ctx, mode);
     let grid = LineGrid::new(&screen);
-    let Some(verified) = screen_and_verify(&screen, &grid, screens, cancelled)? else {
+    let Some(verified) = screen_and_verify(&screen, &grid, screens, &Judged::default(), cancelled)?
+    else {
         return Ok(midline_reason(
             &screen,
             infeasible_no_corridor(ctx, grid.qs.is_empty()),
@@ -953,14 +975,16 @@ fn search_side_with(
     // off (slack and centring first, as before issue 13), so a side is never called infeasible
     // for the objective's sake.
     let verified = match verified {
-        Verified::Unsafe(_) => {
+        Verified::Unsafe(lines) => {
             let plain = Screen {
                 balloon_term: false,
                 ..screen.clone()
             };
-            match screen_and_verify(&plain, &grid, screens, cancelled)? {
+            // The first pass's lines are unsafe for this pass too: not judged again.
+            let judged = Judged::of(&lines);
+            match screen_and_verify(&plain, &grid, screens, &judged, cancelled)? {
                 Some(Verified::Safe(m)) => Verified::Safe(m),
-                _ => verified,
+                _ => Verified::Unsafe(lines),
             }
         }
         safe => safe,
@@ -993,12 +1017,13 @@ fn screen_and_verify(
     screen: &Screen<'_>,
     grid: &LineGrid,
     screens: Screens,
+    judged: &Judged,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<Verified>, PlanError> {
     // Where the pedicle is tight, the first batch seldom has a safe line: the whole queue is
     // screened at once there (the same result, without screening the dropped lines twice).
     let keep = if screen.roomy { SEEDS } else { MAX_EXACT };
-    screen_and_verify_keeping(screen, grid, screens, keep, cancelled)
+    screen_and_verify_keeping(screen, grid, screens, keep, judged, cancelled)
 }
 
 /// [`screen_and_verify`], the first screening keeping the `keep` best lines.
@@ -1007,6 +1032,7 @@ fn screen_and_verify_keeping(
     grid: &LineGrid,
     screens: Screens,
     keep: usize,
+    judged: &Judged,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<Verified>, PlanError> {
     let mut screening = screen_keeping(screen, grid, screens, keep, cancelled)?;
@@ -1023,12 +1049,20 @@ fn screen_and_verify_keeping(
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
-    if let Some(m) = verify_batch(screen.ctx, screen.mode, &refined) {
+    if let Some(m) = verify_batch(screen.ctx, screen.mode, &refined, judged) {
         return Ok(Some(Verified::Safe(Box::new(m))));
     }
     screening.keep_more(screen, MAX_EXACT, &|l| grid.line(l), cancelled)?;
     let screened: Vec<Candidate> = screening.screened.into_iter().map(|(c, _)| c).collect();
-    verify(screen.ctx, screen.mode, &refined, &screened, cancelled).map(Some)
+    verify(
+        screen.ctx,
+        screen.mode,
+        &refined,
+        &screened,
+        judged,
+        cancelled,
+    )
+    .map(Some)
 }
 
 /// Steps 2-3, keeping the `keep` best lines (at least [`SEEDS`]).
@@ -1308,6 +1342,7 @@ fn verify(
     mode: SearchMode,
     refined: &[Candidate],
     screened: &[Candidate],
+    judged: &Judged,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Verified, PlanError> {
     let queue: Vec<Candidate> = refined
@@ -1320,7 +1355,7 @@ fn verify(
         if cancelled() {
             return Err(PlanError::Cancelled);
         }
-        if let Some(m) = verify_batch(ctx, mode, batch) {
+        if let Some(m) = verify_batch(ctx, mode, batch, judged) {
             return Ok(Verified::Safe(Box::new(m)));
         }
     }
@@ -1330,16 +1365,42 @@ fn verify(
     Ok(Verified::Unsafe(queue))
 }
 
+/// Lines of one side the verification has found unsafe, by the bits of their geometry. The
+/// verdict depends on the line, the side and the search mode alone, not on the score that
+/// put the line in the queue: the fallback's pass with the balloon term off
+/// (`search_side_with`) does not judge again a line the first pass judged.
+#[derive(Default)]
+struct Judged(std::collections::HashSet<[u64; 8]>);
+
+impl Judged {
+    /// `lines`, all found unsafe.
+    fn of(lines: &[Candidate]) -> Self {
+        Judged(lines.iter().map(Self::key).collect())
+    }
+
+    fn key(c: &Candidate) -> [u64; 8] {
+        let (q, d) = (c.q_vertebra, c.dir_vertebra);
+        [q.x, q.y, q.z, d.x, d.y, d.z, c.t_entry, c.t_tip].map(Real::to_bits)
+    }
+
+    fn contains(&self, c: &Candidate) -> bool {
+        !self.0.is_empty() && self.0.contains(&Self::key(c))
+    }
+}
+
 /// One batch of the verification: its safe lines measured in full, the best-scoring one (the
-/// first of the highest score in the batch's order), or `None`.
+/// first of the highest score in the batch's order), or `None`. Lines in `judged` are known
+/// to be unsafe.
 fn verify_batch(
     ctx: &SideContext<'_>,
     mode: SearchMode,
     batch: &[Candidate],
+    judged: &Judged,
 ) -> Option<Measurement> {
     let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
     let safe: Vec<Measurement> = batch
         .par_iter()
+        .filter(|c| !judged.contains(c))
         .filter_map(|c| {
             let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
             let (ok, v) = evaluate::verdict(ctx, &from_lps, &tip_lps);
@@ -1361,16 +1422,62 @@ fn verify_batch(
 }
 
 /// The best-scoring of lines that all failed the verification, measured in full: the first of
-/// the highest score in their order.
+/// the highest score in their order (as `best_unsafe_by_measuring_each`, the tests' oracle,
+/// for less work).
+///
+/// Branch and bound on exact bounds: each line's score ceiling ([`evaluate::score_ceiling`],
+/// no exact distance) orders the lines; the [`UNSAFE_MEASURED_FIRST`] highest are measured in
+/// full and the best of them sets a floor; a line whose ceiling is below the floor cannot reach
+/// it, and each of the others is bounded again, each clearance walk stopped at the first
+/// triangle near enough to keep the line's score below the floor ([`evaluate::score_below`]).
+/// Only a line whose bound still reaches the floor is measured in full. Every bound is at least the line's score, so no line
+/// that could be the best is dropped, and the choice among the lines measured is the one of
+/// measuring every line. The floor comes from a fixed set of lines, so the result does not
+/// depend on the thread count.
 fn best_unsafe(ctx: &SideContext<'_>, lines: &[Candidate]) -> Measurement {
     let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
-    let measured: Vec<Measurement> = lines
-        .par_iter()
-        .map(|c| {
-            let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
-            measure(ctx, &from_lps, &tip_lps)
-        })
+    let ends: Vec<(Point, Point)> = lines
+        .iter()
+        .map(|c| c.endpoints_lps(&vertebra_to_lps))
         .collect();
+    let ceilings: Vec<Real> = ends
+        .par_iter()
+        .map(|(from, tip)| evaluate::score_ceiling(ctx, from, tip))
+        .collect();
+    let mut by_ceiling: Vec<usize> = (0..lines.len()).collect();
+    by_ceiling.sort_by(|&a, &b| ceilings[b].total_cmp(&ceilings[a]).then(a.cmp(&b)));
+    let (first, rest) = by_ceiling.split_at(UNSAFE_MEASURED_FIRST.min(lines.len()));
+    let mut measured: Vec<(usize, Measurement)> = first
+        .par_iter()
+        .map(|&i| (i, measure(ctx, &ends[i].0, &ends[i].1)))
+        .collect();
+    let floor = measured
+        .iter()
+        .map(|(_, m)| m.score(ctx.safety))
+        .fold(Real::NEG_INFINITY, Real::max);
+    measured.par_extend(rest.par_iter().filter_map(|&i| {
+        if ceilings[i] < floor {
+            return None;
+        }
+        // The slack at which this line's score would reach the floor: the ceiling is the
+        // score with the slack at its cap. Any value is sound (it only sets where the walks
+        // stop); this one stops them where the line is shown to stay below the floor.
+        let slack_mm = floor - (ceilings[i] - SLACK_RESERVE_MM);
+        let (from, tip) = &ends[i];
+        (evaluate::score_below(ctx, from, tip, slack_mm) >= floor)
+            .then(|| (i, measure(ctx, from, tip)))
+    }));
+    measured.sort_by_key(|&(i, _)| i);
+    first_best(measured.into_iter().map(|(_, m)| m), ctx)
+}
+
+/// How many of an infeasible side's lines [`best_unsafe`] measures in full before it bounds the
+/// rest: the floor is the best of their scores (two: one each for the two cores this runs on,
+/// and the highest ceilings are usually among the best scores).
+const UNSAFE_MEASURED_FIRST: usize = 2;
+
+/// The first measurement of the highest score, in order.
+fn first_best(measured: impl Iterator<Item = Measurement>, ctx: &SideContext<'_>) -> Measurement {
     let mut best_any: Option<Measurement> = None;
     for m in measured {
         let sc = m.score(ctx.safety);
@@ -1381,38 +1488,76 @@ fn best_unsafe(ctx: &SideContext<'_>, lines: &[Candidate]) -> Measurement {
     best_any.expect("at least one candidate was measured")
 }
 
+/// [`best_unsafe`] by measuring every line in full (the slow oracle of the tests).
+#[cfg(test)]
+fn best_unsafe_by_measuring_each(ctx: &SideContext<'_>, lines: &[Candidate]) -> Measurement {
+    let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
+    first_best(
+        lines.iter().map(|c| {
+            let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
+            measure(ctx, &from_lps, &tip_lps)
+        }),
+        ctx,
+    )
+}
+
 /// Step 6: the side is infeasible. Report the best measured line's violations, and the widest
 /// bony corridor over every line of the grid (the screening dropped low scores).
 fn diagnose_infeasible(screen: &Screen<'_>, grid: &LineGrid, best: &Measurement) -> SideOutcome {
     let ctx = screen.ctx;
-    // Only the cortex clearance is compared: with no threshold, nothing after it in
-    // `Screen::candidate` drops a line, so the same lines come out with the same clearance.
+    // Only the cortex clearance is compared: nothing after it in `Screen::candidate` drops a
+    // line, so the same lines come out with the same clearance as in the search's screening.
     let screen = &Screen {
         cortex_only: true,
         ..screen.clone()
     };
-    let all: Vec<Candidate> = grid
-        .all()
-        .par_iter()
-        .filter_map(|i| screen.candidate(grid.line(*i), Real::NEG_INFINITY))
-        .filter(|c| c.entry_ok)
-        .collect();
-    let bone_best = all
-        .iter()
-        .max_by(|a, b| {
-            a.cortex.total_cmp(&b.cortex).then_with(|| {
-                b.params
-                    .partial_cmp(&a.params)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
-        })
-        .copied()
-        .expect("non-empty");
+    let bone_best = widest_line(screen, grid).expect("non-empty");
     let (from_lps, tip_lps) = bone_best.endpoints_lps(&ctx.vertebra.frame.vertebra_to_lps());
     let bone_m = measure(ctx, &from_lps, &tip_lps);
     let r = ctx.instrument.cannula_radius_mm();
     let corridor = 2.0 * (best.cortex_clearance_mm.max(bone_m.cortex_clearance_mm) + r);
     diagnose(ctx, best, corridor)
+}
+
+/// The order of [`widest_line`]: by the screening's cortex clearance, then by parameters (the
+/// smaller first), so the widest line is one line whatever the order lines come in.
+fn widest(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    a.cortex.total_cmp(&b.cortex).then_with(|| {
+        b.params
+            .partial_cmp(&a.params)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    })
+}
+
+/// The line of the grid with the widest cortex clearance (by [`widest`]) whose entry is behind
+/// the body and lateral of the canal, on a `cortex_only` screen: in fixed chunks, each
+/// screened with the widest clearance of the chunks before as its floor (a line that falls
+/// below it cannot be the widest; one equal to it still can, by the order). The chunks do not
+/// depend on the thread count, and the line is the one screening every line to its end gives
+/// (`widest_line_by_screening_each`, the tests' oracle).
+fn widest_line(screen: &Screen<'_>, grid: &LineGrid) -> Option<Candidate> {
+    debug_assert!(screen.cortex_only);
+    let mut bone_best: Option<Candidate> = None;
+    for chunk in grid.all().chunks(SCREEN_CHUNK) {
+        let floor = bone_best.map_or(Real::NEG_INFINITY, |c| c.cortex);
+        let found = chunk
+            .par_iter()
+            .filter_map(|i| screen.candidate(grid.line(*i), floor))
+            .filter(|c| c.entry_ok)
+            .max_by(widest);
+        bone_best = bone_best.into_iter().chain(found).max_by(widest);
+    }
+    bone_best
+}
+
+/// [`widest_line`] by screening every line to its end, with no floor (the slow oracle).
+#[cfg(test)]
+fn widest_line_by_screening_each(screen: &Screen<'_>, grid: &LineGrid) -> Option<Candidate> {
+    grid.all()
+        .iter()
+        .filter_map(|i| screen.candidate(grid.line(*i), Real::NEG_INFINITY))
+        .filter(|c| c.entry_ok)
+        .max_by(widest)
 }
 
 fn corridor_reason(ctx: &SideContext<'_>, corridor_mm: Real) -> Reason {
@@ -1855,8 +2000,15 @@ mod tests {
                 .unwrap();
             assert_eq!(top(&lazy, MAX_EXACT), top(&whole, MAX_EXACT), "{what}");
             let verified = |keep| {
-                screen_and_verify_keeping(screen, &grid, Screens::CoarseToFine, keep, &never)
-                    .unwrap()
+                screen_and_verify_keeping(
+                    screen,
+                    &grid,
+                    Screens::CoarseToFine,
+                    keep,
+                    &Judged::default(),
+                    &never,
+                )
+                .unwrap()
             };
             let (a, b) = (verified(SEEDS), verified(MAX_EXACT));
             assert_eq!(outcome(a), outcome(b), "{what}");
@@ -1865,6 +2017,130 @@ mod tests {
             mattered >= 8,
             "the second screening changed {mattered} queues"
         );
+    }
+
+    /// The lines of a side's grid, every `step`-th, screened with no threshold (many of them
+    /// unsafe), for the tests of the infeasible side's diagnosis.
+    fn screened_lines(screen: &Screen<'_>, step: usize) -> Vec<Candidate> {
+        let grid = LineGrid::new(screen);
+        grid.all()
+            .iter()
+            .step_by(step)
+            .filter_map(|&i| screen.candidate(grid.line(i), Real::NEG_INFINITY))
+            .collect()
+    }
+
+    /// A measurement as bits: where the line is and its score.
+    fn measurement_bits(m: &Measurement, safety: &Safety) -> Vec<u64> {
+        let mut v: Vec<u64> = m.tip_lps.iter().map(|x| x.to_bits()).collect();
+        v.extend(m.bone_entry_lps.iter().map(|x| x.to_bits()));
+        v.extend([m.score(safety), m.cortex_clearance_mm].map(Real::to_bits));
+        v
+    }
+
+    /// `best_unsafe`'s branch and bound (score ceilings, then clearance walks stopped at the
+    /// floor) picks the line measuring every line in full picks, bit for bit: on sets of up to
+    /// a verification queue's length of screened lines, in the screening's order and reversed
+    /// (ties go to the first), on every side of the pruning anatomies in both modes. And the
+    /// bounds it prunes with hold: `score_ceiling` and `score_below` (at several slacks) are
+    /// never below the measured score, and `score_below` is tighter than the ceiling on many
+    /// lines (the pruning is not vacuous).
+    #[test]
+    fn best_unsafe_matches_measuring_each_line() {
+        let (mut sets, mut adversarial, mut tighter, mut lines_checked) = (0, 0, 0, 0);
+        each_screen(|what, screen| {
+            if !screen.balloon_term {
+                return; // the same lines (the balloon term only orders them)
+            }
+            let ctx = screen.ctx;
+            let lines = screened_lines(screen, 7);
+            let to_lps = ctx.vertebra.frame.vertebra_to_lps();
+            // (line, ceiling, score) of every third line.
+            let mut scored = Vec::new();
+            for (k, c) in lines.iter().enumerate().step_by(3) {
+                let (from, tip) = c.endpoints_lps(&to_lps);
+                let score = measure(ctx, &from, &tip).score(ctx.safety);
+                let ceiling = evaluate::score_ceiling(ctx, &from, &tip);
+                assert!(
+                    ceiling >= score,
+                    "{what}: ceiling {ceiling} < score {score}"
+                );
+                for slack_mm in [-3.0, -1.0, -0.2, 0.0, 0.5, 1.0, Real::INFINITY] {
+                    let below = evaluate::score_below(ctx, &from, &tip, slack_mm);
+                    assert!(below >= score, "{what} line {k}: bound {below} < {score}");
+                    tighter += usize::from(below < ceiling);
+                }
+                lines_checked += 1;
+                scored.push((*c, ceiling, score));
+            }
+            let mut check = |set: &[Candidate]| {
+                let fast = best_unsafe(ctx, set);
+                let slow = best_unsafe_by_measuring_each(ctx, set);
+                assert_eq!(
+                    measurement_bits(&fast, ctx.safety),
+                    measurement_bits(&slow, ctx.safety),
+                    "{what}: {} lines",
+                    set.len()
+                );
+                sets += 1;
+            };
+            // Whole queues and small sets, in the screening's order and reversed (ties go to
+            // the first).
+            for set in lines.chunks(MAX_EXACT).chain(lines.chunks(5)) {
+                let mut reversed = set.to_vec();
+                reversed.reverse();
+                check(set);
+                check(&reversed);
+            }
+            // Sets built against the bound: each line with the lines of higher ceilings but
+            // lower scores that come nearest to its score, measured first, so that the best
+            // line has to survive both bounds to be found.
+            for &(best, ceiling, score) in &scored {
+                let mut decoys: Vec<&(Candidate, Real, Real)> = scored
+                    .iter()
+                    .filter(|d| d.1 > ceiling && d.2 < score)
+                    .collect();
+                if decoys.len() < UNSAFE_MEASURED_FIRST {
+                    continue;
+                }
+                decoys.sort_by(|a, b| b.2.total_cmp(&a.2));
+                let mut set: Vec<Candidate> = decoys.iter().take(4).map(|d| d.0).collect();
+                set.push(best);
+                check(&set);
+                adversarial += 1;
+            }
+        });
+        assert!(
+            sets > 400 && adversarial > 100,
+            "{sets} sets, {adversarial} adversarial"
+        );
+        assert!(
+            tighter > lines_checked,
+            "score_below tighter than the ceiling {tighter} times on {lines_checked} lines"
+        );
+    }
+
+    /// The diagnosis's widest line, screened in chunks with the widest clearance so far as a
+    /// floor, is the one screening every line to its end gives, bit for bit, on every side of
+    /// the pruning anatomies in both modes.
+    #[test]
+    fn widest_line_matches_screening_each_line() {
+        let mut found = 0;
+        each_screen(|what, screen| {
+            if !screen.balloon_term {
+                return; // the cortex clearance does not depend on it
+            }
+            let screen = Screen {
+                cortex_only: true,
+                ..screen.clone()
+            };
+            let grid = LineGrid::new(&screen);
+            let fast = widest_line(&screen, &grid);
+            let slow = widest_line_by_screening_each(&screen, &grid);
+            assert_eq!(bits(fast), bits(slow), "{what}");
+            found += usize::from(fast.is_some());
+        });
+        assert!(found >= 6, "{found} sides with a line");
     }
 
     /// `evaluate::verdict` (margins decided by walks that stop at the verdict) finds the
