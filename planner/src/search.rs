@@ -303,7 +303,8 @@ struct Screen<'a> {
     /// The largest balloon the instrument makes (longest length, largest diameter), ml: the
     /// balloon term's bound before a line's room is measured.
     balloon_max_ml: Real,
-    /// Whether the score's balloon term counts (off in `search_side_with`'s fallback).
+    /// Whether the score's balloon term counts (off in `search_side_with`'s fallback, and for
+    /// a unipedicular line, whose term is 0).
     balloon_term: bool,
     /// Whether a line is screened only as far as its cortex clearance (the infeasible
     /// diagnosis's widest corridor, `diagnose_infeasible`); its `score` is then NaN, and the
@@ -342,7 +343,10 @@ impl<'a> Screen<'a> {
                     .fold(0.0, Real::max),
                 ctx.instrument.balloon_max_diameter_mm,
             ),
-            balloon_term: true,
+            // A unipedicular line's balloon is centred on the midline, where the balloon term is
+            // 0 on every line (`criteria::balloon_room_ml`): the term is off, so its bounds do
+            // not wait for the room to be measured, and there is no fallback pass without it.
+            balloon_term: mode == SearchMode::Bilateral,
             cortex_only: false,
             prune: true,
             roomy: roomy_pedicle(ctx),
@@ -671,8 +675,9 @@ impl Screen<'_> {
         })
     }
 
-    /// Pattern search around a seed on the approximate score.
-    fn refine(&self, seed: Candidate) -> Candidate {
+    /// Pattern search around a seed on the approximate score, its lines screened through
+    /// `screened` (shared by the seeds refined together: their searches often cross).
+    fn refine(&self, seed: Candidate, screened: &ScreenedLines) -> Candidate {
         let mut best = seed;
         let mut steps = [0.5, 0.5, 2.0, 2.0];
         // Points already tried (bit patterns): a point tried before scored no better than
@@ -696,7 +701,7 @@ impl Screen<'_> {
                         if !tried.insert(key(&p)) {
                             continue;
                         }
-                        if let Some(c) = self.candidate(p, best.score + 1e-9) {
+                        if let Some(c) = screened.candidate(self, p, best.score + 1e-9) {
                             if c.score > best.score + 1e-9 {
                                 best = c;
                                 improved = true;
@@ -708,6 +713,54 @@ impl Screen<'_> {
             steps.iter_mut().for_each(|s| *s *= 0.5);
         }
         best
+    }
+}
+
+/// What screening a line gave, by the bits of its parameters: the refinement's pattern searches
+/// from several seeds on one [`Screen`] often try the same lines, and a line's screening is a
+/// function of the line and the threshold alone.
+#[derive(Default)]
+struct ScreenedLines(std::sync::Mutex<std::collections::HashMap<[u64; 4], Screened>>);
+
+/// A line's screening, as [`ScreenedLines`] keeps it.
+#[derive(Clone, Copy)]
+enum Screened {
+    /// Kept, with this candidate (the same under any threshold that keeps it).
+    Kept(Candidate),
+    /// Dropped under this threshold ([`Dropped::BelowThreshold`]): dropped under any higher
+    /// one too (the score's bounds do not depend on the threshold).
+    Below(Real),
+    /// [`Dropped::Unusable`].
+    Unusable,
+}
+
+impl ScreenedLines {
+    /// `screen.candidate(params, threshold)` as the caller uses it, screened only when no line
+    /// screened before decides it: a line kept before is returned as it was, even where
+    /// `threshold` would drop it now (its score is then below `threshold`, so a caller that
+    /// compares the score with the threshold, as the pattern search does, decides the same).
+    fn candidate(
+        &self,
+        screen: &Screen<'_>,
+        params: [Real; 4],
+        threshold: Real,
+    ) -> Option<Candidate> {
+        let key = params.map(Real::to_bits);
+        let known = self.0.lock().expect("not poisoned").get(&key).copied();
+        match known {
+            Some(Screened::Kept(c)) => return Some(c),
+            Some(Screened::Below(t)) if t <= threshold => return None,
+            Some(Screened::Unusable) => return None,
+            _ => {}
+        }
+        let got = screen.screened(params, threshold);
+        let keep = match got {
+            Ok(c) => Screened::Kept(c),
+            Err(Dropped::BelowThreshold) => Screened::Below(threshold),
+            Err(Dropped::Unusable) => Screened::Unusable,
+        };
+        self.0.lock().expect("not poisoned").insert(key, keep);
+        got.ok()
     }
 }
 
@@ -975,7 +1028,7 @@ fn search_side_with(
     // off (slack and centring first, as before issue 13), so a side is never called infeasible
     // for the objective's sake.
     let verified = match verified {
-        Verified::Unsafe(lines) => {
+        Verified::Unsafe(lines) if screen.balloon_term => {
             let plain = Screen {
                 balloon_term: false,
                 ..screen.clone()
@@ -1316,7 +1369,11 @@ fn screen_fine(
 /// Step 4: the [`SEEDS`] best screened lines, refined by pattern search, best first.
 fn refine_best(screen: &Screen<'_>, screened: &[Candidate]) -> Vec<Candidate> {
     let seeds: Vec<Candidate> = screened.iter().take(SEEDS).copied().collect();
-    let mut refined: Vec<Candidate> = seeds.par_iter().map(|c| screen.refine(*c)).collect();
+    let lines = ScreenedLines::default();
+    let mut refined: Vec<Candidate> = seeds
+        .par_iter()
+        .map(|c| screen.refine(*c, &lines))
+        .collect();
     refined.sort_by(order);
     refined
 }
@@ -2117,6 +2174,90 @@ mod tests {
         assert!(
             tighter > lines_checked,
             "score_below tighter than the ceiling {tighter} times on {lines_checked} lines"
+        );
+    }
+
+    /// The balloon term is 0 on every unipedicular line (its tip at or beyond the midline, where
+    /// `criteria::balloon_room_ml` leaves no room): screened with the term and without, every
+    /// line of the grid of every side of the pruning anatomies scores the same, bit for bit, and
+    /// the exact measurement's room is 0 too. So the unipedicular search leaves the term off
+    /// (`Screen::new`) and has no fallback pass without it.
+    #[test]
+    fn unipedicular_lines_have_no_balloon_term() {
+        let mut lines = 0;
+        each_screen(|what, screen| {
+            if screen.mode == SearchMode::Bilateral || screen.balloon_term {
+                return;
+            }
+            assert!(!Screen::new(screen.ctx, screen.mode).balloon_term, "{what}");
+            let with = Screen {
+                balloon_term: true,
+                ..screen.clone()
+            };
+            let grid = LineGrid::new(screen);
+            let to_lps = screen.ctx.vertebra.frame.vertebra_to_lps();
+            for (k, &i) in grid.all().iter().enumerate() {
+                let (a, b) = (
+                    screen.candidate(grid.line(i), Real::NEG_INFINITY),
+                    with.candidate(grid.line(i), Real::NEG_INFINITY),
+                );
+                assert_eq!(bits(a), bits(b), "{what}");
+                if let (Some(c), 0) = (a, k % 25) {
+                    let (from, tip) = c.endpoints_lps(&to_lps);
+                    let room = measure(screen.ctx, &from, &tip).balloon_room_ml;
+                    assert_eq!(room, 0.0, "{what}");
+                }
+                lines += usize::from(a.is_some());
+            }
+        });
+        assert!(lines > 500, "{lines} unipedicular lines");
+    }
+
+    /// The seeds refined together, sharing what their lines screened to (`ScreenedLines`), end
+    /// where each refined alone ends, bit for bit, on every side of the pruning anatomies, both
+    /// modes, with and without the balloon term. And the shared screening decides as screening
+    /// again does: lines screened under rising and falling thresholds, in the order the
+    /// pattern search compares them (a score above the threshold), give the same lines.
+    #[test]
+    fn refining_seeds_together_matches_refining_each_alone() {
+        let never = || false;
+        let (mut refined, mut queries) = (0usize, 0usize);
+        each_screen(|what, screen| {
+            let grid = LineGrid::new(screen);
+            let screening =
+                screen_keeping(screen, &grid, Screens::CoarseToFine, MAX_EXACT, &never).unwrap();
+            let seeds: Vec<Candidate> = screening
+                .screened
+                .iter()
+                .take(SEEDS)
+                .map(|&(c, _)| c)
+                .collect();
+            let together = refine_best(screen, &seeds);
+            let mut alone: Vec<Candidate> = seeds
+                .iter()
+                .map(|c| screen.refine(*c, &ScreenedLines::default()))
+                .collect();
+            alone.sort_by(order);
+            let all_bits = |v: &[Candidate]| v.iter().map(|c| bits(Some(*c))).collect::<Vec<_>>();
+            assert_eq!(all_bits(&together), all_bits(&alone), "{what}");
+            refined += together.len();
+            // Thresholds among the kept lines' scores, each line asked several times.
+            let shared = ScreenedLines::default();
+            let scores: Vec<Real> = screening.screened.iter().map(|(c, _)| c.score).collect();
+            for (k, &(c, _)) in screening.screened.iter().enumerate().take(40) {
+                for j in 0..4 {
+                    let t = scores[(k * 7 + j * 13) % scores.len()] + [1e-9, -0.3, 0.2, 0.0][j];
+                    let p = c.params.map(|x| x + 0.25 * (j % 2) as Real);
+                    let fast = shared.candidate(screen, p, t).filter(|c| c.score > t);
+                    let slow = screen.candidate(p, t).filter(|c| c.score > t);
+                    assert_eq!(bits(fast), bits(slow), "{what}: line {k}, threshold {t}");
+                    queries += 1;
+                }
+            }
+        });
+        assert!(
+            refined >= 100 && queries > 1000,
+            "{refined} refined, {queries} queries"
         );
     }
 
