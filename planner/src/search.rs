@@ -935,6 +935,11 @@ impl Screening {
     fn sort(&mut self) {
         self.screened.sort_by(|a, b| order(&a.0, &b.0));
     }
+
+    /// The [`SEEDS`] best lines (once sorted): what step 4 refines.
+    fn seeds(&self) -> Vec<Candidate> {
+        self.screened.iter().take(SEEDS).map(|&(c, _)| c).collect()
+    }
 }
 
 /// Search the best safe bilateral transpedicular trajectory of one side.
@@ -1092,13 +1097,7 @@ fn screen_and_verify_keeping(
     if screening.screened.is_empty() {
         return Ok(None);
     }
-    let seeds: Vec<Candidate> = screening
-        .screened
-        .iter()
-        .take(SEEDS)
-        .map(|&(c, _)| c)
-        .collect();
-    let refined = refine_best(screen, &seeds);
+    let refined = refine_best(screen, &screening.seeds());
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
@@ -1366,9 +1365,9 @@ fn screen_fine(
     Ok(())
 }
 
-/// Step 4: the [`SEEDS`] best screened lines, refined by pattern search, best first.
-fn refine_best(screen: &Screen<'_>, screened: &[Candidate]) -> Vec<Candidate> {
-    let seeds: Vec<Candidate> = screened.iter().take(SEEDS).copied().collect();
+/// Step 4: the seeds (the [`SEEDS`] best screened lines, [`Screening::seeds`]), refined by
+/// pattern search, best first.
+fn refine_best(screen: &Screen<'_>, seeds: &[Candidate]) -> Vec<Candidate> {
     let lines = ScreenedLines::default();
     let mut refined: Vec<Candidate> = seeds
         .par_iter()
@@ -2226,12 +2225,7 @@ mod tests {
             let grid = LineGrid::new(screen);
             let screening =
                 screen_keeping(screen, &grid, Screens::CoarseToFine, MAX_EXACT, &never).unwrap();
-            let seeds: Vec<Candidate> = screening
-                .screened
-                .iter()
-                .take(SEEDS)
-                .map(|&(c, _)| c)
-                .collect();
+            let seeds = screening.seeds();
             let together = refine_best(screen, &seeds);
             let mut alone: Vec<Candidate> = seeds
                 .iter()
