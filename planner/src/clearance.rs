@@ -520,43 +520,12 @@ impl ClearanceMesh {
     }
 
     /// An upper bound on [`ClearanceMesh::distance_to_segment`] below `cap`, or infinity
-    /// where the distance is at least `cap`: the distance of the first triangle the walk finds
-    /// nearer than `cap` (the exact distance is at most that). The walk of
-    /// [`ClearanceMesh::segment_within`] with `|d| d < cap`, nearer boxes first, stopped at
-    /// that triangle: a bound that only has to fall below `cap` costs much less than the
-    /// minimum.
+    /// where the distance is at least `cap`: the distance of the first triangle the walk of
+    /// [`ClearanceMesh::segment_within`] with `|d| d < cap` finds (the exact distance is at
+    /// most that). A bound that only has to fall below `cap` costs much less than the minimum.
     pub fn distance_to_segment_at_most(&self, a: &Point, b: &Point, cap: f64) -> f64 {
-        let aa = arr(a);
-        let d = varr(&(b - a));
-        let seg_lo = arr(&a.inf(b));
-        let seg_hi = arr(&a.sup(b));
-        let found = std::cell::Cell::new(f64::INFINITY);
-        self.bvh.find_best(
-            f64::INFINITY,
-            |node, best| {
-                if best < 0.0 {
-                    return f64::MAX;
-                }
-                let (lo, hi) = node_box(node);
-                if conservative(box_box_gap(&lo, &hi, &seg_lo, &seg_hi)) >= cap {
-                    return f64::MAX;
-                }
-                let box_distance = conservative(segment_aabb_distance(&aa, &d, &lo, &hi));
-                if box_distance < cap {
-                    box_distance
-                } else {
-                    f64::MAX
-                }
-            },
-            |leaf, _| {
-                let t = segment_triangle_distance(a, b, &self.corners[leaf as usize]);
-                (t < cap).then(|| {
-                    found.set(t);
-                    -1.0
-                })
-            },
-        );
-        found.get()
+        self.first_within(a, b, |d| d < cap)
+            .unwrap_or(f64::INFINITY)
     }
 
     /// Whether some triangle's [`segment_triangle_distance`] to the segment `a-b` satisfies
@@ -569,41 +538,46 @@ impl ClearanceMesh {
     /// segment-box distance), so a walk that finds a triangle finds one early; a walk that
     /// finds none visits every box that passes, in any order.
     pub fn segment_within(&self, a: &Point, b: &Point, within: impl Fn(f64) -> bool) -> bool {
+        self.first_within(a, b, within).is_some()
+    }
+
+    /// The walk of [`ClearanceMesh::segment_within`]: the distance of the first triangle found
+    /// that satisfies `within`, or `None`.
+    fn first_within(&self, a: &Point, b: &Point, within: impl Fn(f64) -> bool) -> Option<f64> {
         let aa = arr(a);
         let d = varr(&(b - a));
         let seg_lo = arr(&a.inf(b));
         let seg_hi = arr(&a.sup(b));
+        let found = std::cell::Cell::new(None);
         // `find_best` as an ordered walk: a box's cost is its segment-box distance, or
         // `f64::MAX` (pruned) where that fails `within`; a triangle that satisfies `within`
         // costs -1, below every box's cost, which ends the walk.
-        self.bvh
-            .find_best(
-                f64::INFINITY,
-                |node, best| {
-                    if best < 0.0 {
-                        return f64::MAX;
-                    }
-                    let (lo, hi) = node_box(node);
-                    if !within(conservative(box_box_gap(&lo, &hi, &seg_lo, &seg_hi))) {
-                        return f64::MAX;
-                    }
-                    let box_distance = conservative(segment_aabb_distance(&aa, &d, &lo, &hi));
-                    if within(box_distance) {
-                        box_distance
-                    } else {
-                        f64::MAX
-                    }
-                },
-                |leaf, _| {
-                    within(segment_triangle_distance(
-                        a,
-                        b,
-                        &self.corners[leaf as usize],
-                    ))
-                    .then_some(-1.0)
-                },
-            )
-            .is_some()
+        self.bvh.find_best(
+            f64::INFINITY,
+            |node, best| {
+                if best < 0.0 {
+                    return f64::MAX;
+                }
+                let (lo, hi) = node_box(node);
+                if !within(conservative(box_box_gap(&lo, &hi, &seg_lo, &seg_hi))) {
+                    return f64::MAX;
+                }
+                let box_distance = conservative(segment_aabb_distance(&aa, &d, &lo, &hi));
+                if within(box_distance) {
+                    box_distance
+                } else {
+                    f64::MAX
+                }
+            },
+            |leaf, _| {
+                let t = segment_triangle_distance(a, b, &self.corners[leaf as usize]);
+                within(t).then(|| {
+                    found.set(Some(t));
+                    -1.0
+                })
+            },
+        );
+        found.get()
     }
 
     /// Is `p` inside the closed solid? (false for open meshes)
