@@ -3,7 +3,8 @@
 //! `REPS=0`) or `perf stat`: `CASE` is one of `T8` (demo/plan_warm/T8: the built-in mean T8
 //! with ribs and pleura, the default request), `T8_fallbacks`, `T5_fallbacks` (the demo's
 //! thoracic request: bilateral transpedicular, extrapedicular, unipedicular, with the 3.05 and
-//! 2.4 mm alternatives), or `L1`..`L5` (demo/plan_warm/Ln: the built-in L1-L5, one level, the
+//! 2.4 mm alternatives; likewise `T1`..`T12` and `T1_fallbacks`..`T12_fallbacks`, the built-in
+//! mean level with ribs and pleura), or `L1`..`L5` (demo/plan_warm/Ln: the built-in L1-L5, one level, the
 //! default request). Prepares once, then plans REPS times (default 5) and prints the median
 //! time and every side's trajectory (so two builds can be compared bit for bit). `CASE=realL3`:
 //! the real mean L3 of `../shared/anatomy` (real/plan_warm/L3). With `EVAL=1`, the timed work
@@ -54,17 +55,20 @@ fn main() {
             .unwrap_or_else(|| panic!("unknown level {name}"))
     };
     let (input, request) = match case.as_str() {
-        "T8" | "T8_fallbacks" | "T5_fallbacks" => {
+        thoracic if thoracic.starts_with('T') => {
             let options = SpineOptions {
                 with_soft_tissue: false,
                 with_ribs_and_pleura: true,
             };
-            let l = level(&case[..2]);
-            let input = synth::spine_with(&[l], &Pose::identity(), &options).0;
-            let req = if case == "T8" {
-                default(None)
-            } else {
+            let (name, with_fallbacks) = match thoracic.strip_suffix("_fallbacks") {
+                Some(name) => (name, true),
+                None => (thoracic, false),
+            };
+            let input = synth::spine_with(&[level(name)], &Pose::identity(), &options).0;
+            let req = if with_fallbacks {
                 fallbacks.clone()
+            } else {
+                default(None)
             };
             (input, req)
         }

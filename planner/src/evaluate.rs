@@ -526,6 +526,75 @@ pub fn verdict(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> (boo
     (m.violations.is_empty(), m)
 }
 
+/// [`verdict`] for a caller that needs only safe lines: `Some` of the verdict's measurement
+/// (the same, field for field) where [`verdict`] finds the line safe, `None` where it does not.
+/// An unsafe line is given up at the first violation found. With `deep_first`, a
+/// transpedicular line first has its cortex margin judged from the deepest point the docking
+/// zone can reach (so a line through a pedicle too narrow for it is given up before the docking
+/// surface is measured; the argument at [`Scope::Judge`]): worth its walk where the line is
+/// likely unsafe, a walk more where it is safe; the answer is the same either way. The
+/// search's verification and the extrapedicular search's queue judge their lines with it.
+pub fn judge(
+    ctx: &SideContext<'_>,
+    from_lps: &Point,
+    tip_lps: &Point,
+    deep_first: bool,
+) -> Option<Measurement> {
+    let m = measure_scoped(ctx, from_lps, tip_lps, Scope::Judge { deep_first });
+    m.violations.is_empty().then_some(m)
+}
+
+/// How much deeper than the exact walk a [`Scope::Judge`] cortex walk must find the bone to
+/// give a line up, mm: round-off of the segment-triangle distance on a sub-segment (the exact
+/// walk's segment contains it), never a rule.
+const JUDGE_ROUNDING_MM: Real = 1e-9;
+
+/// The deepest point behind the tip, on the axis, where the cortex margin of a transpedicular
+/// line whose bone entry is `t_entry` (distance from the tip, negative) can start: the end of
+/// the longest docking zone the entry incidence limit allows ([`docking_zone_mm`] at the
+/// limit, its surface drop at most the footprint's radius, since a corner within the radius of
+/// the entry lies at most that far under the tangent plane). A steeper incidence is a violation
+/// of its own.
+fn deepest_cortex_start(instrument: &Instrument, safety: &Safety, t_entry: Real) -> Real {
+    // The cosine a little under the limit's: an incidence within the limit has a cosine at
+    // least this, whatever the round-off of `acos` and `to_degrees`.
+    let cos_min = safety.max_entry_incidence_deg.to_radians().cos() - JUDGE_ROUNDING_MM;
+    let footprint = docking_footprint_mm(instrument, safety, cos_min);
+    cortex_start(
+        t_entry,
+        docking_zone_mm(instrument, safety, cos_min, footprint + JUDGE_ROUNDING_MM),
+    )
+}
+
+/// The placeholder [`Scope::Judge`] returns for an unsafe line: its violations so far and
+/// nothing else measured.
+fn given_up(tip_lps: &Point, dir_lps: UnitVector, violations: Vec<Reason>) -> Measurement {
+    Measurement {
+        bone_entry_lps: *tip_lps,
+        tip_lps: *tip_lps,
+        direction_lps: dir_lps,
+        skin_entry_lps: None,
+        length_in_bone_mm: Real::NAN,
+        insertion_length_mm: Real::NAN,
+        cortex_clearance_mm: Real::NAN,
+        entry_incidence_deg: Real::NAN,
+        docking_zone_mm: Real::NAN,
+        cortex_from_mm: Real::NAN,
+        route: Route::Unrecognised,
+        canal_clearance_mm: Real::NAN,
+        root_clearance_mm: Real::NAN,
+        forbidden_clearance_mm: None,
+        medial_angle_deg: Real::NAN,
+        cranial_angle_deg: Real::NAN,
+        tip_depth_fraction: Real::NAN,
+        centring_mm: Real::NAN,
+        axis_offset_mm: Real::NAN,
+        balloon_room_ml: Real::NAN,
+        violations,
+        soft: Vec::new(),
+    }
+}
+
 /// An upper bound on [`measure`]'s score of the line from `from_lps` to `tip_lps`
 /// (`measure(..).score(safety)`, never below it): the score with the worst slack at its cap
 /// ([`criteria::SLACK_RESERVE_MM`]), from the terms that need no exact distance (the balloon
@@ -573,6 +642,13 @@ enum Scope {
     /// placeholders where a margin decides), the cortex and keep-out margins decided without
     /// their exact distances ([`verdict`]); no centring or balloon term.
     Verdict,
+    /// [`Scope::Verdict`] up to the first violation found, then given up ([`judge`]): a line
+    /// it finds safe has run exactly the verdict's course. With `deep_first`, before the
+    /// docking surface, a transpedicular line's cortex margin is judged on the axis from
+    /// [`deepest_cortex_start`] to the tip: that piece lies within the verdict's (which starts
+    /// where the docking zone ends, no deeper unless the incidence is itself a violation), so
+    /// a breach of the margin there, by [`JUDGE_ROUNDING_MM`] to spare, is one of the verdict.
+    Judge { deep_first: bool },
 }
 
 /// [`measure`], or with [`Scope::Margins`] the part [`margin_codes`] needs.
@@ -641,6 +717,39 @@ fn measure_scoped(
             None,
             None,
         ));
+    }
+    // `Scope::Judge` gives a line up at its first violation.
+    let (judge, deep_first) = match scope {
+        Scope::Judge { deep_first } => (true, deep_first),
+        _ => (false, false),
+    };
+    if !tip_inside {
+        if judge {
+            violations.push(reason(
+                ReasonCode::TipOutsideBody,
+                String::new(),
+                None,
+                None,
+            ));
+        }
+    } else if let (true, false, Some(te)) = (deep_first, extrapedicular, t_entry) {
+        let start = deepest_cortex_start(instrument, safety, te);
+        let margin = safety.cortex_margin_mm - JUDGE_ROUNDING_MM;
+        if start < 0.0
+            && bone.segment_within(&(tip_lps + dir_lps.into_inner() * start), tip_lps, |d| {
+                d - r < margin
+            })
+        {
+            violations.push(reason(
+                ReasonCode::CortexMarginViolated,
+                String::new(),
+                None,
+                None,
+            ));
+        }
+    }
+    if judge && !violations.is_empty() {
+        return given_up(tip_lps, dir_lps, violations);
     }
     let length_in_bone = if tip_inside {
         -t_entry.unwrap_or(0.0)
@@ -762,6 +871,9 @@ fn measure_scoped(
         }
     }
 
+    if judge && !violations.is_empty() {
+        return given_up(tip_lps, dir_lps, violations);
+    }
     // Cortex clearance from where it applies to the tip.
     let lps_to_vertebra = &frame.lps_to_vertebra;
     let tip_vertebra = lps_to_vertebra * tip_lps;
@@ -878,6 +990,9 @@ fn measure_scoped(
         (Real::NAN, Real::NAN, Real::NAN, Real::INFINITY)
     };
 
+    if judge && !violations.is_empty() {
+        return given_up(tip_lps, dir_lps, violations);
+    }
     // The transpedicular route: through the isthmus, inside its bony outline by the cortex
     // margin, from a bone entry behind it. The cortex clearance above starts only after the
     // docking zone, which for a large cannula or an entry close to the isthmus can reach past it.
@@ -904,6 +1019,9 @@ fn measure_scoped(
         Route::Unrecognised
     };
 
+    if judge && !violations.is_empty() {
+        return given_up(tip_lps, dir_lps, violations);
+    }
     // Keep-outs along the whole cannula in the patient.
     let tail_lps = match skin_entry_lps {
         Some(s) => s,
@@ -949,6 +1067,15 @@ fn measure_scoped(
             KeepOutKind::Canal => canal = canal.min(d),
             KeepOutKind::NerveRoot(_) => root = root.min(d),
             KeepOutKind::Forbidden => forbidden = Some(forbidden.map_or(d, |f: Real| f.min(d))),
+        }
+        if judge && d < margin {
+            let code = match k.kind {
+                KeepOutKind::Canal => ReasonCode::CanalMarginViolated,
+                KeepOutKind::NerveRoot(_) => ReasonCode::NerveRootMarginViolated,
+                KeepOutKind::Forbidden => ReasonCode::ForbiddenMarginViolated,
+            };
+            violations.push(reason(code, String::new(), None, None));
+            return given_up(tip_lps, dir_lps, violations);
         }
     }
     let margin_check = |v: Real, margin: Real, code, what: &str, out: &mut Vec<Reason>| {

@@ -499,9 +499,7 @@ pub fn search_side(
             .par_iter()
             .map(|l| {
                 let (from, tip) = endpoints(l);
-                evaluate::verdict(ctx, &from, &tip)
-                    .0
-                    .then(|| measure(ctx, &from, &tip))
+                evaluate::judge(ctx, &from, &tip, false).map(|_| measure(ctx, &from, &tip))
             })
             .collect();
         measured += judged.len();

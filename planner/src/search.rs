@@ -145,6 +145,7 @@ fn first_outside(line: &GridLine<'_>, step: Real, limit: Real) -> Option<Real> {
 /// part of its cortex clearance before it marches to the far cortex). Samples that the grid's
 /// Lipschitz bound keeps at or above the running minimum (or the cap) cannot change the result
 /// and are not taken.
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct RunningMin {
     m: Real,
     skip: usize,
@@ -319,6 +320,9 @@ struct Screen<'a> {
     /// before the centring term (the centring is near its cap and drops few lines, the balloon
     /// many); in a tight pedicle the centring first (it drops many lines before their balloon).
     roomy: bool,
+    /// Where the lines' geometry is kept for a later pass on the same lines
+    /// ([`LineGeometries`]), if anywhere.
+    geometries: Option<&'a LineGeometries>,
 }
 
 impl<'a> Screen<'a> {
@@ -350,6 +354,7 @@ impl<'a> Screen<'a> {
             cortex_only: false,
             prune: true,
             roomy: roomy_pedicle(ctx),
+            geometries: None,
         }
     }
 }
@@ -404,6 +409,27 @@ impl Screen<'_> {
 
     /// [`Screen::candidate`], saying why a line gives none.
     fn screened(&self, params: [Real; 4], threshold: Real) -> Result<Candidate, Dropped> {
+        let Some(geometries) = self.geometries else {
+            return self.screened_knowing(params, threshold, &mut LineGeometry::default());
+        };
+        let key = params.map(Real::to_bits);
+        let before = geometries.get(&key);
+        let mut known = before;
+        let got = self.screened_knowing(params, threshold, &mut known);
+        if known != before {
+            geometries.put(key, known);
+        }
+        got
+    }
+
+    /// [`Screen::screened`], taking the line's geometry from `known` where it is there, and
+    /// adding to it what is measured.
+    fn screened_knowing(
+        &self,
+        params: [Real; 4],
+        threshold: Real,
+        known: &mut LineGeometry,
+    ) -> Result<Candidate, Dropped> {
         // With `cortex_only` the threshold is the cortex clearance's and no score bound applies.
         let (threshold, cortex_floor) = if self.cortex_only {
             (Real::NEG_INFINITY, threshold)
@@ -451,28 +477,17 @@ impl Screen<'_> {
         }
         // The line in the grid frame: samples at `t` mm from q.
         let bone = self.bone_grid.line(&q, &dir);
-        if bone.at(0.0) <= 0.0 {
-            return Err(Dropped::Unusable);
-        }
-        // March back to the entry: the first sample outside the bone, then the zero crossing
-        // interpolated between it and the sample before.
-        let t_entry = {
-            let t = first_outside(&bone, -GRID_SAMPLE_STEP_MM, MARCH_BACK_MM)
-                .ok_or(Dropped::Unusable)?;
-            let (s, sp) = (bone.at(t), bone.at(t + GRID_SAMPLE_STEP_MM));
-            let frac = sp / (sp - s).max(1e-9);
-            t + GRID_SAMPLE_STEP_MM - frac * GRID_SAMPLE_STEP_MM
+        let (t_entry, cos_incidence) = match known.entry {
+            Some(e) => e.ok_or(Dropped::Unusable)?,
+            None => {
+                let e = self.entry(&q, &dir, &bone);
+                known.entry = Some(e);
+                e.ok_or(Dropped::Unusable)?
+            }
         };
-        // The entry must be behind the body and lateral of the canal: other lines never score.
-        let entry = q + dir * t_entry;
-        let entry_ok = entry.y >= f.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM
-            && entry.x * self.sign >= self.canal_half_width;
-        if !entry_ok {
-            return Err(Dropped::Unusable);
-        }
+        let entry_ok = true;
         // The incidence at the entry needs nothing further along the line: checked before the
         // rest of the line is sampled.
-        let cos_incidence = entry_incidence_cos(&self.bone_grid, &entry, &dir);
         if cos_incidence < self.max_incidence_deg.to_radians().cos() {
             return Err(Dropped::Unusable);
         }
@@ -491,8 +506,19 @@ impl Screen<'_> {
         // the clearance to the tip from above: most lines are dropped here, before the
         // centring term and the march to the far cortex are taken.
         let t_wall = (f.posterior_wall_y_mm - q.y) / dir.y;
-        let mut cortex_min = RunningMin::from(t_start);
-        let pedicle_cortex = march(&mut cortex_min, &bone, t_wall)? - self.radius;
+        // (Marched in full, not `cortex_only`, it is the same on every pass: kept.)
+        let (mut cortex_min, pedicle_min) = match known.pedicle {
+            Some(p) if !self.cortex_only => p,
+            _ => {
+                let mut cortex_min = RunningMin::from(t_start);
+                let m = march(&mut cortex_min, &bone, t_wall)?;
+                if !self.cortex_only {
+                    known.pedicle = Some((cortex_min, m));
+                }
+                (cortex_min, m)
+            }
+        };
+        let pedicle_cortex = pedicle_min - self.radius;
         if bound(
             pedicle_cortex - safety.cortex_margin_mm,
             self.balloon_max_ml,
@@ -512,7 +538,8 @@ impl Screen<'_> {
         let early_centring = if self.roomy || self.cortex_only {
             None
         } else {
-            let c = centring();
+            let c = known.centring.unwrap_or_else(centring);
+            known.centring = Some(c);
             if bound(
                 pedicle_cortex - safety.cortex_margin_mm,
                 self.balloon_max_ml,
@@ -524,9 +551,22 @@ impl Screen<'_> {
             Some(c)
         };
         let centring_at_most = early_centring.unwrap_or(CENTRING_CAP_MM);
-        let t_exit =
-            first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM).ok_or(Dropped::Unusable)?;
+        let known_far = known.far.filter(|_| !self.cortex_only);
+        if let Some(Err(())) = known_far {
+            return Err(Dropped::Unusable);
+        }
+        let t_exit = match known_far {
+            Some(Ok((t_exit, _, _))) => t_exit,
+            _ => match first_outside(&bone, GRID_SAMPLE_STEP_MM, MARCH_FORWARD_MM) {
+                Some(t) => t,
+                None => {
+                    known.far = Some(Err(()));
+                    return Err(Dropped::Unusable);
+                }
+            },
+        };
         if t_wall >= t_exit {
+            known.far = Some(Err(()));
             return Err(Dropped::Unusable);
         }
         let t_tip = match self.mode {
@@ -535,13 +575,13 @@ impl Screen<'_> {
                 midline_behind_tip_mm,
             } => {
                 // Aimed across: the axis must reach x = 0 going forward.
-                if dir.x * self.sign >= -1e-9 {
-                    return Err(Dropped::Unusable);
-                }
                 let t = -q.x / dir.x + midline_behind_tip_mm;
                 let depth = (t - t_wall) / (t_exit - t_wall);
-                if !(ANTERIOR_THIRD_FRACTION..=UNIPEDICULAR_MAX_TIP_DEPTH_FRACTION).contains(&depth)
+                if dir.x * self.sign >= -1e-9
+                    || !(ANTERIOR_THIRD_FRACTION..=UNIPEDICULAR_MAX_TIP_DEPTH_FRACTION)
+                        .contains(&depth)
                 {
+                    known.far = Some(Err(()));
                     return Err(Dropped::Unusable);
                 }
                 t
@@ -549,13 +589,22 @@ impl Screen<'_> {
         };
         // The rest of the cortex clearance, to the tip (all of it at the tip when the docking
         // zone reaches past it, as `cortex_start` has it).
-        let cortex = if t_start < t_tip {
-            march(&mut cortex_min, &bone, t_tip)?
-        } else {
-            bone.at(t_tip)
-        }
-        .min(bone.at(t_tip))
-            - self.radius;
+        let cortex = match known_far {
+            Some(Ok((_, _, cortex))) => cortex,
+            _ => {
+                let cortex = if t_start < t_tip {
+                    march(&mut cortex_min, &bone, t_tip)?
+                } else {
+                    bone.at(t_tip)
+                }
+                .min(bone.at(t_tip))
+                    - self.radius;
+                if !self.cortex_only {
+                    known.far = Some(Ok((t_exit, t_tip, cortex)));
+                }
+                cortex
+            }
+        };
         if self.cortex_only {
             if cortex < cortex_floor {
                 return Err(Dropped::BelowThreshold);
@@ -596,21 +645,28 @@ impl Screen<'_> {
                 return Err(Dropped::BelowThreshold);
             }
         }
-        let balloon = criteria::balloon_room_ml(
-            &self.ctx.instrument.balloon_lengths_mm,
-            self.ctx.instrument.balloon_max_diameter_mm,
-            safety.cortex_margin_mm,
-            |s| behind_tip.at(s),
-            |s| f.posterior_wall_y_mm - (tip - dir * s).y,
-            |s| self.sign * (tip - dir * s).x,
-        );
+        // Without the balloon term (the fallback pass, a unipedicular line) the room counts
+        // nowhere: not measured.
+        let balloon = if self.balloon_term {
+            criteria::balloon_room_ml(
+                &self.ctx.instrument.balloon_lengths_mm,
+                self.ctx.instrument.balloon_max_diameter_mm,
+                safety.cortex_margin_mm,
+                |s| behind_tip.at(s),
+                |s| f.posterior_wall_y_mm - (tip - dir * s).y,
+                |s| self.sign * (tip - dir * s).x,
+            )
+        } else {
+            0.0
+        };
         if bound(cortex - safety.cortex_margin_mm, balloon, centring_at_most) < threshold {
             return Err(Dropped::BelowThreshold);
         }
         let centring = match early_centring {
             Some(c) => c,
             None => {
-                let c = centring();
+                let c = known.centring.unwrap_or_else(centring);
+                known.centring = Some(c);
                 if bound(cortex - safety.cortex_margin_mm, balloon, c) < threshold {
                     return Err(Dropped::BelowThreshold);
                 }
@@ -675,6 +731,28 @@ impl Screen<'_> {
         })
     }
 
+    /// A line's bone entry (the distance from `q` along `dir`, the cosine of its incidence) if
+    /// it has a usable one: `q` in the bone, its entry within [`MARCH_BACK_MM`], behind the
+    /// body and lateral of the canal (other lines never score).
+    fn entry(&self, q: &Point, dir: &Vector, bone: &GridLine<'_>) -> Option<(Real, Real)> {
+        if bone.at(0.0) <= 0.0 {
+            return None;
+        }
+        // March back to the entry: the first sample outside the bone, then the zero crossing
+        // interpolated between it and the sample before.
+        let t_entry = {
+            let t = first_outside(bone, -GRID_SAMPLE_STEP_MM, MARCH_BACK_MM)?;
+            let (s, sp) = (bone.at(t), bone.at(t + GRID_SAMPLE_STEP_MM));
+            let frac = sp / (sp - s).max(1e-9);
+            t + GRID_SAMPLE_STEP_MM - frac * GRID_SAMPLE_STEP_MM
+        };
+        let f = &self.ctx.vertebra.frame;
+        let entry = q + dir * t_entry;
+        let entry_ok = entry.y >= f.posterior_wall_y_mm + MIN_ENTRY_BEHIND_WALL_MM
+            && entry.x * self.sign >= self.canal_half_width;
+        entry_ok.then(|| (t_entry, entry_incidence_cos(&self.bone_grid, &entry, dir)))
+    }
+
     /// Pattern search around a seed on the approximate score, its lines screened through
     /// `screened` (shared by the seeds refined together: their searches often cross).
     fn refine(&self, seed: Candidate, screened: &ScreenedLines) -> Candidate {
@@ -713,6 +791,38 @@ impl Screen<'_> {
             steps.iter_mut().for_each(|s| *s *= 0.5);
         }
         best
+    }
+}
+
+/// What a line's screening measured that does not depend on the score: its bone entry, the
+/// cortex march through the pedicle (the march's state where it stopped, to go on from), its
+/// centring, and its far cortex, tip and cortex clearance, each once measured
+/// ([`Screen::screened_knowing`]). `Err` where the line was found unusable there.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct LineGeometry {
+    entry: Option<Option<(Real, Real)>>,
+    pedicle: Option<(RunningMin, Real)>,
+    centring: Option<Real>,
+    far: Option<Result<(Real, Real, Real), ()>>,
+}
+
+/// The [`LineGeometry`] of the lines of one side and mode, by the bits of their parameters:
+/// where the first pass with the balloon term finds no safe line, the fallback pass without
+/// it (`search_side_with`) screens mostly the same lines again, whose geometry is the same
+/// (only the score, and the keep-out marches it stops, differ). Kept only where that pass is
+/// likely (a tight pedicle, [`roomy_pedicle`]), a rule of speed only: a line found here is
+/// the same line screened afresh, bit for bit.
+#[derive(Default)]
+struct LineGeometries(std::sync::Mutex<std::collections::HashMap<[u64; 4], LineGeometry>>);
+
+impl LineGeometries {
+    fn get(&self, key: &[u64; 4]) -> LineGeometry {
+        let known = self.0.lock().expect("not poisoned");
+        known.get(key).copied().unwrap_or_default()
+    }
+
+    fn put(&self, key: [u64; 4], geometry: LineGeometry) {
+        self.0.lock().expect("not poisoned").insert(key, geometry);
     }
 }
 
@@ -1018,7 +1128,11 @@ fn search_side_with(
     cancelled: &(dyn Fn() -> bool + Sync),
     screens: Screens,
 ) -> Result<SideOutcome, PlanError> {
-    let screen = Screen::new(ctx, mode);
+    let geometries = LineGeometries::default();
+    let mut screen = Screen::new(ctx, mode);
+    if screen.balloon_term && !screen.roomy {
+        screen.geometries = Some(&geometries);
+    }
     let grid = LineGrid::new(&screen);
     let Some(verified) = screen_and_verify(&screen, &grid, screens, &Judged::default(), cancelled)?
     else {
@@ -1101,7 +1215,10 @@ fn screen_and_verify_keeping(
     if cancelled() {
         return Err(PlanError::Cancelled);
     }
-    if let Some(m) = verify_batch(screen.ctx, screen.mode, &refined, judged) {
+    // The refined lines of the first pass are judged as they come; the fallback's, once the
+    // first pass has found none safe, deepest first.
+    let deep_first = !judged.is_empty();
+    if let Some(m) = verify_batch(screen.ctx, screen.mode, &refined, judged, deep_first) {
         return Ok(Some(Verified::Safe(Box::new(m))));
     }
     screening.keep_more(screen, MAX_EXACT, &|l| grid.line(l), cancelled)?;
@@ -1411,7 +1528,7 @@ fn verify(
         if cancelled() {
             return Err(PlanError::Cancelled);
         }
-        if let Some(m) = verify_batch(ctx, mode, batch, judged) {
+        if let Some(m) = verify_batch(ctx, mode, batch, judged, true) {
             return Ok(Verified::Safe(Box::new(m)));
         }
     }
@@ -1442,16 +1559,24 @@ impl Judged {
     fn contains(&self, c: &Candidate) -> bool {
         !self.0.is_empty() && self.0.contains(&Self::key(c))
     }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// One batch of the verification: its safe lines measured in full, the best-scoring one (the
 /// first of the highest score in the batch's order), or `None`. Lines in `judged` are known
-/// to be unsafe.
+/// to be unsafe. `deep_first`: where the batch's lines are likely unsafe (any batch after a
+/// pass's first, whose refined lines are the best it has; every batch of the fallback pass),
+/// each is judged first where a pedicle too narrow gives it up soonest
+/// ([`evaluate::judge`]); the same lines are safe either way.
 fn verify_batch(
     ctx: &SideContext<'_>,
     mode: SearchMode,
     batch: &[Candidate],
     judged: &Judged,
+    deep_first: bool,
 ) -> Option<Measurement> {
     let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
     let safe: Vec<Measurement> = batch
@@ -1459,8 +1584,9 @@ fn verify_batch(
         .filter(|c| !judged.contains(c))
         .filter_map(|c| {
             let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
-            let (ok, v) = evaluate::verdict(ctx, &from_lps, &tip_lps);
-            (ok && mode.accepts(ctx, &v)).then(|| measure(ctx, &from_lps, &tip_lps))
+            evaluate::judge(ctx, &from_lps, &tip_lps, deep_first)
+                .filter(|v| mode.accepts(ctx, v))
+                .map(|_| measure(ctx, &from_lps, &tip_lps))
         })
         .collect();
     let mut best_feasible: Option<Measurement> = None;
@@ -2255,6 +2381,80 @@ mod tests {
         );
     }
 
+    /// A line's geometry kept from earlier screenings ([`LineGeometries`]) gives the screening
+    /// a line afresh gives, bit for bit: on every side and mode of the pruning anatomies, each
+    /// line screened in turn by the pass with the balloon term, the fallback without it, the
+    /// diagnosis (cortex only) and the relaxed coarse incidence limit, under thresholds that
+    /// stop it at every stage, all sharing one memo, against the same screen without it.
+    #[test]
+    fn kept_line_geometry_screens_as_afresh() {
+        let (mut lines, mut reused) = (0usize, 0usize);
+        each_screen(|what, fresh| {
+            if !fresh.balloon_term {
+                return;
+            }
+            let geometries = LineGeometries::default();
+            let kept = Screen {
+                geometries: Some(&geometries),
+                ..fresh.clone()
+            };
+            let grid = LineGrid::new(fresh);
+            let all = grid.all();
+            // Every score the lines reach, to stop them at each stage of their screening.
+            let scores: Vec<Real> = all
+                .iter()
+                .step_by(3)
+                .filter_map(|&i| fresh.candidate(grid.line(i), Real::NEG_INFINITY))
+                .map(|c| c.score)
+                .collect();
+            assert!(!scores.is_empty(), "{what}");
+            fn passes<'a>(s: &Screen<'a>) -> [Screen<'a>; 4] {
+                let s = s.clone();
+                [
+                    s.clone(),
+                    Screen {
+                        balloon_term: false,
+                        ..s.clone()
+                    },
+                    Screen {
+                        cortex_only: true,
+                        ..s.clone()
+                    },
+                    Screen {
+                        max_incidence_deg: s.max_incidence_deg + COARSE_INCIDENCE_SLACK_DEG,
+                        ..s
+                    },
+                ]
+            }
+            let (slow, fast) = (passes(fresh), passes(&kept));
+            for (k, &i) in all.iter().enumerate().step_by(3) {
+                let p = grid.line(i);
+                for round in 0..6 {
+                    let pass = (k + round) % 4;
+                    let t = match pass {
+                        // The cortex floor of the diagnosis, mm.
+                        2 => [-1.0, 0.2, 0.8, 1.5][(k / 3 + round) % 4],
+                        _ => scores[(k * 7 + round * 13) % scores.len()] - 0.1 * round as Real,
+                    };
+                    let before = geometries.get(&p.map(Real::to_bits));
+                    reused += usize::from(before != LineGeometry::default());
+                    let a = slow[pass].screened(p, t);
+                    let b = fast[pass].screened(p, t);
+                    assert_eq!(
+                        a.map(|c| bits(Some(c))),
+                        b.map(|c| bits(Some(c))),
+                        "{what}: line {k}, pass {pass}, threshold {t}"
+                    );
+                    lines += 1;
+                }
+            }
+        });
+        assert!(
+            lines > 10_000 && reused > 5_000,
+            "{lines} screened, {reused} reused"
+        );
+    }
+
     /// The diagnosis's widest line, screened in chunks with the widest clearance so far as a
     /// floor, is the one screening every line to its end gives, bit for bit, on every side of
     /// the pruning anatomies in both modes.
@@ -2322,6 +2522,15 @@ mod tests {
                         for (a, b) in [(from, tip), (from + shift, tip + shift)] {
                             let m = measure(ctx, &a, &b);
                             let (ok, v) = evaluate::verdict(ctx, &a, &b);
+                            // The judge: the verdict's measurement where that finds the line
+                            // safe, nothing where it does not.
+                            for deep_first in [false, true] {
+                                let judged = evaluate::judge(ctx, &a, &b, deep_first);
+                                assert_eq!(judged.is_some(), ok, "{level} {side} {a:?} {b:?}");
+                                if let Some(j) = &judged {
+                                    assert_eq!(format!("{j:?}"), format!("{v:?}"));
+                                }
+                            }
                             let codes = |m: &Measurement| {
                                 m.violations.iter().map(|r| r.code).collect::<Vec<_>>()
                             };
