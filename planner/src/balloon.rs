@@ -11,6 +11,10 @@ pub use crate::criteria::{
 use crate::evaluate::{Measurement, SideContext};
 use crate::math::{segment_segment_distance, Point, Real, Vector};
 
+/// How far beyond the distance that could still narrow a balloon a keep-out's walk looks, mm:
+/// round-off of halving and adding a margin, never a rule.
+const CAP_SPARE_MM: Real = 1e-6;
+
 /// Where the balloon's distal end may sit ([`crate::criteria::BALLOON_DISTAL_OFFSETS_MM`]).
 pub const DISTAL_OFFSETS_MM: [Real; 5] = crate::criteria::BALLOON_DISTAL_OFFSETS_MM;
 
@@ -57,7 +61,15 @@ pub fn options(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
 /// [`DIAMETER_STEP_MM`] steps, however small (zero or negative: no room at all); [`options`]
 /// keeps those that inflate to [`MIN_BALLOON_DIAMETER_MM`].
 fn placements(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
+    placements_walking(ctx, m, true)
+}
+
+/// [`placements`]; with `capped`, each keep-out's distance walked only below what could still
+/// narrow the balloon (the diameter so far, or the instrument's maximum), the same diameters
+/// for less work (the tests compare with `capped` off).
+fn placements_walking(ctx: &SideContext<'_>, m: &Measurement, capped: bool) -> Vec<BalloonFit> {
     let safety = ctx.safety;
+    let max_mm = ctx.instrument.balloon_max_diameter_mm;
     let v = ctx.vertebra;
     let f = &v.frame;
     let u = m.direction_lps.into_inner();
@@ -95,9 +107,18 @@ fn placements(ctx: &SideContext<'_>, m: &Measurement) -> Vec<BalloonFit> {
                 }
                 crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
             };
-            room = room.min(2.0 * (k.distance_to_segment(&proximal, &distal) - margin - extra));
+            // A distance at or beyond `cap` leaves `room.min(max_mm)` as it is.
+            let cap = if capped {
+                0.5 * room.min(max_mm) + margin + extra + CAP_SPARE_MM
+            } else {
+                Real::INFINITY
+            };
+            let d = k.distance_to_segment_below(&proximal, &distal, cap);
+            if d < cap {
+                room = room.min(2.0 * (d - margin - extra));
+            }
         }
-        let d = floor_diameter_step(room.min(ctx.instrument.balloon_max_diameter_mm));
+        let d = floor_diameter_step(room.min(max_mm));
         out.push(BalloonFit {
             proximal,
             distal,
@@ -311,13 +332,27 @@ impl std::fmt::Display for BalloonLimit {
 /// What limits the balloon `b` fitted on side `ctx` to the trajectory entering the bone at
 /// `bone_entry_lps` (`bilateral`: kept to its own half of the body, as a bilateral side's is): the room each rule of [`options`] and
 /// [`keep_to_own_half`] leaves, measured again, the smallest named; the other balloon when
-/// the diameter lies a step or more below all of them. The nearest bone point is found over
-/// every triangle of the mesh (an explanation, not a hot path).
+/// the diameter lies a step or more below all of them. The nearest bone point is the first
+/// triangle at the bone's distance ([`crate::clearance::ClearanceMesh::first_nearest_to_segment`]:
+/// the one a scan of every triangle takes); a keep-out is walked only as near as could bound
+/// the balloon (an infeasible side's diagnosis takes this for its widest balloon).
 pub fn limit(
     ctx: &SideContext<'_>,
     bone_entry_lps: &Point,
     b: &BalloonFit,
     bilateral: bool,
+) -> BalloonLimit {
+    limit_walking(ctx, bone_entry_lps, b, bilateral, true)
+}
+
+/// [`limit`]; with `capped`, a keep-out's distance walked only below the smallest room so far
+/// (the tests compare with `capped` off).
+fn limit_walking(
+    ctx: &SideContext<'_>,
+    bone_entry_lps: &Point,
+    b: &BalloonFit,
+    bilateral: bool,
+    capped: bool,
 ) -> BalloonLimit {
     let safety = ctx.safety;
     let v = ctx.vertebra;
@@ -357,8 +392,18 @@ pub fn limit(
             }
             crate::keepout::KeepOutKind::NerveRoot(_) => safety.nerve_root_margin_mm,
         } + extra;
-        let d = k.distance_to_segment(&p, &q);
-        rooms.push((BalloonBound::KeepOut, 2.0 * (d - m), Some(d), m));
+        // A keep-out no nearer than the smallest room so far cannot bound the balloon (the
+        // first smallest room is named): its distance is walked only below that.
+        let smallest = rooms.iter().map(|r| r.1).fold(Real::INFINITY, Real::min);
+        let cap = if capped {
+            0.5 * smallest + m + CAP_SPARE_MM
+        } else {
+            Real::INFINITY
+        };
+        let d = k.distance_to_segment_below(&p, &q, cap);
+        if d.is_finite() {
+            rooms.push((BalloonBound::KeepOut, 2.0 * (d - m), Some(d), m));
+        }
     }
     if bilateral {
         let room = midline_room_mm(ctx, &p, &q);
@@ -394,23 +439,31 @@ pub fn limit(
     }
 }
 
-/// The distance from the segment `p-q` to the bone surface (over every triangle) and the wall
-/// its nearest point lies on ([`BoneWall`]).
+/// The distance from the segment `p-q` to the bone surface and the wall its nearest point lies
+/// on ([`BoneWall`]), from the first triangle at that distance
+/// ([`crate::clearance::ClearanceMesh::first_nearest_to_segment`]).
 fn nearest_bone_wall(
     v: &crate::prepare::PreparedVertebra,
     p: &Point,
     q: &Point,
 ) -> (Real, BoneWall) {
-    use crate::clearance::{closest_point_on_triangle, segment_triangle_distance};
-    let mesh = &v.mesh;
-    let (mut best, mut best_i) = (Real::INFINITY, 0);
-    for i in 0..mesh.triangles.len() {
-        let d = segment_triangle_distance(p, q, &mesh.triangle(i));
-        if d < best {
-            (best, best_i) = (d, i);
-        }
-    }
-    let tri = mesh.triangle(best_i);
+    let (best, best_i) = v
+        .bone
+        .first_nearest_to_segment(p, q)
+        .unwrap_or((Real::INFINITY, 0));
+    wall_of(v, p, q, best, best_i)
+}
+
+/// [`nearest_bone_wall`] given the distance and the triangle.
+fn wall_of(
+    v: &crate::prepare::PreparedVertebra,
+    p: &Point,
+    q: &Point,
+    best: Real,
+    best_i: usize,
+) -> (Real, BoneWall) {
+    use crate::clearance::closest_point_on_triangle;
+    let tri = v.mesh.triangle(best_i);
     // The distance from a point moving along the segment to the (convex) triangle is convex in
     // the segment's parameter: a golden-section search finds the nearest pair.
     let at = |t: Real| {
@@ -478,4 +531,75 @@ pub fn widest(ctx: &SideContext<'_>, m: &Measurement, bilateral: bool) -> Option
         }
     }
     best.map(|b| limit(ctx, &m.bone_entry_lps, b, bilateral))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anatomy::{Level, Side};
+    use crate::math::Pose;
+    use crate::request::{Instrument, Safety};
+    use crate::search::{exhaustive_safe_lines, SearchMode};
+    use crate::synth::{self, SpineOptions};
+    use crate::{PrepareOptions, PreparedAnatomy};
+
+    /// The balloon placements and their limits with each keep-out's walk capped at what could
+    /// still narrow the balloon are the ones measuring every keep-out in full gives, bit for
+    /// bit: on every safe line of the full grid of a thoracic level with ribs and pleura (whose
+    /// keep-outs crowd the body) and of a lumbar one, with and without a required navigation
+    /// error (which widens every margin).
+    #[test]
+    fn capped_keep_out_walks_place_and_limit_balloons_as_full_walks() {
+        let options = SpineOptions {
+            with_soft_tissue: false,
+            with_ribs_and_pleura: true,
+        };
+        let instrument = Instrument::contract_default();
+        let (mut placed, mut keep_out_bound) = (0usize, 0usize);
+        for level in [Level::T8, Level::L4] {
+            let input = synth::spine_with(&[level], &Pose::identity(), &options).0;
+            let anatomy = PreparedAnatomy::prepare(input, &PrepareOptions::standard()).unwrap();
+            let vertebra = anatomy.vertebra(level).unwrap();
+            for safety in [
+                Safety::contract_default(),
+                Safety {
+                    navigation_error_mm: Some(1.0),
+                    navigation_error_deg: Some(1.0),
+                    ..Safety::contract_default()
+                },
+            ] {
+                for side in Side::BOTH {
+                    let ctx =
+                        SideContext::transpedicular(&anatomy, vertebra, side, &instrument, &safety);
+                    for m in exhaustive_safe_lines(&ctx, SearchMode::Bilateral)
+                        .iter()
+                        .step_by(7)
+                    {
+                        let capped = placements_walking(&ctx, m, true);
+                        let full = placements_walking(&ctx, m, false);
+                        assert_eq!(format!("{capped:?}"), format!("{full:?}"), "{level} {side}");
+                        for b in &full {
+                            for bilateral in [false, true] {
+                                let fast =
+                                    limit_walking(&ctx, &m.bone_entry_lps, b, bilateral, true);
+                                let slow =
+                                    limit_walking(&ctx, &m.bone_entry_lps, b, bilateral, false);
+                                assert_eq!(
+                                    format!("{fast:?}"),
+                                    format!("{slow:?}"),
+                                    "{level} {side}"
+                                );
+                                keep_out_bound += usize::from(slow.bound == BalloonBound::KeepOut);
+                            }
+                        }
+                        placed += full.len();
+                    }
+                }
+            }
+        }
+        assert!(
+            placed > 1000 && keep_out_bound > 10,
+            "{placed} placed, {keep_out_bound} bound by a keep-out"
+        );
+    }
 }

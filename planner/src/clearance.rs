@@ -487,6 +487,33 @@ impl ClearanceMesh {
         (d, leaf.map(|i| self.corners[i as usize]))
     }
 
+    /// [`ClearanceMesh::distance_to_segment`] and the first triangle (in the mesh's order) at
+    /// that distance: the triangle a scan of every triangle in order, taking each strictly
+    /// nearer one, ends with (`None` for an empty mesh). The walk finds the distance; a second
+    /// walk, pruning every box farther than it, finds the triangles at it (several where the
+    /// nearest point is an edge or corner they share).
+    pub fn first_nearest_to_segment(&self, a: &Point, b: &Point) -> Option<(f64, usize)> {
+        let (d, leaf) = self.nearest_to_segment_below(a, b, f64::INFINITY);
+        let mut first = leaf?;
+        let aa = arr(a);
+        let dv = varr(&(b - a));
+        self.bvh.traverse(|node| {
+            let (lo, hi) = node_box(node);
+            if conservative(segment_aabb_distance(&aa, &dv, &lo, &hi)) > d {
+                return TraversalAction::Prune;
+            }
+            if let Some(leaf) = node.leaf_data() {
+                if leaf < first
+                    && segment_triangle_distance(a, b, &self.corners[leaf as usize]) == d
+                {
+                    first = leaf;
+                }
+            }
+            TraversalAction::Continue
+        });
+        Some((d, first as usize))
+    }
+
     /// The walk of [`ClearanceMesh::distance_to_segment_below`], with the nearest triangle.
     fn nearest_to_segment_below(&self, a: &Point, b: &Point, cap: f64) -> (f64, Option<u32>) {
         let aa = arr(a);
@@ -751,6 +778,19 @@ pub mod brute {
             })
             .count();
         votes >= 2
+    }
+
+    /// [`ClearanceMesh::first_nearest_to_segment`] by a scan of every triangle in order,
+    /// taking each strictly nearer one.
+    pub fn first_nearest_to_segment(mesh: &TriMesh, a: &Point, b: &Point) -> Option<(f64, usize)> {
+        let mut best: Option<(f64, usize)> = None;
+        for i in 0..mesh.triangles.len() {
+            let d = segment_triangle_distance(a, b, &mesh.triangle(i));
+            if best.is_none_or(|(bd, _)| d < bd) {
+                best = Some((d, i));
+            }
+        }
+        best
     }
 
     /// [`ClearanceMesh::surface_drop_mm`] over every triangle.

@@ -531,7 +531,7 @@ pub fn verdict(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -> (boo
 /// An unsafe line is given up at the first violation found. With `deep_first`, a
 /// transpedicular line first has its cortex margin judged from the deepest point the docking
 /// zone can reach (so a line through a pedicle too narrow for it is given up before the docking
-/// surface is measured; the argument at [`Scope::Judge`]): worth its walk where the line is
+/// surface is measured; the argument at `Scope::Judge`): worth its walk where the line is
 /// likely unsafe, a walk more where it is safe; the answer is the same either way. The
 /// search's verification and the extrapedicular search's queue judge their lines with it.
 pub fn judge(

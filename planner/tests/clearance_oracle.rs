@@ -255,6 +255,30 @@ proptest! {
         }
     }
 
+    /// The first triangle at a segment's distance is the one a scan of every triangle in
+    /// order takes, distance bit for bit: for segments tangent to the surface, and for
+    /// segments passing just above a vertex of the mesh, whose nearest point is that vertex,
+    /// shared by every triangle around it.
+    #[test]
+    fn first_nearest_triangle_matches_the_scan(
+        (a, b) in near_segment(),
+        vertex in 0usize..100_000,
+        h in 0.0..2.0f64,
+        psi in 0.0..2.0 * PI,
+    ) {
+        let f = fixture();
+        let v = f.mesh.vertices_mm[vertex % f.mesh.vertices_mm.len()];
+        let n = (v - center()).normalize();
+        let t = n.cross(&Vector::z()).try_normalize(1e-9).unwrap_or(Vector::x());
+        let dir = t * psi.cos() + n.cross(&t) * psi.sin();
+        let above = v + n * h;
+        for (a, b) in [(a, b), (above - dir * 3.0, above + dir * 3.0), (above, above + n * 5.0)] {
+            let fast = f.cm.first_nearest_to_segment(&a, &b).unwrap();
+            let slow = brute::first_nearest_to_segment(&f.mesh, &a, &b).unwrap();
+            prop_assert_eq!((fast.0.to_bits(), fast.1), (slow.0.to_bits(), slow.1));
+        }
+    }
+
     #[test]
     fn point_distance_matches_brute(p in box_point()) {
         let f = fixture();
