@@ -550,20 +550,43 @@ pub fn judge(
 const JUDGE_ROUNDING_MM: Real = 1e-9;
 
 /// The deepest point behind the tip, on the axis, where the cortex margin of a transpedicular
-/// line whose bone entry is `t_entry` (distance from the tip, negative) can start: the end of
-/// the longest docking zone the entry incidence limit allows ([`docking_zone_mm`] at the
-/// limit, its surface drop at most the footprint's radius, since a corner within the radius of
-/// the entry lies at most that far under the tangent plane). A steeper incidence is a violation
-/// of its own.
-fn deepest_cortex_start(instrument: &Instrument, safety: &Safety, t_entry: Real) -> Real {
-    // The cosine a little under the limit's: an incidence within the limit has a cosine at
-    // least this, whatever the round-off of `acos` and `to_degrees`.
-    let cos_min = safety.max_entry_incidence_deg.to_radians().cos() - JUDGE_ROUNDING_MM;
-    let footprint = docking_footprint_mm(instrument, safety, cos_min);
+/// line whose bone entry is `t_entry` (distance from the tip, negative) can start when the
+/// cosine of its incidence is at least `cos_incidence`: the end of the longest docking zone
+/// that incidence allows ([`docking_zone_mm`], its surface drop at most the footprint's radius,
+/// since a corner within the radius of the entry lies at most that far under the tangent
+/// plane).
+fn deepest_cortex_start(
+    instrument: &Instrument,
+    safety: &Safety,
+    t_entry: Real,
+    cos_incidence: Real,
+) -> Real {
+    let footprint = docking_footprint_mm(instrument, safety, cos_incidence);
     cortex_start(
         t_entry,
-        docking_zone_mm(instrument, safety, cos_min, footprint + JUDGE_ROUNDING_MM),
+        docking_zone_mm(
+            instrument,
+            safety,
+            cos_incidence,
+            footprint + JUDGE_ROUNDING_MM,
+        ),
     )
+}
+
+/// The placeholder [`Scope::Below`] returns for a line whose score is sure to be below the
+/// bound's floor: a score of minus infinity.
+fn below_floor(tip_lps: &Point, dir_lps: UnitVector) -> Measurement {
+    Measurement {
+        cortex_clearance_mm: Real::NEG_INFINITY,
+        canal_clearance_mm: Real::INFINITY,
+        root_clearance_mm: Real::INFINITY,
+        medial_angle_deg: 0.0,
+        tip_depth_fraction: 1.0,
+        centring_mm: 0.0,
+        axis_offset_mm: 0.0,
+        balloon_room_ml: 0.0,
+        ..given_up(tip_lps, dir_lps, Vec::new())
+    }
 }
 
 /// The placeholder [`Scope::Judge`] returns for an unsafe line: its violations so far and
@@ -612,7 +635,10 @@ pub fn score_ceiling(ctx: &SideContext<'_>, from_lps: &Point, tip_lps: &Point) -
 /// ([`crate::clearance::ClearanceMesh::distance_to_segment_at_most`]). Each is at least the
 /// exact clearance, and the score never falls as a slack grows, so the bound holds; and a walk
 /// that only has to find one near triangle stops early. A line whose bound falls below a
-/// score already measured cannot beat it.
+/// score already measured cannot beat it. Minus infinity, not a bound, for a transpedicular
+/// line whose cortex slack is found below `slack_below_mm` (by 1e-9 mm, for round-off) before
+/// its docking surface is measured: its score is then below
+/// `score_ceiling(..) - SLACK_RESERVE_MM + slack_below_mm`, the floor the caller asks about.
 pub fn score_below(
     ctx: &SideContext<'_>,
     from_lps: &Point,
@@ -733,7 +759,11 @@ fn measure_scoped(
             ));
         }
     } else if let (true, false, Some(te)) = (deep_first, extrapedicular, t_entry) {
-        let start = deepest_cortex_start(instrument, safety, te);
+        // The cosine a little under the limit's: an incidence within the limit has a cosine at
+        // least this, whatever the round-off of `acos` and `to_degrees`; a steeper incidence is
+        // a violation of its own.
+        let cos_min = safety.max_entry_incidence_deg.to_radians().cos() - JUDGE_ROUNDING_MM;
+        let start = deepest_cortex_start(instrument, safety, te, cos_min);
         let margin = safety.cortex_margin_mm - JUDGE_ROUNDING_MM;
         if start < 0.0
             && bone.segment_within(&(tip_lps + dir_lps.into_inner() * start), tip_lps, |d| {
@@ -899,6 +929,25 @@ fn measure_scoped(
                 incidence_deg,
                 max_incidence_deg,
             ));
+        }
+        // `Scope::Below`: a transpedicular line whose cortex, from the deepest point its
+        // docking zone can reach at this incidence, already has a slack under the bound's,
+        // scores under the bound's floor (the score rises with the worst slack one for one):
+        // given up before the surface's drop is measured.
+        if let (Scope::Below(slack_mm), false, true, Some(te)) =
+            (scope, extrapedicular, tip_inside, t_entry)
+        {
+            let start = deepest_cortex_start(instrument, safety, te, cos_incidence);
+            let cap = slack_mm + r + safety.cortex_margin_mm - JUDGE_ROUNDING_MM;
+            if start < 0.0
+                && bone.distance_to_segment_at_most(
+                    &(tip_lps + dir_lps.into_inner() * start),
+                    tip_lps,
+                    cap,
+                ) < cap
+            {
+                return below_floor(tip_lps, dir_lps);
+            }
         }
         let drop_mm = normal_lps.map_or(0.0, |n| {
             let footprint = docking_footprint_mm(instrument, safety, cos_incidence);
