@@ -573,6 +573,31 @@ fn deepest_cortex_start(
     )
 }
 
+/// Whether the cortex slack of the transpedicular line of `ctx` with its tip at `tip_lps`
+/// along `dir_lps` and its bone entry at `t_entry` is sure to be under `slack_mm` (by
+/// [`JUDGE_ROUNDING_MM`]), whatever the surface's drop, when the cosine of its incidence is at
+/// least `cos_incidence`: some triangle that near the axis from [`deepest_cortex_start`] to
+/// the tip, a piece of the one the cortex margin covers. Decided before the docking surface is
+/// measured.
+fn cortex_slack_surely_under(
+    ctx: &SideContext<'_>,
+    tip_lps: &Point,
+    dir_lps: &UnitVector,
+    t_entry: Real,
+    cos_incidence: Real,
+    slack_mm: Real,
+) -> bool {
+    let start = deepest_cortex_start(ctx.instrument, ctx.safety, t_entry, cos_incidence);
+    let cap = slack_mm + ctx.instrument.cannula_radius_mm() + ctx.safety.cortex_margin_mm
+        - JUDGE_ROUNDING_MM;
+    start < 0.0
+        && ctx.vertebra.bone.segment_within(
+            &(tip_lps + dir_lps.into_inner() * start),
+            tip_lps,
+            |d| d < cap,
+        )
+}
+
 /// The placeholder [`Scope::Below`] returns for a line whose score is sure to be below the
 /// bound's floor: a score of minus infinity.
 fn below_floor(tip_lps: &Point, dir_lps: UnitVector) -> Measurement {
@@ -763,13 +788,7 @@ fn measure_scoped(
         // least this, whatever the round-off of `acos` and `to_degrees`; a steeper incidence is
         // a violation of its own.
         let cos_min = safety.max_entry_incidence_deg.to_radians().cos() - JUDGE_ROUNDING_MM;
-        let start = deepest_cortex_start(instrument, safety, te, cos_min);
-        let margin = safety.cortex_margin_mm - JUDGE_ROUNDING_MM;
-        if start < 0.0
-            && bone.segment_within(&(tip_lps + dir_lps.into_inner() * start), tip_lps, |d| {
-                d - r < margin
-            })
-        {
+        if cortex_slack_surely_under(ctx, tip_lps, &dir_lps, te, cos_min, 0.0) {
             violations.push(reason(
                 ReasonCode::CortexMarginViolated,
                 String::new(),
@@ -937,15 +956,7 @@ fn measure_scoped(
         if let (Scope::Below(slack_mm), false, true, Some(te)) =
             (scope, extrapedicular, tip_inside, t_entry)
         {
-            let start = deepest_cortex_start(instrument, safety, te, cos_incidence);
-            let cap = slack_mm + r + safety.cortex_margin_mm - JUDGE_ROUNDING_MM;
-            if start < 0.0
-                && bone.distance_to_segment_at_most(
-                    &(tip_lps + dir_lps.into_inner() * start),
-                    tip_lps,
-                    cap,
-                ) < cap
-            {
+            if cortex_slack_surely_under(ctx, tip_lps, &dir_lps, te, cos_incidence, slack_mm) {
                 return below_floor(tip_lps, dir_lps);
             }
         }
