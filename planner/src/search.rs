@@ -268,7 +268,6 @@ struct Candidate {
     t_tip: Real,
     /// Approximate clearance of the cannula surface to the cortex, mm.
     cortex: Real,
-    entry_ok: bool,
     /// Cosine of the incidence at the bone entry (the screening's estimate).
     cos_incidence: Real,
     score: Real,
@@ -485,7 +484,6 @@ impl Screen<'_> {
                 e.ok_or(Dropped::Unusable)?
             }
         };
-        let entry_ok = true;
         // The incidence at the entry needs nothing further along the line: checked before the
         // rest of the line is sampled.
         if cos_incidence < self.max_incidence_deg.to_radians().cos() {
@@ -616,7 +614,6 @@ impl Screen<'_> {
                 t_entry,
                 t_tip,
                 cortex,
-                entry_ok,
                 cos_incidence,
                 score: Real::NAN,
             });
@@ -725,7 +722,6 @@ impl Screen<'_> {
             t_entry,
             t_tip,
             cortex,
-            entry_ok,
             cos_incidence,
             score,
         })
@@ -1028,9 +1024,6 @@ impl Screening {
                     }
                     Err(Dropped::Unusable) => continue,
                 };
-                if !c.entry_ok {
-                    continue;
-                }
                 if c.cos_incidence < limit_cos {
                     self.steeper.push((c, i));
                 } else {
@@ -1274,7 +1267,6 @@ pub fn exhaustive_safe_lines(ctx: &SideContext<'_>, mode: SearchMode) -> Vec<Mea
     grid.all()
         .par_iter()
         .filter_map(|&i| screen.candidate(grid.line(i), Real::NEG_INFINITY))
-        .filter(|c| c.entry_ok)
         .filter_map(|c| {
             let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
             let m = measure(ctx, &from_lps, &tip_lps);
@@ -1725,7 +1717,6 @@ fn widest_line(screen: &Screen<'_>, grid: &LineGrid) -> Option<Candidate> {
         let found = chunk
             .par_iter()
             .filter_map(|i| screen.candidate(grid.line(*i), floor))
-            .filter(|c| c.entry_ok)
             .max_by(widest);
         bone_best = bone_best.into_iter().chain(found).max_by(widest);
     }
@@ -1738,7 +1729,6 @@ fn widest_line_by_screening_each(screen: &Screen<'_>, grid: &LineGrid) -> Option
     grid.all()
         .iter()
         .filter_map(|i| screen.candidate(grid.line(*i), Real::NEG_INFINITY))
-        .filter(|c| c.entry_ok)
         .max_by(widest)
 }
 
@@ -2060,7 +2050,6 @@ mod tests {
                 ]
                 .map(Real::to_bits),
             );
-            v.push(u64::from(c.entry_ok));
             v
         })
     }
