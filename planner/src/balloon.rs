@@ -447,22 +447,11 @@ fn nearest_bone_wall(
     p: &Point,
     q: &Point,
 ) -> (Real, BoneWall) {
+    use crate::clearance::closest_point_on_triangle;
     let (best, best_i) = v
         .bone
         .first_nearest_to_segment(p, q)
         .unwrap_or((Real::INFINITY, 0));
-    wall_of(v, p, q, best, best_i)
-}
-
-/// [`nearest_bone_wall`] given the distance and the triangle.
-fn wall_of(
-    v: &crate::prepare::PreparedVertebra,
-    p: &Point,
-    q: &Point,
-    best: Real,
-    best_i: usize,
-) -> (Real, BoneWall) {
-    use crate::clearance::closest_point_on_triangle;
     let tri = v.mesh.triangle(best_i);
     // The distance from a point moving along the segment to the (convex) triangle is convex in
     // the segment's parameter: a golden-section search finds the nearest pair.
