@@ -8,7 +8,7 @@ use crate::anatomy::Side;
 use crate::frame::VertebraFrame;
 use crate::math::{self, Point, Pose, Real, Vector};
 use crate::request::{Instrument, Safety};
-use crate::voxel::Grid;
+use crate::voxel::{Grid, KeepOutGrid, BLOCK_CELLS};
 
 // ---------------------------------------------------------------------------------------------
 // Rules
@@ -270,12 +270,13 @@ pub const BONE_OUTSIDE_GRID_MM: f32 = -10.0;
 pub const KEEP_OUT_OUTSIDE_GRID_MM: f32 = f32::INFINITY;
 
 /// The one sampling kernel of the grid measures: a distance grid (grid frame) read at points
-/// of the vertebra frame, with its outside value.
+/// of the vertebra frame, with its outside value (and, for a keep-out, its block bounds).
 #[derive(Clone, Copy)]
 pub struct GridSampler<'a> {
     grid: &'a Grid<f32>,
     outside: f32,
     vertebra_to_grid: Pose,
+    blocks: Option<&'a KeepOutGrid>,
 }
 
 impl<'a> GridSampler<'a> {
@@ -286,15 +287,17 @@ impl<'a> GridSampler<'a> {
             grid,
             outside: BONE_OUTSIDE_GRID_MM,
             vertebra_to_grid,
+            blocks: None,
         }
     }
 
     /// A keep-out's distance grid, reading [`KEEP_OUT_OUTSIDE_GRID_MM`] outside.
-    pub fn keep_out(grid: &'a Grid<f32>, vertebra_to_grid: Pose) -> Self {
+    pub fn keep_out(grid: &'a KeepOutGrid, vertebra_to_grid: Pose) -> Self {
         GridSampler {
-            grid,
+            grid: &grid.values,
             outside: KEEP_OUT_OUTSIDE_GRID_MM,
             vertebra_to_grid,
+            blocks: Some(grid),
         }
     }
 
@@ -317,6 +320,7 @@ impl<'a> GridSampler<'a> {
             outside: self.outside,
             origin_grid: self.vertebra_to_grid * origin_vertebra,
             dir_grid: self.vertebra_to_grid.rotation * dir_vertebra,
+            blocks: self.blocks,
         }
     }
 }
@@ -328,6 +332,7 @@ pub struct GridLine<'a> {
     outside: f32,
     origin_grid: Point,
     dir_grid: Vector,
+    blocks: Option<&'a KeepOutGrid>,
 }
 
 impl GridLine<'_> {
@@ -335,6 +340,58 @@ impl GridLine<'_> {
     pub fn at(&self, t: Real) -> Real {
         self.grid
             .sample(&(self.origin_grid + self.dir_grid * t), self.outside) as Real
+    }
+
+    /// How many of the samples at `t`, `t + step`, `t + 2 step`, ... (`step` > 0) are sure to
+    /// read at least `floor`: those that lie in the block of the sample at `t` when the
+    /// block's lower bound ([`KeepOutGrid`]) is above `floor` by [`SAMPLE_TOLERANCE_MM`] (the
+    /// interpolation's f32 round-off). 0 for a grid without block bounds, or where the sample
+    /// at `t` lies outside the blocks.
+    #[inline]
+    pub fn samples_in_block_above(&self, t: Real, step: Real, floor: Real) -> usize {
+        let Some(blocks) = self.blocks else {
+            return 0;
+        };
+        let h = self.grid.spacing_mm;
+        let u = (self.origin_grid + self.dir_grid * t - self.grid.origin) / h;
+        if !(u.x >= 0.0 && u.y >= 0.0 && u.z >= 0.0) {
+            return 0;
+        }
+        // The sample's own cell, as `Grid::sample` finds it.
+        let cell = [
+            u.x as u32 as usize,
+            u.y as u32 as usize,
+            u.z as u32 as usize,
+        ];
+        let Some(bound) = blocks.block_bound(cell[0], cell[1], cell[2]) else {
+            return 0;
+        };
+        // (A NaN floor or bound is not above.)
+        let above = bound as Real - SAMPLE_TOLERANCE_MM >= floor;
+        if !above {
+            return 0;
+        }
+        // How far along the line (mm) it stays in the block, a micrometre short for round-off
+        // (the samples' `t` are sums of steps).
+        let mut stay = Real::INFINITY;
+        for a in 0..3 {
+            let rate = self.dir_grid[a] / h;
+            let block = (cell[a] / BLOCK_CELLS) as Real * BLOCK_CELLS as Real;
+            let face = if rate > 0.0 {
+                block + BLOCK_CELLS as Real
+            } else {
+                block
+            };
+            if rate != 0.0 {
+                stay = stay.min((face - u[a]) / rate);
+            }
+        }
+        let stay = stay - 1e-3;
+        if stay >= 0.0 {
+            1 + (stay / step) as usize
+        } else {
+            1
+        }
     }
 }
 

@@ -274,7 +274,7 @@ fn screen_with(ctx: &SideContext<'_>, params: [Real; 4], prune: bool) -> Option<
         return None;
     }
     let cortex_slack = cortex - safety.cortex_margin_mm;
-    let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
+    let keep = |grid: &crate::voxel::KeepOutGrid, margin: Real| {
         let line = GridSampler::keep_out(grid, to_grid).line(&g, &dir);
         if prune {
             let cap = (r + margin + reserve + 1.0).min(cortex_slack + margin + r + 1e-6);

@@ -14,6 +14,12 @@ pub type Vector = nalgebra::Vector3<f64>;
 pub type UnitVector = Unit<Vector>;
 /// A rigid transform, named `a_to_b` so that `p_b = a_to_b * p_a`.
 pub type Pose = nalgebra::Isometry3<f64>;
+/// The memo tables of the search and the tolerance (keys of a few bit patterns, looked up
+/// thousands of times per side): foldhash with a fixed seed, several times cheaper than the
+/// standard library's SipHash and the same on every run. Never iterated.
+pub type FixedHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// A set of [`FixedHashMap`]'s kind.
+pub type FixedHashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 /// Geometric tolerance for "on the surface" decisions, in millimetres.
 pub const EPS_MM: Real = 1e-9;

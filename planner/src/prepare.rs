@@ -15,7 +15,7 @@ use crate::mesh::TriMesh;
 use crate::pedicle::{self, Pedicle, PedicleFault};
 use crate::plan::{KeepOutSource, StructureNotice};
 use crate::validate::{validate_mesh, MeshCheck, WindingPolicy, VERTEBRA_SIZE_RANGE_MM};
-use crate::voxel::{self, Grid};
+use crate::voxel::{self, Grid, KeepOutGrid};
 
 /// Options of preparation. No `Default`: the caller says what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,9 +50,9 @@ pub struct PreparedVertebra {
     pub derived: Vec<KeepOut>,
     /// Approximate distance to the nearest canal / nerve-root / forbidden keep-out that applies
     /// to this vertebra (given or derived), on the grid of `bone_sdf`.
-    pub canal_distance: Grid<f32>,
-    pub root_distance: Grid<f32>,
-    pub forbidden_distance: Option<Grid<f32>>,
+    pub canal_distance: KeepOutGrid,
+    pub root_distance: KeepOutGrid,
+    pub forbidden_distance: Option<KeepOutGrid>,
     /// Centres of the pedicle's coronal cross-sections, vertebra frame: the anatomical pedicle
     /// axis runs through them.
     pub pedicle_centroids: PerSide<Vec<crate::math::Point>>,
@@ -494,13 +494,18 @@ fn prepare_vertebra(
         rayon::join(
             || {
                 rayon::join(
-                    || grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far),
-                    || grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_))).unwrap_or_else(far),
+                    || KeepOutGrid::new(grid_of(&|k| k == KeepOutKind::Canal).unwrap_or_else(far)),
+                    || {
+                        KeepOutGrid::new(
+                            grid_of(&|k| matches!(k, KeepOutKind::NerveRoot(_)))
+                                .unwrap_or_else(far),
+                        )
+                    },
                 )
             },
             || {
                 rayon::join(
-                    || grid_of(&|k| k == KeepOutKind::Forbidden),
+                    || grid_of(&|k| k == KeepOutKind::Forbidden).map(KeepOutGrid::new),
                     || {
                         let centroids =
                             PerSide::from_fn(|side| pedicle_centroids(&frame, &bone_sdf, side));

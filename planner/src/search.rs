@@ -34,7 +34,7 @@ use crate::criteria::{
 };
 use crate::error::PlanError;
 use crate::evaluate::{self, measure, Measurement, SideContext};
-use crate::math::{Point, Pose, Real, Vector};
+use crate::math::{FixedHashMap, FixedHashSet, Point, Pose, Real, Vector};
 use crate::plan::{Alternative, AlternativeCode, Reason, ReasonCode};
 
 /// The plane of `q`: this far behind the posterior wall of the body, mm (the pedicle's
@@ -116,6 +116,7 @@ const MARCH_FORWARD_MM: Real = 100.0;
 const KEEP_OUT_SCREEN_BEHIND_ENTRY_MM: Real = 40.0;
 /// `q` must be at least this fraction of (cannula radius + cortex margin) inside the bone.
 const Q_MIN_DEPTH_FRACTION: Real = 0.5;
+const FAR_SAMPLES: usize = 8;
 
 /// Where `line` first reads outside the bone (below 0) marching from `t = 0` by `step` (negative
 /// to march backwards) for at most `limit` mm: the sample's `t`, or `None`. Samples that the
@@ -150,6 +151,7 @@ struct RunningMin {
     m: Real,
     skip: usize,
     t: Real,
+    far: bool,
 }
 
 impl RunningMin {
@@ -158,6 +160,7 @@ impl RunningMin {
             m: Real::INFINITY,
             skip: 0,
             t: t0,
+            far: true,
         }
     }
 
@@ -183,6 +186,17 @@ impl RunningMin {
                 self.t += GRID_SAMPLE_STEP_MM;
                 continue;
             }
+            // A keep-out's block above the minimum (or the cap) is passed over whole (looked
+            // at only where the last sample was well above them: a block near them seldom is).
+            if self.far {
+                let passed =
+                    line.samples_in_block_above(self.t, GRID_SAMPLE_STEP_MM, self.m.min(cap));
+                if passed > 0 {
+                    self.skip = passed - 1;
+                    self.t += GRID_SAMPLE_STEP_MM;
+                    continue;
+                }
+            }
             let s = line.at(self.t);
             let before = self.m;
             self.m = self.m.min(s);
@@ -190,6 +204,7 @@ impl RunningMin {
                 return None;
             }
             self.skip = samples_above(s, self.m.min(cap));
+            self.far = self.skip >= FAR_SAMPLES;
             self.t += GRID_SAMPLE_STEP_MM;
         }
         Some(self.m.min(cap))
@@ -678,7 +693,7 @@ impl Screen<'_> {
         // soon as the keep-out's minimum so far takes the score's bound below the threshold
         // (its minimum only falls: the line could not be kept).
         let cortex_slack = cortex - safety.cortex_margin_mm;
-        let keep = |grid: &crate::voxel::Grid<f32>, margin: Real| {
+        let keep = |grid: &crate::voxel::KeepOutGrid, margin: Real| {
             let cap = self.radius + margin + SLACK_RESERVE_MM + 1.0;
             let line = GridSampler::keep_out(grid, self.vertebra_to_grid).line(&q, &dir);
             let mut from = RunningMin::from(t_entry - KEEP_OUT_SCREEN_BEHIND_ENTRY_MM);
@@ -757,7 +772,7 @@ impl Screen<'_> {
         // Points already tried (bit patterns): a point tried before scored no better than
         // the best at the time, which only rises, so it can never be taken now.
         let key = |p: &[Real; 4]| p.map(Real::to_bits);
-        let mut tried = std::collections::HashSet::new();
+        let mut tried = FixedHashSet::default();
         tried.insert(key(&seed.params));
         for _ in 0..4 {
             let mut improved = true;
@@ -809,7 +824,7 @@ struct LineGeometry {
 /// likely (a tight pedicle, [`roomy_pedicle`]), a rule of speed only: a line found here is
 /// the same line screened afresh, bit for bit.
 #[derive(Default)]
-struct LineGeometries(std::sync::Mutex<std::collections::HashMap<[u64; 4], LineGeometry>>);
+struct LineGeometries(std::sync::Mutex<FixedHashMap<[u64; 4], LineGeometry>>);
 
 impl LineGeometries {
     fn get(&self, key: &[u64; 4]) -> LineGeometry {
@@ -826,7 +841,7 @@ impl LineGeometries {
 /// from several seeds on one [`Screen`] often try the same lines, and a line's screening is a
 /// function of the line and the threshold alone.
 #[derive(Default)]
-struct ScreenedLines(std::sync::Mutex<std::collections::HashMap<[u64; 4], Screened>>);
+struct ScreenedLines(std::sync::Mutex<FixedHashMap<[u64; 4], Screened>>);
 
 /// A line's screening, as [`ScreenedLines`] keeps it.
 #[derive(Clone, Copy)]
@@ -1535,7 +1550,7 @@ fn verify(
 /// put the line in the queue: the fallback's pass with the balloon term off
 /// (`search_side_with`) does not judge again a line the first pass judged.
 #[derive(Default)]
-struct Judged(std::collections::HashSet<[u64; 8]>);
+struct Judged(FixedHashSet<[u64; 8]>);
 
 impl Judged {
     /// `lines`, all found unsafe.
@@ -1571,9 +1586,15 @@ fn verify_batch(
     deep_first: bool,
 ) -> Option<Measurement> {
     let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
+    // A line twice in the batch (the refined lines often converge to one) is judged once: its
+    // verdict and measurement are the same, and the first of the best is taken.
+    let mut seen = FixedHashSet::default();
+    let batch: Vec<&Candidate> = batch
+        .iter()
+        .filter(|c| !judged.contains(c) && seen.insert(Judged::key(c)))
+        .collect();
     let safe: Vec<Measurement> = batch
         .par_iter()
-        .filter(|c| !judged.contains(c))
         .filter_map(|c| {
             let (from_lps, tip_lps) = c.endpoints_lps(&vertebra_to_lps);
             evaluate::judge(ctx, &from_lps, &tip_lps, deep_first)
@@ -1610,17 +1631,26 @@ fn verify_batch(
 /// depend on the thread count.
 fn best_unsafe(ctx: &SideContext<'_>, lines: &[Candidate]) -> Measurement {
     let vertebra_to_lps = ctx.vertebra.frame.vertebra_to_lps();
+    // A line given twice is bounded and measured once, at its first place (the first of the
+    // best is taken, and its measurement is the same).
+    let mut seen = FixedHashSet::default();
+    let unique = |i: &usize| seen.insert(Judged::key(&lines[*i]));
+    let unique: Vec<usize> = (0..lines.len()).filter(unique).collect();
     let ends: Vec<(Point, Point)> = lines
         .iter()
         .map(|c| c.endpoints_lps(&vertebra_to_lps))
         .collect();
-    let ceilings: Vec<Real> = ends
+    let mut ceilings = vec![Real::NEG_INFINITY; lines.len()];
+    let unique_ceilings: Vec<Real> = unique
         .par_iter()
-        .map(|(from, tip)| evaluate::score_ceiling(ctx, from, tip))
+        .map(|&i| evaluate::score_ceiling(ctx, &ends[i].0, &ends[i].1))
         .collect();
-    let mut by_ceiling: Vec<usize> = (0..lines.len()).collect();
+    for (&i, c) in unique.iter().zip(unique_ceilings) {
+        ceilings[i] = c;
+    }
+    let mut by_ceiling = unique;
     by_ceiling.sort_by(|&a, &b| ceilings[b].total_cmp(&ceilings[a]).then(a.cmp(&b)));
-    let (first, rest) = by_ceiling.split_at(UNSAFE_MEASURED_FIRST.min(lines.len()));
+    let (first, rest) = by_ceiling.split_at(UNSAFE_MEASURED_FIRST.min(by_ceiling.len()));
     let mut measured: Vec<(usize, Measurement)> = first
         .par_iter()
         .map(|&i| (i, measure(ctx, &ends[i].0, &ends[i].1)))
@@ -2209,6 +2239,68 @@ mod tests {
         v
     }
 
+    /// Each line of `set`, then its twin (the same axis, the tip 1 mm shallower), then the
+    /// line again.
+    fn with_twins(set: &[Candidate]) -> Vec<Candidate> {
+        set.iter()
+            .flat_map(|c| {
+                let twin = Candidate {
+                    t_tip: c.t_tip - 1.0,
+                    ..*c
+                };
+                [*c, twin, *c]
+            })
+            .collect()
+    }
+
+    /// `verify_batch`, which judges a line given twice once, takes what measuring every line
+    /// of the batch in full takes: the first of the best-scoring safe lines the mode accepts,
+    /// bit for bit (batches of screened lines with their twins and repeats, `with_twins`, both
+    /// ways of judging, on every side of the pruning anatomies in both modes).
+    #[test]
+    fn a_batch_judges_each_line_once_as_measuring_each_line() {
+        let (mut safe, mut unsafe_) = (0, 0);
+        each_screen(|what, screen| {
+            if !screen.balloon_term {
+                return; // the same lines
+            }
+            let ctx = screen.ctx;
+            let to_lps = ctx.vertebra.frame.vertebra_to_lps();
+            for set in screened_lines(screen, 11).chunks(3) {
+                let batch = with_twins(set);
+                let slow = batch
+                    .iter()
+                    .map(|c| {
+                        let (from, tip) = c.endpoints_lps(&to_lps);
+                        measure(ctx, &from, &tip)
+                    })
+                    .filter(|m| m.violations.is_empty() && screen.mode.accepts(ctx, m));
+                let slow = slow.fold(None::<Measurement>, |best, m| match best {
+                    Some(b) if m.score(ctx.safety) <= b.score(ctx.safety) => Some(b),
+                    _ => Some(m),
+                });
+                for deep_first in [false, true] {
+                    let fast =
+                        verify_batch(ctx, screen.mode, &batch, &Judged::default(), deep_first);
+                    assert_eq!(
+                        fast.as_ref().map(|m| measurement_bits(m, ctx.safety)),
+                        slow.as_ref().map(|m| measurement_bits(m, ctx.safety)),
+                        "{what}"
+                    );
+                }
+                if slow.is_some() {
+                    safe += 1;
+                } else {
+                    unsafe_ += 1;
+                }
+            }
+        });
+        assert!(
+            safe > 20 && unsafe_ > 20,
+            "{safe} safe, {unsafe_} unsafe batches"
+        );
+    }
+
     /// `best_unsafe`'s branch and bound (score ceilings, then clearance walks stopped at the
     /// floor) picks the line measuring every line in full picks, bit for bit: on sets of up to
     /// a verification queue's length of screened lines, in the screening's order and reversed
@@ -2269,6 +2361,11 @@ mod tests {
                 reversed.reverse();
                 check(set);
                 check(&reversed);
+            }
+            // Lines given twice (measured once) beside their twins with a shallower tip (other
+            // lines, to be measured apart).
+            for set in lines.chunks(4) {
+                check(&with_twins(set));
             }
             // Sets built against the bound: each line with the lines of higher ceilings but
             // lower scores that come nearest to its score, measured first, so that the best

@@ -187,7 +187,7 @@ pub struct Profile<'a> {
 
 /// Exact slacks of the pieces measured so far, by (span index, bits of `a`, bits of `b`): a
 /// piece is measured once however often the certificates of one profile ask for it.
-type Measured = std::collections::HashMap<(usize, u64, u64), Slack>;
+type Measured = crate::math::FixedHashMap<(usize, u64, u64), Slack>;
 
 /// A piece's exact slack, mm, and, where it was measured to a mesh at a positive distance, a
 /// triangle at that distance (its corners, and the distance itself). Half of the piece that
@@ -363,7 +363,7 @@ impl<'a> Profile<'a> {
     /// increase when a piece's slack decreases or its lever grows, so each piece's value is a
     /// lower bound over its points. Returns the bound and the span that limits it.
     fn refine(&self, bound: impl Fn(Real, Real) -> Real) -> (Real, &'static str) {
-        self.refine_spans(self.spans.len(), &mut Measured::new(), bound)
+        self.refine_spans(self.spans.len(), &mut Measured::default(), bound)
     }
 
     /// [`Profile::slack_mm`] of the piece `[a, b]` of span `i`, measured once per `memo`.
@@ -429,7 +429,7 @@ impl<'a> Profile<'a> {
 
     /// The certified tolerances: pure translation and pure rotation about the bone entry.
     pub fn certificate(&self) -> Certificate {
-        self.certificate_of(self.spans.len(), &mut Measured::new())
+        self.certificate_of(self.spans.len(), &mut Measured::default())
             .0
     }
 
@@ -437,7 +437,7 @@ impl<'a> Profile<'a> {
     /// (its spans are the profile's first ones): the same as [`Profile::certificate`] of a
     /// profile with the balloon and of one without, but each piece measured once.
     pub fn certificates(&self) -> (Certificate, Certificate) {
-        self.certificate_of(self.spans.len(), &mut Measured::new())
+        self.certificate_of(self.spans.len(), &mut Measured::default())
     }
 
     /// The certificates of the first `n` spans and of the cannula's spans among them. The
@@ -1162,7 +1162,7 @@ mod tests {
                 ];
                 for n in [profile.cannula_spans, profile.spans.len()] {
                     for bound in bounds {
-                        let fast = profile.refine_spans(n, &mut Measured::new(), bound);
+                        let fast = profile.refine_spans(n, &mut Measured::default(), bound);
                         let slow = refine_walking_every_half(&profile, n, bound);
                         assert_eq!(fast.1, slow.1, "{level} {side}: limited by");
                         assert!(
@@ -1173,7 +1173,7 @@ mod tests {
                         );
                     }
                 }
-                let mut memo = Measured::new();
+                let mut memo = Measured::default();
                 let _ = profile.certificate_of(profile.spans.len(), &mut memo);
                 for (&(i, a, b), got) in &memo {
                     let (a, b) = (Real::from_bits(a), Real::from_bits(b));

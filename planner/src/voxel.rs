@@ -103,6 +103,88 @@ impl Grid<f32> {
     }
 }
 
+/// Cells per side of a block of [`KeepOutGrid`]'s lower bounds: 4 mm on the 1 mm analysis grid,
+/// past most of a keep-out's surroundings in one step where the Lipschitz bound of the
+/// samples needs several (it is sure of a sample's neighbour only `1 / sqrt 3` as far as the
+/// sample is above what matters).
+pub const BLOCK_CELLS: usize = 8;
+
+/// A keep-out's distance grid with a lower bound of its trilinear samples over each block of
+/// [`BLOCK_CELLS`]^3 cells: the smallest of the nodes those cells interpolate (a sample is a
+/// convex combination of its cell's eight corners). A march looking for where the distance
+/// falls below a floor passes over a whole block whose bound is above it
+/// ([`crate::criteria::GridLine`]).
+#[derive(Clone, Debug)]
+pub struct KeepOutGrid {
+    pub values: Grid<f32>,
+    block_dims: [usize; 3],
+    block_min: Vec<f32>,
+}
+
+impl KeepOutGrid {
+    pub fn new(values: Grid<f32>) -> Self {
+        let d = values.dims;
+        let cells = |n: usize| n.saturating_sub(1).div_ceil(BLOCK_CELLS).max(1);
+        let block_dims = [cells(d[0]), cells(d[1]), cells(d[2])];
+        let mut block_min = vec![f32::INFINITY; block_dims.iter().product()];
+        for k in 0..d[2] {
+            // A node on a block's face is a corner of cells on both sides of it.
+            let bks = block_range(k, block_dims[2]);
+            for j in 0..d[1] {
+                let bjs = block_range(j, block_dims[1]);
+                for i in 0..d[0] {
+                    let v = values.data[values.index(i, j, k)];
+                    for bk in bks.clone() {
+                        for bj in bjs.clone() {
+                            for bi in block_range(i, block_dims[0]) {
+                                let b =
+                                    &mut block_min[(bk * block_dims[1] + bj) * block_dims[0] + bi];
+                                // `min` ignores NaN: a NaN node keeps the bound at minus infinity.
+                                *b = if v.is_nan() {
+                                    f32::NEG_INFINITY
+                                } else {
+                                    b.min(v)
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        KeepOutGrid {
+            values,
+            block_dims,
+            block_min,
+        }
+    }
+
+    /// A lower bound of every sample in the block of cell `(i, j, k)` (`None` past the blocks).
+    #[inline]
+    pub fn block_bound(&self, i: usize, j: usize, k: usize) -> Option<f32> {
+        let (bi, bj, bk) = (i / BLOCK_CELLS, j / BLOCK_CELLS, k / BLOCK_CELLS);
+        let [nx, ny, nz] = self.block_dims;
+        if bi >= nx || bj >= ny || bk >= nz {
+            return None;
+        }
+        self.block_min.get((bk * ny + bj) * nx + bi).copied()
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.values.memory_bytes() + self.block_min.len() * std::mem::size_of::<f32>()
+    }
+}
+
+/// The blocks (of `n` along an axis) whose cells have node `i` as a corner.
+fn block_range(i: usize, n: usize) -> std::ops::Range<usize> {
+    let hi = (i / BLOCK_CELLS).min(n - 1);
+    let lo = if i.is_multiple_of(BLOCK_CELLS) && i > 0 {
+        i / BLOCK_CELLS - 1
+    } else {
+        hi
+    };
+    lo..hi + 1
+}
+
 /// Grid geometry covering `mesh` (mapped by `mesh_to_grid`) with `pad_mm` around it.
 pub fn grid_around(
     mesh: &TriMesh,
@@ -600,6 +682,126 @@ mod tests {
         let c0 = c00 * (1.0 - ty) + c10 * ty;
         let c1 = c01 * (1.0 - ty) + c11 * ty;
         c0 * (1.0 - tz) + c1 * tz
+    }
+
+    /// A grid of distances (some huge, as far from any keep-out) whose dimensions are no
+    /// multiple of the block, from a fixed xorshift sequence.
+    fn random_keep_out_grid(dims: [usize; 3], seed: u64) -> Grid<f32> {
+        let mut g = Grid::filled(Point::new(-3.0, 2.0, 10.5), 0.75, dims, 0.0f32);
+        for (n, v) in g.data.iter_mut().enumerate() {
+            // splitmix64 of the node's index.
+            let mut z = seed.wrapping_add((n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let r = (z ^ (z >> 31)) as Real / u64::MAX as Real;
+            *v = if r < 0.02 { 1e20 } else { (r * 30.0) as f32 };
+        }
+        g
+    }
+
+    /// Each block's bound is the smallest corner of the cells in it (the oracle: every cell's
+    /// eight corners looked at), so no sample in the block reads below it; past the last
+    /// block there is none.
+    #[test]
+    fn a_keep_out_block_bound_is_the_least_corner_of_its_cells() {
+        let dims = [19, 13, 10];
+        let grid = KeepOutGrid::new(random_keep_out_grid(dims, 0x9e37_79b9_7f4a_7c15));
+        let g = &grid.values;
+        let mut blocks = std::collections::HashMap::new();
+        for k in 0..dims[2] - 1 {
+            for j in 0..dims[1] - 1 {
+                for i in 0..dims[0] - 1 {
+                    let corners =
+                        (0..8).map(|c| g.get(i + (c & 1), j + (c >> 1 & 1), k + (c >> 2)));
+                    let least = corners.fold(f32::INFINITY, f32::min);
+                    let b = (i / BLOCK_CELLS, j / BLOCK_CELLS, k / BLOCK_CELLS);
+                    let m = blocks.entry(b).or_insert(f32::INFINITY);
+                    *m = m.min(least);
+                    // Every sample of the cell (its corners, centre and a point inside).
+                    for f in [0.0, 0.5, 0.999, 0.25] {
+                        let p = g.cell_center(i, j, k) + Vector::new(f, 1.0 - f, f) * 0.75 * 0.999;
+                        let bound = grid.block_bound(i, j, k).unwrap();
+                        assert!(g.sample(&p, f32::INFINITY) >= bound - 1e-5);
+                    }
+                }
+            }
+        }
+        for (&(bi, bj, bk), &m) in &blocks {
+            let c = (bi * BLOCK_CELLS, bj * BLOCK_CELLS, bk * BLOCK_CELLS);
+            assert_eq!(
+                grid.block_bound(c.0, c.1, c.2),
+                Some(m),
+                "block {bi} {bj} {bk}"
+            );
+        }
+        let last = (dims[0] - 2) / BLOCK_CELLS;
+        assert_eq!(grid.block_bound((last + 1) * BLOCK_CELLS, 0, 0), None);
+    }
+
+    /// A march along a keep-out's line passes over a block only where every sample it passes
+    /// (at the steps the march takes) reads at least the floor, and it does pass over many:
+    /// lines in every direction through the distances to three balls, posed obliquely, at
+    /// floors every 0.25 mm (so that many blocks are just above one; fails with the block's
+    /// far face taken a cell too far, or without the round-off margin).
+    #[test]
+    fn a_march_passes_over_blocks_only_above_the_floor() {
+        use crate::criteria::{GridSampler, GRID_SAMPLE_STEP_MM};
+        // Distances to three balls of 2 mm inside the grid (a keep-out's grid, near and far).
+        let mut values = Grid::filled(Point::new(-3.0, 2.0, 10.5), 0.75, [41, 37, 33], 0.0f32);
+        let balls = [
+            Point::new(5.0, 12.0, 18.0),
+            Point::new(15.0, 20.0, 25.0),
+            Point::new(20.0, 8.0, 14.0),
+        ];
+        for k in 0..33 {
+            for j in 0..37 {
+                for i in 0..41 {
+                    let p = values.cell_center(i, j, k);
+                    let d = balls
+                        .iter()
+                        .map(|c| (p - c).norm() - 2.0)
+                        .fold(Real::INFINITY, Real::min);
+                    let n = values.index(i, j, k);
+                    values.data[n] = d.max(0.0) as f32;
+                }
+            }
+        }
+        let grid = KeepOutGrid::new(values);
+        let pose = Pose::from_parts(
+            nalgebra::Translation3::new(4.0, 12.0, 18.0),
+            nalgebra::UnitQuaternion::from_euler_angles(0.3, -0.2, 0.7),
+        );
+        let sampler = GridSampler::keep_out(&grid, pose);
+        let (mut passed, mut lines) = (0usize, 0usize);
+        for a in 0..12 {
+            for b in 0..6 {
+                let (theta, phi) = (a as Real * 0.52, b as Real * 0.5 + 0.05);
+                let dir = Vector::new(phi.sin() * theta.cos(), phi.sin() * theta.sin(), phi.cos());
+                let origin = Point::new(-5.0 + a as Real, -8.0 + 2.0 * b as Real, -6.0);
+                let line = sampler.line(&origin, &dir);
+                for floor in (1..40).map(|i| Real::from(i) * 0.25) {
+                    let mut t = -20.0;
+                    while t < 40.0 {
+                        let n = line.samples_in_block_above(t, GRID_SAMPLE_STEP_MM, floor);
+                        if n == 0 {
+                            t += GRID_SAMPLE_STEP_MM;
+                            continue;
+                        }
+                        for _ in 0..n {
+                            let s = line.at(t);
+                            assert!(s >= floor, "sample {s} at {t} passed over above {floor}");
+                            t += GRID_SAMPLE_STEP_MM;
+                            passed += 1;
+                        }
+                    }
+                }
+                lines += 1;
+            }
+        }
+        assert!(
+            passed > 20 * lines,
+            "{passed} samples passed over on {lines} lines"
+        );
     }
 
     /// [`Grid::sample`] (its cell from one slice of the data) reads, bit for bit, what the
