@@ -116,6 +116,11 @@ const MARCH_FORWARD_MM: Real = 100.0;
 const KEEP_OUT_SCREEN_BEHIND_ENTRY_MM: Real = 40.0;
 /// `q` must be at least this fraction of (cannula radius + cortex margin) inside the bone.
 const Q_MIN_DEPTH_FRACTION: Real = 0.5;
+/// A keep-out march looks at the block bounds ([`crate::voxel::KeepOutGrid`]) only after a
+/// sample at least this many samples' Lipschitz room above the running minimum (or the cap):
+/// nearer, a block is seldom above it and the look is wasted. A rule of speed only; on T8
+/// (instructions, one thread) 2 gave 205.2 M, 4 204.6 M, 8 205.3 M, looking after every sample
+/// 215.3 M and no blocks 210.0 M.
 const FAR_SAMPLES: usize = 8;
 
 /// Where `line` first reads outside the bone (below 0) marching from `t = 0` by `step` (negative
