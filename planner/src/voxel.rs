@@ -125,29 +125,32 @@ impl KeepOutGrid {
     pub fn new(values: Grid<f32>) -> Self {
         let d = values.dims;
         let cells = |n: usize| n.saturating_sub(1).div_ceil(BLOCK_CELLS).max(1);
-        let block_dims = [cells(d[0]), cells(d[1]), cells(d[2])];
-        let mut block_min = vec![f32::INFINITY; block_dims.iter().product()];
-        for k in 0..d[2] {
-            // A node on a block's face is a corner of cells on both sides of it.
-            let bks = block_range(k, block_dims[2]);
-            for j in 0..d[1] {
-                let bjs = block_range(j, block_dims[1]);
-                for i in 0..d[0] {
-                    let v = values.data[values.index(i, j, k)];
-                    for bk in bks.clone() {
-                        for bj in bjs.clone() {
-                            for bi in block_range(i, block_dims[0]) {
-                                let b =
-                                    &mut block_min[(bk * block_dims[1] + bj) * block_dims[0] + bi];
-                                // `min` ignores NaN: a NaN node keeps the bound at minus infinity.
-                                *b = if v.is_nan() {
-                                    f32::NEG_INFINITY
-                                } else {
-                                    b.min(v)
-                                };
-                            }
+        // (An empty grid has no blocks: every sample reads its outside value.)
+        let block_dims = if d.contains(&0) {
+            [0; 3]
+        } else {
+            [cells(d[0]), cells(d[1]), cells(d[2])]
+        };
+        // The nodes of a block's cells along an axis: its own and the first of the next block.
+        let nodes = |b: usize, n: usize| b * BLOCK_CELLS..=((b + 1) * BLOCK_CELLS).min(n - 1);
+        let mut block_min = Vec::with_capacity(block_dims.iter().product());
+        for bk in 0..block_dims[2] {
+            for bj in 0..block_dims[1] {
+                for bi in 0..block_dims[0] {
+                    let xs = nodes(bi, d[0]);
+                    let mut least = f32::INFINITY;
+                    for k in nodes(bk, d[2]) {
+                        for j in nodes(bj, d[1]) {
+                            let row =
+                                values.index(*xs.start(), j, k)..=values.index(*xs.end(), j, k);
+                            // `v < m` passes over a NaN node: a sample that reads it reads NaN,
+                            // which is below nothing.
+                            least = values.data[row]
+                                .iter()
+                                .fold(least, |m, &v| if v < m { v } else { m });
                         }
                     }
+                    block_min.push(least);
                 }
             }
         }
@@ -172,17 +175,6 @@ impl KeepOutGrid {
     pub fn memory_bytes(&self) -> usize {
         self.values.memory_bytes() + self.block_min.len() * std::mem::size_of::<f32>()
     }
-}
-
-/// The blocks (of `n` along an axis) whose cells have node `i` as a corner.
-fn block_range(i: usize, n: usize) -> std::ops::Range<usize> {
-    let hi = (i / BLOCK_CELLS).min(n - 1);
-    let lo = if i.is_multiple_of(BLOCK_CELLS) && i > 0 {
-        i / BLOCK_CELLS - 1
-    } else {
-        hi
-    };
-    lo..hi + 1
 }
 
 /// Grid geometry covering `mesh` (mapped by `mesh_to_grid`) with `pad_mm` around it.
