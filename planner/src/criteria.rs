@@ -353,16 +353,10 @@ impl GridLine<'_> {
             return 0;
         };
         let h = self.grid.spacing_mm;
-        let u = (self.origin_grid + self.dir_grid * t - self.grid.origin) / h;
-        if !(u.x >= 0.0 && u.y >= 0.0 && u.z >= 0.0) {
-            return 0;
-        }
         // The sample's own cell, as `Grid::sample` finds it.
-        let cell = [
-            u.x as u32 as usize,
-            u.y as u32 as usize,
-            u.z as u32 as usize,
-        ];
+        let Some((u, cell)) = self.grid.cell_of(&(self.origin_grid + self.dir_grid * t)) else {
+            return 0;
+        };
         let Some(bound) = blocks.block_bound(cell[0], cell[1], cell[2]) else {
             return 0;
         };

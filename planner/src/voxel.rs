@@ -47,6 +47,29 @@ impl<T: Copy> Grid<T> {
 }
 
 impl Grid<f32> {
+    /// `p` (grid frame) in cells from the origin, and the cell it lies in, as [`Grid::sample`]
+    /// reads it; `None` below the grid's low faces (beyond the high ones the index is past
+    /// `dims`: the caller checks).
+    #[inline(always)]
+    pub fn cell_of(&self, p: &Point) -> Option<(nalgebra::Vector3<Real>, [usize; 3])> {
+        let u = (p - self.origin) / self.spacing_mm;
+        if u.x < 0.0 || u.y < 0.0 || u.z < 0.0 {
+            return None;
+        }
+        // Non-negative: truncation is the floor (much cheaper than a libm call), and through
+        // u32 (saturating, as every `as` cast) it is cheaper than a direct f64 -> usize cast.
+        // A huge or NaN coordinate saturates and fails the caller's bounds check (NaN gives 0
+        // and a NaN sample, as before).
+        Some((
+            u,
+            [
+                u.x as u32 as usize,
+                u.y as u32 as usize,
+                u.z as u32 as usize,
+            ],
+        ))
+    }
+
     /// Trilinear interpolation at `p` (grid frame); `outside` beyond the grid.
     ///
     /// Always inlined: the screening's marches call it once a sample, and as a call it spilled
@@ -55,19 +78,9 @@ impl Grid<f32> {
     /// instructions but for the call, same plans bit for bit; BENCHMARKS.md, stop 27).
     #[inline(always)]
     pub fn sample(&self, p: &Point, outside: f32) -> f32 {
-        let u = (p - self.origin) / self.spacing_mm;
-        if u.x < 0.0 || u.y < 0.0 || u.z < 0.0 {
+        let Some((u, [i, j, k])) = self.cell_of(p) else {
             return outside;
-        }
-        // Non-negative: truncation is the floor (much cheaper than a libm call), and through
-        // u32 (saturating, as every `as` cast) it is cheaper than a direct f64 -> usize cast.
-        // A huge or NaN coordinate saturates and fails the bounds check below (NaN gives 0 and
-        // a NaN sample, as before).
-        let (i, j, k) = (
-            u.x as u32 as usize,
-            u.y as u32 as usize,
-            u.z as u32 as usize,
-        );
+        };
         let (fx, fy, fz) = (i as Real, j as Real, k as Real);
         if i + 1 >= self.dims[0] || j + 1 >= self.dims[1] || k + 1 >= self.dims[2] {
             return outside;
@@ -103,7 +116,7 @@ impl Grid<f32> {
     }
 }
 
-/// Cells per side of a block of [`KeepOutGrid`]'s lower bounds: 4 mm on the 1 mm analysis grid,
+/// Cells per side of a block of [`KeepOutGrid`]'s lower bounds: 8 mm on the 1 mm analysis grid,
 /// past most of a keep-out's surroundings in one step where the Lipschitz bound of the
 /// samples needs several (it is sure of a sample's neighbour only `1 / sqrt 3` as far as the
 /// sample is above what matters).
@@ -117,8 +130,8 @@ pub const BLOCK_CELLS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct KeepOutGrid {
     pub values: Grid<f32>,
-    block_dims: [usize; 3],
-    block_min: Vec<f32>,
+    /// The bounds, one node per block (`spacing_mm` a block's side).
+    block_min: Grid<f32>,
 }
 
 impl KeepOutGrid {
@@ -133,7 +146,12 @@ impl KeepOutGrid {
         };
         // The nodes of a block's cells along an axis: its own and the first of the next block.
         let nodes = |b: usize, n: usize| b * BLOCK_CELLS..=((b + 1) * BLOCK_CELLS).min(n - 1);
-        let mut block_min = Vec::with_capacity(block_dims.iter().product());
+        let mut block_min = Grid::filled(
+            values.origin,
+            values.spacing_mm * BLOCK_CELLS as Real,
+            block_dims,
+            f32::INFINITY,
+        );
         for bk in 0..block_dims[2] {
             for bj in 0..block_dims[1] {
                 for bi in 0..block_dims[0] {
@@ -150,30 +168,27 @@ impl KeepOutGrid {
                                 .fold(least, |m, &v| if v < m { v } else { m });
                         }
                     }
-                    block_min.push(least);
+                    let b = block_min.index(bi, bj, bk);
+                    block_min.data[b] = least;
                 }
             }
         }
-        KeepOutGrid {
-            values,
-            block_dims,
-            block_min,
-        }
+        KeepOutGrid { values, block_min }
     }
 
     /// A lower bound of every sample in the block of cell `(i, j, k)` (`None` past the blocks).
     #[inline]
     pub fn block_bound(&self, i: usize, j: usize, k: usize) -> Option<f32> {
         let (bi, bj, bk) = (i / BLOCK_CELLS, j / BLOCK_CELLS, k / BLOCK_CELLS);
-        let [nx, ny, nz] = self.block_dims;
+        let [nx, ny, nz] = self.block_min.dims;
         if bi >= nx || bj >= ny || bk >= nz {
             return None;
         }
-        self.block_min.get((bk * ny + bj) * nx + bi).copied()
+        Some(self.block_min.get(bi, bj, bk))
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.values.memory_bytes() + self.block_min.len() * std::mem::size_of::<f32>()
+        self.values.memory_bytes() + self.block_min.memory_bytes()
     }
 }
 
@@ -677,7 +692,7 @@ mod tests {
     }
 
     /// A grid of distances (some huge, as far from any keep-out) whose dimensions are no
-    /// multiple of the block, from a fixed xorshift sequence.
+    /// multiple of the block, from splitmix64 of each node's index.
     fn random_keep_out_grid(dims: [usize; 3], seed: u64) -> Grid<f32> {
         let mut g = Grid::filled(Point::new(-3.0, 2.0, 10.5), 0.75, dims, 0.0f32);
         for (n, v) in g.data.iter_mut().enumerate() {
