@@ -344,26 +344,24 @@ fn voxel_axes(kind: &str) -> Matrix3<Real> {
 
 /// One voxel of the synthetic maps (0.7 x 0.8 x 1.0 mm): its diagonal.
 const ONE_VOXEL_MM: Real = 1.47;
-/// The plan's direction from the label map against the generator's mesh. Not the 2 deg the
-/// issue hoped for: the score is flat in angle near its optimum (lines are screened on a 5 deg
-/// grid, then refined by pattern search), so re-faceting the same bone (staircase voxel surface
-/// vs 0.5 mm marching tetrahedra) moves the chosen direction by up to one grid step. Measured
-/// on L3 in RAS, LPS and oblique PIR voxels: 0.7-5.2 deg, while the bone entry stays within
-/// 0.3-1.0 mm and both plans pass the exact checks. The pedicle measure moves as much (isthmus
-/// centre 0.2-4.1 mm along a straight pedicle, axis 2.3-7.6 deg), so it is no steadier a yardstick.
-/// Since the route rules (cortex margin from the end of the docking zone, entry incidence on
-/// the surface under the cannula) the staircase moves the chosen line further (entry 2.9 mm in
-/// RAS): the test therefore asserts what matters, that the label map's plan is safe on the true
-/// shape, and bounds the difference by three times these tolerances.
-///
-/// Why the label map's surface is not the culprit: the marching-tetrahedra surface and its
-/// `simplify_flat` form are the same set of points (7x fewer triangles), yet on the left side
-/// their plans differ by 0.5 deg (RAS), 14.2 deg (LPS) and 1.2 deg (oblique PIR), while the
-/// right sides agree to 1e-13 mm; against the generator's plan: full surface 2.3-11.1 deg,
-/// simplified 1.8-11.1 deg, entries 0.5-2.6 mm (measured for issue 14's agreement item). The
-/// chosen line moves with rounding-level changes of the same bone: the score has near-equal
-/// optima several degrees apart, and no closer surface can pin it to 2 deg.
-const DIRECTION_TOLERANCE_DEG: Real = 6.0;
+/// The plans from the label maps against the plans from the generator's meshes over the mean
+/// L1-L5 (30 sides: three voxel layouts, two sides, five levels): the median and the largest
+/// direction difference allowed, degrees, and the largest bone-entry distance, mm (the median
+/// entry is held to one voxel). Not the one voxel and 2 deg issue 14 asks for on every side:
+/// measured, the directions differ by median 4.2, max 9.8 deg and the entries by median 1.4,
+/// max 4.6 mm, every label map's plan safe on the true shape. The score has near-equal optima
+/// several degrees apart, which re-faceting the same bone reorders (the marching-tetrahedra
+/// surface and its `simplify_flat` form, the same set of points, planned 14 deg apart on one
+/// side; a smoother label-map surface or a wider search moved single sides by 11-12 deg; the
+/// pedicle measure's own axis, the normal of its least section, moves 2-7.6 deg). Choosing
+/// among near-equal lines the one nearest the pedicle's centres brought the median to 2.8 deg
+/// only by giving up safety reserve (cortex clearance down to 0.04 mm over the margin on a real
+/// side); made to keep 0.3-0.5 mm of reserve, median 3.4-3.9, max 11.5 deg (stop 31,
+/// BENCHMARKS.md). The bounds are the measurements rounded up: a guard against the agreement
+/// getting worse.
+const MEDIAN_DIRECTION_TOLERANCE_DEG: Real = 4.5;
+const MAX_DIRECTION_TOLERANCE_DEG: Real = 10.0;
+const MAX_ENTRY_TOLERANCE_MM: Real = 5.0;
 /// How much steeper the entry may meet the smooth generator surface than the voxel staircase
 /// the plan was made on, degrees: the footprint normal averages staircase facets of 0.7-1 mm
 /// over the cannula's 1.7 mm radius.
@@ -371,23 +369,64 @@ const INCIDENCE_STAIRCASE_DEG: Real = 10.0;
 
 #[test]
 fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_mesh() {
+    let (mut entries_mm, mut angles_deg) = (Vec::new(), Vec::new());
+    // VerSe 20-24 and TotalSegmentator 31-27 are L1-L5.
+    for (k, level) in [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5]
+        .into_iter()
+        .enumerate()
+    {
+        let (verse, totalseg) = (20 + k as u16, 31 - k as u16);
+        agreement_of_one_level(level, verse, totalseg, &mut entries_mm, &mut angles_deg);
+    }
+    let median = |v: &mut Vec<Real>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        0.5 * (v[(v.len() - 1) / 2] + v[v.len() / 2])
+    };
+    let (max_entry, max_angle) = (
+        entries_mm.iter().copied().fold(0.0, Real::max),
+        angles_deg.iter().copied().fold(0.0, Real::max),
+    );
+    let (median_entry, median_angle) = (median(&mut entries_mm), median(&mut angles_deg));
+    println!(
+        "L1-L5, {} sides: entry median {median_entry:.2} mm, max {max_entry:.2} mm; direction median {median_angle:.2} deg, max {max_angle:.2} deg",
+        angles_deg.len()
+    );
+    assert!(
+        median_entry <= ONE_VOXEL_MM
+            && median_angle <= MEDIAN_DIRECTION_TOLERANCE_DEG
+            && max_entry <= MAX_ENTRY_TOLERANCE_MM
+            && max_angle <= MAX_DIRECTION_TOLERANCE_DEG,
+        "entries median {median_entry:.2}, max {max_entry:.2} mm; directions median {median_angle:.2}, max {max_angle:.2} deg"
+    );
+}
+
+/// The label maps of one generated level against its mesh: meshes on the label boundary,
+/// the label map's plans safe on the true shape; pushes each side's entry and direction
+/// difference.
+fn agreement_of_one_level(
+    level: Level,
+    verse: u16,
+    totalseg: u16,
+    entries_mm: &mut Vec<Real>,
+    angles_deg: &mut Vec<Real>,
+) {
     let pose = Pose::from_parts(
         Translation3::new(10.0, -20.0, 150.0),
         Rotation3::from_euler_angles(0.05, -0.08, 0.1).into(),
     );
-    let sv = synth::vertebra(&VertebraParams::mean(Level::L3), &pose);
+    let sv = synth::vertebra(&VertebraParams::mean(level), &pose);
     let request = common::default_request();
     let reference = PreparedAnatomy::prepare(
-        common::single_vertebra("generator", Level::L3, sv.mesh.clone()),
+        common::single_vertebra("generator", level, sv.mesh.clone()),
         &PrepareOptions::standard(),
     )
     .unwrap();
     let reference_plan = plan(&reference, &request).unwrap();
     let reference_engine = ClearanceMesh::new(&sv.mesh);
     for (kind, convention, label) in [
-        ("RAS", Convention::Verse, 22u16),
-        ("LPS", Convention::TotalSegmentator, 29),
-        ("oblique-PIR", Convention::Verse, 22),
+        ("RAS", Convention::Verse, verse),
+        ("LPS", Convention::TotalSegmentator, totalseg),
+        ("oblique-PIR", Convention::Verse, verse),
     ] {
         let volume = voxelise(&sv.mesh, label, voxel_axes(kind));
         // Through the file: written, read back, the same volume.
@@ -401,21 +440,27 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
         let dofs = (read.voxel_to_lps.offset_mm - volume.voxel_to_lps.offset_mm).amax();
         assert!(
             dl < 1e-5 && dofs < 1e-4,
-            "{kind}: affine read back off by {dl}, {dofs}"
+            "{level} {kind}: affine read back off by {dl}, {dofs}"
         );
 
         let table = LabelTable::builtin(convention);
         let lm = anatomy_from_labels("synthetic", &read, &table, None).unwrap();
-        assert!(lm.refused.is_empty(), "{kind}: {:?}", lm.refused);
+        assert!(lm.refused.is_empty(), "{level} {kind}: {:?}", lm.refused);
         assert_eq!(lm.anatomy.structures.len(), 1);
         let mesh = &lm.anatomy.structures[0].mesh;
-        assert!(is_closed_manifold(mesh), "{kind}: not a closed 2-manifold");
-        assert!(mesh.signed_volume_mm3() > 0.0, "{kind}: wound inward");
+        assert!(
+            is_closed_manifold(mesh),
+            "{level} {kind}: not a closed 2-manifold"
+        );
+        assert!(
+            mesh.signed_volume_mm3() > 0.0,
+            "{level} {kind}: wound inward"
+        );
         // On the label boundary (the oracle in index space).
         let worst = max_distance_to_label_boundary(&read, &[label], mesh);
         assert!(
             worst <= 0.5,
-            "{kind}: {worst} voxels from the label boundary"
+            "{level} {kind}: {worst} voxels from the label boundary"
         );
         // Within half a voxel diagonal of the generator's surface: the label boundary itself
         // lies that close (a voxel centre inside and its neighbour outside straddle it).
@@ -425,10 +470,10 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
             .iter()
             .map(|p| reference_engine.distance_to_point(p))
             .fold(0.0, Real::max);
-        println!("{kind}: {} triangles, {worst:.3} voxels from the label boundary, {far:.3} mm from the shape", mesh.triangles.len());
+        println!("{level} {kind}: {} triangles, {worst:.3} voxels from the label boundary, {far:.3} mm from the shape", mesh.triangles.len());
         assert!(
             far <= half_diagonal,
-            "{kind}: {far:.3} mm from the generator's surface"
+            "{level} {kind}: {far:.3} mm from the generator's surface"
         );
 
         let anatomy = PreparedAnatomy::prepare(lm.anatomy, &PrepareOptions::standard()).unwrap();
@@ -438,7 +483,7 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
             .iter()
             .zip(&reference_plan.levels[0].sides)
         {
-            check_side_exactly(&anatomy, Level::L3, s, kind);
+            check_side_exactly(&anatomy, level, s, kind);
             let (t, rt) = (
                 s.trajectory.as_ref().unwrap(),
                 rs.trajectory.as_ref().unwrap(),
@@ -454,7 +499,7 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
                 .angle(&Vector::from(rped.axis))
                 .to_degrees();
             println!(
-                "{kind} {}: plan entry {entry:.2} mm, direction {angle:.2} deg; pedicle isthmus centre {centre:.2} mm, axis {axis:.2} deg, width {:.2} vs {:.2} mm from the generator's",
+                "{level} {kind} {}: plan entry {entry:.2} mm, direction {angle:.2} deg; pedicle isthmus centre {centre:.2} mm, axis {axis:.2} deg, width {:.2} vs {:.2} mm from the generator's",
                 s.side, ped.width_mm, rped.width_mm
             );
             // The label map's plan is safe on the true shape (the generator's mesh), with the
@@ -467,7 +512,7 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
             true_safety.max_entry_incidence_deg += INCIDENCE_STAIRCASE_DEG;
             let on_truth = evaluate(
                 &reference,
-                Level::L3,
+                level,
                 s.side,
                 t.bone_entry_mm,
                 t.target_mm,
@@ -477,14 +522,11 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
             .unwrap();
             assert!(
                 on_truth.safe,
-                "{kind} {}: the label map's plan on the generator's mesh: {:?}",
+                "{level} {kind} {}: the label map's plan on the generator's mesh: {:?}",
                 s.side, on_truth.violations
             );
-            assert!(
-                entry <= 3.0 * ONE_VOXEL_MM && angle <= 3.0 * DIRECTION_TOLERANCE_DEG,
-                "{kind} {}: entry {entry:.2} mm, direction {angle:.2} deg from the generator's plan",
-                s.side
-            );
+            entries_mm.push(entry);
+            angles_deg.push(angle);
         }
     }
 }
