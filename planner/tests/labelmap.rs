@@ -370,13 +370,8 @@ const INCIDENCE_STAIRCASE_DEG: Real = 10.0;
 #[test]
 fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_mesh() {
     let (mut entries_mm, mut angles_deg) = (Vec::new(), Vec::new());
-    // VerSe 20-24 and TotalSegmentator 31-27 are L1-L5.
-    for (k, level) in [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5]
-        .into_iter()
-        .enumerate()
-    {
-        let (verse, totalseg) = (20 + k as u16, 31 - k as u16);
-        agreement_of_one_level(level, verse, totalseg, &mut entries_mm, &mut angles_deg);
+    for level in [Level::L1, Level::L2, Level::L3, Level::L4, Level::L5] {
+        agreement_of_one_level(level, &mut entries_mm, &mut angles_deg);
     }
     let median = |v: &mut Vec<Real>| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -400,16 +395,20 @@ fn synthetic_label_maps_mesh_on_the_label_boundary_and_plan_like_the_generators_
     );
 }
 
+/// The id `convention`'s built-in table gives vertebra `level`.
+fn vertebra_id(convention: Convention, level: Level) -> u16 {
+    LabelTable::builtin(convention)
+        .meanings
+        .iter()
+        .find(|(_, m)| **m == LabelMeaning::Vertebra(level))
+        .map(|(&id, _)| id)
+        .unwrap_or_else(|| panic!("{convention:?} has no id for {level}"))
+}
+
 /// The label maps of one generated level against its mesh: meshes on the label boundary,
 /// the label map's plans safe on the true shape; pushes each side's entry and direction
 /// difference.
-fn agreement_of_one_level(
-    level: Level,
-    verse: u16,
-    totalseg: u16,
-    entries_mm: &mut Vec<Real>,
-    angles_deg: &mut Vec<Real>,
-) {
+fn agreement_of_one_level(level: Level, entries_mm: &mut Vec<Real>, angles_deg: &mut Vec<Real>) {
     let pose = Pose::from_parts(
         Translation3::new(10.0, -20.0, 150.0),
         Rotation3::from_euler_angles(0.05, -0.08, 0.1).into(),
@@ -423,11 +422,12 @@ fn agreement_of_one_level(
     .unwrap();
     let reference_plan = plan(&reference, &request).unwrap();
     let reference_engine = ClearanceMesh::new(&sv.mesh);
-    for (kind, convention, label) in [
-        ("RAS", Convention::Verse, verse),
-        ("LPS", Convention::TotalSegmentator, totalseg),
-        ("oblique-PIR", Convention::Verse, verse),
+    for (kind, convention) in [
+        ("RAS", Convention::Verse),
+        ("LPS", Convention::TotalSegmentator),
+        ("oblique-PIR", Convention::Verse),
     ] {
+        let label = vertebra_id(convention, level);
         let volume = voxelise(&sv.mesh, label, voxel_axes(kind));
         // Through the file: written, read back, the same volume.
         let dir = tempfile::tempdir().unwrap();
